@@ -1,0 +1,106 @@
+"""Shared fixtures: offline, seeded, tiny real diffusers/transformers models built in memory.
+
+Configs follow diffusers' own LoRA test models (tests/lora/test_lora_layers_sd.py) and a tiny CLIP
+text encoder built offline; see ../shared/design/STYLE.md §8.10. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WILD_LORAS = REPO_ROOT.parent / "shared" / "wild_loras"
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Seed torch (when a test uses it) so tests are reproducible."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def wild_loras() -> Path:
+    if not WILD_LORAS.is_dir():
+        pytest.fail(f"../shared/wild_loras not found at {WILD_LORAS}: the shared folder must sit beside the repo")
+    return WILD_LORAS
+
+
+def make_tiny_unet():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+
+
+def make_tiny_vae():
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+
+
+def make_tiny_text_encoder():
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=1000,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+        projection_dim=32,
+    )
+    return CLIPTextModel(config).eval()
+
+
+@pytest.fixture
+def tiny_unet():
+    return make_tiny_unet()
+
+
+@pytest.fixture
+def tiny_text_encoder():
+    return make_tiny_text_encoder()
+
+
+@pytest.fixture
+def tiny_vae():
+    return make_tiny_vae()
