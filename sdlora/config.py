@@ -1,0 +1,306 @@
+"""Training configuration: typed dataclasses, YAML presets and `key=value` overrides. Depends on PyYAML only.
+
+Why YAML and not TOML: YAML is already a dependency (diffusers configs, accelerate configs), it keeps
+comments (a preset explains *why* a value differs), `null` expresses "not set" which TOML cannot, and the
+`--set key=value` values are parsed with the same `yaml.safe_load`, so `--set optim.lr=1e-4`,
+`--set data.flip=true` and `--set output.sample_prompts=[a cat, a dog]` need no extra syntax.
+
+Presets in `configs/train/*.yaml` hold only what differs from the defaults here (nanoGPT style).
+Every field carries `metadata={"help": ...}` (and `choices` where the values are a closed set); the CLI and
+the web UI reuse them for help text and tooltips.
+
+>>> cfg = load_config(None, ["optim.steps=10", "data.path=sample_data"])
+>>> cfg.optim.steps
+10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sdlora.errors import ConfigError
+
+
+def _opt(default, help: str, choices: tuple | None = None):  # noqa: A002 - `help` mirrors argparse/PEFT
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    base: str = _opt("embedded", "base model: a diffusers folder, a single-file .safetensors checkpoint "
+                     "(SD1.x/SD2.x/SDXL), a Hugging Face hub id, or 'embedded' (sdlora's small shipped model)")
+    family: str | None = _opt(None, "base family when it cannot be detected: sd1, sd2 or sdxl",
+                              ("sd1", "sd2", "sdxl"))
+    prediction_type: str | None = _opt(None, "override the scheduler's prediction type",
+                                       ("epsilon", "v_prediction"))
+    allow_pickle: bool = _opt(False, "allow .ckpt/.pt/.bin checkpoints (loaded with torch.load(weights_only=True))")
+
+
+@dataclass
+class DataConfig:
+    path: str = _opt("", "image folder: images with same-stem .txt captions, or Kohya N_name subfolders")
+    trigger: str = _opt("", "trigger word prepended to every caption (kept first when shuffling)")
+    repeats: int = _opt(1, "repeats for images directly in the folder (N_name subfolders use N)")
+    resolution: int = _opt(512, "training resolution; buckets keep about resolution x resolution pixels")
+    buckets: bool = _opt(True, "aspect-ratio buckets; off = square crops at `resolution`")
+    min_bucket: int = _opt(256, "smallest bucket side in pixels")
+    max_bucket: int = _opt(1024, "largest bucket side in pixels")
+    bucket_step: int = _opt(64, "bucket sides are multiples of this (64 for SD1/SD2, 32 allowed for SDXL)")
+    crop: str = _opt("center", "how an image is cropped to its bucket", ("center", "random"))
+    flip: bool = _opt(False, "random horizontal flip")
+    background: str = _opt("white", "colour that transparent pixels are composited on (name or #rrggbb)")
+    max_image_pixels: int = _opt(80_000_000, "images with more pixels are skipped (decompression-bomb guard)")
+    shuffle_captions: bool = _opt(False, "shuffle comma-separated tags (the first keep_tokens stay in place)")
+    keep_tokens: int = _opt(0, "number of leading tags never shuffled or dropped (the trigger counts as one)")
+    caption_dropout: float = _opt(0.0, "probability of training a sample with an empty caption")
+    tag_dropout: float = _opt(0.0, "probability of dropping each tag (after keep_tokens)")
+    batch_size: int = _opt(1, "images per step per process")
+    cache_latents: str = _opt("memory", "encode images with the VAE once: off, in memory, or on disk",
+                              ("off", "memory", "disk"))
+    cache_text: bool = _opt(True, "cache text-encoder outputs when the text encoder is frozen and captions fixed")
+
+
+@dataclass
+class LoraConfig:
+    targets: str = _opt("qv", "modules that get LoRA: qv (UNet to_q/to_v + TE q_proj/v_proj), attn (all attention "
+                        "projections), sd-scripts (all transformer linears + 1x1 convs, TE attention + MLP), "
+                        "locon (sd-scripts + resnet convs)", ("qv", "attn", "sd-scripts", "locon"))
+    rank: int = _opt(8, "LoRA rank (low-rank size)")
+    alpha: float = _opt(8.0, "LoRA alpha; scale = alpha / rank")
+    conv_rank: int = _opt(4, "rank of 3x3 conv LoRA (locon preset)")
+    conv_alpha: float = _opt(1.0, "alpha of 3x3 conv LoRA (locon preset)")
+    dropout: float = _opt(0.0, "dropout on the LoRA input")
+    dora: bool = _opt(False, "DoRA: learn a per-output-channel magnitude as well")
+    train_text_encoder: bool = _opt(True, "train LoRA on the text encoder(s) too")
+
+
+@dataclass
+class OptimConfig:
+    steps: int = _opt(1000, "optimizer steps")
+    lr: float = _opt(1e-4, "learning rate (UNet and text encoder unless set separately)")
+    unet_lr: float | None = _opt(None, "UNet learning rate (default: lr)")
+    text_encoder_lr: float | None = _opt(None, "text-encoder learning rate (default: lr)")
+    optimizer: str = _opt("adamw", "optimizer; adamw8bit needs bitsandbytes and CUDA", ("adamw", "adamw8bit"))
+    weight_decay: float = _opt(0.01, "AdamW weight decay")
+    scheduler: str = _opt("constant", "learning-rate schedule after warmup", ("constant", "cosine", "linear"))
+    warmup_steps: int = _opt(0, "linear warmup steps")
+    grad_accum: int = _opt(1, "gradient accumulation: micro-batches per optimizer step")
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
+    mixed_precision: str = _opt("no", "autocast precision; LoRA parameters stay float32", ("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = _opt(False, "trade compute for memory in the UNet and text encoder")
+    noise_offset: float = _opt(0.0, "noise offset (adds offset * randn(B, C, 1, 1) to the noise)")
+    min_snr_gamma: float = _opt(0.0, "min-SNR-gamma loss weighting (0 = off; 5 is the paper's value)")
+    seed: int = _opt(0, "random seed (data order, noise, timesteps, LoRA init)")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _opt("output", "output folder")
+    name: str = _opt("lora", "file name stem of the exported LoRA")
+    format: str = _opt("kohya", "exported file format", ("kohya", "diffusers", "both"))
+    save_dtype: str = _opt("fp16", "dtype of the exported tensors", ("fp16", "bf16", "fp32"))
+    save_every: int = _opt(0, "save a checkpoint (LoRA + optimizer + RNG state) every N steps (0 = only at the end)")
+    keep_last: int = _opt(3, "checkpoints kept (older ones are deleted)")
+    sample_every: int = _opt(0, "render sample_prompts every N steps into a grid (0 = off)")
+    sample_prompts: list[str] = _opt([], "prompts for sample images")
+    sample_steps: int = _opt(20, "denoising steps per sample image")
+    sample_size: int | None = _opt(None, "sample image side (default: data.resolution)")
+    comment: str = _opt("", "free text stored as ss_training_comment")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "base model"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data set"})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA shape and targets"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimisation"})
+    output: OutputConfig = field(default_factory=OutputConfig, metadata={"help": "outputs"})
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _check_type(where: str, value: Any, tp: Any) -> Any:
+    """Return `value` converted to `tp` (int -> float only) or raise ConfigError naming `where`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(where, value, inner[0])
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _looks_float(value):
+        return float(value)  # PyYAML 1.1 reads "1e-4" (no dot) as a string; users mean a number
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for section in SECTIONS:
+        sub = getattr(cfg, section)
+        for f in dataclasses.fields(sub):
+            choices = f.metadata.get("choices")
+            value = getattr(sub, f.name)
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"{section}.{f.name}: {value!r} is not one of {', '.join(choices)}")
+    _check_ranges(cfg)
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    positive = {"optim.steps": cfg.optim.steps, "lora.rank": cfg.lora.rank, "lora.conv_rank": cfg.lora.conv_rank,
+                "data.batch_size": cfg.data.batch_size, "optim.grad_accum": cfg.optim.grad_accum,
+                "data.resolution": cfg.data.resolution, "data.bucket_step": cfg.data.bucket_step}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    for key in ("caption_dropout", "tag_dropout"):
+        value = getattr(cfg.data, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"data.{key}: must be between 0 and 1, got {value}")
+    if not 0.0 <= cfg.lora.dropout < 1.0:
+        raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    if cfg.data.min_bucket > cfg.data.max_bucket:
+        raise ConfigError(f"data.min_bucket ({cfg.data.min_bucket}) is larger than data.max_bucket "
+                          f"({cfg.data.max_bucket})")
+
+
+def _set(cfg: TrainConfig, key: str, value: Any, source: str) -> None:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"{source}: unknown section '{section}'{_suggest(section, list(SECTIONS))}")
+    sub = getattr(cfg, section)
+    types_ = _field_types(type(sub))
+    if name not in types_:
+        valid = [f"{section}.{n}" for n in types_]
+        raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key, valid)}")
+    setattr(sub, name, _check_type(f"{source}: {key}", value, types_[name]))
+
+
+def apply_dict(cfg: TrainConfig, data: dict, source: str) -> TrainConfig:
+    """Apply a nested {section: {key: value}} mapping onto `cfg` (strict: unknown keys raise ConfigError)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping"
+                              f"{_suggest(str(section), list(SECTIONS)) if section not in SECTIONS else ''}")
+        for name, value in values.items():
+            _set(cfg, f"{section}.{str(name).replace('-', '_')}", value, source)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `section.key=value`; the value is parsed as YAML (`1e-4`, `true`, `[a, b]`, `null`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. optim.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({err})") from err
+    return key.strip().replace("-", "_"), value
+
+
+def _looks_float(raw: str) -> bool:
+    try:
+        float(raw)
+    except ValueError:
+        return False
+    return True
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err})") from err
+    return data or {}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Build a TrainConfig from defaults, then the YAML file at `path`, then `section.key=value` overrides.
+
+    Args:
+        path: a YAML file (a preset from configs/train/ or a saved config.yaml), or None for defaults.
+        overrides: strings like "optim.lr=1e-4"; values are type-checked against the field.
+
+    Returns:
+        The validated TrainConfig.
+
+    Raises:
+        ConfigError: unreadable file, unknown key (with the nearest valid key), wrong type or bad value.
+
+    >>> load_config(None, ["lora.rank=4"]).lora.rank
+    4
+    """
+    cfg = TrainConfig()
+    if path is not None:
+        apply_dict(cfg, read_yaml(path), str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value, f"--set {text}")
+    _check_choices(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: TrainConfig, path: str | Path | None = None) -> str:
+    """Return the full resolved config as YAML; also write it atomically to `path` when given."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+    if path is not None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return text
+
+
+def field_help(key: str) -> str:
+    """Help text of `section.key` (used by the CLI and the web UI)."""
+    section, _, name = key.partition(".")
+    sub = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    if section not in sub:
+        raise ConfigError(f"unknown section '{section}'{_suggest(section, list(SECTIONS))}")
+    cls = type(getattr(TrainConfig(), section))
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata["help"]
+    raise ConfigError(f"unknown key '{key}'")

@@ -1,0 +1,205 @@
+"""Training-time LoRA layers and injection. Depends on torch only (and sdlora.naming for export names).
+
+Decision 1, how LoRA attaches: a removable forward hook on the base ``nn.Linear``/``nn.Conv2d`` (kohya's
+forward-patch idea, done with ``register_forward_hook``), not PEFT's wrapper module. The base model's
+``state_dict`` keys never change and its weights are never written: the LoRA layers live in a separate
+``LoraNetwork`` (an ``nn.Module`` you can save, load and hand to an optimizer), and ``remove()`` takes the
+hooks off. Base parameters are frozen (``requires_grad_(False)``) by the trainer, not here.
+
+Decision 2, name clash: ``sdlora.config.LoraConfig`` is sdlora's; this module needs no peft.
+
+Math (Hu et al. 2021, https://arxiv.org/abs/2106.09685 §4.1): ``y = W x + scale * up(down(dropout(x)))``,
+``scale = alpha / rank``; ``down`` is Kaiming-uniform initialised and ``up`` zero, so a fresh LoRA changes
+nothing. DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353 §4.1, eq. 5):
+``y = m / ||W'||_c * (W' x) + b`` with ``W' = W + scale * up @ down``; ``||.||_c`` is the norm of each
+output channel, detached as in the paper's §4.3 to save memory; ``m`` starts at ``||W||_c``.
+
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Linear(4, 4))
+>>> net = LoraNetwork()
+>>> net.add("unet.0", model[0], rank=2, alpha=2.0)
+>>> net.attach()
+>>> net.remove()
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import nn
+
+
+class LoraLayer(nn.Module):
+    """The trainable part for one base layer: ``down`` (rank, in[, kh, kw]), ``up`` (out, rank[, 1, 1]).
+
+    Args:
+        base: the nn.Linear or nn.Conv2d it adds to (kept by reference, never modified).
+        rank: low-rank size.
+        alpha: scale = alpha / rank.
+        dropout: dropout probability on the LoRA input.
+        dora: also learn a per-output-channel magnitude ``magnitude`` (out, 1[, 1, 1]).
+    """
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0, dora: bool = False):
+        super().__init__()
+        self.rank, self.alpha = rank, float(alpha)
+        self.is_conv = isinstance(base, nn.Conv2d)
+        if self.is_conv:
+            self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
+                                  base.dilation, bias=False)
+            self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        else:
+            self.down = nn.Linear(base.in_features, rank, bias=False)
+            self.up = nn.Linear(rank, base.out_features, bias=False)
+        self.down.to(dtype=torch.float32, device=base.weight.device)
+        self.up.to(dtype=torch.float32, device=base.weight.device)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.magnitude = nn.Parameter(self._channel_norm(base.weight.float())) if dora else None
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @staticmethod
+    def _channel_norm(weight: torch.Tensor) -> torch.Tensor:
+        """L2 norm of each output channel, keep-dim: (out, 1) or (out, 1, 1, 1)."""
+        dims = tuple(range(1, weight.dim()))
+        return weight.norm(dim=dims, keepdim=True)
+
+    def delta_weight(self) -> torch.Tensor:
+        """scale * up @ down, shaped like the base weight (float32)."""
+        up = self.up.weight.flatten(1)      # (out, rank)
+        down = self.down.weight.flatten(1)  # (rank, in*kh*kw)
+        return (up @ down).reshape(up.shape[0], *self.down.weight.shape[1:]) * self.scale
+
+    def lora_output(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x.to(self.down.weight.dtype))
+        return self.up(self.down(x)) * self.scale
+
+    def hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook on the base layer: returns the LoRA-adjusted output."""
+        x = args[0]
+        delta = self.lora_output(x)
+        if self.magnitude is None:
+            return output + delta.to(output.dtype)
+        bias = module.bias
+        base_out = output if bias is None else output - _bias_shape(bias, output, self.is_conv)
+        merged = module.weight.float() + self.delta_weight()
+        factor = self.magnitude / self._channel_norm(merged).detach()  # (out, 1[, 1, 1])
+        factor = factor.reshape(-1) if not self.is_conv else factor.reshape(1, -1, 1, 1)
+        result = (base_out.float() + delta.float()) * factor
+        if bias is not None:
+            result = result + _bias_shape(bias, output, self.is_conv).float()
+        return result.to(output.dtype)
+
+
+def _bias_shape(bias: torch.Tensor, output: torch.Tensor, is_conv: bool) -> torch.Tensor:
+    return bias.reshape(1, -1, 1, 1).to(output.dtype) if is_conv else bias.to(output.dtype)
+
+
+def _key(name: str) -> str:
+    """ModuleDict keys cannot hold dots; canonical names can."""
+    return name.replace(".", "__")
+
+
+class LoraNetwork(nn.Module):
+    """All LoRA layers of one training run, keyed by canonical module name (``unet.down_blocks...``).
+
+    ``state_dict()`` keys are ``layers.<canonical name with '.' -> '__'>.{down,up}.weight`` (+ ``.magnitude``).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleDict()
+        self._bases: dict[str, nn.Module] = {}
+        self._handles: list = []
+
+    def add(self, name: str, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
+            dora: bool = False) -> None:
+        """Create the LoRA layer for `base` under canonical `name` (not attached until `attach()`)."""
+        self.layers[_key(name)] = LoraLayer(base, rank, alpha, dropout, dora)
+        self._bases[name] = base
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._bases)
+
+    def layer(self, name: str) -> LoraLayer:
+        return self.layers[_key(name)]
+
+    def attach(self) -> None:
+        """Register the forward hooks (idempotent)."""
+        if self._handles:
+            return
+        for name, base in self._bases.items():
+            self._handles.append(base.register_forward_hook(partial(_call_hook, self.layer(name))))
+
+    def remove(self) -> None:
+        """Take every hook off; the base model behaves exactly as before injection."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def to_state(self, metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None):
+        """Export as a canonical `sdlora.weights.LoraState` (what `sdlora.save_lora` writes)."""
+        from sdlora.weights import LoraModule, LoraState
+
+        modules = {}
+        for name, base in self._bases.items():
+            layer = self.layer(name)
+            tensors = {"down": _export(layer.down.weight, dtype), "up": _export(layer.up.weight, dtype)}
+            if layer.magnitude is not None:
+                tensors["dora_scale"] = _export(layer.magnitude, dtype)
+            modules[name] = LoraModule(kind="lora", tensors=tensors, alpha=layer.alpha,
+                                       dora_axis="out" if layer.magnitude is not None else None,
+                                       shape=tuple(base.weight.shape))
+        return LoraState(modules=dict(sorted(modules.items())), metadata=dict(metadata or {}))
+
+
+def _call_hook(layer: LoraLayer, module: nn.Module, args: tuple, output):
+    return layer.hook(module, args, output)
+
+
+def _export(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    out = tensor.detach().to("cpu").contiguous()
+    return out.to(dtype) if dtype is not None else out.clone()
+
+
+def inject_lora(components: dict[str, nn.Module], preset: str, *, rank: int, alpha: float,
+                conv_rank: int | None = None, conv_alpha: float | None = None, dropout: float = 0.0,
+                dora: bool = False) -> LoraNetwork:
+    """Attach LoRA to the modules `preset` targets in each component and return the network.
+
+    Args:
+        components: {"unet": unet, "text_encoder": te, ...}; component names are canonical prefixes.
+        preset: a `sdlora.targets.PRESETS` key.
+        rank, alpha: for Linear and 1x1 conv targets.
+        conv_rank, conv_alpha: for larger conv kernels (default: rank, alpha).
+        dropout, dora: see LoraLayer.
+
+    Returns:
+        The attached LoraNetwork (float32 parameters on each base layer's device).
+
+    >>> from torch import nn
+    >>> unet = nn.Module(); unet.attn1 = nn.Module(); unet.attn1.to_q = nn.Linear(4, 4)
+    >>> net = inject_lora({"unet": unet}, "qv", rank=2, alpha=2)
+    >>> net.names
+    ['unet.attn1.to_q']
+    """
+    from sdlora.naming import canonical_name
+    from sdlora.targets import match_targets
+
+    network = LoraNetwork()
+    for component, model in components.items():
+        for path, module, kind in match_targets(model, component, preset):
+            is_big_conv = kind == "conv"
+            network.add(canonical_name(component, path), module,
+                        rank=(conv_rank or rank) if is_big_conv else rank,
+                        alpha=(conv_alpha if conv_alpha is not None else alpha) if is_big_conv else alpha,
+                        dropout=dropout, dora=dora)
+    network.attach()
+    return network
