@@ -1,0 +1,116 @@
+"""The per-app state object: configured folders, the job queue, the generation pipeline and its stack.
+
+One `AppState` is created by whoever builds the app (the CLI, a test) and passed to `build_app`;
+handlers receive it explicitly. Nothing here is module-level: two apps in one process (as in the
+tests) never share anything. Per-session values (the caption table, the current job id, the stack
+slots a user set up) live in gradio components and `gr.State`, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from webui.jobs import JobQueue
+from webui.paths import AccessError, resolve_within
+from webui.uploads import UploadLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Where the app may read and write, and which base model it uses.
+
+    lora_dir: the LoRA library (read and write: uploads, results added to the library).
+    output_dir: training runs, tool outputs, uploaded data sets (read and write).
+    data_dirs: extra folders the user may train from (read only; e.g. the repository's sample_data/).
+    model_dirs: extra folders holding base models (read only).
+    base: the default base model: "embedded" or a path inside model_dirs / output_dir.
+    """
+
+    lora_dir: Path
+    output_dir: Path
+    base: str = "embedded"
+    data_dirs: tuple[Path, ...] = ()
+    model_dirs: tuple[Path, ...] = ()
+    limits: UploadLimits = field(default_factory=UploadLimits)
+    device: str = "cpu"
+
+    @property
+    def write_roots(self) -> list[Path]:
+        return [Path(self.lora_dir), Path(self.output_dir)]
+
+    @property
+    def read_roots(self) -> list[Path]:
+        return [*self.write_roots, *map(Path, self.data_dirs), *map(Path, self.model_dirs)]
+
+
+class AppState:
+    """Shared by every session of one app: folders, jobs, and the lazily loaded generation pipeline."""
+
+    def __init__(self, config: AppConfig, *, pipeline_factory: Callable[[str], Any] | None = None):
+        self.config = config
+        for folder in config.write_roots:
+            folder.mkdir(parents=True, exist_ok=True)
+        self.jobs = JobQueue()
+        # generation holds this lock: one image at a time, and the stack is synced under it
+        self.generate_lock = threading.Lock()
+        self._pipeline_factory = pipeline_factory
+        self._pipeline: Any = None
+        self._stack: Any = None
+        self._pipeline_base: str | None = None
+
+    # -- paths ------------------------------------------------------------------------------
+    def read_path(self, user_path: str, *, default_root: Path | None = None) -> Path:
+        """A user-typed path the app may read (inside any configured folder); raises AccessError."""
+        return resolve_within(user_path, self.config.read_roots, default_root=default_root)
+
+    def write_path(self, user_path: str, *, default_root: Path | None = None) -> Path:
+        """A user-typed path the app may write (inside lora_dir or output_dir); raises AccessError."""
+        root = default_root or Path(self.config.output_dir)
+        return resolve_within(user_path, self.config.write_roots, default_root=root, must_exist=False)
+
+    def is_writable(self, path: Path) -> bool:
+        try:
+            resolve_within(str(path), self.config.write_roots, must_exist=False)
+        except AccessError:
+            return False
+        return True
+
+    def base_model(self, user_value: str | None) -> str:
+        """'embedded' stays a name; anything else must be a path inside the configured folders."""
+        value = (user_value or "").strip() or self.config.base
+        if value == "embedded":
+            return value
+        return str(self.read_path(value))
+
+    # -- generation pipeline ---------------------------------------------------------------
+    def pipeline_and_stack(self, base: str | None = None) -> tuple[Any, Any]:
+        """The generation pipeline and its LoraStack, loaded once (call with generate_lock held).
+
+        A different base reloads the pipeline; the old stack is dropped with it.
+        """
+        base = self.base_model(base)
+        if self._pipeline is None or base != self._pipeline_base:
+            factory = self._pipeline_factory or _default_pipeline
+            log.info("loading base model %s for generation", base)
+            self._pipeline = factory(base)
+            from sdlora.stack import LoraStack
+
+            self._stack = LoraStack(self._pipeline)
+            self._pipeline_base = base
+        return self._pipeline, self._stack
+
+    def close(self) -> None:
+        self.jobs.close()
+
+
+def _default_pipeline(base: str) -> Any:
+    from sdlora.generate import load_pipeline
+
+    return load_pipeline(base)
