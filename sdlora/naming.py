@@ -1,0 +1,335 @@
+"""The one place that knows module names: canonical <-> Kohya (diffusers-style and LDM/SGM) <-> live models.
+
+Standard library only at import time (live-model helpers take the model as an argument).
+
+Canonical module names are component-qualified paths (docs/ARCHITECTURE.md):
+`unet.<diffusers path>`, `text_encoder.<HF path with text_model.>`, `text_encoder_2.<HF path with text_model.>`.
+transformers 5's `CLIPTextModel` has no `text_model.` level, while `CLIPTextModelWithProjection` and every
+file keep it; `canonical_name` maps live paths of both layouts onto the canonical form.
+
+Kohya names are never parsed back by splitting underscores (module names contain underscores). Instead
+`kohya_lookup` builds a forward dict {every accepted Kohya spelling: canonical name} from a module table,
+including the original LDM/SGM UNet names (`input_blocks_4_1_...`), derived from the table's block structure
+(FORMATS.md §2.2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from functools import cache, lru_cache
+
+from sdlora.arch import COMPONENTS, ModuleInfo, ModuleTable, family_table
+from sdlora.errors import CompatibilityError, ConfigError
+from sdlora.family import FAMILIES
+
+# children of transformers' CLIPTextTransformer: a live path starting with one of them lacks `text_model.`
+_CLIP_TRANSFORMER_CHILDREN = frozenset({"embeddings", "encoder", "final_layer_norm"})
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
+
+# LDM/SGM names of the layers inside a diffusers ResnetBlock2D / Downsample2D (FORMATS.md §2.2)
+_RESNET_LDM = {
+    "conv1": "in_layers.2",
+    "norm1": "in_layers.0",
+    "conv2": "out_layers.3",
+    "norm2": "out_layers.0",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_DOWNSAMPLE_LDM = {"conv": "op"}
+_FIXED_LDM = {  # diffusers block -> (LDM block, renames inside it)
+    "conv_in": ("input_blocks.0.0", {}),
+    "conv_out": ("out.2", {}),
+    "time_embedding": ("time_embed", {"linear_1": "0", "linear_2": "2"}),
+    "add_embedding": ("label_emb.0", {"linear_1": "0", "linear_2": "2"}),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# canonical names and live models
+
+
+def split_name(canonical: str) -> tuple[str, str]:
+    """("unet", "down_blocks.0...") from "unet.down_blocks.0..."; raises ValueError without a component."""
+    component, _, path = canonical.partition(".")
+    if component not in COMPONENTS:
+        raise ValueError(
+            f"{canonical!r} is not a canonical module name (it must start with one of {COMPONENTS})"
+        )
+    return component, path
+
+
+def canonical_name(component: str, live_path: str) -> str:
+    """The canonical name of module `live_path` of a live `component` (transformers 4 and 5 layouts).
+
+    >>> canonical_name("text_encoder", "encoder.layers.0.self_attn.q_proj")   # transformers 5 CLIPTextModel
+    'text_encoder.text_model.encoder.layers.0.self_attn.q_proj'
+    """
+    if component in TEXT_COMPONENTS and live_path.split(".", 1)[0] in _CLIP_TRANSFORMER_CHILDREN:
+        live_path = "text_model." + live_path
+    return f"{component}.{live_path}" if live_path else component
+
+
+def diffusers_key_name(canonical: str) -> str:
+    """The module part of a PEFT-era diffusers LoRA key (`<name>.lora_A.weight`): the canonical name itself."""
+    split_name(canonical)
+    return canonical
+
+
+def _model_components(model, component: str | None) -> list[tuple[str, object]]:
+    """[(component, torch module)] for a pipeline or a single module."""
+    if hasattr(model, "named_modules"):
+        from sdlora.arch import guess_component
+
+        return [(component or guess_component(model), model)]
+    found = [(name, getattr(model, name, None)) for name in COMPONENTS]
+    return [(n, m) for n, m in found if m is not None and (component is None or n == component)]
+
+
+def module_map(model, component: str | None = None) -> dict[str, object]:
+    """{canonical name: live module} for every module of a pipeline or a single model.
+
+    Use it for bulk lookups (building it once costs one `named_modules()` walk).
+    """
+    mapping = {}
+    for name, module in _model_components(model, component):
+        for live_path, child in module.named_modules():
+            mapping[canonical_name(name, live_path)] = child
+    return mapping
+
+
+def find_module(model, name: str):
+    """The live module of `model` (a pipeline, UNet or CLIP text encoder) called `name`.
+
+    `name` is a canonical name (`text_encoder.text_model.encoder...`) or a path inside `model`, in either the
+    transformers 4 (`text_model.encoder...`) or 5 (`encoder...`) layout.
+
+    Raises:
+        CompatibilityError: no such module (the message names the nearest one).
+    """
+    component, _, rest = name.partition(".")
+    if component in COMPONENTS:
+        mapping = module_map(model, component)
+        wanted = canonical_name(component, rest)
+    else:
+        mapping = module_map(model)
+        comp = next(iter(mapping)).split(".", 1)[0] if mapping else "unet"
+        wanted = canonical_name(comp, name)
+    if wanted in mapping:
+        return mapping[wanted]
+    hint = nearest_name(wanted, mapping)
+    raise CompatibilityError(
+        f"no module {name!r} in {type(model).__name__}" + (f"; nearest: {hint!r}" if hint else "")
+    )
+
+
+def nearest_name(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to `name` (difflib), for "unknown module, did you mean ...". None if none is close.
+
+    Candidates ending like `name` (same last segment, e.g. `to_q`) are preferred, which also keeps this fast
+    on tables with thousands of names.
+    """
+    candidates = list(candidates)
+    tail = re.split(r"[._]", name)[-1]
+    pool = [c for c in candidates if re.split(r"[._]", c)[-1] == tail] or candidates
+    matches = difflib.get_close_matches(name, pool, n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LDM / SGM UNet names, derived from the table's block structure
+
+
+def _count(paths: Iterable[str], pattern: str) -> dict[tuple[int, ...], set[int]]:
+    """{(block index,): {inner indices}} for paths matching `pattern` (groups: block, inner)."""
+    found: dict[tuple[int, ...], set[int]] = {}
+    regex = re.compile(pattern)
+    for path in paths:
+        match = regex.match(path)
+        if match:
+            found.setdefault((int(match.group(1)),), set()).add(int(match.group(2)))
+    return found
+
+
+def _unet_structure(paths: list[str]) -> dict[str, dict]:
+    """Per down/up block: resnet count, which resnets have an attention, whether it resamples."""
+    structure = {}
+    for side, resample in (("down", "downsamplers"), ("up", "upsamplers")):
+        resnets = _count(paths, rf"{side}_blocks\.(\d+)\.resnets\.(\d+)\.")
+        attentions = _count(paths, rf"{side}_blocks\.(\d+)\.attentions\.(\d+)\.")
+        samplers = _count(paths, rf"{side}_blocks\.(\d+)\.{resample}\.(\d+)\.")
+        blocks = sorted({b for d in (resnets, attentions, samplers) for (b,) in d})
+        structure[side] = {
+            b: {
+                "layers": max(resnets.get((b,), {-1}) | attentions.get((b,), {-1})) + 1,
+                "attentions": attentions.get((b,), set()),
+                "resample": (b,) in samplers,
+            }
+            for b in blocks
+        }
+    return structure
+
+
+def _block_map(paths: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
+    """{diffusers block prefix: (LDM block prefix, renames of the layers inside)} (FORMATS.md §2.2)."""
+    structure = _unet_structure(paths)
+    blocks = dict(_FIXED_LDM)
+    index = 1  # input_blocks.0 is conv_in
+    for b, info in structure["down"].items():
+        for j in range(info["layers"]):
+            blocks[f"down_blocks.{b}.resnets.{j}"] = (f"input_blocks.{index}.0", _RESNET_LDM)
+            blocks[f"down_blocks.{b}.attentions.{j}"] = (f"input_blocks.{index}.1", {})
+            index += 1
+        if info["resample"]:
+            blocks[f"down_blocks.{b}.downsamplers.0"] = (f"input_blocks.{index}.0", _DOWNSAMPLE_LDM)
+            index += 1
+    for j in range(2):  # UNetMidBlock2DCrossAttn: resnet, attention, resnet
+        blocks[f"mid_block.resnets.{j}"] = (f"middle_block.{2 * j}", _RESNET_LDM)
+    blocks["mid_block.attentions.0"] = ("middle_block.1", {})
+    index = 0
+    for b, info in structure["up"].items():
+        for j in range(info["layers"]):
+            blocks[f"up_blocks.{b}.resnets.{j}"] = (f"output_blocks.{index}.0", _RESNET_LDM)
+            blocks[f"up_blocks.{b}.attentions.{j}"] = (f"output_blocks.{index}.1", {})
+            if info["resample"] and j == info["layers"] - 1:
+                slot = 2 if j in info["attentions"] else 1
+                blocks[f"up_blocks.{b}.upsamplers.0"] = (f"output_blocks.{index}.{slot}", {})
+            index += 1
+    return blocks
+
+
+def ldm_unet_names(paths: Iterable[str]) -> dict[str, str]:
+    """{diffusers UNet module path: original LDM/SGM path} for the paths that have one.
+
+    >>> ldm_unet_names(["down_blocks.1.attentions.0.proj_in", "down_blocks.1.resnets.0.conv1"])["down_blocks.1.resnets.0.conv1"]
+    'input_blocks.1.0.in_layers.2'
+    """
+    paths = list(paths)
+    blocks = _block_map(paths)
+    result = {}
+    for path in paths:
+        parts = path.split(".")
+        for cut in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:cut])
+            if prefix in blocks:
+                ldm_block, renames = blocks[prefix]
+                inner = ".".join(parts[cut:])
+                inner = renames.get(inner, inner)
+                result[path] = f"{ldm_block}.{inner}" if inner else ldm_block
+                break
+    return result
+
+
+@cache
+def _family_ldm(family: str) -> dict[str, str]:
+    unet_paths = [split_name(n)[1] for n in family_table(family) if n.startswith("unet.")]
+    return ldm_unet_names(unet_paths)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kohya names
+
+
+def _te_prefix(component: str, two_encoders: bool) -> str:
+    if component == "text_encoder_2":
+        return "lora_te2"
+    return "lora_te1" if two_encoders else "lora_te"
+
+
+def kohya_name(canonical: str, family: str | None) -> str:
+    """The Kohya LoRA name (no tensor suffix) sdlora writes for module `canonical` of a `family` model.
+
+    SD1/SD2 (and None): `lora_unet_` + diffusers path with `.` -> `_`, `lora_te_text_model_...`.
+    SDXL: `lora_unet_` + SGM path as sd-scripts writes (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`),
+    `lora_te1_...` / `lora_te2_...`. A UNet module without an SGM name keeps its diffusers-style name.
+    """
+    component, path = split_name(canonical)
+    if family is not None and family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+    if component == "unet":
+        if family == "sdxl":
+            path = _family_ldm("sdxl").get(path, path)
+        return "lora_unet_" + path.replace(".", "_")
+    return _te_prefix(component, family == "sdxl") + "_" + path.replace(".", "_")
+
+
+def _spellings(canonical: str, ldm: Mapping[str, str], two_encoders: bool) -> list[str]:
+    """Every Kohya spelling accepted for one module."""
+    component, path = split_name(canonical)
+    flat = path.replace(".", "_")
+    if component != "unet":
+        return [_te_prefix(component, two_encoders) + "_" + flat]
+    names = ["lora_unet_" + flat, "lycoris_" + flat]
+    if path in ldm:
+        names.append("lora_unet_" + ldm[path].replace(".", "_"))
+    return names
+
+
+def lookup_for_table(table: Mapping[str, ModuleInfo]) -> dict[str, str]:
+    """{every accepted Kohya spelling: canonical name} for the modules of `table`.
+
+    Raises:
+        CompatibilityError: two modules of the table share a Kohya name (the model's names are ambiguous).
+    """
+    unet_paths = [split_name(n)[1] for n in table if n.startswith("unet.")]
+    ldm = ldm_unet_names(unet_paths)
+    two_encoders = (
+        any(n.startswith("text_encoder_2.") for n in table) or getattr(table, "family", None) == "sdxl"
+    )
+    lookup: dict[str, str] = {}
+    for canonical in table:
+        for spelling in _spellings(canonical, ldm, two_encoders):
+            other = lookup.setdefault(spelling, canonical)
+            if other != canonical:
+                raise CompatibilityError(
+                    f"Kohya name {spelling!r} would mean both {other!r} and {canonical!r}"
+                )
+    return lookup
+
+
+@cache
+def _family_lookup(family: str) -> dict[str, str]:
+    return lookup_for_table(family_table(family))
+
+
+@lru_cache(maxsize=1)
+def _union_lookup() -> dict[str, str]:
+    """All families' spellings; a spelling that means different modules in different families is left out."""
+    union: dict[str, str] = {}
+    clashes = set()
+    for family in FAMILIES:
+        for spelling, canonical in _family_lookup(family).items():
+            if union.setdefault(spelling, canonical) != canonical:
+                clashes.add(spelling)
+    for spelling in clashes:
+        del union[spelling]
+    return union
+
+
+def kohya_lookup(family: str | None, table: Mapping[str, ModuleInfo] | None = None) -> dict[str, str]:
+    """{every accepted Kohya LoRA name: canonical module name}.
+
+    Accepted: `lora_unet_` + diffusers path, `lora_unet_` + LDM/SGM path, `lycoris_` + diffusers path,
+    `lora_te_` (one text encoder) or `lora_te1_`/`lora_te2_` (two) + HF path, all with `.` -> `_`.
+
+    Args:
+        family: "sd1", "sd2", "sdxl", or None for a custom model.
+        table: the module table to use (e.g. `arch.table_for_model(model)`); default: the family's shipped
+            table, or for family None the union of all shipped tables (spellings that clash are left out).
+
+    Returns:
+        A dict to look raw Kohya names up in (do not modify it; it may be cached).
+    """
+    if table is not None:
+        return lookup_for_table(table)
+    if family is None:
+        return _union_lookup()
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+    return _family_lookup(family)
+
+
+def kohya_names(table: ModuleTable | Mapping[str, ModuleInfo], family: str | None) -> dict[str, str]:
+    """{canonical name: Kohya name sdlora writes} for every module of `table`."""
+    return {name: kohya_name(name, family) for name in table}
