@@ -1,0 +1,42 @@
+"""`sdlora webui`: launch the Gradio web UI (webui/ in the repository).
+
+Gradio is imported inside `run`, never at module level, so `sdlora --help` and the other commands
+stay fast and the library never depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "webui", help="launch the web UI (train, library, stack + generate, tools)",
+        description="Launch the web UI. It binds to 127.0.0.1 unless --host says otherwise; every path "
+                    "typed in the UI must lie inside --lora-dir, --output-dir or a --data-dir.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; anything else exposes the UI, with a warning)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free)")
+    parser.add_argument("--lora-dir", type=Path, default=Path("loras"),
+                        help="the LoRA library folder (read and write; default ./loras)")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs"),
+                        help="training runs, tool outputs and uploads (read and write; default ./outputs)")
+    parser.add_argument("--data-dir", type=Path, action="append", default=None,
+                        help="an extra read-only folder to train from (repeatable; default: the "
+                             "repository's sample_data/)")
+    parser.add_argument("--base", default="embedded",
+                        help="default base model: 'embedded' or a model path inside the folders above")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from webui.app import build_app, default_state, launch
+
+    data_dirs = tuple(args.data_dir) if args.data_dir else None
+    # the base given on the command line is trusted (the person starting the server typed it)
+    model_dirs = () if args.base == "embedded" else (Path(args.base),)
+    state = default_state(args.lora_dir, args.output_dir, args.base, data_dirs, model_dirs)
+    launch(build_app(state), state, host=args.host, port=args.port)
+    return 0

@@ -1,0 +1,107 @@
+"""The sdlora web UI: `build_app(state) -> gr.Blocks` and `launch(...)`.
+
+>>> from webui.app import build_app, launch
+>>> from webui.state import AppConfig, AppState
+>>> state = AppState(AppConfig(lora_dir=Path("loras"), output_dir=Path("outputs")))
+>>> demo = build_app(state)          # builds, does not launch; tests call the handlers directly
+>>> launch(demo, state)              # binds 127.0.0.1 unless told otherwise
+
+Running `python -m webui.app` is the same as `sdlora webui`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from webui.state import AppConfig, AppState
+from webui.tabs import generate_tab, library_tab, tools_tab, train_tab
+from webui.tabs.common import bound
+
+log = logging.getLogger(__name__)
+
+CSS = """
+.sdlora-progress progress { width: 60%; height: 1.2em; vertical-align: middle; }
+"""
+
+
+def build_app(state: AppState) -> gr.Blocks:
+    """Build the four tabs over `state` (nothing is launched or loaded yet)."""
+    with gr.Blocks(title="sdlora") as demo:
+        gr.Markdown("# sdlora\nTrain a LoRA, manage a library, stack LoRAs with sliders and generate.")
+        with gr.Tabs():
+            with gr.Tab("Train", id="train", elem_id="tab-train"):
+                train = train_tab.create_ui(state)
+            with gr.Tab("Library", id="library", elem_id="tab-library"):
+                library = library_tab.create_ui(state)
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
+                generate = generate_tab.create_ui(state)
+            with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
+                tools_tab.create_ui(state)
+        _wire_cross_tabs(state, train, library, generate)
+    return demo
+
+
+def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict) -> None:
+    """Train's "Add to library and stack" fills a Generate slot and refreshes the library list."""
+
+    def add_result(values: dict) -> list[Any]:
+        name, message = train_tab.add_result_to_library(state, values[train["job_id"]])
+        slots = generate_tab.add_slot(generate_tab.current_slots(values, generate), name)
+        gr.Info(f"{message} and to the stack on the Generate tab")
+        return [message, gr.Dropdown(choices=generate_tab.library_choices(state), value=name),
+                *generate_tab.slot_updates(slots)]
+
+    train["add_to_stack"].click(
+        bound(add_result), {train["job_id"], *generate_tab.slot_inputs(generate)},
+        [train["status"], generate["pick"], *generate["slot_widgets"]], api_name="train_add_to_stack",
+    ).then(bound(library_tab.refresh_outputs, state), None, library["refresh_outputs"])
+
+
+def launch(demo: gr.Blocks, state: AppState, *, host: str = "127.0.0.1", port: int | None = None,
+           prevent_thread_lock: bool = False, quiet: bool = False):
+    """Launch on `host` (loopback by default), serving files only from the configured folders."""
+    if not is_loopback(host):
+        log.warning("the web UI is bound to %s: anyone who can reach this address can read and write the "
+                    "configured folders and run training. Use 127.0.0.1 unless you mean it.", host)
+    demo.queue(default_concurrency_limit=1)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        show_error=True,
+        allowed_paths=[str(p) for p in state.config.read_roots],
+        max_file_size=state.config.limits.largest,
+        css=CSS,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_state(lora_dir: str | Path = "loras", output_dir: str | Path = "outputs",
+                  base: str = "embedded", data_dirs: tuple[Path, ...] | None = None,
+                  model_dirs: tuple[Path, ...] = ()) -> AppState:
+    """An AppState with the repository's sample_data/ as a readable data folder when present."""
+    if data_dirs is None:
+        sample = Path(__file__).resolve().parent.parent / "sample_data"
+        data_dirs = (sample,) if sample.is_dir() else ()
+    return AppState(AppConfig(lora_dir=Path(lora_dir).resolve(), output_dir=Path(output_dir).resolve(),
+                              base=base, data_dirs=tuple(Path(d).resolve() for d in data_dirs),
+                              model_dirs=tuple(Path(d).resolve() for d in model_dirs)))
+
+
+if __name__ == "__main__":
+    _state = default_state()
+    launch(build_app(_state), _state)

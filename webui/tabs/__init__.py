@@ -1,0 +1,1 @@
+"""The four tabs of the web UI: train, library, generate, tools."""

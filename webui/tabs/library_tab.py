@@ -1,0 +1,153 @@
+"""Library tab: the LoRAs in the library folder, their details and load report, uploads, user notes.
+
+Listing and notes come from `sdlora.library` (header data cached by file hash, so a rescan of
+hundreds of files is fast); the load report comes from `sdlora.report.check_lora` against the
+generation pipeline's base model, loaded only when the user asks for a report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from sdlora.errors import SdloraError
+from webui.tabs.common import bound
+from webui.uploads import check_lora_upload, store_upload, upload_name
+
+COLUMNS = ["name", "family", "rank", "trigger words", "notes"]
+
+
+def list_entries(app) -> list:
+    """Library entries (sdlora.library), sorted by name."""
+    from sdlora.library import scan_library
+
+    return sorted(scan_library(app.config.lora_dir), key=lambda e: e.name.lower())
+
+
+def refresh(app) -> tuple[list[list], list, list[str]]:
+    """(table rows, preview gallery items, names) for the library folder."""
+    entries = list_entries(app)
+    rows = [[e.name, e.family or "?", e.rank if e.rank is not None else "?", ", ".join(e.trigger_words[:8]),
+             _short(getattr(e, "notes", None))] for e in entries]
+    previews = [(str(e.preview), e.name) for e in entries if getattr(e, "preview", None)]
+    return rows, previews, [e.name for e in entries]
+
+
+def find_entry(app, name: str):
+    for entry in list_entries(app):
+        if entry.name == name:
+            return entry
+    raise SdloraError(f"no LoRA named {name!r} in the library; press Refresh")
+
+
+def details(app, name: str) -> tuple[dict, str, str, float, str]:
+    """(metadata, summary markdown, activation text, preferred weight, notes) for one LoRA."""
+    from sdlora.library import read_notes
+
+    if not name:
+        raise SdloraError("pick a LoRA in the list first")
+    entry = find_entry(app, name)
+    from sdlora.header import read_header
+
+    header = read_header(entry.path)
+    notes = read_notes(entry.path)
+    summary = (f"**{entry.name}** · family {entry.family or 'unknown'} · rank {entry.rank or '?'} · "
+               f"{len(header.tensors)} tensors · {Path(entry.path).stat().st_size / 1e6:.1f} MB")
+    return (dict(header.metadata), summary, notes.get("activation text", ""),
+            float(notes.get("preferred weight", 1.0) or 1.0), notes.get("notes", ""))
+
+
+def load_report(app, name: str) -> list[list]:
+    """The load report of LoRA `name` against the current base: one row per verdict with counts."""
+    import sdlora
+    from sdlora.arch import table_for_model
+    from sdlora.report import check_lora
+
+    entry = find_entry(app, name)
+    lora = sdlora.load_lora(entry.path)
+    with app.generate_lock:
+        pipe, _ = app.pipeline_and_stack()
+        report = check_lora(lora, table_for_model(pipe))
+    return report_rows(report)
+
+
+def report_rows(report) -> list[list]:
+    rows = []
+    for item in getattr(report, "items", None) or getattr(report, "entries", None) or []:
+        rows.append([getattr(item, "key", ""), getattr(item, "verdict", ""), getattr(item, "detail", "")])
+    return rows
+
+
+def save_notes(app, name: str, activation: str, weight: float, notes: str) -> str:
+    from sdlora.library import write_notes
+
+    entry = find_entry(app, name)
+    write_notes(entry.path, {"activation text": activation or "", "preferred weight": float(weight or 0.0),
+                             "notes": notes or ""})
+    return f"saved notes for {entry.name}"
+
+
+def upload_lora(app, file) -> str:
+    """Check an uploaded LoRA (type, size, header) and copy it into the library folder."""
+    if file is None:
+        raise SdloraError("choose a .safetensors file to upload")
+    path, name = upload_name(file)
+    check_lora_upload(path, app.config.limits)
+    import sdlora
+
+    sdlora.load_lora(path)  # refuse files that are safetensors but not a LoRA sdlora can read
+    target = store_upload(path, Path(app.config.lora_dir), name)
+    return f"added {target.name} to the library"
+
+
+def _short(text, limit: int = 60) -> str:
+    text = str(text or "")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------- layout and wiring ----------
+
+def create_ui(app) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Row():
+        c["refresh"] = gr.Button("Refresh", elem_id="lib-refresh", scale=1)
+        c["upload"] = gr.File(label="Upload a LoRA (.safetensors)", file_types=[".safetensors"], scale=3,
+                              elem_id="lib-upload")
+    c["message"] = gr.Markdown(elem_id="lib-message")
+    c["table"] = gr.Dataframe(headers=COLUMNS, interactive=False, label="LoRAs", elem_id="lib-table")
+    c["previews"] = gr.Gallery(label="Previews", columns=6, height=180)
+    with gr.Row():
+        c["pick"] = gr.Dropdown([], label="Details for", elem_id="lib-pick", scale=3)
+        c["report_button"] = gr.Button("Load report against the current base", scale=1)
+    c["summary"] = gr.Markdown()
+    with gr.Row():
+        c["metadata"] = gr.JSON(label="Metadata")
+        c["report"] = gr.Dataframe(headers=["key", "verdict", "detail"], interactive=False,
+                                   label="Load report")
+    with gr.Group():
+        c["activation"] = gr.Textbox(label="Activation text", info="words to add to the prompt with this LoRA")
+        c["weight"] = gr.Number(1.0, label="Preferred weight")
+        c["notes"] = gr.Textbox(label="Notes", lines=3)
+        c["save_notes"] = gr.Button("Save notes")
+    c["refresh_outputs"] = [c["table"], c["previews"], c["pick"]]
+    _wire(app, c)
+    return c
+
+
+def refresh_outputs(app):
+    rows, previews, names = refresh(app)
+    return rows, previews, gr.Dropdown(choices=names)
+
+
+def _wire(app, c: dict[str, Any]) -> None:
+    c["refresh"].click(bound(refresh_outputs, app), None, c["refresh_outputs"], api_name="library_refresh")
+    c["upload"].upload(bound(upload_lora, app), c["upload"], c["message"], api_name="library_upload").then(
+        bound(refresh_outputs, app), None, c["refresh_outputs"])
+    c["pick"].change(bound(details, app), c["pick"],
+                     [c["metadata"], c["summary"], c["activation"], c["weight"], c["notes"]],
+                     api_name="library_details")
+    c["report_button"].click(bound(load_report, app), c["pick"], c["report"], api_name="library_report")
+    c["save_notes"].click(bound(save_notes, app), [c["pick"], c["activation"], c["weight"], c["notes"]],
+                          c["message"], api_name="library_save_notes")

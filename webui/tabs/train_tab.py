@@ -1,0 +1,448 @@
+"""Train tab: base model, data set (folder or upload), caption editor, settings, Start/Cancel, live progress.
+
+Handlers are plain functions: `app` (the AppState) first, then UI values; they return UI values.
+The settings form is gathered into one dict keyed by config keys ("lora.rank", ...) and turned into a
+`TrainConfig` once, by `config_from_form` (STYLE §8.8: no 289-parameter handlers). Training runs in
+the app's job queue; the page polls the job with a timer, so generation stays usable meanwhile.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from sdlora.errors import ConfigError, DatasetError, SdloraError
+from webui.jobs import DONE, JobContext
+from webui.paths import safe_filename, unique_path
+from webui.tabs.common import bound, gather
+from webui.uploads import IMAGE_SUFFIXES, check_image_upload, store_upload, upload_name
+
+# the settings the tab shows, in order: config key -> (label, widget kind)
+SETTINGS: dict[str, tuple[str, str]] = {
+    "lora.targets": ("Targets", "choice"),
+    "lora.rank": ("Rank", "int"),
+    "lora.alpha": ("Alpha", "float"),
+    "optim.steps": ("Steps", "int"),
+    "optim.lr": ("Learning rate", "float"),
+    "data.resolution": ("Resolution", "int"),
+    "lora.train_text_encoder": ("Train the text encoder", "bool"),
+    "data.trigger": ("Trigger word", "text"),
+    "output.name": ("Output name", "text"),
+    "output.sample_every": ("Sample every N steps", "int"),
+    "output.sample_prompts": ("Sample prompts (one per line)", "lines"),
+}
+DEFAULT_PRESET = "(defaults)"
+MAX_CAPTION_ROWS = 500
+
+
+# ---------------------------------------------------------------- presets and config ---------
+
+def presets_dir() -> Path:
+    """`configs/train/` of the repository sdlora runs from."""
+    import sdlora
+
+    return Path(sdlora.__file__).resolve().parent.parent / "configs" / "train"
+
+
+def list_presets(folder: Path | None = None) -> list[str]:
+    folder = folder or presets_dir()
+    names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return [DEFAULT_PRESET, *names]
+
+
+def preset_values(preset: str, folder: Path | None = None) -> dict[str, Any]:
+    """The shown settings' values under `preset` (what the form is filled with)."""
+    from sdlora.config import load_config
+
+    cfg = load_config(_preset_path(preset, folder))
+    return {key: _form_value(key, _get(cfg, key)) for key in SETTINGS}
+
+
+def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
+    """Turn the form (config keys -> values, plus 'preset', 'model.base', 'data.path') into a TrainConfig.
+
+    Paths are confined: the base and the data set must lie in the configured folders, and the
+    output always goes under the app's output folder.
+    """
+    from sdlora.config import load_config
+
+    overrides = [f"model.base={app.base_model(form.get('model.base'))}"]
+    data_path = str(form.get("data.path") or "").strip()
+    if not data_path:
+        raise DatasetError("no data set: type a folder and press 'Load data set', or upload images")
+    overrides.append(f"data.path={app.read_path(data_path)}")
+    for key in SETTINGS:
+        if key in form and form[key] is not None:
+            overrides.append(f"{key}={_yaml_value(key, form[key])}")
+    cfg = load_config(_preset_path(form.get("preset") or DEFAULT_PRESET, folder), overrides)
+    name = safe_filename(cfg.output.name, default="lora")
+    cfg.output.name = name
+    cfg.output.dir = str(unique_path(Path(app.config.output_dir) / "runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return cfg
+
+
+def _preset_path(preset: str, folder: Path | None) -> Path | None:
+    if not preset or preset == DEFAULT_PRESET:
+        return None
+    folder = folder or presets_dir()
+    path = folder / f"{safe_filename(preset)}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset {preset!r} in {folder}; pick one of {', '.join(list_presets(folder))}")
+    return path
+
+
+def _get(cfg, key: str):
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _form_value(key: str, value):
+    if SETTINGS[key][1] == "lines":
+        return "\n".join(value or [])
+    return value
+
+
+def _yaml_value(key: str, value) -> str:
+    """A form value as the YAML text `load_config`'s overrides expect."""
+    import json
+
+    kind = SETTINGS[key][1]
+    if kind == "lines":
+        return json.dumps([line.strip() for line in str(value).splitlines() if line.strip()])
+    if kind == "int":
+        if float(value) != int(float(value)):
+            raise ConfigError(f"{key}: expected a whole number, got {value}")
+        return str(int(float(value)))
+    if kind == "text":
+        return json.dumps(str(value))  # JSON strings are valid YAML and keep ':' and '#' literal
+    return json.dumps(value)
+
+
+def setting_help(key: str) -> str:
+    from sdlora.config import field_help
+
+    return field_help(key)
+
+
+def setting_choices(key: str) -> list[str]:
+    import dataclasses
+
+    from sdlora.config import TrainConfig
+
+    section, _, name = key.partition(".")
+    sub = getattr(TrainConfig(), section)
+    for f in dataclasses.fields(sub):
+        if f.name == name:
+            return list(f.metadata.get("choices") or [])
+    return []
+
+
+# ---------------------------------------------------------------- data set and captions ------
+
+def load_dataset(app, folder_text: str, uploads: list | None) -> tuple[str, list, list, str]:
+    """Pick the data set: uploaded files (copied into output/datasets/) or a folder in the allowed roots.
+
+    Returns (data set path, gallery items, caption rows [[file, caption]], summary line).
+    """
+    if uploads:
+        folder = _store_dataset_upload(app, uploads)
+    else:
+        default = Path(app.config.data_dirs[0]) if app.config.data_dirs else Path(app.config.output_dir)
+        folder = app.read_path(folder_text, default_root=default)
+        if not folder.is_dir():
+            raise DatasetError(f"{folder_text!r} is not a folder; pick the folder that holds the images")
+    rows = scan_captions(folder)
+    if not rows:
+        raise DatasetError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    gallery = [(str(folder / name), caption or "(no caption)") for name, caption in rows]
+    missing = sum(1 for _, caption in rows if not caption)
+    summary = f"{len(rows)} images in {folder.name}/; {len(rows) - missing} with captions, {missing} without"
+    return str(folder), gallery, [list(row) for row in rows], summary
+
+
+def _store_dataset_upload(app, uploads: list) -> Path:
+    folder = unique_path(Path(app.config.output_dir) / "datasets", f"upload-{time.strftime('%Y%m%d-%H%M%S')}")
+    for file in uploads:
+        path, name = upload_name(file)
+        check_image_upload(path, app.config.limits)
+        store_upload(path, folder, name)
+    return folder
+
+
+def scan_captions(folder: Path) -> list[tuple[str, str]]:
+    """[(image path relative to folder, caption)] for images in the folder and its N_name subfolders."""
+    from sdlora.train.captions import read_caption
+
+    images = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images += sorted(p for p in folder.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    rows = []
+    for image in images[:MAX_CAPTION_ROWS]:
+        caption_file = image.with_suffix(".txt")
+        caption = read_caption(caption_file)[0] if caption_file.is_file() else ""
+        rows.append((str(image.relative_to(folder)), caption))
+    return rows
+
+
+def add_trigger(rows: list[list[str]] | None, trigger: str) -> list[list[str]]:
+    """Put `trigger` first in every caption that does not already start with it."""
+    trigger = (trigger or "").strip()
+    if not trigger:
+        raise ConfigError("type a trigger word first")
+    out = []
+    for name, caption in _rows(rows):
+        tags = [t.strip() for t in str(caption or "").split(",") if t.strip()]
+        if not tags or tags[0] != trigger:
+            tags = [trigger, *[t for t in tags if t != trigger]]
+        out.append([name, ", ".join(tags)])
+    return out
+
+
+def save_captions(app, dataset: str, rows: list[list[str]] | None) -> tuple[str, str]:
+    """Write each caption to its same-stem .txt file. Returns (data set path, message).
+
+    A data set in a read-only folder (e.g. sample_data/) is first copied under output/datasets/,
+    so the original is never changed; the copy becomes the data set.
+    """
+    folder = app.read_path(dataset)
+    copied = ""
+    if not app.is_writable(folder):
+        target = unique_path(Path(app.config.output_dir) / "datasets", f"{folder.name}-edited")
+        shutil.copytree(folder, target)
+        folder, copied = target, f" (copied to {target.name}/ first: the original folder is read-only)"
+    count = 0
+    for name, caption in _rows(rows):
+        image = (folder / name).resolve()
+        if not image.is_relative_to(folder) or not image.is_file():
+            raise DatasetError(f"{name!r} is not an image in {folder.name}/")
+        tmp = image.with_suffix(".txt.tmp")
+        tmp.write_text(str(caption or "").strip() + "\n", encoding="utf-8")
+        tmp.replace(image.with_suffix(".txt"))
+        count += 1
+    return str(folder), f"saved {count} captions{copied}"
+
+
+def _rows(rows) -> list[tuple[str, str]]:
+    if rows is None:
+        return []
+    if hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas DataFrame
+        rows = rows.values.tolist()
+    return [(str(r[0]), "" if r[1] is None else str(r[1])) for r in rows if r and str(r[0]).strip()]
+
+
+# ---------------------------------------------------------------- the training job -----------
+
+def start_training(app, form: dict[str, Any]) -> tuple[int, str]:
+    """Validate the form, queue a training job; returns (job id, status line)."""
+    cfg = config_from_form(app, form)
+    job = app.jobs.submit(cfg.output.name, lambda ctx: run_training(cfg, ctx))
+    ahead = sum(1 for j in app.jobs.snapshot() if j["status"] in ("queued", "running") and j["id"] != job.id)
+    where = f"queued behind {ahead} job(s)" if ahead else "starting"
+    return job.id, f"job {job.id} ({cfg.output.name}): {where}"
+
+
+def run_training(cfg, ctx: JobContext) -> str | None:
+    """The job body: call the trainer with progress and cancel wired to the job; return the LoRA path."""
+    from sdlora.train import train
+
+    ctx.progress(0, cfg.optim.steps, "loading the base model")
+    result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps), cancel=ctx.cancel_event)
+    return _result_path(result, cfg)
+
+
+def record_step(ctx: JobContext, info, total: int) -> None:
+    """Map the trainer's StepInfo onto the job (progress, loss history, new sample images)."""
+    step = int(getattr(info, "step", 0))
+    total = int(getattr(info, "total", None) or getattr(info, "total_steps", None) or total)
+    loss = getattr(info, "loss", None)
+    if loss is not None and math.isfinite(float(loss)):
+        ctx.add_loss(step, float(loss))
+    samples = getattr(info, "samples", None) or getattr(info, "sample_paths", None) or []
+    if samples:
+        ctx.add_samples([str(s) for s in samples])
+    message = f"loss {float(loss):.4f}" if loss is not None else ""
+    ctx.progress(step, total, message)
+
+
+def _result_path(result, cfg) -> str | None:
+    """The exported .safetensors file, whatever shape the trainer's result has."""
+    for candidate in (result, getattr(result, "path", None), getattr(result, "lora_path", None)):
+        if isinstance(candidate, str | Path) and str(candidate).endswith(".safetensors"):
+            return str(candidate)
+    found = sorted(Path(cfg.output.dir).glob("**/*.safetensors"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found else None
+
+
+def cancel_training(app, job_id: int | None) -> str:
+    if job_id is None:
+        raise SdloraError("no training job in this session to cancel")
+    job = app.jobs.cancel(job_id)
+    return f"job {job.id} ({job.name}): cancelling; it stops within a step and keeps the last checkpoint"
+
+
+def poll(app, job_id: int | None) -> dict[str, Any]:
+    """What the page shows about this session's job and the queue (called by the timer)."""
+    queue = [[j["id"], j["name"], j["status"], f"{j['step']}/{j['total']}", j["error"] or j["message"]]
+             for j in app.jobs.snapshot()]
+    if job_id is None:
+        return {"progress": progress_html(0, 0, "no job yet"), "losses": [], "samples": [], "queue": queue,
+                "result": None, "status": "", "finished": True}
+    state = app.jobs.job_state(job_id)
+    status = f"job {state['id']} ({state['name']}): {state['status']}"
+    if state["error"]:
+        status += f": {state['error']}"
+    elif state["message"]:
+        status += f": {state['message']}"
+    finished = state["status"] in ("done", "failed", "cancelled")
+    result = state["result"] if state["status"] == DONE else None
+    return {"progress": progress_html(state["step"], state["total"], state["status"]),
+            "losses": state["losses"], "samples": state["samples"], "queue": queue,
+            "result": result, "status": status, "finished": finished}
+
+
+def progress_html(step: int, total: int, status: str) -> str:
+    """A native <progress> bar with the step count (tests read its value and max)."""
+    total = max(int(total), 0)
+    pct = 100.0 * step / total if total else 0.0
+    return (f'<div class="sdlora-progress"><progress id="train-progress" value="{int(step)}" max="{total or 1}">'
+            f"</progress> <span>step {int(step)} / {total} ({pct:.0f}%) · {html.escape(status)}</span></div>")
+
+
+def loss_frame(losses: list[tuple[int, float]]):
+    import pandas as pd
+
+    return pd.DataFrame(losses or [], columns=["step", "loss"])
+
+
+def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
+    """Copy the finished job's LoRA into the library folder. Returns (library name, message)."""
+    if job_id is None:
+        raise SdloraError("no finished training in this session yet")
+    state = app.jobs.job_state(job_id)
+    if state["status"] != DONE or not state["result"]:
+        raise SdloraError(f"job {job_id} is {state['status']}; wait until it is done")
+    source = Path(state["result"])
+    target = unique_path(Path(app.config.lora_dir), safe_filename(source.name))
+    shutil.copyfile(source, target)
+    return target.stem, f"added {target.name} to the library"
+
+
+# ---------------------------------------------------------------- layout and wiring ----------
+
+def create_ui(app) -> dict[str, Any]:
+    """Build the Train tab inside the current gr.Blocks; returns its components for cross-tab wiring."""
+    c: dict[str, Any] = {"job_id": gr.State(None), "dataset": gr.State("")}
+    with gr.Row():
+        c["base"] = gr.Textbox(app.config.base, label="Base model",
+                               info="'embedded' (sdlora's small shipped model) or a model path inside the "
+                                    "configured folders")
+        c["preset"] = gr.Dropdown(list_presets(), value=DEFAULT_PRESET, label="Preset",
+                                  info="a preset from configs/train/; the fields below show its values")
+    _create_dataset_ui(app, c)
+    with gr.Group():
+        c["settings"] = _create_settings_ui()
+    with gr.Row():
+        c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
+        c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+    c["status"] = gr.Markdown(elem_id="train-status")
+    c["progress"] = gr.HTML(progress_html(0, 0, "no job yet"), elem_id="train-progress-box")
+    with gr.Row():
+        c["loss_plot"] = gr.LinePlot(loss_frame([]), x="step", y="loss", title="Training loss",
+                                     elem_id="train-loss-plot", height=260)
+        c["samples"] = gr.Gallery(label="Sample images", columns=4, height=260, elem_id="train-samples")
+    c["queue"] = gr.Dataframe(headers=["job", "name", "status", "step", "message"], label="Training queue",
+                              interactive=False, elem_id="train-queue")
+    with gr.Row():
+        c["result"] = gr.File(label="Trained LoRA (.safetensors)", interactive=False, elem_id="train-result")
+        c["add_to_stack"] = gr.Button("Add to library and stack", elem_id="train-add-to-stack")
+    c["timer"] = gr.Timer(1.0, active=False)
+    _wire(app, c)
+    return c
+
+
+def _create_dataset_ui(app, c: dict[str, Any]) -> None:
+    default_data = str(app.config.data_dirs[0]) if app.config.data_dirs else ""
+    with gr.Row():
+        c["data_path"] = gr.Textbox(default_data, label="Data set folder", elem_id="train-data-path",
+                                    info="a folder of images with same-stem .txt captions, or Kohya N_name "
+                                         "subfolders, inside the configured folders")
+        c["upload"] = gr.File(label="...or upload images and captions", file_count="multiple",
+                              file_types=sorted(IMAGE_SUFFIXES | {".txt"}))
+    c["load"] = gr.Button("Load data set", elem_id="train-load-data")
+    c["data_summary"] = gr.Markdown(elem_id="train-data-summary")
+    with gr.Accordion("Captions", open=True):
+        c["thumbs"] = gr.Gallery(label="Images", columns=8, height=200, allow_preview=True)
+        c["captions"] = gr.Dataframe(headers=["image", "caption"], datatype=["str", "str"], type="array",
+                                     interactive=True, label="Captions (edit in place)", wrap=True,
+                                     elem_id="train-captions")
+        with gr.Row():
+            c["bulk_trigger"] = gr.Textbox(label="Trigger word to add to every caption", scale=3)
+            c["add_trigger"] = gr.Button("Add to all captions", scale=1)
+            c["save_captions"] = gr.Button("Save captions", scale=1)
+
+
+def _create_settings_ui() -> dict[Any, str]:
+    """One widget per setting, labelled and with the config field's own help text; {widget: key}."""
+    values = preset_values(DEFAULT_PRESET)
+    widgets: dict[Any, str] = {}
+    keys = list(SETTINGS)
+    for row in (keys[:6], keys[6:]):  # two rows keep each help text readable
+        with gr.Row(equal_height=False):
+            for key in row:
+                label, kind = SETTINGS[key]
+                widgets[_setting_widget(key, label, kind, values[key])] = key
+    return widgets
+
+
+def _setting_widget(key: str, label: str, kind: str, value):
+    info = setting_help(key)
+    elem_id = "train-" + key.replace(".", "-").replace("_", "-")
+    if kind == "choice":
+        return gr.Dropdown(setting_choices(key), value=value, label=label, info=info, elem_id=elem_id)
+    if kind == "bool":
+        return gr.Checkbox(value=value, label=label, info=info, elem_id=elem_id)
+    if kind in ("int", "float"):
+        return gr.Number(value=value, label=label, info=info, precision=0 if kind == "int" else None,
+                         elem_id=elem_id, min_width=140)
+    lines = 3 if kind == "lines" else 1
+    return gr.Textbox(value=value, label=label, info=info, lines=lines, elem_id=elem_id)
+
+
+def _form(values: dict, c: dict[str, Any]) -> dict[str, Any]:
+    form = gather(values, c["settings"])
+    form.update(gather(values, {c["base"]: "model.base", c["preset"]: "preset", c["dataset"]: "data.path"}))
+    if not form.get("data.path"):
+        form["data.path"] = values.get(c["data_path"], "")
+    return form
+
+
+def _poll_outputs(app, job_id):
+    view = poll(app, job_id)
+    result = gr.File(value=view["result"]) if view["result"] else gr.File(value=None)
+    return (view["progress"], loss_frame(view["losses"]), view["samples"], view["queue"], result,
+            view["status"], gr.Timer(active=not view["finished"]))
+
+
+def _wire(app, c: dict[str, Any]) -> None:
+    settings = list(c["settings"])
+    c["preset"].change(bound(lambda preset: list(preset_values(preset).values())), c["preset"], settings,
+                       api_name="train_preset")
+    c["load"].click(bound(load_dataset, app), [c["data_path"], c["upload"]],
+                    [c["dataset"], c["thumbs"], c["captions"], c["data_summary"]], api_name="train_load_data")
+    c["add_trigger"].click(bound(add_trigger), [c["captions"], c["bulk_trigger"]], c["captions"],
+                           api_name="train_add_trigger")
+    c["save_captions"].click(bound(save_captions, app), [c["dataset"], c["captions"]],
+                             [c["dataset"], c["data_summary"]], api_name="train_save_captions")
+    form_inputs = {*settings, c["base"], c["preset"], c["dataset"], c["data_path"]}
+    start = bound(lambda values: start_training(app, _form(values, c)))
+    c["start"].click(start, form_inputs, [c["job_id"], c["status"]], api_name="train_start").then(
+        lambda: gr.Timer(active=True), None, c["timer"])
+    c["cancel"].click(bound(cancel_training, app), c["job_id"], c["status"], api_name="train_cancel")
+    poll_outputs = [c["progress"], c["loss_plot"], c["samples"], c["queue"], c["result"], c["status"], c["timer"]]
+    c["timer"].tick(bound(_poll_outputs, app), c["job_id"], poll_outputs, api_name="train_poll",
+                    show_progress="hidden")
