@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -160,11 +161,19 @@ class LoraStack:
         self._entries: dict[str, StackEntry] = {}
         self._layers: dict[str, _Layer] = {}
         self._live: dict[str, torch.nn.Module] | None = None
+        self._family = _UNSET
         self._reports: dict[str, object] = {}
         self._batch_depth = 0
         self._pending: dict[str, dict[str, float | None]] = {}  # layer -> {entry: old strength}
 
     # ----- public API -------------------------------------------------------------------------
+
+    @property
+    def family(self) -> str | None:
+        """The model's base family ("sd1", "sd2", "sdxl"; None for other models), found once."""
+        if self._family is _UNSET:
+            self._family = model_family_of(self.components)
+        return self._family
 
     @property
     def entries(self) -> list[StackEntry]:
@@ -264,7 +273,7 @@ class LoraStack:
             from sdlora.arch import table_for_model
             from sdlora.report import check_lora
 
-            self._reports[name] = check_lora(entry.lora, table_for_model(self.model))
+            self._reports[name] = check_lora(entry.lora, table_for_model(SimpleNamespace(**self.components)))
         return self._reports[name]
 
     def block_names(self) -> list[str]:
@@ -315,7 +324,7 @@ class LoraStack:
 
     def _plan(self, state, entry) -> list[tuple[str, object, torch.nn.Module]]:
         """Check the whole LoRA against the model before anything changes; return what to patch."""
-        _check_family(state, self.components)
+        _check_family(state, self.family)
         live = self._live_modules()
         plan, mismatched = [], []
         for canonical, module in state.modules.items():
@@ -408,16 +417,9 @@ def _components_of(model) -> dict[str, torch.nn.Module]:
 
 
 def _canonical(component: str, path: str, model) -> str:
-    try:
-        from sdlora.naming import canonical_name
-    except ImportError:  # TODO(#3): drop once sdlora.naming has landed
-        canonical_name = None
-    if canonical_name is not None:
-        return canonical_name(component, path)
-    # transformers 5 CLIPTextModel has no `text_model.` level; canonical names always carry it
-    if component.startswith("text_encoder") and not hasattr(model, "text_model"):
-        path = f"text_model.{path}"
-    return f"{component}.{path}"
+    from sdlora.naming import canonical_name
+
+    return canonical_name(component, path)
 
 
 def _fits(module, weight_shape: tuple[int, ...]) -> bool:
@@ -431,9 +433,8 @@ def _fits(module, weight_shape: tuple[int, ...]) -> bool:
     return prod(shape) == prod(weight_shape) and shape[0] == weight_shape[0]
 
 
-def _check_family(state, components) -> None:
+def _check_family(state, model_family: str | None) -> None:
     """Refuse a LoRA made for another base family, naming both (before anything changes)."""
-    model_family = model_family_of(components)
     lora_family = getattr(state, "family", None)
     if model_family and lora_family and model_family != lora_family:
         raise CompatibilityError(
@@ -443,13 +444,15 @@ def _check_family(state, components) -> None:
 
 
 def model_family_of(components) -> str | None:
-    """The base family of live components ("sd1", "sd2", "sdxl") or None for other models."""
-    try:
-        from sdlora.family import detect_model_family
-    except ImportError:
-        detect_model_family = None
-    if detect_model_family is not None:
-        return detect_model_family(components)
-    unet = components.get("unet")
-    cross = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
-    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(cross)
+    """The base family of live components ("sd1", "sd2", "sdxl") or None for other models.
+
+    The arch helper's table match is exact; a model that differs from the shipped tables in some
+    module (a fine-tune with an extra layer) still has the UNet's cross-attention width to go by.
+    """
+    from sdlora.arch import table_for_model
+
+    family = table_for_model(SimpleNamespace(**components)).family
+    if family is None:
+        cross = getattr(getattr(components.get("unet"), "config", None), "cross_attention_dim", None)
+        family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(cross)
+    return family
