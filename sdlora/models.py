@@ -1,0 +1,190 @@
+"""Base-model loading: `load_components(base)` -> `Components`. The only module that calls
+`from_pretrained` / `from_single_file`. Imports diffusers and transformers lazily (inside functions).
+
+A base is one of:
+* ``"embedded"``: sdlora's small shipped SD1-architecture model (`sdlora.embedded.weights_dir()`);
+* a diffusers folder (``model_index.json`` with unet/, vae/, text_encoder/, tokenizer/, scheduler/);
+* a single-file checkpoint of SD1.x, SD2.x or SDXL (``.safetensors``), loaded offline with the model
+  configs in ``configs/models/`` and the CLIP tokenizer files in ``configs/tokenizers/``;
+* a pickle checkpoint (``.ckpt/.pt/.pth/.bin``): refused unless ``allow_pickle=True``; diffusers then reads it
+  with ``torch.load(weights_only=True)``, which cannot run code from the file;
+* a Hugging Face hub id (``org/name``) when online.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdlora.errors import CompatibilityError, ConfigError, FormatError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIRS = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass
+class Components:
+    """The parts of a Stable Diffusion pipeline the trainer uses."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    family: str | None = None   # "sd1" | "sd2" | "sdxl"
+    name: str = ""              # base name for metadata (ss_sd_model_name)
+
+    @property
+    def text_encoders(self) -> dict[str, Any]:
+        found = {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2}
+        return {k: v for k, v in found.items() if v is not None}
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+
+def configs_root() -> Path:
+    """`configs/` beside the package (a source checkout) -- where models/ and tokenizers/ live."""
+    return REPO_ROOT / "configs"
+
+
+def detect_checkpoint_family(keys) -> str:
+    """sd1/sd2/sdxl from the key names of an original (LDM/SGM) single-file checkpoint."""
+    keys = list(keys)
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys) or any(
+            k.startswith("model.diffusion_model.") for k in keys):
+        return "sd1"
+    raise FormatError("not a Stable Diffusion checkpoint: no model.diffusion_model.* / cond_stage_model.* "
+                      "/ conditioner.* keys")
+
+
+def _family_from_unet(unet) -> str:
+    if getattr(unet.config, "addition_embed_type", None) == "text_time":
+        return "sdxl"
+    return "sd2" if unet.config.cross_attention_dim == 1024 else "sd1"
+
+
+def _from_pipeline(pipe, name: str, family: str | None = None) -> Components:
+    return Components(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                      scheduler=pipe.scheduler, text_encoder_2=getattr(pipe, "text_encoder_2", None),
+                      tokenizer_2=getattr(pipe, "tokenizer_2", None),
+                      family=family or _family_from_unet(pipe.unet), name=name)
+
+
+def _pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _load_folder(folder: Path, dtype) -> Components:
+    from diffusers import DiffusionPipeline
+
+    if not (folder / "model_index.json").is_file():
+        raise FormatError(f"{folder}: not a diffusers model folder (no model_index.json)")
+    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True,
+                                             safety_checker=None, requires_safety_checker=False)
+    return _from_pipeline(pipe, folder.name)
+
+
+def _checkpoint_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    except Exception as err:  # safetensors raises several types for damaged headers
+        raise FormatError(f"{path}: not a readable .safetensors file ({err})") from err
+
+
+def _tokenizers(family: str) -> dict[str, Any]:
+    from transformers import CLIPTokenizer
+
+    root = configs_root() / "tokenizers"
+    clip = CLIPTokenizer.from_pretrained(root / "clip-vit-large-patch14", local_files_only=True)
+    if family == "sd1":
+        return {"tokenizer": clip}
+    open_clip = CLIPTokenizer.from_pretrained(root / "open-clip", local_files_only=True)
+    if family == "sd2":
+        return {"tokenizer": open_clip}
+    return {"tokenizer": clip, "tokenizer_2": open_clip}
+
+
+def load_single_file(path: Path, family: str | None = None, dtype=None) -> Components:
+    """A single-file SD1.x/SD2.x/SDXL checkpoint, loaded offline with the shipped configs."""
+    if path.suffix.lower() == ".safetensors":
+        family = family or detect_checkpoint_family(_checkpoint_keys(path))
+    elif family is None:
+        raise ConfigError(f"{path}: set model.family (sd1, sd2 or sdxl) for a pickle checkpoint")
+    config = configs_root() / "models" / CONFIG_DIRS[family]
+    if not (config / "model_index.json").is_file():
+        raise ConfigError(f"{config}: model configs for {family} are missing; reinstall sdlora from source")
+    cls = _pipeline_class(family)
+    try:
+        pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
+                                    safety_checker=None, requires_safety_checker=False, **_tokenizers(family))
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise CompatibilityError(f"{path}: cannot load as a {family} checkpoint ({err})") from err
+    return _from_pipeline(pipe, path.name, family)
+
+
+def _load_hub(repo_id: str, dtype) -> Components:
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(repo_id, torch_dtype=dtype, safety_checker=None,
+                                                 requires_safety_checker=False)
+    except Exception as err:  # hub errors come in many types (offline, 404, gated)
+        raise ConfigError(f"model.base: {repo_id!r} is not a local file or folder and could not be fetched "
+                          f"from the Hugging Face hub ({type(err).__name__}: {err})") from err
+    return _from_pipeline(pipe, repo_id)
+
+
+def load_components(base: str, *, family: str | None = None, allow_pickle: bool = False, dtype=None) -> Components:
+    """Load a base model for training.
+
+    Args:
+        base: "embedded", a diffusers folder, a single-file checkpoint, or a hub id.
+        family: "sd1"/"sd2"/"sdxl" when a single file's family cannot be detected (pickles).
+        allow_pickle: allow .ckpt/.pt/.pth/.bin (read with torch.load(weights_only=True)).
+        dtype: torch dtype for the weights (default float32).
+
+    Raises:
+        ConfigError: unknown base, pickle without allow_pickle, missing configs.
+        FormatError / CompatibilityError: the file is not a loadable SD checkpoint.
+    """
+    if base == "embedded":
+        from sdlora.embedded import weights_dir
+
+        return _load_folder(weights_dir(), dtype)
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return _load_folder(path, dtype)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ConfigError(f"{path}: pickle checkpoints can run code when loaded; convert it to .safetensors, "
+                              "or pass --allow-pickle (model.allow_pickle: true) to load it with "
+                              "torch.load(weights_only=True)")
+        if not path.is_file():
+            raise ConfigError(f"model.base: {path} does not exist")
+        return load_single_file(path, family, dtype)
+    if path.suffix.lower() == ".safetensors":
+        if not path.is_file():
+            raise ConfigError(f"model.base: {path} does not exist")
+        return load_single_file(path, family, dtype)
+    if base.count("/") == 1 and not base.startswith((".", "/", "~")):
+        return _load_hub(base, dtype)
+    raise ConfigError(f"model.base: {base!r} is not 'embedded', a diffusers folder, a .safetensors checkpoint "
+                      "or a hub id (org/name)")

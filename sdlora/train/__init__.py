@@ -1,0 +1,121 @@
+"""Training entry point: `train(cfg, components=None, *, on_step=None, cancel=None, resume=False)`.
+
+Modules: data (scan, buckets, order), images (safe decoding), captions, conditioning (text/VAE + caches),
+loss (pure math), optim, loop (setup + step), checkpoint (resume), export (metadata + files),
+progress (StepInfo, loss CSV/plot), samples (preview grids).
+
+>>> from sdlora.config import load_config
+>>> from sdlora.train import train
+>>> cfg = load_config("configs/train/quick.yaml", ["data.path=sample_data"])  # doctest: +SKIP
+>>> result = train(cfg, on_step=lambda info: print(info.step, info.loss))   # doctest: +SKIP
+>>> result.files                                                             # doctest: +SKIP
+[PosixPath('output/lora.safetensors')]
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdlora.errors import ConfigError
+from sdlora.train.progress import StepInfo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StepInfo", "TrainResult", "train"]
+
+
+@dataclass
+class TrainResult:
+    files: list[Path]                 # exported LoRA file(s), config.yaml beside the first
+    steps: int                        # optimizer steps done
+    loss: float | None                # loss of the last step
+    history: list[tuple[int, float, float]]  # (step, loss, lr)
+    summary: object                   # data.DatasetSummary
+    cancelled: bool = False
+    checkpoint: Path | None = None    # last checkpoint folder
+    loss_csv: Path | None = None
+    loss_plot: Path | None = None
+    samples: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class TrainRun:
+    """Facts about the run that go into the metadata."""
+
+    family: str | None
+    prediction_type: str
+    base_name: str
+    num_processes: int
+    batches_per_epoch: int
+    session_id: str
+    started_at: float
+    finished_at: float = 0.0
+    step: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    version: str = ""
+
+
+def _cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
+
+
+def make_accelerator(cfg):
+    """An Accelerator for this run. In a single process, a previous run's precision setting is reset
+    (accelerate keeps it in a process-wide singleton; the web UI trains several times per process)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    try:
+        return Accelerator(mixed_precision=cfg.optim.mixed_precision)
+    except ValueError as err:
+        if "already been initialized" in str(err) and PartialState().num_processes == 1:
+            AcceleratorState._reset_state()
+            return Accelerator(mixed_precision=cfg.optim.mixed_precision)
+        raise ConfigError(f"optim.mixed_precision={cfg.optim.mixed_precision}: {err}") from err
+
+
+def _load_base(cfg):
+    from sdlora.models import load_components
+
+    return load_components(cfg.model.base, family=cfg.model.family, allow_pickle=cfg.model.allow_pickle)
+
+
+def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = None,
+          cancel: threading.Event | Callable[[], bool] | None = None, resume: bool | str | Path = False
+          ) -> TrainResult:
+    """Train a LoRA as `cfg` says and export it.
+
+    Args:
+        cfg: a `sdlora.config.TrainConfig` (see `load_config`).
+        components: a `sdlora.models.Components`; loaded from `cfg.model.base` when None.
+        on_step: called after every optimizer step with a `StepInfo` (main process only).
+        cancel: a threading.Event or a callable; checked before every step. When set, the run saves a
+            checkpoint and returns with `cancelled=True` (resume it later with `resume=True`).
+        resume: True = continue from the newest checkpoint in `cfg.output.dir`; or a checkpoint folder.
+
+    Returns:
+        TrainResult with the exported files, history and data set summary.
+
+    Raises:
+        DatasetError, ConfigError: bad data or settings (before any training).
+        TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
+    """
+    from sdlora.train.data import scan_dataset
+    from sdlora.train.session import run_training
+
+    items, summary = scan_dataset(cfg.data)
+    for line in summary.lines():
+        log.info("%s", line)
+    accelerator = make_accelerator(cfg)
+    components = components if components is not None else _load_base(cfg)
+    return run_training(cfg, components, accelerator, items, summary,
+                        on_step=on_step, should_stop=lambda: _cancelled(cancel), resume=resume,
+                        started=time.time())

@@ -1,0 +1,66 @@
+"""Caption files and caption processing (trigger, shuffle with keep-tokens, caption/tag dropout). Stdlib only.
+
+Captions are comma-separated tags, as sd-scripts treats them (FORMATS.md §3, `process_caption`): the
+trigger word goes first, the first `keep_tokens` tags (the trigger counts as one) never move or drop, the
+rest may be shuffled and dropped, and the result is re-joined with ", ".
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+
+def read_caption(path: Path) -> tuple[str, str | None]:
+    """Return (caption, note). Non-UTF-8 files are read as cp1252 (then Latin-1) and noted, never fatal.
+
+    The caption is the first non-empty line, as sd-scripts reads it.
+    """
+    raw = path.read_bytes()
+    note = None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            text = raw.decode("cp1252")
+            note = "caption is not UTF-8; read as Windows-1252"
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+            note = "caption is not UTF-8; read as Latin-1"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else ""), note
+
+
+def split_tags(caption: str) -> list[str]:
+    return [tag.strip() for tag in caption.split(",") if tag.strip()]
+
+
+def with_trigger(caption: str, trigger: str) -> str:
+    """Prepend the trigger word unless the caption already starts with it."""
+    if not trigger:
+        return caption
+    tags = split_tags(caption)
+    if tags and tags[0] == trigger:
+        return caption
+    return ", ".join([trigger, *tags])
+
+
+def process_caption(caption: str, rng: random.Random, *, keep_tokens: int = 0, shuffle: bool = False,
+                    caption_dropout: float = 0.0, tag_dropout: float = 0.0) -> str:
+    """Apply caption dropout, then shuffle and tag dropout to the tags after the first `keep_tokens`."""
+    if caption_dropout > 0 and rng.random() < caption_dropout:
+        return ""
+    tags = split_tags(caption)
+    kept, rest = tags[:keep_tokens], tags[keep_tokens:]
+    if shuffle:
+        rng.shuffle(rest)
+    if tag_dropout > 0:
+        rest = [tag for tag in rest if rng.random() >= tag_dropout]
+    return ", ".join(kept + rest)
+
+
+def tag_frequency(captions: list[str]) -> dict[str, int]:
+    """{tag (lower-cased): count}, as sd-scripts' `ss_tag_frequency` counts them."""
+    counts = Counter(tag.lower() for caption in captions for tag in split_tags(caption))
+    return dict(counts.most_common())

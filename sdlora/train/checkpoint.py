@@ -1,0 +1,118 @@
+"""Checkpoints for exact resume: LoRA, optimizer, schedule, RNG state and the step. Depends on torch.
+
+Layout: ``<output>/checkpoints/step-000100/`` with ``lora.safetensors`` (the LoraNetwork's float32
+state dict), ``state.pt`` (optimizer, schedule, step, CPU/CUDA RNG), ``rng-<rank>.pt`` (each process's
+noise generator) and ``config.yaml``. A checkpoint is written into a hidden temporary folder and renamed into
+place, so a crash while saving leaves the previous checkpoints intact and never a half-written one. The
+data order needs no state: it is a pure function of (seed, step) (see `data.epoch_batches`).
+
+`state.pt` is written by sdlora and read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from sdlora.errors import TrainingError
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints_dir(output: Path) -> Path:
+    return output / "checkpoints"
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    root = checkpoints_dir(output)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and
+             (p / "state.pt").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"noise": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(state, step: int) -> Path:
+    """Write the checkpoint for `step` (all processes call this; the main process renames) and return it."""
+    from safetensors.torch import save_file
+
+    from sdlora.config import dump_config
+
+    acc = state.accelerator
+    final = checkpoints_dir(state.output) / f"step-{step:06d}"
+    tmp = final.with_name(f".tmp-{final.name}")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    torch.save(_rng_state(state.generator), tmp / f"rng-{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.network.state_dict().items()}
+        save_file(tensors, str(tmp / "lora.safetensors"))
+        torch.save({"step": step, "optimizer": state.optimizer.state_dict(),
+                    "scheduler": state.lr_scheduler.state_dict()}, tmp / "state.pt")
+        dump_config(state.cfg, tmp / "config.yaml")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    acc.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(output: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints; returns the deleted folders."""
+    found = list_checkpoints(output)
+    doomed = found[:-keep_last] if keep_last > 0 else []
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def resolve_resume(output: Path, resume: bool | str | Path) -> Path | None:
+    """The checkpoint folder to resume from: the newest one when `resume` is True, else the given path."""
+    if resume is True:
+        found = list_checkpoints(output)
+        if not found:
+            raise TrainingError(f"--resume: no checkpoint in {checkpoints_dir(output)}; start without --resume")
+        return found[-1]
+    if resume:
+        path = Path(resume)
+        if not (path / "state.pt").is_file():
+            raise TrainingError(f"--resume: {path} is not a checkpoint folder (no state.pt)")
+        return path
+    return None
+
+
+def load_checkpoint(state, path: Path) -> int:
+    """Restore LoRA, optimizer, schedule and RNG from `path` into `state`; returns the step to continue from."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path / "lora.safetensors"))
+    missing, unexpected = state.network.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise TrainingError(f"{path}: checkpoint does not match this run's LoRA targets "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); check lora.* settings")
+    saved = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.lr_scheduler.load_state_dict(saved["scheduler"])
+    rng_file = path / f"rng-{state.accelerator.process_index}.pt"
+    if rng_file.is_file():
+        rng = torch.load(rng_file, weights_only=True)
+        state.generator.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(saved["step"])

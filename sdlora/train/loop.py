@@ -1,0 +1,235 @@
+"""The training loop: `setup_training` (freeze, inject, optimizer, caches), `training_step` (one micro-batch:
+encode -> noise -> timesteps -> predict -> loss) and `run_loop` (accumulate, clip, step, log, checkpoint).
+
+Reads top to bottom like diffusers' `train_text_to_image_lora.py`, but each stage is a function.
+Multi-process (``accelerate launch``): every process computes its own micro-batches of the same global
+order; LoRA gradients are averaged with one all-reduce per optimizer step (the LoRA lives outside the
+base model, so no DDP wrapper is needed and the base model is never wrapped or copied).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdlora.errors import TrainingError
+from sdlora.lora import inject_lora
+from sdlora.train import data as data_mod
+from sdlora.train.conditioning import LatentCache, TextCache, encode_text, posterior, unet_kwargs, vae_identity
+from sdlora.train.loss import (compute_snr, diffusion_loss, min_snr_weights, noise_target, sample_noise,
+                               sample_timesteps)
+from sdlora.train.optim import make_optimizer, make_scheduler, param_groups
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    cfg: Any
+    components: Any
+    accelerator: Any
+    network: Any
+    optimizer: Any
+    lr_scheduler: Any
+    items: list
+    summary: Any
+    generator: torch.Generator
+    output: Path
+    prediction_type: str
+    train_text: bool
+    weight_dtype: torch.dtype
+    latent_cache: LatentCache | None = None
+    text_cache: TextCache | None = None
+    step: int = 0
+    batches_per_epoch: int = 1
+    _epochs: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def batch(self, micro: int) -> tuple[int, int, list[int]]:
+        """(epoch, batch position, item indices) of global micro-batch number `micro`."""
+        epoch, position = divmod(micro, self.batches_per_epoch)
+        if epoch not in self._epochs:
+            self._epochs = {epoch: data_mod.epoch_batches(self.items, self.cfg.data.batch_size,
+                                                          self.cfg.optim.seed, epoch)}
+        return epoch, position, self._epochs[epoch][position]
+
+
+def _freeze_and_place(components, accelerator, weight_dtype) -> None:
+    for model in (components.unet, components.vae, *components.text_encoders.values()):
+        model.requires_grad_(False)
+        model.eval()
+        if model.dtype != weight_dtype and model is not components.vae:
+            model.to(dtype=weight_dtype)
+        model.to(accelerator.device)
+    if components.vae.dtype != torch.float32:
+        components.vae.to(dtype=torch.float32)  # fp16 VAE encodes overflow (diffusers keeps it fp32 too)
+
+
+def _inject(cfg, components):
+    targets = {"unet": components.unet}
+    if cfg.lora.train_text_encoder:
+        targets.update(components.text_encoders)
+    lc = cfg.lora
+    return inject_lora(targets, lc.targets, rank=lc.rank, alpha=lc.alpha, conv_rank=lc.conv_rank,
+                       conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora)
+
+
+def _caches(cfg, components, output: Path, train_text: bool):
+    latent_cache = None
+    if cfg.data.cache_latents != "off":
+        if cfg.data.crop == "random":
+            log.warning("data.cache_latents is ignored with data.crop=random (every step crops differently)")
+        else:
+            folder = output / "cache" / "latents" if cfg.data.cache_latents == "disk" else None
+            latent_cache = LatentCache(folder, f"{vae_identity(components.vae)}|{cfg.data.background}")
+    text_cache = TextCache() if cfg.data.cache_text and not train_text and data_mod.captions_fixed(cfg.data) else None
+    return latent_cache, text_cache
+
+
+def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
+    """Freeze the base, inject LoRA, build optimizer, schedule, caches and the noise generator."""
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.optim.mixed_precision, torch.float32)
+    _freeze_and_place(components, accelerator, weight_dtype)
+    torch.manual_seed(cfg.optim.seed)  # LoRA init (down) is the same on every process
+    network = _inject(cfg, components)
+    if cfg.optim.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+        if cfg.lora.train_text_encoder:
+            for encoder in components.text_encoders.values():
+                encoder.gradient_checkpointing_enable()
+    optimizer = make_optimizer(param_groups(network, cfg), cfg, accelerator.device)
+    lr_scheduler = make_scheduler(optimizer, cfg)
+    optimizer = accelerator.prepare(optimizer)
+    generator = torch.Generator(accelerator.device).manual_seed(cfg.optim.seed + accelerator.process_index)
+    output = Path(cfg.output.dir)
+    prediction = cfg.model.prediction_type or components.scheduler.config.prediction_type
+    train_text = cfg.lora.train_text_encoder and any(n.startswith("text_encoder") for n in network.names)
+    latent_cache, text_cache = _caches(cfg, components, output, train_text)
+    state = TrainState(cfg, components, accelerator, network, optimizer, lr_scheduler, items, summary,
+                       generator, output, prediction, train_text, weight_dtype, latent_cache, text_cache)
+    state.batches_per_epoch = len(data_mod.epoch_batches(items, cfg.data.batch_size, cfg.optim.seed, 0))
+    return state
+
+
+def _latent_stats(state: TrainState, item, rng, flip: bool):
+    cache = state.latent_cache
+    key = cache.key(item.path, item.bucket, flip) if cache is not None else None
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        return cached
+    pixels = data_mod.load_pixels(item, state.cfg.data, rng, flip).unsqueeze(0)
+    with torch.no_grad():
+        mean, std = posterior(state.components.vae, pixels)
+    if cache is not None:
+        cache.put(key, mean[0], std[0])
+        return mean[0].cpu(), std[0].cpu()
+    return mean[0], std[0]
+
+
+def prepare_batch(state: TrainState, micro: int) -> tuple[torch.Tensor, list[str], list]:
+    """(latents (B, 4, h, w), captions, items) of a micro-batch; latents sampled from the VAE posterior."""
+    epoch, position, indices = state.batch(micro)
+    means, stds, captions, items = [], [], [], []
+    for offset, index in enumerate(indices):
+        item = state.items[index]
+        rng = data_mod.sample_rng(state.cfg.optim.seed, epoch, position * state.cfg.data.batch_size + offset)
+        flip = state.cfg.data.flip and rng.random() < 0.5
+        mean, std = _latent_stats(state, item, rng, flip)
+        means.append(mean)
+        stds.append(std)
+        captions.append(data_mod.caption_for_step(item, state.cfg.data, rng))
+        items.append(item)
+    mean, std = torch.stack(means).to(state.device), torch.stack(stds).to(state.device)
+    noise = torch.randn(mean.shape, generator=state.generator, device=state.device)
+    return mean + std * noise, captions, items
+
+
+def _text(state: TrainState, captions: list[str]):
+    if state.text_cache is not None:
+        return state.text_cache.encode(state.components, captions, state.device)
+    with torch.set_grad_enabled(state.train_text):
+        return encode_text(state.components, captions, state.device)
+
+
+def training_step(state: TrainState, micro: int) -> torch.Tensor:
+    """Loss of one micro-batch (not yet divided by grad_accum)."""
+    cfg, scheduler = state.cfg, state.components.scheduler
+    latents, captions, items = prepare_batch(state, micro)
+    # forward diffusion: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise (DDPM, Ho et al. 2020 eq. 4)
+    noise = sample_noise(latents, state.generator, cfg.optim.noise_offset)
+    timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, state.generator,
+                                 state.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    with state.accelerator.autocast():
+        hidden, pooled = _text(state, captions)
+        extra = unet_kwargs(state.components, pooled, [i.bucket for i in items], state.weight_dtype)
+        pred = state.components.unet(noisy.to(state.weight_dtype), timesteps, hidden.to(state.weight_dtype),
+                                     **extra).sample
+    target = noise_target(scheduler, latents, noise, timesteps, state.prediction_type)
+    weights = None
+    if cfg.optim.min_snr_gamma:
+        snr = compute_snr(scheduler.alphas_cumprod, timesteps)
+        weights = min_snr_weights(snr, cfg.optim.min_snr_gamma, state.prediction_type)
+    return diffusion_loss(pred, target, weights)
+
+
+def sync_gradients(state: TrainState) -> None:
+    """Average LoRA gradients over processes with one all-reduce (no-op for one process)."""
+    acc = state.accelerator
+    if acc.num_processes == 1:
+        return
+    params = list(state.network.parameters())
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    flat = acc.reduce(flat, reduction="mean")
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
+def optimizer_step(state: TrainState) -> float:
+    """One optimizer step over grad_accum micro-batches; returns the mean loss (over processes)."""
+    cfg, acc = state.cfg, state.accelerator
+    accum, total = cfg.optim.grad_accum, torch.zeros((), device=state.device)
+    for k in range(accum):
+        micro = (state.step * accum + k) * acc.num_processes + acc.process_index
+        loss = training_step(state, micro)
+        acc.backward(loss / accum)
+        total += loss.detach() / accum
+    sync_gradients(state)
+    mean_loss = float(acc.reduce(total, reduction="mean")) if acc.num_processes > 1 else float(total)
+    if not torch.isfinite(torch.tensor(mean_loss)):
+        state.optimizer.zero_grad(set_to_none=True)
+        raise TrainingError(f"loss became {mean_loss} at step {state.step + 1}; training stopped and nothing "
+                            "from this step was saved. Lower optim.lr, or use bf16 instead of fp16")
+    if cfg.optim.max_grad_norm > 0:
+        acc.clip_grad_norm_(state.network.parameters(), cfg.optim.max_grad_norm)
+    state.optimizer.step()
+    state.lr_scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    return mean_loss
+
+
+def precompute_latents(state: TrainState, on_progress=None) -> None:
+    """Fill the latent cache for every image this run can draw (both flips when flipping)."""
+    if state.latent_cache is None:
+        return
+    flips = (False, True) if state.cfg.data.flip else (False,)
+    for done, item in enumerate(state.items, 1):
+        for flip in flips:
+            _latent_stats(state, item, None, flip)
+        if on_progress is not None:
+            on_progress(done, len(state.items))
+
+
+def now() -> float:
+    return time.perf_counter()

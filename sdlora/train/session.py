@@ -1,0 +1,129 @@
+"""One training run from setup to export: resume, the step loop, logging, checkpoints, samples, cancel."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import sdlora
+from sdlora.errors import TrainingError
+from sdlora.train import TrainResult, TrainRun
+from sdlora.train.checkpoint import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from sdlora.train.export import build_metadata, export_lora, new_session_id
+from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
+from sdlora.train.progress import LossLog, StepInfo
+
+log = logging.getLogger(__name__)
+
+
+def _run_facts(state, started: float) -> TrainRun:
+    return TrainRun(family=state.components.family, prediction_type=state.prediction_type,
+                    base_name=state.components.name or state.cfg.model.base,
+                    num_processes=state.accelerator.num_processes, batches_per_epoch=state.batches_per_epoch,
+                    session_id=new_session_id(), started_at=started, version=sdlora.__version__)
+
+
+def _finish_facts(run: TrainRun, state) -> TrainRun:
+    micro = state.step * state.cfg.optim.grad_accum * state.accelerator.num_processes
+    run.step, run.finished_at = state.step, time.time()
+    run.epoch = -(-micro // state.batches_per_epoch)
+    run.epochs = -(-state.cfg.optim.steps * state.cfg.optim.grad_accum * state.accelerator.num_processes
+                   // state.batches_per_epoch)
+    return run
+
+
+def _checkpoint(state, run: TrainRun) -> Path:
+    """Checkpoint folder + a step-numbered export of the LoRA, then prune old ones."""
+    folder = save_checkpoint(state, state.step)
+    if state.accelerator.is_main_process:
+        meta = build_metadata(_finish_facts(run, state), state.cfg, state.summary)
+        export_lora(state.network, meta, state.cfg, stem=f"{state.cfg.output.name}-step{state.step:06d}")
+        for doomed in prune_checkpoints(state.output, state.cfg.output.keep_last):
+            for old in state.output.glob(f"{state.cfg.output.name}-{doomed.name.replace('-', '')}*"):
+                old.unlink(missing_ok=True)
+    state.accelerator.wait_for_everyone()
+    return folder
+
+
+def _samples(state, step: int) -> list[Path]:
+    from sdlora.train.samples import render_samples
+
+    out = state.cfg.output
+    if not (out.sample_prompts and out.sample_every and step % out.sample_every == 0):
+        return []
+    if not state.accelerator.is_main_process:
+        return []
+    state.network.eval()
+    try:
+        return render_samples(state.components, out.sample_prompts, step, state.output / "samples",
+                              size=out.sample_size or state.cfg.data.resolution, steps=out.sample_steps,
+                              seed=state.cfg.optim.seed)
+    finally:
+        state.network.train()
+
+
+def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tuple[bool, Path | None, list]:
+    cfg, acc = state.cfg, state.accelerator
+    last_ckpt, samples, loss = None, [], None
+    while state.step < cfg.optim.steps:
+        if should_stop():
+            return True, _checkpoint(state, run), samples
+        loss = optimizer_step(state)
+        lr = state.lr_scheduler.get_last_lr()[0]
+        ckpt = None
+        if cfg.output.save_every and state.step % cfg.output.save_every == 0 and state.step < cfg.optim.steps:
+            ckpt = last_ckpt = _checkpoint(state, run)
+        new_samples = [str(p) for p in _samples(state, state.step)]
+        samples += new_samples
+        if acc.is_main_process:
+            log_file.add(state.step, loss, lr)
+            if on_step is not None:
+                on_step(StepInfo(state.step, cfg.optim.steps, loss, lr, now() - started_loop, new_samples,
+                                 str(ckpt) if ckpt else None))
+    return False, last_ckpt, samples
+
+
+def run_training(cfg, components, accelerator, items, summary, *, on_step, should_stop, resume,
+                 started: float) -> TrainResult:
+    """Set up, optionally resume, loop, export. Returns the TrainResult (see `sdlora.train.train`)."""
+    state = setup_training(cfg, components, accelerator, items, summary)
+    try:
+        return _run(state, on_step, should_stop, resume, started)
+    finally:
+        state.network.remove()  # the caller's models are left exactly as they came in
+
+
+def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
+    cfg, accelerator, summary = state.cfg, state.accelerator, state.summary
+    state.output.mkdir(parents=True, exist_ok=True)
+    checkpoint = resolve_resume(state.output, resume)
+    if checkpoint is not None:
+        state.step = load_checkpoint(state, checkpoint)
+        log.info("resumed from %s at step %d", checkpoint, state.step)
+    precompute_latents(state)
+    run = _run_facts(state, started)
+    log_file = LossLog(state.output, state.step) if accelerator.is_main_process else None
+    try:
+        cancelled, last_ckpt, samples = _step_loop(state, run, log_file, on_step, should_stop, now())
+    except TrainingError as err:
+        kept = ", ".join(str(p) for p in _existing_checkpoints(state)) or "none"
+        raise TrainingError(f"{err} (last good checkpoint: {kept})") from err
+    files = []
+    if cancelled:
+        last_ckpt = state.output / "checkpoints" / f"step-{state.step:06d}"
+    elif accelerator.is_main_process:
+        files = export_lora(state.network, build_metadata(_finish_facts(run, state), cfg, summary), cfg)
+    accelerator.wait_for_everyone()
+    plot = log_file.plot() if log_file is not None else None
+    history = log_file.rows if log_file is not None else []
+    return TrainResult(files=files, steps=state.step, loss=history[-1][1] if history else None, history=history,
+                       summary=summary, cancelled=cancelled, checkpoint=last_ckpt,
+                       loss_csv=log_file.csv_path if log_file else None, loss_plot=plot,
+                       samples=[Path(p) for p in samples])
+
+
+def _existing_checkpoints(state) -> list[Path]:
+    from sdlora.train.checkpoint import list_checkpoints
+
+    return list_checkpoints(state.output)[-1:]
