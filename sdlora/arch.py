@@ -304,3 +304,25 @@ def build_table_from_config_dir(path: str | Path) -> ModuleTable:
     table = ModuleTable(modules)
     table.family = match_family(table)
     return table
+
+
+def resolve_base(base: str | Path) -> str | ModuleTable:
+    """A `--base` value as a check target: a family name ("sd1", "sd2", "sdxl"; also "sd15", "sd21") stays a
+    string, a diffusers model folder becomes its meta-built module table.
+
+    Raises:
+        ConfigError: neither a family name nor a folder.
+    """
+    text = str(base)
+    aliases = {"sd15": "sd1", "sd1.5": "sd1", "sd21": "sd2", "sd2.1": "sd2"}
+    if text.lower() in FAMILIES or text.lower() in aliases:
+        return aliases.get(text.lower(), text.lower())
+    path = Path(base)
+    if path.is_dir():
+        return build_table_from_config_dir(path)
+    if path.is_file():
+        raise ConfigError(
+            f"{path}: a model file is not supported as --base; give a diffusers model folder "
+            "(model_index.json, unet/, text_encoder/) or a family name (sd1, sd2, sdxl)"
+        )
+    raise ConfigError(f"--base {text!r}: not a family name (sd1, sd2, sdxl) and no such folder")

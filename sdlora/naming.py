@@ -293,9 +293,62 @@ def _family_lookup(family: str) -> dict[str, str]:
     return lookup_for_table(family_table(family))
 
 
+# Generic layout enumerated for custom models (family None): diffusers UNet2DConditionModel blocks 0-3 with
+# up to 4 resnets/attentions, 10 transformer blocks per attention; CLIP text encoders with up to 32 layers.
+_ATTENTION_LEAVES = ("proj_in", "proj_out") + tuple(
+    f"transformer_blocks.{t}.{leaf}"
+    for t in range(10)
+    for leaf in (
+        *(f"attn{a}.{p}" for a in (1, 2) for p in ("to_q", "to_k", "to_v", "to_out.0")),
+        "ff.net.0.proj",
+        "ff.net.2",
+    )
+)
+_RESNET_LEAVES = ("conv1", "conv2", "time_emb_proj", "conv_shortcut")
+_TEXT_LEAVES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+    "mlp.fc1",
+    "mlp.fc2",
+)
+
+
+def _generic_unet_paths() -> list[str]:
+    paths = ["conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"]
+    paths += ["add_embedding.linear_1", "add_embedding.linear_2"]
+    for side, sampler in (("down", "downsamplers"), ("up", "upsamplers")):
+        for b in range(4):
+            paths.append(f"{side}_blocks.{b}.{sampler}.0.conv")
+            for j in range(4):
+                paths += [f"{side}_blocks.{b}.resnets.{j}.{leaf}" for leaf in _RESNET_LEAVES]
+                paths += [f"{side}_blocks.{b}.attentions.{j}.{leaf}" for leaf in _ATTENTION_LEAVES]
+    paths += [f"mid_block.resnets.{j}.{leaf}" for j in range(2) for leaf in _RESNET_LEAVES]
+    paths += [f"mid_block.attentions.0.{leaf}" for leaf in _ATTENTION_LEAVES]
+    return paths
+
+
+def _generic_lookup() -> dict[str, str]:
+    """Diffusers-style Kohya spellings of the generic layout (no LDM names: those depend on the structure)."""
+    lookup = {}
+    for path in _generic_unet_paths():
+        for spelling in _spellings("unet." + path, {}, False):
+            lookup[spelling] = "unet." + path
+    for layer in range(32):
+        for leaf in _TEXT_LEAVES:
+            path = f"text_model.encoder.layers.{layer}.{leaf}"
+            lookup[f"lora_te_{path.replace('.', '_')}"] = f"text_encoder.{path}"
+            lookup[f"lora_te1_{path.replace('.', '_')}"] = f"text_encoder.{path}"
+            lookup[f"lora_te2_{path.replace('.', '_')}"] = f"text_encoder_2.{path}"
+    lookup["lora_te2_text_projection"] = "text_encoder_2.text_projection"
+    return lookup
+
+
 @lru_cache(maxsize=1)
 def _union_lookup() -> dict[str, str]:
-    """All families' spellings; a spelling that means different modules in different families is left out."""
+    """All families' spellings (a spelling that means different modules in different families is left out),
+    plus the diffusers-style spellings of a generic SD layout."""
     union: dict[str, str] = {}
     clashes = set()
     for family in FAMILIES:
@@ -304,6 +357,8 @@ def _union_lookup() -> dict[str, str]:
                 clashes.add(spelling)
     for spelling in clashes:
         del union[spelling]
+    for spelling, canonical in _generic_lookup().items():
+        union.setdefault(spelling, canonical)
     return union
 
 
@@ -316,7 +371,9 @@ def kohya_lookup(family: str | None, table: Mapping[str, ModuleInfo] | None = No
     Args:
         family: "sd1", "sd2", "sdxl", or None for a custom model.
         table: the module table to use (e.g. `arch.table_for_model(model)`); default: the family's shipped
-            table, or for family None the union of all shipped tables (spellings that clash are left out).
+            table, or for family None the union of all shipped tables (spellings that clash between families
+            are left out) plus the diffusers-style names of a generic SD layout (UNet blocks 0-3 with up to
+            4 resnets/attentions and 10 transformer blocks each; CLIP text encoders up to 32 layers).
 
     Returns:
         A dict to look raw Kohya names up in (do not modify it; it may be cached).

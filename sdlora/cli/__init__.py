@@ -18,6 +18,7 @@ from sdlora.errors import SdloraError
 
 # command name -> module under sdlora.cli; the order is the order in --help
 COMMANDS: dict[str, str] = {
+    "verify": "verify",
     "webui": "webui",
 }
 

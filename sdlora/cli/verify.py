@@ -1,0 +1,54 @@
+"""`sdlora verify FILE --base sd1|sd2|sdxl|MODEL_PATH`: the load report, a verdict for every key of a LoRA.
+
+Standard library only at module level; the library is imported inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DESCRIPTION = """\
+Check a LoRA against a base model and give every key of the file a verdict: applied,
+unknown_module (with the nearest module name), shape_mismatch (both shapes) or unsupported_kind.
+Keys the reader skipped and bundled embeddings are listed too; nothing is left out.
+The base is a family (sd1, sd2, sdxl: the architectures built from the configs shipped in
+configs/models/, no weights) or a diffusers model folder (only its config.json files are read; the
+model is built on the meta device).
+
+exit codes: 0 every key applies, 1 some keys do not (see the report), 2 error (bad file or base)."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "verify",
+        help="check a LoRA against sd1/sd2/sdxl or a model folder: a verdict for every key",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", type=Path, help="the LoRA (.safetensors file or PEFT adapter folder)")
+    parser.add_argument(
+        "--base",
+        required=True,
+        metavar="sd1|sd2|sdxl|MODEL_PATH",
+        help="family name or diffusers model folder to check against",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--all", action="store_true", help="list every key, not only the ones that do not apply"
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdlora.arch import resolve_base
+    from sdlora.formats import load_lora
+    from sdlora.report import check_lora
+
+    target = resolve_base(args.base)
+    lora = load_lora(args.file, table=None if isinstance(target, str) else target)
+    report = check_lora(lora, target)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table(all_keys=args.all))
+    return 0 if report.ok else 1
