@@ -84,7 +84,7 @@ def slot_updates(slots: list[Slot]) -> list[Any]:
 # ---------------------------------------------------------------- stack sync ----------------
 
 def sync_stack(stack, wanted: list[Slot], resolve) -> dict[str, int]:
-    """Make the shared `stack` match `wanted` with the fewest changes; `resolve(name)` -> file path.
+    """Make the shared `stack` match `wanted` with the fewest changes; `resolve(name)` -> file path or LoraState.
 
     Returns counts {"loaded", "changed", "removed"}: "loaded" counts files read from disk, which a
     slider move never causes.
@@ -99,7 +99,7 @@ def sync_stack(stack, wanted: list[Slot], resolve) -> dict[str, int]:
         for slot in wanted:
             entry = current.get(slot.name)
             if entry is None:
-                stack.add(str(resolve(slot.name)), float(slot.strength), slot.te_strength, slot.unet_strength,
+                stack.add(resolve(slot.name), float(slot.strength), slot.te_strength, slot.unet_strength,
                           name=slot.name)
                 counts["loaded"] += 1
                 entry = next(e for e in stack.entries if e.name == slot.name)
@@ -124,6 +124,7 @@ def generate(app, form: dict[str, Any]) -> tuple[Any, str, str]:
     Returns (image, A1111 parameters text, status line).
     """
     from sdlora.generate import generate_image
+
     from sdlora.prompt import parse_prompt
 
     library = _library_paths(app)
@@ -154,13 +155,18 @@ def _settings(form: dict[str, Any]) -> dict[str, Any]:
 
 
 def _merge_tags(slots: list[Slot], tags) -> list[Slot]:
-    """Prompt tags override (or add to) the slots with the same name."""
+    """Prompt tags override (or add to) the slots with the same name.
+
+    A1111 semantics (sdlora.prompt.LoraRequest): `strength` is the text-encoder multiplier and the
+    UNet follows it unless the tag names a UNet strength.
+    """
     by_name = {s.name: s for s in slots}
     for tag in tags:
-        te, unet = getattr(tag, "te_strength", None), getattr(tag, "unet_strength", None)
-        by_name[tag.name] = Slot(name=tag.name, strength=float(tag.strength), separate=te is not None or
-                                 unet is not None, te=te if te is not None else tag.strength,
-                                 unet=unet if unet is not None else tag.strength)
+        strength, unet = float(tag.strength), tag.unet_strength
+        if unet is None:
+            by_name[tag.name] = Slot(name=tag.name, strength=strength)
+        else:
+            by_name[tag.name] = Slot(name=tag.name, strength=strength, separate=True, te=strength, unet=float(unet))
     return list(by_name.values())
 
 

@@ -9,6 +9,7 @@ the app's job queue; the page polls the job with a timer, so generation stays us
 from __future__ import annotations
 
 import html
+import json
 import math
 import shutil
 import time
@@ -72,11 +73,11 @@ def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
     """
     from sdlora.config import load_config
 
-    overrides = [f"model.base={app.base_model(form.get('model.base'))}"]
+    overrides = [f"model.base={json.dumps(app.base_model(form.get('model.base')))}"]
     data_path = str(form.get("data.path") or "").strip()
     if not data_path:
         raise DatasetError("no data set: type a folder and press 'Load data set', or upload images")
-    overrides.append(f"data.path={app.read_path(data_path)}")
+    overrides.append(f"data.path={json.dumps(str(app.read_path(data_path, default_root=data_root(app))))}")
     for key in SETTINGS:
         if key in form and form[key] is not None:
             overrides.append(f"{key}={_yaml_value(key, form[key])}")
@@ -110,8 +111,6 @@ def _form_value(key: str, value):
 
 def _yaml_value(key: str, value) -> str:
     """A form value as the YAML text `load_config`'s overrides expect."""
-    import json
-
     kind = SETTINGS[key][1]
     if kind == "lines":
         return json.dumps([line.strip() for line in str(value).splitlines() if line.strip()])
@@ -153,8 +152,7 @@ def load_dataset(app, folder_text: str, uploads: list | None) -> tuple[str, list
     if uploads:
         folder = _store_dataset_upload(app, uploads)
     else:
-        default = Path(app.config.data_dirs[0]) if app.config.data_dirs else Path(app.config.output_dir)
-        folder = app.read_path(folder_text, default_root=default)
+        folder = app.read_path(folder_text, default_root=data_root(app))
         if not folder.is_dir():
             raise DatasetError(f"{folder_text!r} is not a folder; pick the folder that holds the images")
     rows = scan_captions(folder)
@@ -164,6 +162,11 @@ def load_dataset(app, folder_text: str, uploads: list | None) -> tuple[str, list
     missing = sum(1 for _, caption in rows if not caption)
     summary = f"{len(rows)} images in {folder.name}/; {len(rows) - missing} with captions, {missing} without"
     return str(folder), gallery, [list(row) for row in rows], summary
+
+
+def data_root(app) -> Path:
+    """Where relative data set paths start: the first data folder, else the output folder."""
+    return Path(app.config.data_dirs[0]) if app.config.data_dirs else Path(app.config.output_dir)
 
 
 def _store_dataset_upload(app, uploads: list) -> Path:
@@ -209,7 +212,7 @@ def save_captions(app, dataset: str, rows: list[list[str]] | None) -> tuple[str,
     A data set in a read-only folder (e.g. sample_data/) is first copied under output/datasets/,
     so the original is never changed; the copy becomes the data set.
     """
-    folder = app.read_path(dataset)
+    folder = app.read_path(dataset, default_root=data_root(app))
     copied = ""
     if not app.is_writable(folder):
         target = unique_path(Path(app.config.output_dir) / "datasets", f"{folder.name}-edited")
@@ -252,6 +255,9 @@ def run_training(cfg, ctx: JobContext) -> str | None:
 
     ctx.progress(0, cfg.optim.steps, "loading the base model")
     result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps), cancel=ctx.cancel_event)
+    if getattr(result, "cancelled", False):
+        ctx.progress(result.steps, cfg.optim.steps, f"cancelled at step {result.steps}; checkpoint "
+                     f"{getattr(result, 'checkpoint', None) or 'none'} kept")
     return _result_path(result, cfg)
 
 
@@ -270,12 +276,10 @@ def record_step(ctx: JobContext, info, total: int) -> None:
 
 
 def _result_path(result, cfg) -> str | None:
-    """The exported .safetensors file, whatever shape the trainer's result has."""
-    for candidate in (result, getattr(result, "path", None), getattr(result, "lora_path", None)):
-        if isinstance(candidate, str | Path) and str(candidate).endswith(".safetensors"):
-            return str(candidate)
-    found = sorted(Path(cfg.output.dir).glob("**/*.safetensors"), key=lambda p: p.stat().st_mtime)
-    return str(found[-1]) if found else None
+    """The exported LoRA file (the trainer's TrainResult lists it first), or None after a cancel."""
+    files = [Path(f) for f in getattr(result, "files", None) or []]
+    lora_files = [f for f in files if f.suffix == ".safetensors"]
+    return str(lora_files[0]) if lora_files else None
 
 
 def cancel_training(app, job_id: int | None) -> str:

@@ -1,0 +1,204 @@
+"""Train tab handlers as plain functions: data set, captions, form -> config, job lifecycle."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from sdlora.errors import ConfigError, DatasetError, SdloraError
+from webui.paths import AccessError
+from webui.tabs import train_tab
+from webui.tabs.common import guarded
+from webui.uploads import UploadError
+
+
+def test_load_dataset_lists_images_and_captions(app):
+    path, gallery, rows, summary = train_tab.load_dataset(app, "shapes", None)
+    assert Path(path) == (app.config.data_dirs[0] / "shapes").resolve()
+    assert rows == [["img0.png", ""], ["img1.png", "a square, number 1"], ["img2.png", "a square, number 2"]]
+    assert len(gallery) == 3 and gallery[0][1] == "(no caption)"
+    assert "3 images" in summary and "1 without" in summary
+
+
+@pytest.mark.parametrize("attempt", ["../../", "/etc", "shapes/../../../"])
+def test_load_dataset_refuses_folders_outside(app, attempt):
+    with pytest.raises(AccessError):
+        train_tab.load_dataset(app, attempt, None)
+
+
+def test_load_dataset_symlink_outside_is_refused(app, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (app.config.data_dirs[0] / "link").symlink_to(outside)
+    with pytest.raises(AccessError, match="outside"):
+        train_tab.load_dataset(app, "link", None)
+
+
+def test_uploaded_images_become_a_dataset(app, tmp_path):
+    from tests_webui_helpers import write_png
+
+    files = [str(write_png(tmp_path / "u" / "a.png")), str(write_png(tmp_path / "u" / "b.png"))]
+    (tmp_path / "u" / "a.txt").write_text("hello")
+    files.append(str(tmp_path / "u" / "a.txt"))
+    path, _, rows, _ = train_tab.load_dataset(app, "", files)
+    assert Path(path).is_relative_to(app.config.output_dir)
+    assert rows == [["a.png", "hello"], ["b.png", ""]]
+
+
+def test_oversized_or_disguised_upload_is_refused(app, tmp_path):
+    from tests_webui_helpers import write_png
+
+    big = write_png(tmp_path / "big.png", size=(600, 600), noise=True)
+    assert big.stat().st_size > app.config.limits.image_bytes
+    with pytest.raises(UploadError, match="limit"):
+        train_tab.load_dataset(app, "", [str(big)])
+    fake = tmp_path / "x.png"
+    fake.write_text("<script>alert(1)</script>")
+    with pytest.raises(UploadError, match="not a readable image"):
+        train_tab.load_dataset(app, "", [str(fake)])
+    exe = tmp_path / "x.sh"
+    exe.write_text("rm -rf /")
+    with pytest.raises(UploadError, match="only"):
+        train_tab.load_dataset(app, "", [str(exe)])
+    assert not (Path(app.config.output_dir) / "datasets").exists() or not any(
+        p.suffix == ".sh" for p in (Path(app.config.output_dir) / "datasets").rglob("*"))
+
+
+def test_add_trigger_puts_it_first_once():
+    rows = [["a.png", "red, square"], ["b.png", "sks, blue"], ["c.png", ""]]
+    assert train_tab.add_trigger(rows, "sks") == [["a.png", "sks, red, square"], ["b.png", "sks, blue"],
+                                                  ["c.png", "sks"]]
+    with pytest.raises(ConfigError):
+        train_tab.add_trigger(rows, "  ")
+
+
+def test_save_captions_copies_a_read_only_dataset(app):
+    source = app.config.data_dirs[0] / "shapes"
+    before = (source / "img1.txt").read_text()
+    new_path, message = train_tab.save_captions(app, str(source), [["img0.png", "sks, first"],
+                                                                   ["img1.png", "sks, second"]])
+    assert "copied" in message
+    assert Path(new_path).is_relative_to(app.config.output_dir)
+    assert (Path(new_path) / "img0.txt").read_text().strip() == "sks, first"
+    assert (source / "img1.txt").read_text() == before and not (source / "img0.txt").exists()
+    # a second save writes in place (the copy is writable)
+    again, message = train_tab.save_captions(app, new_path, [["img0.png", "third"]])
+    assert again == new_path and "copied" not in message
+    assert (Path(new_path) / "img0.txt").read_text().strip() == "third"
+
+
+def test_save_captions_refuses_rows_naming_other_files(app):
+    folder, _ = train_tab.save_captions(app, "shapes", [])
+    with pytest.raises(DatasetError):
+        train_tab.save_captions(app, folder, [["../../../evil.png", "x"]])
+
+
+def test_form_becomes_a_confined_config(app):
+    values = train_tab.preset_values(train_tab.DEFAULT_PRESET)
+    form = {**values, "preset": train_tab.DEFAULT_PRESET, "model.base": "embedded", "data.path": "shapes",
+            "lora.rank": 4, "optim.steps": 3.0, "output.name": "../../my style",
+            "output.sample_prompts": "a red circle\n\n a blue square ", "data.trigger": "sks: #1"}
+    cfg = train_tab.config_from_form(app, form)
+    assert cfg.lora.rank == 4 and cfg.optim.steps == 3
+    assert cfg.output.sample_prompts == ["a red circle", "a blue square"]
+    assert cfg.data.trigger == "sks: #1"
+    assert cfg.output.name == "my style"
+    assert Path(cfg.output.dir).is_relative_to(app.config.output_dir)
+    assert Path(cfg.data.path) == (app.config.data_dirs[0] / "shapes").resolve()
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [({"data.path": "../../.."}, AccessError), ({"model.base": "/etc/passwd"}, AccessError),
+     ({"optim.steps": 2.5}, ConfigError), ({"lora.rank": 0}, ConfigError), ({"data.path": ""}, DatasetError),
+     ({"preset": "../secrets"}, ConfigError)],
+)
+def test_bad_form_values_are_refused(app, change, error):
+    form = {**train_tab.preset_values(train_tab.DEFAULT_PRESET), "model.base": "embedded", "data.path": "shapes",
+            **change}
+    with pytest.raises(error):
+        train_tab.config_from_form(app, form)
+
+
+def test_help_text_comes_from_the_config_fields():
+    from sdlora.config import field_help
+
+    for key in train_tab.SETTINGS:
+        assert train_tab.setting_help(key) == field_help(key) and field_help(key)
+    assert "qv" in train_tab.setting_choices("lora.targets")
+
+
+class FakeStep:
+    def __init__(self, step, loss, samples=()):
+        self.step, self.loss, self.samples, self.total = step, loss, list(samples), 4
+
+
+def fake_train(release: threading.Event, out: Path):
+    def run(cfg, ctx):
+        for step in range(1, 5):
+            if ctx.cancelled():
+                return None
+            train_tab.record_step(ctx, FakeStep(step, 1.0 / step, [str(out / "s.png")] if step == 2 else []), 4)
+            release.wait(5)
+        path = out / "trained.safetensors"
+        path.write_bytes(b"weights")
+        return str(path)
+
+    return run
+
+
+def test_start_poll_finish_and_add_to_library(app, monkeypatch, tmp_path):
+    release = threading.Event()
+    monkeypatch.setattr(train_tab, "run_training", fake_train(release, tmp_path))
+    form = {**train_tab.preset_values(train_tab.DEFAULT_PRESET), "model.base": "embedded", "data.path": "shapes"}
+    job_id, status = train_tab.start_training(app, form)
+    assert f"job {job_id}" in status
+    with pytest.raises(SdloraError, match="wait until it is done"):
+        train_tab.add_result_to_library(app, job_id)
+    while not app.jobs.job_state(job_id)["losses"]:
+        threading.Event().wait(0.01)
+    view = train_tab.poll(app, job_id)
+    assert not view["finished"] and view["losses"][0] == (1, 1.0) and 'value="1" max="4"' in view["progress"]
+    release.set()
+    app.jobs.wait(job_id, 5)
+    view = train_tab.poll(app, job_id)
+    assert view["finished"] and view["result"].endswith("trained.safetensors")
+    assert [s for s, _ in view["losses"]] == [1, 2, 3, 4] and view["samples"] == [str(tmp_path / "s.png")]
+    assert view["queue"][0][2] == "done"
+    assert list(train_tab.loss_frame(view["losses"])["loss"]) == [1.0, 0.5, 1 / 3, 0.25]
+    name, _ = train_tab.add_result_to_library(app, job_id)
+    assert (Path(app.config.lora_dir) / f"{name}.safetensors").read_bytes() == b"weights"
+
+
+def test_second_job_waits_in_the_queue_and_cancel_works(app, monkeypatch, tmp_path):
+    release = threading.Event()
+    monkeypatch.setattr(train_tab, "run_training", fake_train(release, tmp_path))
+    form = {**train_tab.preset_values(train_tab.DEFAULT_PRESET), "model.base": "embedded", "data.path": "shapes"}
+    first, _ = train_tab.start_training(app, form)
+    second, status = train_tab.start_training(app, form)
+    assert "queued behind 1" in status
+    assert train_tab.poll(app, second)["queue"][1][2] == "queued"
+    train_tab.cancel_training(app, first)
+    release.set()
+    assert app.jobs.wait(first, 5).status == "cancelled"
+    assert app.jobs.wait(second, 5).status == "done"
+    with pytest.raises(SdloraError):
+        train_tab.cancel_training(app, None)
+
+
+def test_guarded_turns_errors_into_short_messages():
+    def user_error():
+        raise DatasetError("no images in /x; add png files")
+
+    def bug():
+        raise ZeroDivisionError("division by zero")
+
+    with pytest.raises(gr.Error) as info:
+        guarded(user_error)()
+    assert info.value.message == "no images in /x; add png files"
+    with pytest.raises(gr.Error) as info:
+        guarded(bug)()
+    assert info.value.message.startswith("internal error (ZeroDivisionError") and "Traceback" not in info.value.message
