@@ -59,8 +59,8 @@ def details(app, name: str) -> tuple[dict, str, str, float, str]:
             float(notes.get("preferred weight", 1.0) or 1.0), notes.get("notes", ""))
 
 
-def load_report(app, name: str) -> list[list]:
-    """The load report of LoRA `name` against the current base: one row per verdict with counts."""
+def load_report(app, name: str) -> tuple[str, list[list]]:
+    """The load report of LoRA `name` against the current base: (summary line, rows problems first)."""
     import sdlora
     from sdlora.arch import table_for_model
     from sdlora.report import check_lora
@@ -70,14 +70,17 @@ def load_report(app, name: str) -> list[list]:
     with app.generate_lock:
         pipe, _ = app.pipeline_and_stack()
         report = check_lora(lora, table_for_model(pipe))
-    return report_rows(report)
+    return report_view(report)
 
 
-def report_rows(report) -> list[list]:
-    rows = []
-    for item in getattr(report, "items", None) or getattr(report, "entries", None) or []:
-        rows.append([getattr(item, "key", ""), getattr(item, "verdict", ""), getattr(item, "detail", "")])
-    return rows
+def report_view(report, limit: int = 500) -> tuple[str, list[list]]:
+    """(markdown summary, [[key, verdict, detail]]) with the keys that did not apply listed first."""
+    summary = ("OK: " if report.ok else "NOT OK: ") + report.summary()
+    if report.family_mismatch:
+        summary += f" · {report.family_mismatch}"
+    ordered = sorted(report.verdicts, key=lambda v: v.verdict == "applied")
+    rows = [[v.key, v.verdict, v.detail or (f"nearest: {v.nearest}" if v.nearest else "")] for v in ordered]
+    return summary, rows[:limit]
 
 
 def save_notes(app, name: str, activation: str, weight: float, notes: str) -> str:
@@ -148,6 +151,7 @@ def _wire(app, c: dict[str, Any]) -> None:
     c["pick"].change(bound(details, app), c["pick"],
                      [c["metadata"], c["summary"], c["activation"], c["weight"], c["notes"]],
                      api_name="library_details")
-    c["report_button"].click(bound(load_report, app), c["pick"], c["report"], api_name="library_report")
+    c["report_button"].click(bound(load_report, app), c["pick"], [c["summary"], c["report"]],
+                             api_name="library_report")
     c["save_notes"].click(bound(save_notes, app), [c["pick"], c["activation"], c["weight"], c["notes"]],
                           c["message"], api_name="library_save_notes")

@@ -54,10 +54,8 @@ def inspect_lora(app, text: str) -> tuple[str, dict]:
     components = Counter(name.split(".", 1)[0] for name in lora.modules)
     lines = [
         f"**{path.name}** · format `{lora.format}` · family `{lora.family or 'unknown'}`",
-        f"- modules: {len(lora.modules)} ({', '.join(f'{k} {v}' for k, v in sorted(components.items()))}); "
-        f"kinds: {', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}",
-        f"- ranks: {_short_list(ranks)} · alphas: {_short_list(alphas)} · dtypes: "
-        f"{', '.join(f'{k} {v}' for k, v in header.dtypes().items())}",
+        (f"- modules: {len(lora.modules)} ({_counts(components)}); kinds: {_counts(kinds)}"),
+        (f"- ranks: {_short_list(ranks)} · alphas: {_short_list(alphas)} · dtypes: {_counts(header.dtypes())}"),
         f"- tensor hash (sshs_model_hash): `{tensor_data_sha256(path, header.data_offset)}`",
         f"- keys that could not be read: {len(lora.issues)}",
     ]
@@ -140,6 +138,10 @@ def load_metadata_fields(app, text: str) -> tuple[str, str, str]:
     meta = read_header(resolve_lora(app, text)).metadata
     return meta.get("modelspec.title", ""), meta.get("modelspec.trigger_phrase", ""), meta.get(
         "modelspec.description", "")
+
+
+def _counts(counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
 
 
 def _short_list(values: list, limit: int = 6) -> str:

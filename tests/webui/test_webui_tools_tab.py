@@ -1,0 +1,88 @@
+"""Tools tab handlers: inspect, convert, the metadata editor (tensor hash kept), confinement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdlora.header import read_header, tensor_data_sha256
+from webui.paths import AccessError
+from webui.tabs import tools_tab
+
+TO_Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+TE_Q = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+
+
+@pytest.fixture
+def lora_file(app):
+    import sdlora
+    from sdlora.weights import LoraModule, LoraState
+
+    gen = torch.Generator().manual_seed(0)
+    modules = {
+        TO_Q: LoraModule("lora", {"down": torch.randn(4, 64, generator=gen), "up": torch.randn(64, 4, generator=gen)},
+                         alpha=2.0),
+        TE_Q: LoraModule("lora", {"down": torch.randn(4, 32, generator=gen), "up": torch.randn(32, 4, generator=gen)},
+                         alpha=4.0),
+    }
+    metadata = {"ss_tag_frequency": '{"shapes": {"sks": 3}}', "ss_dataset_dirs": '{"x": 1}',
+                "ss_training_comment": "private", "modelspec.title": "Old title"}
+    path = Path(app.config.lora_dir) / "style.safetensors"
+    sdlora.save_lora(LoraState(modules=modules, metadata=metadata), path)
+    return path
+
+
+def test_inspect_by_library_name(app, lora_file):
+    summary, metadata = tools_tab.inspect_lora(app, "style")
+    assert "style.safetensors" in summary and "modules: 2" in summary
+    assert tensor_data_sha256(lora_file) in summary
+    assert metadata["ss_training_comment"] == "private"
+
+
+@pytest.mark.parametrize("attempt", ["../../etc/passwd", "/etc/passwd", "../loras/../../x.safetensors"])
+def test_tool_inputs_outside_the_folders_are_refused(app, lora_file, attempt):
+    with pytest.raises(AccessError):
+        tools_tab.inspect_lora(app, attempt)
+
+
+def test_tool_outputs_stay_in_the_output_folder(app, lora_file):
+    path, message = tools_tab.convert_lora(app, "style", "diffusers", "keep", "../../../escape")
+    assert Path(path).parent == Path(app.config.output_dir) / "tools"
+    assert Path(path).name == "escape.safetensors"
+    import sdlora
+
+    converted = sdlora.load_lora(path)
+    assert set(converted.modules) == {TO_Q, TE_Q}
+    assert torch.allclose(converted.delta(TO_Q), sdlora.load_lora(lora_file).delta(TO_Q), atol=1e-3)
+
+
+def test_metadata_strip_and_edit_keep_the_tensor_hash(app, lora_file):
+    before = read_header(lora_file)
+    tensor_hash = tensor_data_sha256(lora_file)
+    form = {"strip": True, "title": "My style", "trigger": "sks", "description": "", "out_name": "clean"}
+    path, message, written = tools_tab.edit_metadata(app, "style", form)
+    after = read_header(path)
+    assert "tensor hash kept" in message
+    assert tensor_data_sha256(path) == tensor_hash == after.metadata["sshs_model_hash"]
+    assert "ss_tag_frequency" not in after.metadata and "ss_training_comment" not in after.metadata
+    assert after.metadata["modelspec.title"] == "My style" and after.metadata["modelspec.trigger_phrase"] == "sks"
+    assert after.metadata["ss_network_dim"] == before.metadata["ss_network_dim"]
+    assert after.metadata == written
+    from sdlora.header import legacy_hash
+
+    assert after.metadata["sshs_legacy_hash"] == legacy_hash(path)
+    from safetensors.torch import load_file
+
+    old, new = load_file(lora_file), load_file(path)
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+    assert tools_tab.load_metadata_fields(app, str(path)) == ("My style", "sks", "")
+
+
+def test_metadata_edit_without_strip_keeps_other_keys(app, lora_file):
+    form = {"strip": False, "title": "", "trigger": None, "description": "about", "out_name": ""}
+    path, _, written = tools_tab.edit_metadata(app, "style", form)
+    assert written["ss_training_comment"] == "private" and "modelspec.title" not in written
+    assert written["modelspec.description"] == "about"
+    assert Path(path).name == "style-edited.safetensors"
