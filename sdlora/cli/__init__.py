@@ -18,6 +18,8 @@ from sdlora.errors import SdloraError
 
 # command name -> module under sdlora.cli; the order is the order in --help
 COMMANDS: dict[str, str] = {
+    "inspect": "inspect",
+    "convert": "convert",
     "verify": "verify",
     "webui": "webui",
 }
