@@ -156,6 +156,13 @@ def te_output(components):
         return components["text_encoder"](ids)[0].clone()
 
 
+def te_applied(components, te_before, weights, originals, states, strengths) -> bool:
+    """The text encoder's output changed AND its weights hold W0 + Σ sΔW (not some other change)."""
+    te = {n: w for n, w in weights.items() if not n.startswith("unet.")}
+    changed = not torch.equal(te_before, te_output(components))
+    return changed and max_relative_error(te, originals, states, strengths) <= 1e-4
+
+
 def strength_plan(count: int, changes: int, seed: int = 0):
     rng = random.Random(seed)
     initial = [round(rng.uniform(0.3, 1.0), 3) for _ in range(count)]
@@ -178,7 +185,7 @@ def run_sdlora(components, paths, states, plan, args) -> dict:
         names = [stack.add(p, s) for p, s in zip(paths, initial, strict=True)]
     result = {"load_apply": time.perf_counter() - start}
     result["forward"] = unet_forward_time(components, args.quick, args.repeats)
-    result["te_applied"] = not torch.equal(te_before, te_output(components))
+    result["te_applied"] = te_applied(components, te_before, weights, originals, states, initial)
     strengths, times = list(initial), []
     for index, value in changes:
         start = time.perf_counter()
@@ -206,7 +213,7 @@ def run_diffusers(components, paths, states, plan, args) -> dict:
     pipe.fuse_lora(components=["unet", "text_encoder"], adapter_names=names)
     result = {"load_apply": time.perf_counter() - start}
     result["forward"] = unet_forward_time(components, args.quick, args.repeats)
-    result["te_applied"] = not torch.equal(te_before, te_output(components))
+    result["te_applied"] = te_applied(components, te_before, weights, originals, states, initial)
     strengths, times = list(initial), []
     for index, value in changes:
         strengths[index] = value

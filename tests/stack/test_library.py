@@ -1,0 +1,104 @@
+"""LoRA library scan: metadata, previews, notes, cache, damaged files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sdlora.errors import ConfigError
+from sdlora.library import read_notes, scan, write_notes
+
+
+def _write_lora(path, rank=4, metadata=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name in ("lora_te_text_model_encoder_layers_0_self_attn_q_proj", "lora_unet_mid_block_attentions_0_proj_in"):
+        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, 768, generator=gen)
+        tensors[f"{name}.lora_up.weight"] = torch.randn(768, rank, generator=gen)
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path), metadata=metadata or {})
+    data = path.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(data[8 + header_len:]).hexdigest()
+
+
+@pytest.fixture
+def library(tmp_path):
+    root = tmp_path / "loras"
+    (root / "styles").mkdir(parents=True)
+    tags = {"10_cat": {"cat": 30, "orange fur": 12, "grass": 3}, "5_dog": {"cat": 2, "whiskers": 20}}
+    sha = _write_lora(root / "catstyle.safetensors", metadata={
+        "ss_tag_frequency": json.dumps(tags), "modelspec.trigger_phrase": "ctsty, cat style",
+        "ss_output_name": "catstyle_v1"})
+    (root / "catstyle.png").write_bytes(b"\x89PNG fake")
+    (root / "catstyle.json").write_text(json.dumps({"activation text": "ctsty", "preferred weight": 0.7}))
+    _write_lora(root / "styles" / "ink.safetensors", rank=8, seed=1)
+    (root / "styles" / "ink.preview.png").write_bytes(b"\x89PNG fake")
+    (root / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    full = (root / "styles" / "ink.safetensors").read_bytes()
+    (root / "truncated.safetensors").write_bytes(full[: len(full) // 2])
+    (root / "readme.txt").write_text("not a LoRA")
+    return root, sha
+
+
+def test_scan_reads_entries_and_reports_damaged_files(library, tmp_path):
+    root, sha = library
+    result = scan(root, cache_path=tmp_path / "cache.json")
+    assert [e.name for e in result.entries] == ["catstyle", "ink"]
+    cat, ink = result.entries
+    assert cat.rank == 4 and ink.rank == 8
+    assert cat.trigger_words[:2] == ["ctsty", "cat style"]
+    assert cat.trigger_words[2:5] == ["cat", "whiskers", "orange fur"]  # counts summed over folders
+    assert cat.preview.endswith("catstyle.png") and ink.preview.endswith("ink.preview.png")
+    assert cat.notes == {"activation text": "ctsty", "preferred weight": 0.7}
+    assert cat.sha256 == sha and cat.short_hash == sha[:12]
+    assert cat.title == "catstyle_v1"
+    assert sorted(e.name for e in result.errors) == ["broken", "truncated"]
+    assert all(e.error for e in result.errors)
+    assert "truncated" in next(e.error for e in result.errors if e.name == "truncated")
+    assert result.names() == {"catstyle": cat.path, "ink": ink.path}
+
+
+def test_rescan_uses_cache_and_notices_changes(library, tmp_path):
+    root, _ = library
+    cache = tmp_path / "cache.json"
+    first = scan(root, cache_path=cache)
+    assert first.files_read == 4 and cache.is_file()
+    second = scan(root, cache_path=cache)
+    assert second.files_read == 2  # only the two damaged files (never cached) are read again
+    assert [e.sha256 for e in second.entries] == [e.sha256 for e in first.entries]
+    ink = root / "styles" / "ink.safetensors"
+    _write_lora(ink, rank=2, seed=5)
+    os.utime(ink, ns=(1, 1))
+    third = scan(root, cache_path=cache)
+    assert third.files_read == 3
+    assert next(e for e in third.entries if e.name == "ink").rank == 2
+
+
+def test_copied_file_reuses_header_data(library, tmp_path):
+    root, _ = library
+    cache = tmp_path / "cache.json"
+    scan(root, cache_path=cache)
+    data = json.loads(cache.read_text())
+    assert len(data["headers"]) == 2 and len(data["files"]) == 2
+
+
+def test_notes_round_trip_and_validation(library):
+    root, _ = library
+    path = root / "catstyle.safetensors"
+    written = write_notes(path, {"notes": "works best at 0.6", "preferred weight": "0.6", "activation text": None})
+    assert written == {"preferred weight": 0.6, "notes": "works best at 0.6"}
+    assert read_notes(path) == written
+    with pytest.raises(ConfigError, match="preferred weight"):
+        write_notes(path, {"preferred weight": "heavy"})
+    assert read_notes(path) == written  # nothing lost on a refused update
+
+
+def test_scan_of_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a folder"):
+        scan(tmp_path / "nope", cache_path=False)
