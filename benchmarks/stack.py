@@ -109,8 +109,9 @@ def weight_of(module):
 
 
 def live_targets(components, names):
-    from sdlora.naming import module_map
     from types import SimpleNamespace
+
+    from sdlora.naming import module_map
 
     mapping = module_map(SimpleNamespace(**components))
     return {n: weight_of(mapping[n]) for n in names}
@@ -254,8 +255,7 @@ def table(ours: dict, theirs: dict, bare_forward: float, n_changes: int) -> str:
         ("one strength change (s, median)", f"{ours['change']:.3f}", f"{theirs['change']:.3f}",
          f"{ratio('change'):.3f}x", "<= 0.05x"),
         ("UNet forward with stack (s)", f"{ours['forward']:.3f}", f"{theirs['forward']:.3f}",
-         f"bare {bare_forward:.3f}: {100 * (ours['forward'] / bare_forward - 1):+.1f}% / "
-         f"{100 * (theirs['forward'] / bare_forward - 1):+.1f}%", "<= +1%"),
+         overhead(ours, theirs, bare_forward), "<= +1%"),
         (f"max rel. weight error after {n_changes} changes", f"{ours['error']:.1e}", f"{theirs['error']:.1e}",
          "", "<= 1e-5"),
         ("clear restores W0 bit for bit", yes(ours["restored"]), yes(theirs["restored"]), "", "yes"),
@@ -265,6 +265,11 @@ def table(ours: dict, theirs: dict, bare_forward: float, n_changes: int) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def overhead(ours: dict, theirs: dict, bare: float) -> str:
+    return (f"bare {bare:.3f}: {100 * (ours['forward'] / bare - 1):+.1f}% / "
+            f"{100 * (theirs['forward'] / bare - 1):+.1f}%")
 
 
 def yes(flag: bool) -> str:

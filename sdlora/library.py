@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.progress import report
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,7 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
     for done, path in enumerate(files, 1):
         entry = _scan_file(path, cache, result)
         (result.errors if entry.error else result.entries).append(entry)
-        if on_progress is not None:
-            from sdlora.stack import Progress  # noqa: PLC0415  (lazy: stack imports torch)
-
-            on_progress(Progress(done, len(files), str(path)))
+        report(on_progress, done, len(files), str(path))
     result.entries.sort(key=lambda e: e.name.lower())
     if cache_file is not None and result.files_read:
         _write_cache(cache_file, cache)

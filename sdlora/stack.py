@@ -30,21 +30,13 @@ import torch
 
 from sdlora.blocks import block_names, block_of, check_strength, parse_block_strengths
 from sdlora.errors import CompatibilityError, ConfigError
+from sdlora.progress import Progress, report
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 MAX_SHIFTS = 8  # incremental updates per layer before an exact recompute from W0
 _UNSET = object()
-
-
-@dataclass
-class Progress:
-    """Progress of a long loop: `done` of `total` steps."""
-
-    done: int
-    total: int
-    message: str = ""
 
 
 @dataclass
@@ -77,7 +69,7 @@ class StackEntry:
 class _Layer:
     """One patched weight: its pristine copy and every stacked LoRA's factors for it."""
 
-    __slots__ = ("weight", "original", "lowrank", "other", "applied", "shifts")
+    __slots__ = ("applied", "lowrank", "original", "other", "shifts", "weight")
 
     def __init__(self, weight: torch.Tensor):
         self.weight = weight  # the live parameter's tensor, patched in place
@@ -387,8 +379,7 @@ class LoraStack:
                         layer.shift(entry, step)
                 else:
                     layer.rebuild(wanted)
-                if self.on_progress is not None:
-                    self.on_progress(Progress(done, total, canonical))
+                report(self.on_progress, done, total, canonical)
 
 
 def entry_label(state) -> str:
@@ -426,7 +417,7 @@ def _fits(module, weight_shape: tuple[int, ...]) -> bool:
     """Whether a module's ΔW can be shaped like the weight (same rule as delta._fit_shape)."""
     try:
         shape = module.raw_delta_shape()
-    except Exception:  # malformed factors: let the delta math raise its own error later
+    except (KeyError, IndexError, ValueError, RuntimeError):  # malformed factors: the delta math says why
         return True
     if tuple(shape) == weight_shape:
         return True

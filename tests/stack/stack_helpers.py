@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from sdlora.weights import LoraModule, LoraState
-from conftest import make_tiny_text_encoder, make_tiny_unet
-
-
-@pytest.fixture
-def components():
-    """{"unet", "text_encoder"} tiny real models (float32, eval mode)."""
-    return {"unet": make_tiny_unet().eval(), "text_encoder": make_tiny_text_encoder().eval()}
 
 
 def live_modules(components) -> dict[str, torch.nn.Module]:

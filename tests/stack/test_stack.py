@@ -8,7 +8,6 @@ import pytest
 import torch
 from stack_helpers import (
     assert_bit_identical,
-    components,  # noqa: F401  (fixture)
     live_modules,
     pick,
     random_lora,

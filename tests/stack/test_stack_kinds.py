@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stack_helpers import components, live_modules, pick, snapshot  # noqa: F401
+from stack_helpers import assert_bit_identical, live_modules, pick, snapshot
 
 from sdlora.stack import LoraStack
 from sdlora.weights import LoraModule, LoraState
@@ -124,6 +124,4 @@ def test_mixed_kinds_on_one_layer_then_clear(components):
     err = (weight.detach().double() - (w0 + total)).abs().max()
     assert err <= 1e-5 * w0.abs().max()
     stack.clear()
-    from stack_helpers import assert_bit_identical
-
     assert_bit_identical(components, before)
