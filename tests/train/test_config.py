@@ -1,0 +1,71 @@
+"""Config: presets load, unknown keys fail with a suggestion, overrides are type-checked."""
+
+from pathlib import Path
+
+import pytest
+
+from sdlora.config import TrainConfig, dump_config, field_help, load_config
+from sdlora.errors import ConfigError
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml"))
+
+
+def test_presets_exist():
+    assert len(PRESETS) >= 3
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_preset_loads_and_differs_from_defaults(preset):
+    cfg = load_config(preset)
+    assert isinstance(cfg, TrainConfig)
+    assert cfg != TrainConfig(), f"{preset.name} holds no difference from the defaults"
+
+
+def test_unknown_key_in_file_suggests_nearest(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  learning_rat: 1e-4\n")
+    with pytest.raises(ConfigError, match="optim.learning_rat"):
+        load_config(path)
+    path.write_text("lora:\n  rnak: 4\n")
+    with pytest.raises(ConfigError, match="did you mean 'lora.rank'"):
+        load_config(path)
+
+
+def test_unknown_section_suggests_nearest():
+    with pytest.raises(ConfigError, match="did you mean 'optim'"):
+        load_config(None, ["optimizer.lr=1"])
+
+
+def test_override_types_checked():
+    cfg = load_config(None, ["optim.lr=1e-4", "data.flip=true", "output.sample_prompts=[a cat, a dog]",
+                             "optim.unet_lr=null", "lora.alpha=4"])
+    assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.data.flip is True
+    assert cfg.output.sample_prompts == ["a cat", "a dog"]
+    assert cfg.lora.alpha == 4.0 and isinstance(cfg.lora.alpha, float)
+    with pytest.raises(ConfigError, match="optim.steps: expected int"):
+        load_config(None, ["optim.steps=many"])
+    with pytest.raises(ConfigError, match="data.flip: expected bool"):
+        load_config(None, ["data.flip=3"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["lr"])
+
+
+def test_choices_and_ranges_validated():
+    with pytest.raises(ConfigError, match="lora.targets.*not one of"):
+        load_config(None, ["lora.targets=everything"])
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        load_config(None, ["data.caption_dropout=1.5"])
+    with pytest.raises(ConfigError, match="lora.rank: must be > 0"):
+        load_config(None, ["lora.rank=0"])
+
+
+def test_dump_then_load_round_trip(tmp_path):
+    cfg = load_config(None, ["lora.rank=16", "data.trigger=zkw", "output.sample_prompts=[x]"])
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_every_field_has_help():
+    for key in ("optim.lr", "data.keep_tokens", "lora.dora", "model.base", "output.save_every"):
+        assert len(field_help(key)) > 10

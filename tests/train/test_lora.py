@@ -1,0 +1,100 @@
+"""Injection: hooks leave base keys and weights alone, zero-init is a no-op, presets pick the right modules."""
+
+import pytest
+import torch
+from torch import nn
+
+from sdlora.lora import LoraLayer, LoraNetwork, inject_lora
+from sdlora.targets import match_targets
+
+
+def _unet_out(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    h = torch.randn(1, 5, 32, generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor([10]), h).sample
+
+
+def test_fresh_lora_changes_nothing_and_keys_stay(tiny_unet):
+    keys = list(tiny_unet.state_dict())
+    before = _unet_out(tiny_unet)
+    net = inject_lora({"unet": tiny_unet}, "attn", rank=4, alpha=4)
+    assert list(tiny_unet.state_dict()) == keys
+    assert torch.equal(_unet_out(tiny_unet), before)
+    assert len(net.names) == 6 * 2 * 4  # 6 transformer blocks (down 2, mid 1, up 3) x attn1/2 x q/k/v/out
+
+
+def test_trained_lora_changes_output_and_remove_restores(tiny_unet):
+    before = _unet_out(tiny_unet)
+    net = inject_lora({"unet": tiny_unet}, "qv", rank=4, alpha=8)
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.1)
+    assert not torch.allclose(_unet_out(tiny_unet), before, atol=1e-4)
+    net.remove()
+    assert torch.equal(_unet_out(tiny_unet), before)
+
+
+def test_hook_matches_merged_weight_linear_and_conv():
+    torch.manual_seed(1)
+    for base, x in ((nn.Linear(6, 5), torch.randn(3, 6)), (nn.Conv2d(6, 5, 3, padding=1), torch.randn(2, 6, 7, 7))):
+        layer = LoraLayer(base, rank=2, alpha=3.0)
+        nn.init.normal_(layer.up.weight)
+        hooked = layer.hook(base, (x,), base(x))
+        merged = base.weight + layer.delta_weight()
+        expect = nn.functional.linear(x, merged, base.bias) if isinstance(base, nn.Linear) else \
+            nn.functional.conv2d(x, merged, base.bias, padding=1)
+        torch.testing.assert_close(hooked, expect, atol=1e-5, rtol=1e-5)
+
+
+def test_dora_starts_at_base_and_matches_formula():
+    torch.manual_seed(2)
+    base, x = nn.Linear(6, 5), torch.randn(3, 6)
+    layer = LoraLayer(base, rank=2, alpha=2.0, dora=True)
+    torch.testing.assert_close(layer.hook(base, (x,), base(x)), base(x), atol=1e-6, rtol=1e-6)
+    nn.init.normal_(layer.up.weight)
+    with torch.no_grad():
+        layer.magnitude.mul_(1.5)
+    merged = base.weight + layer.delta_weight()
+    weight = layer.magnitude * merged / merged.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(layer.hook(base, (x,), base(x)), nn.functional.linear(x, weight, base.bias),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("preset", "per_transformer", "per_te_layer"), [
+    ("qv", 4, 2), ("attn", 8, 4), ("sd-scripts", 12, 6)])
+def test_preset_module_counts(preset, per_transformer, per_te_layer, tiny_unet, tiny_text_encoder):
+    # FORMATS.md §2.2: sd-scripts = 12 modules per Transformer2D (proj_in/out, 2 x (q, k, v, out), ff x2)
+    # and 6 per text-encoder layer; the tiny UNet has 6 Transformer2D, the tiny text encoder 2 layers
+    unet = match_targets(tiny_unet, "unet", preset)
+    te = match_targets(tiny_text_encoder, "text_encoder", preset)
+    assert len(unet) == 6 * per_transformer
+    assert len(te) == 2 * per_te_layer
+    if preset == "sd-scripts":
+        kinds = {p.rsplit(".", 1)[-1]: k for p, _, k in unet}
+        assert kinds["proj_in"] == "conv1x1" and kinds["to_q"] == "linear"
+
+
+def test_locon_adds_resnet_convs_with_conv_rank(tiny_unet):
+    net = inject_lora({"unet": tiny_unet}, "locon", rank=4, alpha=4, conv_rank=2, conv_alpha=1)
+    conv = net.layer("unet.down_blocks.0.resnets.0.conv1")
+    assert conv.rank == 2 and conv.alpha == 1.0 and conv.down.weight.shape[-2:] == (3, 3)
+    assert net.layer("unet.down_blocks.0.resnets.0.time_emb_proj").rank == 4
+    assert net.layer("unet.down_blocks.1.attentions.0.proj_in").rank == 4
+
+
+def test_text_encoder_names_are_canonical(tiny_text_encoder):
+    net = inject_lora({"text_encoder": tiny_text_encoder}, "qv", rank=2, alpha=2)
+    assert "text_encoder.text_model.encoder.layers.0.self_attn.q_proj" in net.names
+
+
+def test_network_state_dict_round_trip(tiny_unet):
+    net = inject_lora({"unet": tiny_unet}, "qv", rank=2, alpha=2)
+    for p in net.parameters():
+        nn.init.normal_(p)
+    other = LoraNetwork()
+    for name in net.names:
+        other.add(name, dict(tiny_unet.named_modules())[name.removeprefix("unet.")], rank=2, alpha=2)
+    other.load_state_dict(net.state_dict())
+    for a, b in zip(net.parameters(), other.parameters()):
+        assert torch.equal(a, b)
