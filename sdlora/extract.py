@@ -1,0 +1,240 @@
+"""Model-level tools: extract a LoRA from two checkpoints, bake a stack into a base model.
+
+Depends on torch, safetensors and sdlora (tools, stack, models, naming); diffusers only inside bake.
+* extract (FORMATS §4, sd-scripts extract_lora_from_models.py): per targeted Linear / Conv2d,
+  ΔW = tuned - base, SVD, keep `rank` (alpha = rank, so scale 1). Weights are read one module at a
+  time, so two diffusers folders or UNet files are never fully in memory.
+* bake: a LoraStack patches the base in place, then the pipeline is written as a diffusers folder
+  (safetensors), atomically, and the in-memory model is restored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from sdlora.errors import ConfigError, FormatError
+from sdlora.progress import ProgressCallback, report
+from sdlora.tools import ModuleResult, ToolResult, choose_rank, rebuild_module, svd_of_matrix
+from sdlora.weights import LoraState
+
+UNET_LEAVES = ("proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+TE_LEAVES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+CONV_LEAVES = ("conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv")
+FOLDER_FILES = {
+    "unet": ("unet/diffusion_pytorch_model.safetensors",),
+    "text_encoder": ("text_encoder/model.safetensors",),
+    "text_encoder_2": ("text_encoder_2/model.safetensors",),
+}
+
+
+def is_target(canonical: str, ndim: int, kernel: int, with_convs: bool) -> bool:
+    """sd-scripts' default LoRA targets (+ 3x3 ResNet/sampler convs with `with_convs`)."""
+    component, _, path = canonical.partition(".")
+    if component == "unet":
+        if ".attentions." in canonical and path.endswith(UNET_LEAVES):
+            return ndim == 2 or kernel == 1
+        return with_convs and ndim == 4 and kernel > 1 and path.endswith(CONV_LEAVES)
+    return ndim == 2 and path.endswith(TE_LEAVES) and ".layers." in path
+
+
+# ----- weight sources --------------------------------------------------------------------------
+
+
+class _Weights:
+    """{canonical module name: weight} for a model source, read lazily (one module at a time)."""
+
+    def __init__(self, source, stack: ExitStack):
+        self.readers: dict[str, tuple] = {}  # canonical -> (reader, key) or (tensor, None)
+        if isinstance(source, str | os.PathLike):
+            self._open_path(Path(source), stack)
+        else:
+            self._from_modules(source)
+
+    def _open_path(self, path: Path, stack: ExitStack) -> None:
+        from safetensors import safe_open
+
+        if path.is_dir():
+            files = {c: path / rel for c, (rel,) in FOLDER_FILES.items() if (path / rel).is_file()}
+            if not files:
+                raise FormatError(f"{path}: no unet/diffusion_pytorch_model.safetensors in this folder")
+        elif path.suffix == ".safetensors" and path.is_file():
+            files = {"unet": path}
+        else:
+            self._from_modules(_load_components(str(path)))
+            return
+        for component, file in files.items():
+            reader = stack.enter_context(safe_open(str(file), framework="pt"))
+            keys = list(reader.keys())
+            if component == "unet" and any(k.startswith("model.diffusion_model.") for k in keys):
+                self._from_modules(_load_components(str(path)))  # an original checkpoint: convert it
+                return
+            self._add_keys(component, reader, keys)
+
+    def _add_keys(self, component: str, reader, keys) -> None:
+        from sdlora.naming import canonical_name
+
+        for key in keys:
+            if key.endswith(".weight"):
+                self.readers[canonical_name(component, key[: -len(".weight")])] = (reader, key)
+
+    def _from_modules(self, model) -> None:
+        from sdlora.naming import canonical_name
+        from sdlora.stack import _components_of
+
+        for component, module in _components_of(model).items():
+            for path, child in module.named_modules():
+                if isinstance(child, torch.nn.Linear | torch.nn.Conv2d):
+                    self.readers[canonical_name(component, path)] = (child.weight, None)
+
+    def get(self, name: str) -> torch.Tensor:
+        reader, key = self.readers[name]
+        return reader.detach() if key is None else reader.get_tensor(key)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        reader, key = self.readers[name]
+        return tuple(reader.shape) if key is None else tuple(reader.get_slice(key).get_shape())
+
+
+def _load_components(base: str):
+    from sdlora.models import load_components
+
+    return load_components(base)
+
+
+# ----- extract ---------------------------------------------------------------------------------
+
+
+def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: float = 1e-7,
+            on_progress: ProgressCallback | None = None) -> ToolResult:
+    """A LoRA that turns `base` into (approximately) `tuned`, by SVD of each targeted weight's difference.
+
+    Args:
+        base, tuned: diffusers folders, UNet `.safetensors` files (diffusers names), single-file
+            checkpoints or "embedded" (through sdlora.models), or in-memory components/pipelines.
+        rank: rank for Linear and 1x1 modules; conv_rank: rank for 3x3 convs (None: convs skipped).
+        min_diff: modules whose largest |ΔW| is at most min_diff · max|W| are left out (unchanged).
+
+    Returns:
+        ToolResult with the LoRA (alpha = rank) and per-module energy kept.
+    """
+    for value, what in ((rank, "rank"), (conv_rank, "conv_rank")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}")
+    with ExitStack() as stack:
+        before, after = _Weights(base, stack), _Weights(tuned, stack)
+        names = _extract_targets(before, after, conv_rank is not None)
+        lora = LoraState(format="sdlora", metadata={"ss_training_comment": "extracted by sdlora"})
+        result = ToolResult(lora)
+        for done, name in enumerate(names, 1):
+            _extract_one(name, (before, after), (rank, conv_rank), min_diff, result)
+            report(on_progress, done, len(names), name)
+    if not lora.modules:
+        raise ConfigError("the two models have the same weights in every targeted module; nothing to extract")
+    from sdlora.tools import _rank_metadata
+
+    lora.metadata.update(_rank_metadata(lora))
+    return result
+
+
+def _extract_targets(before: _Weights, after: _Weights, with_convs: bool) -> list[str]:
+    names = []
+    for name in sorted(before.readers):
+        if name not in after.readers:
+            continue
+        shape = before.shape(name)
+        if is_target(name, len(shape), shape[-1] if len(shape) == 4 else 1, with_convs):
+            if after.shape(name) != shape:
+                raise FormatError(f"{name}: base {shape} and tuned {after.shape(name)} differ; not the same architecture")
+            names.append(name)
+    if not names:
+        raise FormatError("no common Linear/Conv2d weights found between base and tuned; are both SD models?")
+    return names
+
+
+def _extract_one(name, models, ranks, min_diff, result) -> None:
+    (before, after), (rank, conv_rank) = models, ranks
+    w0 = before.get(name).float()
+    diff = after.get(name).float() - w0
+    if diff.abs().max() <= min_diff * max(float(w0.abs().max()), 1e-12):
+        return
+    u, s, vh = svd_of_matrix(diff.reshape(diff.shape[0], -1))
+    keep, kept = choose_rank(s, conv_rank if diff.dim() == 4 and diff.shape[-1] > 1 else rank, None)
+    result.lora.modules[name] = rebuild_module((u, s, vh), keep, tuple(diff.shape), float(keep))
+    result.modules[name] = ModuleResult(None, keep, kept)
+
+
+# ----- bake ------------------------------------------------------------------------------------
+
+
+def bake(base, loras, out, on_progress: ProgressCallback | None = None) -> Path:
+    """Merge LoRAs into a base model and write it as a diffusers folder (safetensors weights).
+
+    Args:
+        base: what `sdlora.models.load_components` takes ("embedded", a folder, a checkpoint), or
+            loaded components / a pipeline (restored to their original weights afterwards).
+        loras: [(path or LoraState, strength), ...].
+        out: the new folder (must not exist). Written to a temporary folder first, then renamed.
+    """
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"{out}: already exists; give a new folder name for the baked model")
+    components = _load_components(base) if isinstance(base, str | os.PathLike) else base
+    from sdlora.stack import LoraStack
+
+    stack = LoraStack(components, exact=True, on_progress=on_progress)
+    try:
+        with stack.batch():
+            for lora, strength in loras:
+                stack.add(lora, strength)
+        _save_pipeline(components, out, _bake_record(stack))
+    finally:
+        stack.clear()
+    return out
+
+
+def _bake_record(stack) -> dict:
+    from sdlora.generate import short_hash
+
+    return {"baked_by": "sdlora", "loras": [
+        {"name": e.name, "strength": e.strength, "path": e.lora.path, "hash": short_hash(e.lora.path)}
+        for e in stack.entries]}
+
+
+def _save_pipeline(components, out: Path, record: dict) -> None:
+    pipe = pipeline_from(components)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "sdlora_bake.json").write_text(json.dumps(record, indent=1))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def pipeline_from(components):
+    """A diffusers pipeline over loaded components (a pipeline is returned as is)."""
+    if hasattr(components, "save_pretrained") and hasattr(components, "unet"):
+        return components
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    parts = vars(components) if not isinstance(components, dict) else components
+    parts = SimpleNamespace(**{k: parts.get(k) for k in (
+        "unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")})
+    missing = [k for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(parts, k) is None]
+    if missing:
+        raise ConfigError(f"cannot build a pipeline: missing components {missing}")
+    if parts.text_encoder_2 is not None:
+        return StableDiffusionXLPipeline(**vars(parts))
+    kwargs = {k: v for k, v in vars(parts).items() if k not in ("text_encoder_2", "tokenizer_2")}
+    return StableDiffusionPipeline(**kwargs, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)

@@ -1,0 +1,216 @@
+"""Text-to-image with a LoRA stack and A1111-style parameters text. torch/diffusers imported lazily.
+
+`generate(pipeline, settings, stack=None, library=None)` takes `<lora:...>` tags out of the prompt,
+applies them for this image only (on top of what the stack already holds), runs the pipeline with a
+seeded generator and returns the image with the parameters text A1111 writes into its PNGs
+(`parameters` tEXt chunk), including `Lora hashes: "name: shorthash"` where shorthash is the first
+12 hex characters of the SHA-256 over the tensor data after the safetensors header (FORMATS §2.11).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdlora.errors import ConfigError
+from sdlora.progress import ProgressCallback, report
+from sdlora.prompt import parse_prompt, resolve_name
+
+# diffusers scheduler class -> the sampler name A1111 prints
+SAMPLER_NAMES = {
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "EulerDiscreteScheduler": "Euler",
+    "DDIMScheduler": "DDIM",
+    "PNDMScheduler": "PLMS",
+    "LMSDiscreteScheduler": "LMS",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "HeunDiscreteScheduler": "Heun",
+    "UniPCMultistepScheduler": "UniPC",
+}
+
+
+@dataclass
+class GenerateSettings:
+    """What to draw. Sizes must be multiples of 8 (the VAE's downsampling)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 7.0
+    width: int = 512
+    height: int = 512
+    model_name: str = ""
+
+    def check(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps must be a whole number >= 1, got {self.steps!r}")
+        for what, value in (("width", self.width), ("height", self.height)):
+            if not isinstance(value, int) or value < 8 or value % 8:
+                raise ConfigError(f"{what} must be a multiple of 8 (>= 8), got {value!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}")
+
+
+@dataclass
+class GenerateResult:
+    image: object  # PIL.Image.Image
+    parameters: str
+    loras: dict[str, str] = field(default_factory=dict)  # name -> short hash
+
+
+def short_hash(path) -> str:
+    """First 12 hex characters of the tensor-data SHA-256 of a `.safetensors` file ("" without a file)."""
+    if not path or not Path(path).is_file():
+        return ""
+    from sdlora.header import tensor_data_sha256
+
+    return tensor_data_sha256(path)[:12]
+
+
+def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str, str] | None = None,
+             on_progress: ProgressCallback | None = None) -> GenerateResult:
+    """Draw one image.
+
+    Args:
+        pipeline: a diffusers text-to-image pipeline (its weights are patched by `stack`).
+        settings: prompt, seed, steps, ...
+        stack: the LoraStack on `pipeline` (one is made for prompt tags when None).
+        library: {name: path} that `<lora:name>` tags may use (e.g. `library.scan(folder).names()`).
+        on_progress: called once per denoising step.
+
+    Raises:
+        ConfigError: bad settings, or a tag names a LoRA that is neither stacked nor in the library.
+    """
+    settings.check()
+    if stack is None:
+        from sdlora.stack import LoraStack
+
+        stack = LoraStack(pipeline)
+    prompt, requests = parse_prompt(settings.prompt)
+    undo = _apply_requests(stack, requests, library or {})
+    try:
+        image = _run(pipeline, prompt, settings, on_progress)
+        hashes = {e.name: short_hash(e.lora.path) for e in stack.entries if e.enabled}
+        text = parameters_text(settings, _scheduler_name(pipeline), hashes, _extra_tags(stack, requests))
+    finally:
+        _undo(stack, undo)
+    return GenerateResult(image, text, hashes)
+
+
+def _apply_requests(stack, requests, library: dict[str, str]) -> list[tuple]:
+    """Add / re-strength the LoRAs the tags ask for; returns how to put the stack back."""
+    undo = []
+    stacked = {entry.name: entry for entry in stack.entries}
+    for request in requests:
+        if request.name in stacked:
+            entry = stacked[request.name]
+            undo.append(("restore", entry.name, entry.strength, entry.unet_strength, entry.block_strengths))
+            stack.set_strength(entry.name, request.strength, unet_strength=request.unet_strength,
+                               block_strengths=request.block_strengths)
+            continue
+        name = resolve_name(request.name, sorted({*library, *stacked}))
+        if name in stacked:  # matched ignoring case
+            request.name = name
+            continue
+        stack.add(library[name], name=name, **request.stack_kwargs())
+        undo.append(("remove", name))
+    return undo
+
+
+def _undo(stack, undo) -> None:
+    for action in reversed(undo):
+        if action[0] == "remove":
+            stack.remove(action[1])
+        else:
+            _, name, strength, unet_strength, blocks = action
+            stack.set_strength(name, strength, unet_strength=unet_strength, block_strengths=blocks or None)
+
+
+def _run(pipeline, prompt: str, settings: GenerateSettings, on_progress):
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+
+    def step_end(pipe, step, timestep, kwargs):
+        report(on_progress, step + 1, settings.steps, f"step {step + 1}")
+        return kwargs
+
+    with torch.inference_mode():
+        output = pipeline(
+            prompt=prompt, negative_prompt=settings.negative_prompt or None,
+            num_inference_steps=settings.steps, guidance_scale=settings.cfg,
+            width=settings.width, height=settings.height, generator=generator,
+            callback_on_step_end=step_end,
+        )
+    return output.images[0]
+
+
+def _scheduler_name(pipeline) -> str:
+    name = type(getattr(pipeline, "scheduler", None)).__name__
+    return SAMPLER_NAMES.get(name, name)
+
+
+def _extra_tags(stack, requests) -> str:
+    """`<lora:name:s>` tags for stacked LoRAs the prompt does not mention (so A1111 can redo the image)."""
+    mentioned = {r.name for r in requests}
+    tags = []
+    for entry in stack.entries:
+        if entry.enabled and entry.name not in mentioned:
+            unet = f":{entry.unet_strength:g}" if entry.unet_strength is not None else ""
+            tags.append(f"<lora:{entry.name}:{entry.strength:g}{unet}>")
+    return " ".join(tags)
+
+
+def parameters_text(settings: GenerateSettings, sampler: str, hashes: dict[str, str], extra_tags: str = "") -> str:
+    """The A1111 infotext: prompt line, `Negative prompt:` line, then `Key: value` pairs."""
+    prompt = f"{settings.prompt} {extra_tags}".strip() if extra_tags else settings.prompt
+    lines = [prompt]
+    if settings.negative_prompt:
+        lines.append(f"Negative prompt: {settings.negative_prompt}")
+    pairs = [f"Steps: {settings.steps}", f"Sampler: {sampler}", f"CFG scale: {settings.cfg:g}",
+             f"Seed: {settings.seed}", f"Size: {settings.width}x{settings.height}"]
+    if settings.model_name:
+        pairs.append(f"Model: {settings.model_name}")
+    known = {name: value for name, value in hashes.items() if value}
+    if known:
+        pairs.append('Lora hashes: "' + ", ".join(f"{n}: {h}" for n, h in known.items()) + '"')
+    from sdlora import __version__
+
+    pairs.append(f"Version: sdlora {__version__}")
+    lines.append(", ".join(pairs))
+    return "\n".join(lines)
+
+
+def save_png(image, path, parameters: str) -> Path:
+    """Write `image` as PNG with the parameters text in a `parameters` tEXt chunk (atomically)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"{path}: the output must be a .png file (the parameters live in a PNG text chunk)")
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_base(base: str | None = None):
+    """(pipeline, model name) for `base`; None means sdlora's embedded model."""
+    from sdlora.extract import pipeline_from
+    from sdlora.models import load_components
+
+    name = base or "embedded"
+    components = load_components(name)
+    label = getattr(components, "name", "") or Path(str(name)).stem
+    return pipeline_from(components), label

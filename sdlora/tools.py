@@ -1,0 +1,284 @@
+"""LoRA tools on LoraState objects: resize (SVD to a rank or an energy) and merge (SVD or concat).
+
+Depends on torch and sdlora.weights / sdlora.delta. Algorithms and the field's caveats: FORMATS §4.
+* The SVD of a plain LoRA's up @ down is taken exactly from the factors (QR of each, SVD of the
+  small r x r core), so no full ΔW is built for it; other kinds (LoHa, LoKr, Tucker, full) are
+  decomposed from their full ΔW, one module at a time.
+* Effective scale is kept: a resized plain LoRA gets alpha = scale · new_rank (as sd-scripts'
+  resize_lora.py); a module rebuilt from a full ΔW (scale already inside) gets alpha = rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sdlora.errors import CompatibilityError, ConfigError
+from sdlora.progress import ProgressCallback, report
+from sdlora.weights import LoraModule, LoraState
+
+_HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
+
+
+@dataclass
+class ModuleResult:
+    """What a tool did to one module: rank before/after and the share of ΔW's energy kept (ΣS² kept / ΣS²)."""
+
+    old_rank: int | None
+    new_rank: int
+    energy: float
+
+
+@dataclass
+class ToolResult:
+    """The new LoRA and a per-module report."""
+
+    lora: LoraState
+    modules: dict[str, ModuleResult] = field(default_factory=dict)
+
+    def min_energy(self) -> float:
+        return min((m.energy for m in self.modules.values()), default=1.0)
+
+
+# ----- SVD helpers -----------------------------------------------------------------------------
+
+
+def is_plain(module: LoraModule) -> bool:
+    """A plain LoRA / LoCon module (no Tucker mid, no DoRA): ΔW = scale · up @ down."""
+    return module.kind == "lora" and "mid" not in module.tensors and "dora_scale" not in module.tensors
+
+
+def factors_2d(module: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up (out, r), down (r, in·kh·kw)) in float64, without the scale."""
+    down = module.tensors["down"].double()
+    up = module.tensors["up"].double()
+    return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
+
+
+def svd_of_product(up: torch.Tensor, down: torch.Tensor):
+    """Exact SVD of up @ down (up (out, r), down (r, in)) from the factors: U, S, Vh with r columns."""
+    q_up, r_up = torch.linalg.qr(up)  # (out, r), (r, r)
+    q_down, r_down = torch.linalg.qr(down.T)  # (in, r), (r, r)
+    u, s, vh = torch.linalg.svd(r_up @ r_down.T)
+    return q_up @ u, s, vh @ q_down.T
+
+
+def svd_of_matrix(delta: torch.Tensor):
+    """SVD of a full (out, in) ΔW; float64 for small matrices, float32 for large ones (speed)."""
+    dtype = torch.float64 if delta.numel() <= 4_000_000 else torch.float32
+    u, s, vh = torch.linalg.svd(delta.to(dtype), full_matrices=False)
+    return u.double(), s.double(), vh.double()
+
+
+def choose_rank(s: torch.Tensor, rank: int | None, energy: float | None) -> tuple[int, float]:
+    """(rank to keep, energy kept) for singular values `s` (descending)."""
+    power = s.double() ** 2
+    total = float(power.sum())
+    if total == 0.0:
+        return 1, 1.0
+    cumulative = torch.cumsum(power, 0) / total
+    if energy is not None:
+        keep = int(torch.searchsorted(cumulative, torch.tensor(energy - 1e-12, dtype=cumulative.dtype))) + 1
+    else:
+        keep = rank
+    keep = max(1, min(keep, int(s.numel())))
+    return keep, float(cumulative[keep - 1])
+
+
+def rebuild_module(svd, keep: int, shape: tuple[int, ...], alpha: float, dora=None) -> LoraModule:
+    """A plain LoRA module from an SVD (U, S, Vh): up = U·S, down = Vh, reshaped for convs (FORMATS §2.3)."""
+    u, s, vh = svd
+    up = (u[:, :keep] * s[:keep]).float().contiguous()
+    down = vh[:keep].float().contiguous()
+    if len(shape) == 4:
+        down = down.reshape(keep, *shape[1:])
+        up = up.reshape(shape[0], keep, 1, 1)
+    tensors = {"down": down, "up": up}
+    if dora is not None:
+        tensors["dora_scale"] = dora[0]
+    return LoraModule("lora", tensors, alpha=float(alpha), dora_axis=dora[1] if dora else None, shape=shape)
+
+
+def _check_target(rank, energy) -> None:
+    if (rank is None) == (energy is None):
+        raise ConfigError("give exactly one of rank (e.g. 16) or energy (e.g. 0.95)")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ConfigError(f"rank must be a whole number >= 1, got {rank!r}")
+    if energy is not None and not (isinstance(energy, int | float) and 0.0 < energy <= 1.0):
+        raise ConfigError(f"energy must be a fraction in (0, 1], e.g. 0.95; got {energy!r}")
+
+
+def _delta_shape(lora: LoraState, name: str, module: LoraModule) -> tuple[int, ...]:
+    return tuple(module.shape) if module.shape else tuple(module.delta_shape())
+
+
+# ----- resize ----------------------------------------------------------------------------------
+
+
+def resize(lora: LoraState, rank=None, energy=None, on_progress: ProgressCallback | None = None) -> ToolResult:
+    """Resize every module of `lora` by SVD to `rank`, or to the smallest rank keeping `energy`.
+
+    The effective scale is kept (new alpha = scale · new rank). A DoRA magnitude is carried over
+    unchanged. Returns the new LoRA and, per module, the ranks and the energy kept.
+    """
+    _check_target(rank, energy)
+    result = ToolResult(LoraState(metadata=_tool_metadata(lora.metadata), format="sdlora", family=lora.family))
+    total = len(lora.modules)
+    for done, (name, module) in enumerate(lora.modules.items(), 1):
+        shape = _delta_shape(lora, name, module)
+        if module.kind == "lora" and "mid" not in module.tensors:  # plain or DoRA: factors are enough
+            u, s, vh = svd_of_product(*factors_2d(module))
+            scale = module.scale
+        else:
+            u, s, vh = svd_of_matrix(_plain_delta(lora, name).reshape(shape[0], -1))
+            scale = 1.0
+        keep, kept = choose_rank(s, rank, energy)
+        dora = (module.tensors["dora_scale"], module.dora_axis) if "dora_scale" in module.tensors else None
+        result.lora.modules[name] = rebuild_module((u, s, vh), keep, shape, scale * keep, dora)
+        result.modules[name] = ModuleResult(module.rank, keep, kept)
+        report(on_progress, done, total, name)
+    result.lora.metadata.update(_rank_metadata(result.lora))
+    result.lora.metadata["ss_training_comment"] = _comment(lora.metadata, _resize_note(rank, energy))
+    return result
+
+
+def _plain_delta(lora: LoraState, name: str) -> torch.Tensor:
+    """ΔW of a module without its DoRA magnitude (the magnitude is carried separately)."""
+    module = lora.modules[name]
+    if "dora_scale" not in module.tensors:
+        return lora.delta(name)
+    bare = LoraModule(module.kind, {k: v for k, v in module.tensors.items() if k != "dora_scale"},
+                      alpha=module.alpha, shape=module.shape)
+    return LoraState(modules={name: bare}, family=lora.family).delta(name)
+
+
+def _resize_note(rank, energy) -> str:
+    return f"resized by sdlora to rank {rank}" if rank is not None else f"resized by sdlora to energy {energy}"
+
+
+# ----- merge -----------------------------------------------------------------------------------
+
+
+def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: ProgressCallback | None = None) -> ToolResult:
+    """Merge weighted LoRAs into one.
+
+    Args:
+        items: [(LoraState, weight), ...].
+        mode: "svd": the exact weighted sum of ΔW, then SVD to `rank` / `energy` (default: the largest
+            input rank of each module); "concat": exact, the factors concatenated along rank with
+            each part's weight·scale folded into its up (alpha = total rank, so scale 1).
+    """
+    if mode not in ("svd", "concat"):
+        raise ConfigError(f"merge mode must be 'svd' or 'concat', got {mode!r}")
+    if not items:
+        raise ConfigError("merge needs at least one LoRA")
+    if rank is not None or energy is not None:
+        _check_target(rank, energy)
+    family = _common_family([lora for lora, _ in items])
+    names = sorted({name for lora, _ in items for name in lora.modules})
+    merged = LoraState(metadata=_merge_metadata(items), format="sdlora", family=family)
+    result = ToolResult(merged)
+    for done, name in enumerate(names, 1):
+        parts = [(lora, float(weight)) for lora, weight in items if name in lora.modules]
+        if mode == "concat":
+            merged.modules[name], result.modules[name] = _concat_module(name, parts)
+        else:
+            merged.modules[name], result.modules[name] = _svd_module(name, parts, rank, energy)
+        report(on_progress, done, len(names), name)
+    merged.metadata.update(_rank_metadata(merged))
+    return result
+
+
+def _concat_module(name: str, parts) -> tuple[LoraModule, ModuleResult]:
+    ups, downs = [], []
+    for lora, weight in parts:
+        module = lora.modules[name]
+        if not is_plain(module):
+            raise CompatibilityError(
+                f"{lora.path or 'a LoRA'}: module {name} is {_kind_label(module)}; concat merges plain LoRA "
+                "modules only, use mode 'svd'"
+            )
+        up, down = factors_2d(module)
+        ups.append(up * (weight * module.scale))
+        downs.append(down)
+    first = parts[0][0].modules[name]
+    shapes = {tuple(d.shape[1:]) for d in downs}
+    if len(shapes) > 1 or len({u.shape[0] for u in ups}) > 1:
+        raise CompatibilityError(f"module {name}: the LoRAs have different shapes there; they were made for different models")
+    up, down = torch.cat(ups, 1).float(), torch.cat(downs, 0).float()
+    total = up.shape[1]
+    if first.tensors["down"].dim() == 4:
+        down = down.reshape(total, *first.tensors["down"].shape[1:])
+        up = up.reshape(up.shape[0], total, 1, 1)
+    module = LoraModule("lora", {"down": down, "up": up}, alpha=float(total), shape=first.shape)
+    return module, ModuleResult(None, total, 1.0)
+
+
+def _svd_module(name: str, parts, rank, energy) -> tuple[LoraModule, ModuleResult]:
+    modules = [lora.modules[name] for lora, _ in parts]
+    shape = _delta_shape(parts[0][0], name, modules[0])
+    if all(is_plain(m) for m in modules):
+        ups = [factors_2d(m)[0] * (w * m.scale) for m, (_, w) in zip(modules, parts, strict=True)]
+        downs = [factors_2d(m)[1] for m in modules]
+        u, s, vh = svd_of_product(torch.cat(ups, 1), torch.cat(downs, 0))
+    else:
+        total = None
+        for lora, weight in parts:
+            delta = lora.delta(name).double().reshape(shape[0], -1) * weight
+            total = delta if total is None else total + delta
+        u, s, vh = svd_of_matrix(total)
+    target = rank if rank is not None or energy is not None else max(m.rank or 1 for m in modules)
+    keep, kept = choose_rank(s, target, energy)
+    return rebuild_module((u, s, vh), keep, shape, float(keep)), ModuleResult(None, keep, kept)
+
+
+def _kind_label(module: LoraModule) -> str:
+    if "dora_scale" in module.tensors:
+        return "DoRA"
+    return {"loha": "LoHa", "lokr": "LoKr", "full": "a full diff"}.get(module.kind, "Tucker LoCon")
+
+
+def _common_family(loras: list[LoraState]) -> str | None:
+    families = {lora.family for lora in loras if lora.family}
+    if len(families) > 1:
+        named = ", ".join(f"{lora.path or '?'} ({lora.family})" for lora in loras if lora.family)
+        raise CompatibilityError(f"cannot merge LoRAs of different base families: {named}")
+    return families.pop() if families else None
+
+
+# ----- metadata --------------------------------------------------------------------------------
+
+
+def _tool_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The input's metadata without the hashes (they describe the old tensors)."""
+    return {k: v for k, v in metadata.items() if k not in _HASH_KEYS}
+
+
+def _rank_metadata(lora: LoraState) -> dict[str, str]:
+    ranks = {m.rank for m in lora.modules.values()}
+    alphas = {m.alpha for m in lora.modules.values()}
+    dim = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
+    alpha = _number(alphas.pop()) if len(alphas) == 1 else "Dynamic"
+    return {"ss_network_dim": dim, "ss_network_alpha": alpha, "ss_network_module": "networks.lora"}
+
+
+def _number(value) -> str:
+    return str(int(value)) if value is not None and float(value).is_integer() else str(value)
+
+
+def _comment(metadata: dict[str, str], note: str) -> str:
+    old = metadata.get("ss_training_comment", "")
+    return f"{note}; {old}" if old else note
+
+
+def _merge_metadata(items) -> dict[str, str]:
+    names = [lora_label(lora) + (f":{weight:g}" if weight != 1 else "") for lora, weight in items]
+    return {"modelspec.merged_from": ", ".join(names), "ss_training_comment": "merged by sdlora"}
+
+
+def lora_label(lora: LoraState) -> str:
+    if lora.path:
+        return Path(lora.path).stem
+    return lora.metadata.get("modelspec.title") or lora.metadata.get("ss_output_name") or "lora"
