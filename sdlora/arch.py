@@ -306,9 +306,25 @@ def build_table_from_config_dir(path: str | Path) -> ModuleTable:
     return table
 
 
+def _checkpoint_family(path: Path) -> str:
+    """The family of a single-file .safetensors checkpoint, read from its header only (no weights loaded)."""
+    from sdlora.family import detect_checkpoint_family
+    from sdlora.header import read_header
+
+    header = read_header(path)
+    family = detect_checkpoint_family({key: info.shape for key, info in header.tensors.items()})
+    if family is None:
+        raise ConfigError(
+            f"{path}: not an SD1/SD2/SDXL checkpoint (no cross-attention weights of width 768, 1024 or 2048); "
+            "give a diffusers model folder or a family name (sd1, sd2, sdxl)"
+        )
+    return family
+
+
 def resolve_base(base: str | Path) -> str | ModuleTable:
     """A `--base` value as a check target: a family name ("sd1", "sd2", "sdxl"; also "sd15", "sd21") stays a
-    string, a diffusers model folder becomes its meta-built module table.
+    string, a diffusers model folder becomes its meta-built module table, and a single-file .safetensors
+    checkpoint becomes the family its header's shapes show (its weights are not read).
 
     Raises:
         ConfigError: neither a family name nor a folder.
@@ -321,8 +337,5 @@ def resolve_base(base: str | Path) -> str | ModuleTable:
     if path.is_dir():
         return build_table_from_config_dir(path)
     if path.is_file():
-        raise ConfigError(
-            f"{path}: a model file is not supported as --base; give a diffusers model folder "
-            "(model_index.json, unet/, text_encoder/) or a family name (sd1, sd2, sdxl)"
-        )
+        return _checkpoint_family(path)
     raise ConfigError(f"--base {text!r}: not a family name (sd1, sd2, sdxl) and no such folder")

@@ -194,3 +194,12 @@ def _vote_dit(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """Name a diffusers-style DiT by its hidden width (input width of an attention to_q)."""
     widths = [w for k, w in _input_widths(shapes).items() if re.search(r"attn1?[._]to_q", k)]
     return _vote(widths, _DIT_WIDTHS)
+
+
+def detect_checkpoint_family(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """The family of a full model checkpoint (LDM/SGM single file or diffusers UNet weights) from the input
+    width of its cross-attention key projections (`...attn2.to_k.weight`: 768 / 1024 / 2048), else None."""
+    widths = [
+        shape[1] for key, shape in shapes.items() if key.endswith("attn2.to_k.weight") and len(shape) == 2
+    ]
+    return _vote(widths, CONTEXT_WIDTHS)

@@ -14,8 +14,9 @@ Check a LoRA against a base model and give every key of the file a verdict: appl
 unknown_module (with the nearest module name), shape_mismatch (both shapes) or unsupported_kind.
 Keys the reader skipped and bundled embeddings are listed too; nothing is left out.
 The base is a family (sd1, sd2, sdxl: the architectures built from the configs shipped in
-configs/models/, no weights) or a diffusers model folder (only its config.json files are read; the
-model is built on the meta device).
+configs/models/, no weights), a diffusers model folder (only its config.json files are read; the
+model is built on the meta device) or a single-file .safetensors checkpoint (only its header is read,
+to tell its family).
 
 exit codes: 0 every key applies, 1 some keys do not (see the report), 2 error (bad file or base)."""
 
@@ -32,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--base",
         required=True,
         metavar="sd1|sd2|sdxl|MODEL_PATH",
-        help="family name or diffusers model folder to check against",
+        help="family name, diffusers model folder or .safetensors checkpoint to check against",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
