@@ -1,4 +1,5 @@
-"""Regenerate sdlora/data/modules_<family>.json and tests/golden/kohya_keys_<name>.txt from configs/models/.
+"""Regenerate sdlora/data/modules_<family>.json and tests/golden/kohya_keys_<name>.txt from configs/models/
+(and tests/golden/kohya_keys_tiny.txt from the tests' tiny live models).
 
 Usage: .venv/bin/python scripts/gen_module_tables.py [--check]
 
@@ -45,6 +46,33 @@ def golden_text(table, family: str) -> str:
     return header + "\n".join(rows) + "\n"
 
 
+def tiny_golden_text() -> str:
+    """Kohya names of the tests' tiny live UNet + CLIP text encoder (tests/conftest.py), built in memory.
+
+    Built live (not on the meta device), so a diffusers/transformers change of live module paths shows up here.
+    """
+    import importlib.util
+
+    from sdlora.arch import table_for_model
+
+    spec = importlib.util.spec_from_file_location("sdlora_test_conftest", ROOT / "tests" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    table = {
+        **table_for_model(conftest.make_tiny_unet()),
+        **table_for_model(conftest.make_tiny_text_encoder()),
+    }
+    header = (
+        "# Kohya LoRA names sdlora writes for the tiny live UNet + CLIP text encoder of tests/conftest.py.\n"
+        "# columns: kohya name, canonical module, layer, weight shape. Regenerate: scripts/gen_module_tables.py\n"
+    )
+    rows = sorted(
+        f"{kohya_name(name, None)} {name} {info.layer} {'x'.join(map(str, info.shape))}"
+        for name, info in table.items()
+    )
+    return header + "\n".join(rows) + "\n"
+
+
 def _update(path: Path, text: str, check: bool, stale: list[Path]) -> None:
     current = path.read_text(encoding="utf-8") if path.is_file() else None
     if current == text:
@@ -68,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         _update(
             GOLDEN / f"kohya_keys_{CONFIG_DIRS[family]}.txt", golden_text(table, family), args.check, stale
         )
+    _update(GOLDEN / "kohya_keys_tiny.txt", tiny_golden_text(), args.check, stale)
     for path in stale:
         print(("differs: " if args.check else "wrote: ") + str(path.relative_to(ROOT)))
     return 1 if (args.check and stale) else 0

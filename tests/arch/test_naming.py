@@ -286,3 +286,18 @@ def test_nearest_name_prefers_same_leaf():
 def test_bad_names_are_refused():
     with pytest.raises(ValueError, match="not a canonical module name"):
         kohya_name("down_blocks.0.resnets.0.conv1", "sd1")
+
+
+def test_golden_kohya_names_of_the_tiny_live_models(tiny_unet, tiny_text_encoder):
+    """Live module paths (not meta builds): a diffusers/transformers renaming shows up as a golden diff."""
+    from sdlora.arch import table_for_model
+
+    lines = (GOLDEN / "kohya_keys_tiny.txt").read_text().splitlines()
+    golden = [line.split() for line in lines if line and not line.startswith("#")]
+    table = {**table_for_model(tiny_unet), **table_for_model(tiny_text_encoder)}
+    live = sorted(
+        [kohya_name(name, None), name, info.layer, "x".join(map(str, info.shape))] for name, info in table.items()
+    )
+    assert live == golden
+    lookup = kohya_lookup(None)
+    assert all(lookup[kohya] == canonical for kohya, canonical, *_ in golden)
