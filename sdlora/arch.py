@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -159,16 +160,18 @@ def _model_components(obj, component: str | None) -> list[tuple[str, object]]:
 
 
 def guess_component(module) -> str:
-    """ "unet" for a diffusers UNet, "text_encoder_2" for a CLIPTextModelWithProjection, else "text_encoder"."""
-    from diffusers import UNet2DConditionModel
+    """ "unet" for a diffusers UNet, "text_encoder_2" for a CLIPTextModelWithProjection, else "text_encoder".
 
-    if isinstance(module, UNet2DConditionModel):
+    A library that is not imported yet cannot have made `module`, so it is not imported here (that would
+    cost seconds).
+    """
+    diffusers = sys.modules.get("diffusers")
+    if diffusers is not None and isinstance(module, diffusers.UNet2DConditionModel):
         return "unet"
-    try:
-        from transformers import CLIPTextModelWithProjection
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return "text_encoder"
-    return "text_encoder_2" if isinstance(module, CLIPTextModelWithProjection) else "text_encoder"
+    transformers = sys.modules.get("transformers")
+    if transformers is not None and isinstance(module, transformers.CLIPTextModelWithProjection):
+        return "text_encoder_2"
+    return "text_encoder"
 
 
 def base_layer_path(live_path: str) -> str | None:
