@@ -296,7 +296,8 @@ def test_golden_kohya_names_of_the_tiny_live_models(tiny_unet, tiny_text_encoder
     golden = [line.split() for line in lines if line and not line.startswith("#")]
     table = {**table_for_model(tiny_unet), **table_for_model(tiny_text_encoder)}
     live = sorted(
-        [kohya_name(name, None), name, info.layer, "x".join(map(str, info.shape))] for name, info in table.items()
+        [kohya_name(name, None), name, info.layer, "x".join(map(str, info.shape))]
+        for name, info in table.items()
     )
     assert live == golden
     lookup = kohya_lookup(None)
