@@ -43,18 +43,32 @@ def build_app(state: AppState) -> gr.Blocks:
             with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
                 tools_tab.create_ui(state)
         _wire_cross_tabs(state, train, library, generate)
+        # fill the lists when a page opens (not at build time: the library may change between visits)
+        demo.load(bound(library_tab.refresh_outputs, state), None, library["refresh_outputs"],
+                  api_name="library_on_load")
+        demo.load(bound(lambda: gr.Dropdown(choices=generate_tab.library_choices(state))), None, generate["pick"],
+                  api_name="generate_on_load")
     return demo
+
+
+def add_training_result(state: AppState, job_id: int | None, slots: list) -> tuple[str, str, list]:
+    """Copy a finished training result into the library and append it to the session's stack slots.
+
+    Returns (message, library name, new slots).
+    """
+    name, message = train_tab.add_result_to_library(state, job_id)
+    slots = generate_tab.add_slot(slots, name)
+    return f"{message} and to the stack (Generate tab)", name, slots
 
 
 def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict) -> None:
     """Train's "Add to library and stack" fills a Generate slot and refreshes the library list."""
 
     def add_result(values: dict) -> list[Any]:
-        name, message = train_tab.add_result_to_library(state, values[train["job_id"]])
-        slots = generate_tab.add_slot(generate_tab.current_slots(values, generate), name)
-        gr.Info(f"{message} and to the stack on the Generate tab")
-        return [message, gr.Dropdown(choices=generate_tab.library_choices(state), value=name),
-                *generate_tab.slot_updates(slots)]
+        slots = generate_tab.current_slots(values, generate)
+        message, name, slots = add_training_result(state, values[train["job_id"]], slots)
+        choices = generate_tab.library_choices(state)
+        return [message, gr.Dropdown(choices=choices, value=name), *generate_tab.slot_updates(slots)]
 
     train["add_to_stack"].click(
         bound(add_result), {train["job_id"], *generate_tab.slot_inputs(generate)},

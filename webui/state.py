@@ -64,6 +64,7 @@ class AppState:
         self._pipeline: Any = None
         self._stack: Any = None
         self._pipeline_base: str | None = None
+        self.model_name = ""
 
     # -- paths ------------------------------------------------------------------------------
     def read_path(self, user_path: str, *, default_root: Path | None = None) -> Path:
@@ -100,6 +101,7 @@ class AppState:
             factory = self._pipeline_factory or _default_pipeline
             log.info("loading base model %s for generation", base)
             self._pipeline = factory(base)
+            self.model_name = "embedded" if base == "embedded" else Path(base).stem
             from sdlora.stack import LoraStack
 
             self._stack = LoraStack(self._pipeline)
@@ -111,6 +113,6 @@ class AppState:
 
 
 def _default_pipeline(base: str) -> Any:
-    from sdlora.generate import load_pipeline
+    from sdlora.generate import load_base
 
-    return load_pipeline(base)
+    return load_base(base)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdlora.errors import ConfigError
+from sdlora.errors import ConfigError, SdloraError
 from webui.tabs import generate_tab
 from webui.tabs.generate_tab import Slot
 
@@ -54,14 +54,60 @@ def test_slots_round_trip_through_flat_values():
     assert slots[1].te_strength == 0.2 and slots[0].te_strength is None
 
 
-def test_prompt_tags_override_slots():
-    from sdlora.prompt import parse_prompt
+@pytest.fixture
+def gen_app(tmp_path):
+    from tests_webui_models import embedded_pipeline, random_lora
 
-    prompt, tags = parse_prompt("a cat <lora:a:0.3> <lora:c:te=0.5:unet=1.5>", ["a", "c"])
-    merged = generate_tab._merge_tags([Slot("a", 1.0), Slot("b", 1.0)], tags)
-    assert prompt == "a cat"
-    assert [(s.name, s.strength, s.te_strength, s.unet_strength) for s in merged] == [
-        ("a", 0.3, None, None), ("b", 1.0, None, None), ("c", 0.5, 0.5, 1.5)]
+    from webui.state import AppConfig, AppState
+
+    pipe = embedded_pipeline(tmp_path / "base")
+    state = AppState(AppConfig(lora_dir=tmp_path / "loras", output_dir=tmp_path / "out"),
+                     pipeline_factory=lambda base: pipe)
+    random_lora(tmp_path / "loras" / "a.safetensors", pipe.unet, seed=1)
+    random_lora(tmp_path / "loras" / "b.safetensors", pipe.unet, seed=2)
+    yield state
+    state.close()
+
+
+def form(prompt="a red circle", **slots):
+    values = {"prompt": prompt, "negative": "", "seed": 3, "steps": 2, "cfg": 5.0, "width": 32, "height": 32}
+    for i, (name, strength) in enumerate(slots.items()):
+        values.update({f"slot{i}.name": name, f"slot{i}.strength": strength, f"slot{i}.enabled": True,
+                       f"slot{i}.separate": False, f"slot{i}.te": 1.0, f"slot{i}.unet": 1.0})
+    return values
+
+
+def test_generate_then_move_a_slider_reloads_nothing(gen_app, monkeypatch):
+    import numpy as np
+
+    import sdlora.formats
+
+    loads = []
+    real_load = sdlora.formats.load_lora
+    monkeypatch.setattr(sdlora.formats, "load_lora", lambda path, *a, **k: loads.append(path) or real_load(path))
+    image1, params, status = generate_tab.generate(gen_app, form(a=1.0))
+    assert image1.size == (32, 32) and "Lora hashes" in params and "Seed: 3" in params
+    assert "1 loaded from disk" in status and len(loads) == 1
+    image2, _, status = generate_tab.generate(gen_app, form(a=-1.5))
+    assert "0 loaded from disk, 1 updated in place" in status and len(loads) == 1
+    assert not np.array_equal(np.asarray(image1), np.asarray(image2))
+    # the same slider value again gives the same image (exact in-place update, seeded)
+    image3, _, _ = generate_tab.generate(gen_app, form(a=1.0))
+    assert np.abs(np.asarray(image3, dtype=int) - np.asarray(image1, dtype=int)).max() <= 1
+
+
+def test_prompt_tags_apply_for_one_image(gen_app):
+    _, params, _ = generate_tab.generate(gen_app, form("a red circle <lora:b:0.5>", a=1.0))
+    assert "b:" in params.split("Lora hashes")[1]
+    _, stack = gen_app.pipeline_and_stack()
+    assert [e.name for e in stack.entries] == ["a"]
+
+
+def test_generate_errors_are_clear(gen_app):
+    with pytest.raises(SdloraError, match="did you mean"):
+        generate_tab.generate(gen_app, form(nope=1.0) | {"slot0.name": "aa"})
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        generate_tab.generate(gen_app, form(a=1.0) | {"width": 30})
 
 
 def test_sync_stack_updates_in_place_without_reloading(tiny_unet):

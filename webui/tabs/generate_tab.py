@@ -119,55 +119,40 @@ def _strengths(entry) -> tuple[float, float | None, float | None]:
 # ---------------------------------------------------------------- generation ------------------
 
 def generate(app, form: dict[str, Any]) -> tuple[Any, str, str]:
-    """Sync the stack to the session's slots plus the prompt's <lora:...> tags, then generate.
+    """Sync the shared stack to the session's slots, then generate (prompt tags apply to this image only).
 
     Returns (image, A1111 parameters text, status line).
     """
-    from sdlora.generate import generate_image
-
-    from sdlora.prompt import parse_prompt
+    from sdlora.generate import generate as draw
 
     library = _library_paths(app)
-    prompt, tags = parse_prompt(str(form.get("prompt") or ""), library)
-    wanted = _merge_tags(slots_from_values(form), tags)
+    wanted = slots_from_values(form)
     settings = _settings(form)
     with app.generate_lock:
         pipe, stack = app.pipeline_and_stack()
+        settings.model_name = app.model_name
         counts = sync_stack(stack, wanted, lambda name: _resolve(library, name))
-        image, parameters = generate_image(pipe, prompt, stack=stack, **settings)
+        result = draw(pipe, settings, stack=stack, library={k: str(v) for k, v in library.items()})
     status = (f"stack: {len(wanted)} LoRA(s); {counts['loaded']} loaded from disk, {counts['changed']} "
               f"updated in place, {counts['removed']} removed")
-    return image, parameters, status
+    return result.image, result.parameters, status
 
 
-def _settings(form: dict[str, Any]) -> dict[str, Any]:
+def _settings(form: dict[str, Any]):
+    from sdlora.generate import GenerateSettings
+
     try:
-        return {
-            "negative_prompt": str(form.get("negative") or ""),
-            "seed": int(form.get("seed") or 0),
-            "steps": int(form.get("steps") or 20),
-            "cfg": float(form.get("cfg") or 7.0),
-            "width": int(form.get("width") or 512),
-            "height": int(form.get("height") or 512),
-        }
+        return GenerateSettings(
+            prompt=str(form.get("prompt") or ""),
+            negative_prompt=str(form.get("negative") or ""),
+            seed=int(form.get("seed") or 0),
+            steps=int(form.get("steps") or 20),
+            cfg=float(form.get("cfg") or 7.0),
+            width=int(form.get("width") or 512),
+            height=int(form.get("height") or 512),
+        )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"generation settings: {err}") from err
-
-
-def _merge_tags(slots: list[Slot], tags) -> list[Slot]:
-    """Prompt tags override (or add to) the slots with the same name.
-
-    A1111 semantics (sdlora.prompt.LoraRequest): `strength` is the text-encoder multiplier and the
-    UNet follows it unless the tag names a UNet strength.
-    """
-    by_name = {s.name: s for s in slots}
-    for tag in tags:
-        strength, unet = float(tag.strength), tag.unet_strength
-        if unet is None:
-            by_name[tag.name] = Slot(name=tag.name, strength=strength)
-        else:
-            by_name[tag.name] = Slot(name=tag.name, strength=strength, separate=True, te=strength, unet=float(unet))
-    return list(by_name.values())
 
 
 def _library_paths(app) -> dict[str, Path]:

@@ -19,20 +19,30 @@ from webui.uploads import check_lora_upload, store_upload, upload_name
 COLUMNS = ["name", "family", "rank", "trigger words", "notes"]
 
 
+def scan(app):
+    """The library scan (sdlora.library), with its header cache kept in the output folder."""
+    from sdlora.library import scan as scan_library
+
+    cache = Path(app.config.output_dir) / ".cache" / "library-cache.json"
+    return scan_library(app.config.lora_dir, cache_path=cache)
+
+
 def list_entries(app) -> list:
-    """Library entries (sdlora.library), sorted by name."""
-    from sdlora.library import scan_library
-
-    return sorted(scan_library(app.config.lora_dir), key=lambda e: e.name.lower())
+    """Readable library entries, sorted by name."""
+    return list(scan(app).entries)
 
 
-def refresh(app) -> tuple[list[list], list, list[str]]:
-    """(table rows, preview gallery items, names) for the library folder."""
-    entries = list_entries(app)
+def refresh(app) -> tuple[list[list], list, list[str], str]:
+    """(table rows, preview gallery items, names, message naming damaged files) for the library folder."""
+    result = scan(app)
+    entries = result.entries
     rows = [[e.name, e.family or "?", e.rank if e.rank is not None else "?", ", ".join(e.trigger_words[:8]),
-             _short(getattr(e, "notes", None))] for e in entries]
-    previews = [(str(e.preview), e.name) for e in entries if getattr(e, "preview", None)]
-    return rows, previews, [e.name for e in entries]
+             _short(e.notes.get("notes") or e.notes.get("activation text"))] for e in entries]
+    previews = [(str(e.preview), e.name) for e in entries if e.preview]
+    message = f"{len(entries)} LoRA(s) in the library"
+    if result.errors:
+        message += "; not readable: " + "; ".join(f"{Path(e.path).name} ({e.error})" for e in result.errors[:5])
+    return rows, previews, [e.name for e in entries], message
 
 
 def find_entry(app, name: str):
@@ -44,19 +54,17 @@ def find_entry(app, name: str):
 
 def details(app, name: str) -> tuple[dict, str, str, float, str]:
     """(metadata, summary markdown, activation text, preferred weight, notes) for one LoRA."""
-    from sdlora.library import read_notes
-
     if not name:
         raise SdloraError("pick a LoRA in the list first")
     entry = find_entry(app, name)
     from sdlora.header import read_header
 
     header = read_header(entry.path)
-    notes = read_notes(entry.path)
+    notes = entry.notes
     summary = (f"**{entry.name}** · family {entry.family or 'unknown'} · rank {entry.rank or '?'} · "
                f"{len(header.tensors)} tensors · {Path(entry.path).stat().st_size / 1e6:.1f} MB")
     return (dict(header.metadata), summary, notes.get("activation text", ""),
-            float(notes.get("preferred weight", 1.0) or 1.0), notes.get("notes", ""))
+            _weight(notes.get("preferred weight")), notes.get("notes", ""))
 
 
 def load_report(app, name: str) -> tuple[str, list[list]]:
@@ -87,7 +95,7 @@ def save_notes(app, name: str, activation: str, weight: float, notes: str) -> st
     from sdlora.library import write_notes
 
     entry = find_entry(app, name)
-    write_notes(entry.path, {"activation text": activation or "", "preferred weight": float(weight or 0.0),
+    write_notes(entry.path, {"activation text": activation or "", "preferred weight": weight,
                              "notes": notes or ""})
     return f"saved notes for {entry.name}"
 
@@ -103,6 +111,13 @@ def upload_lora(app, file) -> str:
     sdlora.load_lora(path)  # refuse files that are safetensors but not a LoRA sdlora can read
     target = store_upload(path, Path(app.config.lora_dir), name)
     return f"added {target.name} to the library"
+
+
+def _weight(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def _short(text, limit: int = 60) -> str:
@@ -134,14 +149,14 @@ def create_ui(app) -> dict[str, Any]:
         c["weight"] = gr.Number(1.0, label="Preferred weight")
         c["notes"] = gr.Textbox(label="Notes", lines=3)
         c["save_notes"] = gr.Button("Save notes")
-    c["refresh_outputs"] = [c["table"], c["previews"], c["pick"]]
+    c["refresh_outputs"] = [c["table"], c["previews"], c["pick"], c["message"]]
     _wire(app, c)
     return c
 
 
 def refresh_outputs(app):
-    rows, previews, names = refresh(app)
-    return rows, previews, gr.Dropdown(choices=names)
+    rows, previews, names, message = refresh(app)
+    return rows, previews, gr.Dropdown(choices=names), message
 
 
 def _wire(app, c: dict[str, Any]) -> None:

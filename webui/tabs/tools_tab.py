@@ -84,10 +84,9 @@ def resize_lora(app, text: str, rank: float, energy: float, out_name: str) -> tu
     if "energy" in kwargs and not 0 < kwargs["energy"] <= 1:
         raise ConfigError("give a rank > 0, or an energy between 0 and 1")
     result = tools.resize(sdlora.load_lora(source), **kwargs)
-    lora = getattr(result, "lora", result)
     target = output_path(app, out_name, f"{source.stem}-resized")
-    sdlora.save_lora(lora, target)
-    return str(target), f"wrote {target.name}"
+    sdlora.save_lora(result.lora, target)
+    return str(target), f"wrote {target.name}; least energy kept in a module: {result.min_energy():.1%}"
 
 
 def merge_loras(app, rows: list[list], rank: float, out_name: str) -> tuple[str, str]:
@@ -99,21 +98,25 @@ def merge_loras(app, rows: list[list], rank: float, out_name: str) -> tuple[str,
     if len(pairs) < 2:
         raise ConfigError("list at least two LoRAs (name, weight) to merge")
     loras = [(sdlora.load_lora(p), w) for p, w in pairs]
-    merged = tools.merge(loras, rank=int(rank) if rank and rank > 0 else None)
+    if rank and rank > 0:
+        merged = tools.merge(loras, mode="svd", rank=int(rank))
+    else:
+        merged = tools.merge(loras, mode="concat")
     target = output_path(app, out_name, "merged")
-    sdlora.save_lora(getattr(merged, "lora", merged), target)
+    sdlora.save_lora(merged.lora, target)
     return str(target), f"merged {len(pairs)} LoRAs into {target.name}"
 
 
 def extract_lora(app, base: str, tuned: str, rank: float, out_name: str) -> tuple[str, str]:
     """A LoRA from the difference between a fine-tuned model and its base (SVD to `rank`)."""
     import sdlora
-    from sdlora import tools
+    from sdlora.extract import extract
 
-    base_path, tuned_path = app.read_path(base), app.read_path(tuned)
-    result = tools.extract(str(base_path), str(tuned_path), rank=int(rank))
+    base_path = base.strip() if base.strip() == "embedded" else str(app.read_path(base))
+    tuned_path = app.read_path(tuned)
+    result = extract(base_path, str(tuned_path), rank=int(rank))
     target = output_path(app, out_name, f"{tuned_path.stem}-extracted")
-    sdlora.save_lora(getattr(result, "lora", result), target)
+    sdlora.save_lora(result.lora, target)
     return str(target), f"wrote {target.name}"
 
 
@@ -185,15 +188,16 @@ def create_ui(app) -> dict[str, Any]:
         c["resize_go"] = gr.Button("Resize")
     with gr.Tab("Merge"):
         c["merge_rows"] = gr.Dataframe(headers=["LoRA", "weight"], datatype=["str", "number"], type="array",
-                                       value=[["", 1.0], ["", 1.0]], interactive=True, row_count=(2, "dynamic"))
+                                       value=[["", 1.0], ["", 1.0]], interactive=True, row_count=2)
         with gr.Row():
             c["merge_rank"] = gr.Number(0, label="Rank", precision=0,
-                                        info="0 = exact (ranks concatenated); > 0 = SVD of the exact sum")
+                                        info="0 = exact (ranks concatenated); > 0 = SVD of the exact sum to this rank")
             c["merge_out"] = gr.Textbox(label="Output name")
         c["merge_go"] = gr.Button("Merge")
     with gr.Tab("Extract"):
         with gr.Row():
-            c["extract_base"] = gr.Textbox(label="Base model", info="path inside the configured folders")
+            c["extract_base"] = gr.Textbox("embedded", label="Base model",
+                                           info="'embedded' or a path inside the configured folders")
             c["extract_tuned"] = gr.Textbox(label="Fine-tuned model", info="path inside the configured folders")
             c["extract_rank"] = gr.Number(16, label="Rank", precision=0)
             c["extract_out"] = gr.Textbox(label="Output name")

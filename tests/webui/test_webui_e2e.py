@@ -1,0 +1,174 @@
+"""End to end in a real browser: Debian's headless Chromium driven by Playwright over loopback.
+
+Flow (issue 6): train a few steps on the sample data and watch the progress bar and the loss plot
+move; add the result and a second LoRA to the stack; generate; move a slider; generate again; the
+image changed. Screenshots of every tab go to test-artifacts/webui/ (git-ignored).
+
+Playwright must not download a browser: it launches /usr/bin/chromium (`apt-get install chromium`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests_webui_models import REPO_ROOT, embedded_available, random_lora, sample_dataset, write_untrained_embedded
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "webui"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+TRAIN_STEPS = 12
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The app over tmp folders, launched on loopback; yields (url, state, base)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
+    from webui.app import build_app, launch
+    from webui.state import AppConfig, AppState
+
+    tmp = tmp_path_factory.mktemp("webui-e2e")
+    base = None if embedded_available() else write_untrained_embedded(tmp / "models" / "untrained")
+    data = sample_dataset(tmp / "data" / "style")
+    lora_dir = tmp / "loras"
+    lora_dir.mkdir()
+    from sdlora.models import load_components
+
+    random_lora(lora_dir / "random-shapes.safetensors", load_components(str(base or "embedded")).unet)
+    state = AppState(AppConfig(lora_dir=lora_dir, output_dir=tmp / "out", base=str(base) if base else "embedded",
+                               data_dirs=(data.parent,), model_dirs=(base,) if base else ()))
+    demo = build_app(state)
+    _, url, _ = launch(demo, state, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
+    assert url.startswith("http://127.0.0.1:")
+    yield url, state, data
+    demo.close()
+    state.close()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(served[0])
+        page.wait_for_selector("#train-start")
+        yield page
+        browser.close()
+
+
+def fill(page, elem_id: str, value) -> None:
+    """Type into a gradio Textbox/Number/Slider by its elem_id and commit the value."""
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input[type=number], #{elem_id} input[type=text]").first
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def progress(page) -> tuple[int, int]:
+    bar = page.locator("#train-progress")
+    return int(bar.get_attribute("value")), int(bar.get_attribute("max"))
+
+
+def shot(page, name: str) -> Path:
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_train_stack_slider_generate(page, served):
+    url, state, data = served
+    # ---- Train: load the data set, set a short run, start, watch progress and the loss plot move
+    fill(page, "train-data-path", str(data))
+    page.click("#train-load-data")
+    page.wait_for_selector("#train-data-summary :text('images in')")
+    fill(page, "train-optim-steps", TRAIN_STEPS)
+    fill(page, "train-data-resolution", 32)
+    fill(page, "train-output-name", "e2e-style")
+    page.click("#train-start")
+    seen, plots = set(), []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        step, total = progress(page)
+        seen.add(step)
+        if 0 < step < total and len(plots) < 2 and (not plots or plots[-1][0] != step):
+            plots.append((step, page.locator("#train-loss-plot").screenshot()))
+        status = page.locator("#train-status").inner_text()
+        if "done" in status or "failed" in status:
+            break
+        time.sleep(0.3)
+    assert "done" in status, status
+    final = page.locator("#train-loss-plot").screenshot()
+    assert progress(page) == (TRAIN_STEPS, TRAIN_STEPS)
+    assert any(0 < s < TRAIN_STEPS for s in seen), f"progress never seen between 0 and the end: {sorted(seen)}"
+    assert plots and plots[0][1] != final, "the loss plot did not change while training ran"
+    page.wait_for_selector("#train-result a")
+    shot(page, "1-train")
+    # ---- add the result to the library and the stack; add a second LoRA from the library
+    page.click("#train-add-to-stack")
+    page.wait_for_selector("#train-status :text('to the stack')")
+    page.get_by_role("tab", name="Generate").click()  # gradio renders a tab's widgets when it is shown
+    page.wait_for_function("document.querySelector('#gen-slot-0-name textarea, #gen-slot-0-name input')"
+                           "?.value.startsWith('e2e-style')")
+    pick = page.locator("#gen-pick input").first
+    pick.click()
+    pick.fill("random-shapes")
+    page.get_by_role("option", name="random-shapes").click()
+    page.click("#gen-add")
+    page.wait_for_function("document.querySelector('#gen-slot-1-name textarea, #gen-slot-1-name input')"
+                           "?.value === 'random-shapes'")
+    # ---- generate, move a slider, generate again
+    fill(page, "gen-prompt", "zqx style, a red circle on a blue background")
+    fill(page, "gen-steps", 4)
+    fill(page, "gen-width", 32)
+    fill(page, "gen-height", 32)
+    first = generate(page)
+    fill(page, "gen-slot-1-strength", -1.5)
+    second = generate(page)
+    assert first != second, "the image did not change when the slider moved"
+    status = page.locator("#gen-status").inner_text()
+    assert "0 loaded from disk" in status and "1 updated in place" in status, status
+    shot(page, "3-generate")
+    page.get_by_role("tab", name="Library").click()
+    page.click("#lib-refresh")
+    page.wait_for_selector("#lib-table :text('random-shapes')")
+    shot(page, "2-library")
+    page.get_by_role("tab", name="Tools").click()
+    fill(page, "tools-inspect-src", "random-shapes")
+    page.click("#tools-inspect")
+    page.wait_for_selector("#tools-inspect-summary :text('modules')")
+    shot(page, "4-tools")
+
+
+def generate(page) -> str:
+    """Click Generate, wait for a new image, return a hash of its pixels."""
+    old = page.locator("#gen-image img").first.get_attribute("src") if page.locator("#gen-image img").count() else None
+    page.click("#gen-generate")
+    page.wait_for_function(
+        "old => { const img = document.querySelector('#gen-image img'); return img && img.src && img.src !== old; }",
+        arg=old, timeout=300_000)
+    src = page.locator("#gen-image img").first.get_attribute("src")
+    body = page.request.get(src).body()
+    from PIL import Image
+
+    pixels = Image.open(io.BytesIO(body)).convert("RGB").tobytes()
+    return hashlib.sha256(pixels).hexdigest()
