@@ -178,7 +178,7 @@ class LoraStack:
         Raises CompatibilityError (nothing changed) when the LoRA was made for another base family,
         when its shapes do not fit, or when none of its modules exist in the model.
         """
-        state = _load(lora)
+        state = _load(lora, self._custom_table())
         name = self._new_name(name, state)
         entry = StackEntry(name, state, check_strength(strength))
         self._set_fields(entry, te_strength, unet_strength, block_strengths)
@@ -304,6 +304,15 @@ class LoraStack:
         if block_strengths is not _UNSET:
             entry.block_strengths = parse_block_strengths(block_strengths, self.block_names())
 
+    def _custom_table(self):
+        """The live module table when the model is no SD family (so a file's names can be resolved
+        against it); None for SD1/SD2/SDXL, whose files carry their own family for the mismatch check."""
+        if self.family is not None:
+            return None
+        from sdlora.arch import table_for_model
+
+        return table_for_model(SimpleNamespace(**self.components))
+
     def _live_modules(self) -> dict[str, torch.nn.Module]:
         """{canonical name: live Linear/Conv2d} for every component, built once."""
         if self._live is None:
@@ -386,11 +395,11 @@ def entry_label(state) -> str:
     return state.path or "LoRA"
 
 
-def _load(lora):
+def _load(lora, table=None):
     if isinstance(lora, str | Path):
         from sdlora.formats import load_lora
 
-        return load_lora(lora)
+        return load_lora(lora, table=table)
     if not hasattr(lora, "modules") or not hasattr(lora, "delta"):
         raise ConfigError(f"expected a LoRA file path or a LoraState, got {type(lora).__name__}")
     return lora

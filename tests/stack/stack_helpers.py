@@ -61,3 +61,30 @@ def unet_output(components, seed=1) -> torch.Tensor:
     with torch.no_grad():
         hidden = components["text_encoder"](ids)[0]
         return components["unet"](sample, 10, encoder_hidden_states=hidden).sample
+
+
+def tiny_tokenizer(folder):
+    """A CLIPTokenizer over a character vocabulary written to `folder` (no downloads)."""
+    import json
+    import string
+
+    from transformers import CLIPTokenizer
+
+    tokens = ["<|startoftext|>", "<|endoftext|>", "!"]
+    for ch in string.ascii_lowercase + string.digits + ",.<>:=_-":
+        tokens += [ch, ch + "</w>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!", model_max_length=77)
+
+
+def tiny_pipeline(components, vae, folder):
+    """A StableDiffusionPipeline over the tiny components (16x16 images, DDIM)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=components["text_encoder"], tokenizer=tiny_tokenizer(folder),
+        unet=components["unet"], scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
