@@ -105,7 +105,9 @@ def lokr_delta(t: dict[str, Tensor]) -> Tensor:
         w1 = w1.unsqueeze(-1)
     while w2.dim() < w1.dim():
         w2 = w2.unsqueeze(-1)
-    return torch.kron(w1, w2)
+    return torch.kron(
+        w1.contiguous(), w2.contiguous()
+    )  # kron views its inputs; einsum results may be strided
 
 
 def full_delta(t: dict[str, Tensor]) -> Tensor:

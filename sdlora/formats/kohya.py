@@ -121,9 +121,10 @@ def _module(lora_name: str, parts: dict, state: LoraState, file_name: str) -> Lo
     kinds = {kind for kind, _ in found}
     if len(kinds) != 1:
         detail = "no adapter weights" if not kinds else f"mixes adapter kinds {sorted(kinds)}"
-        for suffix in parts:
-            if suffix not in ("alpha", "dora_scale", "scale") or not kinds:
-                state.issues.append(KeyIssue(f"{lora_name}.{suffix}", "unsupported_kind", detail))
+        reported = {issue.key for issue in state.issues}
+        for key in (f"{lora_name}.{suffix}" for suffix in parts):
+            if key not in reported:  # e.g. the `.alpha` of an OFT module
+                state.issues.append(KeyIssue(key, "unsupported_kind", detail))
         return None
     kind = kinds.pop()
     weights = {tensor_name: tensor for (_, tensor_name), tensor in found.items()}
