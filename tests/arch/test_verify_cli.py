@@ -79,3 +79,25 @@ def test_verify_help_states_exit_codes(capsys):
     with pytest.raises(SystemExit):
         main(["verify", "--help"])
     assert "0 every key applies, 1 some keys do not" in capsys.readouterr().out
+
+
+def test_ldm_named_sd1_file_reads_onto_diffusers_modules(tmp_path, capsys):
+    from sdlora.formats import load_lora
+
+    path = write_kohya(
+        tmp_path / "ldm.safetensors",
+        {
+            "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k": ((4, 768), (320, 4)),
+            "lora_unet_output_blocks_2_1_conv": ((4, 1280, 3, 3), (1280, 4, 1, 1)),
+            "lora_unet_middle_block_0_emb_layers_1": ((4, 1280), (1280, 4)),
+        },
+    )
+    lora = load_lora(path)
+    assert lora.family == "sd1"
+    assert sorted(lora.modules) == [
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+        "unet.mid_block.resnets.0.time_emb_proj",
+        "unet.up_blocks.0.upsamplers.0.conv",
+    ]
+    assert main(["verify", str(path), "--base", "sd1"]) == 0
+    assert "OK: 9 of 9 keys applied" in capsys.readouterr().out
