@@ -18,9 +18,15 @@ from sdlora.errors import SdloraError
 
 # command name -> module under sdlora.cli; the order is the order in --help
 COMMANDS: dict[str, str] = {
+    "train": "train",
     "inspect": "inspect",
     "convert": "convert",
     "verify": "verify",
+    "generate": "generate",
+    "resize": "resize",
+    "merge": "merge",
+    "extract": "extract",
+    "bake": "bake",
     "webui": "webui",
 }
 

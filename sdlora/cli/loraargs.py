@@ -1,0 +1,55 @@
+"""Shared pieces of the stack-manager commands: `FILE[:STRENGTH]` arguments and a tqdm progress bar.
+
+Standard library only at module level (tqdm is imported when a bar is first shown).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def lora_with_strength(text: str) -> tuple[str, float]:
+    """'style.safetensors:0.7' -> ('style.safetensors', 0.7); without ':NUMBER' the strength is 1."""
+    path, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass  # a ':' that is part of the path
+    return text, 1.0
+
+
+def progress_bar(description: str):
+    """An `on_progress` callback drawing a tqdm bar on stderr (closed when done reaches total)."""
+    state = {"bar": None}
+
+    def update(progress) -> None:
+        from tqdm import tqdm
+
+        bar = state["bar"]
+        if bar is None:
+            bar = state["bar"] = tqdm(total=progress.total, desc=description, file=sys.stderr, leave=False)
+        bar.n = progress.done
+        bar.refresh()
+        if progress.done >= progress.total:
+            bar.close()
+            state["bar"] = None
+
+    return update
+
+
+def refuse_existing(path, force: bool) -> None:
+    from sdlora.errors import ConfigError
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path}: already exists; pass --force to overwrite it")
+
+
+def energy_lines(result, limit: int | None = None) -> list[str]:
+    """Per-module 'rank old -> new, energy kept' lines, lowest energy first."""
+    rows = sorted(result.modules.items(), key=lambda item: item[1].energy)
+    lines = [f"  {m.energy * 100:8.4f}%  rank {m.old_rank if m.old_rank is not None else '-':>4} -> {m.new_rank:<4} {name}"
+             for name, m in rows[:limit]]
+    if limit is not None and len(rows) > limit:
+        lines.append(f"  ... {len(rows) - limit} more modules (all keep more energy)")
+    return lines
