@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from math import prod
 
 from sdlora.arch import ModuleInfo, ModuleTable, family_table
-from sdlora.family import FAMILY_NAMES
+from sdlora.errors import SdloraError
+from sdlora.family import FAMILY_NAMES, detect_family
 from sdlora.naming import nearest_name
 
 VERDICTS = ("applied", "unknown_module", "shape_mismatch", "unsupported_kind", "ignored", "extra")
@@ -219,6 +220,22 @@ def _shape_text(shape) -> str:
     return "x".join(str(d) for d in shape) if shape else "a scalar"
 
 
+def _family_from_modules(lora) -> str | None:
+    """The LoRA's family from its ΔW shapes (a loader given a model table may have adopted the table's family)."""
+    shapes = {}
+    for name, module in lora.modules.items():
+        try:
+            shape = tuple(module.delta_shape())
+        except (KeyError, ValueError, IndexError):
+            continue
+        if len(shape) == 2:  # pseudo full-diff keys: detect_family reads their input width
+            shapes[f"{name}.diff"] = shape
+    try:
+        return detect_family(shapes) or lora.family
+    except SdloraError:
+        return lora.family
+
+
 def check_lora(lora, target) -> LoadReport:
     """Give every key of `lora` (a LoraState) a verdict against `target`.
 
@@ -242,7 +259,8 @@ def check_lora(lora, target) -> LoadReport:
         for token in items:
             detail = f"bundled {group.removesuffix('s')} {token!r}, not a module"
             verdicts.append(KeyVerdict(f"{group}:{token}", "extra", None, detail))
-    report = LoadReport(verdicts, description, target_family, lora.family, getattr(lora, "path", None))
+    lora_family = lora.family if isinstance(target, str) else _family_from_modules(lora)
+    report = LoadReport(verdicts, description, target_family, lora_family, getattr(lora, "path", None))
     if report.family_mismatch:
         report.notes.append(report.family_mismatch + "; use a base model of the LoRA's family")
     return report

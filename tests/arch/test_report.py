@@ -122,3 +122,12 @@ def test_to_dict_is_json_ready():
 def test_bad_target_type():
     with pytest.raises(TypeError, match="family name or a module table"):
         check_lora(state({}), 3)
+
+
+def test_lora_family_comes_from_shapes_when_the_target_is_a_table():
+    from sdlora.arch import family_table
+
+    lora = state({K2: lora_module(320, 768)}, family="sdxl")  # e.g. a loader adopted the table's family
+    report = check_lora(lora, family_table("sdxl"))
+    assert report.lora_family == "sd1"
+    assert report.family_mismatch == "family mismatch: this LoRA is for SD1.x, the target is SDXL"

@@ -101,3 +101,12 @@ def test_ldm_named_sd1_file_reads_onto_diffusers_modules(tmp_path, capsys):
     ]
     assert main(["verify", str(path), "--base", "sd1"]) == 0
     assert "OK: 9 of 9 keys applied" in capsys.readouterr().out
+
+
+def test_family_mismatch_against_a_model_folder(wild_loras, capsys):
+    path = wild_loras / "peft_te_only_sd15_r8.safetensors"
+    code = main(["verify", str(path), "--base", str(config_dir("sd2")), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert data["family_mismatch"] == "family mismatch: this LoRA is for SD1.x, the target is SD2.x"
+    assert data["counts"] == {"text_encoder": {"shape_mismatch": 48}}
