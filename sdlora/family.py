@@ -28,19 +28,22 @@ CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 TEXT_WIDTHS = {768: "sd1", 1024: "sd2", 1280: "sdxl"}
 
 # (pattern on a raw key, architecture). First match wins, so the more specific patterns come first.
+# Searched once over all keys joined by newlines (MULTILINE, so ^ is a key start; no pattern spans a newline).
+_M = re.MULTILINE
 _FOREIGN = (
-    (re.compile(r"lora_prior_(unet|te)_|(^|[._])prior[._]"), "Stable Cascade"),
-    (re.compile(r"joint_transformer_blocks|double_layers|single_layers|register_tokens"), "AuraFlow"),
-    (re.compile(r"joint_blocks|context_block|x_block[._]"), "SD3 / SD3.5"),
-    (re.compile(r"double_blocks|single_blocks|single_transformer_blocks|img_attn|txt_attn"), "FLUX"),
-    (re.compile(r"adaln_single|caption_projection|caption_embedder"), "PixArt"),
+    (re.compile(r"lora_prior_(unet|te)_|(^|[._])prior[._]", _M), "Stable Cascade"),
+    (re.compile(r"joint_transformer_blocks|double_layers|single_layers|register_tokens", _M), "AuraFlow"),
+    (re.compile(r"joint_blocks|context_block|x_block[._]", _M), "SD3 / SD3.5"),
+    (re.compile(r"double_blocks|single_blocks|single_transformer_blocks|img_attn|txt_attn", _M), "FLUX"),
+    (re.compile(r"adaln_single|caption_projection|caption_embedder", _M), "PixArt"),
     (
         re.compile(
-            r"(^|transformer\.|lora_unet_|lora_transformer_)blocks[._]\d+[._]|mlp_t5|text_embedding_padding"
+            r"(^|transformer\.|lora_unet_|lora_transformer_)blocks[._]\d+[._]|mlp_t5|text_embedding_padding",
+            _M,
         ),
         "Hunyuan-DiT",
     ),
-    (re.compile(r"^(base_model\.model\.)?transformer\.|^lora_transformer_"), "a DiT transformer model"),
+    (re.compile(r"^(base_model\.model\.)?transformer\.|^lora_transformer_", _M), "a DiT transformer model"),
 )
 # hidden width of a diffusers DiT (input of its first attention's to_q) -> architecture
 _DIT_WIDTHS = {1152: "PixArt", 1536: "SD3", 2432: "SD3.5", 3072: "FLUX"}
@@ -69,13 +72,22 @@ def check_family(family: str) -> str:
     return family
 
 
+def _foreign_match(keys: Iterable[str]) -> tuple[str, str] | None:
+    """(architecture, an example key) for the first foreign pattern found in `keys`, else None."""
+    text = "\n".join(keys)
+    for pattern, name in _FOREIGN:
+        match = pattern.search(text)
+        if match:
+            start = text.rfind("\n", 0, match.start()) + 1
+            end = text.find("\n", match.end())
+            return name, text[start : end if end >= 0 else len(text)]
+    return None
+
+
 def foreign_architecture(keys: Iterable[str]) -> str | None:
     """The name of a non-SD architecture whose key pattern appears in `keys`, else None."""
-    keys = list(keys)
-    for pattern, name in _FOREIGN:
-        if any(pattern.search(key) for key in keys):
-            return name
-    return None
+    found = _foreign_match(keys)
+    return found[0] if found else None
 
 
 def _input_widths(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
@@ -175,12 +187,10 @@ def detect_family(
 
 
 def _refuse_foreign(shapes: Mapping[str, tuple[int, ...]]) -> None:
-    keys = list(shapes)
-    foreign = foreign_architecture(keys)
-    if foreign is None:
+    found = _foreign_match(shapes)
+    if found is None:
         return
-    pattern = next(p for p, name in _FOREIGN if name == foreign)
-    example = next(k for k in keys if pattern.search(k))
+    foreign, example = found
     if foreign == "a DiT transformer model":
         width = _vote_dit(shapes)
         foreign = width or foreign
