@@ -228,3 +228,23 @@ def test_lora_for_no_module_is_refused(components):
     lora.modules = {f"unet.nowhere.{k}": v for k, v in lora.modules.items()}
     with pytest.raises(CompatibilityError, match="none of its"):
         LoraStack(components).add(lora)
+
+
+def test_report_for_a_stacked_lora(components):
+    lora = random_lora(components, _mixed_names(components))
+    stack = LoraStack(components)
+    name = stack.add(lora)
+    report = stack.report(name)
+    verdicts = {v.verdict for v in report.verdicts}
+    assert verdicts == {"applied"}, report.summary()
+    assert len(report.verdicts) >= len(lora.modules)
+    with pytest.raises(ConfigError, match="no LoRA named"):
+        stack.report("missing")
+
+
+def test_progress_is_reported(components):
+    seen = []
+    stack = LoraStack(components, on_progress=seen.append)
+    names = _mixed_names(components)
+    stack.add(random_lora(components, names))
+    assert seen and seen[-1].done == seen[-1].total == len(names)
