@@ -71,3 +71,15 @@ def tiny_config(data: Path, output: Path, *extra: str):
     return load_config(None, [f"data.path={data}", f"output.dir={output}", "data.resolution=32",
                               "data.min_bucket=32", "data.max_bucket=64", "data.bucket_step=32", "optim.steps=3",
                               "lora.rank=4", "lora.alpha=4", "output.save_dtype=fp32", *extra])
+
+
+def save_tiny_pipeline(folder: Path, tmp: Path) -> Path:
+    """The tiny components as a diffusers pipeline folder (what `--base DIR` loads)."""
+    from diffusers import StableDiffusionPipeline
+
+    c = make_tiny_components(tmp)
+    pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                   scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder

@@ -1,0 +1,121 @@
+"""`sdlora train --config FILE [--set key=value ...] [--data DIR] [--base MODEL] [--output DIR] [--resume]`.
+
+Standard library only at module level; the library (and torch) is imported inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+
+DESCRIPTION = """\
+Train a LoRA from a folder of images (png, jpg, jpeg, webp, bmp) with same-stem .txt captions, or
+Kohya N_name subfolders, and export it as a Kohya .safetensors (config.yaml beside it).
+Settings come from the YAML config (presets in configs/train/), then --set overrides, then the
+everyday flags below. A summary of the data set is printed before training; a progress bar shows loss,
+it/s and ETA; loss.csv and loss.png are written to the output folder.
+
+examples:
+  sdlora train --data my_images --base model.safetensors --output out
+  sdlora train --config configs/train/style.yaml --set optim.steps=800 --set data.trigger=zkw --data imgs
+  sdlora train --config out/lora.yaml --resume          # continue from the newest checkpoint
+  accelerate launch --num_processes 2 -m sdlora train --config cfg.yaml   # several GPUs
+
+exit codes: 0 done (or cancelled with Ctrl-C after saving a checkpoint), 2 bad input or settings."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("train", help="train a LoRA from an image folder",
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "-c", help="YAML config (a preset from configs/train/ or a saved config)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--data", help="image folder (data.path)")
+    parser.add_argument("--base", help="base model: 'embedded', a diffusers folder, a .safetensors "
+                        "checkpoint or a hub id (model.base)")
+    parser.add_argument("--output", "--output-dir", dest="output", help="output folder (output.dir)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (optim.steps)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                        help="continue from the newest checkpoint in the output folder, or from CHECKPOINT")
+    parser.add_argument("--allow-pickle", "--allow_pickle", dest="allow_pickle", action="store_true",
+                        help="allow .ckpt/.pt/.bin base checkpoints (loaded with torch.load(weights_only=True))")
+    parser.add_argument("--dry-run", action="store_true", help="print the data set summary and the resolved "
+                        "config, then stop")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = list(args.overrides)
+    flags = {"data.path": args.data, "model.base": args.base, "output.dir": args.output, "optim.steps": args.steps}
+    for key, value in flags.items():
+        if value is not None:
+            extra.append(f"{key}={json.dumps(value)}")  # a JSON string is a valid YAML scalar
+    if args.allow_pickle:
+        extra.append("model.allow_pickle=true")
+    return extra
+
+
+class _Bar:
+    """tqdm progress bar driven by StepInfo (created on the first step, so a resumed run starts mid-way)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, info) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=info.total, initial=info.step - 1, unit="step", dynamic_ncols=True)
+        self.bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}", refresh=False)
+        self.bar.update(info.step - self.bar.n)
+        if info.samples:
+            self.bar.write(f"samples: {info.samples[0]}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cancel_on_ctrl_c(cancel: threading.Event):
+    """First Ctrl-C: stop after the current step and save a checkpoint. Second: abort at once."""
+
+    def handler(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGINT, handler)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdlora.config import dump_config, load_config
+    from sdlora.train import train
+    from sdlora.train.data import scan_dataset
+
+    cfg = load_config(args.config, _overrides(args))
+    if args.dry_run:
+        _, summary = scan_dataset(cfg.data)
+        print("\n".join(summary.lines()))
+        print(dump_config(cfg), end="")
+        return 0
+    bar, cancel = _Bar(), threading.Event()
+    previous = _cancel_on_ctrl_c(cancel)
+    try:
+        result = train(cfg, on_step=bar, cancel=cancel, resume=args.resume)
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if result.cancelled:
+        print(f"cancelled at step {result.steps}; checkpoint: {result.checkpoint} (continue with --resume)")
+        return 0
+    for path in result.files:
+        print(f"wrote {path}")
+    if result.loss_plot:
+        print(f"loss history: {result.loss_csv}, {result.loss_plot}")
+    return 0
