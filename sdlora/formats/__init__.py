@@ -85,7 +85,7 @@ def load_lora(path: str | os.PathLike, table=None):
     tensors = _read_tensors(header)
     state = _read_dialect(dialect, tensors, header, family, config, table)
     state.path = str(path)
-    state.family = family if table is None else getattr(table, "family", family)
+    state.family = family  # the LoRA's own family (from its shapes), even when resolved against a table
     _fill_shapes(state, table)
     state.modules = dict(sorted(state.modules.items()))
     return state
