@@ -1,0 +1,60 @@
+"""Before/after grid for a style LoRA on the embedded model (the quickstart's last step).
+
+    python scripts/before_after.py --lora outputs/quickstart/zqx_style.safetensors \
+        --out outputs/quickstart/before_after.png
+
+Draws every prompt of --prompts with the same seeds at each --strengths value (rows) and writes one PNG;
+prints how far each row is from the style images (--style) on sdlora.embedded.showcase.style_distance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lora", type=Path, required=True, help="the trained LoRA (.safetensors)")
+    parser.add_argument("--out", type=Path, required=True, help="grid PNG to write")
+    parser.add_argument(
+        "--base", type=Path, default=None, help="pipeline folder (default: the embedded model)"
+    )
+    parser.add_argument("--prompts", type=Path, default=ROOT / "sample_data" / "prompts.txt")
+    parser.add_argument("--style", type=Path, default=ROOT / "sample_data", help="the style images")
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    parser.add_argument("--seed", type=int, default=1, help="seed of the first prompt (then +1 each)")
+    parser.add_argument("--steps", type=int, default=20)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from sdlora.embedded import load_pipeline, showcase
+    from sdlora.errors import SdloraError
+
+    try:
+        prompts = [p.strip() for p in args.prompts.read_text().splitlines() if p.strip()]
+        pipe = load_pipeline(folder=args.base)
+        seeds = [args.seed + i for i in range(len(prompts))]
+        rows = showcase.strength_sweep(pipe, args.lora, prompts, seeds, args.strengths, args.steps)
+    except (OSError, SdloraError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    style = showcase.load_images(args.style)
+    for strength, images in rows.items():
+        d = showcase.style_distance(images, style)
+        print(f"strength {strength:g}: style distance {d['total']:.3f} (colour {d['colour']:.3f}, "
+              f"texture {d['texture']:.3f})")  # fmt: skip
+    showcase.save_grid({f"strength {s:g}": images for s, images in rows.items()}, args.out)
+    print(f"wrote {args.out} (rows: strength {', '.join(f'{s:g}' for s in rows)}; columns: {args.prompts})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

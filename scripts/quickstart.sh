@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The README's first command: set up .venv, train a style LoRA on sample_data/ with the embedded model,
+# export it, and draw a before/after grid (same prompts and seeds at strength 0, 0.5 and 1).
+# Outputs go to outputs/quickstart/ (or $SDLORA_QUICKSTART_OUT); extra arguments go to `sdlora train`
+# (for example --steps 100).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+OUT=${SDLORA_QUICKSTART_OUT:-outputs/quickstart}
+[ -f sample_data/prompts.txt ] || .venv/bin/python scripts/make_sample_data.py
+start=$(date +%s)
+.venv/bin/sdlora train --config scripts/quickstart.yaml --data sample_data --base embedded --output "$OUT" "$@"
+echo "quickstart: training took $(( $(date +%s) - start )) s; LoRA: $OUT/zqx_style.safetensors"
+.venv/bin/python scripts/before_after.py --lora "$OUT/zqx_style.safetensors" --out "$OUT/before_after.png"
