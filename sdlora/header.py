@@ -28,9 +28,11 @@ LEGACY_HASH_RANGE = (0x100000, 0x110000)  # FORMATS §2.11 sshs_legacy_hash
 # key fragments that only adapter files carry (LoRA, LyCORIS, diffusers, PEFT, cloneofsimo)
 LORA_MARKERS = (
     "lora_down", "lora_up", "lora_A", "lora_B", "lora.down", "lora.up", "_lora.", "lora_linear_layer",
-    "hada_", "lokr_", ".alpha", ".diff", "dora_scale", "lora_magnitude_vector", ":down", ":up",
-    "oft_", "on_input", "bundle_emb.", "lora_mid",
+    "hada_", "lokr_", "dora_scale", "lora_magnitude_vector", ":down", ":up", "oft_", "on_input",
+    "bundle_emb.", "lora_mid",
 )  # fmt: skip
+# adapter tensor names that are whole key endings (".diff" alone would also match ".diffusion_model")
+LORA_ENDINGS = (".alpha", ".diff", ".diff_b")
 CHECKPOINT_PREFIXES = (
     "model.diffusion_model.",
     "first_stage_model.",
@@ -191,7 +193,7 @@ def check_is_lora(header: SafetensorsHeader) -> None:
     if not keys:
         raise FormatError(f"{name}: the file holds no tensors, so it is not a LoRA")
     checkpoint_keys = [k for k in keys if k.startswith(CHECKPOINT_PREFIXES)]
-    has_markers = any(marker in key for key in keys for marker in LORA_MARKERS)
+    has_markers = any(key.endswith(LORA_ENDINGS) or any(m in key for m in LORA_MARKERS) for key in keys)
     if checkpoint_keys or not has_markers:
         example = (checkpoint_keys or keys)[0]
         raise FormatError(

@@ -403,3 +403,18 @@ def test_unsupported_and_unknown_keys_are_reported_not_dropped(tmp_path):
 
     report_keys = {v.key for v in check_lora(lora, "sd1").verdicts}
     assert set(tensors) <= report_keys
+
+
+def test_kohya_names_of_a_custom_sized_model_resolve_without_a_table(tmp_path):
+    """Tiny/custom UNets: `up_blocks.0.attentions.0` is not an SD1 module, yet its Kohya name resolves."""
+    from sdlora.weights import LoraModule, LoraState
+
+    name = "unet.up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    te = "text_encoder.text_model.encoder.layers.1.mlp.fc2"
+    modules = {name: LoraModule("lora", {"down": rnd(2, 32), "up": rnd(32, 2)}, alpha=1.0),
+               te: LoraModule("lora", {"down": rnd(2, 37), "up": rnd(32, 2)}, alpha=4.0)}  # fmt: skip
+    out = tmp_path / "tiny.safetensors"
+    save_lora(LoraState(modules=modules), out)
+    back = load_lora(out)
+    assert back.family is None and sorted(back.modules) == sorted(modules) and not back.issues
+    close(back.delta(te), 2.0 * d64(modules[te].tensors["up"]) @ d64(modules[te].tensors["down"]))
