@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CSS = """
 .sdlora-progress progress { width: 60%; height: 1.2em; vertical-align: middle; }
+#gen-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 """
 
 

@@ -17,8 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests_webui_models import REPO_ROOT, embedded_available, random_lora, sample_dataset, write_untrained_embedded
+from tests_webui_models import (
+    REPO_ROOT,
+    embedded_available,
+    random_lora,
+    sample_dataset,
+    write_untrained_embedded,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "webui"
@@ -96,16 +101,22 @@ def shot(page, name: str) -> Path:
 
 
 def test_train_stack_slider_generate(page, served):
-    url, state, data = served
-    # ---- Train: load the data set, set a short run, start, watch progress and the loss plot move
+    _, _, data = served
+    train_in_browser(page, data)
+    stack_and_generate(page)
+    visit_library_and_tools(page)
+
+
+def train_in_browser(page, data: Path) -> None:
+    """Load the data set, set a short run, start; the progress bar and the loss plot move."""
     fill(page, "train-data-path", str(data))
     page.click("#train-load-data")
-    page.wait_for_selector("#train-data-summary :text('images in')")
+    page.wait_for_function("document.querySelector('#train-data-summary')?.innerText.includes('images in')")
     fill(page, "train-optim-steps", TRAIN_STEPS)
     fill(page, "train-data-resolution", 32)
     fill(page, "train-output-name", "e2e-style")
     page.click("#train-start")
-    seen, plots = set(), []
+    seen, plots, status = set(), [], ""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         step, total = progress(page)
@@ -123,9 +134,12 @@ def test_train_stack_slider_generate(page, served):
     assert plots and plots[0][1] != final, "the loss plot did not change while training ran"
     page.wait_for_selector("#train-result a")
     shot(page, "1-train")
-    # ---- add the result to the library and the stack; add a second LoRA from the library
+
+
+def stack_and_generate(page) -> None:
+    """Add the result and a second LoRA to the stack, generate, move a slider, generate again."""
     page.click("#train-add-to-stack")
-    page.wait_for_selector("#train-status :text('to the stack')")
+    page.wait_for_function("document.querySelector('#train-status')?.innerText.includes('to the stack')")
     page.get_by_role("tab", name="Generate").click()  # gradio renders a tab's widgets when it is shown
     page.wait_for_function("document.querySelector('#gen-slot-0-name textarea, #gen-slot-0-name input')"
                            "?.value.startsWith('e2e-style')")
@@ -136,26 +150,30 @@ def test_train_stack_slider_generate(page, served):
     page.click("#gen-add")
     page.wait_for_function("document.querySelector('#gen-slot-1-name textarea, #gen-slot-1-name input')"
                            "?.value === 'random-shapes'")
-    # ---- generate, move a slider, generate again
     fill(page, "gen-prompt", "zqx style, a red circle on a blue background")
     fill(page, "gen-steps", 4)
     fill(page, "gen-width", 32)
     fill(page, "gen-height", 32)
     first = generate(page)
+    assert "2 loaded from disk" in page.locator("#gen-status").inner_text()
     fill(page, "gen-slot-1-strength", -1.5)
     second = generate(page)
     assert first != second, "the image did not change when the slider moved"
     status = page.locator("#gen-status").inner_text()
     assert "0 loaded from disk" in status and "1 updated in place" in status, status
+    assert "Lora hashes" in page.locator("#gen-parameters textarea").input_value()
     shot(page, "3-generate")
+
+
+def visit_library_and_tools(page) -> None:
     page.get_by_role("tab", name="Library").click()
     page.click("#lib-refresh")
-    page.wait_for_selector("#lib-table :text('random-shapes')")
+    page.wait_for_function("document.querySelector('#lib-table')?.innerText.includes('random-shapes')")
     shot(page, "2-library")
     page.get_by_role("tab", name="Tools").click()
     fill(page, "tools-inspect-src", "random-shapes")
     page.click("#tools-inspect")
-    page.wait_for_selector("#tools-inspect-summary :text('modules')")
+    page.wait_for_function("document.querySelector('#tools-inspect-summary')?.innerText.includes('modules')")
     shot(page, "4-tools")
 
 

@@ -48,7 +48,7 @@ def test_tool_inputs_outside_the_folders_are_refused(app, lora_file, attempt):
 
 
 def test_tool_outputs_stay_in_the_output_folder(app, lora_file):
-    path, message = tools_tab.convert_lora(app, "style", "diffusers", "keep", "../../../escape")
+    path, _ = tools_tab.convert_lora(app, "style", "diffusers", "keep", "../../../escape")
     assert Path(path).parent == Path(app.config.output_dir) / "tools"
     assert Path(path).name == "escape.safetensors"
     import sdlora

@@ -171,6 +171,15 @@ def _resolve(library: dict[str, Path], name: str) -> Path:
     return library[name]
 
 
+def default_size(app) -> int:
+    """The image side the base model was trained at: 32 for the embedded model, else SD's 512."""
+    if app.config.base == "embedded":
+        from sdlora.embedded import IMAGE_SIZE
+
+        return IMAGE_SIZE
+    return 512
+
+
 def library_choices(app) -> list[str]:
     return list(_library_paths(app))
 
@@ -197,11 +206,13 @@ def create_ui(app) -> dict[str, Any]:
             c["seed"] = gr.Number(0, label="Seed", precision=0, elem_id="gen-seed")
             c["steps"] = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="gen-steps")
             c["cfg"] = gr.Slider(1, 20, value=7.0, step=0.5, label="CFG", elem_id="gen-cfg")
-            c["width"] = gr.Slider(32, 2048, value=512, step=8, label="Width", elem_id="gen-width")
-            c["height"] = gr.Slider(32, 2048, value=512, step=8, label="Height", elem_id="gen-height")
+            size = default_size(app)
+            c["width"] = gr.Slider(8, 2048, value=size, step=8, label="Width", elem_id="gen-width")
+            c["height"] = gr.Slider(8, 2048, value=size, step=8, label="Height", elem_id="gen-height")
     c["generate"] = gr.Button("Generate", variant="primary", elem_id="gen-generate")
     with gr.Row():
-        c["image"] = gr.Image(label="Image", type="pil", format="png", interactive=False, elem_id="gen-image")
+        c["image"] = gr.Image(label="Image", type="pil", format="png", interactive=False, elem_id="gen-image",
+                              height=384)
         with gr.Column():
             c["parameters"] = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="gen-parameters")
             c["status"] = gr.Markdown(elem_id="gen-status")
