@@ -28,3 +28,18 @@ def app(tmp_path):
                                data_dirs=(data.parent,), limits=UploadLimits(image_bytes=200_000)))
     yield state
     state.close()
+
+
+@pytest.fixture
+def gen_app(tmp_path):
+    """An AppState whose generation pipeline is the embedded architecture with random weights (in memory),
+    with two random LoRAs "a" and "b" in the library."""
+    from tests_webui_models import embedded_pipeline, random_lora
+
+    pipe = embedded_pipeline(tmp_path / "base")
+    state = AppState(AppConfig(lora_dir=tmp_path / "loras", output_dir=tmp_path / "out"),
+                     pipeline_factory=lambda base: pipe)
+    random_lora(tmp_path / "loras" / "a.safetensors", pipe.unet, seed=1)
+    random_lora(tmp_path / "loras" / "b.safetensors", pipe.unet, seed=2)
+    yield state
+    state.close()

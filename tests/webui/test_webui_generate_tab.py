@@ -54,21 +54,6 @@ def test_slots_round_trip_through_flat_values():
     assert slots[1].te_strength == 0.2 and slots[0].te_strength is None
 
 
-@pytest.fixture
-def gen_app(tmp_path):
-    from tests_webui_models import embedded_pipeline, random_lora
-
-    from webui.state import AppConfig, AppState
-
-    pipe = embedded_pipeline(tmp_path / "base")
-    state = AppState(AppConfig(lora_dir=tmp_path / "loras", output_dir=tmp_path / "out"),
-                     pipeline_factory=lambda base: pipe)
-    random_lora(tmp_path / "loras" / "a.safetensors", pipe.unet, seed=1)
-    random_lora(tmp_path / "loras" / "b.safetensors", pipe.unet, seed=2)
-    yield state
-    state.close()
-
-
 def form(prompt="a red circle", **slots):
     values = {"prompt": prompt, "negative": "", "seed": 3, "steps": 2, "cfg": 5.0, "width": 32, "height": 32}
     for i, (name, strength) in enumerate(slots.items()):
