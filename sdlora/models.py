@@ -109,6 +109,47 @@ def _checkpoint_keys(path: Path) -> list[str]:
         raise FormatError(f"{path}: not a readable .safetensors file ({err})") from err
 
 
+# where each component's weights live in an original (LDM/SGM) single-file checkpoint
+_CHECKPOINT_PREFIXES = {
+    "sd1": {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "cond_stage_model."},
+    "sd2": {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "cond_stage_model."},
+    "sdxl": {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
+             "text_encoder": "conditioner.embedders.0.", "text_encoder_2": "conditioner.embedders.1."},
+}
+
+
+def _checkpoint_numel(path: Path) -> dict[str, int]:
+    """{key: number of elements} from the safetensors header (no tensor is read)."""
+    from safetensors import safe_open
+
+    sizes = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            numel = 1
+            for dim in handle.get_slice(key).get_shape():
+                numel *= dim
+            sizes[key] = numel
+    return sizes
+
+
+def check_coverage(path: Path, family: str, components: Components) -> None:
+    """Refuse a checkpoint that lacks most of a component's weights.
+
+    diffusers' single-file loader leaves weights it cannot find at their random initial values with only a
+    log line; training on such a model wastes hours, so the file's tensor sizes per component are compared
+    with the model's parameter count first.
+    """
+    sizes = _checkpoint_numel(path)
+    for name, prefix in _CHECKPOINT_PREFIXES[family].items():
+        model = getattr(components, name)
+        wanted = sum(p.numel() for p in model.parameters())
+        found = sum(n for k, n in sizes.items() if k.startswith(prefix))
+        if found < 0.99 * wanted:
+            raise CompatibilityError(
+                f"{path}: holds {found:,} {name} weights under '{prefix}*' but a {family} {name} has {wanted:,}; "
+                "the file is incomplete or not a full checkpoint (a LoRA, a pruned or a different model?)")
+
+
 def _tokenizers(family: str) -> dict[str, Any]:
     from transformers import CLIPTokenizer
 
@@ -135,9 +176,12 @@ def load_single_file(path: Path, family: str | None = None, dtype=None) -> Compo
     try:
         pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
                                     safety_checker=None, requires_safety_checker=False, **_tokenizers(family))
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except Exception as err:  # diffusers raises many types here (SingleFileComponentError, OSError, ...)
         raise CompatibilityError(f"{path}: cannot load as a {family} checkpoint ({err})") from err
-    return _from_pipeline(pipe, path.name, family)
+    components = _from_pipeline(pipe, path.name, family)
+    if path.suffix.lower() == ".safetensors":
+        check_coverage(path, family, components)
+    return components
 
 
 def _load_hub(repo_id: str, dtype) -> Components:
