@@ -102,3 +102,15 @@ def test_notes_round_trip_and_validation(library):
 def test_scan_of_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a folder"):
         scan(tmp_path / "nope", cache_path=False)
+
+
+def test_scan_never_imports_torch(library, tmp_path):
+    """The library reads headers only: a scan in a fresh interpreter leaves torch unimported."""
+    import subprocess
+    import sys
+
+    root, _ = library
+    code = ("import sys, sdlora.library as lib; r = lib.scan(sys.argv[1], cache_path=False); "
+            "assert len(r.entries) == 2, r; assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -248,3 +248,32 @@ def test_progress_is_reported(components):
     names = _mixed_names(components)
     stack.add(random_lora(components, names))
     assert seen and seen[-1].done == seen[-1].total == len(names)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_recomputed_from_w0(components, dtype):
+    """Half-precision layers never drift: each change is W0 + Σ sΔW in float32, cast once."""
+    for model in components.values():
+        model.to(dtype)
+    before = snapshot(components)
+    names = _mixed_names(components)
+    a, b = random_lora(components, names, seed=1), random_lora(components, names, seed=2)
+    live = live_modules(components)
+    originals = {name: live[name].weight.detach().float().clone() for name in names}
+    stack = LoraStack(components)
+    stack.add(a, 0.5, name="a")
+    stack.add(b, 1.0, name="b")
+    for value in (0.1, -0.7, 1.3, 0.25):
+        stack.set_strength("a", value)
+    for name in names:
+        w0 = originals[name]
+        expected = w0.reshape(w0.shape[0], -1).clone()
+        for lora, s in ((a, 0.25), (b, 1.0)):
+            m = lora.modules[name]
+            up, down = m.tensors["up"].reshape(w0.shape[0], -1), m.tensors["down"].reshape(m.rank, -1)
+            expected += s * m.scale * (up @ down)
+        got = live[name].weight.detach().float().reshape(expected.shape)
+        # one rounding to the half dtype: within one half-precision ulp of the float32 result
+        assert (got - expected).abs().max() <= torch.finfo(dtype).eps * expected.abs().max(), name
+    stack.clear()
+    assert_bit_identical(components, before)
