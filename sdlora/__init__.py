@@ -20,6 +20,8 @@ _EXPORTS = {
     "LoraState": "sdlora.weights",
     "load_lora": "sdlora.formats",
     "save_lora": "sdlora.formats",
+    "LoraStack": "sdlora.stack",
+    "parse_prompt": "sdlora.prompt",
 }
 
 __all__ = sorted(_EXPORTS)
