@@ -51,7 +51,10 @@ def _scaled_delta(module: LoraModule, device) -> Tensor:
         raise FormatError(f"unknown adapter kind {module.kind!r}; expected one of {sorted(builders)}")
     delta = builder(t)
     scale = module.scale
-    return delta * scale if scale != 1.0 else delta
+    if scale == 1.0:
+        return delta
+    # the factor products are fresh tensors: scale in place (ΔW can be hundreds of MB); `diff` is the input
+    return delta * scale if module.kind == "full" else delta.mul_(scale)
 
 
 def lora_delta(t: dict[str, Tensor]) -> Tensor:
