@@ -167,3 +167,37 @@ def test_wild_files_convert_to_diffusers_where_possible(wild_loras, tmp_path):
     assert not (tmp_path / "x.safetensors").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
         "d.safetensors"
     ]
+
+
+def _rewrite(wild_loras, tmp_path, change):
+    from safetensors.torch import load_file, save_file
+
+    source = wild_loras / "cloneofsimo_sd15_r4_f16.safetensors"
+    tensors = load_file(str(source))
+    change(tensors)
+    out = tmp_path / "positional.safetensors"
+    save_file(tensors, str(out), metadata=read_header(source).metadata)
+    return out
+
+
+def test_cloneofsimo_with_a_missing_index_is_refused(wild_loras, tmp_path):
+    from sdlora.errors import FormatError
+
+    path = _rewrite(wild_loras, tmp_path, lambda t: [t.pop("unet:143:down"), t.pop("unet:143:up")])
+    with pytest.raises(
+        FormatError, match=r"has 143 unet entries.*can map only SD1's 144.*cannot be converted safely"
+    ):
+        load_lora(path)
+
+
+def test_cloneofsimo_with_wrong_shapes_is_refused(wild_loras, tmp_path):
+    """Index 4 must be the GEGLU projection (out 2560); a file whose order differs is not guessed at."""
+    from sdlora.errors import FormatError
+
+    def swap(t):
+        t["unet:4:up"], t["unet:5:up"] = t["unet:5:up"], t["unet:4:up"]
+
+    with pytest.raises(
+        FormatError, match=r"unet:4 has shapes .* needs in=320, out=2560.*cannot be mapped by position"
+    ):
+        load_lora(_rewrite(wild_loras, tmp_path, swap))
