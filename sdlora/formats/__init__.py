@@ -14,6 +14,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable
+from math import prod
 from pathlib import Path
 
 from sdlora.errors import FormatError
@@ -175,15 +176,8 @@ def _fill_shapes(state, table) -> None:
         if info is None or module.shape is not None:
             continue
         raw = module.raw_delta_shape()
-        if _numel(raw) == _numel(info.shape) and raw[0] == info.shape[0]:
+        if prod(raw) == prod(info.shape) and raw[0] == info.shape[0]:
             module.shape = tuple(info.shape)
-
-
-def _numel(shape) -> int:
-    total = 1
-    for dim in shape:
-        total *= int(dim)
-    return total
 
 
 def save_lora(lora, path: str | os.PathLike, format: str = "kohya", dtype: str | None = None) -> None:

@@ -224,3 +224,10 @@ def test_convert_refuses_to_overwrite_without_force(tmp_path, capsys, wild_loras
     assert out.read_bytes() == b"keep me"
     assert main(["convert", str(wild_loras / "peft_te_only_sd15_r8.safetensors"), str(out), "--force"]) == 0
     assert json.loads(json.dumps(load_lora(out).metadata))["ss_network_alpha"] == "8"
+
+
+def test_convert_into_a_missing_folder_exits_2(tmp_path, capsys, wild_loras):
+    out = tmp_path / "no_such_folder" / "out.safetensors"
+    assert main(["convert", str(wild_loras / "peft_te_only_sd15_r8.safetensors"), str(out)]) == 2
+    assert "does not exist; create it first" in capsys.readouterr().err
+    assert not out.parent.exists()
