@@ -52,6 +52,7 @@ REQUIRED = {
     "lokr": ({"w1", "w1a"}, {"w2", "w2a"}),
     "full": ({"diff"},),
 }
+NEAREST_LIMIT = 5  # unknown modules that get a "nearest: ..." suggestion
 _NAME = re.compile(r"^((?:lora|lycoris|oft)_[^.]+)\.(.+)$")
 
 
@@ -107,7 +108,9 @@ def _lookup(family: str | None, table) -> dict[str, str]:
 def _unknown(state: LoraState, lora_name: str, parts: dict, lookup: dict[str, str]) -> None:
     from sdlora import naming
 
-    nearest = naming.nearest_name(lora_name, list(lookup)) if lookup else None
+    # difflib over thousands of names costs seconds: suggest the nearest name for the first few only
+    suggested = sum(1 for issue in state.issues if "; nearest: " in issue.detail)
+    nearest = naming.nearest_name(lora_name, list(lookup)) if lookup and suggested < NEAREST_LIMIT else None
     detail = f"no module named {lora_name!r} in {state.family or 'the known families'}"
     if nearest:
         detail += f"; nearest: {nearest!r}"
