@@ -101,10 +101,25 @@ def shot(page, name: str) -> Path:
 
 
 def test_train_stack_slider_generate(page, served):
-    _, _, data = served
+    url, _, data = served
+    refuses_outside_paths(page, url)
     train_in_browser(page, data)
     stack_and_generate(page)
     visit_library_and_tools(page)
+
+
+def refuses_outside_paths(page, url: str) -> None:
+    """A typed path outside the folders gives a one-line error (no traceback); gradio serves no other file."""
+    fill(page, "train-data-path", "../../../../etc")
+    page.click("#train-load-data")
+    toast = page.locator(".toast-body").first
+    toast.wait_for()
+    text = toast.inner_text()
+    assert "outside the folders" in text and "Traceback" not in text, text
+    page.locator(".toast-close").first.click()
+    for probe in ("gradio_api/file=/etc/passwd", "gradio_api/file=../../../../etc/passwd"):
+        response = page.request.get(url + probe)
+        assert response.status >= 400 and "root:" not in response.text(), probe
 
 
 def train_in_browser(page, data: Path) -> None:

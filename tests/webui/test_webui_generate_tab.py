@@ -137,3 +137,18 @@ def test_unknown_library_name_suggests_close_ones(tmp_path):
     library = {"my-style": tmp_path / "my-style.safetensors"}
     with pytest.raises(Exception, match="did you mean my-style"):
         generate_tab._resolve(library, "my-styl")
+
+
+def test_generation_works_while_a_training_job_runs(gen_app):
+    import threading
+
+    release = threading.Event()
+    job = gen_app.jobs.submit("blocking training", lambda ctx: release.wait(60))
+    try:
+        while gen_app.jobs.get(job.id).status != "running":
+            threading.Event().wait(0.01)
+        image, _, _ = generate_tab.generate(gen_app, form(a=1.0))
+        assert image.size == (32, 32)
+        assert gen_app.jobs.get(job.id).status == "running"
+    finally:
+        release.set()

@@ -86,3 +86,17 @@ def test_metadata_edit_without_strip_keeps_other_keys(app, lora_file):
     assert written["ss_training_comment"] == "private" and "modelspec.title" not in written
     assert written["modelspec.description"] == "about"
     assert Path(path).name == "style-edited.safetensors"
+
+
+def test_resize_and_merge_write_new_files(app, lora_file):
+    import sdlora
+
+    path, message = tools_tab.resize_lora(app, "style", 2, 0.9, "small")
+    resized = sdlora.load_lora(path)
+    assert {m.rank for m in resized.modules.values()} == {2} and "energy" in message
+    path, message = tools_tab.merge_loras(app, [["style", 1.0], [str(lora_file), -0.5]], 0, "merged")
+    merged = sdlora.load_lora(path)
+    original = sdlora.load_lora(lora_file)
+    assert torch.allclose(merged.delta(TO_Q), 0.5 * original.delta(TO_Q), atol=1e-2)
+    with pytest.raises(Exception, match="at least two"):
+        tools_tab.merge_loras(app, [["style", 1.0]], 0, "x")
