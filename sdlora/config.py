@@ -158,7 +158,9 @@ def _check_type(where: str, value: Any, tp: Any) -> Any:
         return float(value)
     if tp is float and isinstance(value, str) and _looks_float(value):
         return float(value)  # PyYAML 1.1 reads "1e-4" (no dot) as a string; users mean a number
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is str and isinstance(value, bool):
+        return "no" if value is False else "yes"  # YAML 1.1 reads `no`/`off` as false (mixed_precision: no)
+    if tp is str and isinstance(value, (int, float)):
         return str(value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
@@ -239,6 +241,14 @@ def _looks_float(raw: str) -> bool:
     return True
 
 
+def _is_str_field(key: str) -> bool:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        return False
+    tp = _field_types(type(getattr(TrainConfig(), section))).get(name)
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
@@ -273,6 +283,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         apply_dict(cfg, read_yaml(path), str(path))
     for text in overrides:
         key, value = parse_override(text)
+        if isinstance(value, (bool, int, float)) and _is_str_field(key):
+            value = text.partition("=")[2].strip()  # --set data.trigger=1girl / optim.mixed_precision=no
         _set(cfg, key, value, f"--set {text}")
     _check_choices(cfg)
     return cfg

@@ -43,6 +43,9 @@ def test_override_types_checked():
     assert cfg.data.flip is True
     assert cfg.output.sample_prompts == ["a cat", "a dog"]
     assert cfg.lora.alpha == 4.0 and isinstance(cfg.lora.alpha, float)
+    # YAML 1.1 would read these as a bool / a number; string fields keep the text
+    cfg = load_config(None, ["optim.mixed_precision=no", "data.trigger=1girl", "output.name=2024"])
+    assert (cfg.optim.mixed_precision, cfg.data.trigger, cfg.output.name) == ("no", "1girl", "2024")
     with pytest.raises(ConfigError, match="optim.steps: expected int"):
         load_config(None, ["optim.steps=many"])
     with pytest.raises(ConfigError, match="data.flip: expected bool"):
@@ -58,6 +61,12 @@ def test_choices_and_ranges_validated():
         load_config(None, ["data.caption_dropout=1.5"])
     with pytest.raises(ConfigError, match="lora.rank: must be > 0"):
         load_config(None, ["lora.rank=0"])
+
+
+def test_yaml_no_is_the_string_no_for_choices(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  mixed_precision: no\n")
+    assert load_config(path).optim.mixed_precision == "no"
 
 
 def test_dump_then_load_round_trip(tmp_path):

@@ -1,0 +1,219 @@
+"""Trainer benchmark: sdlora vs a reference loop written after diffusers'
+`examples/text_to_image/train_text_to_image_lora.py`, same model, data, batch, resolution and targets.
+
+    python benchmarks/train.py                  # tiny SD-shaped pipeline on CPU (about a minute)
+    python benchmarks/train.py --shape sd15 --resolution 512 --device cuda   # SD1.5-shaped, random weights
+
+Both runs train UNet attention LoRA (to_q, to_k, to_v, to_out.0; text encoder frozen), as the diffusers
+script does. The reference loop does what that script does every step: VAE-encode the batch, run the text
+encoder, noise, predict, MSE, backward, clip, step (PEFT LoRA via `unet.add_adapter`). sdlora runs its
+`train()` with latent and text-encoder caching on. Each side runs in its own subprocess so that peak
+memory (CUDA: max allocated; CPU: peak RSS) is its own. steps/s is measured over the training steps
+after the first (warm-up) step; "total s" includes setup and caching.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# benchmarks/ holds inspect.py, which would shadow the standard library's `inspect` for a script run from
+# this folder; drop the script's folder from the import path before importing anything else.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def build_components(shape: str, device: str, folder: Path):
+    """Random-weight SD-shaped components (tiny, or SD1.5's configs from configs/models/sd15)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from sdlora.models import Components, configs_root
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(configs_root() / "tokenizers" / "clip-vit-large-patch14")
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012)
+    if shape == "sd15":
+        root = configs_root() / "models" / "sd15"
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
+        te = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
+    else:
+        unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4,
+                                    out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+                                    norm_num_groups=8, attention_head_dim=8)
+        vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                            norm_num_groups=8)
+        te = CLIPTextModel(CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, vocab_size=49408, max_position_embeddings=77))
+    return Components(unet=unet, vae=vae, text_encoder=te.eval(), tokenizer=tokenizer, scheduler=scheduler,
+                      family="sd1", name=f"random-{shape}")
+
+
+def write_data(folder: Path, count: int, resolution: int) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        img = Image.new("RGB", (resolution, resolution), (30 * i % 256, 90, 200 - 20 * i % 200))
+        img.paste((255, 255, 255), (i, i, resolution // 2, resolution // 3))
+        img.save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a shape number {i}, white box")
+    return folder
+
+
+def run_sdlora(args, components, data: Path, out: Path) -> dict:
+    from sdlora.config import load_config
+    from sdlora.train import train
+
+    cfg = load_config(None, [f"data.path={data}", f"output.dir={out}", f"data.resolution={args.resolution}",
+                             f"data.min_bucket={args.resolution}", f"data.max_bucket={args.resolution}",
+                             f"data.batch_size={args.batch}", f"optim.steps={args.steps}", "lora.targets=attn",
+                             f"lora.rank={args.rank}", f"lora.alpha={args.rank}", "lora.train_text_encoder=false",
+                             "data.cache_latents=memory", "data.cache_text=true", "optim.lr=1e-4",
+                             f"optim.mixed_precision={args.precision}"])
+    stamps = []
+    start = time.perf_counter()
+    train(cfg, components, on_step=lambda info: stamps.append(time.perf_counter()))
+    return {"total": time.perf_counter() - start, "stamps": stamps}
+
+
+def reference_batches(data: Path, tokenizer, args):
+    """The diffusers script's preprocessing: resize, center crop, random flip, normalize; tokenize captions."""
+    import numpy as np
+    from PIL import Image
+
+    images = sorted(data.glob("*.png"))
+    pixels, ids = [], []
+    for path in images:
+        img = Image.open(path).convert("RGB").resize((args.resolution, args.resolution), Image.BILINEAR)
+        pixels.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
+        ids.append(tokenizer(path.with_suffix(".txt").read_text(), max_length=tokenizer.model_max_length,
+                             padding="max_length", truncation=True, return_tensors="pt").input_ids[0])
+    return torch.stack(pixels), torch.stack(ids)
+
+
+def run_reference(args, components, data: Path) -> dict:
+    """One optimizer step per batch, as in train_text_to_image_lora.py's main loop."""
+    from accelerate import Accelerator
+    from peft import LoraConfig as PeftLoraConfig
+
+    acc = Accelerator(mixed_precision=args.precision)
+    unet, vae, te, sched = components.unet, components.vae, components.text_encoder, components.scheduler
+    for m in (unet, vae, te):
+        m.requires_grad_(False)
+        m.to(acc.device)
+    start = time.perf_counter()
+    unet.add_adapter(PeftLoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
+                                    target_modules=TARGETS))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+    unet, optimizer = acc.prepare(unet, optimizer)
+    pixels, ids = reference_batches(data, components.tokenizer, args)
+    generator = torch.Generator().manual_seed(0)
+    stamps = []
+    for step in range(args.steps):
+        index = torch.randint(0, len(pixels), (args.batch,), generator=generator)
+        batch_pixels = pixels[index].to(acc.device)
+        batch_pixels = torch.where(torch.rand(args.batch, 1, 1, 1, device=acc.device) < 0.5,
+                                   batch_pixels.flip(-1), batch_pixels)
+        with acc.accumulate(unet):
+            latents = vae.encode(batch_pixels).latent_dist.sample() * vae.config.scaling_factor
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), device=acc.device)
+            noisy = sched.add_noise(latents, noise, timesteps)
+            hidden = te(ids[index].to(acc.device), return_dict=False)[0]
+            pred = unet(noisy, timesteps, hidden, return_dict=False)[0]
+            loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="mean")
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+        stamps.append(time.perf_counter())
+    return {"total": time.perf_counter() - start, "stamps": stamps}
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def child(args) -> None:
+    """Run one side and print its measurements as JSON (one line)."""
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    components = build_components(args.shape, args.device, work)
+    data = work / "data"
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if args.side == "sdlora":
+        result = run_sdlora(args, components, data, work / f"out-{args.side}")
+    else:
+        result = run_reference(args, components, data)
+    stamps = result["stamps"]
+    steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    print(json.dumps({"side": args.side, "steps_per_s": steady, "total_s": result["total"],
+                      "peak_mb": peak_memory_mb(args.device)}))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--precision", default="no", choices=("no", "fp16", "bf16"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side (same for both)")
+    parser.add_argument("--side", choices=("sdlora", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.side:
+        child(args)
+        return 0
+    with tempfile.TemporaryDirectory() as work:
+        write_data(Path(work) / "data", args.images, args.resolution)
+        rows = {}
+        for side in ("reference", "sdlora"):
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--work", work]
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            if proc.returncode != 0:
+                print(proc.stderr[-4000:], file=sys.stderr)
+                return 1
+            rows[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref, ours = rows["reference"], rows["sdlora"]
+    print(f"shape={args.shape} resolution={args.resolution} batch={args.batch} steps={args.steps} "
+          f"rank={args.rank} targets=UNet attention, TE frozen, device={args.device}, threads={args.threads}")
+    print(f"| trainer | steps/s | total s | peak memory MB |\n|---|---|---|---|")
+    for name, row in (("diffusers-style reference", ref), ("sdlora (caching on)", ours)):
+        print(f"| {name} | {row['steps_per_s']:.2f} | {row['total_s']:.1f} | {row['peak_mb']:.0f} |")
+    print(f"speed-up: {ours['steps_per_s'] / ref['steps_per_s']:.2f}x steps/s; "
+          f"memory: {ours['peak_mb'] / ref['peak_mb']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
