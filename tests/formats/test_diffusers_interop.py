@@ -19,6 +19,9 @@ from tests.conftest import make_tiny_text_encoder, make_tiny_unet, make_tiny_vae
 
 UNET_TARGETS = ("attn1.to_q", "attn1.to_k", "attn2.to_k", "attn2.to_v", "attn1.to_out.0", "ff.net.2", "proj_in",
                 "time_emb_proj")  # fmt: skip
+# LoCon: 3x3 convs of resnets, samplers, conv_in/out, and the time embedding (Linear)
+CONV_TARGETS = ("conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "conv_in", "conv_out",
+                "time_embedding.linear_1", "proj_out")  # fmt: skip
 TE_TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "mlp.fc1")
 
 
@@ -94,7 +97,8 @@ def _check(fmt: str, modules: dict, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_kohya_file_loaded_by_diffusers_matches_sdlora_delta(tmp_path):
-    """UNet attention, feed-forward, 1x1-conv proj_in and time_emb_proj modules, rank 4, alpha 2 (scale 0.5).
+    """UNet attention, feed-forward, 1x1-conv proj_in/proj_out, time_emb_proj, and LoCon 3x3 convs (resnets,
+    samplers, conv_in/conv_out), rank 4, alpha 2 (scale 0.5).
 
     Uniform alpha because diffusers 0.42's Kohya converter loses per-module alphas of attention modules
     (it renames the alpha keys to attention-processor names that then match nothing), and it does not
@@ -110,9 +114,9 @@ def test_kohya_file_loaded_by_diffusers_matches_sdlora_delta(tmp_path):
 
 @pytest.mark.slow
 def test_diffusers_file_loaded_by_diffusers_matches_sdlora_delta(tmp_path):
-    """UNet and text encoder, mixed ranks and alphas (written as lora_adapter_metadata rank/alpha patterns)."""
+    """UNet (incl. 3x3 convs) and text encoder, mixed ranks and alphas (lora_adapter_metadata rank/alpha patterns)."""
     generator = torch.Generator().manual_seed(1)
-    modules = _random_lora(table_for_model(make_tiny_unet()), UNET_TARGETS, generator, False)
+    modules = _random_lora(table_for_model(make_tiny_unet()), UNET_TARGETS + CONV_TARGETS, generator, False)
     modules |= _random_lora(table_for_model(make_tiny_text_encoder()), TE_TARGETS, generator, False)
     assert len({m.rank for m in modules.values()}) > 1 and len({m.alpha for m in modules.values()}) > 1
     _check("diffusers", modules, tmp_path)
