@@ -68,15 +68,18 @@ def _outputs(unet, text_encoder, generator):
 def _check(fmt: str, modules: dict, tmp_path) -> None:
     """Write with sdlora, load with diffusers, compare with W + ΔW merged by hand."""
     path = tmp_path / f"tiny_{fmt}.safetensors"
-    save_lora(LoraState(modules=modules), path, format=fmt)
+    intended = LoraState(modules=modules)  # the expectation comes from the LoRA as built, not as re-read
+    save_lora(intended, path, format=fmt)
     lora = load_lora(path, table=table_for_model(_pipeline(make_tiny_unet(), make_tiny_text_encoder())))
     assert sorted(lora.modules) == sorted(modules) and not lora.issues
+    for name in modules:
+        torch.testing.assert_close(lora.delta(name), intended.delta(name), rtol=0, atol=0)
 
     pipe = _pipeline(make_tiny_unet(), make_tiny_text_encoder())
     pipe.load_lora_weights(str(path))
     expected_unet, expected_te = make_tiny_unet(), make_tiny_text_encoder()
-    _merge_by_hand(expected_unet, lora, "unet")
-    _merge_by_hand(expected_te, lora, "text_encoder")
+    _merge_by_hand(expected_unet, intended, "unet")
+    _merge_by_hand(expected_te, intended, "text_encoder")
 
     base = _outputs(make_tiny_unet(), make_tiny_text_encoder(), torch.Generator().manual_seed(2))
     got = _outputs(pipe.unet, pipe.text_encoder, torch.Generator().manual_seed(2))
