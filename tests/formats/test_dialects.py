@@ -140,6 +140,19 @@ def test_loha_linear(tmp_path):
     close(roundtrip(lora, tmp_path).delta(Q_NAME), want)
 
 
+def test_loha_conv_without_tucker_is_reshaped_to_the_conv_shape(tmp_path):
+    """LyCORIS LoHa conv without Tucker stores w*b as (r, in*3*3): ΔW is reshaped to (out, in, 3, 3)."""
+    p = f"lora_unet_{CONV}"
+    w1a, w1b, w2a, w2b = rnd(320, 4), rnd(4, 2880), rnd(320, 4), rnd(4, 2880)
+    tensors = {f"{p}.hada_w1_a": w1a, f"{p}.hada_w1_b": w1b, f"{p}.hada_w2_a": w2a, f"{p}.hada_w2_b": w2b,
+               f"{p}.alpha": torch.tensor(1.0), **anchor()}  # fmt: skip
+    lora = load_lora(write(tmp_path, tensors))
+    assert lora.modules[CONV_NAME].delta_shape() == (320, 320, 3, 3)
+    want = 0.25 * ((d64(w1a) @ d64(w1b)) * (d64(w2a) @ d64(w2b))).reshape(320, 320, 3, 3)
+    close(lora.delta(CONV_NAME), want)
+    close(roundtrip(lora, tmp_path).delta(CONV_NAME), want)
+
+
 def test_loha_tucker_conv(tmp_path):
     p = f"lora_unet_{CONV}"
     w1a, w1b, t1, w2a, w2b, t2 = (
