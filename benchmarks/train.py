@@ -21,15 +21,15 @@ from pathlib import Path
 # this folder; drop the script's folder from the import path before importing anything else.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import os
+import resource
+import subprocess
+import tempfile
+import time
 
-import torch  # noqa: E402
+import torch
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -84,7 +84,7 @@ def run_sdlora(args, components, data: Path, out: Path) -> dict:
                              f"data.min_bucket={args.resolution}", f"data.max_bucket={args.resolution}",
                              f"data.batch_size={args.batch}", f"optim.steps={args.steps}", "lora.targets=attn",
                              f"lora.rank={args.rank}", f"lora.alpha={args.rank}", "lora.train_text_encoder=false",
-                             "data.cache_latents=memory", "data.cache_text=true", "optim.lr=1e-4",
+                             "data.cache_latents=memory", "data.cache_text=true", "optim.lr=1e-4", "data.flip=true",
                              f"optim.mixed_precision={args.precision}"])
     stamps = []
     start = time.perf_counter()
@@ -92,15 +92,22 @@ def run_sdlora(args, components, data: Path, out: Path) -> dict:
     return {"total": time.perf_counter() - start, "stamps": stamps}
 
 
-def reference_batches(data: Path, tokenizer, args):
-    """The diffusers script's preprocessing: resize, center crop, random flip, normalize; tokenize captions."""
+def reference_batch(paths: list[Path], tokenizer, args, generator: torch.Generator):
+    """The diffusers script's per-batch work (`preprocess_train` via `dataset.with_transform`, dataloader
+    workers 0 by default): open each image, resize (bilinear), center crop, random flip, normalize to
+    [-1, 1], and tokenize its caption. torchvision is not a dependency here, so PIL + numpy do the same."""
     import numpy as np
     from PIL import Image
 
-    images = sorted(data.glob("*.png"))
     pixels, ids = [], []
-    for path in images:
-        img = Image.open(path).convert("RGB").resize((args.resolution, args.resolution), Image.BILINEAR)
+    for path in paths:
+        img = Image.open(path).convert("RGB")
+        scale = args.resolution / min(img.size)
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+        left, top = (img.width - args.resolution) // 2, (img.height - args.resolution) // 2
+        img = img.crop((left, top, left + args.resolution, top + args.resolution))
+        if torch.rand((), generator=generator) < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
         pixels.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
         ids.append(tokenizer(path.with_suffix(".txt").read_text(), max_length=tokenizer.model_max_length,
                              padding="max_length", truncation=True, return_tensors="pt").input_ids[0])
@@ -123,20 +130,19 @@ def run_reference(args, components, data: Path) -> dict:
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
     unet, optimizer = acc.prepare(unet, optimizer)
-    pixels, ids = reference_batches(data, components.tokenizer, args)
+    images = sorted(data.glob("*.png"))
     generator = torch.Generator().manual_seed(0)
     stamps = []
-    for step in range(args.steps):
-        index = torch.randint(0, len(pixels), (args.batch,), generator=generator)
-        batch_pixels = pixels[index].to(acc.device)
-        batch_pixels = torch.where(torch.rand(args.batch, 1, 1, 1, device=acc.device) < 0.5,
-                                   batch_pixels.flip(-1), batch_pixels)
+    for _ in range(args.steps):
+        index = torch.randint(0, len(images), (args.batch,), generator=generator)
+        pixels, ids = reference_batch([images[i] for i in index], components.tokenizer, args, generator)
+        batch_pixels = pixels.to(acc.device)
         with acc.accumulate(unet):
             latents = vae.encode(batch_pixels).latent_dist.sample() * vae.config.scaling_factor
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, sched.config.num_train_timesteps, (args.batch,), device=acc.device)
             noisy = sched.add_noise(latents, noise, timesteps)
-            hidden = te(ids[index].to(acc.device), return_dict=False)[0]
+            hidden = te(ids.to(acc.device), return_dict=False)[0]
             pred = unet(noisy, timesteps, hidden, return_dict=False)[0]
             loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="mean")
             acc.backward(loss)
@@ -183,6 +189,9 @@ def parse_args(argv=None):
     parser.add_argument("--precision", default="no", choices=("no", "fp16", "bf16"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side (same for both)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs per side, alternating; the best steps/s and lowest memory of each are kept "
+                             "(shared machines are noisy)")
     parser.add_argument("--side", choices=("sdlora", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -195,19 +204,23 @@ def main(argv=None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as work:
         write_data(Path(work) / "data", args.images, args.resolution)
-        rows = {}
-        for side in ("reference", "sdlora"):
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--work", work]
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            if proc.returncode != 0:
-                print(proc.stderr[-4000:], file=sys.stderr)
-                return 1
-            rows[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows: dict[str, list[dict]] = {"reference": [], "sdlora": []}
+        for _ in range(args.repeats):
+            for side, runs in rows.items():
+                cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--work", work]
+                env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                if proc.returncode != 0:
+                    print(proc.stderr[-4000:], file=sys.stderr)
+                    return 1
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows = {side: {"steps_per_s": max(r["steps_per_s"] for r in runs), "total_s": min(r["total_s"] for r in runs),
+                       "peak_mb": min(r["peak_mb"] for r in runs)} for side, runs in rows.items()}
     ref, ours = rows["reference"], rows["sdlora"]
     print(f"shape={args.shape} resolution={args.resolution} batch={args.batch} steps={args.steps} "
           f"rank={args.rank} targets=UNet attention, TE frozen, device={args.device}, threads={args.threads}")
-    print(f"| trainer | steps/s | total s | peak memory MB |\n|---|---|---|---|")
+    print(f"best of {args.repeats} alternating runs per side")
+    print("| trainer | steps/s | total s | peak memory MB |\n|---|---|---|---|")
     for name, row in (("diffusers-style reference", ref), ("sdlora (caching on)", ours)):
         print(f"| {name} | {row['steps_per_s']:.2f} | {row['total_s']:.1f} | {row['peak_mb']:.0f} |")
     print(f"speed-up: {ours['steps_per_s'] / ref['steps_per_s']:.2f}x steps/s; "

@@ -29,7 +29,7 @@ import yaml
 from sdlora.errors import ConfigError
 
 
-def _opt(default, help: str, choices: tuple | None = None):  # noqa: A002 - `help` mirrors argparse/PEFT
+def _opt(default, help: str, choices: tuple | None = None):
     meta = {"help": help}
     if choices:
         meta["choices"] = choices
@@ -115,7 +115,7 @@ class OutputConfig:
     save_every: int = _opt(0, "save a checkpoint (LoRA + optimizer + RNG state) every N steps (0 = only at the end)")
     keep_last: int = _opt(3, "checkpoints kept (older ones are deleted)")
     sample_every: int = _opt(0, "render sample_prompts every N steps into a grid (0 = off)")
-    sample_prompts: list[str] = _opt([], "prompts for sample images")
+    sample_prompts: list[str] = _opt([], "prompts for sample images")  # noqa: RUF009 - _opt returns a field
     sample_steps: int = _opt(20, "denoising steps per sample image")
     sample_size: int | None = _opt(None, "sample image side (default: data.resolution)")
     comment: str = _opt("", "free text stored as ss_training_comment")
@@ -143,7 +143,7 @@ def _suggest(key: str, valid: list[str]) -> str:
 
 
 def _check_type(where: str, value: Any, tp: Any) -> Any:
-    """Return `value` converted to `tp` (int -> float only) or raise ConfigError naming `where`."""
+    """Return `value` converted to `tp` (int -> float, bool/number -> str) or raise ConfigError naming `where`."""
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -154,9 +154,12 @@ def _check_type(where: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_check_type(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str) and _looks_float(value):
+    return _check_scalar(where, value, tp)
+
+
+def _check_scalar(where: str, value: Any, tp: type) -> Any:
+    if tp is float and not isinstance(value, bool) and (isinstance(value, int) or
+                                                        isinstance(value, str) and _looks_float(value)):
         return float(value)  # PyYAML 1.1 reads "1e-4" (no dot) as a string; users mean a number
     if tp is str and isinstance(value, bool):
         return "no" if value is False else "yes"  # YAML 1.1 reads `no`/`off` as false (mixed_precision: no)

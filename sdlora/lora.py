@@ -169,7 +169,8 @@ def _export(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return out.to(dtype) if dtype is not None else out.clone()
 
 
-def inject_lora(components: dict[str, nn.Module], preset: str, *, rank: int, alpha: float,
+def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig field
+        components: dict[str, nn.Module], preset: str, *, rank: int, alpha: float,
                 conv_rank: int | None = None, conv_alpha: float | None = None, dropout: float = 0.0,
                 dora: bool = False) -> LoraNetwork:
     """Attach LoRA to the modules `preset` targets in each component and return the network.

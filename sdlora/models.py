@@ -70,10 +70,11 @@ def detect_checkpoint_family(keys) -> str:
                       "/ conditioner.* keys")
 
 
-def _family_from_unet(unet) -> str:
+def _family_from_unet(unet) -> str | None:
+    """sd1/sd2/sdxl by the UNet's conditioning; None for other sizes (the embedded model, tiny test models)."""
     if getattr(unet.config, "addition_embed_type", None) == "text_time":
         return "sdxl"
-    return "sd2" if unet.config.cross_attention_dim == 1024 else "sd1"
+    return {768: "sd1", 1024: "sd2"}.get(unet.config.cross_attention_dim)
 
 
 def _from_pipeline(pipe, name: str, family: str | None = None) -> Components:
@@ -124,7 +125,7 @@ def _checkpoint_numel(path: Path) -> dict[str, int]:
 
     sizes = {}
     with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118 - safe_open has keys(), no __iter__
             numel = 1
             for dim in handle.get_slice(key).get_shape():
                 numel *= dim

@@ -43,7 +43,8 @@ def byte_symbols() -> list[str]:
 
 
 def build(gz_path: Path) -> tuple[dict[str, int], list[str]]:
-    lines = gzip.open(gz_path).read().decode("utf-8").split("\n")
+    with gzip.open(gz_path) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = lines[1:MERGES + 1]
     vocab = byte_symbols()
     vocab += [v + "</w>" for v in vocab]

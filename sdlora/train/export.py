@@ -22,7 +22,9 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _base_version(family: str | None, prediction_type: str) -> str:
-    version = _VERSION.get(family or "sd1", "sd_v1")
+    if family is None:
+        return "unknown"  # a custom-sized base (e.g. the embedded model): no SD family applies
+    version = _VERSION[family]
     return version + "_v" if prediction_type == "v_prediction" and family != "sdxl" else version
 
 
@@ -38,7 +40,7 @@ def _network_args(cfg) -> dict[str, str]:
 
 
 def _modelspec(run, cfg) -> dict[str, str]:
-    arch = _ARCH.get(run.family or "sd1", "stable-diffusion-v1")
+    arch = _ARCH.get(run.family, "sdlora-custom")
     if run.family == "sd2" and run.prediction_type == "v_prediction":
         arch = "stable-diffusion-v2-768-v"
     res = cfg.data.resolution

@@ -20,9 +20,22 @@ import torch
 from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
 from sdlora.train import data as data_mod
-from sdlora.train.conditioning import LatentCache, TextCache, encode_text, posterior, unet_kwargs, vae_identity
-from sdlora.train.loss import (compute_snr, diffusion_loss, min_snr_weights, noise_target, sample_noise,
-                               sample_timesteps)
+from sdlora.train.conditioning import (
+    LatentCache,
+    TextCache,
+    encode_text,
+    posterior,
+    unet_kwargs,
+    vae_identity,
+)
+from sdlora.train.loss import (
+    compute_snr,
+    diffusion_loss,
+    min_snr_weights,
+    noise_target,
+    sample_noise,
+    sample_timesteps,
+)
 from sdlora.train.optim import make_optimizer, make_scheduler, param_groups
 
 log = logging.getLogger(__name__)

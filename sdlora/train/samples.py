@@ -37,7 +37,7 @@ def labelled_grid(images: list[Image.Image], labels: list[str], columns: int = 4
     rows = (len(images) + columns - 1) // columns
     grid = Image.new("RGB", (columns * width, rows * (height + label_h)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         x, y = (i % columns) * width, (i // columns) * (height + label_h)
         grid.paste(image.convert("RGB"), (x, y))
         text = "\n".join(textwrap.wrap(label, max(8, width // 7))[:3])
@@ -46,7 +46,8 @@ def labelled_grid(images: list[Image.Image], labels: list[str], columns: int = 4
 
 
 @torch.no_grad()
-def render_samples(components, prompts: list[str], step: int, folder: Path, *, size: int, steps: int,
+def render_samples(  # noqa: PLR0913 - keyword-only sampling settings
+        components, prompts: list[str], step: int, folder: Path, *, size: int, steps: int,
                    seed: int) -> list[Path]:
     """Render `prompts`, save each image and a labelled grid; returns [grid, image, image, ...]."""
     folder.mkdir(parents=True, exist_ok=True)

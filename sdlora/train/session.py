@@ -63,11 +63,20 @@ def _samples(state, step: int) -> list[Path]:
         state.network.train()
 
 
+def _any_process(accelerator, flag: bool) -> bool:
+    """True when `flag` is set on any process, so that all stop at the same step (no one waits forever)."""
+    if accelerator.num_processes == 1:
+        return flag
+    import torch
+
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum") > 0)
+
+
 def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tuple[bool, Path | None, list]:
     cfg, acc = state.cfg, state.accelerator
     last_ckpt, samples, loss = None, [], None
     while state.step < cfg.optim.steps:
-        if should_stop():
+        if _any_process(acc, should_stop()):
             return True, _checkpoint(state, run), samples
         loss = optimizer_step(state)
         lr = state.lr_scheduler.get_last_lr()[0]
@@ -84,7 +93,8 @@ def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tupl
     return False, last_ckpt, samples
 
 
-def run_training(cfg, components, accelerator, items, summary, *, on_step, should_stop, resume,
+def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
+        cfg, components, accelerator, items, summary, *, on_step, should_stop, resume,
                  started: float) -> TrainResult:
     """Set up, optionally resume, loop, export. Returns the TrainResult (see `sdlora.train.train`)."""
     state = setup_training(cfg, components, accelerator, items, summary)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from safetensors import safe_open
+from tests_train_helpers import save_tiny_pipeline, write_images
 
 from sdlora.cli import main
-from tests_train_helpers import save_tiny_pipeline, write_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,7 +67,7 @@ def _launch(launch_args, env_extra, base, data, out):
     cmd = [str(accelerate), "launch", *launch_args, "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "sdlora", *_args(base, data, out, "--set", "output.save_every=1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env_extra}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 # `accelerate launch --num_processes 2 --cpu` (the command): accelerate 1.x starts ONE process for

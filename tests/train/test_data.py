@@ -98,8 +98,9 @@ def test_bucketed_pixels_of_16_bit_image_stay_grey(messy):
 
 @pytest.mark.slow
 def test_messy_folder_trains(messy, tmp_path):
-    from sdlora.train import train
     from tests_train_helpers import make_tiny_components, tiny_config
+
+    from sdlora.train import train
 
     cfg = tiny_config(messy, tmp_path / "out", "optim.steps=2", "data.max_image_pixels=100000",
                       "data.batch_size=2")

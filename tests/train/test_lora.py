@@ -96,5 +96,5 @@ def test_network_state_dict_round_trip(tiny_unet):
     for name in net.names:
         other.add(name, dict(tiny_unet.named_modules())[name.removeprefix("unet.")], rank=2, alpha=2)
     other.load_state_dict(net.state_dict())
-    for a, b in zip(net.parameters(), other.parameters()):
+    for a, b in zip(net.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -6,11 +6,11 @@ import threading
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
 from sdlora.errors import TrainingError
 from sdlora.train import train
 from sdlora.train.checkpoint import list_checkpoints
-from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
 # Resumed and uninterrupted runs do the same float32 operations in the same order on CPU, so they agree
 # to rounding; 1e-6 absolute leaves room for a different BLAS path after reloading tensors.

@@ -4,11 +4,11 @@ file with exactly the expected keys that sdlora and diffusers both load."""
 import pytest
 import torch
 from safetensors import safe_open
+from tests_train_helpers import tiny_config
 
 import sdlora
 from sdlora.train import train
 from sdlora.train.loop import optimizer_step, setup_training
-from tests_train_helpers import tiny_config
 
 
 def _snapshot(components):
@@ -133,9 +133,9 @@ def test_kohya_export_with_out_proj_loads_in_diffusers_and_changes_output(tmp_pa
 
 def test_loss_falls_when_overfitting_a_fixed_batch(tmp_path):
     from accelerate import Accelerator
+    from tests_train_helpers import make_tiny_components, write_images
 
     from sdlora.train.data import scan_dataset
-    from tests_train_helpers import make_tiny_components, write_images
 
     components = make_tiny_components(tmp_path)
     cfg = tiny_config(write_images(tmp_path / "data", count=1), tmp_path / "out", "optim.lr=3e-2",
