@@ -67,8 +67,8 @@ class LoraLayer(nn.Module):
     @staticmethod
     def _channel_norm(weight: torch.Tensor) -> torch.Tensor:
         """L2 norm of each output channel, keep-dim: (out, 1) or (out, 1, 1, 1)."""
-        dims = tuple(range(1, weight.dim()))
-        return weight.norm(dim=dims, keepdim=True)
+        norm = weight.flatten(1).norm(dim=1)  # (out,)
+        return norm.reshape(-1, *([1] * (weight.dim() - 1)))
 
     def delta_weight(self) -> torch.Tensor:
         """scale * up @ down, shaped like the base weight (float32)."""
@@ -144,8 +144,12 @@ class LoraNetwork(nn.Module):
             handle.remove()
         self._handles.clear()
 
-    def to_state(self, metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None):
-        """Export as a canonical `sdlora.weights.LoraState` (what `sdlora.save_lora` writes)."""
+    def to_state(self, metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None,
+                 family: str | None = None):
+        """Export as a canonical `sdlora.weights.LoraState` (what `sdlora.save_lora` writes).
+
+        `family` ("sd1" | "sd2" | "sdxl" | None) selects the Kohya spelling (SDXL: lora_te1/te2, SGM UNet names).
+        """
         from sdlora.weights import LoraModule, LoraState
 
         modules = {}
@@ -157,7 +161,7 @@ class LoraNetwork(nn.Module):
             modules[name] = LoraModule(kind="lora", tensors=tensors, alpha=layer.alpha,
                                        dora_axis="out" if layer.magnitude is not None else None,
                                        shape=tuple(base.weight.shape))
-        return LoraState(modules=dict(sorted(modules.items())), metadata=dict(metadata or {}))
+        return LoraState(modules=dict(sorted(modules.items())), metadata=dict(metadata or {}), family=family)
 
 
 def _call_hook(layer: LoraLayer, module: nn.Module, args: tuple, output):

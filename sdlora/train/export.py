@@ -111,11 +111,12 @@ def output_paths(cfg, stem: str | None = None) -> dict[str, Path]:
     return {"kohya": out / f"{stem}.safetensors", "diffusers": out / f"{stem}.diffusers.safetensors"}
 
 
-def export_lora(network, metadata: dict[str, str], cfg, stem: str | None = None) -> list[Path]:
+def export_lora(network, metadata: dict[str, str], cfg, stem: str | None = None, family: str | None = None
+                ) -> list[Path]:
     """Write the LoRA in the configured format(s) and `<stem>.yaml` (the resolved config) beside it."""
     from sdlora import save_lora
 
-    state = network.to_state(metadata)
+    state = network.to_state(metadata, family=family)
     written = []
     for fmt, path in output_paths(cfg, stem).items():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,8 @@ def _checkpoint(state, run: TrainRun) -> Path:
     folder = save_checkpoint(state, state.step)
     if state.accelerator.is_main_process:
         meta = build_metadata(_finish_facts(run, state), state.cfg, state.summary)
-        export_lora(state.network, meta, state.cfg, stem=f"{state.cfg.output.name}-step{state.step:06d}")
+        export_lora(state.network, meta, state.cfg, stem=f"{state.cfg.output.name}-step{state.step:06d}",
+                    family=state.components.family)
         for doomed in prune_checkpoints(state.output, state.cfg.output.keep_last):
             for old in state.output.glob(f"{state.cfg.output.name}-{doomed.name.replace('-', '')}*"):
                 old.unlink(missing_ok=True)
@@ -123,7 +124,8 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     if cancelled:
         last_ckpt = state.output / "checkpoints" / f"step-{state.step:06d}"
     elif accelerator.is_main_process:
-        files = export_lora(state.network, build_metadata(_finish_facts(run, state), cfg, summary), cfg)
+        files = export_lora(state.network, build_metadata(_finish_facts(run, state), cfg, summary), cfg,
+                            family=state.components.family)
     accelerator.wait_for_everyone()
     plot = log_file.plot() if log_file is not None else None
     history = log_file.rows if log_file is not None else []

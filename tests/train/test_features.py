@@ -1,0 +1,112 @@
+"""Trainer features beyond the q/v acceptance run: samples, caches, DoRA/LoCon export, SDXL, bf16."""
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+import sdlora
+from sdlora.train import train
+from sdlora.train.conditioning import LatentCache
+from tests_train_helpers import make_tiny_components, tiny_config, write_images
+
+
+def test_samples_grid_and_step_info(tmp_path):
+    seen = []
+    cfg = tiny_config(write_images(tmp_path / "data", count=2), tmp_path / "out", "optim.steps=2",
+                      "output.sample_every=2", "output.sample_prompts=[red shape, blue shape]",
+                      "output.sample_steps=2", "output.sample_size=16")
+    result = train(cfg, make_tiny_components(tmp_path), on_step=seen.append)
+    assert seen[0].samples == [] and len(seen[1].samples) == 3
+    grid = Image.open(seen[1].samples[0])
+    assert grid.width == 2 * 16 and grid.height > 16          # two images side by side + label strip
+    assert result.samples[0].name == "step-000002-grid.png"
+    labels = grid.crop((0, 16, 16, grid.height)).convert("L")
+    assert min(labels.getdata()) < 128                         # the label is drawn (dark text on white)
+
+
+def test_latent_cache_key_changes_with_image_and_settings(tmp_path):
+    path = write_images(tmp_path / "d", count=1) / "img0.png"
+    cache = LatentCache(tmp_path / "cache", "vae-a|white")
+    key = cache.key(path, (32, 32), False)
+    assert key != cache.key(path, (64, 32), False) and key != cache.key(path, (32, 32), True)
+    assert key != LatentCache(None, "vae-b|white").key(path, (32, 32), False)
+    cache.put(key, torch.ones(4, 4, 4), torch.zeros(4, 4, 4))
+    assert torch.equal(LatentCache(tmp_path / "cache", "vae-a|white").get(key)[0], torch.ones(4, 4, 4))
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(path)           # the image is edited
+    assert LatentCache(tmp_path / "cache", "vae-a|white").key(path, (32, 32), False) != key
+
+
+def test_disk_cache_is_reused_by_the_next_run(tmp_path):
+    data = write_images(tmp_path / "data", count=2)
+    cfg = tiny_config(data, tmp_path / "out", "optim.steps=1", "data.cache_latents=disk")
+    train(cfg, make_tiny_components(tmp_path / "a"))
+    files = sorted((tmp_path / "out" / "cache" / "latents").glob("*.safetensors"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert len(files) == 2
+    train(cfg, make_tiny_components(tmp_path / "b"))
+    assert [f.stat().st_mtime_ns for f in sorted(files)] == stamps  # read, not rewritten
+
+
+def test_frozen_text_encoder_runs_once_per_caption(tmp_path):
+    components = make_tiny_components(tmp_path)
+    calls = []
+    components.text_encoder.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    cfg = tiny_config(write_images(tmp_path / "data", count=2), tmp_path / "out", "optim.steps=4",
+                      "lora.train_text_encoder=false")
+    train(cfg, components)
+    assert sum(calls) == 2   # two captions, encoded once each over four steps
+
+
+def test_dora_and_locon_export(tmp_path):
+    cfg = tiny_config(write_images(tmp_path / "data", count=2), tmp_path / "out", "optim.steps=1",
+                      "lora.targets=locon", "lora.dora=true", "lora.conv_rank=2", "lora.conv_alpha=1")
+    result = train(cfg, make_tiny_components(tmp_path))
+    with safe_open(str(result.files[0]), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+        conv_down = f.get_tensor("lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight")
+    assert conv_down.shape == (2, 32, 3, 3)
+    assert "lora_unet_down_blocks_0_resnets_0_conv1.dora_scale" in keys
+    assert '"conv_dim": "2"' in meta["ss_network_args"] and '"dora_wd": "True"' in meta["ss_network_args"]
+    lora = sdlora.load_lora(result.files[0])
+    module = lora.modules["unet.down_blocks.0.resnets.0.conv1"]
+    assert module.rank == 2 and module.alpha == 1.0 and module.dora_axis == "out"
+
+
+def test_bf16_autocast_keeps_lora_float32(tmp_path):
+    cfg = tiny_config(write_images(tmp_path / "data", count=2), tmp_path / "out", "optim.steps=2",
+                      "optim.mixed_precision=bf16", "optim.gradient_checkpointing=true", "optim.grad_accum=2")
+    steps = []
+    result = train(cfg, make_tiny_components(tmp_path), on_step=steps.append)
+    assert result.steps == 2 and all(torch.isfinite(torch.tensor(s.loss)) for s in steps)
+    with safe_open(str(result.files[0]), "pt") as f:
+        assert f.metadata()["ss_mixed_precision"] == "bf16"
+
+
+def _tiny_sdxl(tmp_path):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    components = make_tiny_components(tmp_path)
+    torch.manual_seed(0)
+    components.unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=8)
+    config = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  vocab_size=1000, bos_token_id=0, eos_token_id=2, pad_token_id=1, projection_dim=32)
+    components.text_encoder = CLIPTextModel(CLIPTextConfig(**config)).eval()
+    components.text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config)).eval()
+    components.tokenizer_2, components.family = components.tokenizer, "sdxl"
+    return components
+
+
+def test_sdxl_trains_both_text_encoders(tmp_path):
+    components = _tiny_sdxl(tmp_path)
+    cfg = tiny_config(write_images(tmp_path / "data", count=2), tmp_path / "out", "optim.steps=2")
+    result = train(cfg, components)
+    with safe_open(str(result.files[0]), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert any(k.startswith("lora_te1_") for k in keys) and any(k.startswith("lora_te2_") for k in keys)
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
