@@ -86,3 +86,24 @@ def test_cli_module_does_not_import_gradio():
     code = "import sys, sdlora.cli, sdlora.cli.webui; print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cli_webui_builds_and_launches_with_the_folders(tmp_path, monkeypatch):
+    from sdlora.cli import main
+
+    seen = {}
+
+    def fake_launch(demo, state, *, host, port):
+        seen.update(demo=demo, state=state, host=host, port=port)
+
+    monkeypatch.setattr(webapp, "launch", fake_launch)
+    model = tmp_path / "model"
+    model.mkdir()
+    code = main(["webui", "--lora-dir", str(tmp_path / "l"), "--output-dir", str(tmp_path / "o"),
+                 "--data-dir", str(tmp_path), "--base", str(model), "--port", "7999"])
+    assert code == 0 and isinstance(seen["demo"], gr.Blocks)
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 7999
+    state = seen["state"]
+    assert state.config.lora_dir == (tmp_path / "l").resolve() and state.config.data_dirs == (tmp_path.resolve(),)
+    assert state.base_model(None) == str(model.resolve())
+    state.close()

@@ -130,6 +130,8 @@ def train_in_browser(page, data: Path) -> None:
     fill(page, "train-optim-steps", TRAIN_STEPS)
     fill(page, "train-data-resolution", 32)
     fill(page, "train-output-name", "e2e-style")
+    fill(page, "train-output-sample-every", TRAIN_STEPS // 2)
+    page.locator("#train-output-sample-prompts textarea").fill("zqx style, a red circle")
     page.click("#train-start")
     seen, plots, status = set(), [], ""
     deadline = time.monotonic() + 600
@@ -148,6 +150,7 @@ def train_in_browser(page, data: Path) -> None:
     assert any(0 < s < TRAIN_STEPS for s in seen), f"progress never seen between 0 and the end: {sorted(seen)}"
     assert plots and plots[0][1] != final, "the loss plot did not change while training ran"
     page.wait_for_selector("#train-result a")
+    assert page.locator("#train-samples img").count() >= 1, "no sample image shown"
     shot(page, "1-train")
 
 
@@ -184,6 +187,8 @@ def visit_library_and_tools(page) -> None:
     page.get_by_role("tab", name="Library").click()
     page.click("#lib-refresh")
     page.wait_for_function("document.querySelector('#lib-table')?.innerText.includes('random-shapes')")
+    page.locator("#lib-table").get_by_text("random-shapes", exact=True).locator("visible=true").first.click()
+    page.wait_for_function("[...document.querySelectorAll('.prose')].some(e => e.innerText.includes('rank 4'))")
     shot(page, "2-library")
     page.get_by_role("tab", name="Tools").click()
     fill(page, "tools-inspect-src", "random-shapes")

@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import SdloraError
-from webui.tabs.common import bound
+from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
 
 COLUMNS = ["name", "family", "rank", "trigger words", "notes"]
@@ -142,8 +142,10 @@ def create_ui(app) -> dict[str, Any]:
     c["summary"] = gr.Markdown()
     with gr.Row():
         c["metadata"] = gr.JSON(label="Metadata")
-        c["report"] = gr.Dataframe(headers=["key", "verdict", "detail"], interactive=False,
-                                   label="Load report")
+        with gr.Column():
+            c["report_summary"] = gr.Markdown(elem_id="lib-report-summary")
+            c["report"] = gr.Dataframe(headers=["key", "verdict", "detail"], interactive=False,
+                                       label="Load report")
     with gr.Group():
         c["activation"] = gr.Textbox(label="Activation text", info="words to add to the prompt with this LoRA")
         c["weight"] = gr.Number(1.0, label="Preferred weight")
@@ -159,14 +161,21 @@ def refresh_outputs(app):
     return rows, previews, gr.Dropdown(choices=names), message
 
 
+def pick_from_table(evt: gr.SelectData):
+    """Clicking a row of the list shows that LoRA's details."""
+    row = evt.row_value or []
+    return gr.Dropdown(value=row[0]) if row else gr.Dropdown()
+
+
 def _wire(app, c: dict[str, Any]) -> None:
+    c["table"].select(guarded(pick_from_table), None, c["pick"], api_name="library_pick_row")
     c["refresh"].click(bound(refresh_outputs, app), None, c["refresh_outputs"], api_name="library_refresh")
     c["upload"].upload(bound(upload_lora, app), c["upload"], c["message"], api_name="library_upload").then(
         bound(refresh_outputs, app), None, c["refresh_outputs"])
     c["pick"].change(bound(details, app), c["pick"],
                      [c["metadata"], c["summary"], c["activation"], c["weight"], c["notes"]],
                      api_name="library_details")
-    c["report_button"].click(bound(load_report, app), c["pick"], [c["summary"], c["report"]],
+    c["report_button"].click(bound(load_report, app), c["pick"], [c["report_summary"], c["report"]],
                              api_name="library_report")
     c["save_notes"].click(bound(save_notes, app), [c["pick"], c["activation"], c["weight"], c["notes"]],
                           c["message"], api_name="library_save_notes")
