@@ -3,11 +3,11 @@
 import torch
 from PIL import Image
 from safetensors import safe_open
+from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
 import sdlora
 from sdlora.train import train
 from sdlora.train.conditioning import LatentCache
-from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
 
 def test_samples_grid_and_step_info(tmp_path):
@@ -94,8 +94,8 @@ def _tiny_sdxl(tmp_path):
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
         cross_attention_dim=64, norm_num_groups=8)
-    config = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                  vocab_size=1000, bos_token_id=0, eos_token_id=2, pad_token_id=1, projection_dim=32)
+    config = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "vocab_size": 1000, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "projection_dim": 32}
     components.text_encoder = CLIPTextModel(CLIPTextConfig(**config)).eval()
     components.text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config)).eval()
     components.tokenizer_2, components.family = components.tokenizer, "sdxl"
