@@ -194,6 +194,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise ConfigError(f"data.{key}: must be between 0 and 1, got {value}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    if cfg.data.resolution % 8:
+        raise ConfigError(f"data.resolution: {cfg.data.resolution} is not a multiple of 8 (the VAE needs that)")
     if cfg.data.min_bucket > cfg.data.max_bucket:
         raise ConfigError(f"data.min_bucket ({cfg.data.min_bucket}) is larger than data.max_bucket "
                           f"({cfg.data.max_bucket})")

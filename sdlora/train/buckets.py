@@ -15,7 +15,7 @@ import random
 def make_buckets(resolution: int, min_side: int, max_side: int, step: int) -> list[tuple[int, int]]:
     """Sorted list of (width, height) buckets; every side is a multiple of `step`."""
     area = resolution * resolution
-    square = max(step, resolution // step * step)
+    square = resolution if resolution < step else resolution // step * step  # small models: 32 px, step 64
     sizes = {(square, square)}
     width = max(step, math.ceil(min_side / step) * step)
     while width <= max_side:

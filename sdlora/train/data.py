@@ -143,8 +143,7 @@ def _assign_buckets(items: list[ImageItem], cfg, summary: DatasetSummary) -> Non
     if cfg.buckets:
         buckets = make_buckets(cfg.resolution, cfg.min_bucket, cfg.max_bucket, cfg.bucket_step)
     else:
-        side = max(cfg.bucket_step, cfg.resolution // cfg.bucket_step * cfg.bucket_step)
-        buckets = [(side, side)]
+        buckets = [(cfg.resolution, cfg.resolution)]
     for item in items:
         item.bucket = choose_bucket(*item.size, buckets)
         key = f"{item.bucket[0]}x{item.bucket[1]}"

@@ -157,6 +157,16 @@ def test_buckets_keep_area_and_step():
     assert box[2] - box[0] == 768 and box[3] - box[1] == 320 and scale == pytest.approx(0.768)
 
 
+def test_small_resolution_below_bucket_step_is_kept(tmp_path):
+    root = tmp_path / "d"
+    root.mkdir()
+    Image.new("RGB", (50, 40)).save(root / "a.png")
+    for extra in (["data.buckets=false"], ["data.bucket_step=64", "data.min_bucket=64"]):
+        cfg = load_config(None, [f"data.path={root}", "data.resolution=32", *extra]).data
+        items, _ = scan_dataset(cfg)
+        assert items[0].bucket == (32, 32), extra
+
+
 def test_batch_order_is_deterministic_and_bucket_pure(tmp_path):
     root = tmp_path / "d"
     root.mkdir()
