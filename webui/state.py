@@ -39,7 +39,6 @@ class AppConfig:
     data_dirs: tuple[Path, ...] = ()
     model_dirs: tuple[Path, ...] = ()
     limits: UploadLimits = field(default_factory=UploadLimits)
-    device: str = "cpu"
 
     @property
     def write_roots(self) -> list[Path]:

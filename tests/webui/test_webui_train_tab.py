@@ -202,3 +202,10 @@ def test_guarded_turns_errors_into_short_messages():
     with pytest.raises(gr.Error) as info:
         guarded(bug)()
     assert info.value.message.startswith("internal error (ZeroDivisionError") and "Traceback" not in info.value.message
+
+
+def test_loss_frame_is_numeric_even_when_empty():
+    """An object-typed empty frame would make the loss plot's axis categorical."""
+    for losses in ([], [(1, 0.5), (2, 0.25)]):
+        frame = train_tab.loss_frame(losses)
+        assert [str(t) for t in frame.dtypes] == ["int64", "float64"]

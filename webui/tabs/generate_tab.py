@@ -227,7 +227,7 @@ def _create_slot(c: dict[str, Any], i: int) -> None:
             strength = gr.Slider(-2, 2, value=1.0, step=0.05, label="Strength", scale=4,
                                  elem_id=f"gen-slot-{i}-strength")
             enabled = gr.Checkbox(value=True, label="Enabled", scale=1, elem_id=f"gen-slot-{i}-enabled")
-            remove = gr.Button("Remove", scale=1, size="sm", elem_id=f"gen-slot-{i}-remove")
+            remove = gr.Button("Remove", scale=0, size="sm", min_width=90, elem_id=f"gen-slot-{i}-remove")
         with gr.Accordion("advanced", open=False):
             separate = gr.Checkbox(value=False, label="Separate text-encoder and UNet strengths")
             te = gr.Slider(-2, 2, value=1.0, step=0.05, label="Text-encoder strength")

@@ -320,7 +320,10 @@ def progress_html(step: int, total: int, status: str) -> str:
 def loss_frame(losses: list[tuple[int, float]]):
     import pandas as pd
 
-    return pd.DataFrame(losses or [], columns=["step", "loss"])
+    # explicit dtypes: an empty object-typed frame would make the plot's y axis categorical for good
+    steps = [int(s) for s, _ in losses or []]
+    values = [float(v) for _, v in losses or []]
+    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(values, dtype="float64")})
 
 
 def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
