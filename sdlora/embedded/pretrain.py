@@ -49,6 +49,8 @@ class PretrainConfig:
     vae_images: int = 6000
     vae_crop: int = 16
     vae_crop_fraction: float = 0.85  # first 85% of VAE steps on random crops (4x cheaper), then full images
+    decoder_steps: int = 600  # phase 1b: decoder-only refinement on full images (encoder frozen)
+    decoder_lr: float = 1e-3
     steps: int = 3000
     batch: int = 32
     lr: float = 1e-3
@@ -107,6 +109,39 @@ def train_vae(cfg: PretrainConfig):
         opt.step()
         if step % 50 == 0 or step == cfg.vae_steps - 1:
             log.info("vae step %d/%d mse %.5f", step, cfg.vae_steps, mse.item())
+    return vae.eval().requires_grad_(False)
+
+
+def refine_decoder(cfg: PretrainConfig, vae):
+    """Phase 1b: train only the decoder (encoder frozen) on full images with MSE + L1.
+
+    The crops of phase 1 are cheap but leave the decoder blurry; the latents (encoder) do not change
+    here, so this phase is independent of phases 2-3 and can even run beside them
+    (`--refine-decoder FOLDER`).
+    """
+    images, _ = shapes.make_dataset(cfg.vae_images, seed=cfg.seed * 1000 + 6, texture=0.5)
+    data = to_tensor(images)
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7)
+    vae.train()
+    for step in range(cfg.decoder_steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.decoder_lr * cosine_lr(step, cfg.decoder_steps, 20)
+        x = data[torch.randint(len(data), (cfg.vae_batch,), generator=gen)]
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample(generator=gen)
+        recon = vae.decode(latents).sample
+        mse = F.mse_loss(recon, x)
+        loss = mse + 0.5 * F.l1_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == cfg.decoder_steps - 1:
+            log.info("decoder step %d/%d mse %.5f", step, cfg.decoder_steps, mse.item())
     return vae.eval().requires_grad_(False)
 
 
@@ -278,29 +313,53 @@ def pretrain(cfg: PretrainConfig) -> dict:
     tok = CLIPTokenizer.from_pretrained(tok_dir)
     shutil.rmtree(tok_dir)
     vae = train_vae(cfg)
+    if cfg.decoder_steps:
+        vae = refine_decoder(cfg, vae)
     cfg.timings["vae_s"] = round(time.monotonic() - started, 1)
     return train_denoiser(cfg, vae, tok, started)
 
 
-def parse_args(argv=None) -> PretrainConfig:
+def refine_saved_decoder(cfg: PretrainConfig, folder: Path) -> None:
+    """Run phase 1b on the VAE saved in `folder`/vae and write it back (atomically)."""
+    from diffusers import AutoencoderKL
+
+    torch.set_num_threads(cfg.threads)
+    started = time.monotonic()
+    vae = refine_decoder(cfg, AutoencoderKL.from_pretrained(folder / "vae"))
+    partial = folder / "vae.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    vae.save_pretrained(partial, safe_serialization=True)
+    log.info("decoder refined in %.0f s; saved to %s", time.monotonic() - started, folder / "vae")
+    shutil.rmtree(folder / "vae")
+    partial.rename(folder / "vae")
+
+
+def parse_args(argv=None) -> tuple[PretrainConfig, Path | None]:
     defaults = PretrainConfig(out=Path("sdlora/embedded/weights"))
     parser = argparse.ArgumentParser(
         prog="python -m sdlora.embedded.pretrain",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--refine-decoder", type=Path, default=None, metavar="FOLDER",
+                        help="only run phase 1b on the VAE in FOLDER/vae (see refine_decoder)")  # fmt: skip
     for name, value in asdict(defaults).items():
         if name == "timings":
             continue
         kind = Path if name == "out" else type(value)
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
-    return PretrainConfig(**vars(parser.parse_args(argv)))
+    args = vars(parser.parse_args(argv))
+    refine = args.pop("refine_decoder")
+    return PretrainConfig(**args), refine
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
+    cfg, refine = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    pretrain(cfg)
+    if refine is not None:
+        refine_saved_decoder(cfg, refine)
+    else:
+        pretrain(cfg)
     return 0
 
 
