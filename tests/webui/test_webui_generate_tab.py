@@ -62,6 +62,7 @@ def form(prompt="a red circle", **slots):
     return values
 
 
+@pytest.mark.slow
 def test_generate_then_move_a_slider_reloads_nothing(gen_app, monkeypatch):
     import numpy as np
 

@@ -367,7 +367,7 @@ def create_ui(app) -> dict[str, Any]:
     with gr.Row():
         c["result"] = gr.File(label="Trained LoRA (.safetensors)", interactive=False, elem_id="train-result")
         c["add_to_stack"] = gr.Button("Add to library and stack", elem_id="train-add-to-stack")
-    c["timer"] = gr.Timer(1.0, active=False)
+    c["timer"] = gr.Timer(0.5, active=False)
     _wire(app, c)
     return c
 
