@@ -100,3 +100,33 @@ def test_resize_and_merge_write_new_files(app, lora_file):
     assert torch.allclose(merged.delta(TO_Q), 0.5 * original.delta(TO_Q), atol=1e-2)
     with pytest.raises(Exception, match="at least two"):
         tools_tab.merge_loras(app, [["style", 1.0]], 0, "x")
+
+
+def test_extract_recovers_a_planted_change(tmp_path):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from tests_webui_models import write_untrained_embedded
+
+    import sdlora
+    from webui.state import AppConfig, AppState
+
+    models = tmp_path / "models"
+    base = write_untrained_embedded(models / "base")
+    tuned = models / "tuned"
+    shutil.copytree(base, tuned)
+    unet = UNet2DConditionModel.from_pretrained(tuned / "unet")
+    live, layer = next((n, m) for n, m in unet.named_modules() if n.endswith("attn1.to_q"))
+    planted = torch.outer(torch.linspace(-1, 1, layer.weight.shape[0]), torch.linspace(1, 2, layer.weight.shape[1]))
+    with torch.no_grad():
+        layer.weight += planted
+    unet.save_pretrained(tuned / "unet")
+    state = AppState(AppConfig(lora_dir=tmp_path / "l", output_dir=tmp_path / "o", model_dirs=(models,)))
+    path, _ = tools_tab.extract_lora(state, str(base), str(tuned), 2, "extracted")
+    lora = sdlora.load_lora(path)
+    name = f"unet.{live}"
+    assert list(lora.modules) == [name]
+    assert torch.allclose(lora.delta(name), planted, atol=1e-2)
+    with pytest.raises(AccessError):
+        tools_tab.extract_lora(state, "/etc", str(tuned), 2, "x")
+    state.close()
