@@ -209,3 +209,16 @@ def test_loss_frame_is_numeric_even_when_empty():
     for losses in ([], [(1, 0.5), (2, 0.25)]):
         frame = train_tab.loss_frame(losses)
         assert [str(t) for t in frame.dtypes] == ["int64", "float64"]
+
+
+def test_queue_shows_jobs_of_every_session(app):
+    import threading
+
+    release = threading.Event()
+    first = app.jobs.submit("someone else's run", lambda ctx: release.wait(5))
+    second = app.jobs.submit("mine", lambda ctx: None)
+    rows = train_tab.queue_rows(app)
+    assert [r[1] for r in rows] == ["someone else's run", "mine"] and rows[1][2] == "queued"
+    release.set()
+    app.jobs.wait(second.id, 5)
+    assert [r[2] for r in train_tab.queue_rows(app)] == ["done", "done"] and first.id < second.id

@@ -291,8 +291,7 @@ def cancel_training(app, job_id: int | None) -> str:
 
 def poll(app, job_id: int | None) -> dict[str, Any]:
     """What the page shows about this session's job and the queue (called by the timer)."""
-    queue = [[j["id"], j["name"], j["status"], f"{j['step']}/{j['total']}", j["error"] or j["message"]]
-             for j in app.jobs.snapshot()]
+    queue = queue_rows(app)
     if job_id is None:
         return {"progress": progress_html(0, 0, "no job yet"), "losses": [], "samples": [], "queue": queue,
                 "result": None, "status": "", "finished": True}
@@ -307,6 +306,12 @@ def poll(app, job_id: int | None) -> dict[str, Any]:
     return {"progress": progress_html(state["step"], state["total"], state["status"]),
             "losses": state["losses"], "samples": state["samples"], "queue": queue,
             "result": result, "status": status, "finished": finished}
+
+
+def queue_rows(app) -> list[list]:
+    """Every job of the app (all sessions), oldest first: [id, name, status, step/total, message]."""
+    return [[j["id"], j["name"], j["status"], f"{j['step']}/{j['total']}", j["error"] or j["message"]]
+            for j in app.jobs.snapshot()]
 
 
 def progress_html(step: int, total: int, status: str) -> str:
@@ -367,7 +372,8 @@ def create_ui(app) -> dict[str, Any]:
     with gr.Row():
         c["result"] = gr.File(label="Trained LoRA (.safetensors)", interactive=False, elem_id="train-result")
         c["add_to_stack"] = gr.Button("Add to library and stack", elem_id="train-add-to-stack")
-    c["timer"] = gr.Timer(0.5, active=False)
+    c["timer"] = gr.Timer(0.5, active=False)  # this session's job: progress, loss, samples
+    c["queue_timer"] = gr.Timer(3.0)  # the shared queue, so jobs other sessions started are visible too
     _wire(app, c)
     return c
 
@@ -453,3 +459,5 @@ def _wire(app, c: dict[str, Any]) -> None:
     poll_outputs = [c["progress"], c["loss_plot"], c["samples"], c["queue"], c["result"], c["status"], c["timer"]]
     c["timer"].tick(bound(_poll_outputs, app), c["job_id"], poll_outputs, api_name="train_poll",
                     show_progress="hidden")
+    c["queue_timer"].tick(bound(queue_rows, app), None, c["queue"], api_name="train_queue",
+                          show_progress="hidden")
