@@ -106,6 +106,7 @@ def test_train_stack_slider_generate(page, served):
     train_in_browser(page, data)
     stack_and_generate(page)
     visit_library_and_tools(page)
+    upload_images(page, data)
 
 
 def refuses_outside_paths(page, url: str) -> None:
@@ -195,6 +196,16 @@ def visit_library_and_tools(page) -> None:
     page.click("#tools-inspect")
     page.wait_for_function("document.querySelector('#tools-inspect-summary')?.innerText.includes('modules')")
     shot(page, "4-tools")
+
+
+def upload_images(page, data: Path) -> None:
+    """Uploaded images (and a caption) become a data set under the output folder."""
+    page.get_by_role("tab", name="Train").click()
+    files = sorted(data.glob("*.png"))[:2] + sorted(data.glob("*.txt"))[:1]
+    page.locator("#train-upload input[type=file]").set_input_files([str(f) for f in files])
+    page.wait_for_function("document.querySelector('#train-upload')?.innerText.includes('.txt')")
+    page.click("#train-load-data")
+    page.wait_for_function("document.querySelector('#train-data-summary')?.innerText.includes('2 images in upload-')")
 
 
 def generate(page) -> str:

@@ -385,7 +385,7 @@ def _create_dataset_ui(app, c: dict[str, Any]) -> None:
                                     info="a folder of images with same-stem .txt captions, or Kohya N_name "
                                          "subfolders, inside the configured folders")
         c["upload"] = gr.File(label="...or upload images and captions", file_count="multiple",
-                              file_types=sorted(IMAGE_SUFFIXES | {".txt"}))
+                              file_types=sorted(IMAGE_SUFFIXES | {".txt"}), elem_id="train-upload")
     c["load"] = gr.Button("Load data set", elem_id="train-load-data")
     c["data_summary"] = gr.Markdown(elem_id="train-data-summary")
     with gr.Accordion("Captions", open=True):
