@@ -153,3 +153,12 @@ def test_generation_works_while_a_training_job_runs(gen_app):
         assert gen_app.jobs.get(job.id).status == "running"
     finally:
         release.set()
+
+
+def test_added_slot_starts_at_the_preferred_weight(gen_app):
+    from sdlora.library import write_notes
+
+    write_notes(gen_app.config.lora_dir / "a.safetensors", {"preferred weight": 0.6})
+    assert generate_tab.preferred_weight(gen_app, "a") == 0.6
+    assert generate_tab.preferred_weight(gen_app, "b") == 1.0
+    assert generate_tab.add_slot([], "a", generate_tab.preferred_weight(gen_app, "a"))[0].strength == 0.6

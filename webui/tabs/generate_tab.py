@@ -45,8 +45,8 @@ class Slot:
 
 # ---------------------------------------------------------------- slots -----------------------
 
-def add_slot(slots: list[Slot], name: str) -> list[Slot]:
-    """The slots with LoRA `name` appended (strength 1)."""
+def add_slot(slots: list[Slot], name: str, strength: float = 1.0) -> list[Slot]:
+    """The slots with LoRA `name` appended at `strength`."""
     name = (name or "").strip()
     if not name:
         raise ConfigError("pick a LoRA from the library to add")
@@ -54,7 +54,7 @@ def add_slot(slots: list[Slot], name: str) -> list[Slot]:
         raise ConfigError(f"{name!r} is already in the stack; move its slider instead")
     if len(slots) >= MAX_SLOTS:
         raise ConfigError(f"the stack holds at most {MAX_SLOTS} LoRAs here; remove one first")
-    return [*slots, Slot(name=name)]
+    return [*slots, Slot(name=name, strength=float(strength))]
 
 
 def remove_slot(slots: list[Slot], index: int) -> list[Slot]:
@@ -180,6 +180,18 @@ def default_size(app) -> int:
     return 512
 
 
+def preferred_weight(app, name: str) -> float:
+    """The "preferred weight" from the LoRA's notes (A1111 <stem>.json), else 1."""
+    from sdlora.library import read_notes
+
+    path = _library_paths(app).get(name)
+    try:
+        weight = float(read_notes(path).get("preferred weight", 1.0)) if path else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+    return weight if -2.0 <= weight <= 2.0 else 1.0
+
+
 def library_choices(app) -> list[str]:
     return list(_library_paths(app))
 
@@ -252,8 +264,12 @@ def _wire(app, c: dict[str, Any]) -> None:
             c["steps"]: "steps", c["cfg"]: "cfg", c["width"]: "width", c["height"]: "height"}
     c["refresh"].click(bound(lambda: gr.Dropdown(choices=library_choices(app))), None, c["pick"],
                        api_name="gen_refresh")
-    add = bound(lambda values: slot_updates(add_slot(current_slots(values, c), values[c["pick"]])))
-    c["add"].click(add, {*slot_inputs(c), c["pick"]}, c["slot_widgets"], api_name="gen_add")
+    def add(values: dict) -> list[Any]:
+        name = values[c["pick"]]
+        return slot_updates(add_slot(current_slots(values, c), name, preferred_weight(app, name or "")))
+
+
+    c["add"].click(bound(add), {*slot_inputs(c), c["pick"]}, c["slot_widgets"], api_name="gen_add")
     for i, button in enumerate(c["remove"]):
         remove = bound(lambda values, i=i: slot_updates(remove_slot(current_slots(values, c), i)))
         button.click(remove, slot_inputs(c), c["slot_widgets"], api_name=f"gen_remove_{i}")
