@@ -95,8 +95,11 @@ def _load_folder(folder: Path, dtype) -> Components:
 
     if not (folder / "model_index.json").is_file():
         raise FormatError(f"{folder}: not a diffusers model folder (no model_index.json)")
-    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True,
-                                             safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True,
+                                                 safety_checker=None, requires_safety_checker=False)
+    except Exception as err:  # diffusers raises OSError, ValueError, EnvironmentError... for broken folders
+        raise FormatError(f"{folder}: cannot load this diffusers model folder ({type(err).__name__}: {err})") from err
     return _from_pipeline(pipe, folder.name)
 
 

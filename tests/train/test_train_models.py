@@ -21,6 +21,14 @@ def test_diffusers_folder_loads_with_family_and_name(tmp_path):
     assert components.tokenizer("a b").input_ids[0] == 0  # the tiny tokenizer's <|startoftext|>
 
 
+def test_broken_folder_is_a_clear_error(tmp_path):
+    folder = save_tiny_pipeline(tmp_path / "tiny-sd", tmp_path)
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(FormatError, match="tiny-sd: cannot load this diffusers model folder"):
+        load_components(str(folder))
+
+
 def test_pickle_refused_without_flag(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": {}}, ckpt)
