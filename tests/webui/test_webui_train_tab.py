@@ -222,3 +222,11 @@ def test_queue_shows_jobs_of_every_session(app):
     release.set()
     app.jobs.wait(second.id, 5)
     assert [r[2] for r in train_tab.queue_rows(app)] == ["done", "done"] and first.id < second.id
+
+
+def test_load_dataset_shows_the_trainers_summary(app):
+    folder = app.config.data_dirs[0] / "shapes"
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    _, _, rows, summary = train_tab.load_dataset(app, "shapes", None)
+    assert "captions: 2/3" in summary and "top tags in" in summary and "square" in summary
+    assert "skipped" in summary and "broken.png" in summary

@@ -161,7 +161,20 @@ def load_dataset(app, folder_text: str, uploads: list | None) -> tuple[str, list
     gallery = [(str(folder / name), caption or "(no caption)") for name, caption in rows]
     missing = sum(1 for _, caption in rows if not caption)
     summary = f"{len(rows)} images in {folder.name}/; {len(rows) - missing} with captions, {missing} without"
-    return str(folder), gallery, [list(row) for row in rows], summary
+    details = "\n".join(f"- {html.escape(line.strip())}" for line in dataset_report(folder))
+    return str(folder), gallery, [list(row) for row in rows], f"{summary}\n\n{details}"
+
+
+def dataset_report(folder: Path) -> list[str]:
+    """The trainer's own data set summary (folders, caption coverage, top tags, skipped/converted files).
+
+    Buckets depend on the resolution chosen later, so that line is left out here.
+    """
+    from sdlora.config import DataConfig
+    from sdlora.train.data import scan_dataset
+
+    _, report = scan_dataset(DataConfig(path=str(folder)))
+    return [line for line in report.lines() if not line.startswith("buckets:")]
 
 
 def data_root(app) -> Path:
