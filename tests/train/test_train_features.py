@@ -110,3 +110,20 @@ def test_sdxl_trains_both_text_encoders(tmp_path):
         keys, meta = set(f.keys()), f.metadata()
     assert any(k.startswith("lora_te1_") for k in keys) and any(k.startswith("lora_te2_") for k in keys)
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+def test_v_prediction_min_snr_and_noise_offset_run(tmp_path):
+    components = make_tiny_components(tmp_path, prediction_type="v_prediction")
+    components.family = "sd2"  # v-prediction is SD2 768-v's setting
+    cfg = tiny_config(write_images(tmp_path / "data", count=2), tmp_path / "out", "optim.steps=2",
+                      "optim.min_snr_gamma=5", "optim.noise_offset=0.05", "optim.scheduler=linear")
+    steps = []
+    result = train(cfg, components, on_step=steps.append)
+    assert all(torch.isfinite(torch.tensor(s.loss)) for s in steps)
+    assert steps[1].lr < steps[0].lr                     # linear decay
+    with safe_open(str(result.files[0]), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.prediction_type"] == "v" and meta["ss_base_model_version"] == "sd_v2_v"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora" and meta["ss_v2"] == "True"
+    assert meta["ss_min_snr_gamma"] == "5.0"
+    assert meta["ss_noise_offset"] == "0.05"
