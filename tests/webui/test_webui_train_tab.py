@@ -227,6 +227,6 @@ def test_queue_shows_jobs_of_every_session(app):
 def test_load_dataset_shows_the_trainers_summary(app):
     folder = app.config.data_dirs[0] / "shapes"
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
-    _, _, rows, summary = train_tab.load_dataset(app, "shapes", None)
+    summary = train_tab.load_dataset(app, "shapes", None)[3]
     assert "captions: 2/3" in summary and "top tags in" in summary and "square" in summary
     assert "skipped" in summary and "broken.png" in summary
