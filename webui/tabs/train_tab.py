@@ -466,7 +466,7 @@ def _wire(app, c: dict[str, Any]) -> None:
                              [c["dataset"], c["data_summary"]], api_name="train_save_captions")
     form_inputs = {*settings, c["base"], c["preset"], c["dataset"], c["data_path"]}
     start = bound(lambda values: start_training(app, _form(values, c)))
-    c["start"].click(start, form_inputs, [c["job_id"], c["status"]], api_name="train_start").then(
+    c["start"].click(start, form_inputs, [c["job_id"], c["status"]], api_name="train_start").success(
         lambda: gr.Timer(active=True), None, c["timer"])
     c["cancel"].click(bound(cancel_training, app), c["job_id"], c["status"], api_name="train_cancel")
     poll_outputs = [c["progress"], c["loss_plot"], c["samples"], c["queue"], c["result"], c["status"], c["timer"]]
