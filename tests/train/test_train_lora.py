@@ -1,5 +1,7 @@
 """Injection: hooks leave base keys and weights alone, zero-init is a no-op, presets pick the right modules."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -98,3 +100,27 @@ def test_network_state_dict_round_trip(tiny_unet):
     other.load_state_dict(net.state_dict())
     for a, b in zip(net.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@functools.lru_cache(maxsize=2)
+def _meta_model(kind: str, folder: str):
+    """SD1.5-shaped model on the meta device (no memory, no weights), built once per test session."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdlora.models import configs_root
+
+    root = configs_root() / "models" / folder
+    with init_empty_weights():
+        if kind == "unet":
+            return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
+        return CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
+
+
+@pytest.mark.parametrize(("preset", "unet_modules", "te_modules"), [
+    ("qv", 16 * 4, 12 * 2), ("attn", 16 * 8, 12 * 4), ("sd-scripts", 192, 72)])
+def test_presets_on_sd15_shapes(preset, unet_modules, te_modules):
+    # FORMATS.md §2.2: sd-scripts' default set on SD1.5 is 192 UNet + 72 text-encoder modules (264)
+    assert len(match_targets(_meta_model("unet", "sd15"), "unet", preset)) == unet_modules
+    assert len(match_targets(_meta_model("te", "sd15"), "text_encoder", preset)) == te_modules

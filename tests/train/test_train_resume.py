@@ -123,3 +123,11 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, d
         train(cfg, components, on_step=poison)
     assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["step-000002"]
     assert not (tmp_path / "out" / "lora.safetensors").exists()
+
+
+def test_keep_last_prunes_checkpoints_and_their_exports(tmp_path, data):
+    cfg = tiny_config(data, tmp_path / "out", "optim.steps=5", "output.save_every=1", "output.keep_last=2")
+    train(cfg, make_tiny_components(tmp_path / "c"))
+    assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["step-000003", "step-000004"]
+    exported = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
+    assert exported == ["lora-step000003.safetensors", "lora-step000004.safetensors", "lora.safetensors"]
