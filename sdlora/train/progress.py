@@ -71,13 +71,14 @@ def plot_history(rows: list[tuple[int, float, float]], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     steps, losses = [r[0] for r in rows], [r[1] for r in rows]
-    window = max(1, len(losses) // 20)
+    window = max(1, len(losses) // 10)
     smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
               for i in range(len(losses))]
     fig = Figure(figsize=(6, 3.5), dpi=100)
     ax = fig.add_subplot()
-    ax.plot(steps, losses, alpha=0.35, label="loss")
-    ax.plot(steps, smooth, label=f"moving average ({window})")
+    ax.plot(steps, losses, alpha=0.35 if window > 1 else 1.0, label="loss")
+    if window > 1:
+        ax.plot(steps, smooth, label=f"moving average ({window} steps)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
