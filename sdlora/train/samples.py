@@ -29,7 +29,10 @@ def build_pipeline(components):
 
 
 def labelled_grid(images: list[Image.Image], labels: list[str], columns: int = 4) -> Image.Image:
-    """Images in a grid, each with its (wrapped) label underneath."""
+    """Images in a grid, each with its (wrapped) label underneath. Small images (the 32 px embedded model)
+    are enlarged (nearest neighbour) to at least 128 px so that labels stay readable."""
+    factor = max(1, 128 // images[0].width)
+    images = [img.resize((img.width * factor, img.height * factor), Image.NEAREST) for img in images]
     width, height = images[0].size
     font = ImageFont.load_default()
     label_h = 12 * 3

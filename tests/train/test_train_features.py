@@ -18,9 +18,9 @@ def test_samples_grid_and_step_info(tmp_path):
     result = train(cfg, make_tiny_components(tmp_path), on_step=seen.append)
     assert seen[0].samples == [] and len(seen[1].samples) == 3
     grid = Image.open(seen[1].samples[0])
-    assert grid.width == 2 * 16 and grid.height > 16          # two images side by side + label strip
+    assert grid.width == 2 * 128 and grid.height > 128        # two images (16 px enlarged x8) + label strip
     assert result.samples[0].name == "step-000002-grid.png"
-    labels = grid.crop((0, 16, 16, grid.height)).convert("L")
+    labels = grid.crop((0, 128, 128, grid.height)).convert("L")
     assert min(labels.getdata()) < 128                         # the label is drawn (dark text on white)
 
 
