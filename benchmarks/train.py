@@ -37,12 +37,15 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def build_components(shape: str, device: str, folder: Path):
-    """Random-weight SD-shaped components (tiny, or SD1.5's configs from configs/models/sd15)."""
+    """Random-weight SD-shaped components (tiny, or SD1.5's configs from configs/models/sd15), or the shipped
+    embedded model (`--shape embedded`, 32 px)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sdlora.models import Components, configs_root
+    from sdlora.models import Components, configs_root, load_components
 
+    if shape == "embedded":
+        return load_components("embedded")
     torch.manual_seed(0)
     tokenizer = CLIPTokenizer.from_pretrained(configs_root() / "tokenizers" / "clip-vit-large-patch14")
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
@@ -184,7 +187,7 @@ def child(args) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--shape", choices=("tiny", "sd15", "embedded"), default="tiny")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=2)
