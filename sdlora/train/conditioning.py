@@ -43,12 +43,12 @@ def encode_text(components, captions: list[str], device) -> tuple[torch.Tensor, 
     return hidden, second[0]
 
 
-def unet_kwargs(components, pooled, sizes: list[tuple[int, int]], dtype) -> dict:
-    """SDXL's added conditioning: pooled text embeds and (original, crop top-left, target) size ids."""
+def unet_kwargs(components, pooled, size_ids: list[tuple[int, ...]], dtype) -> dict:
+    """SDXL's added conditioning: pooled text embeds and per-sample size ids
+    (original h, w, crop top, left, target h, w; Podell et al. 2023, https://arxiv.org/abs/2307.01952 §2.2)."""
     if not components.is_sdxl:
         return {}
-    # sizes are (width, height) buckets; SDXL micro-conditioning wants (h, w, top, left, h, w)
-    ids = torch.tensor([[h, w, 0, 0, h, w] for w, h in sizes], dtype=dtype, device=pooled.device)
+    ids = torch.tensor(size_ids, dtype=dtype, device=pooled.device)
     return {"added_cond_kwargs": {"text_embeds": pooled.to(dtype), "time_ids": ids}}
 
 

@@ -155,10 +155,15 @@ def sample_rng(seed: int, epoch: int, position: int) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{position}")
 
 
-def load_pixels(item: ImageItem, cfg, rng: random.Random | None, flip: bool) -> torch.Tensor:
-    """The image resized and cropped to its bucket, as a (3, H, W) float tensor in [-1, 1]."""
+def sample_crop(item: ImageItem, cfg, rng: random.Random | None) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) crop of the scaled image for this sample (center, or random with rng)."""
+    return crop_box(item.size, item.bucket, cfg.crop, rng)[1]
+
+
+def load_pixels(item: ImageItem, cfg, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
+    """The image resized to cover its bucket, cropped to `box`, as a (3, H, W) float tensor in [-1, 1]."""
     img, _ = open_image(item.path, cfg.background, cfg.max_image_pixels)
-    scale, box = crop_box(img.size, item.bucket, cfg.crop, rng)
+    scale, _ = crop_box(img.size, item.bucket, "center")
     scaled = (max(item.bucket[0], round(img.size[0] * scale)), max(item.bucket[1], round(img.size[1] * scale)))
     img = img.resize(scaled, resample=3, reducing_gap=3.0).crop(box)  # 3 = bicubic
     array = np.asarray(img, dtype=np.float32) / 127.5 - 1.0    # (H, W, 3)

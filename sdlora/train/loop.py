@@ -132,13 +132,13 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     return state
 
 
-def _latent_stats(state: TrainState, item, rng, flip: bool):
+def _latent_stats(state: TrainState, item, box, flip: bool):
     cache = state.latent_cache
     key = cache.key(item.path, item.bucket, flip) if cache is not None else None
     cached = cache.get(key) if cache is not None else None
     if cached is not None:
         return cached
-    pixels = data_mod.load_pixels(item, state.cfg.data, rng, flip).unsqueeze(0)
+    pixels = data_mod.load_pixels(item, state.cfg.data, box, flip).unsqueeze(0)
     with torch.no_grad():
         mean, std = posterior(state.components.vae, pixels)
     if cache is not None:
@@ -148,21 +148,25 @@ def _latent_stats(state: TrainState, item, rng, flip: bool):
 
 
 def prepare_batch(state: TrainState, micro: int) -> tuple[torch.Tensor, list[str], list]:
-    """(latents (B, 4, h, w), captions, items) of a micro-batch; latents sampled from the VAE posterior."""
+    """(latents (B, 4, h, w), captions, size ids) of a micro-batch; latents sampled from the VAE posterior.
+
+    Size ids are SDXL's micro-conditioning per sample: (original h, w, crop top, left, target h, w).
+    """
     epoch, position, indices = state.batch(micro)
-    means, stds, captions, items = [], [], [], []
+    means, stds, captions, size_ids = [], [], [], []
     for offset, index in enumerate(indices):
         item = state.items[index]
         rng = data_mod.sample_rng(state.cfg.optim.seed, epoch, position * state.cfg.data.batch_size + offset)
         flip = state.cfg.data.flip and rng.random() < 0.5
-        mean, std = _latent_stats(state, item, rng, flip)
+        box = data_mod.sample_crop(item, state.cfg.data, rng)
+        mean, std = _latent_stats(state, item, box, flip)
         means.append(mean)
         stds.append(std)
         captions.append(data_mod.caption_for_step(item, state.cfg.data, rng))
-        items.append(item)
+        size_ids.append((item.size[1], item.size[0], box[1], box[0], item.bucket[1], item.bucket[0]))
     mean, std = torch.stack(means).to(state.device), torch.stack(stds).to(state.device)
     noise = torch.randn(mean.shape, generator=state.generator, device=state.device)
-    return mean + std * noise, captions, items
+    return mean + std * noise, captions, size_ids
 
 
 def _text(state: TrainState, captions: list[str]):
@@ -175,7 +179,7 @@ def _text(state: TrainState, captions: list[str]):
 def training_step(state: TrainState, micro: int) -> torch.Tensor:
     """Loss of one micro-batch (not yet divided by grad_accum)."""
     cfg, scheduler = state.cfg, state.components.scheduler
-    latents, captions, items = prepare_batch(state, micro)
+    latents, captions, size_ids = prepare_batch(state, micro)
     # forward diffusion: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise (DDPM, Ho et al. 2020 eq. 4)
     noise = sample_noise(latents, state.generator, cfg.optim.noise_offset)
     timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, state.generator,
@@ -183,7 +187,7 @@ def training_step(state: TrainState, micro: int) -> torch.Tensor:
     noisy = scheduler.add_noise(latents, noise, timesteps)
     with state.accelerator.autocast():
         hidden, pooled = _text(state, captions)
-        extra = unet_kwargs(state.components, pooled, [i.bucket for i in items], state.weight_dtype)
+        extra = unet_kwargs(state.components, pooled, size_ids, state.weight_dtype)
         pred = state.components.unet(noisy.to(state.weight_dtype), timesteps, hidden.to(state.weight_dtype),
                                      **extra).sample
     target = noise_target(scheduler, latents, noise, timesteps, state.prediction_type)
@@ -239,7 +243,7 @@ def precompute_latents(state: TrainState, on_progress=None) -> None:
     flips = (False, True) if state.cfg.data.flip else (False,)
     for done, item in enumerate(state.items, 1):
         for flip in flips:
-            _latent_stats(state, item, None, flip)
+            _latent_stats(state, item, data_mod.sample_crop(item, state.cfg.data, None), flip)
         if on_progress is not None:
             on_progress(done, len(state.items))
 

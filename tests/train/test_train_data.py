@@ -10,7 +10,7 @@ from sdlora.config import load_config
 from sdlora.errors import DatasetError
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
 from sdlora.train.captions import process_caption, with_trigger
-from sdlora.train.data import epoch_batches, load_pixels, scan_dataset
+from sdlora.train.data import epoch_batches, load_pixels, sample_crop, scan_dataset
 from sdlora.train.images import open_image
 
 
@@ -91,7 +91,7 @@ def test_each_conversion_is_right_on_pixels(messy):
 def test_bucketed_pixels_of_16_bit_image_stay_grey(messy):
     items, _ = scan_dataset(_data_cfg(messy))
     deep = next(i for i in items if i.path.name == "deep.png")
-    pixels = load_pixels(deep, _data_cfg(messy), None, flip=False)
+    pixels = load_pixels(deep, _data_cfg(messy), sample_crop(deep, _data_cfg(messy), None), flip=False)
     assert pixels.shape == (3, deep.bucket[1], deep.bucket[0])
     assert abs(pixels.mean().item() - (128 / 127.5 - 1)) < 0.01
 

@@ -104,8 +104,13 @@ def _tiny_sdxl(tmp_path):
 
 def test_sdxl_trains_both_text_encoders(tmp_path):
     components = _tiny_sdxl(tmp_path)
+    seen = []
+    components.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].tolist()), with_kwargs=True)
     cfg = tiny_config(write_images(tmp_path / "data", count=2), tmp_path / "out", "optim.steps=2")
     result = train(cfg, components)
+    # micro-conditioning: original 64x64 image, crop at (0, 0), trained at its 32x32 bucket
+    assert seen[0] == [[64.0, 64.0, 0.0, 0.0, 32.0, 32.0]]
     with safe_open(str(result.files[0]), "pt") as f:
         keys, meta = set(f.keys()), f.metadata()
     assert any(k.startswith("lora_te1_") for k in keys) and any(k.startswith("lora_te2_") for k in keys)
