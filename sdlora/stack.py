@@ -69,7 +69,7 @@ class StackEntry:
 class _Layer:
     """One patched weight: its pristine copy and every stacked LoRA's factors for it."""
 
-    __slots__ = ("applied", "lowrank", "original", "other", "shifts", "weight")
+    __slots__ = ("_cat", "applied", "lowrank", "original", "other", "shifts", "weight")
 
     def __init__(self, weight: torch.Tensor):
         self.weight = weight  # the live parameter's tensor, patched in place
@@ -78,10 +78,35 @@ class _Layer:
         self.other: dict[str, tuple[object, str]] = {}  # entry -> (LoraState, module name)
         self.applied: dict[str, float] = {}  # entry -> strength currently in the weight
         self.shifts = 0
+        self._cat = None  # (names, ranks, up_cat (out, Σr), down_cat (Σr, in)), built on first rebuild
 
     @property
     def entries(self) -> list[str]:
         return [*self.lowrank, *self.other]
+
+    def add_lowrank(self, name: str, up: torch.Tensor, down: torch.Tensor) -> None:
+        self.lowrank[name] = (up, down)
+        self._cat = None
+
+    def drop(self, name: str) -> None:
+        self.lowrank.pop(name, None)
+        self.other.pop(name, None)
+        self.applied.pop(name, None)
+        self._cat = None
+
+    def _concatenated(self):
+        """The cached factors of every plain LoRA concatenated along rank (rebuilt when the set changes)."""
+        if self._cat is None and self.lowrank:
+            names = list(self.lowrank)
+            ranks = [self.lowrank[n][1].shape[0] for n in names]
+            up = torch.cat([self.lowrank[n][0] for n in names], 1)
+            down = torch.cat([self.lowrank[n][1] for n in names], 0)
+            self._cat = (names, ranks, up, down)
+            start = 0
+            for n, r in zip(names, ranks, strict=True):  # per-LoRA factors become views: no second copy
+                self.lowrank[n] = (up[:, start : start + r], down[start : start + r])
+                start += r
+        return self._cat
 
     def base_f32(self) -> torch.Tensor:
         """W0 as float32 on the weight's device, 2-D (out, in·k·k); no copy when already float32 there."""
@@ -95,27 +120,39 @@ class _Layer:
         if not active:
             self.weight.copy_(self.original)  # bit-exact restore
         else:
-            ups = [up * active[n] for n, (up, _) in self.lowrank.items() if n in active]
-            downs = [down for n, (_, down) in self.lowrank.items() if n in active]
             others = [(n, v) for n, v in self.other.items() if n in active]
             base = self.base_f32()
-            direct = self.weight.dtype == torch.float32 and not others and base.data_ptr() != w2d.data_ptr()
-            if ups and direct:
-                torch.addmm(base, torch.cat(ups, 1), torch.cat(downs, 0), out=w2d)
+            up_down = self._scaled_factors(active)
+            if up_down is not None and self.weight.dtype == torch.float32 and not others:
+                torch.addmm(base, *up_down, out=w2d)  # one pass: W0 + up_cat @ down_cat straight into W
             else:
-                acc = torch.addmm(base, torch.cat(ups, 1), torch.cat(downs, 0)) if ups else base.clone()
+                acc = torch.addmm(base, *up_down) if up_down is not None else base.clone()
                 for n, (lora, module) in others:
                     acc.add_(self._other_delta(lora, module).reshape(acc.shape), alpha=active[n])
                 w2d.copy_(acc)
         self.applied = dict(strengths)
         self.shifts = 0
 
+    def _scaled_factors(self, active: dict[str, float]):
+        """(up_cat with each LoRA's strength folded into its columns, down_cat), or None without plain LoRAs."""
+        cat = self._concatenated()
+        if cat is None or not any(n in active for n in cat[0]):
+            return None
+        names, ranks, up, down = cat
+        column = torch.repeat_interleave(
+            torch.tensor([active.get(n, 0.0) for n in names], dtype=up.dtype, device=up.device),
+            torch.tensor(ranks, device=up.device),
+        )
+        return up * column, down
+
     def shift(self, name: str, delta_strength: float) -> None:
         """W += delta_strength · ΔW_name in place (float32/float64 weights only)."""
         w2d = self.weight.view(self.weight.shape[0], -1)
         if name in self.lowrank:
             up, down = self.lowrank[name]
-            w2d.addmm_(up.to(w2d.dtype) * delta_strength, down.to(w2d.dtype))
+            if up.dtype != w2d.dtype:
+                up, down = up.to(w2d.dtype), down.to(w2d.dtype)
+            w2d.addmm_(up, down, alpha=delta_strength)
         else:
             lora, module = self.other[name]
             w2d.add_(self._other_delta(lora, module).reshape(w2d.shape).to(w2d.dtype), alpha=delta_strength)
@@ -218,9 +255,7 @@ class LoraStack:
         self._changed(name, entry.modules)
         for canonical in entry.modules:
             layer = self._layers[canonical]
-            layer.lowrank.pop(name, None)
-            layer.other.pop(name, None)
-            layer.applied.pop(name, None)
+            layer.drop(name)
             if not layer.entries:
                 layer.weight.copy_(layer.original)
                 del self._layers[canonical]
@@ -360,7 +395,7 @@ class LoraStack:
             up = module.tensors["up"].to(device=device, dtype=torch.float32)
             down = down.reshape(down.shape[0], -1).contiguous()  # (r, in·kh·kw)
             up = (up.reshape(up.shape[0], -1) * module.scale).contiguous()  # (out, r), scale folded in
-            layer.lowrank[name] = (up, down)
+            layer.add_lowrank(name, up, down)
         else:
             layer.other[name] = (state, canonical)
 
