@@ -132,3 +132,19 @@ def test_v_prediction_min_snr_and_noise_offset_run(tmp_path):
     assert meta["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora" and meta["ss_v2"] == "True"
     assert meta["ss_min_snr_gamma"] == "5.0"
     assert meta["ss_noise_offset"] == "0.05"
+
+
+def test_random_crop_varies_and_disables_latent_cache(tmp_path, caplog):
+    import random
+
+    from sdlora.train.data import sample_crop, scan_dataset
+
+    data = write_images(tmp_path / "data", count=2, size=(96, 32))
+    cfg = tiny_config(data, tmp_path / "out", "optim.steps=1", "data.crop=random", "data.buckets=false")
+    items, _ = scan_dataset(cfg.data)
+    boxes = {sample_crop(items[0], cfg.data, random.Random(i)) for i in range(20)}
+    assert len(boxes) > 3 and all(b[2] - b[0] == 32 and b[3] - b[1] == 32 for b in boxes)
+    caplog.set_level("WARNING", logger="sdlora")
+    result = train(cfg, make_tiny_components(tmp_path))
+    assert result.steps == 1
+    assert any("cache_latents is ignored with data.crop=random" in m for m in caplog.messages)
