@@ -154,13 +154,39 @@ def _read_tensors(header: SafetensorsHeader) -> dict:
         tensors = load_file(header.path)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:  # header was validated already
         raise FormatError(f"{name}: cannot read tensors ({err}); the file is damaged, get it again") from None
-    for key, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise FormatError(
-                f"{name}: tensor {key!r} contains NaN or Inf values; the LoRA is broken (training diverged "
-                "or the file was damaged); use an earlier checkpoint"
-            )
+    bad = _first_non_finite(tensors)
+    if bad is not None:
+        raise FormatError(
+            f"{name}: tensor {bad!r} contains NaN or Inf values; the LoRA is broken (training diverged "
+            "or the file was damaged); use an earlier checkpoint"
+        )
     return tensors
+
+
+_FINITE_CHECK_CHUNK = 1 << 24  # elements per batched check (64 MB of float32)
+
+
+def _first_non_finite(tensors: dict) -> str | None:
+    """The first key holding NaN/Inf, or None.
+
+    Checked in a few large batches rather than once per tensor: a file has thousands of small tensors and
+    one torch op each costs more than the arithmetic (most of `load_lora`'s time in benchmarks/stack.py).
+    Only a failing batch is searched tensor by tensor, to name the key.
+    """
+    import torch
+
+    batch: list[str] = []
+    size = 0
+    floats = [(k, t) for k, t in tensors.items() if t.is_floating_point()]
+    for index, (key, tensor) in enumerate(floats):
+        batch.append(key)
+        size += tensor.numel()
+        if size >= _FINITE_CHECK_CHUNK or index == len(floats) - 1:
+            flat = torch.cat([tensors[k].reshape(-1).float() for k in batch])
+            if not bool(torch.isfinite(flat).all()):
+                return next(k for k in batch if not bool(torch.isfinite(tensors[k]).all()))
+            batch, size = [], 0
+    return None
 
 
 def _fill_shapes(state, table) -> None:
