@@ -104,7 +104,7 @@ def test_bake_writes_merged_weights_and_restores(pipe, components, lora_file, tm
 
     from sdlora.extract import bake
 
-    stack = LoraStack(pipe)
+    stack = LoraStack(pipe, exact=True)  # bake recomputes from W0, as the exact mode does
     stack.add(lora_file, 0.7)
     expected = {k: v.clone() for k, v in components["unet"].state_dict().items()}
     stack.clear()
