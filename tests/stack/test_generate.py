@@ -127,7 +127,8 @@ def test_same_unet_output_as_diffusers_fuse_lora(pipe, components, lora_file):
     from safetensors.torch import save_file
 
     with safe_open(str(lora_file), "pt") as f:
-        save_file({k: f.get_tensor(k) for k in f.keys() if k.startswith("lora_unet_")}, str(unet_only))
+        wanted = [k for k in f.keys() if k.startswith("lora_unet_")]  # noqa: SIM118 (safe_open is no dict)
+        save_file({k: f.get_tensor(k) for k in wanted}, str(unet_only))
     base_out = unet_output(components)
     stack = LoraStack(pipe)
     stack.add(unet_only, 0.8)
