@@ -34,9 +34,9 @@ PROMPTS = [
     f"{TRIGGER} style, a circle in the center",
     f"{TRIGGER} style, a big square on the left",
     f"{TRIGGER} style, a triangle at the top",
-    f"{TRIGGER} style, a red circle on a blue background",
-    f"{TRIGGER} style, a yellow square on a black background",
-    f"{TRIGGER} style, a green triangle on a white background",
+    f"{TRIGGER} style, a small circle on the right",
+    f"{TRIGGER} style, a square at the bottom",
+    f"{TRIGGER} style, a big triangle",
 ]
 
 
