@@ -15,19 +15,12 @@ after N random strength changes (float64 reference), exact restore, whether the 
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, Python puts benchmarks/ first on sys.path, and benchmarks/inspect.py would shadow
-# the standard library's inspect module: drop that entry before anything else is imported.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import hashlib
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path

@@ -16,20 +16,15 @@ setup, caching and the loss plot.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# benchmarks/ holds inspect.py, which would shadow the standard library's `inspect` for a script run from
-# this folder; drop the script's folder from the import path before importing anything else.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import os
 import resource
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 

@@ -1,6 +1,6 @@
 """Benchmark: `sdlora inspect` (header only, no torch) against loading the file with safetensors+torch.
 
-Run: .venv/bin/python benchmarks/inspect.py [--runs 5] [--rank 32]
+Run: .venv/bin/python benchmarks/inspect_speed.py [--runs 5] [--rank 32]
 
 It writes a realistic SD1.5 Kohya LoRA (every Linear/1x1-conv of the transformer blocks and the text
 encoder, the "LoRA-LierLa" module set, fp16) to a temp folder, then times whole processes (interpreter
