@@ -24,7 +24,7 @@ _EXPORTS = {
     "parse_prompt": "sdlora.prompt",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (a list, built from the export table)
 
 
 def __getattr__(name):

@@ -1,7 +1,5 @@
 """`python -m sdlora` runs the command-line interface."""
 
-import sys
-
 from sdlora.cli import main
 
-sys.exit(main())
+raise SystemExit(main())
