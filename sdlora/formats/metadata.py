@@ -75,7 +75,8 @@ def kohya_metadata(lora, written_alphas: dict[str, float], network_args: dict) -
     meta["ss_network_args"] = json.dumps({**_json_dict(meta.get("ss_network_args")), **network_args})
     spec = _family_spec(lora.family, meta)
     if spec is not None:
-        meta["ss_base_model_version"] = spec[0]
+        v_suffix = "_v" if _is_v_prediction(meta) and lora.family == "sd1" else ""
+        meta["ss_base_model_version"] = spec[0] + v_suffix
         meta["ss_v2"] = str(lora.family == "sd2")
         meta.update(_modelspec(lora, meta, spec))
     else:
@@ -92,8 +93,13 @@ def _json_dict(text: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _is_v_prediction(meta: dict[str, str]) -> bool:
+    """Whether incoming metadata says v-prediction (sd-scripts' `_v` suffix or modelspec; FORMATS §2.11)."""
+    return meta.get("ss_base_model_version", "").endswith("_v") or meta.get("modelspec.prediction_type") == "v"
+
+
 def _family_spec(family: str | None, meta: dict[str, str]):
-    if family == "sd2" and meta.get("ss_base_model_version", "").endswith("_v"):
+    if family == "sd2" and _is_v_prediction(meta):
         return SD2_V_SPEC
     return FAMILY_SPECS.get(family)
 
@@ -110,7 +116,7 @@ def _modelspec(lora, meta: dict[str, str], spec) -> dict[str, str]:
         "modelspec.title": title,
         "modelspec.date": date,
         "modelspec.resolution": meta.get("modelspec.resolution") or spec[3],
-        "modelspec.prediction_type": "v" if spec is SD2_V_SPEC else "epsilon",
+        "modelspec.prediction_type": "v" if spec is SD2_V_SPEC or _is_v_prediction(meta) else "epsilon",
     }
 
 

@@ -62,6 +62,25 @@ def test_kohya_names_alphas_and_minimum_metadata(tmp_path):
     assert meta["custom"] == "kept"
 
 
+@pytest.mark.parametrize(
+    ("family", "incoming", "version", "prediction"),
+    [
+        ("sd1", {"ss_base_model_version": "sd_v1_v"}, "sd_v1_v", "v"),
+        ("sd1", {"modelspec.prediction_type": "v"}, "sd_v1_v", "v"),
+        ("sd2", {"ss_base_model_version": "sd_v2_v"}, "sd_v2_v", "v"),
+        ("sd1", {}, "sd_v1", "epsilon"),
+    ],
+)
+def test_kohya_metadata_keeps_v_prediction(tmp_path, family, incoming, version, prediction):
+    lora = _lora()
+    lora.family, lora.metadata = family, dict(incoming)
+    out = tmp_path / "v.safetensors"
+    save_lora(lora, out)
+    meta = read_header(out).metadata
+    assert meta["ss_base_model_version"] == version
+    assert meta["modelspec.prediction_type"] == prediction
+
+
 def test_sshs_hashes_are_computed_as_sd_scripts_does(tmp_path):
     out = tmp_path / "k.safetensors"
     save_lora(_lora(big=True), out)
