@@ -284,7 +284,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="UNet forwards per timing (min is kept)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
+    # no_grad as a context, not set_grad_enabled(False): tests call main() in-process, and a global switch
+    # leaked into every later test (training then had no graph).
+    with torch.no_grad():
+        return _run(args)
+
+
+def _run(args) -> int:
     unet, text_encoder = build_models(args.quick)
     components = {"unet": unet, "text_encoder": text_encoder}
     targets = target_names(components)

@@ -27,6 +27,12 @@ def _seeded():
     if "torch" in sys.modules:
         sys.modules["torch"].manual_seed(0)
     yield
+    torch = sys.modules.get("torch")
+    if torch is not None and not torch.is_grad_enabled():
+        # a test (or library code it called) switched autograd off globally; later training tests would
+        # fail far from the cause, so restore it and fail here
+        torch.set_grad_enabled(True)
+        pytest.fail("autograd was left disabled (torch.set_grad_enabled(False) without restoring it)")
 
 
 @pytest.fixture(scope="session")
