@@ -279,13 +279,13 @@ def record_step(ctx: JobContext, info, total: int) -> None:
     step = int(getattr(info, "step", 0))
     total = int(getattr(info, "total", None) or getattr(info, "total_steps", None) or total)
     loss = getattr(info, "loss", None)
+    # Progress first: a poller that sees the step's loss must also see the step's progress bar.
+    ctx.progress(step, total, f"loss {float(loss):.4f}" if loss is not None else "")
     if loss is not None and math.isfinite(float(loss)):
         ctx.add_loss(step, float(loss))
     samples = getattr(info, "samples", None) or getattr(info, "sample_paths", None) or []
     if samples:
         ctx.add_samples([str(s) for s in samples])
-    message = f"loss {float(loss):.4f}" if loss is not None else ""
-    ctx.progress(step, total, message)
 
 
 def _result_path(result, cfg) -> str | None:
