@@ -5,7 +5,8 @@ Depends on torch, safetensors and sdlora (tools, stack, models, naming); diffuse
   ΔW = tuned - base, SVD, keep `rank` (alpha = rank, so scale 1). Weights are read one module at a
   time, so two diffusers folders or UNet files are never fully in memory.
 * bake: a LoraStack patches the base in place, then the pipeline is written as a diffusers folder
-  (safetensors), atomically, and the in-memory model is restored.
+  (safetensors) or, for an `out` ending in `.safetensors`, as one original-layout ("single-file", A1111 /
+  ComfyUI) checkpoint through sdlora.ldm_keys; atomically either way, and the in-memory model is restored.
 """
 
 from __future__ import annotations
@@ -174,18 +175,27 @@ def _extract_one(name, models, ranks, min_diff, result) -> None:
 # ----- bake ------------------------------------------------------------------------------------
 
 
-def bake(base, loras, out, on_progress: ProgressCallback | None = None) -> Path:
-    """Merge LoRAs into a base model and write it as a diffusers folder (safetensors weights).
+def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: str | None = None) -> Path:
+    """Merge LoRAs into a base model and write it as a diffusers folder or one single-file checkpoint.
 
     Args:
         base: what `sdlora.models.load_components` takes ("embedded", a folder, a checkpoint), or
             loaded components / a pipeline (restored to their original weights afterwards).
         loras: [(path or LoraState, strength), ...].
-        out: the new folder (must not exist). Written to a temporary folder first, then renamed.
+        out: a new folder (diffusers layout), or a new `.safetensors` file: one checkpoint with the original
+            (LDM/SGM) keys A1111, ComfyUI and diffusers' `from_single_file` read, with metadata naming the
+            LoRAs and strengths. Written to a temporary name first, then renamed.
+        family: "sd1"/"sd2"/"sdxl" layout of a single file when the base's family is unknown (default: from
+            the base; models of no standard size, like the embedded one, are written in the SD1/SDXL layout
+            and get a `<name>.config/` folder beside the file, which `load_components` uses to read it back).
     """
     out = Path(out)
+    single = out.suffix.lower() == ".safetensors"
     if out.exists():
-        raise ConfigError(f"{out}: already exists; give a new folder name for the baked model")
+        kind = "file name" if single else "folder name"
+        raise ConfigError(f"{out}: already exists; give a new {kind} for the baked model")
+    if single and family not in (None, "sd1", "sd2", "sdxl"):
+        raise ConfigError(f"family {family!r}: a single-file checkpoint is written as sd1, sd2 or sdxl")
     components = _load_components(base) if isinstance(base, str | os.PathLike) else base
     from sdlora.stack import LoraStack
 
@@ -194,7 +204,10 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None) -> Path:
         with stack.batch():
             for lora, strength in loras:
                 stack.add(lora, strength)
-        _save_pipeline(components, out, _bake_record(stack))
+        if single:
+            _save_single_file(components, out, _bake_record(stack), family)
+        else:
+            _save_pipeline(components, out, _bake_record(stack))
     finally:
         stack.clear()
     return out
@@ -216,6 +229,78 @@ def _save_pipeline(components, out: Path, record: dict) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "sdlora_bake.json").write_text(json.dumps(record, indent=1))
         os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _part(components, name: str):
+    if isinstance(components, dict):
+        return components.get(name)
+    return getattr(components, name, None)
+
+
+def _checkpoint_family(components, family: str | None) -> tuple[str, bool]:
+    """(layout family, whether the model has a standard SD size) of what is being baked."""
+    from sdlora.models import _family_from_unet
+
+    known = getattr(components, "family", None) or _family_from_unet(_part(components, "unet"))
+    if family and known and family != known:
+        raise ConfigError(f"family {family!r} given, but the base model is {known}")
+    fallback = "sdxl" if _part(components, "text_encoder_2") is not None else "sd1"
+    return family or known or fallback, known is not None
+
+
+def _save_single_file(components, out: Path, record: dict, family: str | None) -> None:
+    """One original-layout checkpoint (plus `<stem>.config/` for models of no standard size), atomically."""
+    from safetensors.torch import save_file
+
+    from sdlora.ldm_keys import models_to_ldm
+
+    missing = [k for k in ("unet", "vae", "text_encoder") if _part(components, k) is None]
+    if missing:
+        raise ConfigError(f"{out}: a single-file checkpoint needs the whole model; missing components {missing}")
+    family, standard = _checkpoint_family(components, family)
+    state = models_to_ldm(_part(components, "unet"), _part(components, "vae"), _part(components, "text_encoder"),
+                          _part(components, "text_encoder_2"), family=family)
+    record = {**record, "family": family}
+    metadata = {"format": "pt", "sdlora_bake": json.dumps(record), "modelspec.title": out.stem}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    configs = None if standard else out.with_suffix(".config")
+    if configs is not None:
+        _save_configs(components, configs)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        if configs is not None:  # written just above for this file: a retry must not find it
+            shutil.rmtree(configs, ignore_errors=True)
+        raise
+
+
+def _save_configs(components, folder: Path) -> None:
+    """The pipeline's configs and tokenizers without weights (what `from_single_file(config=...)` needs)."""
+    if folder.exists():
+        raise ConfigError(f"{folder}: already exists; remove it or choose another name for the baked file")
+    pipe = pipeline_from(components)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        pipe.save_config(tmp)  # model_index.json
+        for name, part in pipe.components.items():
+            if part is None:
+                continue
+            if hasattr(part, "save_config"):  # diffusers models and schedulers
+                part.save_config(tmp / name)
+            elif hasattr(part, "config") and hasattr(part.config, "save_pretrained"):  # transformers models
+                part.config.save_pretrained(tmp / name)
+            elif hasattr(part, "save_pretrained"):  # tokenizers
+                part.save_pretrained(tmp / name)
+        os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,7 +5,9 @@ A base is one of:
 * ``"embedded"``: sdlora's small shipped SD1-architecture model (`sdlora.embedded.weights_dir()`);
 * a diffusers folder (``model_index.json`` with unet/, vae/, text_encoder/, tokenizer/, scheduler/);
 * a single-file checkpoint of SD1.x, SD2.x or SDXL (``.safetensors``), loaded offline with the model
-  configs in ``configs/models/`` and the CLIP tokenizer files in ``configs/tokenizers/``;
+  configs in ``configs/models/`` and the CLIP tokenizer files in ``configs/tokenizers/``; a model of another
+  size (a baked embedded model, a test model) brings its own config folder: ``config=`` or ``<stem>.config/``
+  beside the file (which ``sdlora bake`` writes);
 * a pickle checkpoint (``.ckpt/.pt/.pth/.bin``): refused unless ``allow_pickle=True``; diffusers then reads it
   with ``torch.load(weights_only=True)``, which cannot run code from the file;
 * a Hugging Face hub id (``org/name``) when online.
@@ -167,24 +169,53 @@ def _tokenizers(family: str) -> dict[str, Any]:
     return {"tokenizer": clip, "tokenizer_2": open_clip}
 
 
-def load_single_file(path: Path, family: str | None = None, dtype=None) -> Components:
-    """A single-file SD1.x/SD2.x/SDXL checkpoint, loaded offline with the shipped configs."""
+def single_file_config(path: Path, config=None) -> Path | None:
+    """The model-config folder for a single file of no standard size: `config` when given, else a
+    `<stem>.config/` folder beside the file (what `sdlora bake` writes for such models), else None (the
+    shipped configs/models/ folder of the detected family is used)."""
+    if config is not None:
+        folder = Path(config).expanduser()
+        if not (folder / "model_index.json").is_file():
+            raise ConfigError(f"model config {folder}: not a diffusers config folder (no model_index.json); give "
+                              "a folder saved by save_pretrained (weights are not needed)")
+        return folder
+    beside = path.with_suffix(".config")
+    return beside if (beside / "model_index.json").is_file() else None
+
+
+def _config_family(folder: Path) -> str:
+    import json
+
+    name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    return "sdxl" if "XL" in name else "sd1"
+
+
+def load_single_file(path: Path, family: str | None = None, dtype=None, config=None) -> Components:
+    """A single-file SD1.x/SD2.x/SDXL checkpoint, loaded offline with the shipped configs (or `config`, see
+    `single_file_config`, for models of other sizes)."""
+    custom = single_file_config(path, config)
     if path.suffix.lower() == ".safetensors":
-        family = family or detect_checkpoint_family(_checkpoint_keys(path))
-    elif family is None:
+        layout = family or detect_checkpoint_family(_checkpoint_keys(path))
+    elif family is None and custom is None:
         raise ConfigError(f"{path}: set model.family (sd1, sd2 or sdxl) for a pickle checkpoint")
-    config = configs_root() / "models" / CONFIG_DIRS[family]
-    if not (config / "model_index.json").is_file():
-        raise ConfigError(f"{config}: model configs for {family} are missing; reinstall sdlora from source")
-    cls = _pipeline_class(family)
+    else:
+        layout = family or _config_family(custom)
+    folder = custom or configs_root() / "models" / CONFIG_DIRS[layout]
+    if not (folder / "model_index.json").is_file():
+        raise ConfigError(f"{folder}: model configs for {layout} are missing; reinstall sdlora from source")
+    # a custom config folder brings its own tokenizers (save_pretrained writes them); the shipped ones are CLIP's
+    tokenizers = {} if custom is not None and (custom / "tokenizer").is_dir() else _tokenizers(layout)
     try:
-        pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
-                                    safety_checker=None, requires_safety_checker=False, **_tokenizers(family))
+        pipe = _pipeline_class(layout).from_single_file(
+            str(path), config=str(folder), local_files_only=True, torch_dtype=dtype, safety_checker=None,
+            requires_safety_checker=False, **tokenizers)
     except Exception as err:  # diffusers raises many types here (SingleFileComponentError, OSError, ...)
-        raise CompatibilityError(f"{path}: cannot load as a {family} checkpoint ({err})") from err
-    components = _from_pipeline(pipe, path.name, family)
+        raise CompatibilityError(f"{path}: cannot load as a {layout} checkpoint with the configs in {folder} "
+                                 f"({err})") from err
+    # with its own configs the model may be of no standard size: name its family as a folder's would be
+    components = _from_pipeline(pipe, path.name, family if custom is not None else layout)
     if path.suffix.lower() == ".safetensors":
-        check_coverage(path, family, components)
+        check_coverage(path, layout, components)
     return components
 
 
@@ -200,7 +231,8 @@ def _load_hub(repo_id: str, dtype) -> Components:
     return _from_pipeline(pipe, repo_id)
 
 
-def load_components(base: str, *, family: str | None = None, allow_pickle: bool = False, dtype=None) -> Components:
+def load_components(base: str, *, family: str | None = None, allow_pickle: bool = False, dtype=None,
+                    config=None) -> Components:
     """Load a base model for training.
 
     Args:
@@ -208,11 +240,16 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
         family: "sd1"/"sd2"/"sdxl" when a single file's family cannot be detected (pickles).
         allow_pickle: allow .ckpt/.pt/.pth/.bin (read with torch.load(weights_only=True)).
         dtype: torch dtype for the weights (default float32).
+        config: for a single file of no standard SD size: a diffusers config folder (model_index.json and
+            per-component configs, no weights needed). Without it a `<stem>.config/` folder beside the file
+            is used when present, else the shipped configs/models/ of the detected family.
 
     Raises:
         ConfigError: unknown base, pickle without allow_pickle, missing configs.
         FormatError / CompatibilityError: the file is not a loadable SD checkpoint.
     """
+    if config is not None and Path(base).suffix.lower() not in (*PICKLE_SUFFIXES, ".safetensors"):
+        raise ConfigError(f"model config {config}: only used for single-file checkpoints, and {base!r} is not one")
     if base == "embedded":
         from sdlora.embedded import weights_dir
 
@@ -227,11 +264,11 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
                               "torch.load(weights_only=True)")
         if not path.is_file():
             raise ConfigError(f"model.base: {path} does not exist")
-        return load_single_file(path, family, dtype)
+        return load_single_file(path, family, dtype, config)
     if path.suffix.lower() == ".safetensors":
         if not path.is_file():
             raise ConfigError(f"model.base: {path} does not exist")
-        return load_single_file(path, family, dtype)
+        return load_single_file(path, family, dtype, config)
     if base.count("/") == 1 and not base.startswith((".", "/", "~")):
         return _load_hub(base, dtype)
     raise ConfigError(f"model.base: {base!r} is not 'embedded', a diffusers folder, a .safetensors checkpoint "

@@ -1,4 +1,5 @@
-"""`sdlora bake --base MODEL --lora FILE:S ... OUT`: merge LoRAs into a base model (diffusers folder)."""
+"""`sdlora bake --base MODEL --lora FILE:S ... OUT`: merge LoRAs into a base model (diffusers folder or one
+single-file .safetensors checkpoint)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,24 @@ from sdlora.cli.loraargs import lora_with_strength, progress_bar
 
 DESCRIPTION = """\
 Merge a stack of LoRAs into a base model's weights (W = W0 + sum of strength x delta, in float32) and
-write the result as a diffusers folder with safetensors weights (plus sdlora_bake.json naming the
-LoRAs, strengths and hashes). MODEL is "embedded", a diffusers folder or a single-file checkpoint."""
+write the result. OUT ending in .safetensors: one checkpoint with the original (LDM) keys that A1111,
+ComfyUI and diffusers' from_single_file load, its metadata ("sdlora_bake") naming the LoRAs, strengths
+and hashes; a model of no standard SD size also gets OUT's name with .config (its configs, for sdlora and
+diffusers). Any other OUT: a diffusers folder with safetensors weights plus sdlora_bake.json.
+MODEL is "embedded", a diffusers folder or a single-file checkpoint."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("bake", help="merge LoRAs into a base model and save it",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output", type=Path, help="the new folder (must not exist)")
+    parser.add_argument("output", type=Path,
+                        help="the new .safetensors file (single-file checkpoint) or folder (diffusers); must not exist")
     parser.add_argument("--base", required=True, help='the base model ("embedded", folder or checkpoint)')
     parser.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]",
                         help="a LoRA to merge in (repeat for several)")
+    parser.add_argument("--family", choices=("sd1", "sd2", "sdxl"),
+                        help="single-file key layout when the base's family cannot be detected (default: from the "
+                             "base; SD1, or SDXL with two text encoders)")
     parser.set_defaults(run=run)
     return parser
 
@@ -28,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from sdlora.extract import bake
 
     loras = [lora_with_strength(text) for text in args.lora]
-    out = bake(args.base, loras, args.output, on_progress=progress_bar("bake"))
+    out = bake(args.base, loras, args.output, on_progress=progress_bar("bake"), family=args.family)
     print(f"wrote {out}: {args.base} + " + ", ".join(f"{Path(p).stem}:{s:g}" for p, s in loras))
     return 0

@@ -1,0 +1,132 @@
+"""`sdlora bake` to one original-layout (single-file) checkpoint, read back by diffusers and by sdlora."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors import safe_open
+from stack_helpers import assert_bit_identical, pick, random_lora, snapshot, tiny_pipeline
+
+from sdlora import save_lora
+from sdlora.errors import ConfigError
+from sdlora.extract import bake
+from sdlora.stack import LoraStack
+
+PARTS = ("unet", "vae", "text_encoder")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: many threads on a busy 2-core machine are much slower
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pipe(components, tiny_vae, tmp_path):
+    return tiny_pipeline(components, tiny_vae, tmp_path)
+
+
+@pytest.fixture
+def lora_file(components, tmp_path):
+    names = [n for n in pick(components, "unet", 0) if ".attentions." in n] + pick(components, "text_encoder", 4)
+    path = tmp_path / "style.safetensors"
+    save_lora(random_lora(components, names, scale=0.3), path, format="kohya")
+    return path
+
+
+def _weights(pipe) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()} for name in PARTS}
+
+
+def _stacked(pipe, lora_file, strength):
+    """What the stack makes of the model (exact mode: bake recomputes from W0 the same way)."""
+    stack = LoraStack(pipe, exact=True)
+    stack.add(lora_file, strength)
+    weights = _weights(pipe)
+    stack.clear()
+    return weights
+
+
+def _assert_same(loaded, expected):
+    for name in PARTS:
+        got = getattr(loaded, name).state_dict()
+        assert sorted(got) == sorted(expected[name]), name
+        differ = [k for k in expected[name] if not torch.equal(got[k], expected[name][k])]
+        assert not differ, f"{name}: {len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+def test_single_file_bake_reads_back_in_diffusers_and_sdlora(pipe, components, lora_file, tmp_path, caplog):
+    from diffusers import StableDiffusionPipeline
+
+    from sdlora.models import load_components
+
+    caplog.set_level(logging.ERROR)
+    base = _weights(pipe)
+    expected = _stacked(pipe, lora_file, 0.7)
+    changed = [k for k in expected["unet"] if not torch.equal(expected["unet"][k], base["unet"][k])]
+    assert changed and any(not torch.equal(expected["text_encoder"][k], base["text_encoder"][k])
+                           for k in base["text_encoder"]), "the LoRA must change UNet and text encoder"
+    before = snapshot(components)
+
+    out = bake(pipe, [(str(lora_file), 0.7)], tmp_path / "baked.safetensors")
+
+    assert out == tmp_path / "baked.safetensors" and out.is_file()
+    assert_bit_identical(components, before)  # the live model is restored
+    with safe_open(str(out), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert all(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."))
+               for k in keys)
+    record = json.loads(meta["sdlora_bake"])
+    assert record["family"] == "sd1" and [(e["name"], e["strength"]) for e in record["loras"]] == [("style", 0.7)]
+    # the tiny model has no standard SD size, so its configs are written beside the file
+    config = tmp_path / "baked.config"
+    assert (config / "model_index.json").is_file() and not list(config.rglob("*.safetensors"))
+
+    loaded = StableDiffusionPipeline.from_single_file(str(out), config=str(config), local_files_only=True,
+                                                      safety_checker=None, requires_safety_checker=False)
+    _assert_same(loaded, expected)
+    _assert_same(load_components(str(out)), expected)  # sdlora finds baked.config by itself
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_failed_write_leaves_nothing_and_restores(pipe, components, lora_file, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    before, files = snapshot(components), sorted(tmp_path.iterdir())
+    with pytest.raises(OSError, match="disk full"):
+        bake(pipe, [(str(lora_file), 0.7)], tmp_path / "baked.safetensors")
+    assert_bit_identical(components, before)
+    assert sorted(tmp_path.iterdir()) == files  # no file, no config folder, no temporary file
+
+
+def test_bad_outputs_are_clear(pipe, lora_file, tmp_path):
+    existing = tmp_path / "taken.safetensors"
+    existing.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="taken.safetensors: already exists; give a new file name"):
+        bake(pipe, [(str(lora_file), 1.0)], existing)
+    with pytest.raises(ConfigError, match="family 'sd3'"):
+        bake(pipe, [(str(lora_file), 1.0)], tmp_path / "x.safetensors", family="sd3")
+    (tmp_path / "y.config").mkdir()
+    with pytest.raises(ConfigError, match="y.config: already exists"):
+        bake(pipe, [(str(lora_file), 1.0)], tmp_path / "y.safetensors")
+    assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_bake_command_writes_a_single_file(pipe, lora_file, tmp_path, capsys):
+    from sdlora.cli import main
+
+    base = tmp_path / "base"
+    pipe.save_pretrained(base)
+    out = tmp_path / "models" / "baked.safetensors"
+    assert main(["bake", str(out), "--base", str(base), "--lora", f"{lora_file}:0.5"]) == 0
+    assert out.is_file() and (out.parent / "baked.config" / "unet" / "config.json").is_file()
+    assert f"wrote {out}" in capsys.readouterr().out
