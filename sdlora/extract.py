@@ -175,7 +175,8 @@ def _extract_one(name, models, ranks, min_diff, result) -> None:
 # ----- bake ------------------------------------------------------------------------------------
 
 
-def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: str | None = None) -> Path:
+def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: str | None = None,
+         dtype: str | None = None) -> Path:
     """Merge LoRAs into a base model and write it as a diffusers folder or one single-file checkpoint.
 
     Args:
@@ -188,6 +189,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
         family: "sd1"/"sd2"/"sdxl" layout of a single file when the base's family is unknown (default: from
             the base; models of no standard size, like the embedded one, are written in the SD1/SDXL layout
             and get a `<name>.config/` folder beside the file, which `load_components` uses to read it back).
+        dtype: "fp16", "bf16" or "fp32" for a single file's weights (default: the model's own dtype).
     """
     out = Path(out)
     single = out.suffix.lower() == ".safetensors"
@@ -196,6 +198,9 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
         raise ConfigError(f"{out}: already exists; give a new {kind} for the baked model")
     if single and family not in (None, "sd1", "sd2", "sdxl"):
         raise ConfigError(f"family {family!r}: a single-file checkpoint is written as sd1, sd2 or sdxl")
+    if dtype is not None and (not single or dtype not in SAVE_DTYPES):
+        raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(SAVE_DTYPES)}, for a .safetensors output "
+                          "(a diffusers folder keeps the model's dtype)")
     components = _load_components(base) if isinstance(base, str | os.PathLike) else base
     from sdlora.stack import LoraStack
 
@@ -205,7 +210,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
             for lora, strength in loras:
                 stack.add(lora, strength)
         if single:
-            _save_single_file(components, out, _bake_record(stack), family)
+            _save_single_file(components, out, _bake_record(stack), family, dtype)
         else:
             _save_pipeline(components, out, _bake_record(stack))
     finally:
@@ -228,10 +233,18 @@ def _save_pipeline(components, out: Path, record: dict) -> None:
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "sdlora_bake.json").write_text(json.dumps(record, indent=1))
+        _usual_permissions(tmp, folder=True)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _usual_permissions(path: Path, folder: bool) -> None:
+    """mkstemp/mkdtemp make owner-only entries; the renamed result gets what a plain open/mkdir would."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
 
 
 def _part(components, name: str):
@@ -251,10 +264,11 @@ def _checkpoint_family(components, family: str | None) -> tuple[str, bool]:
     return family or known or fallback, known is not None
 
 
-def _save_single_file(components, out: Path, record: dict, family: str | None) -> None:
-    """One original-layout checkpoint (plus `<stem>.config/` for models of no standard size), atomically."""
-    from safetensors.torch import save_file
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
+
+def _save_single_file(components, out: Path, record: dict, family: str | None, dtype: str | None) -> None:
+    """One original-layout checkpoint (plus `<stem>.config/` for models of no standard size), atomically."""
     from sdlora.ldm_keys import models_to_ldm
 
     missing = [k for k in ("unet", "vae", "text_encoder") if _part(components, k) is None]
@@ -263,23 +277,36 @@ def _save_single_file(components, out: Path, record: dict, family: str | None) -
     family, standard = _checkpoint_family(components, family)
     state = models_to_ldm(_part(components, "unet"), _part(components, "vae"), _part(components, "text_encoder"),
                           _part(components, "text_encoder_2"), family=family)
-    record = {**record, "family": family}
+    if dtype is not None:  # cast after merging: the merge itself ran in float32
+        state = {k: v.to(SAVE_DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
+    record = {**record, "family": family, "dtype": dtype or "as loaded"}
     metadata = {"format": "pt", "sdlora_bake": json.dumps(record), "modelspec.title": out.stem}
     out.parent.mkdir(parents=True, exist_ok=True)
     configs = None if standard else out.with_suffix(".config")
     if configs is not None:
         _save_configs(components, configs)
+    try:
+        _write_safetensors(state, metadata, out)
+    except BaseException:
+        if configs is not None:  # written just above for this file: a retry must not find it
+            shutil.rmtree(configs, ignore_errors=True)
+        raise
+
+
+def _write_safetensors(state: dict, metadata: dict[str, str], out: Path) -> None:
+    """Streamed to a temporary file in the same folder, fsynced, renamed (no second copy in memory)."""
+    from safetensors.torch import save_file
+
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        _usual_permissions(Path(tmp), folder=False)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        if configs is not None:  # written just above for this file: a retry must not find it
-            shutil.rmtree(configs, ignore_errors=True)
         raise
 
 
@@ -300,6 +327,7 @@ def _save_configs(components, folder: Path) -> None:
                 part.config.save_pretrained(tmp / name)
             elif hasattr(part, "save_pretrained"):  # tokenizers
                 part.save_pretrained(tmp / name)
+        _usual_permissions(tmp, folder=True)
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,6 +25,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--base", required=True, help='the base model ("embedded", folder or checkpoint)')
     parser.add_argument("--lora", action="append", required=True, metavar="FILE[:STRENGTH]",
                         help="a LoRA to merge in (repeat for several)")
+    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"),
+                        help="weights of a .safetensors output (default: as loaded; fp16 halves an fp32 file)")
     parser.add_argument("--family", choices=("sd1", "sd2", "sdxl"),
                         help="single-file key layout when the base's family cannot be detected (default: from the "
                              "base; SD1, or SDXL with two text encoders)")
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from sdlora.extract import bake
 
     loras = [lora_with_strength(text) for text in args.lora]
-    out = bake(args.base, loras, args.output, on_progress=progress_bar("bake"), family=args.family)
+    out = bake(args.base, loras, args.output, on_progress=progress_bar("bake"), family=args.family,
+               dtype=args.dtype)
     print(f"wrote {out}: {args.base} + " + ", ".join(f"{Path(p).stem}:{s:g}" for p, s in loras))
     return 0

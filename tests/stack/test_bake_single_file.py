@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -92,6 +93,9 @@ def test_single_file_bake_reads_back_in_diffusers_and_sdlora(pipe, components, l
     _assert_same(loaded, expected)
     _assert_same(load_components(str(out)), expected)  # sdlora finds baked.config by itself
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask and config.stat().st_mode & 0o777 == 0o777 & ~mask
 
 
 def test_failed_write_leaves_nothing_and_restores(pipe, components, lora_file, tmp_path, monkeypatch):
@@ -115,18 +119,31 @@ def test_bad_outputs_are_clear(pipe, lora_file, tmp_path):
         bake(pipe, [(str(lora_file), 1.0)], existing)
     with pytest.raises(ConfigError, match="family 'sd3'"):
         bake(pipe, [(str(lora_file), 1.0)], tmp_path / "x.safetensors", family="sd3")
+    with pytest.raises(ConfigError, match="dtype 'fp16'.*for a .safetensors output"):
+        bake(pipe, [(str(lora_file), 1.0)], tmp_path / "folder", dtype="fp16")
+    with pytest.raises(ConfigError, match="dtype 'int8'"):
+        bake(pipe, [(str(lora_file), 1.0)], tmp_path / "x.safetensors", dtype="int8")
     (tmp_path / "y.config").mkdir()
     with pytest.raises(ConfigError, match="y.config: already exists"):
         bake(pipe, [(str(lora_file), 1.0)], tmp_path / "y.safetensors")
     assert not (tmp_path / "y.safetensors").exists()
 
 
-def test_bake_command_writes_a_single_file(pipe, lora_file, tmp_path, capsys):
+def test_bake_command_writes_a_half_precision_single_file(pipe, lora_file, tmp_path, capsys):
     from sdlora.cli import main
+    from sdlora.ldm_keys import models_to_ldm
 
     base = tmp_path / "base"
     pipe.save_pretrained(base)
+    expected = _stacked(pipe, lora_file, 0.5)
     out = tmp_path / "models" / "baked.safetensors"
-    assert main(["bake", str(out), "--base", str(base), "--lora", f"{lora_file}:0.5"]) == 0
+    assert main(["bake", str(out), "--base", str(base), "--lora", f"{lora_file}:0.5", "--dtype", "fp16"]) == 0
     assert out.is_file() and (out.parent / "baked.config" / "unet" / "config.json").is_file()
     assert f"wrote {out}" in capsys.readouterr().out
+    for name in PARTS:  # the file holds the float32 merge cast once to fp16
+        getattr(pipe, name).load_state_dict(expected[name])
+    want = models_to_ldm(pipe.unet, pipe.vae, pipe.text_encoder)
+    with safe_open(str(out), "pt") as f:
+        assert sorted(f.keys()) == sorted(want)
+        assert all(torch.equal(f.get_tensor(k), want[k].half()) for k in want)
+        assert json.loads(f.metadata()["sdlora_bake"])["dtype"] == "fp16"
