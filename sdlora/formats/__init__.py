@@ -10,7 +10,6 @@ torch is imported only when tensors are read or written.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections import Counter
@@ -146,38 +145,9 @@ def _detect_family(header: SafetensorsHeader) -> str | None:
 
 def _read_tensors(header: SafetensorsHeader) -> dict:
     """All tensors of a validated file; NaN/Inf in any float tensor is a FormatError naming the key."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from sdlora.tensorfile import read_tensors
 
-    name = os.path.basename(header.path)
-    try:
-        tensors = load_file(header.path)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:  # header was validated already
-        raise FormatError(f"{name}: cannot read tensors ({err}); the file is damaged, get it again") from None
-    bad = _first_non_finite(tensors)
-    if bad is not None:
-        raise FormatError(
-            f"{name}: tensor {bad!r} contains NaN or Inf values; the LoRA is broken (training diverged "
-            "or the file was damaged); use an earlier checkpoint"
-        )
-    return tensors
-
-
-def _first_non_finite(tensors: dict) -> str | None:
-    """The first key holding NaN/Inf, or None.
-
-    A file has thousands of small tensors, and a full `isfinite(t).all()` per tensor was most of
-    `load_lora`'s time in benchmarks/stack.py. One float64 sum per tensor is several times cheaper, and any
-    NaN/Inf makes the running total non-finite; only then are tensors checked one by one to name the key
-    (float64 cannot overflow on finite LoRA values, so a finite total means every tensor is finite).
-    """
-    import torch
-
-    floats = {k: t for k, t in tensors.items() if t.is_floating_point()}
-    total = sum(float(t.sum(dtype=torch.float64)) for t in floats.values())
-    if math.isfinite(total):
-        return None
-    return next((k for k, t in floats.items() if not bool(torch.isfinite(t).all())), None)
+    return read_tensors(header)
 
 
 def _fill_shapes(state, table) -> None:
