@@ -3,17 +3,19 @@
 Depends on torch and sdlora (weights, naming, formats, report); never on diffusers at import time.
 
 How it works (design notes, FORMATS §5):
-* Every touched weight keeps a pristine copy W0 on the CPU, in its own dtype (bit-exact restore).
-* Plain LoRA/LoCon factors are cached per layer in float32 with alpha/rank folded into `up`, so
-  W0 + Σ strength_i · scale_i · up_i @ down_i is ONE addmm over the factors concatenated along rank,
-  written straight into the existing parameter (float32) or through one float32 buffer (half
-  precision). Other kinds (LoHa, LoKr, Tucker, full, DoRA) go through `LoraState.delta(name, W0)`,
-  one layer at a time, so at most one layer's full ΔW exists at once.
+* Every touched weight keeps its pristine W0 in its own dtype (bit-exact restore). On the CPU that is
+  the module's own tensor, untouched: the patched W is a new tensor swapped into the parameter, so no
+  weight is ever copied for a backup. On other devices W0 is copied to the CPU and W patched in place.
+* Plain LoRA/LoCon factors are concatenated per layer along rank in float32 with alpha/rank folded
+  into `up`, so W0 + Σ strength_i · scale_i · up_i @ down_i is ONE addmm (float32 weights) or one
+  addmm into a float32 buffer and one cast (half precision). Other kinds (LoHa, LoKr, Tucker, full,
+  DoRA) go through `LoraState.delta(name, W0)`, one layer at a time, so at most one layer's full ΔW
+  exists at once.
 * A strength change touches only the layers of that LoRA. On float32/float64 weights it adds the
   difference (s_new - s_old) · ΔW as one rank-r update (one rounding per change); after
   `MAX_SHIFTS` such updates a layer is recomputed from W0, which bounds the drift to a few ulps.
   `exact=True` (and every half-precision weight) recomputes from W0 on every change instead.
-* Removing the last LoRA of a layer, or `clear()`, copies W0 back: bit for bit.
+* Removing the last LoRA of a layer, or `clear()`, puts W0 back: bit for bit.
 """
 
 from __future__ import annotations
@@ -67,25 +69,51 @@ class StackEntry:
 
 
 class _Layer:
-    """One patched weight: its pristine copy and every stacked LoRA's factors for it."""
+    """One patched weight: its pristine W0 and every stacked LoRA's factors for it.
 
-    __slots__ = ("_cat", "applied", "lowrank", "original", "other", "shifts", "weight")
+    On the CPU, W0 is the module's own tensor, kept untouched: the first patch computes
+    W = W0 + Σ s·ΔW into a NEW tensor and swaps it into the parameter (`param.data`), and a restore swaps
+    W0 back. That skips copying every touched weight (half of the load time in benchmarks/stack.py) and
+    makes restores free and bit-exact. On other devices W0 is copied to the CPU (it must not hold GPU
+    memory twice) and W is patched in place.
+    """
 
-    def __init__(self, weight: torch.Tensor):
-        self.weight = weight  # the live parameter's tensor, patched in place
-        self.original = weight.detach().to("cpu", copy=True)  # W0, same dtype
-        self.lowrank: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # entry -> (up·scale, down) f32
+    __slots__ = (
+        "_cat",
+        "applied",
+        "bias_original",
+        "lowrank",
+        "module",
+        "original",
+        "other",
+        "patched",
+        "shifts",
+        "swaps",
+    )
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module  # the live Linear/Conv2d
+        weight = module.weight.data
+        self.swaps = weight.device.type == "cpu"
+        self.original = weight if self.swaps else weight.detach().to("cpu", copy=True)  # W0, same dtype
+        self.patched = False  # whether the live weight holds a LoRA (in swap mode: is our own tensor)
+        self.bias_original = None  # the module's own bias tensor, kept once a LoRA with a bias diff arrives
+        self.lowrank: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}  # entry -> (up, down, scale)
         self.other: dict[str, tuple[object, str]] = {}  # entry -> (LoraState, module name)
         self.applied: dict[str, float] = {}  # entry -> strength currently in the weight
         self.shifts = 0
-        self._cat = None  # (names, ranks, up_cat (out, Σr), down_cat (Σr, in)), built on first rebuild
+        self._cat = None  # (names, ranks, up_cat·scale (out, Σr) f32, down_cat (Σr, in) f32), built lazily
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight.data
 
     @property
     def entries(self) -> list[str]:
         return [*self.lowrank, *self.other]
 
-    def add_lowrank(self, name: str, up: torch.Tensor, down: torch.Tensor) -> None:
-        self.lowrank[name] = (up, down)
+    def add_lowrank(self, name: str, up: torch.Tensor, down: torch.Tensor, scale: float) -> None:
+        self.lowrank[name] = (up, down, scale)
         self._cat = None
 
     def drop(self, name: str) -> None:
@@ -94,19 +122,65 @@ class _Layer:
         self.applied.pop(name, None)
         self._cat = None
 
+    def restore(self) -> None:
+        """Put W0 back, bit for bit."""
+        if self.swaps:
+            self.module.weight.data = self.original
+        else:
+            self.weight.copy_(self.original)
+        if self.bias_original is not None:
+            self.module.bias.data = self.bias_original
+        self.patched = False
+        self.applied = {}
+
+    def add_other(self, name: str, state, module_name: str) -> None:
+        """A LoRA whose ΔW needs the general formula (LoHa, LoKr, Tucker, full, DoRA)."""
+        self.other[name] = (state, module_name)
+        if "diff_b" in state.modules[module_name].tensors and self.bias_original is None:
+            self.bias_original = self.module.bias.data
+
+    def _update_bias(self) -> None:
+        """bias = b0 + Σ s·diff_b over the applied full-diff LoRAs (LyCORIS `diff_b`); always a new tensor
+        (biases are tiny), so b0 itself is never changed."""
+        if self.bias_original is None:
+            return
+        acc = self.bias_original.to(torch.float32).clone()
+        for name, (state, module_name) in self.other.items():
+            diff_b = state.modules[module_name].tensors.get("diff_b")
+            if diff_b is not None and self.applied.get(name, 0.0) != 0.0:
+                acc.add_(
+                    diff_b.to(device=acc.device, dtype=torch.float32).reshape(acc.shape),
+                    alpha=self.applied[name],
+                )
+        self.module.bias.data = acc.to(self.bias_original.dtype)
+
     def _concatenated(self):
-        """The cached factors of every plain LoRA concatenated along rank (rebuilt when the set changes)."""
+        """Every plain LoRA's factors concatenated along rank in float32, alpha/rank folded into `up`.
+
+        Built once per set of LoRAs with one cat per factor (instead of converting each LoRA's factors
+        separately): the per-LoRA factors `shift` needs are views into these buffers.
+        """
         if self._cat is None and self.lowrank:
             names = list(self.lowrank)
-            ranks = [self.lowrank[n][1].shape[0] for n in names]
-            up = torch.cat([self.lowrank[n][0] for n in names], 1)
-            down = torch.cat([self.lowrank[n][1] for n in names], 0)
+            device, out = self.weight.device, self.weight.shape[0]
+            ups = [self.lowrank[n][0].reshape(out, -1) for n in names]
+            downs = [self.lowrank[n][1] for n in names]
+            ranks = [d.shape[0] for d in downs]
+            up = torch.cat(ups, 1).to(device=device, dtype=torch.float32)
+            down = torch.cat([d.reshape(d.shape[0], -1) for d in downs], 0).to(
+                device=device, dtype=torch.float32
+            )
+            scales = [self.lowrank[n][2] for n in names]
+            up.mul_(_per_column(scales, ranks, device) if len(set(scales)) > 1 else scales[0])
             self._cat = (names, ranks, up, down)
-            start = 0
-            for n, r in zip(names, ranks, strict=True):  # per-LoRA factors become views: no second copy
-                self.lowrank[n] = (up[:, start : start + r], down[start : start + r])
-                start += r
         return self._cat
+
+    def _factors_of(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(up·scale, down) of one plain LoRA: views into the concatenated buffers."""
+        names, ranks, up, down = self._concatenated()
+        start = sum(ranks[: names.index(name)])
+        stop = start + ranks[names.index(name)]
+        return up[:, start:stop], down[start:stop]
 
     def base_f32(self) -> torch.Tensor:
         """W0 as float32 on the weight's device, 2-D (out, in·k·k); no copy when already float32 there."""
@@ -116,22 +190,38 @@ class _Layer:
     def rebuild(self, strengths: dict[str, float]) -> None:
         """W = W0 + Σ s·ΔW from scratch (exact: one float32 accumulation, one cast)."""
         active = {name: s for name, s in strengths.items() if s != 0.0}
-        w2d = self.weight.view(self.weight.shape[0], -1)
         if not active:
-            self.weight.copy_(self.original)  # bit-exact restore
+            self.restore()
         else:
             others = [(n, v) for n, v in self.other.items() if n in active]
             base = self.base_f32()
             up_down = self._scaled_factors(active)
-            if up_down is not None and self.weight.dtype == torch.float32 and not others:
-                torch.addmm(base, *up_down, out=w2d)  # one pass: W0 + up_cat @ down_cat straight into W
+            if up_down is not None and self.original.dtype == torch.float32 and not others:
+                self._store_f32(base, up_down)
             else:
                 acc = torch.addmm(base, *up_down) if up_down is not None else base.clone()
                 for n, (lora, module) in others:
                     acc.add_(self._other_delta(lora, module).reshape(acc.shape), alpha=active[n])
-                w2d.copy_(acc)
+                self._store(acc)
         self.applied = dict(strengths)
         self.shifts = 0
+        self._update_bias()
+
+    def _store_f32(self, base: torch.Tensor, up_down) -> None:
+        """W0 + up @ down in one pass, into our own tensor (swap mode) or straight into the weight."""
+        if self.swaps and not self.patched:
+            self.module.weight.data = torch.addmm(base, *up_down).view(self.original.shape)
+        else:
+            torch.addmm(base, *up_down, out=self.weight.view(self.weight.shape[0], -1))
+        self.patched = True
+
+    def _store(self, acc: torch.Tensor) -> None:
+        """Cast a float32 W into the weight's dtype (a new tensor in swap mode on the first patch)."""
+        if self.swaps and not self.patched:
+            self.module.weight.data = acc.to(self.original.dtype).view(self.original.shape)
+        else:
+            self.weight.view(self.weight.shape[0], -1).copy_(acc)
+        self.patched = True
 
     def _scaled_factors(self, active: dict[str, float]):
         """(up_cat with each LoRA's strength folded into its columns, down_cat), or None without plain LoRAs."""
@@ -139,17 +229,13 @@ class _Layer:
         if cat is None or not any(n in active for n in cat[0]):
             return None
         names, ranks, up, down = cat
-        column = torch.repeat_interleave(
-            torch.tensor([active.get(n, 0.0) for n in names], dtype=up.dtype, device=up.device),
-            torch.tensor(ranks, device=up.device),
-        )
-        return up * column, down
+        return up * _per_column([active.get(n, 0.0) for n in names], ranks, up.device), down
 
     def shift(self, name: str, delta_strength: float) -> None:
-        """W += delta_strength · ΔW_name in place (float32/float64 weights only)."""
+        """W += delta_strength · ΔW_name in place (float32/float64 weights that hold a patch only)."""
         w2d = self.weight.view(self.weight.shape[0], -1)
         if name in self.lowrank:
-            up, down = self.lowrank[name]
+            up, down = self._factors_of(name)
             if up.dtype != w2d.dtype:
                 up, down = up.to(w2d.dtype), down.to(w2d.dtype)
             w2d.addmm_(up, down, alpha=delta_strength)
@@ -158,13 +244,24 @@ class _Layer:
             w2d.add_(self._other_delta(lora, module).reshape(w2d.shape).to(w2d.dtype), alpha=delta_strength)
         self.applied[name] = self.applied.get(name, 0.0) + delta_strength
         self.shifts += 1
+        self._update_bias()
 
     def can_shift(self) -> bool:
-        return self.weight.dtype in (torch.float32, torch.float64) and self.shifts < MAX_SHIFTS
+        # A weight holding no patch may be W0 itself (swap mode): it must never be changed in place.
+        return (
+            self.patched and self.weight.dtype in (torch.float32, torch.float64) and self.shifts < MAX_SHIFTS
+        )
 
     def _other_delta(self, lora, module: str) -> torch.Tensor:
         base = self.original.to(device=self.weight.device, dtype=torch.float32)
         return lora.delta(module, base_weight=base)
+
+
+def _per_column(values: list[float], ranks: list[int], device) -> torch.Tensor:
+    """A (Σr,) float32 vector repeating values[i] ranks[i] times (one small tensor, built in Python)."""
+    return torch.tensor(
+        [v for v, r in zip(values, ranks, strict=True) for _ in range(r)], dtype=torch.float32, device=device
+    )
 
 
 class LoraStack:
@@ -227,7 +324,9 @@ class LoraStack:
         self._changed(name, entry.modules, added=True)
         return name
 
-    def set_strength(self, name, strength=_UNSET, te_strength=_UNSET, unet_strength=_UNSET, block_strengths=_UNSET):
+    def set_strength(
+        self, name, strength=_UNSET, te_strength=_UNSET, unet_strength=_UNSET, block_strengths=_UNSET
+    ):
         """Change any of a LoRA's strengths; only the layers that LoRA touches are recomputed.
 
         Pass `te_strength=None` / `unet_strength=None` to make them follow `strength` again.
@@ -257,7 +356,7 @@ class LoraStack:
             layer = self._layers[canonical]
             layer.drop(name)
             if not layer.entries:
-                layer.weight.copy_(layer.original)
+                layer.restore()
                 del self._layers[canonical]
         del self._entries[name]
         self._reports.pop(name, None)
@@ -266,7 +365,7 @@ class LoraStack:
         """Remove every LoRA: every patched weight is restored bit for bit."""
         with torch.inference_mode():
             for layer in self._layers.values():
-                layer.weight.copy_(layer.original)
+                layer.restore()
         self._layers.clear()
         self._entries.clear()
         self._reports.clear()
@@ -335,7 +434,9 @@ class LoraStack:
         if te_strength is not _UNSET:
             entry.te_strength = None if te_strength is None else check_strength(te_strength, "te_strength")
         if unet_strength is not _UNSET:
-            entry.unet_strength = None if unet_strength is None else check_strength(unet_strength, "unet_strength")
+            entry.unet_strength = (
+                None if unet_strength is None else check_strength(unet_strength, "unet_strength")
+            )
         if block_strengths is not _UNSET:
             entry.block_strengths = parse_block_strengths(block_strengths, self.block_names())
 
@@ -368,7 +469,14 @@ class LoraStack:
             if target is None:
                 entry.skipped.append(canonical)
             elif not _fits(module, tuple(target.weight.shape)):
-                mismatched.append(f"{canonical} (LoRA {module.delta_shape()}, model {tuple(target.weight.shape)})")
+                mismatched.append(
+                    f"{canonical} (LoRA {module.delta_shape()}, model {tuple(target.weight.shape)})"
+                )
+            elif not _bias_fits(module, target):
+                mismatched.append(
+                    f"{canonical} (LoRA has a bias diff of {module.tensors['diff_b'].numel()} values, "
+                    f"model bias {None if target.bias is None else target.bias.numel()})"
+                )
             else:
                 plan.append((canonical, module, target))
         if mismatched:
@@ -388,16 +496,11 @@ class LoraStack:
     def _attach(self, name, canonical, module, live, state) -> None:
         layer = self._layers.get(canonical)
         if layer is None:
-            layer = self._layers[canonical] = _Layer(live.weight.data)
+            layer = self._layers[canonical] = _Layer(live)
         if module.kind == "lora" and "mid" not in module.tensors and "dora_scale" not in module.tensors:
-            device = live.weight.device
-            down = module.tensors["down"].to(device=device, dtype=torch.float32)
-            up = module.tensors["up"].to(device=device, dtype=torch.float32)
-            down = down.reshape(down.shape[0], -1).contiguous()  # (r, in·kh·kw)
-            up = (up.reshape(up.shape[0], -1) * module.scale).contiguous()  # (out, r), scale folded in
-            layer.add_lowrank(name, up, down)
+            layer.add_lowrank(name, module.tensors["up"], module.tensors["down"], module.scale)
         else:
-            layer.other[name] = (state, canonical)
+            layer.add_other(name, state, canonical)
 
     def _changed(self, name: str, canonicals: list[str], added: bool = False) -> None:
         pending = {c: {name: None if added else self._layers[c].applied.get(name, 0.0)} for c in canonicals}
@@ -416,7 +519,9 @@ class LoraStack:
                 if layer is None:
                     continue
                 wanted = self.strengths(canonical)
-                if not force_rebuild and not self.exact and len(olds) == 1 and layer.can_shift():
+                # All strengths 0 always rebuilds: that restores W0 bit for bit instead of leaving a shift's rounding.
+                nonzero = any(value != 0.0 for value in wanted.values())
+                if not force_rebuild and not self.exact and len(olds) == 1 and nonzero and layer.can_shift():
                     (entry,) = olds
                     step = wanted[entry] - layer.applied.get(entry, 0.0)
                     if step != 0.0:
@@ -447,7 +552,9 @@ def _components_of(model) -> dict[str, torch.nn.Module]:
     else:
         found = {k: getattr(model, k) for k in COMPONENTS if getattr(model, k, None) is not None}
     if not found:
-        raise ConfigError(f"no UNet or text encoder found: expected a pipeline or a dict with keys {COMPONENTS}")
+        raise ConfigError(
+            f"no UNet or text encoder found: expected a pipeline or a dict with keys {COMPONENTS}"
+        )
     return found
 
 
@@ -466,6 +573,12 @@ def _fits(module, weight_shape: tuple[int, ...]) -> bool:
     if tuple(shape) == weight_shape:
         return True
     return prod(shape) == prod(weight_shape) and shape[0] == weight_shape[0]
+
+
+def _bias_fits(module, target: torch.nn.Module) -> bool:
+    """A bias diff (LyCORIS full `diff_b`) needs a bias of the same size in the model."""
+    diff_b = module.tensors.get("diff_b")
+    return diff_b is None or (target.bias is not None and diff_b.numel() == target.bias.numel())
 
 
 def _check_family(state, model_family: str | None) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stack_helpers import assert_bit_identical, live_modules, pick, snapshot
+from stack_helpers import assert_bit_identical, live_modules, pick, random_lora, snapshot
 
+from sdlora.errors import CompatibilityError
 from sdlora.stack import LoraStack
 from sdlora.weights import LoraModule, LoraState
 
@@ -125,3 +126,57 @@ def test_mixed_kinds_on_one_layer_then_clear(components):
     assert err <= 1e-5 * w0.abs().max()
     stack.clear()
     assert_bit_identical(components, before)
+
+
+def _linear_with_bias(components):
+    live = live_modules(components)
+    return next(n for n, m in live.items() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+
+
+def test_full_diff_bias_is_applied_changed_and_restored(components):
+    """LyCORIS full modules carry `diff_b`: bias = b0 + s·diff_b, like the weight (FORMATS §2.8)."""
+    name = _linear_with_bias(components)
+    module = live_modules(components)[name]
+    before = snapshot(components)
+    w0, b0 = module.weight.detach().double().clone(), module.bias.detach().double().clone()
+    diff, diff_b = rnd(*module.weight.shape), rnd(module.bias.shape[0])
+    lora = LoraState(modules={name: LoraModule("full", {"diff": diff.float(), "diff_b": diff_b.float()})})
+    stack = LoraStack(components)
+    stack.add(lora, 0.8, name="full")
+    for strength in (0.8, -0.3, 0.0, 1.2):
+        stack.set_strength("full", strength)
+        assert (module.bias.detach().double() - (b0 + strength * diff_b)).abs().max() <= 1e-6
+        assert (module.weight.detach().double() - (w0 + strength * diff)).abs().max() <= 1e-5
+    stack.clear()
+    assert_bit_identical(components, before)
+
+
+def test_bias_diff_on_a_layer_without_bias_is_refused_before_any_change(components):
+    live = live_modules(components)
+    name = next(n for n, m in live.items() if isinstance(m, torch.nn.Linear) and m.bias is None)
+    before = snapshot(components)
+    diff = rnd(*live[name].weight.shape).float()
+    lora = LoraState(modules={name: LoraModule("full", {"diff": diff, "diff_b": torch.ones(diff.shape[0])})})
+    with pytest.raises(CompatibilityError, match="bias diff"):
+        LoraStack(components).add(lora)
+    assert_bit_identical(components, before)
+
+
+def test_pristine_weight_is_never_written_through_zero_strength(components):
+    """On the CPU the module's own W0 tensor is the backup: a move to strength 0 puts it back in the
+    model, and the next move must build a new W instead of adding into W0."""
+    name = _linear(components)
+    module = live_modules(components)[name]
+    w0_tensor = module.weight.data
+    w0_copy = w0_tensor.clone()
+    lora = LoraState(modules={name: LoraModule("full", {"diff": rnd(*w0_copy.shape).float()})})
+    plain = random_lora(components, [name], seed=3)
+    stack = LoraStack(components)
+    stack.add(plain, 1.0, name="plain")
+    stack.add(lora, 1.0, name="full")
+    for step in [("plain", 0.0), ("full", 0.0), ("plain", 0.7), ("full", 0.4), ("plain", 0.0), ("full", 0.0)]:
+        stack.set_strength(*step)
+        assert torch.equal(w0_tensor, w0_copy), f"W0 changed after {step}"
+    assert torch.equal(module.weight.detach(), w0_copy)
+    stack.set_strength("plain", 0.5)
+    assert not torch.equal(module.weight.detach(), w0_copy) and torch.equal(w0_tensor, w0_copy)
