@@ -254,14 +254,42 @@ def _part(components, name: str):
 
 
 def _checkpoint_family(components, family: str | None) -> tuple[str, bool]:
-    """(layout family, whether the model has a standard SD size) of what is being baked."""
+    """(layout family, whether the model has the size of sdlora's shipped configs for it) of the bake."""
     from sdlora.models import _family_from_unet
 
     known = getattr(components, "family", None) or _family_from_unet(_part(components, "unet"))
     if family and known and family != known:
         raise ConfigError(f"family {family!r} given, but the base model is {known}")
     fallback = "sdxl" if _part(components, "text_encoder_2") is not None else "sd1"
-    return family or known or fallback, known is not None
+    return family or known or fallback, known is not None and _shipped_size(components, known)
+
+
+def _shipped_size(components, family: str) -> bool:
+    """Whether every component has the parameter shapes of the shipped configs for `family` (then
+    `load_components` reads the file without a config folder; a tiny test model, an inpainting UNet or a
+    pruned text encoder does not). The reference models are built on the meta device (no memory)."""
+    from accelerate import init_empty_weights
+
+    from sdlora.models import CONFIG_DIRS, configs_root
+
+    folder = configs_root() / "models" / CONFIG_DIRS[family]
+    for name in ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else []):
+        model, path = _part(components, name), folder / name
+        if model is None or not (path / "config.json").is_file():
+            return False
+        cls = type(model)
+        with init_empty_weights():
+            if hasattr(cls, "load_config"):  # diffusers models
+                reference = cls.from_config(cls.load_config(path))
+            else:  # transformers text encoders
+                reference = cls(type(model.config).from_pretrained(path))
+        if _shapes(reference) != _shapes(model):
+            return False
+    return True
+
+
+def _shapes(model) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

@@ -147,3 +147,75 @@ def test_bake_command_writes_a_half_precision_single_file(pipe, lora_file, tmp_p
         assert sorted(f.keys()) == sorted(want)
         assert all(torch.equal(f.get_tensor(k), want[k].half()) for k in want)
         assert json.loads(f.metadata()["sdlora_bake"])["dtype"] == "fp16"
+
+
+def _meta_components(folder):
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdlora.models import configs_root
+
+    root = configs_root() / "models" / folder
+    with init_empty_weights():
+        return {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
+                "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
+                "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))}
+
+
+def test_only_models_of_the_shipped_sizes_go_without_a_config_folder(components, tiny_vae):
+    from sdlora.extract import _checkpoint_family
+
+    sd15 = _meta_components("sd15")
+    assert _checkpoint_family(sd15, None) == ("sd1", True)
+    assert _checkpoint_family({**sd15, "vae": tiny_vae}, None) == ("sd1", False)
+    assert _checkpoint_family({**components, "vae": tiny_vae}, None) == ("sd1", False)  # tiny: no family
+    assert _checkpoint_family(_meta_components("sd21"), None) == ("sd2", True)
+    with pytest.raises(ConfigError, match="family 'sdxl' given, but the base model is sd1"):
+        _checkpoint_family(sd15, "sdxl")
+
+
+def test_tiny_sdxl_bakes_to_one_file_and_reads_back(tmp_path, caplog):
+    """SDXL layout (two text encoders, label_emb, OpenCLIP second encoder) through bake and load_components."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from stack_helpers import tiny_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sdlora.models import load_components
+
+    caplog.set_level(logging.ERROR)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=96,
+        cross_attention_dim=80)
+    text = {"intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 1000,
+            "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+    vae = AutoencoderKL(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=8)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, unet=unet, scheduler=DDIMScheduler(), tokenizer=tiny_tokenizer(tmp_path),
+        tokenizer_2=tiny_tokenizer(tmp_path), text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=32, **text)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=48, projection_dim=48, **text)))
+    parts = {"unet": unet, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
+    names = [n for n in pick(parts, "unet", 0) if ".attentions." in n][:4] + pick(parts, "text_encoder_2", 3)
+    assert len([n for n in names if n.startswith("text_encoder_2.")]) == 3
+    lora = random_lora(parts, names, scale=0.3)
+    stack = LoraStack(pipe, exact=True)
+    stack.add(lora, 0.6)
+    expected = {name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()}
+                for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    stack.clear()
+
+    out = bake(pipe, [(lora, 0.6)], tmp_path / "xl.safetensors")
+    with safe_open(str(out), "pt") as f:
+        assert json.loads(f.metadata()["sdlora_bake"])["family"] == "sdxl"
+        keys = set(f.keys())
+    assert "conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight" in keys
+    loaded = load_components(str(out))  # tiny: configs from xl.config/ beside the file
+    assert loaded.is_sdxl
+    for name, want in expected.items():
+        got = getattr(loaded, name).state_dict()
+        assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want), name
