@@ -363,7 +363,7 @@ class LoraStack:
 
     def clear(self) -> None:
         """Remove every LoRA: every patched weight is restored bit for bit."""
-        with torch.inference_mode():
+        with torch.no_grad():
             for layer in self._layers.values():
                 layer.restore()
         self._layers.clear()
@@ -513,7 +513,7 @@ class LoraStack:
     def _apply(self, pending: dict[str, dict | None], force_rebuild: bool) -> None:
         """Bring every layer in `pending` to its wanted strengths (shift when one LoRA changed)."""
         total = len(pending)
-        with torch.inference_mode():
+        with torch.no_grad():
             for done, (canonical, olds) in enumerate(pending.items(), 1):
                 layer = self._layers.get(canonical)
                 if layer is None:

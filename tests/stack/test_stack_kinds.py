@@ -180,3 +180,14 @@ def test_pristine_weight_is_never_written_through_zero_strength(components):
     assert torch.equal(module.weight.detach(), w0_copy)
     stack.set_strength("plain", 0.5)
     assert not torch.equal(module.weight.detach(), w0_copy) and torch.equal(w0_tensor, w0_copy)
+
+
+def test_patched_weights_work_under_autograd(components):
+    """The swapped-in W must be an ordinary tensor (not an inference-mode one): a later training step or
+    any forward that needs input gradients saves it for backward."""
+    name = _linear(components)
+    module = live_modules(components)[name]
+    LoraStack(components).add(random_lora(components, [name], seed=4), 0.9)
+    x = torch.randn(2, module.in_features, requires_grad=True)
+    module(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
