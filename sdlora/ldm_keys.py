@@ -19,8 +19,9 @@ layouts of the two model families:
 * OpenCLIP (SD2 `cond_stage_model.model.*`, SDXL `conditioner.embedders.1.model.*`): open_clip names, q/k/v
   fused into one `in_proj_weight`/`in_proj_bias` (rows q, then k, then v), `text_projection` stored as the
   transpose of the Linear weight. SD2: diffusers keeps only 23 of the 24 OpenCLIP layers (SD2 conditions on
-  the penultimate layer), so the written file has 23 and no `text_projection`; loaders that need them
-  (none of diffusers, A1111, ComfyUI for SD2 generation) would see them missing.
+  the penultimate layer), so the written file has 23 and no `text_projection`. diffusers ignores both; a
+  loader that builds all 24 layers (A1111, ComfyUI) leaves the last one at its initial values, which SD2's
+  penultimate-layer conditioning does not use (not tested here: no A1111/ComfyUI in this project).
 
 Any key with no known original name raises `FormatError` naming it (for example the SD upscaler's
 `class_embedding`, ControlNets, or an SD3/Flux model): nothing is silently dropped.
