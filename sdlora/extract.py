@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+from sdlora.atomic import atomic_folder, atomic_path
 from sdlora.errors import ConfigError, FormatError
 from sdlora.progress import ProgressCallback, report
 from sdlora.tools import ModuleResult, ToolResult, choose_rank, rebuild_module, svd_of_matrix
@@ -229,22 +229,9 @@ def _bake_record(stack) -> dict:
 def _save_pipeline(components, out: Path, record: dict) -> None:
     pipe = pipeline_from(components)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "sdlora_bake.json").write_text(json.dumps(record, indent=1))
-        _usual_permissions(tmp, folder=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _usual_permissions(path: Path, folder: bool) -> None:
-    """mkstemp/mkdtemp make owner-only entries; the renamed result gets what a plain open/mkdir would."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
 
 
 def _part(components, name: str):
@@ -325,17 +312,8 @@ def _write_safetensors(state: dict, metadata: dict[str, str], out: Path) -> None
     """Streamed to a temporary file in the same folder, fsynced, renamed (no second copy in memory)."""
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        _usual_permissions(Path(tmp), folder=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save_configs(components, folder: Path) -> None:
@@ -343,8 +321,7 @@ def _save_configs(components, folder: Path) -> None:
     if folder.exists():
         raise ConfigError(f"{folder}: already exists; remove it or choose another name for the baked file")
     pipe = pipeline_from(components)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         pipe.save_config(tmp)  # model_index.json
         for name, part in pipe.components.items():
             if part is None:
@@ -355,11 +332,6 @@ def _save_configs(components, folder: Path) -> None:
                 part.config.save_pretrained(tmp / name)
             elif hasattr(part, "save_pretrained"):  # tokenizers
                 part.save_pretrained(tmp / name)
-        _usual_permissions(tmp, folder=True)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def pipeline_from(components):

@@ -9,11 +9,10 @@ seeded generator and returns the image with the parameters text A1111 writes int
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
@@ -194,14 +193,8 @@ def save_png(image, path, parameters: str) -> Path:
     info = PngInfo()
     info.add_text("parameters", parameters)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png", fsync=False) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
