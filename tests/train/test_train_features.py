@@ -148,3 +148,23 @@ def test_random_crop_varies_and_disables_latent_cache(tmp_path, caplog):
     result = train(cfg, make_tiny_components(tmp_path))
     assert result.steps == 1
     assert any("cache_latents is ignored with data.crop=random" in m for m in caplog.messages)
+
+
+def test_loss_plot_draws_both_curves_where_the_loss_is(tmp_path):
+    # the chart is drawn with Pillow: check the pixels, not only that a file exists
+    from sdlora.train.progress import _BOX, _RAW, _SMOOTH, plot_history
+
+    # high loss for 20 steps, then low; the zigzag keeps the raw curve off its moving average
+    rows = [(step, (1.0 if step <= 20 else 0.1) + 0.1 * (step % 2), 1e-4) for step in range(1, 41)]
+    image = Image.open(plot_history(rows, tmp_path / "loss.png")).convert("RGB")
+    assert image.size == (600, 350)
+    left, top, right, bottom = _BOX
+
+    def rows_of(colour, x0, x1):  # the pixel rows where `colour` appears in a vertical strip
+        return {y for x in range(x0, x1) for y in range(top + 1, bottom) if image.getpixel((x, y)) == colour}
+
+    for colour in (_RAW, _SMOOTH):
+        early, late = rows_of(colour, left + 20, left + 40), rows_of(colour, right - 40, right - 20)
+        assert early and late, colour
+        assert max(early) < (top + bottom) / 2 < min(late), colour  # high loss is drawn high
+    assert plot_history(rows[:1], tmp_path / "one.png").is_file()

@@ -124,3 +124,40 @@ def test_presets_on_sd15_shapes(preset, unet_modules, te_modules):
     # FORMATS.md §2.2: sd-scripts' default set on SD1.5 is 192 UNet + 72 text-encoder modules (264)
     assert len(match_targets(_meta_model("unet", "sd15"), "unet", preset)) == unet_modules
     assert len(match_targets(_meta_model("te", "sd15"), "text_encoder", preset)) == te_modules
+
+
+def _general_path(layer, base, x):
+    """The unfused LoRA formula: base(x) + scale * up(down(x)), as separate modules."""
+    return base(x) + layer.up(layer.down(x)) * layer.scale
+
+
+def test_fused_linear_path_matches_formula_and_gradients():
+    # the hook adds the LoRA branch with one addmm (alpha=scale); values and gradients must be the formula's
+    torch.manual_seed(3)
+    base = nn.Linear(8, 6)
+    layer = LoraLayer(base, rank=3, alpha=1.5)
+    nn.init.normal_(layer.up.weight)
+    x = torch.randn(2, 5, 8, requires_grad=True)  # (batch, tokens, features), as in attention
+    fused = layer.hook(base, (x,), base(x))
+    fused.square().sum().backward()
+    grads = [t.grad.clone() for t in (x, layer.down.weight, layer.up.weight)]
+    for t in (x, layer.down.weight, layer.up.weight):
+        t.grad = None
+    expect = _general_path(layer, base, x)
+    expect.square().sum().backward()
+    torch.testing.assert_close(fused, expect, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, (x.grad, layer.down.weight.grad, layer.up.weight.grad), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_dropout_applies_in_training_only():
+    torch.manual_seed(4)
+    base = nn.Linear(8, 6)
+    layer = LoraLayer(base, rank=2, alpha=2.0, dropout=0.5)
+    nn.init.normal_(layer.up.weight)
+    x = torch.randn(4, 8)
+    layer.train()
+    assert not torch.allclose(layer.hook(base, (x,), base(x)), layer.hook(base, (x,), base(x)))
+    layer.eval()
+    torch.testing.assert_close(layer.hook(base, (x,), base(x)), _general_path(layer, base, x), atol=1e-5,
+                               rtol=1e-5)

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from sdlora.train.loss import compute_snr, diffusion_loss, min_snr_weights, noise_target, sample_noise
-from sdlora.train.optim import lr_factor
+from sdlora.train.optim import lr_factor, make_optimizer
 
 
 @pytest.fixture
@@ -56,3 +56,24 @@ def test_schedules():
     assert lr_factor(2, 10, 2, "cosine") == pytest.approx(1.0)
     assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_factor(10, 10, 2, "linear") == pytest.approx(0.0)
+
+
+def test_cpu_optimizer_is_fused_adamw_with_the_same_updates():
+    # the fused kernel is a speed choice only: five steps must match torch's plain (for-loop) AdamW
+    from sdlora.config import load_config
+
+    cfg = load_config(None, ["optim.lr=1e-2", "optim.weight_decay=0.05"])
+    torch.manual_seed(0)
+    fused_params = [torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)]
+    plain_params = [p.detach().clone().requires_grad_(True) for p in fused_params]
+    fused = make_optimizer([{"params": fused_params, "lr": 1e-2}], cfg, torch.device("cpu"))
+    plain = torch.optim.AdamW([{"params": plain_params, "lr": 1e-2}], weight_decay=0.05, foreach=False)
+    assert fused.param_groups[0]["fused"] is True
+    for step in range(5):
+        for params in (fused_params, plain_params):
+            for i, p in enumerate(params):
+                p.grad = torch.sin(p.detach() * (step + 1) + i)
+        fused.step()
+        plain.step()
+    for a, b in zip(fused_params, plain_params, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

@@ -1,6 +1,7 @@
 """Checkpoints: a run killed after step k and resumed equals an uninterrupted run; crashes while saving
 leave the previous files intact; cancel stops within a step and leaves a resumable checkpoint."""
 
+import os
 import threading
 
 import pytest
@@ -79,8 +80,6 @@ def test_crash_while_saving_checkpoint_keeps_previous(tmp_path, data, monkeypatc
 
 
 def test_crash_while_exporting_keeps_previous_file(tmp_path, data, monkeypatch):
-    import sdlora.formats.metadata as meta
-
     cfg = tiny_config(data, tmp_path / "out", "optim.steps=1")
     first = train(cfg, make_tiny_components(tmp_path / "c"))
     before = first.files[0].read_bytes()
@@ -88,7 +87,7 @@ def test_crash_while_exporting_keeps_previous_file(tmp_path, data, monkeypatch):
     def crash(fd):
         raise OSError("power cut (simulated)")
 
-    monkeypatch.setattr(meta.os, "fsync", crash)
+    monkeypatch.setattr(os, "fsync", crash)  # wherever the atomic writer lives, its fsync is os.fsync
     with pytest.raises(OSError, match="power cut"):
         train(tiny_config(data, tmp_path / "out", "optim.steps=2"), make_tiny_components(tmp_path / "c2"))
     assert first.files[0].read_bytes() == before
