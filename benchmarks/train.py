@@ -76,7 +76,7 @@ def write_data(folder: Path, count: int, resolution: int) -> Path:
     return folder
 
 
-def run_sdlora(args, components, data: Path, out: Path) -> dict:
+def run_sdlora(args, components, data: Path, out: Path, on_step=None) -> dict:
     from sdlora.config import load_config
     from sdlora.train import train
 
@@ -88,7 +88,13 @@ def run_sdlora(args, components, data: Path, out: Path) -> dict:
                              f"optim.mixed_precision={args.precision}"])
     stamps = []
     start = time.perf_counter()
-    train(cfg, components, on_step=lambda info: stamps.append((time.perf_counter(), time.process_time())))
+
+    def stamp(info) -> None:
+        stamps.append((time.perf_counter(), time.process_time()))
+        if on_step is not None:
+            on_step(info)
+
+    train(cfg, components, on_step=stamp)
     return {"total": time.perf_counter() - start, "stamps": stamps}
 
 
@@ -114,8 +120,9 @@ def reference_batch(paths: list[Path], tokenizer, args, generator: torch.Generat
     return torch.stack(pixels), torch.stack(ids)
 
 
-def run_reference(args, components, data: Path) -> dict:
-    """One optimizer step per batch, as in train_text_to_image_lora.py's main loop."""
+def reference_steps(args, components, data: Path):
+    """One optimizer step per batch, as in train_text_to_image_lora.py's main loop; yields after each step
+    (setup runs before the first)."""
     from accelerate import Accelerator
     from peft import LoraConfig as PeftLoraConfig
 
@@ -124,7 +131,6 @@ def run_reference(args, components, data: Path) -> dict:
     for m in (unet, vae, te):
         m.requires_grad_(False)
         m.to(acc.device)
-    start = time.perf_counter()
     unet.add_adapter(PeftLoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                     target_modules=TARGETS))
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -132,7 +138,6 @@ def run_reference(args, components, data: Path) -> dict:
     unet, optimizer = acc.prepare(unet, optimizer)
     images = sorted(data.glob("*.png"))
     generator = torch.Generator().manual_seed(0)
-    stamps = []
     for _ in range(args.steps):
         index = torch.randint(0, len(images), (args.batch,), generator=generator)
         pixels, ids = reference_batch([images[i] for i in index], components.tokenizer, args, generator)
@@ -150,8 +155,37 @@ def run_reference(args, components, data: Path) -> dict:
                 acc.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad()
+        yield
+
+
+def run_reference(args, components, data: Path) -> dict:
+    start, stamps = time.perf_counter(), []
+    for _ in reference_steps(args, components, data):
         stamps.append((time.perf_counter(), time.process_time()))
     return {"total": time.perf_counter() - start, "stamps": stamps}
+
+
+def run_paired(args, work: Path, data: Path) -> dict:
+    """Both trainers in this one process, step for step: sdlora's `train()` runs, and its `on_step` callback
+    runs one reference step, so both sides see the same machine load at the same moments (on a shared
+    machine, separate runs minutes apart do not). Each side has its own copy of the model. sdlora's time
+    per step is everything between two callbacks (its whole loop: batch, step, logging, callback)."""
+    reference = reference_steps(args, build_components(args.shape, args.device, work), data)
+    ours, theirs = [], []
+    last = [time.perf_counter(), time.process_time()]
+
+    def on_step(info) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        ours.append((wall - last[0], cpu - last[1]))
+        next(reference)
+        last[:] = [time.perf_counter(), time.process_time()]
+        theirs.append((last[0] - wall, last[1] - cpu))
+
+    run_sdlora(args, build_components(args.shape, args.device, work), data, work / "out-paired", on_step)
+    # the first step of each side includes its setup (and sdlora's latent pre-pass): not counted
+    return {side: {"steps_per_s": (len(rows) - 1) / sum(r[0] for r in rows[1:]),
+                   "steps_per_cpu_s": (len(rows) - 1) / sum(r[1] for r in rows[1:])}
+            for side, rows in (("reference", theirs), ("sdlora", ours))}
 
 
 def peak_memory_mb(device: str) -> float:
@@ -161,11 +195,14 @@ def peak_memory_mb(device: str) -> float:
 
 
 def child(args) -> None:
-    """Run one side and print its measurements as JSON (one line)."""
+    """Run one side (or both, paired) and print its measurements as JSON (one line)."""
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    components = build_components(args.shape, args.device, work)
     data = work / "data"
+    if args.side == "paired":
+        print(json.dumps(run_paired(args, work, data)))
+        return
+    components = build_components(args.shape, args.device, work)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if args.side == "sdlora":
@@ -192,11 +229,45 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side (same for both)")
     parser.add_argument("--repeats", type=int, default=2,
-                        help="runs per side, alternating; the best steps/s and lowest memory of each are kept "
-                             "(shared machines are noisy)")
-    parser.add_argument("--side", choices=("sdlora", "reference"), help=argparse.SUPPRESS)
+                        help="separate runs per side (memory, total time), alternating; the lowest memory and "
+                             "time and the best steps/s of each are kept")
+    parser.add_argument("--paired", type=int, default=2,
+                        help="paired runs (both trainers step for step in one process): the speed-up")
+    parser.add_argument("--side", choices=("sdlora", "reference", "paired"), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def _run_child(args, side: str, work: str) -> dict:
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--work", work]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} run failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _print_separate(rows: dict[str, list[dict]], repeats: int) -> dict[str, dict]:
+    best = {side: {key: (min if key in ("total_s", "peak_mb") else max)(r[key] for r in runs) for key in runs[0]
+                   if key != "side"} for side, runs in rows.items()}
+    print(f"\nSeparate processes (memory is each side's own), best of {repeats} alternating runs per side:")
+    print("| trainer | steps/s (wall) | steps per CPU-second | total s | peak memory MB |\n|---|---|---|---|---|")
+    for name, side in (("diffusers-style reference", "reference"), ("sdlora (caching on)", "sdlora")):
+        row = best[side]
+        print(f"| {name} | {row['steps_per_s']:.2f} | {row['steps_per_cpu_s']:.2f} | {row['total_s']:.1f} "
+              f"| {row['peak_mb']:.0f} |")
+    return best
+
+
+def _print_paired(paired: list[dict]) -> None:
+    print(f"\nPaired in one process, step for step ({len(paired)} runs; the first step of each side not counted):")
+    print("| run | reference steps/s | sdlora steps/s | speed-up (wall) | reference steps/CPU-s "
+          "| sdlora steps/CPU-s | speed-up (CPU) |\n|---|---|---|---|---|---|---|")
+    for i, run in enumerate(paired, 1):
+        ref, ours = run["reference"], run["sdlora"]
+        print(f"| {i} | {ref['steps_per_s']:.2f} | {ours['steps_per_s']:.2f} "
+              f"| {ours['steps_per_s'] / ref['steps_per_s']:.2f}x | {ref['steps_per_cpu_s']:.2f} "
+              f"| {ours['steps_per_cpu_s']:.2f} | {ours['steps_per_cpu_s'] / ref['steps_per_cpu_s']:.2f}x |")
 
 
 def main(argv=None) -> int:
@@ -207,28 +278,28 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:
         write_data(Path(work) / "data", args.images, args.resolution)
         rows: dict[str, list[dict]] = {"reference": [], "sdlora": []}
-        for _ in range(args.repeats):
-            for side, runs in rows.items():
-                cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--work", work]
-                env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-                if proc.returncode != 0:
-                    print(proc.stderr[-4000:], file=sys.stderr)
-                    return 1
-                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        rows = {side: {key: (min if key in ("total_s", "peak_mb") else max)(r[key] for r in runs) for key in runs[0]
-                       if key != "side"} for side, runs in rows.items()}
-    ref, ours = rows["reference"], rows["sdlora"]
+        paired = []
+        try:
+            for i in range(max(args.repeats, args.paired)):
+                if i < args.paired:
+                    paired.append(_run_child(args, "paired", work))
+                for side, runs in rows.items():
+                    if i < args.repeats:
+                        runs.append(_run_child(args, side, work))
+        except RuntimeError as err:
+            print(err, file=sys.stderr)
+            return 1
     print(f"shape={args.shape} resolution={args.resolution} batch={args.batch} steps={args.steps} "
           f"rank={args.rank} targets=UNet attention, TE frozen, device={args.device}, threads={args.threads}")
-    print(f"best of {args.repeats} alternating runs per side")
-    print("| trainer | steps/s (wall) | steps per CPU-second | total s | peak memory MB |\n|---|---|---|---|---|")
-    for name, row in (("diffusers-style reference", ref), ("sdlora (caching on)", ours)):
-        print(f"| {name} | {row['steps_per_s']:.2f} | {row['steps_per_cpu_s']:.2f} | {row['total_s']:.1f} "
-              f"| {row['peak_mb']:.0f} |")
-    print(f"speed-up: {ours['steps_per_s'] / ref['steps_per_s']:.2f}x steps/s (wall), "
-          f"{ours['steps_per_cpu_s'] / ref['steps_per_cpu_s']:.2f}x per CPU-second; "
-          f"memory: {ours['peak_mb'] / ref['peak_mb']:.2f}x")
+    if paired:
+        _print_paired(paired)
+    if args.repeats:
+        best = _print_separate(rows, args.repeats)
+        print(f"memory: {best['sdlora']['peak_mb'] / best['reference']['peak_mb']:.2f}x of the reference's")
+    if paired:
+        cpu = sorted(r["sdlora"]["steps_per_cpu_s"] / r["reference"]["steps_per_cpu_s"] for r in paired)
+        wall = sorted(r["sdlora"]["steps_per_s"] / r["reference"]["steps_per_s"] for r in paired)
+        print(f"speed-up (paired): {cpu[0]:.2f}-{cpu[-1]:.2f}x per CPU-second, {wall[0]:.2f}-{wall[-1]:.2f}x wall")
     return 0
 
 

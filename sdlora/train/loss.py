@@ -55,6 +55,8 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> to
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error in float32, optionally weighted per sample (weights: (B,))."""
+    if weights is None:  # every sample of a batch has the same shape (one bucket), so this is the same mean
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
     per_sample = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
     if weights is not None:
         per_sample = per_sample * weights
