@@ -37,7 +37,7 @@ def test_jobs_run_one_at_a_time_in_order(queue):
     a = queue.submit("a", make("a"))
     b = queue.submit("b", make("b"))
     # while a runs, b is visibly queued
-    for _ in range(100):
+    for _ in range(1000):  # up to 10 s: a loaded CI machine can be slow to start the thread
         if queue.get(a.id).status == "running":
             break
         threading.Event().wait(0.01)
