@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -283,7 +284,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="UNet forwards per timing (min is kept)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    parser.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's own choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # no_grad as a context, not set_grad_enabled(False): tests call main() in-process, and a global switch
     # leaked into every later test (training then had no graph).
     with torch.no_grad():
@@ -291,6 +295,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    load_before = os.getloadavg()[0]
     unet, text_encoder = build_models(args.quick)
     components = {"unet": unet, "text_encoder": text_encoder}
     targets = target_names(components)
@@ -301,7 +306,8 @@ def _run(args) -> int:
         ours = run_sdlora(components, paths, states, plan, args)
         theirs = run_diffusers(components, paths, states, plan, args)
     print(f"{len(targets)} modules per LoRA, rank {args.rank}, {'tiny' if args.quick else 'SD1.5'} UNet + "
-          f"CLIP text encoder, float32, {torch.get_num_threads()} threads")
+          f"CLIP text encoder, float32, {torch.get_num_threads()} threads; 1-min load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs slow both sides)")
     print(table(ours, theirs, bare, args.changes))
     if args.json:
         args.json.write_text(json.dumps({"sdlora": ours, "diffusers": theirs, "bare_forward": bare,
