@@ -91,10 +91,10 @@ class _Layer:
         "swaps",
     )
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, in_place: bool = False):
         self.module = module  # the live Linear/Conv2d
         weight = module.weight.data
-        self.swaps = weight.device.type == "cpu"
+        self.swaps = weight.device.type == "cpu" and not in_place
         self.original = weight if self.swaps else weight.detach().to("cpu", copy=True)  # W0, same dtype
         self.patched = False  # whether the live weight holds a LoRA (in swap mode: is our own tensor)
         self.bias_original = None  # the module's own bias tensor, kept once a LoRA with a bias diff arrives
@@ -276,13 +276,25 @@ class LoraStack:
         model: a diffusers pipeline (attributes unet, text_encoder, text_encoder_2), an object with
             those attributes, or a dict of components.
         exact: recompute every changed layer from W0 instead of adding the strength difference.
+        in_place: always write W into the existing weight tensors, keeping W0 as a CPU copy (the default on
+            a GPU). On the CPU the default instead keeps the module's own tensor as W0 and puts a new W
+            into the parameter, which skips the copy; pass True when other code holds the weight tensors
+            themselves (not the Parameters) and must see the patch.
         on_progress: called with `Progress` while layers are patched.
     """
 
-    def __init__(self, model, *, exact: bool = False, on_progress: Callable[[Progress], None] | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        exact: bool = False,
+        in_place: bool = False,
+        on_progress: Callable[[Progress], None] | None = None,
+    ):
         self.model = model
         self.components = _components_of(model)
         self.exact = exact
+        self.in_place = in_place
         self.on_progress = on_progress
         self._entries: dict[str, StackEntry] = {}
         self._layers: dict[str, _Layer] = {}
@@ -496,7 +508,7 @@ class LoraStack:
     def _attach(self, name, canonical, module, live, state) -> None:
         layer = self._layers.get(canonical)
         if layer is None:
-            layer = self._layers[canonical] = _Layer(live)
+            layer = self._layers[canonical] = _Layer(live, self.in_place)
         if module.kind == "lora" and "mid" not in module.tensors and "dora_scale" not in module.tensors:
             layer.add_lowrank(name, module.tensors["up"], module.tensors["down"], module.scale)
         else:

@@ -106,28 +106,62 @@ def test_te_and_unet_strengths_act_separately(components):
     assert any(not torch.equal(before[k], after[k]) for k in te_keys)
 
 
+def _random_steps(seed=1234, count=40):
+    """A seeded sequence of stack operations, as (action, random.Random) pairs the caller replays."""
+    rng = random.Random(seed)
+    return [(step, rng.choice(["add", "strength", "strength", "remove", "toggle", "batch"])) for step in range(count)]
+
+
+def _play(stack, names, rng, move, added):
+    """Replay one (step, action) on `stack`; `added` tracks the names in the stack."""
+    step, action = move
+    if action == "add" or not added:
+        subset = rng.sample(names, rng.randint(1, len(names)))
+        lora = random_lora(stack.components, subset, seed=step)
+        added.append(stack.add(lora, rng.uniform(-2, 2), name=f"l{step}"))
+    elif action == "strength":
+        stack.set_strength(rng.choice(added), rng.uniform(-2, 2), te_strength=rng.choice([None, 0.3]))
+    elif action == "remove":
+        stack.remove(added.pop(rng.randrange(len(added))))
+    elif action == "toggle":
+        target = rng.choice(added)
+        stack.disable(target) if rng.random() < 0.5 else stack.enable(target)
+    else:
+        with stack.batch():
+            for target in added:
+                stack.set_strength(target, rng.uniform(-1, 1))
+
+
+def test_in_place_mode_matches_the_default_and_keeps_the_tensors(components):
+    """`in_place=True` (the GPU path: W patched inside the existing tensor, W0 copied to the CPU) gives
+    bit-identical weights to the CPU default (W0 kept, new W swapped in) after every operation."""
+    import copy
+
+    twin = copy.deepcopy(components)
+    names = _mixed_names(components)
+    live, twin_live = live_modules(components), live_modules(twin)
+    pointers = {n: twin_live[n].weight.data_ptr() for n in names}
+    before = snapshot(twin)
+    stacks = LoraStack(components), LoraStack(twin, in_place=True)
+    added = ([], [])
+    for step, action in _random_steps(seed=99, count=25):
+        for stack, names_added in zip(stacks, added, strict=True):
+            _play(stack, names, random.Random(step), (step, action), names_added)
+        differ = [n for n in names if not torch.equal(live[n].weight, twin_live[n].weight)]
+        assert not differ, f"step {step} ({action}): {differ[:3]}"
+    assert {n: twin_live[n].weight.data_ptr() for n in names} == pointers
+    stacks[1].clear()
+    assert_bit_identical(twin, before)
+
+
 def test_random_sequence_then_clear_restores_every_weight(components):
     rng = random.Random(1234)
     names = _mixed_names(components)
     before = snapshot(components)
     stack = LoraStack(components)
     added = []
-    for step in range(40):
-        action = rng.choice(["add", "strength", "strength", "remove", "toggle", "batch"])
-        if action == "add" or not added:
-            subset = rng.sample(names, rng.randint(1, len(names)))
-            added.append(stack.add(random_lora(components, subset, seed=step), rng.uniform(-2, 2), name=f"l{step}"))
-        elif action == "strength":
-            stack.set_strength(rng.choice(added), rng.uniform(-2, 2), te_strength=rng.choice([None, 0.3]))
-        elif action == "remove":
-            stack.remove(added.pop(rng.randrange(len(added))))
-        elif action == "toggle":
-            target = rng.choice(added)
-            stack.disable(target) if rng.random() < 0.5 else stack.enable(target)
-        else:
-            with stack.batch():
-                for target in added:
-                    stack.set_strength(target, rng.uniform(-1, 1))
+    for move in _random_steps():
+        _play(stack, names, rng, move, added)
     stack.clear()
     assert_bit_identical(components, before)
     assert stack.entries == []
