@@ -1,17 +1,23 @@
 """Trainer benchmark: sdlora vs a reference loop written after diffusers'
 `examples/text_to_image/train_text_to_image_lora.py`, same model, data, batch, resolution and targets.
 
-    python benchmarks/train.py                  # tiny SD-shaped pipeline on CPU (about a minute)
+    python benchmarks/train.py                  # tiny SD-shaped pipeline on CPU (a few minutes)
+    python benchmarks/train.py --shape embedded --resolution 32 --batch 8 --images 16   # the shipped model
     python benchmarks/train.py --shape sd15 --resolution 512 --device cuda   # SD1.5-shaped, random weights
 
 Both runs train UNet attention LoRA (to_q, to_k, to_v, to_out.0; text encoder frozen), as the diffusers
-script does. The reference loop does what that script does every step: VAE-encode the batch, run the text
-encoder, noise, predict, MSE, backward, clip, step (PEFT LoRA via `unet.add_adapter`). sdlora runs its
-`train()` with latent and text-encoder caching on. Each side runs in its own subprocess so that peak
-memory (CUDA: max allocated; CPU: peak RSS) is its own. steps/s is measured over the training steps
-after the first (warm-up) step, in wall time and per CPU-second of the process (the second is steadier on a
-shared machine: with one thread, it does not count time the process waited for a core); "total s" includes
-setup, caching and the loss plot.
+script does. The reference loop does what that script does every step: decode and transform the images,
+tokenize, VAE-encode the batch, run the text encoder, noise, predict, MSE, backward, clip, step (PEFT LoRA
+via `unet.add_adapter`, torch's default AdamW). sdlora runs its `train()` with latent and text-encoder
+caching on.
+
+Two kinds of run:
+* paired (`--paired N`, the speed-up): both trainers in one process, alternating blocks of `--block` steps,
+  so both see the same machine load (on a shared machine, runs a minute apart see different loads);
+* separate (`--repeats N`): each side alone in its own subprocess, so that peak memory (CUDA: max
+  allocated; CPU: peak RSS) is its own; "total s" includes setup, caching, export and the loss plot.
+steps/s is measured over training steps after the first (warm-up) one, in wall time and per CPU-second of
+the process (steadier on a shared machine: with one thread, it does not count time spent waiting for a core).
 """
 
 from __future__ import annotations
@@ -166,25 +172,39 @@ def run_reference(args, components, data: Path) -> dict:
 
 
 def run_paired(args, work: Path, data: Path) -> dict:
-    """Both trainers in this one process, step for step: sdlora's `train()` runs, and its `on_step` callback
-    runs one reference step, so both sides see the same machine load at the same moments (on a shared
-    machine, separate runs minutes apart do not). Each side has its own copy of the model. sdlora's time
-    per step is everything between two callbacks (its whole loop: batch, step, logging, callback)."""
+    """Both trainers in this one process, in alternating blocks of `--block` steps: sdlora's `train()` runs,
+    and after every block its `on_step` callback runs a block of reference steps, so both sides see the same
+    machine load within a second or so of each other (on a shared machine, separate runs minutes apart do
+    not). Each side has its own copy of the model. The first step of each block is not counted (it runs with
+    the other side's model in the caches), nor the first block (setup, sdlora's latent pre-pass). sdlora's
+    step is everything between two callbacks: its whole loop (batch, step, logging, callback)."""
     reference = reference_steps(args, build_components(args.shape, args.device, work), data)
     ours, theirs = [], []
     last = [time.perf_counter(), time.process_time()]
 
-    def on_step(info) -> None:
+    def lap(rows: list) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
-        ours.append((wall - last[0], cpu - last[1]))
-        next(reference)
-        last[:] = [time.perf_counter(), time.process_time()]
-        theirs.append((last[0] - wall, last[1] - cpu))
+        rows.append((wall - last[0], cpu - last[1]))
+        last[:] = [wall, cpu]
+
+    def on_step(info) -> None:
+        lap(ours)
+        if info.step % args.block == 0:
+            for _ in range(args.block):
+                next(reference, None)
+                lap(theirs)
+            last[:] = [time.perf_counter(), time.process_time()]
 
     run_sdlora(args, build_components(args.shape, args.device, work), data, work / "out-paired", on_step)
-    # the first step of each side includes its setup (and sdlora's latent pre-pass): not counted
-    return {side: {"steps_per_s": (len(rows) - 1) / sum(r[0] for r in rows[1:]),
-                   "steps_per_cpu_s": (len(rows) - 1) / sum(r[1] for r in rows[1:])}
+
+    def rate(rows: list, column: int) -> float:
+        warm = [r[column] for i, r in enumerate(rows) if i >= args.block and i % args.block]
+        if not warm:
+            raise SystemExit(f"--steps {args.steps} is too few for paired blocks of {args.block}; use >= "
+                             f"{3 * args.block}")
+        return len(warm) / sum(warm)
+
+    return {side: {"steps_per_s": rate(rows, 0), "steps_per_cpu_s": rate(rows, 1)}
             for side, rows in (("reference", theirs), ("sdlora", ours))}
 
 
@@ -233,6 +253,7 @@ def parse_args(argv=None):
                              "time and the best steps/s of each are kept")
     parser.add_argument("--paired", type=int, default=2,
                         help="paired runs (both trainers step for step in one process): the speed-up")
+    parser.add_argument("--block", type=int, default=5, help="steps per side per turn in the paired runs")
     parser.add_argument("--side", choices=("sdlora", "reference", "paired"), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -260,7 +281,7 @@ def _print_separate(rows: dict[str, list[dict]], repeats: int) -> dict[str, dict
 
 
 def _print_paired(paired: list[dict]) -> None:
-    print(f"\nPaired in one process, step for step ({len(paired)} runs; the first step of each side not counted):")
+    print(f"\nPaired in one process, alternating blocks of steps ({len(paired)} runs):")
     print("| run | reference steps/s | sdlora steps/s | speed-up (wall) | reference steps/CPU-s "
           "| sdlora steps/CPU-s | speed-up (CPU) |\n|---|---|---|---|---|---|---|")
     for i, run in enumerate(paired, 1):
