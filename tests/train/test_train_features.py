@@ -1,5 +1,8 @@
 """Trainer features beyond the q/v acceptance run: samples, caches, DoRA/LoCon export, SDXL, bf16."""
 
+import warnings
+
+import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
@@ -168,3 +171,30 @@ def test_loss_plot_draws_both_curves_where_the_loss_is(tmp_path):
         assert early and late, colour
         assert max(early) < (top + bottom) / 2 < min(late), colour  # high loss is drawn high
     assert plot_history(rows[:1], tmp_path / "one.png").is_file()
+
+
+def test_update_clips_steps_and_zeroes_without_accelerate_wrappers():
+    # _apply_update calls torch directly (no GradScaler, no DDP): the gradient must still be clipped to
+    # max_grad_norm before the step, the schedule must advance and the gradients must be cleared
+    from types import SimpleNamespace
+
+    from sdlora.config import load_config
+    from sdlora.train import make_accelerator
+    from sdlora.train.loop import _apply_update
+
+    cfg = load_config(None, ["optim.max_grad_norm=0.5"])
+    acc = make_accelerator(cfg)
+    params = [torch.zeros(3, requires_grad=True), torch.zeros(2, 2, requires_grad=True)]
+    inner = torch.optim.SGD(params, lr=1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(inner, lambda step: 1.0 / (step + 1))  # as setup_training
+    optimizer = acc.prepare(inner)
+    for p in params:
+        p.grad = torch.full_like(p, 10.0)  # norm sqrt(7) * 10, far above 0.5
+    state = SimpleNamespace(cfg=cfg, accelerator=acc, params=params, optimizer=optimizer, lr_scheduler=schedule)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "lr_scheduler.step() before optimizer.step()"
+        _apply_update(state)
+    moved = torch.cat([p.detach().flatten() for p in params])
+    assert torch.linalg.vector_norm(moved).item() == pytest.approx(0.5, rel=1e-5)  # lr 1 x clipped gradient
+    assert all(p.grad is None for p in params)
+    assert schedule.get_last_lr()[0] == pytest.approx(0.5)
