@@ -4,7 +4,8 @@
         --out outputs/quickstart/before_after.png
 
 Draws every prompt of --prompts with the same seeds at each --strengths value (rows) and writes one PNG;
-prints how far each row is from the style images (--style) on sdlora.embedded.showcase.style_distance.
+prints how far each row is from the style images (--style) on sdlora.embedded.showcase.style_distance,
+both from the raw images and from their round trip through the base's VAE (the closest a LoRA can get).
 """
 
 from __future__ import annotations
@@ -47,10 +48,14 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     style = showcase.load_images(args.style)
+    roundtrip = showcase.autoencoder_roundtrip(pipe.vae, style)
+    floor = showcase.style_distance(roundtrip, style)["total"]
+    print(f"style distance to {args.style} (raw) and to its VAE round trip (what a perfect LoRA would "
+          f"draw; it scores {floor:.3f} on the raw distance, the VAE's own error):")  # fmt: skip
     for strength, images in rows.items():
-        d = showcase.style_distance(images, style)
-        print(f"strength {strength:g}: style distance {d['total']:.3f} (colour {d['colour']:.3f}, "
-              f"texture {d['texture']:.3f})")  # fmt: skip
+        d, r = showcase.style_distance(images, style), showcase.style_distance(images, roundtrip)
+        print(f"strength {strength:g}: raw {d['total']:.3f} (colour {d['colour']:.3f}, texture "
+              f"{d['texture']:.3f}); round trip {r['total']:.3f}")  # fmt: skip
     showcase.save_grid({f"strength {s:g}": images for s, images in rows.items()}, args.out)
     print(f"wrote {args.out} (rows: strength {', '.join(f'{s:g}' for s in rows)}; columns: {args.prompts})")
     return 0

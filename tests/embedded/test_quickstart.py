@@ -1,18 +1,35 @@
-"""Acceptance: a shortened quickstart really teaches the embedded model the sample_data style.
+"""Acceptance: a quickstart run really teaches the embedded model the sample_data style.
 
-A style LoRA is trained on sample_data/ with scripts/quickstart.yaml (fewer steps), through the real
-trainer (`sdlora.train.train`); then the prompts in sample_data/prompts.txt are drawn with fixed seeds
-by the base model and through `sdlora.stack.LoraStack` at strength 0 and 1.
+A style LoRA is trained on sample_data/ with scripts/quickstart.yaml through the real trainer
+(`sdlora.train.train`); then the prompts in sample_data/prompts.txt are drawn with fixed seeds (4 per
+prompt, 24 images, so that one odd image moves the statistic little) by the base model and through
+`sdlora.stack.LoraStack` at strength 0 and 1.
 
-The statistic is `showcase.style_distance` to the 32 style images: the mean of the total-variation
-distances between (a) joint RGB histograms (palette) and (b) histograms of neighbour-pixel luminance
-differences (texture: flat fills vs hatching/grain). It ignores where shapes are, so only drawing in
-the style's palette and texture brings it down. The LoRA at strength 1 must at least halve the base's
-distance, and strength 0 must give the base's images bit for bit.
+The statistic is `showcase.style_distance`: the mean of the total-variation distances between (a) joint
+RGB histograms (palette) and (b) histograms of neighbour-pixel luminance differences (texture: flat
+fills vs paper grain, hatching and outlines). It ignores where shapes are, so only drawing in the
+style's palette and texture brings it down. Two references:
+
+* the 32 style images themselves (raw): the issue's "closer to the style set";
+* the style images passed through the model's own VAE (`showcase.autoencoder_roundtrip`): what a
+  perfect LoRA would draw. The LoRA trains the UNet and text encoder on the style images' latents,
+  and the base and the LoRA share the frozen decoder, so the decoder's own error is a floor on the raw
+  distance that no LoRA can go below: the embedded VAE never saw the style's inks and renders teal
+  as green and coral as yellow, which costs 0.25 of the base's 0.60 on the raw distance (a perfect
+  LoRA would reach a 59% reduction there, not 100%). Against the round trip, 0 is reachable, so the
+  reduction there is the share of the learnable style that the LoRA learned.
+
+Strength 0 must give the base's images bit for bit. At strength 1 the LoRA must halve the base's
+distance to the round-tripped style set, and cut the raw distance by at least 40%. Measured with
+scripts/quickstart.yaml (600 steps), training seed 0 / 1: round trip 0.496 -> 0.145 / 0.170 (71% / 66%
+less); raw 0.591 -> 0.294 / 0.325 (50.3% / 45.1% less; the VAE's round trip itself scores 0.247, so a
+perfect LoRA would reach 58%). The issue's 50% on the raw images is met at seed 0 by a hair and not at
+seed 1, so it is kept as a non-strict xfail rather than a test that a different CPU's rounding can flip.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +40,17 @@ from sdlora.embedded import load_pipeline, showcase
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SAMPLE = REPO_ROOT / "sample_data"
-STEPS = 600  # as the quickstart (scripts/quickstart.yaml)
+SEEDS_PER_PROMPT = 4
 DRAW_STEPS = 15
+
+
+@dataclass
+class Drawn:
+    base: np.ndarray  # the base pipeline, no stack
+    sweep: dict  # strength -> images through the stack
+    again: np.ndarray  # the base after the stack was cleared (first 2 prompts)
+    style: np.ndarray  # sample_data images
+    roundtrip: np.ndarray  # sample_data through the base's VAE
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +70,10 @@ def trained_lora(tmp_path_factory, one_thread):
     from sdlora.train import train
 
     out = tmp_path_factory.mktemp("quickstart")
-    overrides = [f"data.path={SAMPLE}", f"output.dir={out}", f"optim.steps={STEPS}"]
-    cfg = load_config(REPO_ROOT / "scripts" / "quickstart.yaml", overrides)
+    cfg = load_config(REPO_ROOT / "scripts" / "quickstart.yaml", [f"data.path={SAMPLE}", f"output.dir={out}"])
     seen = []
     result = train(cfg, on_step=lambda info: seen.append(info.step))
-    assert seen[-1] == STEPS and result.steps == STEPS  # progress was reported for every step
+    assert seen[-1] == cfg.optim.steps == result.steps  # progress was reported for every step
     (lora_file,) = [p for p in result.files if p.suffix == ".safetensors"]
     return lora_file
 
@@ -56,34 +81,47 @@ def trained_lora(tmp_path_factory, one_thread):
 @pytest.fixture(scope="module")
 def drawn(trained_lora):
     pipe = load_pipeline()
-    prompts = [p for p in (SAMPLE / "prompts.txt").read_text().splitlines() if p.strip()] * 2
+    prompts = [p for p in (SAMPLE / "prompts.txt").read_text().splitlines() if p.strip()] * SEEDS_PER_PROMPT
     seeds = list(range(1, len(prompts) + 1))
     base = showcase.draw(pipe, prompts, seeds, DRAW_STEPS, showcase.GUIDANCE)
     sweep = showcase.strength_sweep(pipe, trained_lora, prompts, seeds, [0.0, 1.0], DRAW_STEPS)
     again = showcase.draw(pipe, prompts[:2], seeds[:2], DRAW_STEPS, showcase.GUIDANCE)
     style = showcase.load_images(SAMPLE)
-    return (
-        base,
-        sweep,
-        again,
-        showcase.style_distance(base, style),
-        showcase.style_distance(sweep[1.0], style),
+    return Drawn(base, sweep, again, style, showcase.autoencoder_roundtrip(pipe.vae, style))
+
+
+@pytest.mark.slow
+def test_strength_zero_is_the_base_and_the_stack_restores_it(drawn):
+    assert np.array_equal(drawn.sweep[0.0], drawn.base), "strength 0 must reproduce the base images exactly"
+    assert np.array_equal(drawn.again, drawn.base[:2]), "the stack must leave the base model as it was"
+
+
+def raw_distances(drawn: Drawn) -> tuple[dict, dict, dict]:
+    """(base, LoRA at strength 1, VAE round trip) distances to the raw style images."""
+    return tuple(
+        showcase.style_distance(x, drawn.style) for x in (drawn.base, drawn.sweep[1.0], drawn.roundtrip)
     )
 
 
 @pytest.mark.slow
-def test_strength_zero_is_the_base_and_strength_one_moves_toward_the_style(drawn):
-    base, sweep, again, before, after = drawn
-    assert np.array_equal(sweep[0.0], base), "strength 0 must reproduce the base images exactly"
-    assert np.array_equal(again, base[:2]), "the stack must leave the base model as it was"
-    # measured: 0.610 -> 0.430 (30% less) with the shipped model; this guards that level
-    assert after["total"] <= 0.8 * before["total"], f"before {before}, after {after}"
+def test_lora_moves_the_images_toward_the_style_images(drawn):
+    before, after, floor = raw_distances(drawn)
+    assert after["total"] <= 0.6 * before["total"], f"before {before}, after {after}, VAE floor {floor}"
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="issue 5 asks for a 50% reduction; measured 30% (0.610 -> 0.430) at 600 steps", strict=False
+    reason="issue 5's 50% on the raw style images: measured 50.3% (seed 0) and 45.1% (seed 1); the base's "
+    "VAE cannot draw the style's inks (its own round trip scores 0.247 of the base's 0.591)",
+    strict=False,
 )
-def test_quickstart_lora_halves_the_style_distance(drawn):
-    _, _, _, before, after = drawn
+def test_lora_halves_the_distance_to_the_style_images(drawn):
+    before, after, floor = raw_distances(drawn)
+    assert after["total"] <= 0.5 * before["total"], f"before {before}, after {after}, VAE floor {floor}"
+
+
+@pytest.mark.slow
+def test_lora_halves_the_distance_to_the_style_as_the_model_can_draw_it(drawn):
+    before = showcase.style_distance(drawn.base, drawn.roundtrip)
+    after = showcase.style_distance(drawn.sweep[1.0], drawn.roundtrip)
     assert after["total"] <= 0.5 * before["total"], f"before {before}, after {after}"
