@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sdlora.atomic import atomic_path
 
 
 @dataclass
@@ -46,12 +47,10 @@ class LossLog:
             return [(int(r["step"]), float(r["loss"]), float(r["lr"])) for r in csv.DictReader(handle)]
 
     def _rewrite(self) -> None:
-        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
-        with tmp.open("w", newline="") as handle:
+        with atomic_path(self.csv_path, fsync=False) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["step", "loss", "lr"])
             writer.writerows(self.rows)
-        os.replace(tmp, self.csv_path)
 
     def add(self, step: int, loss: float, lr: float) -> None:
         self.rows.append((step, loss, lr))
@@ -94,9 +93,8 @@ def plot_history(rows: list[tuple[int, float, float]], path: Path) -> Path:
         y = _BOX[1] + 8 + 16 * i
         draw.line([(_BOX[2] - 230, y + 7), (_BOX[2] - 206, y + 7)], fill=colour, width=2)
         draw.text((_BOX[2] - 200, y), label, fill=_INK, font=font)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png", fsync=False) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 
