@@ -34,12 +34,7 @@ TEXT = {"intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 
         "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: many threads on a busy 2-core machine are much slower
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tokenizer(tmp_path):

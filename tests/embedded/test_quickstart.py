@@ -53,16 +53,6 @@ class Drawn:
     roundtrip: np.ndarray  # sample_data through the base's VAE
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    # the model is tiny: one thread is faster, and two spin-wait for each other on a busy machine
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def trained_lora(tmp_path_factory, one_thread):

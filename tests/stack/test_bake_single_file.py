@@ -9,9 +9,8 @@ import os
 import pytest
 import torch
 from safetensors import safe_open
-from stack_helpers import assert_bit_identical, pick, random_lora, snapshot, tiny_pipeline
+from stack_helpers import assert_bit_identical, pick, random_lora, snapshot
 
-from sdlora import save_lora
 from sdlora.errors import ConfigError
 from sdlora.extract import bake
 from sdlora.stack import LoraStack
@@ -19,25 +18,7 @@ from sdlora.stack import LoraStack
 PARTS = ("unet", "vae", "text_encoder")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: many threads on a busy 2-core machine are much slower
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def pipe(components, tiny_vae, tmp_path):
-    return tiny_pipeline(components, tiny_vae, tmp_path)
-
-
-@pytest.fixture
-def lora_file(components, tmp_path):
-    names = [n for n in pick(components, "unet", 0) if ".attentions." in n] + pick(components, "text_encoder", 4)
-    path = tmp_path / "style.safetensors"
-    save_lora(random_lora(components, names, scale=0.3), path, format="kohya")
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weights(pipe) -> dict[str, dict[str, torch.Tensor]]:

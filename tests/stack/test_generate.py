@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from stack_helpers import assert_bit_identical, pick, random_lora, snapshot, tiny_pipeline
+from stack_helpers import assert_bit_identical, snapshot
 
-from sdlora import save_lora
 from sdlora.errors import ConfigError
 from sdlora.generate import GenerateSettings, generate, save_png
 from sdlora.stack import LoraStack
@@ -20,19 +19,6 @@ def _tensor_sha(path) -> str:
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
     return hashlib.sha256(data[8 + n:]).hexdigest()
-
-
-@pytest.fixture
-def pipe(components, tiny_vae, tmp_path):
-    return tiny_pipeline(components, tiny_vae, tmp_path)
-
-
-@pytest.fixture
-def lora_file(components, tmp_path):
-    names = [n for n in pick(components, "unet", 0) if ".attentions." in n] + pick(components, "text_encoder", 4)
-    path = tmp_path / "style.safetensors"
-    save_lora(random_lora(components, names, scale=0.3), path, format="kohya")
-    return path
 
 
 def _settings(prompt, **kw):
