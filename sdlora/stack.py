@@ -4,8 +4,9 @@ Depends on torch and sdlora (weights, naming, formats, report); never on diffuse
 
 How it works (design notes, FORMATS §5):
 * Every touched weight keeps its pristine W0 in its own dtype (bit-exact restore). On the CPU that is
-  the module's own tensor, untouched: the patched W is a new tensor swapped into the parameter, so no
-  weight is ever copied for a backup. On other devices W0 is copied to the CPU and W patched in place.
+  the module's own tensor, untouched: the patched W is a new tensor swapped into the parameter, and a
+  restore swaps W0 back (free). On other devices (or `in_place=True`) W0 is copied to the CPU and W is
+  patched in place. Both cost one fresh weight-sized allocation and one pass over W0 on the first patch.
 * Plain LoRA/LoCon factors are concatenated per layer along rank in float32 with alpha/rank folded
   into `up`, so W0 + Σ strength_i · scale_i · up_i @ down_i is ONE addmm (float32 weights) or one
   addmm into a float32 buffer and one cast (half precision). Other kinds (LoHa, LoKr, Tucker, full,
@@ -73,9 +74,8 @@ class _Layer:
 
     On the CPU, W0 is the module's own tensor, kept untouched: the first patch computes
     W = W0 + Σ s·ΔW into a NEW tensor and swaps it into the parameter (`param.data`), and a restore swaps
-    W0 back. That skips copying every touched weight (half of the load time in benchmarks/stack.py) and
-    makes restores free and bit-exact. On other devices W0 is copied to the CPU (it must not hold GPU
-    memory twice) and W is patched in place.
+    W0 back, which makes restores free and bit-exact and W0 impossible to overwrite. On other devices W0 is
+    copied to the CPU (it must not hold GPU memory twice) and W is patched in place.
     """
 
     __slots__ = (
