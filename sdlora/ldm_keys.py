@@ -4,7 +4,8 @@ Pure functions over state dicts ({key: tensor}); nothing is loaded or saved here
 of the one diffusers applies when it reads a single-file checkpoint (`from_single_file`), written from the
 layouts of the two model families:
 
-* UNet (`model.diffusion_model.*`): the original UNet numbers its blocks as flat lists. `input_blocks.0` is
+* UNet (`model.diffusion_model.*`), names from `naming.ldm_unet_names` (shared with Kohya names): the
+  original UNet numbers its blocks as flat lists. `input_blocks.0` is
   `conv_in`; then each down block contributes `layers_per_block` slots (`.0` resnet, `.1` transformer) plus
   one slot for its downsampler (`.0.op`), except the last block. `middle_block` is resnet, transformer,
   resnet. Each up block contributes `layers_per_block + 1` slots (`.0` resnet, `.1` transformer) and its
@@ -50,96 +51,45 @@ CHECKPOINT_LAYOUT = {
 
 # ----- UNet ------------------------------------------------------------------------------------------
 
-_UNET_TOP = {
-    "conv_in": "input_blocks.0.0",
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0",   # SDXL size/crop conditioning
-    "add_embedding.linear_2": "label_emb.0.2",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-}
-_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-                "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
-_BLOCK_LAYER = re.compile(r"(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)")
-_SAMPLER = re.compile(r"(down_blocks|up_blocks)\.(\d+)\.(downsamplers|upsamplers)\.0\.conv\.(weight|bias)")
-_MID = re.compile(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)")
-
-
 def _split_param(key: str) -> tuple[str, str]:
     module, _, param = key.rpartition(".")
     return module, param
 
 
-def _resnet_key(rest: str, where: str) -> str:
-    module, param = _split_param(rest)
-    if module not in _UNET_RESNET:
-        raise FormatError(f"UNet key '{where}.{rest}': unknown resnet part '{module}' (no original name)")
-    return f"{_UNET_RESNET[module]}.{param}"
+_DOWN_RESNET = re.compile(r"down_blocks\.(\d+)\.resnets\.(\d+)\.")
 
 
-def _layers_per_block(keys) -> int:
-    """Resnets per down block, the same for every block (the original numbering depends on it)."""
+def _check_layers_per_block(keys) -> None:
+    """The original layout (and diffusers' reader of it) has one resnet count for every down block."""
     counts: dict[int, set[int]] = {}
     for key in keys:
-        match = _BLOCK_LAYER.fullmatch(key)
-        if match and match[1] == "down_blocks" and match[3] == "resnets":
-            counts.setdefault(int(match[2]), set()).add(int(match[4]))
+        if match := _DOWN_RESNET.match(key):
+            counts.setdefault(int(match[1]), set()).add(int(match[2]))
     sizes = {len(v) for v in counts.values()}
     if len(sizes) != 1:
         raise FormatError(f"UNet down blocks have different resnet counts {sorted(sizes)} (or none); the original "
                           "single-file layout needs the same layers_per_block in every block")
-    return sizes.pop()
-
-
-def _unet_block_key(match: re.Match, per_block: int) -> str:
-    kind, block, part, layer, rest = match[1], int(match[2]), match[3], int(match[4]), match[5]
-    if kind == "down_blocks":
-        slot = f"input_blocks.{1 + block * (per_block + 1) + layer}"
-    else:
-        slot = f"output_blocks.{block * (per_block + 1) + layer}"
-    if part == "resnets":
-        return f"{slot}.0.{_resnet_key(rest, match[0])}"
-    return f"{slot}.1.{rest}"  # transformer internals keep their names
-
-
-def _unet_sampler_key(match: re.Match, per_block: int, attn_ups: set[int]) -> str:
-    kind, block, param = match[1], int(match[2]), match[4]
-    if kind == "down_blocks":
-        return f"input_blocks.{1 + block * (per_block + 1) + per_block}.0.op.{param}"
-    index = 2 if block in attn_ups else 1  # after the resnet (and the transformer when the block has one)
-    return f"output_blocks.{block * (per_block + 1) + per_block}.{index}.conv.{param}"
-
-
-def _unet_mid_key(match: re.Match) -> str:
-    part, index, rest = match[1], int(match[2]), match[3]
-    if part == "attentions":
-        if index != 0:
-            raise FormatError(f"UNet key '{match[0]}': the original mid block has one transformer")
-        return f"middle_block.1.{rest}"
-    return f"middle_block.{2 * index}.{_resnet_key(rest, match[0])}"
-
-
-def _unet_key(key: str, per_block: int, attn_ups: set[int]) -> str:
-    if match := _BLOCK_LAYER.fullmatch(key):
-        return _unet_block_key(match, per_block)
-    if match := _SAMPLER.fullmatch(key):
-        return _unet_sampler_key(match, per_block, attn_ups)
-    if match := _MID.fullmatch(key):
-        return _unet_mid_key(match)
-    module, param = _split_param(key)
-    if module in _UNET_TOP:
-        return f"{_UNET_TOP[module]}.{param}"
-    raise FormatError(f"UNet key '{key}' has no original (LDM) name; this UNet is not an SD1/SD2/SDXL UNet "
-                      "(class embeddings, ControlNet and other additions are not supported)")
 
 
 def unet_to_ldm(state: dict) -> dict:
-    """A diffusers `UNet2DConditionModel` state dict with original keys (without `model.diffusion_model.`)."""
-    per_block = _layers_per_block(state)
-    attn_ups = {int(m[2]) for m in map(_BLOCK_LAYER.fullmatch, state) if m and m[1] == "up_blocks"
-                and m[3] == "attentions"}
-    return _renamed(state, lambda key: _unet_key(key, per_block, attn_ups), "UNet")
+    """A diffusers `UNet2DConditionModel` state dict with original keys (without `model.diffusion_model.`).
+
+    The block numbering is `naming.ldm_unet_names`, the one diffusers -> LDM UNet map sdlora has (Kohya
+    names use it too); only the parameter name is appended here.
+    """
+    from sdlora.naming import ldm_unet_names
+
+    _check_layers_per_block(state)
+    names = ldm_unet_names({_split_param(key)[0] for key in state})
+
+    def rename(key: str) -> str:
+        module, param = _split_param(key)
+        if module not in names:
+            raise FormatError(f"UNet key '{key}' has no original (LDM) name; this UNet is not an SD1/SD2/SDXL "
+                              "UNet (class embeddings, ControlNet and other additions are not supported)")
+        return f"{names[module]}.{param}"
+
+    return _renamed(state, rename, "UNet")
 
 
 def _renamed(state: dict, rename, what: str) -> dict:

@@ -40,6 +40,7 @@ _RESNET_LDM = {
 _DOWNSAMPLE_LDM = {"conv": "op"}
 _FIXED_LDM = {  # diffusers block -> (LDM block, renames inside it)
     "conv_in": ("input_blocks.0.0", {}),
+    "conv_norm_out": ("out.0", {}),
     "conv_out": ("out.2", {}),
     "time_embedding": ("time_embed", {"linear_1": "0", "linear_2": "2"}),
     "add_embedding": ("label_emb.0", {"linear_1": "0", "linear_2": "2"}),
