@@ -12,6 +12,7 @@ do not touch them.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -25,6 +26,7 @@ _SD1_17 = ["BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "MID"] + [f"O
 _SDXL_12 = ["BASE", "IN04", "IN05", "IN07", "IN08", "MID"] + [f"OUT{i:02d}" for i in range(6)]
 
 
+@functools.lru_cache(maxsize=16384)  # asked for every layer on every strength change; names repeat
 def block_of(canonical: str) -> str | None:
     """The block name of a canonical module name ("BASE" for text encoders, None when in no block)."""
     if not canonical.startswith("unet."):

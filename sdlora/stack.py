@@ -31,6 +31,7 @@ from types import SimpleNamespace
 
 import torch
 
+from sdlora import hostmem
 from sdlora.blocks import block_names, block_of, check_strength, parse_block_strengths
 from sdlora.errors import CompatibilityError, ConfigError
 from sdlora.progress import Progress, report
@@ -95,14 +96,15 @@ class _Layer:
         self.module = module  # the live Linear/Conv2d
         weight = module.weight.data
         self.swaps = weight.device.type == "cpu" and not in_place
-        self.original = weight if self.swaps else weight.detach().to("cpu", copy=True)  # W0, same dtype
+        self.original = weight if self.swaps else _cpu_copy(weight)  # W0, same dtype
         self.patched = False  # whether the live weight holds a LoRA (in swap mode: is our own tensor)
         self.bias_original = None  # the module's own bias tensor, kept once a LoRA with a bias diff arrives
         self.lowrank: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}  # entry -> (up, down, scale)
         self.other: dict[str, tuple[object, str]] = {}  # entry -> (LoraState, module name)
         self.applied: dict[str, float] = {}  # entry -> strength currently in the weight
         self.shifts = 0
-        self._cat = None  # (names, ranks, up_cat·scale (out, Σr) f32, down_cat (Σr, in) f32), built lazily
+        # (names, ranks, up_cat·scale (out, Σr) f32, down_cat (Σr, in) f32, {name: its (up, down) views}), lazily
+        self._cat = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -164,23 +166,22 @@ class _Layer:
             names = list(self.lowrank)
             device, out = self.weight.device, self.weight.shape[0]
             ups = [self.lowrank[n][0].reshape(out, -1) for n in names]
-            downs = [self.lowrank[n][1] for n in names]
+            downs = [d.reshape(d.shape[0], -1) for d in (self.lowrank[n][1] for n in names)]
             ranks = [d.shape[0] for d in downs]
-            up = torch.cat(ups, 1).to(device=device, dtype=torch.float32)
-            down = torch.cat([d.reshape(d.shape[0], -1) for d in downs], 0).to(
-                device=device, dtype=torch.float32
-            )
+            up = _concat(ups, 1, device)
+            down = _concat(downs, 0, device)
             scales = [self.lowrank[n][2] for n in names]
             up.mul_(_per_column(scales, ranks, device) if len(set(scales)) > 1 else scales[0])
-            self._cat = (names, ranks, up, down)
+            starts = [sum(ranks[:i]) for i in range(len(ranks))]
+            views = {
+                n: (up[:, a : a + r], down[a : a + r]) for n, a, r in zip(names, starts, ranks, strict=True)
+            }
+            self._cat = (names, ranks, up, down, views)
         return self._cat
 
     def _factors_of(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(up·scale, down) of one plain LoRA: views into the concatenated buffers."""
-        names, ranks, up, down = self._concatenated()
-        start = sum(ranks[: names.index(name)])
-        stop = start + ranks[names.index(name)]
-        return up[:, start:stop], down[start:stop]
+        return self._concatenated()[4][name]
 
     def base_f32(self) -> torch.Tensor:
         """W0 as float32 on the weight's device, 2-D (out, in·k·k); no copy when already float32 there."""
@@ -210,7 +211,9 @@ class _Layer:
     def _store_f32(self, base: torch.Tensor, up_down) -> None:
         """W0 + up @ down in one pass, into our own tensor (swap mode) or straight into the weight."""
         if self.swaps and not self.patched:
-            self.module.weight.data = torch.addmm(base, *up_down).view(self.original.shape)
+            patched = hostmem.empty_like(self.original)
+            torch.addmm(base, *up_down, out=patched.view(patched.shape[0], -1))
+            self.module.weight.data = patched
         else:
             torch.addmm(base, *up_down, out=self.weight.view(self.weight.shape[0], -1))
         self.patched = True
@@ -218,7 +221,9 @@ class _Layer:
     def _store(self, acc: torch.Tensor) -> None:
         """Cast a float32 W into the weight's dtype (a new tensor in swap mode on the first patch)."""
         if self.swaps and not self.patched:
-            self.module.weight.data = acc.to(self.original.dtype).view(self.original.shape)
+            patched = hostmem.empty_like(self.original)
+            patched.view(acc.shape).copy_(acc)
+            self.module.weight.data = patched
         else:
             self.weight.view(self.weight.shape[0], -1).copy_(acc)
         self.patched = True
@@ -228,12 +233,13 @@ class _Layer:
         cat = self._concatenated()
         if cat is None or not any(n in active for n in cat[0]):
             return None
-        names, ranks, up, down = cat
+        names, ranks, up, down, _ = cat
         return up * _per_column([active.get(n, 0.0) for n in names], ranks, up.device), down
 
     def shift(self, name: str, delta_strength: float) -> None:
         """W += delta_strength · ΔW_name in place (float32/float64 weights that hold a patch only)."""
-        w2d = self.weight.view(self.weight.shape[0], -1)
+        weight = self.weight
+        w2d = weight.view(weight.shape[0], -1)
         if name in self.lowrank:
             up, down = self._factors_of(name)
             if up.dtype != w2d.dtype:
@@ -249,12 +255,36 @@ class _Layer:
     def can_shift(self) -> bool:
         # A weight holding no patch may be W0 itself (swap mode): it must never be changed in place.
         return (
-            self.patched and self.weight.dtype in (torch.float32, torch.float64) and self.shifts < MAX_SHIFTS
+            self.patched
+            and self.original.dtype in (torch.float32, torch.float64)
+            and self.shifts < MAX_SHIFTS
         )
 
     def _other_delta(self, lora, module: str) -> torch.Tensor:
         base = self.original.to(device=self.weight.device, dtype=torch.float32)
         return lora.delta(module, base_weight=base)
+
+
+def _cpu_copy(weight: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of a weight (W0 of an in-place layer), in memory mapped before the copy writes it."""
+    if weight.device.type != "cpu":
+        return weight.detach().to("cpu", copy=True)
+    return hostmem.empty_like(weight).copy_(weight.detach())
+
+
+def _concat(parts: list[torch.Tensor], dim: int, device) -> torch.Tensor:
+    """`torch.cat(parts, dim)` as float32 on `device`, converting each part while it is copied in."""
+    shape = list(parts[0].shape)
+    shape[dim] = sum(p.shape[dim] for p in parts)
+    if device.type == "cpu":
+        out = hostmem.empty(tuple(shape))
+    else:
+        out = torch.empty(shape, dtype=torch.float32, device=device)
+    start = 0
+    for part in parts:
+        out.narrow(dim, start, part.shape[dim]).copy_(part)
+        start += part.shape[dim]
+    return out
 
 
 def _per_column(values: list[float], ranks: list[int], device) -> torch.Tensor:

@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from sdlora import hostmem
 from sdlora.errors import FormatError
 from sdlora.header import SafetensorsHeader, TensorInfo
 
@@ -51,11 +52,11 @@ def _non_finite(name: str, key: str) -> FormatError:
 def _read_data(header: SafetensorsHeader, name: str) -> torch.Tensor:
     """The data section as one writable uint8 tensor."""
     size = header.file_size - header.data_offset
-    buffer = bytearray(size)
+    data = hostmem.empty((size,), torch.uint8)  # mapped before the read writes it (see sdlora.hostmem)
     try:
         with open(header.path, "rb") as fh:
             fh.seek(header.data_offset)
-            got = fh.readinto(buffer)
+            got = fh.readinto(memoryview(data.numpy())) if size else 0
     except OSError as err:
         raise FormatError(
             f"{name}: cannot read tensors ({err}); check the file and its permissions"
@@ -64,7 +65,7 @@ def _read_data(header: SafetensorsHeader, name: str) -> torch.Tensor:
         raise FormatError(
             f"{name}: the file changed while it was read ({got} of {size} bytes); read it again"
         )
-    return torch.frombuffer(buffer, dtype=torch.uint8) if size else torch.empty(0, dtype=torch.uint8)
+    return data
 
 
 def _view(data: torch.Tensor, info: TensorInfo) -> torch.Tensor:
