@@ -31,7 +31,6 @@ from types import SimpleNamespace
 
 import torch
 
-from sdlora import hostmem
 from sdlora.blocks import block_names, block_of, check_strength, parse_block_strengths
 from sdlora.errors import CompatibilityError, ConfigError
 from sdlora.progress import Progress, report
@@ -96,7 +95,7 @@ class _Layer:
         self.module = module  # the live Linear/Conv2d
         weight = module.weight.data
         self.swaps = weight.device.type == "cpu" and not in_place
-        self.original = weight if self.swaps else _cpu_copy(weight)  # W0, same dtype
+        self.original = weight if self.swaps else weight.detach().to("cpu", copy=True)  # W0, same dtype
         self.patched = False  # whether the live weight holds a LoRA (in swap mode: is our own tensor)
         self.bias_original = None  # the module's own bias tensor, kept once a LoRA with a bias diff arrives
         self.lowrank: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}  # entry -> (up, down, scale)
@@ -211,9 +210,7 @@ class _Layer:
     def _store_f32(self, base: torch.Tensor, up_down) -> None:
         """W0 + up @ down in one pass, into our own tensor (swap mode) or straight into the weight."""
         if self.swaps and not self.patched:
-            patched = hostmem.empty_like(self.original)
-            torch.addmm(base, *up_down, out=patched.view(patched.shape[0], -1))
-            self.module.weight.data = patched
+            self.module.weight.data = torch.addmm(base, *up_down).view(self.original.shape)
         else:
             torch.addmm(base, *up_down, out=self.weight.view(self.weight.shape[0], -1))
         self.patched = True
@@ -221,9 +218,7 @@ class _Layer:
     def _store(self, acc: torch.Tensor) -> None:
         """Cast a float32 W into the weight's dtype (a new tensor in swap mode on the first patch)."""
         if self.swaps and not self.patched:
-            patched = hostmem.empty_like(self.original)
-            patched.view(acc.shape).copy_(acc)
-            self.module.weight.data = patched
+            self.module.weight.data = acc.to(self.original.dtype).view(self.original.shape)
         else:
             self.weight.view(self.weight.shape[0], -1).copy_(acc)
         self.patched = True
@@ -265,21 +260,11 @@ class _Layer:
         return lora.delta(module, base_weight=base)
 
 
-def _cpu_copy(weight: torch.Tensor) -> torch.Tensor:
-    """A CPU copy of a weight (W0 of an in-place layer), in memory mapped before the copy writes it."""
-    if weight.device.type != "cpu":
-        return weight.detach().to("cpu", copy=True)
-    return hostmem.empty_like(weight).copy_(weight.detach())
-
-
 def _concat(parts: list[torch.Tensor], dim: int, device) -> torch.Tensor:
     """`torch.cat(parts, dim)` as float32 on `device`, converting each part while it is copied in."""
     shape = list(parts[0].shape)
     shape[dim] = sum(p.shape[dim] for p in parts)
-    if device.type == "cpu":
-        out = hostmem.empty(tuple(shape))
-    else:
-        out = torch.empty(shape, dtype=torch.float32, device=device)
+    out = torch.empty(shape, dtype=torch.float32, device=device)
     start = 0
     for part in parts:
         out.narrow(dim, start, part.shape[dim]).copy_(part)

@@ -16,7 +16,6 @@ import sys
 
 import torch
 
-from sdlora import hostmem
 from sdlora.errors import FormatError
 from sdlora.header import SafetensorsHeader, TensorInfo
 
@@ -52,11 +51,11 @@ def _non_finite(name: str, key: str) -> FormatError:
 def _read_data(header: SafetensorsHeader, name: str) -> torch.Tensor:
     """The data section as one writable uint8 tensor."""
     size = header.file_size - header.data_offset
-    data = hostmem.empty((size,), torch.uint8)  # mapped before the read writes it (see sdlora.hostmem)
+    buffer = bytearray(size)
     try:
         with open(header.path, "rb") as fh:
             fh.seek(header.data_offset)
-            got = fh.readinto(memoryview(data.numpy())) if size else 0
+            got = fh.readinto(buffer)
     except OSError as err:
         raise FormatError(
             f"{name}: cannot read tensors ({err}); check the file and its permissions"
@@ -65,7 +64,7 @@ def _read_data(header: SafetensorsHeader, name: str) -> torch.Tensor:
         raise FormatError(
             f"{name}: the file changed while it was read ({got} of {size} bytes); read it again"
         )
-    return data
+    return torch.frombuffer(buffer, dtype=torch.uint8) if size else torch.empty(0, dtype=torch.uint8)
 
 
 def _view(data: torch.Tensor, info: TensorInfo) -> torch.Tensor:
