@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import mmap
 import os
 import random
 import statistics
@@ -165,6 +166,30 @@ def te_applied(components, te_before, weights, originals, states, strengths) -> 
     return changed and max_relative_error(te, originals, states, strengths) <= 1e-4
 
 
+def machine_floors(weights: dict) -> dict:
+    """What this machine needs for the two unavoidable passes, measured on the patched layers' sizes.
+
+    fresh_write: allocate and write new tensors of every patched weight's size (what a first patch that
+    keeps W0 must do at least); rewrite: one in-place read+write pass over those weights (what any
+    strength change of a merged stack must do at least). Measured after both runs, so neither side
+    gets memory the other already had mapped.
+    """
+    start = time.perf_counter()
+    fresh = [_fresh_tensor(w.numel()).fill_(1.0) for w in weights.values()]
+    fresh_write = time.perf_counter() - start
+    start = time.perf_counter()
+    for tensor in fresh:
+        tensor.mul_(1.0001)
+    rewrite = time.perf_counter() - start
+    gigabytes = sum(t.numel() * t.element_size() for t in fresh) / 1e9
+    return {"gigabytes": gigabytes, "fresh_write": fresh_write, "rewrite": rewrite}
+
+
+def _fresh_tensor(numel: int) -> torch.Tensor:
+    """float32 memory straight from the kernel (an anonymous mapping), never reused from the allocator."""
+    return torch.frombuffer(mmap.mmap(-1, numel * 4), dtype=torch.float32)
+
+
 def strength_plan(count: int, changes: int, seed: int = 0):
     rng = random.Random(seed)
     initial = [round(rng.uniform(0.3, 1.0), 3) for _ in range(count)]
@@ -305,13 +330,17 @@ def _run(args) -> int:
         bare = unet_forward_time(components, args.quick, args.repeats)
         ours = run_sdlora(components, paths, states, plan, args)
         theirs = run_diffusers(components, paths, states, plan, args)
+        floors = machine_floors(live_targets(components, states[0].modules))
     print(f"{len(targets)} modules per LoRA, rank {args.rank}, {'tiny' if args.quick else 'SD1.5'} UNet + "
           f"CLIP text encoder, float32, {torch.get_num_threads()} threads; 1-min load average "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs slow both sides)")
     print(table(ours, theirs, bare, args.changes))
+    print(f"This machine, on the {floors['gigabytes']:.2f} GB of patched weights: writing that much fresh memory "
+          f"takes {floors['fresh_write']:.3f} s (the least a first patch that keeps W0 needs), one in-place "
+          f"read+write pass {floors['rewrite']:.3f} s (the least any strength change of merged weights needs).")
     if args.json:
         args.json.write_text(json.dumps({"sdlora": ours, "diffusers": theirs, "bare_forward": bare,
-                                         "modules": len(targets)}, indent=2))
+                                         "modules": len(targets), "machine": floors}, indent=2))
     return 0
 
 

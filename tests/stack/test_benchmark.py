@@ -20,6 +20,9 @@ def test_quick_benchmark_runs(tmp_path, capsys):
     assert module.main(["--quick", "--changes", "4", "--repeats", "1", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| load + apply 5 LoRAs (s) |" in table and "| measure | sdlora | diffusers |" in table
-    ours = json.loads(out.read_text())["sdlora"]
+    assert "writing that much fresh memory takes" in table
+    numbers = json.loads(out.read_text())
+    assert numbers["machine"]["gigabytes"] > 0 and numbers["machine"]["fresh_write"] > 0
+    ours = numbers["sdlora"]
     assert ours["restored"] is True and ours["te_applied"] is True
     assert ours["error"] <= 1e-5
