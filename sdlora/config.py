@@ -101,6 +101,9 @@ class OptimConfig:
     max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
     mixed_precision: str = _opt("no", "autocast precision; LoRA parameters stay float32", ("no", "fp16", "bf16"))
     gradient_checkpointing: bool = _opt(False, "trade compute for memory in the UNet and text encoder")
+    compile: bool = _opt(False, "torch.compile the UNet for the training steps (inductor; needs a C++ compiler "
+                         "on CPU, triton on CUDA): faster steps, but the first step compiles for minutes and "
+                         "each new batch shape compiles again; pays off on long runs")
     noise_offset: float = _opt(0.0, "noise offset (adds offset * randn(B, C, 1, 1) to the noise)")
     min_snr_gamma: float = _opt(0.0, "min-SNR-gamma loss weighting (0 = off; 5 is the paper's value)")
     seed: int = _opt(0, "random seed (data order, noise, timesteps, LoRA init)")

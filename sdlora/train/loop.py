@@ -61,6 +61,7 @@ class TrainState:
     step: int = 0
     batches_per_epoch: int = 1
     params: list = field(default_factory=list)  # the LoRA parameters, listed once (clipped every step)
+    unet: Any = None  # what the training steps call: the UNet, or its compiled wrapper (optim.compile)
     _epochs: dict = field(default_factory=dict)
 
     @property
@@ -130,6 +131,11 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     state = TrainState(cfg, components, accelerator, network, optimizer, lr_scheduler, items, summary,
                        generator, output, prediction, train_text, weight_dtype, latent_cache, text_cache)
     state.params = list(network.parameters())
+    state.unet = components.unet
+    if cfg.optim.compile:  # after inject_lora: the hooks are traced into the graph
+        from sdlora.train.compiling import compile_unet
+
+        state.unet = compile_unet(components.unet, accelerator.device)
     state.batches_per_epoch = len(data_mod.epoch_batches(items, cfg.data.batch_size, cfg.optim.seed, 0))
     return state
 
@@ -190,8 +196,8 @@ def training_step(state: TrainState, micro: int) -> torch.Tensor:
     with state.accelerator.autocast():
         hidden, pooled = _text(state, captions)
         extra = unet_kwargs(state.components, pooled, size_ids, state.weight_dtype)
-        pred = state.components.unet(noisy.to(state.weight_dtype), timesteps, hidden.to(state.weight_dtype),
-                                     **extra).sample
+        pred = state.unet(noisy.to(state.weight_dtype), timesteps, hidden.to(state.weight_dtype),
+                          **extra).sample
     target = noise_target(scheduler, latents, noise, timesteps, state.prediction_type)
     weights = None
     if cfg.optim.min_snr_gamma:
