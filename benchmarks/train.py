@@ -4,6 +4,7 @@
     python benchmarks/train.py                  # tiny SD-shaped pipeline on CPU (a few minutes)
     python benchmarks/train.py --shape embedded --resolution 32 --batch 8 --images 16   # the shipped model
     python benchmarks/train.py --shape sd15 --resolution 512 --device cuda   # SD1.5-shaped, random weights
+    python benchmarks/train.py --shape embedded --resolution 32 --batch 8 --images 16 --compile   # + compile
 
 Both runs train UNet attention LoRA (to_q, to_k, to_v, to_out.0; text encoder frozen), as the diffusers
 script does. The reference loop does what that script does every step: decode and transform the images,
@@ -18,6 +19,11 @@ Two kinds of run:
   allocated; CPU: peak RSS) is its own; "total s" includes setup, caching, export and the loss plot.
 steps/s is measured over training steps after the first (warm-up) one, in wall time and per CPU-second of
 the process (steadier on a shared machine: with one thread, it does not count time spent waiting for a core).
+
+`--compile` runs sdlora with `optim.compile=true` (torch.compile of the UNet); the tables then show each run's
+first step in seconds, which is where the compile happens (inductor compiles in worker processes as well, so
+wall seconds are the honest cost). Inductor reuses its on-disk cache: point TORCHINDUCTOR_CACHE_DIR at an
+empty folder to measure a cold compile.
 """
 
 from __future__ import annotations
@@ -91,17 +97,19 @@ def run_sdlora(args, components, data: Path, out: Path, on_step=None) -> dict:
                              f"data.batch_size={args.batch}", f"optim.steps={args.steps}", "lora.targets=attn",
                              f"lora.rank={args.rank}", f"lora.alpha={args.rank}", "lora.train_text_encoder=false",
                              "data.cache_latents=memory", "data.cache_text=true", "optim.lr=1e-4", "data.flip=true",
-                             f"optim.mixed_precision={args.precision}"])
-    stamps = []
+                             f"optim.mixed_precision={args.precision}", f"optim.compile={args.compile}"])
+    stamps, first = [], []
     start = time.perf_counter()
 
     def stamp(info) -> None:
         stamps.append((time.perf_counter(), time.process_time()))
+        if info.step == 1:
+            first.append(info.elapsed)
         if on_step is not None:
             on_step(info)
 
     train(cfg, components, on_step=stamp)
-    return {"total": time.perf_counter() - start, "stamps": stamps}
+    return {"total": time.perf_counter() - start, "stamps": stamps, "first_step_s": first[0]}
 
 
 def reference_batch(paths: list[Path], tokenizer, args, generator: torch.Generator):
@@ -195,7 +203,7 @@ def run_paired(args, work: Path, data: Path) -> dict:
                 lap(theirs)
             last[:] = [time.perf_counter(), time.process_time()]
 
-    run_sdlora(args, build_components(args.shape, args.device, work), data, work / "out-paired", on_step)
+    ran = run_sdlora(args, build_components(args.shape, args.device, work), data, work / "out-paired", on_step)
 
     def rate(rows: list, column: int) -> float:
         warm = [r[column] for i, r in enumerate(rows) if i >= args.block and i % args.block]
@@ -204,8 +212,10 @@ def run_paired(args, work: Path, data: Path) -> dict:
                              f"{3 * args.block}")
         return len(warm) / sum(warm)
 
-    return {side: {"steps_per_s": rate(rows, 0), "steps_per_cpu_s": rate(rows, 1)}
-            for side, rows in (("reference", theirs), ("sdlora", ours))}
+    result = {side: {"steps_per_s": rate(rows, 0), "steps_per_cpu_s": rate(rows, 1)}
+              for side, rows in (("reference", theirs), ("sdlora", ours))}
+    result["sdlora"]["first_step_s"] = ran["first_step_s"]
+    return result
 
 
 def peak_memory_mb(device: str) -> float:
@@ -234,7 +244,7 @@ def child(args) -> None:
     wall = steps / (stamps[-1][0] - stamps[0][0])
     cpu = steps / (stamps[-1][1] - stamps[0][1])
     print(json.dumps({"side": args.side, "steps_per_s": wall, "steps_per_cpu_s": cpu, "total_s": result["total"],
-                      "peak_mb": peak_memory_mb(args.device)}))
+                      "peak_mb": peak_memory_mb(args.device), "first_step_s": result.get("first_step_s", 0.0)}))
 
 
 def parse_args(argv=None):
@@ -253,6 +263,10 @@ def parse_args(argv=None):
                              "time and the best steps/s of each are kept")
     parser.add_argument("--paired", type=int, default=2,
                         help="paired runs (both trainers step for step in one process): the speed-up")
+    parser.add_argument("--compile", action="store_true",
+                        help="sdlora with optim.compile=true (torch.compile of the UNet); the first step's seconds "
+                             "(the compile) are shown; set TORCHINDUCTOR_CACHE_DIR to an empty folder for a cold "
+                             "compile (inductor reuses its on-disk cache otherwise)")
     parser.add_argument("--block", type=int, default=5, help="steps per side per turn in the paired runs")
     parser.add_argument("--side", choices=("sdlora", "reference", "paired"), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -268,27 +282,31 @@ def _run_child(args, side: str, work: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _print_separate(rows: dict[str, list[dict]], repeats: int) -> dict[str, dict]:
+def _print_separate(rows: dict[str, list[dict]], repeats: int, ours: str) -> dict[str, dict]:
     best = {side: {key: (min if key in ("total_s", "peak_mb") else max)(r[key] for r in runs) for key in runs[0]
                    if key != "side"} for side, runs in rows.items()}
-    print(f"\nSeparate processes (memory is each side's own), best of {repeats} alternating runs per side:")
-    print("| trainer | steps/s (wall) | steps per CPU-second | total s | peak memory MB |\n|---|---|---|---|---|")
-    for name, side in (("diffusers-style reference", "reference"), ("sdlora (caching on)", "sdlora")):
+    print(f"\nSeparate processes (memory is each side's own), best of {repeats} alternating runs per side "
+          "(first step: every run, in order):")
+    print("| trainer | steps/s (wall) | steps per CPU-second | total s | peak memory MB | first step s |\n"
+          "|---|---|---|---|---|---|")
+    for name, side in (("diffusers-style reference", "reference"), (ours, "sdlora")):
         row = best[side]
+        first = ", ".join(f"{r['first_step_s']:.1f}" for r in rows[side]) if side == "sdlora" else "-"
         print(f"| {name} | {row['steps_per_s']:.2f} | {row['steps_per_cpu_s']:.2f} | {row['total_s']:.1f} "
-              f"| {row['peak_mb']:.0f} |")
+              f"| {row['peak_mb']:.0f} | {first} |")
     return best
 
 
-def _print_paired(paired: list[dict]) -> None:
-    print(f"\nPaired in one process, alternating blocks of steps ({len(paired)} runs):")
+def _print_paired(paired: list[dict], ours: str) -> None:
+    print(f"\nPaired in one process, alternating blocks of steps ({len(paired)} runs; {ours}):")
     print("| run | reference steps/s | sdlora steps/s | speed-up (wall) | reference steps/CPU-s "
-          "| sdlora steps/CPU-s | speed-up (CPU) |\n|---|---|---|---|---|---|---|")
+          "| sdlora steps/CPU-s | speed-up (CPU) | sdlora first step s |\n|---|---|---|---|---|---|---|---|")
     for i, run in enumerate(paired, 1):
-        ref, ours = run["reference"], run["sdlora"]
-        print(f"| {i} | {ref['steps_per_s']:.2f} | {ours['steps_per_s']:.2f} "
-              f"| {ours['steps_per_s'] / ref['steps_per_s']:.2f}x | {ref['steps_per_cpu_s']:.2f} "
-              f"| {ours['steps_per_cpu_s']:.2f} | {ours['steps_per_cpu_s'] / ref['steps_per_cpu_s']:.2f}x |")
+        ref, mine = run["reference"], run["sdlora"]
+        print(f"| {i} | {ref['steps_per_s']:.2f} | {mine['steps_per_s']:.2f} "
+              f"| {mine['steps_per_s'] / ref['steps_per_s']:.2f}x | {ref['steps_per_cpu_s']:.2f} "
+              f"| {mine['steps_per_cpu_s']:.2f} | {mine['steps_per_cpu_s'] / ref['steps_per_cpu_s']:.2f}x "
+              f"| {mine['first_step_s']:.1f} |")
 
 
 def main(argv=None) -> int:
@@ -296,6 +314,7 @@ def main(argv=None) -> int:
     if args.side:
         child(args)
         return 0
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as work:
         write_data(Path(work) / "data", args.images, args.resolution)
         rows: dict[str, list[dict]] = {"reference": [], "sdlora": []}
@@ -312,10 +331,13 @@ def main(argv=None) -> int:
             return 1
     print(f"shape={args.shape} resolution={args.resolution} batch={args.batch} steps={args.steps} "
           f"rank={args.rank} targets=UNet attention, TE frozen, device={args.device}, threads={args.threads}")
+    print("load average (1, 5, 15 min) before: {:.1f} {:.1f} {:.1f}, after: {:.1f} {:.1f} {:.1f}".format(
+        *load_before, *os.getloadavg()))
+    ours = "sdlora + compile (caching on)" if args.compile else "sdlora (caching on)"
     if paired:
-        _print_paired(paired)
+        _print_paired(paired, ours)
     if args.repeats:
-        best = _print_separate(rows, args.repeats)
+        best = _print_separate(rows, args.repeats, ours)
         print(f"memory: {best['sdlora']['peak_mb'] / best['reference']['peak_mb']:.2f}x of the reference's")
     if paired:
         cpu = sorted(r["sdlora"]["steps_per_cpu_s"] / r["reference"]["steps_per_cpu_s"] for r in paired)
