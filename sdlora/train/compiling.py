@@ -44,19 +44,36 @@ def check_toolchain(device: torch.device) -> None:
 
 
 class CompiledUNet:
-    """Calls the compiled UNet; a compiler failure becomes a TrainingError that says how to train without."""
+    """Calls the compiled UNet. When the first compile fails, a TrainingError says how to train without it;
+    when a later one fails (a new batch shape), the rest of the run goes on uncompiled, with a warning, rather
+    than losing the steps already done."""
 
     def __init__(self, unet: torch.nn.Module):
         self.eager = unet
         self._compiled = torch.compile(unet, backend=BACKEND)
+        self._ran = False
 
     def __call__(self, *args, **kwargs):
+        if self._compiled is None:
+            return self.eager(*args, **kwargs)
         try:
-            return self._compiled(*args, **kwargs)
-        except torch._dynamo.exc.BackendCompilerFailed as err:
+            result = self._compiled(*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as err:  # InductorError is one too
             reason = " ".join(str(err).split("\n\n")[0].split())  # torch's first paragraph, one line
-            raise TrainingError(f"optim.compile=true: torch.compile failed ({reason}); set optim.compile=false "
-                                "to train without compiling") from err
+            if not self._ran:
+                raise TrainingError(f"optim.compile=true: torch.compile failed ({reason}); set "
+                                    "optim.compile=false to train without compiling") from err
+            log.warning("optim.compile: compiling the UNet for a new batch shape failed (%s); the rest of this "
+                        "run is not compiled", reason)
+            self._compiled = None
+            return self.eager(*args, **kwargs)  # nothing ran: the failure is at compile time
+        self._ran = True
+        return result
+
+    @property
+    def compiled(self) -> bool:
+        """False once a failed recompile switched this run to the eager UNet."""
+        return self._compiled is not None
 
 
 def compile_unet(unet: torch.nn.Module, device: torch.device) -> CompiledUNet:

@@ -87,3 +87,28 @@ def test_compiler_failure_becomes_training_error(monkeypatch):
     wrapped = compiling.CompiledUNet(torch.nn.Linear(3, 2))
     with pytest.raises(TrainingError, match="code generation failed.*optim.compile=false"):
         wrapped(torch.ones(1, 3))
+
+
+def test_failed_recompile_falls_back_to_eager_with_a_warning(monkeypatch, caplog):
+    calls = []
+
+    def second_compile_fails(graph, example_inputs):
+        calls.append(len(calls))
+        if len(calls) > 1:
+            raise RuntimeError("dynamic shapes unsupported")
+        return graph.forward
+
+    monkeypatch.setattr(compiling, "BACKEND", second_compile_fails)
+    torch._dynamo.reset()
+    layer = torch.nn.Linear(3, 2)
+    wrapped = compiling.CompiledUNet(layer)
+    first = torch.randn(4, 3)
+    assert torch.allclose(wrapped(first), layer(first))
+    other = torch.randn(2, 3)  # a new batch size: compiles again, and that fails
+    with caplog.at_level("WARNING", logger="sdlora.train.compiling"):
+        out = wrapped(other)
+    assert torch.equal(out, layer(other))
+    assert not wrapped.compiled and len(calls) == 2
+    assert "dynamic shapes unsupported" in caplog.text and "not compiled" in caplog.text
+    wrapped(first)
+    assert len(calls) == 2  # no more compile attempts
