@@ -16,6 +16,8 @@ from sdlora.errors import SdloraError
 FEW_STEPS = [
     "--vae-steps", "3", "--vae-images", "32", "--vae-batch", "4",
     "--images", "48", "--steps", "3", "--batch", "4", "--eval-every", "0", "--eval-steps", "2",
+    "--widen-steps", "2", "--widen-detail-steps", "1", "--widen-batch", "4", "--widen-images", "8",
+    "--widen-eval-images", "8",
 ]  # fmt: skip
 
 
@@ -27,9 +29,10 @@ def test_pretrain_command_runs_a_few_steps_and_saves_a_pipeline(tmp_path):
         check=False, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "unet step 0/3" in done.stderr and "eval step 3" in done.stderr
+    assert "unet step 0/3" in done.stderr and "eval step 3" in done.stderr and "widen step 0/1" in done.stderr
     record = json.loads((out / "pretrain.json").read_text())
     assert record["steps"] == 3 and record["scores"]["steps_done"] == 3
+    assert [stage["steps"] for stage in record["widen"]["stages"]] == [2, 1]  # phase 4 ran after phase 3
     assert 0.0 <= record["scores"]["colour"] <= 1.0
     assert not (tmp_path / "model.partial").exists()
 
