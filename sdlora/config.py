@@ -77,11 +77,12 @@ class DataConfig:
 class LoraConfig:
     targets: str = _opt("qv", "modules that get LoRA: qv (UNet to_q/to_v + TE q_proj/v_proj), attn (all attention "
                         "projections), sd-scripts (all transformer linears + 1x1 convs, TE attention + MLP), "
-                        "locon (sd-scripts + resnet convs)", ("qv", "attn", "sd-scripts", "locon"))
+                        "locon (sd-scripts + resnet convs), locon-io (locon + UNet conv_in/conv_out)",
+                        ("qv", "attn", "sd-scripts", "locon", "locon-io"))
     rank: int = _opt(8, "LoRA rank (low-rank size)")
     alpha: float = _opt(8.0, "LoRA alpha; scale = alpha / rank")
-    conv_rank: int = _opt(4, "rank of 3x3 conv LoRA (locon preset)")
-    conv_alpha: float = _opt(1.0, "alpha of 3x3 conv LoRA (locon preset)")
+    conv_rank: int = _opt(4, "rank of 3x3 conv LoRA (locon, locon-io presets)")
+    conv_alpha: float = _opt(1.0, "alpha of 3x3 conv LoRA (locon, locon-io presets)")
     dropout: float = _opt(0.0, "dropout on the LoRA input")
     dora: bool = _opt(False, "DoRA: learn a per-output-channel magnitude as well")
     train_text_encoder: bool = _opt(True, "train LoRA on the text encoder(s) too")

@@ -19,6 +19,9 @@ Presets (see FORMATS.md §2.2 for the sd-scripts sets):
                  (``proj_in/out``, attention, feed-forward); TE attention + MLP
 * ``locon``      ``sd-scripts`` + resnet/down/up-sampler convs (3x3 at ``conv_rank``), and, as
                  sd-scripts' "LoRA-C3Lier" does, the resnets' ``time_emb_proj`` linears and 1x1 shortcuts
+* ``locon-io``   ``locon`` + the UNet's ``conv_in`` and ``conv_out`` (3x3, at ``conv_rank``): the layers that
+                 read and write the latents, where a palette change is cheapest (Kohya keys
+                 ``lora_unet_conv_in``/``lora_unet_conv_out``, which A1111 and ComfyUI map; FORMATS §2.2)
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ _UNET_RESNET = TargetRule(
     r"(^|\.)(resnets\.\d+\.(conv1|conv2|conv_shortcut|time_emb_proj)|downsamplers\.0\.conv|upsamplers\.0\.conv)$",
     ("linear", "conv1x1", "conv"),
 )
+_UNET_IO = TargetRule(r"^conv_(in|out)$", ("conv", "conv1x1"))
 _TE_QV = TargetRule(r"(^|\.)self_attn\.[qv]_proj$", ("linear",))
 _TE_ATTN = TargetRule(r"(^|\.)self_attn\.(q|k|v|out)_proj$", ("linear",))
 _TE_ATTN_MLP = TargetRule(r"(^|\.)(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$", ("linear",))
@@ -54,6 +58,7 @@ PRESETS: dict[str, dict[str, tuple[TargetRule, ...]]] = {
     "attn": {"unet": (_UNET_ATTN,), "text_encoder": (_TE_ATTN,)},
     "sd-scripts": {"unet": (_UNET_TRANSFORMER,), "text_encoder": (_TE_ATTN_MLP,)},
     "locon": {"unet": (_UNET_TRANSFORMER, _UNET_RESNET), "text_encoder": (_TE_ATTN_MLP,)},
+    "locon-io": {"unet": (_UNET_TRANSFORMER, _UNET_RESNET, _UNET_IO), "text_encoder": (_TE_ATTN_MLP,)},
 }
 
 

@@ -30,7 +30,7 @@ def _base_version(family: str | None, prediction_type: str) -> str:
 
 def _network_args(cfg) -> dict[str, str]:
     args = {"targets": cfg.lora.targets}
-    if cfg.lora.targets == "locon":
+    if cfg.lora.targets in ("locon", "locon-io"):
         args.update(conv_dim=str(cfg.lora.conv_rank), conv_alpha=str(cfg.lora.conv_alpha))
     if cfg.lora.dora:
         args["dora_wd"] = "True"

@@ -85,6 +85,14 @@ def test_locon_adds_resnet_convs_with_conv_rank(tiny_unet):
     assert net.layer("unet.down_blocks.1.attentions.0.proj_in").rank == 4
 
 
+def test_locon_io_adds_conv_in_and_conv_out_to_locon(tiny_unet):
+    locon = {path for path, _, _ in match_targets(tiny_unet, "unet", "locon")}
+    with_io = {path: kind for path, _, kind in match_targets(tiny_unet, "unet", "locon-io")}
+    assert set(with_io) - locon == {"conv_in", "conv_out"} and locon <= set(with_io)
+    net = inject_lora({"unet": tiny_unet}, "locon-io", rank=4, alpha=4, conv_rank=2, conv_alpha=1)
+    assert net.layer("unet.conv_out").rank == 2 and net.layer("unet.conv_in").down.weight.shape[-2:] == (3, 3)
+
+
 def test_text_encoder_names_are_canonical(tiny_text_encoder):
     net = inject_lora({"text_encoder": tiny_text_encoder}, "qv", rank=2, alpha=2)
     assert "text_encoder.text_model.encoder.layers.0.self_attn.q_proj" in net.names
