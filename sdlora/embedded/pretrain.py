@@ -10,11 +10,11 @@ Four phases, all on CPU by default and reproducible from `--seed`:
 3. the UNet and the CLIP text encoder are trained together with SD 1.x's noise schedule and epsilon
    objective, min-SNR loss weighting, 10% empty captions (so classifier-free guidance works) and a
    cosine learning-rate schedule; an exponential moving average (EMA) of the weights is what ships;
-4. optional, off by default (the shipped weights do not use it; README "Embedded model" says why):
-   the VAE's gamut is widened (sdlora.embedded.widen): encoder and decoder are fine-tuned on images in
+4. the VAE's gamut is widened (sdlora.embedded.widen): encoder and decoder are fine-tuned on images in
    arbitrary RGB colours while the latents of the pretraining images stay anchored to the phase-1
-   encoder's, so the UNet of phase 3 keeps working. `--widen-steps 1200 --widen-detail-steps 450` turns
-   it on; `--widen-vae FOLDER` with those flags runs it alone on a finished folder.
+   encoder's, so the UNet of phase 3 keeps working (without it, a style LoRA cannot draw colours
+   outside the pretraining palette). `--widen-steps 0 --widen-detail-steps 0` skips it;
+   `--widen-vae FOLDER` runs it alone on a finished folder.
 
 Every `--eval-every` steps the EMA model draws the 24 fixed prompts of `judge.eval_prompts()` and
 the log records how often `judge.classify` finds the prompted colour and shape.
@@ -67,13 +67,13 @@ class PretrainConfig:
     eval_every: int = 200
     eval_steps: int = 12
     guidance: float = 5.0
-    widen_steps: int = 0  # phase 4a (sdlora.embedded.widen): colours; 0 skips it (measured recipe: 1200)
+    widen_steps: int = 1200  # phase 4a (sdlora.embedded.widen): colours; 0 skips it
     widen_batch: int = 32
     widen_lr: float = 1e-3
     widen_images: int = 4000
     widen_anchor: float = 1.0
     widen_crop_fraction: float = 0.5
-    widen_detail_steps: int = 0  # phase 4b: fine detail (full images, detail loss); 0 skips it (recipe: 450)
+    widen_detail_steps: int = 450  # phase 4b: fine detail (full images, detail loss); 0 skips it
     widen_detail_lr: float = 5e-4
     widen_detail: float = 1.0
     widen_eval_images: int = 256  # held-out images per stream for the phase-4 scores

@@ -12,22 +12,18 @@ style's palette and texture brings it down. Two references:
 
 * the 32 style images themselves (raw): the issue's "closer to the style set";
 * the style images passed through the model's own VAE (`showcase.autoencoder_roundtrip`): what a
-  perfect LoRA would draw. The LoRA trains the UNet and text encoder on the style images' latents,
-  and the base and the LoRA share the frozen decoder, so the decoder's own error is a floor on the raw
-  distance that no LoRA can go below: the embedded VAE never saw the style's inks and renders teal
-  as green and coral as yellow, which costs 0.25 of the base's 0.60 on the raw distance (a perfect
-  LoRA would reach a 59% reduction there, not 100%). Against the round trip, 0 is reachable, so the
-  reduction there is the share of the learnable style that the LoRA learned.
+  perfect LoRA would draw. The LoRA trains the UNet and text encoder on the style images' latents, and
+  the base and the LoRA share the frozen decoder, so the decoder's own error is a floor on the raw
+  distance that no LoRA can go below. Against the round trip, 0 is reachable, so the reduction there is
+  the share of the learnable style that the LoRA learned.
 
-Strength 0 must give the base's images bit for bit. At strength 1 the LoRA must halve the base's
-distance to the round-tripped style set, and cut the raw distance by at least 40%. Measured with
-scripts/quickstart.yaml (600 steps), training seed 0 / 1: round trip 0.496 -> 0.145 / 0.170 (71% / 66%
-less); raw 0.591 -> 0.294 / 0.325 (50.3% / 45.1% less; the VAE's round trip itself scores 0.247, so a
-perfect LoRA would reach 58%). The issue's 50% on the raw images is met at seed 0 by a hair and not at
-seed 1, so it is kept as a non-strict xfail rather than a test that a different CPU's rounding can flip.
-A VAE that knows the inks does not fix it: the optional pretraining phase 4 (sdlora/embedded/widen.py,
-README "Embedded model") lowers the round trip's score to 0.178, but the LoRA then gets 48.2% / 52.5%
-less (seeds 0 / 1): it falls further short of the new round trip, so that VAE is not shipped.
+Strength 0 must give the base's images bit for bit. At strength 1 the LoRA must cut the raw distance by
+at least 40% and halve the distance to the round-tripped style set; issue 5's 50% on the raw distance
+is a non-strict xfail (it passes at the test's seed, but not at every training seed). Measured with
+scripts/quickstart.yaml (locon-io, 600 steps) on the shipped weights (VAE widened by pretraining phase 4,
+README "Embedded model"), training seeds 0 / 1 / 2: raw 0.612 -> 0.299 / 0.302 / 0.307 (51.1% / 50.6% /
+49.9% less; the VAE's round trip itself scores 0.178). Before the VAE was widened its round trip scored
+0.247 and the cut was 50.3% / 45.1% (locon, seeds 0 / 1).
 """
 
 from __future__ import annotations
@@ -96,6 +92,7 @@ def raw_distances(drawn: Drawn) -> tuple[dict, dict, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_lora_moves_the_images_toward_the_style_images(drawn):
     before, after, floor = raw_distances(drawn)
     assert after["total"] <= 0.6 * before["total"], f"before {before}, after {after}, VAE floor {floor}"
@@ -103,8 +100,8 @@ def test_lora_moves_the_images_toward_the_style_images(drawn):
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="issue 5's 50% on the raw style images: measured 50.3% (seed 0) and 45.1% (seed 1); the base's "
-    "VAE cannot draw the style's inks (its own round trip scores 0.247 of the base's 0.591)",
+    reason="issue 5's 50% on the raw style images: measured 51.1% / 50.6% / 49.9% for training seeds 0 / 1 / 2 "
+    "(the test trains with seed 0); on the edge, so not a hard test",
     strict=False,
 )
 def test_lora_halves_the_distance_to_the_style_images(drawn):
@@ -119,9 +116,10 @@ def test_lora_halves_the_distance_to_the_style_as_the_model_can_draw_it(drawn):
     assert after["total"] <= 0.5 * before["total"], f"before {before}, after {after}"
 
 
-def test_the_vae_round_trip_keeps_the_base_palette_but_not_the_style_inks(one_thread):
-    # the reason for the round-trip reference: the decoder's error is small on the pretraining colours
-    # (measured 0.088) and large on the style set (0.247), and no LoRA on the UNet can change it
+def test_the_vae_round_trip_keeps_the_palette_and_the_style_inks(one_thread):
+    # the premise of the 50% target: the shipped VAE (widened by pretraining phase 4) draws the style's
+    # inks (round trip measured 0.178; the unwidened VAE scored 0.247 and turned teal green, coral yellow)
+    # and still draws the pretraining palette well (0.064), which the base's UNet relies on
     from sdlora.embedded import shapes
 
     pipe = load_pipeline()
@@ -131,4 +129,4 @@ def test_the_vae_round_trip_keeps_the_base_palette_but_not_the_style_inks(one_th
     assert own_trip.shape == own.shape and own_trip.dtype == np.uint8
     own_error = showcase.style_distance(own_trip, own)["total"]
     style_error = showcase.style_distance(style_trip, style)["total"]
-    assert own_error < 0.15 and style_error > 2 * own_error, (own_error, style_error)
+    assert own_error < 0.1 and style_error < 0.2, (own_error, style_error)

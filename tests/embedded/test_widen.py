@@ -85,7 +85,7 @@ def test_widen_vae_command_rejects_bad_arguments(bad):
 
 def test_widen_vae_refuses_nothing_to_do_and_a_folder_without_a_vae(tmp_path):
     with pytest.raises(ConfigError, match="both 0"):
-        pretrain.main(["--widen-vae", str(tmp_path)])  # the phase is off by default
+        pretrain.main(["--widen-vae", str(tmp_path), "--widen-steps", "0", "--widen-detail-steps", "0"])
     with pytest.raises(ConfigError, match="vae/config.json"):
         pretrain.main(["--widen-vae", str(tmp_path), "--widen-steps", "1"])
 
