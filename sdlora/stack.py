@@ -25,9 +25,11 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import accumulate
 from math import prod
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 
@@ -69,6 +71,16 @@ class StackEntry:
         return base * self.block_strengths.get(block, 1.0) if block else base
 
 
+class _Factors(NamedTuple):
+    """A layer's plain LoRAs, concatenated along rank in float32 (alpha/rank folded into `up`)."""
+
+    names: list[str]
+    ranks: list[int]
+    up: torch.Tensor  # (out, Σr)
+    down: torch.Tensor  # (Σr, in·k·k)
+    views: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> its (up, down) columns/rows of the above
+
+
 class _Layer:
     """One patched weight: its pristine W0 and every stacked LoRA's factors for it.
 
@@ -102,8 +114,7 @@ class _Layer:
         self.other: dict[str, tuple[object, str]] = {}  # entry -> (LoraState, module name)
         self.applied: dict[str, float] = {}  # entry -> strength currently in the weight
         self.shifts = 0
-        # (names, ranks, up_cat·scale (out, Σr) f32, down_cat (Σr, in) f32, {name: its (up, down) views}), lazily
-        self._cat = None
+        self._cat: _Factors | None = None  # built lazily by _concatenated
 
     @property
     def weight(self) -> torch.Tensor:
@@ -171,16 +182,16 @@ class _Layer:
             down = _concat(downs, 0, device)
             scales = [self.lowrank[n][2] for n in names]
             up.mul_(_per_column(scales, ranks, device) if len(set(scales)) > 1 else scales[0])
-            starts = [sum(ranks[:i]) for i in range(len(ranks))]
+            starts = accumulate([0, *ranks[:-1]])
             views = {
                 n: (up[:, a : a + r], down[a : a + r]) for n, a, r in zip(names, starts, ranks, strict=True)
             }
-            self._cat = (names, ranks, up, down, views)
+            self._cat = _Factors(names, ranks, up, down, views)
         return self._cat
 
     def _factors_of(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(up·scale, down) of one plain LoRA: views into the concatenated buffers."""
-        return self._concatenated()[4][name]
+        return self._concatenated().views[name]
 
     def base_f32(self) -> torch.Tensor:
         """W0 as float32 on the weight's device, 2-D (out, in·k·k); no copy when already float32 there."""
@@ -226,10 +237,10 @@ class _Layer:
     def _scaled_factors(self, active: dict[str, float]):
         """(up_cat with each LoRA's strength folded into its columns, down_cat), or None without plain LoRAs."""
         cat = self._concatenated()
-        if cat is None or not any(n in active for n in cat[0]):
+        if cat is None or not any(n in active for n in cat.names):
             return None
-        names, ranks, up, down, _ = cat
-        return up * _per_column([active.get(n, 0.0) for n in names], ranks, up.device), down
+        scales = _per_column([active.get(n, 0.0) for n in cat.names], cat.ranks, cat.up.device)
+        return cat.up * scales, cat.down
 
     def shift(self, name: str, delta_strength: float) -> None:
         """W += delta_strength · ΔW_name in place (float32/float64 weights that hold a patch only)."""
