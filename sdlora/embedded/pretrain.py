@@ -28,7 +28,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sdlora.embedded import configs, judge, shapes, tokenizer, widen
+from sdlora.embedded.training import cosine_lr, random_crop, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +87,6 @@ def constant_lr(step: int, warmup: int) -> float:
     started with `--steps N`: a long run can be cut short and still be reproduced exactly.
     """
     return min(1.0, (step + 1) / warmup)
-
-
-def cosine_lr(step: int, total: int, warmup: int) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to 5%."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 def train_vae(cfg: PretrainConfig):
@@ -158,12 +145,6 @@ def refine_decoder(cfg: PretrainConfig, vae):
         if step % 50 == 0 or step == cfg.decoder_steps - 1:
             log.info("decoder step %d/%d mse %.5f", step, cfg.decoder_steps, mse.item())
     return vae.eval().requires_grad_(False)
-
-
-def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """The same random `size` x `size` window of every image in the batch."""
-    top, left = (int(v) for v in torch.randint(0, x.shape[-1] - size + 1, (2,), generator=gen))
-    return x[..., top : top + size, left : left + size]
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from sdlora.embedded import shapes
+from sdlora.embedded.training import cosine_lr, random_crop, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,6 @@ def make_wide_dataset(n: int, seed: int) -> np.ndarray:
     return np.stack([wide_gamut_image(rng) for _ in range(n)])
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-
-
 def make_streams(settings: WidenSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """(palette, wide) training images as tensors; the palette ones are flat, as the UNet saw them."""
     palette, _ = shapes.make_dataset(settings.images, seed=settings.seed * 1000 + 8)
@@ -152,21 +148,6 @@ def widen_loss(new_vae, old_vae, palette: torch.Tensor, wide: torch.Tensor, sett
     return loss, parts | {"detail": detail.item()}
 
 
-def _crop_pair(a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generator):
-    """The same random `size` window of both batches (the crop the phase-1 VAE also trained on)."""
-    top, left = (int(v) for v in torch.randint(0, a.shape[-1] - size + 1, (2,), generator=gen))
-    window = (slice(None), slice(None), slice(top, top + size), slice(left, left + size))
-    return a[window], b[window]
-
-
-def _lr_factor(step: int, total: int, warmup: int = 20) -> float:
-    """Linear warm-up, then cosine decay to 5% (as the other VAE phases)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress))
-
-
 def widen_vae(vae, settings: WidenSettings, on_step=None):
     """Return a widened copy of `vae` (the argument is left unchanged).
 
@@ -180,11 +161,12 @@ def widen_vae(vae, settings: WidenSettings, on_step=None):
     half = settings.batch // 2
     for step in range(settings.steps):
         for group in opt.param_groups:
-            group["lr"] = settings.lr * _lr_factor(step, settings.steps)
+            group["lr"] = settings.lr * cosine_lr(step, settings.steps, 20)
         p = palette[torch.randint(len(palette), (half,), generator=gen)]
         w = wide[torch.randint(len(wide), (settings.batch - half,), generator=gen)]
         if step < settings.crop_fraction * settings.steps:
-            p, w = _crop_pair(p, w, settings.crop, gen)
+            both = random_crop(torch.cat([p, w]), settings.crop, gen)  # one window for both streams
+            p, w = both[:half], both[half:]
         loss, parts = widen_loss(new_vae, old_vae, p, w, settings, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
