@@ -119,10 +119,12 @@ class TextCache:
     def encode(self, components, captions: list[str], device):
         missing = [c for c in dict.fromkeys(captions) if c not in self._memory]
         if missing:
+            # on the encoder's own device: it may be parked on the CPU (sdlora.train.parking)
             with torch.no_grad():
-                hidden, pooled = encode_text(components, missing, device)
+                hidden, pooled = encode_text(components, missing, components.text_encoder.device)
             for i, caption in enumerate(missing):
-                self._memory[caption] = (hidden[i].detach(), None if pooled is None else pooled[i].detach())
+                self._memory[caption] = (hidden[i].detach().to(device),
+                                         None if pooled is None else pooled[i].detach().to(device))
         hidden = torch.stack([self._memory[c][0] for c in captions])
         pooled = None if self._memory[captions[0]][1] is None else torch.stack([self._memory[c][1] for c in captions])
         return hidden, pooled

@@ -62,6 +62,7 @@ class TrainState:
     batches_per_epoch: int = 1
     params: list = field(default_factory=list)  # the LoRA parameters, listed once (clipped every step)
     unet: Any = None  # what the training steps call: the UNet, or its compiled wrapper (optim.compile)
+    parked: bool = False  # VAE and text encoder(s) moved off the accelerator (sdlora.train.parking)
     _epochs: dict = field(default_factory=dict)
 
     @property

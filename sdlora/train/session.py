@@ -12,6 +12,7 @@ from sdlora.train import TrainResult, TrainRun
 from sdlora.train.checkpoint import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
 from sdlora.train.export import build_metadata, export_lora, new_session_id
 from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
+from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
 from sdlora.train.progress import LossLog, StepInfo
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,10 @@ def _samples(state, step: int) -> list[Path]:
         return []
     state.network.eval()
     try:
-        return render_samples(state.components, out.sample_prompts, step, state.output / "samples",
-                              size=out.sample_size or state.cfg.data.resolution, steps=out.sample_steps,
-                              seed=state.cfg.optim.seed)
+        with encoders_on_device(state):
+            return render_samples(state.components, out.sample_prompts, step, state.output / "samples",
+                                  size=out.sample_size or state.cfg.data.resolution, steps=out.sample_steps,
+                                  seed=state.cfg.optim.seed)
     finally:
         state.network.train()
 
@@ -102,6 +104,7 @@ def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
     try:
         return _run(state, on_step, should_stop, resume, started)
     finally:
+        unpark(state)
         state.network.remove()  # the caller's models are left exactly as they came in
 
 
@@ -113,6 +116,8 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
         state.step = load_checkpoint(state, checkpoint)
         log.info("resumed from %s at step %d", checkpoint, state.step)
     precompute_latents(state)
+    precompute_text(state)
+    park(state)
     run = _run_facts(state, started)
     log_file = LossLog(state.output, state.step) if accelerator.is_main_process else None
     try:
