@@ -194,8 +194,12 @@ class _Layer:
         return self._concatenated().views[name]
 
     def base_f32(self) -> torch.Tensor:
-        """W0 as float32 on the weight's device, 2-D (out, in·k·k); no copy when already float32 there."""
-        base = self.original.to(device=self.weight.device, dtype=torch.float32)
+        """W0 as float32 on the weight's device, 2-D (out, in·k·k); no copy when already float32 there.
+
+        While no patch is in, the live weight IS W0 (swap mode: the same tensor; in place: a bit-exact
+        copy), so it is read from there: on a GPU this spares uploading the CPU copy on the first patch."""
+        source = self.original if self.patched else self.weight
+        base = source.to(dtype=torch.float32) if not self.patched else source.to(self.weight.device, torch.float32)
         return base.reshape(base.shape[0], -1)
 
     def rebuild(self, strengths: dict[str, float]) -> None:
@@ -223,7 +227,11 @@ class _Layer:
         if self.swaps and not self.patched:
             self.module.weight.data = torch.addmm(base, *up_down).view(self.original.shape)
         else:
-            torch.addmm(base, *up_down, out=self.weight.view(self.weight.shape[0], -1))
+            target = self.weight.view(self.weight.shape[0], -1)
+            if base.data_ptr() == target.data_ptr():  # the first in-place patch reads W0 from the weight itself
+                target.addmm_(*up_down)
+            else:
+                torch.addmm(base, *up_down, out=target)
         self.patched = True
 
     def _store(self, acc: torch.Tensor) -> None:
