@@ -4,6 +4,7 @@ One command, no downloads:
 
     nice .venv/bin/python benchmarks/stack.py            # SD1.5-shaped UNet + CLIP-L, 5 rank-16 LoRAs
     .venv/bin/python benchmarks/stack.py --quick         # tiny models, a smoke run (used by a test)
+    python benchmarks/stack.py --device cuda             # the same on a GPU (LoRA files are read on the CPU)
 
 Builds the models from the shipped configs (configs/models/sd15, random weights, float32), writes five
 Kohya LoRAs over all sd-scripts default modules (UNet transformer linears and 1x1 proj convs,
@@ -37,8 +38,8 @@ TE_LEAVES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 # ----- models and LoRAs ------------------------------------------------------------------------
 
 
-def build_models(quick: bool):
-    """(unet, text_encoder) with random float32 weights: SD1.5 shapes, or tiny ones for --quick."""
+def build_models(quick: bool, device: str = "cpu"):
+    """(unet, text_encoder) with random float32 weights on `device`: SD1.5 shapes, or tiny ones for --quick."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -55,7 +56,7 @@ def build_models(quick: bool):
         folder = ROOT / "configs" / "models" / "sd15"
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         te_config = CLIPTextConfig.from_json_file(folder / "text_encoder" / "config.json")
-    return unet.eval(), CLIPTextModel(te_config).eval()
+    return unet.eval().to(device), CLIPTextModel(te_config).eval().to(device)
 
 
 def target_names(components) -> dict[str, torch.nn.Module]:
@@ -120,7 +121,8 @@ def live_targets(components, names):
 
 
 def digest(weights: dict) -> dict[str, str]:
-    return {n: hashlib.sha1(w.detach().contiguous().numpy().view("uint8")).hexdigest() for n, w in weights.items()}
+    return {n: hashlib.sha1(w.detach().cpu().contiguous().numpy().view("uint8")).hexdigest()
+            for n, w in weights.items()}
 
 
 def max_relative_error(weights, originals, states, strengths) -> float:
@@ -130,31 +132,43 @@ def max_relative_error(weights, originals, states, strengths) -> float:
         ref = originals[name].double()
         for state, s in zip(states, strengths, strict=True):
             m = state.modules[name]
-            up = m.tensors["up"].double().reshape(ref.shape[0], -1)
-            down = m.tensors["down"].double().reshape(up.shape[1], -1)
+            up = m.tensors["up"].to(ref.device, torch.float64).reshape(ref.shape[0], -1)
+            down = m.tensors["down"].to(ref.device, torch.float64).reshape(up.shape[1], -1)
             ref = ref + (s * m.scale * (up @ down)).reshape(ref.shape)
         err = (w.detach().double() - ref).abs().max() / ref.abs().max()
         worst = max(worst, float(err))
     return worst
 
 
+def device_of(components) -> torch.device:
+    return next(components["unet"].parameters()).device
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def unet_forward_time(components, quick: bool, repeats: int) -> float:
     gen = torch.Generator().manual_seed(0)
     size = 8 if quick else 32
-    unet = components["unet"]
-    sample = torch.randn(1, 4, size, size, generator=gen)
-    context = torch.randn(1, 77, unet.config.cross_attention_dim, generator=gen)
+    unet, device = components["unet"], device_of(components)
+    sample = torch.randn(1, 4, size, size, generator=gen).to(device)
+    context = torch.randn(1, 77, unet.config.cross_attention_dim, generator=gen).to(device)
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
+            sync(device)
             start = time.perf_counter()
             unet(sample, 10, encoder_hidden_states=context)
+            sync(device)
             times.append(time.perf_counter() - start)
     return min(times)
 
 
 def te_output(components):
-    ids = torch.arange(3, 40).unsqueeze(0) % components["text_encoder"].config.vocab_size
+    ids = (torch.arange(3, 40).unsqueeze(0) % components["text_encoder"].config.vocab_size).to(device_of(components))
     with torch.inference_mode():
         return components["text_encoder"](ids)[0].clone()
 
@@ -174,19 +188,26 @@ def machine_floors(weights: dict) -> dict:
     strength change of a merged stack must do at least). Measured after both runs, so neither side
     gets memory the other already had mapped.
     """
+    device = next(iter(weights.values())).device
+    sync(device)
     start = time.perf_counter()
-    fresh = [_fresh_tensor(w.numel()).fill_(1.0) for w in weights.values()]
+    fresh = [_fresh_tensor(w.numel(), device).fill_(1.0) for w in weights.values()]
+    sync(device)
     fresh_write = time.perf_counter() - start
     start = time.perf_counter()
     for tensor in fresh:
         tensor.mul_(1.0001)
+    sync(device)
     rewrite = time.perf_counter() - start
     gigabytes = sum(t.numel() * t.element_size() for t in fresh) / 1e9
     return {"gigabytes": gigabytes, "fresh_write": fresh_write, "rewrite": rewrite}
 
 
-def _fresh_tensor(numel: int) -> torch.Tensor:
-    """float32 memory straight from the kernel (an anonymous mapping), never reused from the allocator."""
+def _fresh_tensor(numel: int, device: torch.device) -> torch.Tensor:
+    """float32 memory straight from the kernel (an anonymous mapping), never reused from the allocator; on a
+    GPU, a plain allocation (torch's caching allocator)."""
+    if device.type != "cpu":
+        return torch.empty(numel, dtype=torch.float32, device=device)
     return torch.frombuffer(mmap.mmap(-1, numel * 4), dtype=torch.float32)
 
 
@@ -206,10 +227,13 @@ def run_sdlora(components, paths, states, plan, args) -> dict:
     weights = live_targets(components, states[0].modules)
     originals = {n: w.detach().clone() for n, w in weights.items()}
     before, te_before = digest(weights), te_output(components)
+    device = device_of(components)
+    sync(device)
     start = time.perf_counter()
     stack = LoraStack(components)
     with stack.batch():
         names = [stack.add(p, s) for p, s in zip(paths, initial, strict=True)]
+    sync(device)
     result = {"load_apply": time.perf_counter() - start}
     result["forward"] = unet_forward_time(components, args.quick, args.repeats)
     result["te_applied"] = te_applied(components, te_before, weights, originals, states, initial)
@@ -217,6 +241,7 @@ def run_sdlora(components, paths, states, plan, args) -> dict:
     for index, value in changes:
         start = time.perf_counter()
         stack.set_strength(names[index], value)
+        sync(device)
         times.append(time.perf_counter() - start)
         strengths[index] = value
     result["change"] = statistics.median(times)
@@ -233,11 +258,14 @@ def run_diffusers(components, paths, states, plan, args) -> dict:
     weights = live_targets(components, states[0].modules)
     originals = {n: w.detach().clone() for n, w in weights.items()}
     before, te_before = digest(weights), te_output(components)
+    device = device_of(components)
+    sync(device)
     start = time.perf_counter()
     for path, name in zip(paths, names, strict=True):
         pipe.load_lora_weights(str(path), adapter_name=name)
     pipe.set_adapters(names, adapter_weights=list(initial))
     pipe.fuse_lora(components=["unet", "text_encoder"], adapter_names=names)
+    sync(device)
     result = {"load_apply": time.perf_counter() - start}
     result["forward"] = unet_forward_time(components, args.quick, args.repeats)
     result["te_applied"] = te_applied(components, te_before, weights, originals, states, initial)
@@ -248,6 +276,7 @@ def run_diffusers(components, paths, states, plan, args) -> dict:
         pipe.unfuse_lora(components=["unet", "text_encoder"])
         pipe.set_adapters(names, adapter_weights=list(strengths))
         pipe.fuse_lora(components=["unet", "text_encoder"], adapter_names=names)
+        sync(device)
         times.append(time.perf_counter() - start)
     result["change"] = statistics.median(times)
     weights = live_targets(components, states[0].modules)
@@ -261,7 +290,7 @@ def run_diffusers(components, paths, states, plan, args) -> dict:
 def diffusers_pipeline(components):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 
-    vae = AutoencoderKL(block_out_channels=[32], norm_num_groups=8, latent_channels=4)
+    vae = AutoencoderKL(block_out_channels=[32], norm_num_groups=8, latent_channels=4).to(device_of(components))
     return StableDiffusionPipeline(
         vae=vae, text_encoder=components["text_encoder"], tokenizer=None, unet=components["unet"],
         scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -310,6 +339,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="UNet forwards per timing (min is kept)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     parser.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's own choice)")
+    parser.add_argument("--device", default="cpu", help="where the models live: cpu (the issue's setting) or cuda")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -321,7 +351,7 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     load_before = os.getloadavg()[0]
-    unet, text_encoder = build_models(args.quick)
+    unet, text_encoder = build_models(args.quick, args.device)
     components = {"unet": unet, "text_encoder": text_encoder}
     targets = target_names(components)
     plan = strength_plan(5, args.changes)
@@ -332,7 +362,7 @@ def _run(args) -> int:
         theirs = run_diffusers(components, paths, states, plan, args)
         floors = machine_floors(live_targets(components, states[0].modules))
     print(f"{len(targets)} modules per LoRA, rank {args.rank}, {'tiny' if args.quick else 'SD1.5'} UNet + "
-          f"CLIP text encoder, float32, {torch.get_num_threads()} threads; 1-min load average "
+          f"CLIP text encoder, float32, device {args.device}, {torch.get_num_threads()} CPU threads; 1-min load average "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs slow both sides)")
     print(table(ours, theirs, bare, args.changes))
     print(f"This machine, on the {floors['gigabytes']:.2f} GB of patched weights: writing that much fresh memory "
@@ -340,7 +370,8 @@ def _run(args) -> int:
           f"read+write pass {floors['rewrite']:.3f} s (the least any strength change of merged weights needs).")
     if args.json:
         args.json.write_text(json.dumps({"sdlora": ours, "diffusers": theirs, "bare_forward": bare,
-                                         "modules": len(targets), "machine": floors}, indent=2))
+                                         "modules": len(targets), "machine": floors, "device": args.device},
+                                        indent=2))
     return 0
 
 

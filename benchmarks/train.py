@@ -138,15 +138,20 @@ def reference_steps(args, components, data: Path):
     """One optimizer step per batch, as in train_text_to_image_lora.py's main loop; yields after each step
     (setup runs before the first)."""
     from accelerate import Accelerator
+    from diffusers.training_utils import cast_training_params
     from peft import LoraConfig as PeftLoraConfig
 
     acc = Accelerator(mixed_precision=args.precision)
     unet, vae, te, sched = components.unet, components.vae, components.text_encoder, components.scheduler
+    # the script casts all three frozen models to the mixed-precision dtype, then (fp16 only) upcasts LoRA
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.precision, torch.float32)
     for m in (unet, vae, te):
         m.requires_grad_(False)
-        m.to(acc.device)
+        m.to(acc.device, dtype=weight_dtype)
     unet.add_adapter(PeftLoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                     target_modules=TARGETS))
+    if args.precision == "fp16":
+        cast_training_params(unet, dtype=torch.float32)
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
     unet, optimizer = acc.prepare(unet, optimizer)
@@ -155,7 +160,7 @@ def reference_steps(args, components, data: Path):
     for _ in range(args.steps):
         index = torch.randint(0, len(images), (args.batch,), generator=generator)
         pixels, ids = reference_batch([images[i] for i in index], components.tokenizer, args, generator)
-        batch_pixels = pixels.to(acc.device)
+        batch_pixels = pixels.to(acc.device, dtype=weight_dtype)
         with acc.accumulate(unet):
             latents = vae.encode(batch_pixels).latent_dist.sample() * vae.config.scaling_factor
             noise = torch.randn_like(latents)
@@ -164,6 +169,8 @@ def reference_steps(args, components, data: Path):
             hidden = te(ids.to(acc.device), return_dict=False)[0]
             pred = unet(noisy, timesteps, hidden, return_dict=False)[0]
             loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="mean")
+            # the script logs the loss gathered over processes every step (`.item()`: a device sync)
+            float(acc.gather(loss.detach().repeat(args.batch)).mean())
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(params, 1.0)
