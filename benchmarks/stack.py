@@ -183,17 +183,25 @@ def te_applied(components, te_before, weights, originals, states, strengths) -> 
 def machine_floors(weights: dict) -> dict:
     """What this machine needs for the two unavoidable passes, measured on the patched layers' sizes.
 
-    fresh_write: allocate and write new tensors of every patched weight's size (what a first patch that
-    keeps W0 must do at least); rewrite: one in-place read+write pass over those weights (what any
-    strength change of a merged stack must do at least). Measured after both runs, so neither side
-    gets memory the other already had mapped.
+    fresh_write: write every patched weight's size into fresh memory where the stack keeps W0 (what a
+    first patch that keeps W0 must do at least): on the CPU new tensors; on a GPU a copy of each weight
+    to the CPU (where LoraStack keeps W0 on other devices). rewrite: one in-place read+write pass over
+    those weights (what any strength change of a merged stack must do at least). Measured after both
+    runs, so neither side gets memory the other already had mapped.
     """
     device = next(iter(weights.values())).device
     sync(device)
     start = time.perf_counter()
-    fresh = [_fresh_tensor(w.numel(), device).fill_(1.0) for w in weights.values()]
+    if device.type == "cpu":
+        fresh = [_fresh_tensor(w.numel()).fill_(1.0) for w in weights.values()]
+    else:
+        kept = [w.detach().to("cpu", copy=True) for w in weights.values()]
     sync(device)
     fresh_write = time.perf_counter() - start
+    if device.type != "cpu":
+        del kept
+        fresh = [w.detach().clone() for w in weights.values()]  # GPU tensors for the in-place pass
+        sync(device)
     start = time.perf_counter()
     for tensor in fresh:
         tensor.mul_(1.0001)
@@ -203,11 +211,8 @@ def machine_floors(weights: dict) -> dict:
     return {"gigabytes": gigabytes, "fresh_write": fresh_write, "rewrite": rewrite}
 
 
-def _fresh_tensor(numel: int, device: torch.device) -> torch.Tensor:
-    """float32 memory straight from the kernel (an anonymous mapping), never reused from the allocator; on a
-    GPU, a plain allocation (torch's caching allocator)."""
-    if device.type != "cpu":
-        return torch.empty(numel, dtype=torch.float32, device=device)
+def _fresh_tensor(numel: int) -> torch.Tensor:
+    """float32 memory straight from the kernel (an anonymous mapping), never reused from the allocator."""
     return torch.frombuffer(mmap.mmap(-1, numel * 4), dtype=torch.float32)
 
 
@@ -366,7 +371,8 @@ def _run(args) -> int:
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs slow both sides)")
     print(table(ours, theirs, bare, args.changes))
     print(f"This machine, on the {floors['gigabytes']:.2f} GB of patched weights: writing that much fresh memory "
-          f"takes {floors['fresh_write']:.3f} s (the least a first patch that keeps W0 needs), one in-place "
+          f"{'' if args.device == 'cpu' else '(W0 kept on the CPU) '}takes {floors['fresh_write']:.3f} s (the "
+          f"least a first patch that keeps W0 needs), one in-place "
           f"read+write pass {floors['rewrite']:.3f} s (the least any strength change of merged weights needs).")
     if args.json:
         args.json.write_text(json.dumps({"sdlora": ours, "diffusers": theirs, "bare_forward": bare,
