@@ -564,17 +564,26 @@ class LoraStack:
                 layer = self._layers.get(canonical)
                 if layer is None:
                     continue
-                wanted = self.strengths(canonical)
-                # All strengths 0 always rebuilds: that restores W0 bit for bit instead of leaving a shift's rounding.
-                nonzero = any(value != 0.0 for value in wanted.values())
-                if not force_rebuild and not self.exact and len(olds) == 1 and nonzero and layer.can_shift():
-                    (entry,) = olds
-                    step = wanted[entry] - layer.applied.get(entry, 0.0)
-                    if step != 0.0:
-                        layer.shift(entry, step)
-                else:
-                    layer.rebuild(wanted)
+                if force_rebuild or self.exact or len(olds) != 1 or not self._shifted(layer, canonical, *olds):
+                    layer.rebuild(self.strengths(canonical))
                 report(self.on_progress, done, total, canonical)
+
+    def _shifted(self, layer: _Layer, canonical: str, entry: str) -> bool:
+        """Move one LoRA's strength in `layer` by an in-place update; False when the layer must be rebuilt.
+
+        Only `entry` changed, so the other LoRAs' strengths are the ones `layer.applied` holds (reading
+        them there spares recomputing every entry's strength per layer on each slider move). When all
+        strengths end at 0 the layer is rebuilt: that restores W0 bit for bit instead of leaving a
+        shift's rounding."""
+        if not layer.can_shift():
+            return False
+        target = self._entries[entry].module_strength(canonical)
+        if target == 0.0 and not any(v != 0.0 for n, v in layer.applied.items() if n != entry):
+            return False
+        step = target - layer.applied.get(entry, 0.0)
+        if step != 0.0:
+            layer.shift(entry, step)
+        return True
 
 
 def entry_label(state) -> str:
