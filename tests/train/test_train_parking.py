@@ -75,6 +75,7 @@ def test_training_never_calls_the_encoders_after_the_pre_pass(tmp_path, monkeypa
         model.register_forward_hook(lambda *_: calls.append(1))
     seen = []
     cfg = tiny_config(write_images(tmp_path / "data", count=3), tmp_path / "out", *CACHED, "optim.steps=4",
+                      "data.trigger=zqx", "data.keep_tokens=1",
                       "data.batch_size=2", "output.sample_every=3", "output.sample_prompts=[red shape]",
                       "output.sample_steps=1", "output.sample_size=16")
     train(cfg, components, on_step=lambda info: seen.append((info.step, len(calls))))
