@@ -199,7 +199,7 @@ class _Layer:
         While no patch is in, the live weight IS W0 (swap mode: the same tensor; in place: a bit-exact
         copy), so it is read from there: on a GPU this spares uploading the CPU copy on the first patch."""
         source = self.original if self.patched else self.weight
-        base = source.to(dtype=torch.float32) if not self.patched else source.to(self.weight.device, torch.float32)
+        base = source.to(self.weight.device, torch.float32)
         return base.reshape(base.shape[0], -1)
 
     def rebuild(self, strengths: dict[str, float]) -> None:
