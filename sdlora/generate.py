@@ -9,6 +9,7 @@ seeded generator and returns the image with the parameters text A1111 writes int
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,18 +17,7 @@ from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
-
-# diffusers scheduler class -> the sampler name A1111 prints
-SAMPLER_NAMES = {
-    "EulerAncestralDiscreteScheduler": "Euler a",
-    "EulerDiscreteScheduler": "Euler",
-    "DDIMScheduler": "DDIM",
-    "PNDMScheduler": "PLMS",
-    "LMSDiscreteScheduler": "LMS",
-    "DPMSolverMultistepScheduler": "DPM++ 2M",
-    "HeunDiscreteScheduler": "Heun",
-    "UniPCMultistepScheduler": "UniPC",
-}
+from sdlora.samplers import make_scheduler, resolve_sampler, sampler_name
 
 
 @dataclass
@@ -42,8 +32,11 @@ class GenerateSettings:
     width: int = 512
     height: int = 512
     model_name: str = ""
+    sampler: str = ""  # an A1111 sampler name (sdlora.samplers.SAMPLERS); "" keeps the model's own
 
     def check(self) -> None:
+        if self.sampler:
+            self.sampler = resolve_sampler(self.sampler)
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be a whole number >= 1, got {self.steps!r}")
         for what, value in (("width", self.width), ("height", self.height)):
@@ -91,9 +84,11 @@ def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str
     prompt, requests = parse_prompt(settings.prompt)
     undo = _apply_requests(stack, requests, library or {})
     try:
-        image = _run(pipeline, prompt, settings, on_progress)
+        with _sampler(pipeline, settings.sampler):
+            image = _run(pipeline, prompt, settings, on_progress)
+            sampler = sampler_name(pipeline.scheduler)
         hashes = {e.name: short_hash(e.lora.path) for e in stack.entries if e.enabled}
-        text = parameters_text(settings, _scheduler_name(pipeline), hashes, _extra_tags(stack, requests))
+        text = parameters_text(settings, sampler, hashes, _extra_tags(stack, requests))
     finally:
         _undo(stack, undo)
     return GenerateResult(image, text, hashes)
@@ -147,9 +142,16 @@ def _run(pipeline, prompt: str, settings: GenerateSettings, on_progress):
     return output.images[0]
 
 
-def _scheduler_name(pipeline) -> str:
-    name = type(getattr(pipeline, "scheduler", None)).__name__
-    return SAMPLER_NAMES.get(name, name)
+@contextmanager
+def _sampler(pipeline, name: str):
+    """Draw with sampler `name` ("" = the pipeline's own), then give the pipeline its scheduler back."""
+    own = pipeline.scheduler
+    if name:
+        pipeline.scheduler = make_scheduler(name, own.config)
+    try:
+        yield
+    finally:
+        pipeline.scheduler = own
 
 
 def _extra_tags(stack, requests) -> str:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from sdlora.cli.loraargs import lora_with_strength, progress_bar
+from sdlora.samplers import SAMPLERS
 
 DESCRIPTION = """\
 Draw one image with a stack of LoRAs. --base defaults to sdlora's embedded model. Prompt tags
@@ -26,6 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale (default 7)")
+    parser.add_argument("--sampler", default="", metavar="NAME",
+                        help=f"A1111 sampler name, default: the model's own; one of: {', '.join(SAMPLERS)}")
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--out", type=Path, required=True, help="the .png to write")
@@ -35,12 +38,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from sdlora.generate import GenerateSettings, generate, load_base, save_png
+    from sdlora.samplers import resolve_sampler
     from sdlora.stack import LoraStack
 
+    sampler = resolve_sampler(args.sampler) if args.sampler else ""  # a typo fails before the model loads
     pipeline, model_name = load_base(args.base)
     size = _default_size(pipeline)
     settings = GenerateSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.cfg,
-                                args.width or size, args.height or size, model_name)
+                                args.width or size, args.height or size, model_name, sampler)
     settings.check()
     stack = LoraStack(pipeline)
     with stack.batch():

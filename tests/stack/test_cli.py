@@ -95,11 +95,11 @@ def test_generate_and_bake_commands(components, tiny_vae, lora_path, tmp_path, c
     tiny_pipeline(components, tiny_vae, tmp_path).save_pretrained(base)
     png = tmp_path / "img.png"
     args = ["generate", "--base", str(base), "--prompt", "a cat <lora:a:0.5>", "--lora-dir", str(tmp_path),
-            "--steps", "2", "--width", "16", "--height", "16", "--seed", "4", "--out", str(png)]
+            "--steps", "2", "--width", "16", "--height", "16", "--seed", "4", "--sampler", "euler a", "--out", str(png)]
     assert main(args) == 0
     with Image.open(png) as image:
         text = image.text["parameters"]
-    assert text.startswith("a cat <lora:a:0.5>\nSteps: 2, ") and 'Lora hashes: "a: ' in text
+    assert text.startswith("a cat <lora:a:0.5>\nSteps: 2, Sampler: Euler a, ") and 'Lora hashes: "a: ' in text
     baked = tmp_path / "baked"
     assert main(["bake", str(baked), "--base", str(base), "--lora", f"{lora_path}:0.5"]) == 0
     assert (baked / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -108,3 +108,13 @@ def test_generate_and_bake_commands(components, tiny_vae, lora_path, tmp_path, c
     capsys.readouterr()
     assert main(bad) == 2
     assert "no LoRA named 'nope'" in capsys.readouterr().err
+
+
+def test_generate_refuses_an_unknown_sampler_before_loading_the_model(tmp_path, capsys):
+    missing_base = tmp_path / "no-such-model"  # loading it would fail with another message
+    args = ["generate", "--base", str(missing_base), "--prompt", "a cat", "--sampler", "DPM++ 3M",
+            "--out", str(tmp_path / "img.png")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unknown sampler 'DPM++ 3M'" in err and "DPM++ 2M SDE" in err
+    assert not (tmp_path / "img.png").exists()

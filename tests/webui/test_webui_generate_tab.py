@@ -162,3 +162,14 @@ def test_added_slot_starts_at_the_preferred_weight(gen_app):
     assert generate_tab.preferred_weight(gen_app, "a") == 0.6
     assert generate_tab.preferred_weight(gen_app, "b") == 1.0
     assert generate_tab.add_slot([], "a", generate_tab.preferred_weight(gen_app, "a"))[0].strength == 0.6
+
+
+def test_sampler_dropdown_picks_the_sampler_for_one_image(gen_app):
+    pipe, _ = gen_app.pipeline_and_stack()
+    own = pipe.scheduler
+    _, params, _ = generate_tab.generate(gen_app, form(a=1.0) | {"sampler": "Euler a"})
+    assert "Sampler: Euler a," in params and pipe.scheduler is own
+    _, params, _ = generate_tab.generate(gen_app, form(a=1.0) | {"sampler": generate_tab.MODEL_SAMPLER})
+    assert "Sampler: Euler a," not in params
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        generate_tab.generate(gen_app, form(a=1.0) | {"sampler": "nope"})

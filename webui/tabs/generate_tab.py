@@ -17,9 +17,11 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.samplers import SAMPLERS
 from webui.tabs.common import bound, gather
 
 MAX_SLOTS = 4
+MODEL_SAMPLER = "model default"  # the sampler dropdown's first choice: the base model's own scheduler
 SLOT_FIELDS = ("name", "strength", "enabled", "separate", "te", "unet")
 
 
@@ -150,6 +152,7 @@ def _settings(form: dict[str, Any]):
             cfg=float(form.get("cfg") or 7.0),
             width=int(form.get("width") or 512),
             height=int(form.get("height") or 512),
+            sampler="" if form.get("sampler") in (None, MODEL_SAMPLER) else str(form["sampler"]),
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"generation settings: {err}") from err
@@ -218,6 +221,8 @@ def create_ui(app) -> dict[str, Any]:
             c["seed"] = gr.Number(0, label="Seed", precision=0, elem_id="gen-seed")
             c["steps"] = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="gen-steps")
             c["cfg"] = gr.Slider(1, 20, value=7.0, step=0.5, label="CFG", elem_id="gen-cfg")
+            c["sampler"] = gr.Dropdown([MODEL_SAMPLER, *SAMPLERS], value=MODEL_SAMPLER, label="Sampler",
+                                       elem_id="gen-sampler")
             size = default_size(app)
             c["width"] = gr.Slider(8, 2048, value=size, step=8, label="Width", elem_id="gen-width")
             c["height"] = gr.Slider(8, 2048, value=size, step=8, label="Height", elem_id="gen-height")
@@ -261,7 +266,7 @@ def current_slots(values: dict, c: dict[str, Any]) -> list[Slot]:
 
 def _wire(app, c: dict[str, Any]) -> None:
     keys = {**c["slot_keys"], c["prompt"]: "prompt", c["negative"]: "negative", c["seed"]: "seed",
-            c["steps"]: "steps", c["cfg"]: "cfg", c["width"]: "width", c["height"]: "height"}
+            c["steps"]: "steps", c["cfg"]: "cfg", c["sampler"]: "sampler", c["width"]: "width", c["height"]: "height"}
     c["refresh"].click(bound(lambda: gr.Dropdown(choices=library_choices(app))), None, c["pick"],
                        api_name="gen_refresh")
     def add(values: dict) -> list[Any]:
