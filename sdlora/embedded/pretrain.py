@@ -184,9 +184,11 @@ class Ema:
 
 
 def make_pipeline(vae, text_encoder, tok, unet):
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
-    scheduler = DPMSolverMultistepScheduler.from_config(configs.SCHEDULER)
+    from sdlora.samplers import make_scheduler
+
+    scheduler = make_scheduler(configs.SAMPLER, configs.SCHEDULER)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
