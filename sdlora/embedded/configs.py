@@ -41,11 +41,6 @@ UNET = {
     "norm_num_groups": 8,
 }
 
-# The shipped pipeline's sampler. DPM++ 2M SDE (sdlora.samplers) instead of the deterministic DPM++ 2M:
-# its injected noise keeps fine texture (paper grain, hatching) that DPM++ 2M averages away at 15 steps, and
-# it drew the prompted shape more often (README "Embedded model", "Sampler").
-SAMPLER = "DPM++ 2M SDE"
-
 SCHEDULER = {  # SD 1.x's training schedule
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,

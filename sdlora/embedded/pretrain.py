@@ -184,11 +184,9 @@ class Ema:
 
 
 def make_pipeline(vae, text_encoder, tok, unet):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    from sdlora.samplers import make_scheduler
-
-    scheduler = make_scheduler(configs.SAMPLER, configs.SCHEDULER)
+    scheduler = DPMSolverMultistepScheduler.from_config(configs.SCHEDULER)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
