@@ -28,13 +28,13 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     "Euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}),
     "DDIM": ("DDIMScheduler", {}),
     "DDPM": ("DDPMScheduler", {}),
-    "PLMS": ("PNDMScheduler", {}),
+    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}),  # as SD 1.x ships it
     "Heun": ("HeunDiscreteScheduler", {}),
     "UniPC": ("UniPCMultistepScheduler", {}),
 }
 
 # what diffusers assumes for an option a config does not carry
-_DEFAULTS = {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}
+_DEFAULTS = {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False, "skip_prk_steps": False}
 
 
 def resolve_sampler(name: str) -> str:

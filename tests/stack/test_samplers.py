@@ -39,6 +39,8 @@ def test_a_scheduler_the_table_does_not_know_keeps_its_class_name():
     plain_dpm = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver", final_sigmas_type="sigma_min")  # A1111 has no such sampler
     assert sampler_name(plain_dpm) == "DPMSolverMultistepScheduler"
     assert sampler_name(diffusers.DPMSolverMultistepScheduler()) == "DPM++ 2M"  # diffusers' defaults
+    assert sampler_name(diffusers.PNDMScheduler()) == "PNDMScheduler"  # PRK warm-up steps: not A1111's PLMS
+    assert sampler_name(diffusers.PNDMScheduler(skip_prk_steps=True)) == "PLMS"
 
 
 def _settings(**kw):
