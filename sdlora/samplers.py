@@ -33,6 +33,9 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     "UniPC": ("UniPCMultistepScheduler", {}),
 }
 
+# schedulers sdlora names in a PNG's parameters but does not offer (diffusers needs scipy for LMS)
+_NAMED_ONLY = {"LMSDiscreteScheduler": "LMS"}
+
 # what diffusers assumes for an option a config does not carry
 _DEFAULTS = {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False, "skip_prk_steps": False}
 
@@ -57,7 +60,7 @@ def sampler_name(scheduler) -> str:
     for name, (known_cls, options) in SAMPLERS.items():
         if known_cls == cls and all(config.get(k, _DEFAULTS.get(k)) == v for k, v in options.items()):
             return name
-    return cls
+    return _NAMED_ONLY.get(cls, cls)
 
 
 def make_scheduler(name: str, config):

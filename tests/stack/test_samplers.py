@@ -41,6 +41,8 @@ def test_a_scheduler_the_table_does_not_know_keeps_its_class_name():
     assert sampler_name(diffusers.DPMSolverMultistepScheduler()) == "DPM++ 2M"  # diffusers' defaults
     assert sampler_name(diffusers.PNDMScheduler()) == "PNDMScheduler"  # PRK warm-up steps: not A1111's PLMS
     assert sampler_name(diffusers.PNDMScheduler(skip_prk_steps=True)) == "PLMS"
+    lms = type("LMSDiscreteScheduler", (), {"config": {}})()  # named, not offered (diffusers needs scipy for it)
+    assert sampler_name(lms) == "LMS"
 
 
 def _settings(**kw):
