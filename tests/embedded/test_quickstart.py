@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdlora.embedded import judge, load_pipeline, showcase
+from sdlora.embedded import judge, load_pipeline, shapes, showcase
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,8 +124,6 @@ def test_the_vae_round_trip_keeps_the_palette_and_the_style_inks(one_thread):
     # the premise of the 50% target: the shipped VAE (widened by pretraining phase 4) draws the style's
     # inks (round trip measured 0.178; the unwidened VAE scored 0.247 and turned teal green, coral yellow)
     # and still draws the pretraining palette well (0.064), which the base's UNet relies on
-    from sdlora.embedded import shapes
-
     pipe = load_pipeline()
     own = shapes.make_dataset(32, seed=5)[0]
     style = showcase.load_images(SAMPLE)
@@ -138,7 +136,7 @@ def test_the_vae_round_trip_keeps_the_palette_and_the_style_inks(one_thread):
 
 def prompted_shapes_found(images: np.ndarray, prompts: list[str]) -> int:
     """How many images show the shape their prompt names (judge.py's template match)."""
-    wanted = [next(s for s in ("circle", "square", "triangle") if s in p) for p in prompts]
+    wanted = [next(s for s in shapes.SHAPES if s in p) for p in prompts]
     return sum(judge.classify(image).shape == shape for image, shape in zip(images, wanted, strict=True))
 
 
