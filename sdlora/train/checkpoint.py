@@ -2,8 +2,9 @@
 
 Layout: ``<output>/checkpoints/step-000100/`` with ``lora.safetensors`` (the LoraNetwork's float32
 state dict), ``state.pt`` (optimizer, schedule, step, CPU/CUDA RNG), ``rng-<rank>.pt`` (each process's
-noise generator) and ``config.yaml``. A checkpoint is written into a hidden temporary folder and renamed into
-place, so a crash while saving leaves the previous checkpoints intact and never a half-written one. The
+noise generator) and ``config.yaml``; under DeepSpeed, ``deepspeed/`` holds the engine's own checkpoint
+(each process's part of the optimizer state) and ``state.pt`` no optimizer. A checkpoint is written into
+a hidden temporary folder and renamed into place, so a crash while saving leaves the previous checkpoints intact and never a half-written one. The
 data order needs no state: it is a pure function of (seed, step) (see `data.epoch_batches`).
 
 `state.pt` is written by sdlora and read back with ``torch.load(weights_only=True)``.
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from sdlora.errors import TrainingError
+from sdlora.train import deepspeed_run
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -58,11 +60,14 @@ def save_checkpoint(state, step: int) -> Path:
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
     torch.save(_rng_state(state.generator), tmp / f"rng-{acc.process_index}.pt")
+    if state.engine is not None:  # each process's part of the optimizer state (ZeRO)
+        deepspeed_run.save(state.engine, tmp)
     acc.wait_for_everyone()
     if acc.is_main_process:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.network.state_dict().items()}
         save_file(tensors, str(tmp / "lora.safetensors"))
-        torch.save({"step": step, "optimizer": state.optimizer.state_dict(),
+        optimizer = None if state.engine is not None else state.optimizer.state_dict()
+        torch.save({"step": step, "optimizer": optimizer,
                     "scheduler": state.lr_scheduler.state_dict()}, tmp / "state.pt")
         dump_config(state.cfg, tmp / "config.yaml")
         if final.exists():
@@ -106,7 +111,14 @@ def load_checkpoint(state, path: Path) -> int:
         raise TrainingError(f"{path}: checkpoint does not match this run's LoRA targets "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); check lora.* settings")
     saved = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-    state.optimizer.load_state_dict(saved["optimizer"])
+    if state.engine is not None:
+        deepspeed_run.load(state.engine, path)
+    elif saved["optimizer"] is None:
+        raise TrainingError(f"--resume: {path} was written under DeepSpeed (its optimizer state is in "
+                            f"{deepspeed_run.CHECKPOINT_FOLDER}/); resume it under DeepSpeed with the same "
+                            "number of processes")
+    else:
+        state.optimizer.load_state_dict(saved["optimizer"])
     state.lr_scheduler.load_state_dict(saved["scheduler"])
     rng_file = path / f"rng-{state.accelerator.process_index}.pt"
     if rng_file.is_file():

@@ -4,7 +4,8 @@ encode -> noise -> timesteps -> predict -> loss) and `run_loop` (accumulate, cli
 Reads top to bottom like diffusers' `train_text_to_image_lora.py`, but each stage is a function.
 Multi-process (``accelerate launch``): every process computes its own micro-batches of the same global
 order; LoRA gradients are averaged with one all-reduce per optimizer step (the LoRA lives outside the
-base model, so no DDP wrapper is needed and the base model is never wrapped or copied).
+base model, so no DDP wrapper is needed and the base model is never wrapped or copied). Under DeepSpeed the
+LoRA network alone is wrapped in DeepSpeed's engine, which reduces, clips and updates (`deepspeed_run`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
 from sdlora.train import data as data_mod
+from sdlora.train import deepspeed_run
 from sdlora.train.conditioning import (
     LatentCache,
     TextCache,
@@ -63,6 +65,7 @@ class TrainState:
     params: list = field(default_factory=list)  # the LoRA parameters, listed once (clipped every step)
     unet: Any = None  # what the training steps call: the UNet, or its compiled wrapper (optim.compile)
     parked: bool = False  # VAE and text encoder(s) moved off the accelerator (sdlora.train.parking)
+    engine: Any = None  # DeepSpeed's engine over the LoRA network, when launched with DeepSpeed
     _epochs: dict = field(default_factory=dict)
 
     @property
@@ -123,7 +126,11 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
                 encoder.gradient_checkpointing_enable()
     optimizer = make_optimizer(param_groups(network, cfg), cfg, accelerator.device)
     lr_scheduler = make_scheduler(optimizer, cfg)
-    optimizer = accelerator.prepare(optimizer)
+    engine = None
+    if deepspeed_run.uses_deepspeed(accelerator):
+        engine, optimizer = deepspeed_run.prepare(accelerator, network, optimizer, cfg)
+    else:
+        optimizer = accelerator.prepare(optimizer)
     generator = torch.Generator(accelerator.device).manual_seed(cfg.optim.seed + accelerator.process_index)
     output = Path(cfg.output.dir)
     prediction = cfg.model.prediction_type or components.scheduler.config.prediction_type
@@ -132,6 +139,7 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     state = TrainState(cfg, components, accelerator, network, optimizer, lr_scheduler, items, summary,
                        generator, output, prediction, train_text, weight_dtype, latent_cache, text_cache)
     state.params = list(network.parameters())
+    state.engine = engine
     state.unet = components.unet
     if cfg.optim.compile:  # after inject_lora: the hooks are traced into the graph
         from sdlora.train.compiling import compile_unet
@@ -228,17 +236,34 @@ def optimizer_step(state: TrainState) -> float:
     for k in range(accum):
         micro = (state.step * accum + k) * acc.num_processes + acc.process_index
         loss = training_step(state, micro)
-        acc.backward(loss / accum)
+        _backward(state, loss, last=k == accum - 1)
         total += loss.detach() / accum
-    sync_gradients(state)
+    if state.engine is None:
+        sync_gradients(state)
     mean_loss = float(acc.reduce(total, reduction="mean")) if acc.num_processes > 1 else float(total)
     if not torch.isfinite(torch.tensor(mean_loss)):
         state.optimizer.zero_grad(set_to_none=True)
         raise TrainingError(f"loss became {mean_loss} at step {state.step + 1}; training stopped and nothing "
                             "from this step was saved. Lower optim.lr, or use bf16 instead of fp16")
-    _apply_update(state)
+    if state.engine is not None:
+        state.engine.step()  # DeepSpeed's accumulation boundary: reduce, clip, AdamW, zero the gradients
+        state.lr_scheduler.step()
+    else:
+        _apply_update(state)
     state.step += 1
     return mean_loss
+
+
+def _backward(state: TrainState, loss: torch.Tensor, last: bool) -> None:
+    """Gradients of one micro-batch's loss. DeepSpeed divides by its gradient_accumulation_steps itself and
+    counts micro-steps in `engine.step()`, which updates only at the boundary (called by the caller for the
+    last micro-batch, after the loss was checked)."""
+    if state.engine is None:
+        state.accelerator.backward(loss / state.cfg.optim.grad_accum)
+        return
+    state.engine.backward(loss)
+    if not last:
+        state.engine.step()
 
 
 _PLAIN = {"NO", "MULTI_CPU", "MULTI_GPU", "MULTI_NPU", "MULTI_XPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_HPU"}
@@ -251,7 +276,7 @@ def _apply_update(state: TrainState) -> None:
     about as long as the fused AdamW kernel itself on small models), they are bypassed: the LoRA is never
     wrapped (no DDP/FSDP, no DTensor gradients), so `accelerator.clip_grad_norm_` is `unscale_gradients`
     + torch's `clip_grad_norm_`, and without a GradScaler `AcceleratedOptimizer.step` is the torch step.
-    Other setups (DeepSpeed, XLA, fp16 loss scaling) go through accelerate as before."""
+    Other setups (XLA, fp16 loss scaling) go through accelerate; DeepSpeed's engine updates in `optimizer_step`."""
     cfg, acc = state.cfg, state.accelerator
     plain = acc.distributed_type.name in _PLAIN
     if cfg.optim.max_grad_norm > 0:

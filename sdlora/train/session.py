@@ -10,6 +10,7 @@ import sdlora
 from sdlora.errors import TrainingError
 from sdlora.train import TrainResult, TrainRun
 from sdlora.train.checkpoint import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from sdlora.train.deepspeed_run import full_precision
 from sdlora.train.export import build_metadata, export_lora, new_session_id
 from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
@@ -37,10 +38,12 @@ def _finish_facts(run: TrainRun, state) -> TrainRun:
 def _checkpoint(state, run: TrainRun) -> Path:
     """Checkpoint folder + a step-numbered export of the LoRA, then prune old ones."""
     folder = save_checkpoint(state, state.step)
+    with full_precision(state.engine, state.network):
+        if state.accelerator.is_main_process:
+            meta = build_metadata(_finish_facts(run, state), state.cfg, state.summary)
+            export_lora(state.network, meta, state.cfg, stem=f"{state.cfg.output.name}-step{state.step:06d}",
+                        family=state.components.family)
     if state.accelerator.is_main_process:
-        meta = build_metadata(_finish_facts(run, state), state.cfg, state.summary)
-        export_lora(state.network, meta, state.cfg, stem=f"{state.cfg.output.name}-step{state.step:06d}",
-                    family=state.components.family)
         for doomed in prune_checkpoints(state.output, state.cfg.output.keep_last):
             for old in state.output.glob(f"{state.cfg.output.name}-{doomed.name.replace('-', '')}*"):
                 old.unlink(missing_ok=True)
@@ -128,9 +131,11 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     files = []
     if cancelled:
         last_ckpt = state.output / "checkpoints" / f"step-{state.step:06d}"
-    elif accelerator.is_main_process:
-        files = export_lora(state.network, build_metadata(_finish_facts(run, state), cfg, summary), cfg,
-                            family=state.components.family)
+    else:
+        with full_precision(state.engine, state.network):
+            if accelerator.is_main_process:
+                files = export_lora(state.network, build_metadata(_finish_facts(run, state), cfg, summary), cfg,
+                                    family=state.components.family)
     accelerator.wait_for_everyone()
     plot = log_file.plot() if log_file is not None else None
     history = log_file.rows if log_file is not None else []
