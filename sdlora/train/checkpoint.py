@@ -4,8 +4,9 @@ Layout: ``<output>/checkpoints/step-000100/`` with ``lora.safetensors`` (the Lor
 state dict), ``state.pt`` (optimizer, schedule, step, CPU/CUDA RNG), ``rng-<rank>.pt`` (each process's
 noise generator) and ``config.yaml``; under DeepSpeed, ``deepspeed/`` holds the engine's own checkpoint
 (each process's part of the optimizer state) and ``state.pt`` no optimizer. A checkpoint is written into
-a hidden temporary folder and renamed into place, so a crash while saving leaves the previous checkpoints intact and never a half-written one. The
-data order needs no state: it is a pure function of (seed, step) (see `data.epoch_batches`).
+a hidden temporary folder and renamed into place, so a crash while saving leaves the previous checkpoints
+intact and never a half-written one. The data order needs no state: it is a pure function of (seed, step)
+(see `data.epoch_batches`).
 
 `state.pt` is written by sdlora and read back with ``torch.load(weights_only=True)``.
 """
