@@ -35,14 +35,20 @@ def _finish_facts(run: TrainRun, state) -> TrainRun:
     return run
 
 
+def _export(state, run: TrainRun, stem: str | None = None) -> list[Path]:
+    """Export the LoRA from the main process. Every process calls this: under DeepSpeed the float32 master
+    weights are assembled first, a collective operation."""
+    with full_precision(state.engine, state.network):
+        if not state.accelerator.is_main_process:
+            return []
+        meta = build_metadata(_finish_facts(run, state), state.cfg, state.summary)
+        return export_lora(state.network, meta, state.cfg, stem=stem, family=state.components.family)
+
+
 def _checkpoint(state, run: TrainRun) -> Path:
     """Checkpoint folder + a step-numbered export of the LoRA, then prune old ones."""
     folder = save_checkpoint(state, state.step)
-    with full_precision(state.engine, state.network):
-        if state.accelerator.is_main_process:
-            meta = build_metadata(_finish_facts(run, state), state.cfg, state.summary)
-            export_lora(state.network, meta, state.cfg, stem=f"{state.cfg.output.name}-step{state.step:06d}",
-                        family=state.components.family)
+    _export(state, run, stem=f"{state.cfg.output.name}-step{state.step:06d}")
     if state.accelerator.is_main_process:
         for doomed in prune_checkpoints(state.output, state.cfg.output.keep_last):
             for old in state.output.glob(f"{state.cfg.output.name}-{doomed.name.replace('-', '')}*"):
@@ -112,7 +118,7 @@ def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
 
 
 def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
-    cfg, accelerator, summary = state.cfg, state.accelerator, state.summary
+    accelerator, summary = state.accelerator, state.summary
     state.output.mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_resume(state.output, resume)
     if checkpoint is not None:
@@ -132,10 +138,7 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     if cancelled:
         last_ckpt = state.output / "checkpoints" / f"step-{state.step:06d}"
     else:
-        with full_precision(state.engine, state.network):
-            if accelerator.is_main_process:
-                files = export_lora(state.network, build_metadata(_finish_facts(run, state), cfg, summary), cfg,
-                                    family=state.components.family)
+        files = _export(state, run)
     accelerator.wait_for_everyone()
     plot = log_file.plot() if log_file is not None else None
     history = log_file.rows if log_file is not None else []
