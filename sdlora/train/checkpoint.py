@@ -63,9 +63,10 @@ def save_checkpoint(state, step: int) -> Path:
     torch.save(_rng_state(state.generator), tmp / f"rng-{acc.process_index}.pt")
     if state.engine is not None:  # each process's part of the optimizer state (ZeRO)
         deepspeed_run.save(state.engine, tmp)
+    with deepspeed_run.full_precision(state.engine, state.network):  # every process: collective under ZeRO
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.network.state_dict().items()}
     acc.wait_for_everyone()
     if acc.is_main_process:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.network.state_dict().items()}
         save_file(tensors, str(tmp / "lora.safetensors"))
         optimizer = None if state.engine is not None else state.optimizer.state_dict()
         torch.save({"step": step, "optimizer": optimizer,

@@ -137,10 +137,15 @@ def test_zero1_gradient_accumulation_equals_the_plain_run(setup, tmp_path):
 def test_bf16_run_exports_the_float32_master_weights(setup, tmp_path):
     proc = _launch(setup, tmp_path / "ds", "optim.mixed_precision=bf16")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ds = load_file(str(tmp_path / "ds" / "lora.safetensors"))
-    # DeepSpeed trains a bf16 copy of the LoRA; the export holds its float32 master weights
-    assert all(t.dtype == torch.float32 for t in ds.values())
-    assert any(not torch.equal(t, t.bfloat16().float()) for t in ds.values())
+    # DeepSpeed trained a bf16 copy of the LoRA (its own checkpoint holds that module state) ...
+    engine_state = next((tmp_path / "ds" / "checkpoints").glob("step-*/deepspeed/*/mp_rank_00_model_states.pt"))
+    module = torch.load(engine_state, weights_only=False, map_location="cpu")["module"]
+    assert module and all(t.dtype == torch.bfloat16 for t in module.values())
+    # ... and the exported and checkpointed LoRA files hold its float32 master weights
+    for path in (tmp_path / "ds" / "lora.safetensors", tmp_path / "ds" / "checkpoints" / "step-000002" / "lora.safetensors"):
+        ds = load_file(str(path))
+        assert all(t.dtype == torch.float32 for t in ds.values())
+        assert any(not torch.equal(t, t.bfloat16().float()) for t in ds.values()), path
     plain = _plain(setup, tmp_path / "plain", "optim.mixed_precision=bf16")
     # bf16 gradients differ in rounding; AdamW's first steps move each weight by about lr (1e-4) per step
     assert _difference(tmp_path / "ds" / "lora.safetensors", plain.files[0]) <= 3 * 2 * 1e-4 + 1e-5
