@@ -6,7 +6,7 @@ One command, no downloads:
     .venv/bin/python benchmarks/stack.py --quick         # tiny models, a smoke run (used by a test)
     python benchmarks/stack.py --device cuda             # the same on a GPU (LoRA files are read on the CPU)
 
-Builds the models from the shipped configs (configs/models/sd15, random weights, float32), writes five
+Builds the models from the shipped configs (sdlora/configs/models/sd15, random weights, float32), writes five
 Kohya LoRAs over all sd-scripts default modules (UNet transformer linears and 1x1 proj convs,
 text-encoder attention and MLP: 264 modules for SD1.5) with sdlora.save_lora, then runs the same
 sequence through sdlora and through diffusers on the same weights and prints one table:
@@ -43,6 +43,8 @@ def build_models(quick: bool, device: str = "cpu"):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from sdlora.configs import models_root
+
     torch.manual_seed(0)
     if quick:
         unet = UNet2DConditionModel(
@@ -53,7 +55,7 @@ def build_models(quick: bool, device: str = "cpu"):
         te_config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                    num_attention_heads=4, vocab_size=1000)
     else:
-        folder = ROOT / "configs" / "models" / "sd15"
+        folder = models_root() / "sd15"
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         te_config = CLIPTextConfig.from_json_file(folder / "text_encoder" / "config.json")
     return unet.eval().to(device), CLIPTextModel(te_config).eval().to(device)

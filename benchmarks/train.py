@@ -44,21 +44,22 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def build_components(shape: str, device: str, folder: Path):
-    """Random-weight SD-shaped components (tiny, or SD1.5's configs from configs/models/sd15), or the shipped
+    """Random-weight SD-shaped components (tiny, or SD1.5's configs from sdlora/configs/models/sd15), or the shipped
     embedded model (`--shape embedded`, 32 px)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sdlora.models import Components, configs_root, load_components
+    from sdlora.configs import models_root, tokenizers_root
+    from sdlora.models import Components, load_components
 
     if shape == "embedded":
         return load_components("embedded")
     torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(configs_root() / "tokenizers" / "clip-vit-large-patch14")
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizers_root() / "clip-vit-large-patch14")
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012)
     if shape == "sd15":
-        root = configs_root() / "models" / "sd15"
+        root = models_root() / "sd15"
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))

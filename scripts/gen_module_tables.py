@@ -1,4 +1,4 @@
-"""Regenerate sdlora/data/modules_<family>.json and tests/golden/kohya_keys_<name>.txt from configs/models/
+"""Regenerate sdlora/data/modules_<family>.json and tests/golden/kohya_keys_<name>.txt from sdlora/configs/models/
 (and tests/golden/kohya_keys_tiny.txt from the tests' tiny live models).
 
 Usage: .venv/bin/python scripts/gen_module_tables.py [--check]
@@ -36,7 +36,7 @@ def table_json(table, family: str) -> str:
 def golden_text(table, family: str) -> str:
     header = (
         f"# Kohya LoRA names sdlora writes for every Linear and Conv2d of {CONFIG_DIRS[family]} "
-        f"(family {family}), built from configs/models/{CONFIG_DIRS[family]}.\n"
+        f"(family {family}), built from sdlora/configs/models/{CONFIG_DIRS[family]}.\n"
         "# columns: kohya name, canonical module, layer, weight shape. Regenerate: scripts/gen_module_tables.py\n"
     )
     rows = sorted(

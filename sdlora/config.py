@@ -5,7 +5,7 @@ comments (a preset explains *why* a value differs), `null` expresses "not set" w
 `--set key=value` values are parsed with the same `yaml.safe_load`, so `--set optim.lr=1e-4`,
 `--set data.flip=true` and `--set output.sample_prompts=[a cat, a dog]` need no extra syntax.
 
-Presets in `configs/train/*.yaml` hold only what differs from the defaults here (nanoGPT style).
+Presets in `sdlora/configs/presets/*.yaml` (name them by stem: `--config style`) hold only what differs from the defaults here (nanoGPT style).
 Every field carries `metadata={"help": ...}` (and `choices` where the values are a closed set); the CLI and
 the web UI reuse them for help text and tooltips.
 
@@ -258,8 +258,19 @@ def _is_str_field(key: str) -> bool:
     return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
 
 
-def read_yaml(path: str | Path) -> dict:
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` itself, or the shipped preset of that name when `path` is a bare name that is no file
+    (so `--config style` works from any folder and in an installed package)."""
     path = Path(path)
+    if path.is_file() or path.suffix or len(path.parts) != 1:
+        return path
+    from sdlora.configs import preset_path
+
+    return preset_path(str(path))
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = resolve_config_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -275,7 +286,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Build a TrainConfig from defaults, then the YAML file at `path`, then `section.key=value` overrides.
 
     Args:
-        path: a YAML file (a preset from configs/train/ or a saved config.yaml), or None for defaults.
+        path: a YAML file (a saved config.yaml), the name of a shipped preset (`style`), or None for defaults.
         overrides: strings like "optim.lr=1e-4"; values are type-checked against the field.
 
     Returns:

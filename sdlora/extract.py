@@ -257,9 +257,9 @@ def _shipped_size(components, family: str) -> bool:
     pruned text encoder does not). The reference models are built on the meta device (no memory)."""
     from accelerate import init_empty_weights
 
-    from sdlora.models import CONFIG_DIRS, configs_root
+    from sdlora.configs import CONFIG_DIRS, models_root
 
-    folder = configs_root() / "models" / CONFIG_DIRS[family]
+    folder = models_root() / CONFIG_DIRS[family]
     for name in ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else []):
         model, path = _part(components, name), folder / name
         if model is None or not (path / "config.json").is_file():

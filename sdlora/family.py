@@ -4,7 +4,7 @@ Shapes decide; metadata (`ss_base_model_version`, `modelspec.architecture`, `ss_
 because files carry copied or wrong metadata. LoRAs for other architectures (FLUX, SD3, AuraFlow, PixArt,
 Stable Cascade, Hunyuan-DiT) are refused by name with a FormatError.
 
-Evidence used, strongest first (numbers from the public SD1.5 / SD2.1 / SDXL configs in configs/models/):
+Evidence used, strongest first (numbers from the public SD1.5 / SD2.1 / SDXL configs in sdlora/configs/models/):
 - the cross-attention context width: the input width of attn2 to_k / to_v (768 / 1024 / 2048). No SD UNet
   channel count equals 768, 1024 or 2048, so any UNet LoRA input of that width is the context width;
 - the text-encoder hidden width (768 CLIP-L, 1024 OpenCLIP-H, 1280 OpenCLIP-bigG) and the `te1`/`te2` or

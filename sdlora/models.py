@@ -5,7 +5,7 @@ A base is one of:
 * ``"embedded"``: sdlora's small shipped SD1-architecture model (`sdlora.embedded.weights_dir()`);
 * a diffusers folder (``model_index.json`` with unet/, vae/, text_encoder/, tokenizer/, scheduler/);
 * a single-file checkpoint of SD1.x, SD2.x or SDXL (``.safetensors``), loaded offline with the model
-  configs in ``configs/models/`` and the CLIP tokenizer files in ``configs/tokenizers/``; a model of another
+  configs in ``sdlora/configs/models/`` and the CLIP tokenizer files in ``sdlora/configs/tokenizers/``; a model of another
   size (a baked embedded model, a test model) brings its own config folder: ``config=`` or ``<stem>.config/``
   beside the file (which ``sdlora bake`` writes);
 * a pickle checkpoint (``.ckpt/.pt/.pth/.bin``): refused unless ``allow_pickle=True``; diffusers then reads it
@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdlora.configs import CONFIG_DIRS, models_root, tokenizers_root
 from sdlora.errors import CompatibilityError, ConfigError, FormatError
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIRS = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -52,10 +51,6 @@ class Components:
     def is_sdxl(self) -> bool:
         return self.text_encoder_2 is not None
 
-
-def configs_root() -> Path:
-    """`configs/` beside the package (a source checkout) -- where models/ and tokenizers/ live."""
-    return REPO_ROOT / "configs"
 
 
 def detect_checkpoint_family(keys) -> str:
@@ -159,7 +154,7 @@ def check_coverage(path: Path, family: str, components: Components) -> None:
 def _tokenizers(family: str) -> dict[str, Any]:
     from transformers import CLIPTokenizer
 
-    root = configs_root() / "tokenizers"
+    root = tokenizers_root()
     clip = CLIPTokenizer.from_pretrained(root / "clip-vit-large-patch14", local_files_only=True)
     if family == "sd1":
         return {"tokenizer": clip}
@@ -172,7 +167,7 @@ def _tokenizers(family: str) -> dict[str, Any]:
 def single_file_config(path: Path, config=None) -> Path | None:
     """The model-config folder for a single file of no standard size: `config` when given, else a
     `<stem>.config/` folder beside the file (what `sdlora bake` writes for such models), else None (the
-    shipped configs/models/ folder of the detected family is used)."""
+    shipped sdlora/configs/models/ folder of the detected family is used)."""
     if config is not None:
         folder = Path(config).expanduser()
         if not (folder / "model_index.json").is_file():
@@ -200,7 +195,7 @@ def load_single_file(path: Path, family: str | None = None, dtype=None, config=N
         raise ConfigError(f"{path}: set model.family (sd1, sd2 or sdxl) for a pickle checkpoint")
     else:
         layout = family or _config_family(custom)
-    folder = custom or configs_root() / "models" / CONFIG_DIRS[layout]
+    folder = custom or models_root() / CONFIG_DIRS[layout]
     if not (folder / "model_index.json").is_file():
         raise ConfigError(f"{folder}: model configs for {layout} are missing; reinstall sdlora from source")
     # a custom config folder brings its own tokenizers (save_pretrained writes them); the shipped ones are CLIP's
@@ -242,7 +237,7 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
         dtype: torch dtype for the weights (default float32).
         config: for a single file of no standard SD size: a diffusers config folder (model_index.json and
             per-component configs, no weights needed). Without it a `<stem>.config/` folder beside the file
-            is used when present, else the shipped configs/models/ of the detected family.
+            is used when present, else the shipped sdlora/configs/models/ of the detected family.
 
     Raises:
         ConfigError: unknown base, pickle without allow_pickle, missing configs.

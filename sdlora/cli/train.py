@@ -13,13 +13,13 @@ import threading
 DESCRIPTION = """\
 Train a LoRA from a folder of images (png, jpg, jpeg, webp, bmp) with same-stem .txt captions, or
 Kohya N_name subfolders, and export it as a Kohya .safetensors (config.yaml beside it).
-Settings come from the YAML config (presets in configs/train/), then --set overrides, then the
+Settings come from the YAML config (a preset name such as `style`, or a YAML file), then --set overrides, then the
 everyday flags below. A summary of the data set is printed before training; a progress bar shows loss,
 it/s and ETA; loss.csv and loss.png are written to the output folder.
 
 examples:
   sdlora train --data my_images --base model.safetensors --output out
-  sdlora train --config configs/train/style.yaml --set optim.steps=800 --set data.trigger=zkw --data imgs
+  sdlora train --config style --set optim.steps=800 --set data.trigger=zkw --data imgs
   sdlora train --config out/lora.yaml --resume          # continue from the newest checkpoint
   accelerate launch --num_processes 2 -m sdlora train --config cfg.yaml   # several GPUs
 
@@ -29,7 +29,7 @@ exit codes: 0 done (or cancelled with Ctrl-C after saving a checkpoint), 2 bad i
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train", help="train a LoRA from an image folder",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "-c", help="YAML config (a preset from configs/train/ or a saved config)")
+    parser.add_argument("--config", "-c", help="a shipped preset name (quick, style, locon, ...) or a YAML config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--data", help="image folder (data.path)")

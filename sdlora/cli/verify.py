@@ -14,7 +14,7 @@ Check a LoRA against a base model and give every key of the file a verdict: appl
 unknown_module (with the nearest module name), shape_mismatch (both shapes) or unsupported_kind.
 Keys the reader skipped and bundled embeddings are listed too; nothing is left out.
 The base is a family (sd1, sd2, sdxl: the architectures built from the configs shipped in
-configs/models/, no weights), a diffusers model folder (only its config.json files are read; the
+sdlora/configs/models/, no weights), a diffusers model folder (only its config.json files are read; the
 model is built on the meta device) or a single-file .safetensors checkpoint (only its header is read,
 to tell its family).
 

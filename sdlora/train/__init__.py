@@ -6,7 +6,7 @@ progress (StepInfo, loss CSV/plot), samples (preview grids).
 
 >>> from sdlora.config import load_config
 >>> from sdlora.train import train
->>> cfg = load_config("configs/train/quick.yaml", ["data.path=sample_data"])  # doctest: +SKIP
+>>> cfg = load_config("quick", ["data.path=sample_data"])  # doctest: +SKIP
 >>> result = train(cfg, on_step=lambda info: print(info.step, info.loss))   # doctest: +SKIP
 >>> result.files                                                             # doctest: +SKIP
 [PosixPath('output/lora.safetensors')]

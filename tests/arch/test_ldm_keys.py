@@ -4,7 +4,7 @@
   diffusers' `from_single_file` (offline, with the tiny pipeline's saved configs): every tensor of every
   component must come back bit for bit (a wrong, missing or swapped key changes a tensor or leaves one at
   its random initial value).
-* Full-size SD1.5 / SD2.1 / SDXL models from configs/models, built on the meta device (no memory): diffusers'
+* Full-size SD1.5 / SD2.1 / SDXL models from sdlora/configs/models, built on the meta device (no memory): diffusers'
   model-type detector must recognise our files, and diffusers' converters must map our keys back to exactly
   the original key set and shapes (covers the real block counts, 3x3 vs linear projections, 10-deep SDXL
   transformers, the 23/32-layer OpenCLIP encoders).
@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sdlora.configs import models_root
 from sdlora.errors import FormatError
 from sdlora.ldm_keys import (
     checkpoint_to_ldm,
@@ -28,7 +29,6 @@ from sdlora.ldm_keys import (
     unet_to_ldm,
     vae_to_ldm,
 )
-from sdlora.models import configs_root
 
 TEXT = {"intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 1000,
         "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
@@ -173,7 +173,7 @@ def _meta_models(folder):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    root = configs_root() / "models" / folder
+    root = models_root() / folder
     with init_empty_weights():
         models = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
                   "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),

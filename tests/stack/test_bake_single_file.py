@@ -135,9 +135,9 @@ def _meta_components(folder):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdlora.models import configs_root
+    from sdlora.configs import models_root
 
-    root = configs_root() / "models" / folder
+    root = models_root() / folder
     with init_empty_weights():
         return {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
                 "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),

@@ -1,13 +1,13 @@
 """Config: presets load, unknown keys fail with a suggestion, overrides are type-checked."""
 
-from pathlib import Path
 
 import pytest
 
 from sdlora.config import TrainConfig, dump_config, field_help, load_config
+from sdlora.configs import preset_names, preset_path, presets_dir
 from sdlora.errors import ConfigError
 
-PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml"))
+PRESETS = sorted(presets_dir().glob("*.yaml"))
 
 
 def test_presets_exist():
@@ -19,6 +19,13 @@ def test_every_preset_loads_and_differs_from_defaults(preset):
     cfg = load_config(preset)
     assert isinstance(cfg, TrainConfig)
     assert cfg != TrainConfig(), f"{preset.name} holds no difference from the defaults"
+
+
+def test_a_preset_is_named_by_its_stem_and_an_unknown_name_lists_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # found inside the package, whatever the working folder
+    assert load_config("style") == load_config(preset_path("style"))
+    with pytest.raises(ConfigError, match="shipped presets: " + ", ".join(preset_names())):
+        load_config("no-such-preset")
 
 
 def test_unknown_key_in_file_suggests_nearest(tmp_path):

@@ -117,9 +117,9 @@ def _meta_model(kind: str, folder: str):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdlora.models import configs_root
+    from sdlora.configs import models_root
 
-    root = configs_root() / "models" / folder
+    root = models_root() / folder
     with init_empty_weights():
         if kind == "unet":
             return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))

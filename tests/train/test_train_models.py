@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import save_file
 from tests_train_helpers import save_tiny_pipeline
 
+from sdlora.configs import models_root, tokenizers_root
 from sdlora.errors import CompatibilityError, ConfigError, FormatError
-from sdlora.models import configs_root, detect_checkpoint_family, load_components
+from sdlora.models import detect_checkpoint_family, load_components
 
 
 def test_diffusers_folder_loads_with_family_and_name(tmp_path):
@@ -69,7 +70,7 @@ def test_lora_file_as_base_is_refused(tmp_path):
 
 
 def test_incomplete_single_file_checkpoint_is_refused(tmp_path):
-    # detected as SD1 by its keys, loaded through diffusers' from_single_file with configs/models/sd15,
+    # detected as SD1 by its keys, loaded through diffusers' from_single_file with sdlora/configs/models/sd15,
     # then refused because the weights are missing (diffusers would otherwise keep random weights)
     path = tmp_path / "partial.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
@@ -90,7 +91,7 @@ def test_missing_files_and_unknown_bases_are_clear(tmp_path):
 def test_shipped_clip_tokenizers_match_clip_ids():
     from transformers import CLIPTokenizer
 
-    root = configs_root() / "tokenizers"
+    root = tokenizers_root()
     clip = CLIPTokenizer.from_pretrained(root / "clip-vit-large-patch14", local_files_only=True)
     openclip = CLIPTokenizer.from_pretrained(root / "open-clip", local_files_only=True)
     # ids of OpenAI CLIP's tokenizer for this prompt (bos 49406, eos 49407)
@@ -101,4 +102,4 @@ def test_shipped_clip_tokenizers_match_clip_ids():
 
 def test_model_configs_exist_for_each_family():
     for folder in ("sd15", "sd21", "sdxl"):
-        assert (configs_root() / "models" / folder / "model_index.json").is_file()
+        assert (models_root() / folder / "model_index.json").is_file()

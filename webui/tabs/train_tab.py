@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 
+from sdlora import configs
 from sdlora.errors import ConfigError, DatasetError, SdloraError
 from webui.jobs import DONE, JobContext
 from webui.paths import safe_filename, unique_path
@@ -45,10 +46,8 @@ MAX_CAPTION_ROWS = 500
 # ---------------------------------------------------------------- presets and config ---------
 
 def presets_dir() -> Path:
-    """`configs/train/` of the repository sdlora runs from."""
-    import sdlora
-
-    return Path(sdlora.__file__).resolve().parent.parent / "configs" / "train"
+    """The presets that ship inside the package (sdlora/configs/presets/)."""
+    return configs.presets_dir()
 
 
 def list_presets(folder: Path | None = None) -> list[str]:
@@ -367,7 +366,7 @@ def create_ui(app) -> dict[str, Any]:
                                info="'embedded' (sdlora's small shipped model) or a model path inside the "
                                     "configured folders")
         c["preset"] = gr.Dropdown(list_presets(), value=DEFAULT_PRESET, label="Preset",
-                                  info="a preset from configs/train/; the fields below show its values")
+                                  info="a shipped preset; the fields below show its values")
     _create_dataset_ui(app, c)
     with gr.Group():
         c["settings"] = _create_settings_ui()

@@ -3,7 +3,7 @@
 Usage (see README.md in this folder for provenance):
     pip download --no-deps open-clip-torch -d /tmp/oc && cd /tmp/oc && unzip -o open_clip_torch-*.whl \
         open_clip/bpe_simple_vocab_16e6.txt.gz
-    python configs/tokenizers/build.py /tmp/oc/open_clip/bpe_simple_vocab_16e6.txt.gz
+    python scripts/build_tokenizers.py /tmp/oc/open_clip/bpe_simple_vocab_16e6.txt.gz
 
 The vocabulary is built the way CLIP's own tokenizer builds it (openai/CLIP simple_tokenizer.py): the 256
 byte symbols, the same with the end-of-word marker, one token per merge of the first 48,894 merges, then
@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "sdlora" / "configs" / "tokenizers"
 MERGES = 49152 - 256 - 2  # CLIP's vocabulary size minus byte symbols and specials: 48,894 merges
 FOLDERS = {
     # SD1.x text_encoder / SDXL text_encoder: OpenAI CLIP ViT-L/14 pads with <|endoftext|>
