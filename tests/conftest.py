@@ -1,7 +1,7 @@
 """Shared fixtures: offline, seeded, tiny real diffusers/transformers models built in memory.
 
 Configs follow diffusers' own LoRA test models (tests/lora/test_lora_layers_sd.py) and a tiny CLIP
-text encoder built offline; see ../shared/design/STYLE.md §8.10. Nothing here touches the network.
+text encoder built offline. Nothing here touches the network; real LoRA files come from tests/fixtures/.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WILD_LORAS = REPO_ROOT.parent / "shared" / "wild_loras"
+WILD_LORAS = REPO_ROOT / "tests" / "fixtures" / "wild_loras"
 
 
 @pytest.fixture(autouse=True)
@@ -49,8 +49,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def wild_loras() -> Path:
-    if not WILD_LORAS.is_dir():
-        pytest.fail(f"../shared/wild_loras not found at {WILD_LORAS}: the shared folder must sit beside the repo")
+    """Real LoRA files written by other tools (origins and licences: tests/fixtures/README.md)."""
     return WILD_LORAS
 
 

@@ -1,7 +1,7 @@
-"""Every real file in ../shared/wild_loras (read in place): what inspect says, a verdict for every key,
+"""Every real file in tests/fixtures/wild_loras: what inspect says, a verdict for every key,
 an exact Kohya round trip, the PEFT alpha from its config, and LoKr conv deltas shaped like SD1.5's convs.
 
-Expected values are copied from ../shared/wild_loras/MANIFEST.md (format, SD1.x, rank, alpha).
+Expected values are those recorded in tests/fixtures/README.md (format, SD1.x, rank, alpha).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sdlora.formats.summary import summarise
 from sdlora.header import read_header
 from sdlora.report import check_lora
 
-# file -> (format, rank, alpha shown by inspect, module count, tensors)  (MANIFEST.md)
+# file -> (format, rank, alpha shown by inspect, module count, tensors)  (tests/fixtures/README.md)
 WILD = {
     "diffusers_attnproc_sd15_r4_f32.safetensors": ("diffusers-attnproc", 4, "none (scale 1)", 128, 256),
     "diffusers_unet_sd15_r4_f32.safetensors": ("diffusers-legacy", 4, "none (scale 1)", 128, 256),
@@ -27,7 +27,7 @@ WILD = {
 }
 
 
-def test_manifest_lists_exactly_these_files(wild_loras):
+def test_fixtures_readme_lists_exactly_these_files(wild_loras):
     assert sorted(p.name for p in wild_loras.glob("*.safetensors")) == sorted(WILD)
 
 
@@ -201,3 +201,15 @@ def test_cloneofsimo_with_wrong_shapes_is_refused(wild_loras, tmp_path):
         FormatError, match=r"unet:4 has shapes .* needs in=320, out=2560.*cannot be mapped by position"
     ):
         load_lora(_rewrite(wild_loras, tmp_path, swap))
+
+
+def test_fixtures_are_the_published_bytes(wild_loras):
+    """Every fixture file is listed in tests/fixtures/README.md with the sha256 of the published file."""
+    import hashlib
+    import re
+
+    readme = (wild_loras.parent / "README.md").read_text(encoding="utf-8")
+    listed = dict(re.findall(r"^\| `([^`]+)` \|.*\| `([0-9a-f]{64})` \|$", readme, flags=re.M))
+    assert sorted(listed) == sorted(p.name for p in wild_loras.iterdir())
+    for name, digest in listed.items():
+        assert hashlib.sha256((wild_loras / name).read_bytes()).hexdigest() == digest, name
