@@ -85,10 +85,17 @@ def test_relative_links_resolve(page):
     for target in LINK.findall(_without_code(page.read_text(encoding="utf-8"))):
         if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
             continue  # http:, https:, mailto: or an anchor in the same page
-        path = target.split("#", 1)[0]
-        if not (page.parent / path).exists():
+        path, _, anchor = target.partition("#")
+        file = page.parent / path
+        if not file.exists() or (anchor and file.suffix == ".md" and anchor not in _anchors(file)):
             broken.append(target)
-    assert not broken, f"{page.name}: links to missing files: {broken}"
+    assert not broken, f"{page.name}: links to missing files or headings: {broken}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", _without_code(page.read_text(encoding="utf-8")), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
 
 def test_formats_citations_name_existing_sections():
