@@ -1,7 +1,7 @@
 """Model-level tools: extract a LoRA from two checkpoints, bake a stack into a base model.
 
 Depends on torch, safetensors and sdlora (tools, stack, models, naming); diffusers only inside bake.
-* extract (FORMATS §4, sd-scripts extract_lora_from_models.py): per targeted Linear / Conv2d,
+* extract (docs/formats.md §4, sd-scripts extract_lora_from_models.py): per targeted Linear / Conv2d,
   ΔW = tuned - base, SVD, keep `rank` (alpha = rank, so scale 1). Weights are read one module at a
   time, so two diffusers folders or UNet files are never fully in memory.
 * bake: a LoraStack patches the base in place, then the pipeline is written as a diffusers folder

@@ -4,7 +4,7 @@
 applies them for this image only (on top of what the stack already holds), runs the pipeline with a
 seeded generator and returns the image with the parameters text A1111 writes into its PNGs
 (`parameters` tEXt chunk), including `Lora hashes: "name: shorthash"` where shorthash is the first
-12 hex characters of the SHA-256 over the tensor data after the safetensors header (FORMATS §2.11).
+12 hex characters of the SHA-256 over the tensor data after the safetensors header (docs/formats.md §2.11).
 """
 
 from __future__ import annotations

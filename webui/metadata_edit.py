@@ -1,7 +1,7 @@
 """Metadata editor for LoRA files: strip to the minimum, set title / trigger words / description.
 
 Only the JSON header is rewritten; the tensor bytes are copied unchanged, so `sshs_model_hash`
-(SHA-256 of the tensor data, FORMATS §2.11; what A1111 and Civitai show) stays the same by
+(SHA-256 of the tensor data, docs/formats.md §2.11; what A1111 and Civitai show) stays the same by
 construction. `sshs_legacy_hash` depends on the header size, so it is recomputed on the written file.
 The new file is written to a temporary name and renamed (nothing half-written on failure).
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from sdlora.errors import FormatError
 from sdlora.header import legacy_hash, read_header, tensor_data_sha256
 
-# sd-scripts' SS_METADATA_MINIMUM_KEYS plus what loaders need to place the file (FORMATS §2.11)
+# sd-scripts' SS_METADATA_MINIMUM_KEYS plus what loaders need to place the file (docs/formats.md §2.11)
 MINIMUM_KEYS = (
     "ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
     "ss_network_args", "modelspec.sai_model_spec", "modelspec.architecture", "modelspec.implementation",

@@ -1,6 +1,6 @@
 """Caption files and caption processing (trigger, shuffle with keep-tokens, caption/tag dropout). Stdlib only.
 
-Captions are comma-separated tags, as sd-scripts treats them (FORMATS.md §3, `process_caption`): the
+Captions are comma-separated tags, as sd-scripts treats them (docs/formats.md §3, `process_caption`): the
 trigger word goes first, the first `keep_tokens` tags (the trigger counts as one) never move or drop, the
 rest may be shuffled and dropped, and the result is re-joined with ", ".
 """

@@ -1,6 +1,6 @@
 """The training data set: folder scan, summary, per-sample loading and the deterministic batch order.
 
-Folder layouts (FORMATS.md §3):
+Folder layouts (docs/formats.md §3):
 * a flat folder of images (png, jpg, jpeg, webp, bmp) with same-stem ``.txt`` captions, repeated
   ``data.repeats`` times per epoch;
 * Kohya ``N_name`` subfolders: N repeats, and ``name`` is the caption of images without a ``.txt``.

@@ -1,7 +1,7 @@
 """Export of a trained LoRA: sd-scripts-compatible `ss_*` + `modelspec.*` metadata, the file(s), and the
 resolved config beside them. `sdlora.save_lora` writes the names, the per-module alpha and the `sshs_*` hashes.
 
-Metadata follows FORMATS.md §2.11: every `ss_*` key sd-scripts writes that has a meaning here. A1111 and
+Metadata follows docs/formats.md §2.11: every `ss_*` key sd-scripts writes that has a meaning here. A1111 and
 Civitai read `ss_tag_frequency` (tag cloud), `ss_output_name` (alias) and `ss_base_model_version`.
 """
 
