@@ -110,6 +110,10 @@ def _summary(edit) -> str:
     added, removed, changed = edit.changes()
     parts = [f"{len(keys)} {what}" + (f" ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})" if keys else "")
              for what, keys in (("added", added), ("removed", removed), ("changed", changed))]
-    kept = "kept" if edit.hash_kept else "set"
+    stored = edit.before.get("sshs_model_hash")
+    if stored is None:
+        hashed = "added"
+    else:
+        hashed = "kept" if edit.hash_kept else f"corrected (the file stored {stored[:16]}..., not its tensor hash)"
     return (f"wrote {edit.path}: {len(edit.before)} -> {len(edit.after)} metadata keys; {'; '.join(parts)}\n"
-            f"sshs_model_hash {kept}: {edit.after['sshs_model_hash']}")
+            f"sshs_model_hash {hashed}: {edit.after['sshs_model_hash']}")

@@ -39,6 +39,7 @@ def test_edit_to_output_keeps_the_tensor_hash(lora, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "1 removed (ss_training_comment)" in printed
+    assert f"sshs_model_hash added: {tensor_data_sha256(lora)}" in printed
     meta = read_header(out).metadata
     assert meta["modelspec.author"] == "a=b" and meta["modelspec.title"] == "My style"
     assert "ss_training_comment" not in meta and "ss_training_comment" in read_header(lora).metadata
@@ -54,8 +55,11 @@ def test_edit_in_place_needs_the_flag(lora, capsys):
     assert main(["meta", str(lora), "--strip"]) == 2
     assert "--output OUT" in capsys.readouterr().err and lora.read_bytes() == before
     assert main(["meta", str(lora), "--strip", "--trigger", "sks", "--in-place"]) == 0
+    assert "sshs_model_hash added" in capsys.readouterr().out
+    assert main(["meta", str(lora), "--set", "sshs=x", "--in-place"]) == 0
+    assert "sshs_model_hash kept" in capsys.readouterr().out
     meta = read_header(lora).metadata
-    assert set(meta) == {"ss_network_dim", "modelspec.trigger_phrase", "sshs_model_hash", "sshs_legacy_hash"}
+    assert set(meta) == {"sshs", "ss_network_dim", "modelspec.trigger_phrase", "sshs_model_hash", "sshs_legacy_hash"}
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -73,3 +77,11 @@ def test_bad_edits_exit_2_and_change_nothing(lora, args, message, capsys):
 def test_a_missing_file_exits_2(tmp_path, capsys):
     assert main(["meta", str(tmp_path / "none.safetensors")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_stale_stored_hash_is_reported_corrected(tmp_path, capsys):
+    path = tmp_path / "stale.safetensors"
+    save_file({DOWN: np.ones((4, 320), dtype=np.float32)}, str(path), metadata={"sshs_model_hash": "0" * 64})
+    assert main(["meta", str(path), "--title", "t", "--in-place"]) == 0
+    assert "sshs_model_hash corrected (the file stored 0000000000000000..." in capsys.readouterr().out
+    assert read_header(path).metadata["sshs_model_hash"] == tensor_data_sha256(path)
