@@ -162,6 +162,8 @@ def write_with_metadata(src: str | os.PathLike, dst: str | os.PathLike, metadata
     folder = dst.parent if str(dst.parent) else Path(".")
     if not folder.is_dir():
         raise FormatError(f"{dst}: the folder {folder} does not exist; create it first")
+    if dst.is_dir():
+        raise FormatError(f"{dst}: is a folder; give the path of the .safetensors file to write")
     meta = {str(k): str(v) for k, v in metadata.items()}
     meta["sshs_model_hash"] = tensor_data_sha256(src, header.data_offset)
     meta["sshs_legacy_hash"] = "0" * 8  # placeholder of the final length, replaced below

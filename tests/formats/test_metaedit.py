@@ -111,6 +111,8 @@ def test_bad_edits_are_config_errors(edits, message):
 def test_missing_folder_and_damaged_file_are_format_errors(lora, tmp_path):
     with pytest.raises(FormatError, match="does not exist; create it first"):
         edit_metadata(lora, Edits(title="x"), tmp_path / "no" / "out.safetensors")
+    with pytest.raises(FormatError, match="is a folder"):
+        edit_metadata(lora, Edits(title="x"), tmp_path)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(FormatError):
