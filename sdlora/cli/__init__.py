@@ -20,6 +20,7 @@ from sdlora.errors import SdloraError
 COMMANDS: dict[str, str] = {
     "train": "train",
     "inspect": "inspect",
+    "meta": "meta",
     "convert": "convert",
     "verify": "verify",
     "generate": "generate",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,15 @@ import torch
 
 from sdlora.errors import DatasetError
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
-from sdlora.train.captions import process_caption, read_caption, tag_frequency, with_trigger
+from sdlora.train.captions import (
+    caption_path,
+    check_caption,
+    process_caption,
+    read_caption,
+    tag_frequency,
+    with_trigger,
+    write_caption,
+)
 from sdlora.train.images import IMAGE_EXTENSIONS, ImageSkipped, open_image
 
 log = logging.getLogger(__name__)
@@ -69,8 +78,24 @@ class DatasetSummary:
         return out
 
 
-def _folders(root: Path, repeats: int) -> list[tuple[Path, str, int, str]]:
-    """(folder, name, repeats, class token) for each folder holding training images."""
+@dataclass
+class CaptionedImage:
+    """An image of a data set and its caption file, as the trainer pairs them (`caption_pairs`)."""
+
+    image: Path
+    caption: str | None  # the caption file's caption; None when the image has no caption file
+    folder: str          # the data set folder's name, or the N_name subfolder's
+    repeats: int
+    class_token: str     # the caption the trainer uses without a caption file (N_name's name; "" at the top)
+
+    @property
+    def caption_file(self) -> Path:
+        return caption_path(self.image)
+
+
+def image_folders(root: Path, repeats: int = 1) -> list[tuple[Path, str, int, str]]:
+    """(folder, name, repeats, class token) for each folder that may hold training images: `root` itself
+    (`repeats` times), then its Kohya `N_name` subfolders (N times); other subfolders are ignored."""
     kohya = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         match = _KOHYA_DIR.match(sub.name)
@@ -81,8 +106,58 @@ def _folders(root: Path, repeats: int) -> list[tuple[Path, str, int, str]]:
     return [(root, root.name, repeats, ""), *kohya]
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files directly in `folder` (IMAGE_EXTENSIONS, any case), sorted."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def caption_pairs(root: str | Path, repeats: int = 1) -> list[CaptionedImage]:
+    """Every image the trainer would consider under `root`, with its caption file's caption (images are not
+    decoded: `scan_dataset` skips broken ones later). For caption editors.
+
+    Raises:
+        DatasetError: `root` is not a folder.
+    """
+    root = _data_root(root)
+    pairs = []
+    for folder, name, count, class_token in image_folders(root, repeats):
+        for image in folder_images(folder):
+            caption_file = caption_path(image)
+            caption = read_caption(caption_file)[0] if caption_file.is_file() else None
+            pairs.append(CaptionedImage(image, caption, name, count, class_token))
+    return pairs
+
+
+def write_captions(root: str | Path, captions: Mapping[str, str | None]) -> list[Path]:
+    """Write captions of images in data set `root`, given as {image path relative to root: caption}; returns
+    the caption files written. Every entry is checked before any file is written.
+
+    Raises:
+        DatasetError: `root` is not a folder; a name is not an image `caption_pairs` lists (outside `root`,
+            in a folder the trainer ignores, not an image); a caption has line breaks.
+    """
+    root = _data_root(root).resolve()
+    folders = {folder.resolve() for folder, *_ in image_folders(root)}
+    images = []
+    for name, caption in captions.items():
+        image = (root / name).resolve()
+        if image.parent not in folders or image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
+            raise DatasetError(f"{name!r} is not an image of the data set {root.name}/ (images sit in it or in "
+                               "its N_name subfolders)")
+        images.append((image, check_caption(caption, name)))
+    return [write_caption(image, caption) for image, caption in images]
+
+
+def _data_root(root: str | Path) -> Path:
+    path = Path(root).expanduser()
+    if not str(root) or not path.is_dir():
+        raise DatasetError(f"data.path: {str(path)!r} is not a folder; point it at a folder of images "
+                           "with .txt captions or Kohya N_name subfolders")
+    return path
+
+
 def _caption_for(image: Path, class_token: str, summary: DatasetSummary) -> str:
-    caption_file = image.with_suffix(".txt")
+    caption_file = caption_path(image)
     if not caption_file.is_file():
         summary.uncaptioned += 1
         return class_token
@@ -114,15 +189,11 @@ def scan_dataset(cfg) -> tuple[list[ImageItem], DatasetSummary]:
     Raises:
         DatasetError: the folder is missing or holds no usable image.
     """
-    root = Path(cfg.path).expanduser()
-    if not cfg.path or not root.is_dir():
-        raise DatasetError(f"data.path: {str(root)!r} is not a folder; point it at a folder of images "
-                           "with .txt captions or Kohya N_name subfolders")
+    root = _data_root(cfg.path or "")
     summary, items = DatasetSummary(), []
-    for folder, name, repeats, class_token in _folders(root, cfg.repeats):
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    for folder, name, repeats, class_token in image_folders(root, cfg.repeats):
         found = []
-        for path in images:
+        for path in folder_images(folder):
             size = _scan_image(path, cfg, summary)
             if size is not None:
                 caption = with_trigger(_caption_for(path, class_token, summary), cfg.trigger)

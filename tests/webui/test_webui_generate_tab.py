@@ -173,3 +173,18 @@ def test_sampler_dropdown_picks_the_sampler_for_one_image(gen_app):
     assert "Sampler: Euler a," not in params
     with pytest.raises(ConfigError, match="unknown sampler"):
         generate_tab.generate(gen_app, form(a=1.0) | {"sampler": "nope"})
+
+
+def test_default_size_comes_from_the_base_configs(tmp_path):
+    from types import SimpleNamespace
+
+    from sdlora.configs import models_root
+
+    def size(base):
+        return generate_tab.default_size(SimpleNamespace(config=SimpleNamespace(base=base)))
+
+    assert size("embedded") == 32
+    assert size(str(models_root() / "sdxl")) == 1024
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 16)
+    assert size(str(bad)) == size("org/model") == 512  # only loading would tell: GenerateSettings' default

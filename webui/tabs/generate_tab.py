@@ -175,12 +175,15 @@ def _resolve(library: dict[str, Path], name: str) -> Path:
 
 
 def default_size(app) -> int:
-    """The image side the base model was trained at: 32 for the embedded model, else SD's 512."""
-    if app.config.base == "embedded":
-        from sdlora.embedded import IMAGE_SIZE
+    """The image side the base model was trained at, read from its configs before it is loaded (the same
+    size `sdlora generate` uses); GenerateSettings' default when only loading the model would tell."""
+    from sdlora.generate import GenerateSettings, base_default_size
 
-        return IMAGE_SIZE
-    return 512
+    try:
+        size = base_default_size(app.config.base)
+    except SdloraError:  # a base that cannot load: Generate reports why; the slider needs a value now
+        size = None
+    return size or GenerateSettings(prompt="").width
 
 
 def preferred_weight(app, name: str) -> float:

@@ -14,7 +14,6 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import ConfigError
-from webui.metadata_edit import edited_metadata, write_with_metadata
 from webui.paths import safe_filename, unique_path
 from webui.tabs.common import bound
 
@@ -122,25 +121,24 @@ def extract_lora(app, base: str, tuned: str, rank: float, out_name: str) -> tupl
 
 def edit_metadata(app, text: str, form: dict[str, Any]) -> tuple[str, str, dict]:
     """Write a copy with edited metadata; the tensor hash stays the same. Returns (path, message, metadata)."""
-    from sdlora.header import read_header
+    from sdlora.formats.metaedit import Edits
+    from sdlora.formats.metaedit import edit_metadata as write_edited
 
     source = resolve_lora(app, text)
-    old = read_header(source).metadata
-    meta = edited_metadata(old, strip=bool(form.get("strip")), title=form.get("title"),
-                           trigger_words=form.get("trigger"), description=form.get("description"))
     target = output_path(app, form.get("out_name") or "", f"{source.stem}-edited")
-    written = write_with_metadata(source, target, meta)
-    kept = "kept" if written["sshs_model_hash"] == old.get("sshs_model_hash", written["sshs_model_hash"]) else "set"
-    return str(target), (f"wrote {target.name}: {len(old)} → {len(written)} metadata keys; tensor hash {kept} "
-                         f"(`{written['sshs_model_hash'][:12]}`)"), written
+    edits = Edits(strip=bool(form.get("strip")), title=form.get("title"), trigger_words=form.get("trigger"),
+                  description=form.get("description"))
+    edit = write_edited(source, edits, target)
+    written = edit.after
+    return str(target), (f"wrote {target.name}: {len(edit.before)} → {len(written)} metadata keys; tensor hash "
+                         f"{'kept' if edit.hash_kept else 'set'} (`{written['sshs_model_hash'][:12]}`)"), written
 
 
 def load_metadata_fields(app, text: str) -> tuple[str, str, str]:
-    from sdlora.header import read_header
+    from sdlora.formats.metaedit import DESCRIPTION, TITLE, TRIGGER, read_metadata
 
-    meta = read_header(resolve_lora(app, text)).metadata
-    return meta.get("modelspec.title", ""), meta.get("modelspec.trigger_phrase", ""), meta.get(
-        "modelspec.description", "")
+    meta = read_metadata(resolve_lora(app, text))
+    return meta.get(TITLE, ""), meta.get(TRIGGER, ""), meta.get(DESCRIPTION, "")
 
 
 def _counts(counter) -> str:
