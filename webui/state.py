@@ -31,6 +31,7 @@ class AppConfig:
     data_dirs: extra folders the user may train from (read only; e.g. the repository's sample_data/).
     model_dirs: extra folders holding base models (read only).
     base: the default base model: "embedded" or a path inside model_dirs / output_dir.
+    allow_pickle: let .ckpt/.pt/.pth/.bin models be loaded (`sdlora webui --allow-pickle`).
     """
 
     lora_dir: Path
@@ -39,6 +40,7 @@ class AppConfig:
     data_dirs: tuple[Path, ...] = ()
     model_dirs: tuple[Path, ...] = ()
     limits: UploadLimits = field(default_factory=UploadLimits)
+    allow_pickle: bool = False
 
     @property
     def write_roots(self) -> list[Path]:
@@ -97,9 +99,11 @@ class AppState:
         """
         base = self.base_model(base)
         if self._pipeline is None or base != self._pipeline_base:
-            factory = self._pipeline_factory or _default_pipeline
             log.info("loading base model %s for generation", base)
-            self._pipeline = factory(base)
+            if self._pipeline_factory is not None:
+                self._pipeline = self._pipeline_factory(base)
+            else:
+                self._pipeline = _default_pipeline(base, self.config.allow_pickle)
             self.model_name = "embedded" if base == "embedded" else Path(base).stem
             from sdlora.stack import LoraStack
 
@@ -111,7 +115,7 @@ class AppState:
         self.jobs.close()
 
 
-def _default_pipeline(base: str) -> Any:
+def _default_pipeline(base: str, allow_pickle: bool) -> Any:
     from sdlora.generate import load_base
 
-    return load_base(base)[0]
+    return load_base(base, allow_pickle=allow_pickle)[0]

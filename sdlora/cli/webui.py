@@ -27,6 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "repository's sample_data/)")
     parser.add_argument("--base", default="embedded",
                         help="default base model: 'embedded' or a model path inside the folders above")
+    parser.add_argument("--allow-pickle", "--allow_pickle", dest="allow_pickle", action="store_true",
+                        help="let the UI load .ckpt/.pt/.pth/.bin models (torch.load(weights_only=True))")
     parser.set_defaults(run=run)
     return parser
 
@@ -37,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
     data_dirs = tuple(args.data_dir) if args.data_dir else None
     # the base given on the command line is trusted (the person starting the server typed it)
     model_dirs = () if args.base == "embedded" else (Path(args.base),)
-    state = default_state(args.lora_dir, args.output_dir, args.base, data_dirs, model_dirs)
+    state = default_state(args.lora_dir, args.output_dir, args.base, data_dirs, model_dirs, args.allow_pickle)
     launch(build_app(state), state, host=args.host, port=args.port)
     return 0

@@ -114,7 +114,7 @@ def extract_lora(app, base: str, tuned: str, rank: float, out_name: str) -> tupl
 
     base_path = base.strip() if base.strip() == "embedded" else str(app.read_path(base))
     tuned_path = app.read_path(tuned)
-    result = extract(base_path, str(tuned_path), rank=int(rank))
+    result = extract(base_path, str(tuned_path), rank=int(rank), allow_pickle=app.config.allow_pickle)
     target = output_path(app, out_name, f"{tuned_path.stem}-extracted")
     sdlora.save_lora(result.lora, target)
     return str(target), f"wrote {target.name}"
