@@ -6,15 +6,21 @@ Folder layouts (FORMATS.md §3):
 * Kohya ``N_name`` subfolders: N repeats, and ``name`` is the caption of images without a ``.txt``.
 
 Every image is decoded once during the scan, so a broken file is skipped and named in the summary before
-training starts, never halfway through. The batch order is a pure function of (seed, epoch), so a resumed
+training starts, never halfway through. Odd entries (symlink loops, dangling links, FIFOs, a folder named
+``x.png``, an unreadable caption, a caption with no image) are named and skipped too, never opened: a FIFO
+would block the scan. Images and folders are counted once by their resolved path, so a ``1_x -> .`` link
+or an image linked twice does not double the data set. The batch order is a pure function of (seed, epoch), so a resumed
 run sees exactly the batches an uninterrupted run would (no data-loader state to save).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,24 +75,95 @@ class DatasetSummary:
         return out
 
 
-def _folders(root: Path, repeats: int) -> list[tuple[Path, str, int, str]]:
-    """(folder, name, repeats, class token) for each folder holding training images."""
-    kohya = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+def _skip(summary: DatasetSummary, path: Path, reason: str) -> None:
+    summary.skipped.append((str(path), reason))
+    log.warning("%s: skipped: %s", path, reason)
+
+
+def entry_problem(path: Path, want_dir: bool = False) -> str | None:
+    """Why `path` is not a usable regular file (or folder, with `want_dir`); None when it is.
+
+    Only stat()s the entry, never opens it: opening a FIFO would block the scan.
+    """
+    try:
+        mode = path.stat().st_mode  # follows links; a loop gives ELOOP instead of recursing
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if path.is_symlink():
+            return f"broken symbolic link (to {os.readlink(path)})"
+        return f"unreadable ({err.strerror})"
+    if want_dir:
+        return None if stat.S_ISDIR(mode) else "not a folder"
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    return None if stat.S_ISREG(mode) else "not a regular file (a FIFO, socket or device)"
+
+
+def _folders(root: Path, repeats: int, summary: DatasetSummary) -> list[tuple[Path, str, int, str]]:
+    """(folder, name, repeats, class token) for each folder holding training images, each real folder once."""
+    found, seen = [(root, root.name, repeats, "")], {root.resolve(): root}
+    for sub in sorted(root.iterdir()):
         match = _KOHYA_DIR.match(sub.name)
-        if match:
-            kohya.append((sub, sub.name, int(match.group(1)), match.group(2).strip()))
-        elif not sub.name.startswith("."):
+        if sub.name.startswith(".") or (not match and not sub.is_dir()):
+            continue
+        problem = entry_problem(sub, want_dir=True)
+        if problem is not None:
+            if match:  # looks like an image folder, so say why it is not used
+                _skip(summary, sub, problem)
+            continue
+        if not match:
             log.warning("%s: ignored (Kohya image folders are named N_name, e.g. 10_mystyle)", sub)
-    return [(root, root.name, repeats, ""), *kohya]
+            continue
+        real = sub.resolve()
+        if real in seen:
+            _skip(summary, sub, f"the same folder as {seen[real]}; its images are used once")
+            continue
+        seen[real] = sub
+        found.append((sub, sub.name, int(match.group(1)), match.group(2).strip()))
+    return found
 
 
-def _caption_for(image: Path, class_token: str, summary: DatasetSummary) -> str:
+def _image_files(folder: Path, summary: DatasetSummary, seen: dict[Path, Path]) -> list[Path]:
+    """The image files of `folder`, sorted; odd entries, repeats of an image already found (by resolved
+    path) and captions without an image are named in the summary and left out."""
+    entries = sorted(folder.iterdir())
+    stems = {p.stem for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS}
+    images = []
+    for path in entries:
+        suffix = path.suffix.lower()
+        if suffix == ".txt" and path.stem not in stems:
+            _skip(summary, path, "a caption without an image of the same name")
+        if suffix not in IMAGE_EXTENSIONS:
+            continue
+        problem = entry_problem(path)
+        real = path.resolve() if problem is None else None
+        if problem is None and real in seen:
+            problem = f"the same file as {seen[real]}"
+        if problem is not None:
+            _skip(summary, path, problem)
+            continue
+        seen[real] = path
+        images.append(path)
+    return images
+
+
+def _caption_for(image: Path, class_token: str, summary: DatasetSummary) -> str | None:
+    """The image's caption (the class token when it has no .txt); None when the caption exists but cannot
+    be read: the image is skipped then, since training it under the wrong caption would teach the wrong thing."""
     caption_file = image.with_suffix(".txt")
-    if not caption_file.is_file():
+    if not os.path.lexists(caption_file):
         summary.uncaptioned += 1
         return class_token
-    caption, note = read_caption(caption_file)
+    problem = entry_problem(caption_file)
+    if problem is None:
+        try:
+            caption, note = read_caption(caption_file)
+        except OSError as err:
+            problem = f"unreadable ({err.strerror or err})"
+    if problem is not None:
+        _skip(summary, caption_file, f"caption {problem}; its image {image.name} is skipped too")
+        return None
     if note:
         summary.converted.append((str(caption_file), note))
         log.warning("%s: %s", caption_file, note)
@@ -98,8 +175,7 @@ def _scan_image(path: Path, cfg, summary: DatasetSummary) -> tuple[int, int] | N
     try:
         img, notes = open_image(path, cfg.background, cfg.max_image_pixels)
     except ImageSkipped as err:
-        summary.skipped.append((str(path), str(err)))
-        log.warning("%s: skipped: %s", path, err)
+        _skip(summary, path, str(err))
         return None
     for note in notes:
         summary.converted.append((str(path), note))
@@ -118,15 +194,14 @@ def scan_dataset(cfg) -> tuple[list[ImageItem], DatasetSummary]:
     if not cfg.path or not root.is_dir():
         raise DatasetError(f"data.path: {str(root)!r} is not a folder; point it at a folder of images "
                            "with .txt captions or Kohya N_name subfolders")
-    summary, items = DatasetSummary(), []
-    for folder, name, repeats, class_token in _folders(root, cfg.repeats):
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    summary, items, seen = DatasetSummary(), [], {}
+    for folder, name, repeats, class_token in _folders(root, cfg.repeats, summary):
         found = []
-        for path in images:
+        for path in _image_files(folder, summary, seen):
             size = _scan_image(path, cfg, summary)
-            if size is not None:
-                caption = with_trigger(_caption_for(path, class_token, summary), cfg.trigger)
-                found.append(ImageItem(path, caption, name, repeats, size))
+            caption = None if size is None else _caption_for(path, class_token, summary)
+            if caption is not None:
+                found.append(ImageItem(path, with_trigger(caption, cfg.trigger), name, repeats, size))
         if found:
             summary.folders[name] = {"n_repeats": repeats, "img_count": len(found)}
             summary.tag_frequency[name] = tag_frequency([item.caption for item in found])
