@@ -16,19 +16,20 @@ import gradio as gr
 from sdlora.errors import ConfigError
 from webui.metadata_edit import edited_metadata, write_with_metadata
 from webui.paths import safe_filename, unique_path
+from webui.state import NotInLibrary
 from webui.tabs.common import bound
 
 
 def resolve_lora(app, text: str) -> Path:
-    """A library name ("style") or a path inside the configured folders ("outputs/x.safetensors")."""
+    """A library name ("style") or a path inside the configured folders ("outputs/x.safetensors"), both
+    resolved and confined by the app (a library file that links outside the folders is refused)."""
     text = (text or "").strip()
     if not text:
         raise ConfigError("type a LoRA name from the library or a path to a .safetensors file")
-    library = Path(app.config.lora_dir)
-    candidate = library / f"{text}.safetensors"
-    if "/" not in text and candidate.is_file():
-        return candidate.resolve()
-    return app.read_path(text, default_root=library)
+    try:
+        return app.library_path(text)
+    except NotInLibrary:
+        return app.read_path(text, default_root=Path(app.config.lora_dir))
 
 
 def output_path(app, name: str, default: str) -> Path:
