@@ -10,6 +10,7 @@ import sdlora
 from sdlora.errors import TrainingError
 from sdlora.train import TrainResult, TrainRun
 from sdlora.train.checkpoint import (
+    checkpoints_dir,
     load_checkpoint,
     prune_checkpoints,
     repair_loss_log,
@@ -135,7 +136,9 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     if checkpoint is not None:
         state.step = load_checkpoint(state, checkpoint)
         log.info("resumed from %s at step %d", checkpoint, state.step)
-        _repair_after_kill(state, run, checkpoint)
+        if checkpoint.resolve().parent == checkpoints_dir(state.output).resolve():
+            # this run's own checkpoint (not one taken from another run's folder): finish what a kill cut off
+            _repair_after_kill(state, run, checkpoint)
     precompute_latents(state)
     precompute_text(state)
     park(state)
