@@ -33,7 +33,7 @@ def resolve_lora(app, text: str) -> Path:
 
 
 def output_path(app, name: str, default: str) -> Path:
-    folder = Path(app.config.output_dir) / "tools"
+    folder = app.write_path("tools")  # confined like any path: a "tools" link leading elsewhere is refused
     folder.mkdir(parents=True, exist_ok=True)
     stem = safe_filename(Path(name or default).stem or default, default=default)
     return unique_path(folder, f"{stem}.safetensors")

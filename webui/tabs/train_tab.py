@@ -21,7 +21,7 @@ import gradio as gr
 from sdlora import configs
 from sdlora.errors import ConfigError, DatasetError, SdloraError
 from webui.jobs import DONE, JobContext
-from webui.paths import safe_filename, unique_path
+from webui.paths import AccessError, resolve_within, safe_filename, unique_path
 from webui.tabs.common import bound, gather
 from webui.uploads import IMAGE_SUFFIXES, check_image_upload, store_upload, upload_name
 
@@ -233,8 +233,11 @@ def save_captions(app, dataset: str, rows: list[list[str]] | None) -> tuple[str,
         folder, copied = target, f" (copied to {target.name}/ first: the original folder is read-only)"
     count = 0
     for name, caption in _rows(rows):
-        image = (folder / name).resolve()
-        if not image.is_relative_to(folder) or not image.is_file():
+        try:
+            image = resolve_within(name, [folder])
+        except AccessError as err:
+            raise DatasetError(f"{name!r} is not an image in {folder.name}/ ({err})") from err
+        if not image.is_file():
             raise DatasetError(f"{name!r} is not an image in {folder.name}/")
         tmp = image.with_suffix(".txt.tmp")
         tmp.write_text(str(caption or "").strip() + "\n", encoding="utf-8")
