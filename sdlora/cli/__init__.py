@@ -50,11 +50,30 @@ def main(argv: list[str] | None = None) -> int:
         _escape_unencodable(stream)
     try:
         code = _run(argv)
-        sys.stdout.flush()  # inside the try: a failed flush at interpreter exit would print a traceback
-        return code
     except BrokenPipeError:
         _discard_stdout()  # the reader (e.g. `| head`) has what it wanted: stop quietly
-        return 128 + 13   # as if killed by SIGPIPE, what shells report for `cat FILE | head`
+        return _CLOSED_PIPE
+    failed = _flush_stdout(report=code == 0)  # now, not at interpreter exit (a traceback there)
+    return code if failed is None else failed
+
+
+_CLOSED_PIPE = 128 + 13  # as if killed by SIGPIPE, what shells report for `cat FILE | head`
+
+
+def _flush_stdout(report: bool) -> int | None:
+    """Flush what the command printed; on failure return an exit code (and, with `report`, say why: a
+    command that already failed has said so) and drop the unwritable rest."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return _CLOSED_PIPE
+    except OSError as err:
+        _discard_stdout()
+        if report:
+            print(f"sdlora: error: cannot write the output: {describe_os_error(err)}", file=sys.stderr)
+        return 2 if err.errno in _USER_ERRNOS else 1
+    return None
 
 
 def _run(argv: list[str] | None) -> int:

@@ -4,6 +4,8 @@ every command that can read a pickled base accepts --allow-pickle (a .bin diffus
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import struct
@@ -113,3 +115,31 @@ def test_diffusers_folder_of_bin_files_needs_allow_pickle(tmp_path):
     (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"never unpickled")
     with pytest.raises(ConfigError, match="unet are pickle files.*--allow-pickle"):
         load_components(str(folder))
+
+
+class _FullDisk(io.RawIOBase):
+    """A stdout whose every write fails with ENOSPC while `full` is set."""
+
+    full = True
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return len(data)
+
+
+def test_output_that_fails_only_when_flushed_gives_one_line_and_exit_2(monkeypatch, capsys):
+    """Short output sits in stdout's buffer until the end; main flushes it itself, so a full disk is
+    reported as one line (not "Exception ignored ..." at interpreter exit)."""
+    raw = _FullDisk()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=1 << 20)))
+    try:
+        code = main(["inspect", "--no-hash", str(LORA)])
+    finally:
+        raw.full = False  # let the stand-in close quietly
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert len(lines) == 1 and "No space left on device" in lines[0]
