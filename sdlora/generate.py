@@ -200,13 +200,14 @@ def save_png(image, path, parameters: str) -> Path:
     return path
 
 
-def load_base(base: str | None = None):
-    """(pipeline, model name) for `base`; None means sdlora's embedded model."""
+def load_base(base: str | None = None, allow_pickle: bool = False):
+    """(pipeline, model name) for `base`; None means sdlora's embedded model. `allow_pickle` lets a
+    .ckpt/.pt/.pth/.bin base be read (see `sdlora.models.load_components`)."""
     from sdlora.extract import pipeline_from
     from sdlora.models import load_components
 
     name = base or "embedded"
-    components = load_components(name)
+    components = load_components(name, allow_pickle=allow_pickle)
     label = getattr(components, "name", "") or Path(str(name)).stem
     return pipeline_from(components), label
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import lora_with_strength, progress_bar
+from sdlora.cli.loraargs import add_allow_pickle, lora_with_strength, progress_bar
 from sdlora.samplers import SAMPLERS
 
 DESCRIPTION = """\
@@ -32,6 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--out", type=Path, required=True, help="the .png to write")
+    add_allow_pickle(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from sdlora.stack import LoraStack
 
     sampler = resolve_sampler(args.sampler) if args.sampler else ""  # a typo fails before the model loads
-    pipeline, model_name = load_base(args.base)
+    pipeline, model_name = load_base(args.base, allow_pickle=args.allow_pickle)
     size = default_size(pipeline)
     settings = GenerateSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.cfg,
                                 args.width or size, args.height or size, model_name, sampler)

@@ -134,10 +134,10 @@ def test_sync_stack_updates_in_place_without_reloading(tiny_unet):
     assert torch.equal(weight(tiny_unet), w0)
 
 
-def test_unknown_library_name_suggests_close_ones(tmp_path):
+def test_unknown_library_name_suggests_close_ones(tmp_path, app):
     library = {"my-style": tmp_path / "my-style.safetensors"}
     with pytest.raises(Exception, match="did you mean my-style"):
-        generate_tab._resolve(library, "my-styl")
+        generate_tab._resolve(app, library, "my-styl")
 
 
 def test_generation_works_while_a_training_job_runs(gen_app):

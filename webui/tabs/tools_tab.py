@@ -15,23 +15,24 @@ import gradio as gr
 
 from sdlora.errors import ConfigError
 from webui.paths import safe_filename, unique_path
+from webui.state import NotInLibrary
 from webui.tabs.common import bound
 
 
 def resolve_lora(app, text: str) -> Path:
-    """A library name ("style") or a path inside the configured folders ("outputs/x.safetensors")."""
+    """A library name ("style") or a path inside the configured folders ("outputs/x.safetensors"), both
+    resolved and confined by the app (a library file that links outside the folders is refused)."""
     text = (text or "").strip()
     if not text:
         raise ConfigError("type a LoRA name from the library or a path to a .safetensors file")
-    library = Path(app.config.lora_dir)
-    candidate = library / f"{text}.safetensors"
-    if "/" not in text and candidate.is_file():
-        return candidate.resolve()
-    return app.read_path(text, default_root=library)
+    try:
+        return app.library_path(text)
+    except NotInLibrary:
+        return app.read_path(text, default_root=Path(app.config.lora_dir))
 
 
 def output_path(app, name: str, default: str) -> Path:
-    folder = Path(app.config.output_dir) / "tools"
+    folder = app.write_path("tools")  # confined like any path: a "tools" link leading elsewhere is refused
     folder.mkdir(parents=True, exist_ok=True)
     stem = safe_filename(Path(name or default).stem or default, default=default)
     return unique_path(folder, f"{stem}.safetensors")
@@ -113,7 +114,7 @@ def extract_lora(app, base: str, tuned: str, rank: float, out_name: str) -> tupl
 
     base_path = base.strip() if base.strip() == "embedded" else str(app.read_path(base))
     tuned_path = app.read_path(tuned)
-    result = extract(base_path, str(tuned_path), rank=int(rank))
+    result = extract(base_path, str(tuned_path), rank=int(rank), allow_pickle=app.config.allow_pickle)
     target = output_path(app, out_name, f"{tuned_path.stem}-extracted")
     sdlora.save_lora(result.lora, target)
     return str(target), f"wrote {target.name}"

@@ -72,7 +72,8 @@ def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
     """
     from sdlora.config import load_config
 
-    overrides = [f"model.base={json.dumps(app.base_model(form.get('model.base')))}"]
+    overrides = [f"model.base={json.dumps(app.base_model(form.get('model.base')))}",
+                 f"model.allow_pickle={json.dumps(app.config.allow_pickle)}"]
     data_path = str(form.get("data.path") or "").strip()
     if not data_path:
         raise DatasetError("no data set: type a folder and press 'Load data set', or upload images")
