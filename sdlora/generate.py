@@ -13,8 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdlora import __version__
 from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError
+from sdlora.header import tensor_data_sha256
+from sdlora.models import load_components, pipeline_from
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
 from sdlora.samplers import make_scheduler, resolve_sampler, sampler_name
@@ -57,8 +60,6 @@ def short_hash(path) -> str:
     """First 12 hex characters of the tensor-data SHA-256 of a `.safetensors` file ("" without a file)."""
     if not path or not Path(path).is_file():
         return ""
-    from sdlora.header import tensor_data_sha256
-
     return tensor_data_sha256(path)[:12]
 
 
@@ -78,7 +79,7 @@ def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str
     """
     settings.check()
     if stack is None:
-        from sdlora.stack import LoraStack
+        from sdlora.stack import LoraStack  # stack imports torch; settings and parameters text need none
 
         stack = LoraStack(pipeline)
     prompt, requests = parse_prompt(settings.prompt)
@@ -178,8 +179,6 @@ def parameters_text(settings: GenerateSettings, sampler: str, hashes: dict[str, 
     known = {name: value for name, value in hashes.items() if value}
     if known:
         pairs.append('Lora hashes: "' + ", ".join(f"{n}: {h}" for n, h in known.items()) + '"')
-    from sdlora import __version__
-
     pairs.append(f"Version: sdlora {__version__}")
     lines.append(", ".join(pairs))
     return "\n".join(lines)
@@ -202,9 +201,6 @@ def save_png(image, path, parameters: str) -> Path:
 
 def load_base(base: str | None = None):
     """(pipeline, model name) for `base`; None means sdlora's embedded model."""
-    from sdlora.extract import pipeline_from
-    from sdlora.models import load_components
-
     name = base or "embedded"
     components = load_components(name)
     label = getattr(components, "name", "") or Path(str(name)).stem

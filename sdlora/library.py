@@ -22,7 +22,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sdlora.arch.blocks import check_strength
+from sdlora.arch.family import detect_family
+from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.header import check_is_lora, read_header, tensor_data_sha256
 from sdlora.progress import report
 
 log = logging.getLogger(__name__)
@@ -138,9 +142,6 @@ def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
 
 def read_file_info(path) -> dict:
     """What the library keeps from one file's header (+ the tensor-data hash); raises FormatError."""
-    from sdlora.family import detect_family
-    from sdlora.header import check_is_lora, read_header, tensor_data_sha256
-
     header = read_header(path)
     check_is_lora(header)
     shapes = {key: tuple(info.shape) for key, info in header.tensors.items()}
@@ -216,8 +217,6 @@ def write_notes(path, notes: dict) -> dict:
             merged.pop(key, None)
             continue
         if key == "preferred weight":
-            from sdlora.blocks import check_strength
-
             value = check_strength(value, "preferred weight")
         merged[key] = value
     _write_json_atomic(notes_path(path), merged)
@@ -249,8 +248,6 @@ def _write_cache(path: Path, cache: dict) -> None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    from sdlora.atomic import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, fsync=False) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Training-time LoRA layers and injection. Depends on torch only (and sdlora.naming for export names).
+"""Training-time LoRA layers and injection. Depends on torch, sdlora.arch (names, target presets) and sdlora.weights.
 
 Decision 1, how LoRA attaches: a removable forward hook on the base ``nn.Linear``/``nn.Conv2d`` (kohya's
 forward-patch idea, done with ``register_forward_hook``), not PEFT's wrapper module. The base model's
@@ -15,6 +15,10 @@ nothing. DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353 §4.1, eq. 5):
 output channel, detached as in the paper's §4.3 to save memory; ``m`` starts at ``||W||_c``.
 
 >>> from torch import nn
+
+from sdlora.arch.components import canonical_name
+from sdlora.arch.targets import match_targets
+from sdlora.weights import LoraModule, LoraState
 >>> model = nn.Sequential(nn.Linear(4, 4))
 >>> net = LoraNetwork()
 >>> net.add("unet.0", model[0], rank=2, alpha=2.0)
@@ -30,6 +34,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sdlora.arch.components import canonical_name
+from sdlora.arch.targets import match_targets
+from sdlora.weights import LoraModule, LoraState
 
 
 class LoraLayer(nn.Module):
@@ -169,8 +177,6 @@ class LoraNetwork(nn.Module):
 
         `family` ("sd1" | "sd2" | "sdxl" | None) selects the Kohya spelling (SDXL: lora_te1/te2, SGM UNet names).
         """
-        from sdlora.weights import LoraModule, LoraState
-
         modules = {}
         for name, base in self._bases.items():
             layer = self.layer(name)
@@ -200,7 +206,7 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
 
     Args:
         components: {"unet": unet, "text_encoder": te, ...}; component names are canonical prefixes.
-        preset: a `sdlora.targets.PRESETS` key.
+        preset: a `sdlora.arch.targets.PRESETS` key.
         rank, alpha: for Linear and 1x1 conv targets.
         conv_rank, conv_alpha: for larger conv kernels (default: rank, alpha).
         dropout, dora: see LoraLayer.
@@ -209,14 +215,15 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
         The attached LoraNetwork (float32 parameters on each base layer's device).
 
     >>> from torch import nn
+
+from sdlora.arch.components import canonical_name
+from sdlora.arch.targets import match_targets
+from sdlora.weights import LoraModule, LoraState
     >>> unet = nn.Module(); unet.attn1 = nn.Module(); unet.attn1.to_q = nn.Linear(4, 4)
     >>> net = inject_lora({"unet": unet}, "qv", rank=2, alpha=2)
     >>> net.names
     ['unet.attn1.to_q']
     """
-    from sdlora.naming import canonical_name
-    from sdlora.targets import match_targets
-
     network = LoraNetwork()
     for component, model in components.items():
         for path, module, kind in match_targets(model, component, preset):

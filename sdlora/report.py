@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from math import prod
 
-from sdlora.arch import ModuleInfo, ModuleTable, family_table
+from sdlora.arch.family import FAMILY_NAMES, detect_family
+from sdlora.arch.naming import nearest_name
+from sdlora.arch.tables import ModuleInfo, ModuleTable, family_table
 from sdlora.errors import SdloraError
-from sdlora.family import FAMILY_NAMES, detect_family
-from sdlora.naming import nearest_name
 
 VERDICTS = ("applied", "unknown_module", "shape_mismatch", "unsupported_kind", "ignored", "extra")
 FAILURES = frozenset({"unknown_module", "shape_mismatch", "unsupported_kind"})

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdlora.errors import SdloraError
+
 NAME = "embedded"  # the base name that selects this model (`--base embedded`)
 IMAGE_SIZE = 32
 
@@ -31,8 +33,6 @@ def load_pipeline(device: str = "cpu", dtype=None, folder: Path | None = None):
     """
     import torch
     from diffusers import StableDiffusionPipeline
-
-    from sdlora.errors import SdloraError
 
     folder = Path(folder) if folder is not None else weights_dir()
     if not (folder / "model_index.json").is_file():

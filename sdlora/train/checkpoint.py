@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from sdlora.config import dump_config
 from sdlora.errors import TrainingError
 from sdlora.train import deepspeed_run
 
@@ -50,8 +51,6 @@ def _rng_state(generator: torch.Generator) -> dict:
 def save_checkpoint(state, step: int) -> Path:
     """Write the checkpoint for `step` (all processes call this; the main process renames) and return it."""
     from safetensors.torch import save_file
-
-    from sdlora.config import dump_config
 
     acc = state.accelerator
     final = checkpoints_dir(state.output) / f"step-{step:06d}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sdlora.config import dump_config
+from sdlora.formats import save_lora
 
 _VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 _ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
@@ -114,8 +115,6 @@ def output_paths(cfg, stem: str | None = None) -> dict[str, Path]:
 def export_lora(network, metadata: dict[str, str], cfg, stem: str | None = None, family: str | None = None
                 ) -> list[Path]:
     """Write the LoRA in the configured format(s) and `<stem>.yaml` (the resolved config) beside it."""
-    from sdlora import save_lora
-
     state = network.to_state(metadata, family=family)
     written = []
     for fmt, path in output_paths(cfg, stem).items():

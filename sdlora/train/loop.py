@@ -22,6 +22,7 @@ from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
 from sdlora.train import data as data_mod
 from sdlora.train import deepspeed_run
+from sdlora.train.compiling import compile_unet
 from sdlora.train.conditioning import (
     LatentCache,
     TextCache,
@@ -142,8 +143,6 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     state.engine = engine
     state.unet = components.unet
     if cfg.optim.compile:  # after inject_lora: the hooks are traced into the graph
-        from sdlora.train.compiling import compile_unet
-
         state.unet = compile_unet(components.unet, accelerator.device)
     state.batches_per_epoch = len(data_mod.epoch_batches(items, cfg.data.batch_size, cfg.optim.seed, 0))
     return state

@@ -8,13 +8,20 @@ from pathlib import Path
 
 import sdlora
 from sdlora.errors import TrainingError
-from sdlora.train import TrainResult, TrainRun
-from sdlora.train.checkpoint import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from sdlora.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
 from sdlora.train.deepspeed_run import full_precision
 from sdlora.train.export import build_metadata, export_lora, new_session_id
 from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
 from sdlora.train.progress import LossLog, StepInfo
+from sdlora.train.result import TrainResult, TrainRun
+from sdlora.train.samples import render_samples
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +65,6 @@ def _checkpoint(state, run: TrainRun) -> Path:
 
 
 def _samples(state, step: int) -> list[Path]:
-    from sdlora.train.samples import render_samples
-
     out = state.cfg.output
     if not (out.sample_prompts and out.sample_every and step % out.sample_every == 0):
         return []
@@ -149,6 +154,4 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
 
 
 def _existing_checkpoints(state) -> list[Path]:
-    from sdlora.train.checkpoint import list_checkpoints
-
     return list_checkpoints(state.output)[-1:]
