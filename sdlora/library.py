@@ -28,12 +28,13 @@ from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.header import check_is_lora, read_header, tensor_data_sha256
 from sdlora.progress import report
+from sdlora.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp",
-                    ".png", ".jpg", ".jpeg", ".webp")
+# A1111 looks for `<stem>.preview.<ext>` first, then `<stem>.<ext>`
+PREVIEW_SUFFIXES = tuple(f".preview{s}" for s in sorted(IMAGE_SUFFIXES)) + tuple(sorted(IMAGE_SUFFIXES))
 NOTE_FIELDS = ("activation text", "preferred weight", "notes", "description", "sd version", "negative text")
 TOP_TAGS = 5
 _RANK_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".hada_w1_b", ".lokr_w1_b", ".lokr_w2_b")

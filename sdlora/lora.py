@@ -15,10 +15,6 @@ nothing. DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353 §4.1, eq. 5):
 output channel, detached as in the paper's §4.3 to save memory; ``m`` starts at ``||W||_c``.
 
 >>> from torch import nn
-
-from sdlora.arch.components import canonical_name
-from sdlora.arch.targets import match_targets
-from sdlora.weights import LoraModule, LoraState
 >>> model = nn.Sequential(nn.Linear(4, 4))
 >>> net = LoraNetwork()
 >>> net.add("unet.0", model[0], rank=2, alpha=2.0)
@@ -215,10 +211,6 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
         The attached LoraNetwork (float32 parameters on each base layer's device).
 
     >>> from torch import nn
-
-from sdlora.arch.components import canonical_name
-from sdlora.arch.targets import match_targets
-from sdlora.weights import LoraModule, LoraState
     >>> unet = nn.Module(); unet.attn1 = nn.Module(); unet.attn1.to_q = nn.Linear(4, 4)
     >>> net = inject_lora({"unet": unet}, "qv", rank=2, alpha=2)
     >>> net.names

@@ -25,10 +25,9 @@ from typing import Any
 from sdlora.configs import CONFIG_DIRS, models_root, tokenizers_root
 from sdlora.embedded import weights_dir
 from sdlora.errors import CompatibilityError, ConfigError, FormatError
+from sdlora.suffixes import PICKLE_SUFFIXES
 
 log = logging.getLogger(__name__)
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass

@@ -34,10 +34,9 @@ import re
 
 import torch
 
+from sdlora.arch.family import FAMILIES
 from sdlora.arch.naming import ldm_unet_names
 from sdlora.errors import FormatError
-
-FAMILIES = ("sd1", "sd2", "sdxl")
 
 # where each diffusers component goes in a full checkpoint, and which text-encoder layout it uses
 CHECKPOINT_LAYOUT = {

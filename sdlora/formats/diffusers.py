@@ -15,10 +15,10 @@ import math
 import re
 from collections import Counter
 
+from sdlora.arch.components import COMPONENTS
 from sdlora.errors import FormatError
 from sdlora.weights import KeyIssue, LoraModule, LoraState
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # key ending -> role of the tensor in its module (checked in order; the first match wins)
 _ROLES = (
     (re.compile(r"\.lora_A(\.default)?\.weight$"), "down"),

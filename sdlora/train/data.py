@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from sdlora.errors import DatasetError
+from sdlora.suffixes import IMAGE_SUFFIXES
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
 from sdlora.train.captions import process_caption, read_caption, tag_frequency, with_trigger
-from sdlora.train.images import IMAGE_EXTENSIONS, ImageSkipped, open_image
+from sdlora.train.images import ImageSkipped, open_image
 
 log = logging.getLogger(__name__)
 _KOHYA_DIR = re.compile(r"^(\d+)_(.*)$")
@@ -120,7 +121,7 @@ def scan_dataset(cfg) -> tuple[list[ImageItem], DatasetSummary]:
                            "with .txt captions or Kohya N_name subfolders")
     summary, items = DatasetSummary(), []
     for folder, name, repeats, class_token in _folders(root, cfg.repeats):
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         found = []
         for path in images:
             size = _scan_image(path, cfg, summary)
@@ -134,7 +135,7 @@ def scan_dataset(cfg) -> tuple[list[ImageItem], DatasetSummary]:
     if not items:
         skipped = f" ({len(summary.skipped)} file(s) skipped: {summary.skipped[0][1]})" if summary.skipped else ""
         raise DatasetError(f"data.path: no usable images in {root}{skipped}; expected "
-                           f"{', '.join(IMAGE_EXTENSIONS)} files, directly or in N_name subfolders")
+                           f"{', '.join(sorted(IMAGE_SUFFIXES))} files, directly or in N_name subfolders")
     _assign_buckets(items, cfg, summary)
     return items, summary
 

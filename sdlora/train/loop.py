@@ -1,5 +1,6 @@
 """The training loop: `setup_training` (freeze, inject, optimizer, caches), `training_step` (one micro-batch:
-encode -> noise -> timesteps -> predict -> loss) and `run_loop` (accumulate, clip, step, log, checkpoint).
+encode -> noise -> timesteps -> predict -> loss) and `optimizer_step` (reduce, clip, step). The loop over
+steps (logging, samples, checkpoints, export) is `sdlora.train.session.run_training`.
 
 Reads top to bottom like diffusers' `train_text_to_image_lora.py`, but each stage is a function.
 Multi-process (``accelerate launch``): every process computes its own micro-batches of the same global
