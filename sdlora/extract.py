@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from sdlora.arch.components import canonical_name, components_of
 from sdlora.arch.ldm_keys import models_to_ldm
@@ -65,8 +66,6 @@ class _Weights:
             self._from_modules(source)
 
     def _open_path(self, path: Path, stack: ExitStack) -> None:
-        from safetensors import safe_open
-
         if path.is_dir():
             files = {c: path / rel for c, (rel,) in FOLDER_FILES.items() if (path / rel).is_file()}
             if not files:
@@ -292,7 +291,7 @@ def _save_single_file(components, out: Path, record: dict, family: str | None, d
 
 def _write_safetensors(state: dict, metadata: dict[str, str], out: Path) -> None:
     """Streamed to a temporary file in the same folder, fsynced, renamed (no second copy in memory)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # looked up per call, so a test can make the write fail
 
     with atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)

@@ -241,8 +241,8 @@ def check_lora(lora, target) -> LoadReport:
 
     Args:
         lora: the LoRA as read by `sdlora.load_lora` (uses modules, source_keys, issues, extras, family).
-        target: a family name ("sd1", "sd2", "sdxl") or a module table (`arch.table_for_model(...)`,
-            `arch.build_table_from_config_dir(...)`).
+        target: a family name ("sd1", "sd2", "sdxl") or a module table (`tables.table_for_model(...)`,
+            `tables.build_table_from_config_dir(...)`).
 
     Returns:
         The report; nothing is left out: keys the reader could not read keep the reader's verdict.

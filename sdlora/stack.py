@@ -33,11 +33,11 @@ from typing import NamedTuple
 
 import torch
 
+from sdlora import formats
 from sdlora.arch.blocks import block_names, block_of, check_strength, parse_block_strengths
 from sdlora.arch.components import canonical_name, components_of
 from sdlora.arch.tables import table_for_model
 from sdlora.errors import CompatibilityError, ConfigError
-from sdlora.formats import load_lora
 from sdlora.progress import Progress, report
 from sdlora.report import check_lora
 
@@ -590,7 +590,7 @@ def entry_label(state) -> str:
 
 def _load(lora, table=None):
     if isinstance(lora, str | Path):
-        return load_lora(lora, table=table)
+        return formats.load_lora(lora, table=table)
     if not hasattr(lora, "modules") or not hasattr(lora, "delta"):
         raise ConfigError(f"expected a LoRA file path or a LoraState, got {type(lora).__name__}")
     return lora
@@ -626,7 +626,7 @@ def _check_family(state, model_family: str | None) -> None:
 def model_family_of(components) -> str | None:
     """The base family of live components ("sd1", "sd2", "sdxl") or None for other models.
 
-    The arch helper's table match is exact; a model that differs from the shipped tables in some
+    The module-table match (arch.tables) is exact; a model that differs from the shipped tables in some
     module (a fine-tune with an extra layer) still has the UNet's cross-attention width to go by.
     """
     family = table_for_model(SimpleNamespace(**components)).family

@@ -334,7 +334,7 @@ def kohya_lookup(family: str | None, table: Mapping[str, ModuleInfo] | None = No
 
     Args:
         family: "sd1", "sd2", "sdxl", or None for a custom model.
-        table: the module table to use (e.g. `arch.table_for_model(model)`); default: the family's shipped
+        table: the module table to use (e.g. `tables.table_for_model(model)`); default: the family's shipped
             table, or for family None the union of all shipped tables (spellings that clash between families
             are left out) plus the diffusers-style names of a generic SD layout (UNet blocks 0-3 with up to
             4 resnets/attentions and 10 transformer blocks each; CLIP text encoders up to 32 layers).

@@ -75,7 +75,7 @@ def load_lora(path: str | os.PathLike, table=None):
     Args:
         path: a `.safetensors` file, a PEFT folder (`adapter_model.safetensors` + `adapter_config.json`),
             or `<stem>.safetensors` beside `<stem>.adapter_config.json`.
-        table: optional module table (`arch.table_for_model(model)`) for LoRAs of a custom model, whose
+        table: optional module table (`tables.table_for_model(model)`) for LoRAs of a custom model, whose
             Kohya names the shipped SD1/SD2/SDXL tables do not know.
 
     Raises:
