@@ -183,10 +183,21 @@ def private_imports(root: Path, package: str) -> list[str]:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         bound = _module_aliases(tree, module, path.name == "__init__.py", modules)
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and bound.get(node.value.id, module) != module and _is_private(node.attr)):
-                found.append(f"{module}:{node.lineno} {bound[node.value.id]}.{node.attr}")
+            if isinstance(node, ast.Attribute) and _is_private(node.attr):
+                owner = _dotted(node.value, bound)
+                if owner in modules and owner != module:
+                    found.append(f"{module}:{node.lineno} {owner}.{node.attr}")
     return sorted(found)
+
+
+def _dotted(node: ast.expr, bound: dict[str, str]) -> str | None:
+    """The module an expression like `x` or `x.y.z` names, through the file's import bindings."""
+    if isinstance(node, ast.Name):
+        return bound.get(node.id)
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value, bound)
+        return f"{base}.{node.attr}" if base else None
+    return None
 
 
 def _module_aliases(tree: ast.AST, module: str, is_package: bool, modules: dict[str, Path]) -> dict[str, str]:
@@ -311,9 +322,10 @@ def test_checker_finds_private_imports(tmp_path):
         "a.py": "_hidden = 1\n__version__ = '1'\n",
         "b.py": "def f():\n    from .a import _hidden, __version__\n",
         "c.py": "from pkg import a\nx = a._hidden\ny = a.__version__\n",
-        "d.py": "_own = 1\nz = _own\n",
+        "d.py": "import pkg.a\n\n\ndef f():\n    return pkg.a._hidden, pkg.a.__version__\n",
+        "e.py": "_own = 1\nz = _own\n",
     })
-    assert private_imports(root, "pkg") == ["pkg.b:2 pkg.a._hidden", "pkg.c:2 pkg.a._hidden"]
+    assert private_imports(root, "pkg") == ["pkg.b:2 pkg.a._hidden", "pkg.c:2 pkg.a._hidden", "pkg.d:5 pkg.a._hidden"]
 
 
 def test_checker_finds_an_import_of_a_higher_layer(tmp_path):

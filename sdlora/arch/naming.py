@@ -42,7 +42,7 @@ _FIXED_LDM = {  # diffusers block -> (LDM block, renames inside it)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# canonical names and live models
+# live models: canonical names -> modules
 
 
 def diffusers_key_name(canonical: str) -> str:
