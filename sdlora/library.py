@@ -22,14 +22,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sdlora.arch.blocks import check_strength
+from sdlora.arch.family import detect_family
+from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.header import check_is_lora, read_header, tensor_data_sha256
 from sdlora.progress import report
+from sdlora.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp",
-                    ".png", ".jpg", ".jpeg", ".webp")
+# A1111 looks for `<stem>.preview.<ext>` first, then `<stem>.<ext>`
+PREVIEW_SUFFIXES = tuple(f".preview{s}" for s in sorted(IMAGE_SUFFIXES)) + tuple(sorted(IMAGE_SUFFIXES))
 NOTE_FIELDS = ("activation text", "preferred weight", "notes", "description", "sd version", "negative text")
 TOP_TAGS = 5
 _RANK_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".hada_w1_b", ".lokr_w1_b", ".lokr_w2_b")
@@ -138,9 +143,6 @@ def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
 
 def read_file_info(path) -> dict:
     """What the library keeps from one file's header (+ the tensor-data hash); raises FormatError."""
-    from sdlora.family import detect_family
-    from sdlora.header import check_is_lora, read_header, tensor_data_sha256
-
     header = read_header(path)
     check_is_lora(header)
     shapes = {key: tuple(info.shape) for key, info in header.tensors.items()}
@@ -216,8 +218,6 @@ def write_notes(path, notes: dict) -> dict:
             merged.pop(key, None)
             continue
         if key == "preferred weight":
-            from sdlora.blocks import check_strength
-
             value = check_strength(value, "preferred weight")
         merged[key] = value
     _write_json_atomic(notes_path(path), merged)
@@ -249,8 +249,6 @@ def _write_cache(path: Path, cache: dict) -> None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    from sdlora.atomic import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, fsync=False) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")

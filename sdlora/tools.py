@@ -139,7 +139,7 @@ def resize(lora: LoraState, rank=None, energy=None, on_progress: ProgressCallbac
         result.lora.modules[name] = rebuild_module((u, s, vh), keep, shape, scale * keep, dora)
         result.modules[name] = ModuleResult(module.rank, keep, kept)
         report(on_progress, done, total, name)
-    result.lora.metadata.update(_rank_metadata(result.lora))
+    result.lora.metadata.update(rank_metadata(result.lora))
     result.lora.metadata["ss_training_comment"] = _comment(lora.metadata, _resize_note(rank, energy))
     return result
 
@@ -187,7 +187,7 @@ def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: Progres
         else:
             merged.modules[name], result.modules[name] = _svd_module(name, parts, rank, energy)
         report(on_progress, done, len(names), name)
-    merged.metadata.update(_rank_metadata(merged))
+    merged.metadata.update(rank_metadata(merged))
     return result
 
 
@@ -256,7 +256,8 @@ def _tool_metadata(metadata: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k not in _HASH_KEYS}
 
 
-def _rank_metadata(lora: LoraState) -> dict[str, str]:
+def rank_metadata(lora: LoraState) -> dict[str, str]:
+    """The ss_network_dim / ss_network_alpha metadata of `lora` ("Dynamic" when its modules differ)."""
     ranks = {m.rank for m in lora.modules.values()}
     alphas = {m.alpha for m in lora.modules.values()}
     dim = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"

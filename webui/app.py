@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 
+from sdlora.quiet import quiet_third_party
 from webui.state import AppConfig, AppState
 from webui.tabs import generate_tab, library_tab, tools_tab, train_tab
 from webui.tabs.common import bound
@@ -32,6 +33,7 @@ CSS = """
 
 def build_app(state: AppState) -> gr.Blocks:
     """Build the four tabs over `state` (nothing is launched or loaded yet)."""
+    quiet_third_party()
     with gr.Blocks(title="sdlora") as demo:
         gr.Markdown("# sdlora\nTrain a LoRA, manage a library, stack LoRAs with sliders and generate.")
         with gr.Tabs():

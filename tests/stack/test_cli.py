@@ -53,7 +53,7 @@ def test_resize_command(lora_path, tmp_path, components, capsys):
 def _table(components):
     from types import SimpleNamespace
 
-    from sdlora.arch import table_for_model
+    from sdlora.arch.tables import table_for_model
 
     return table_for_model(SimpleNamespace(**components))
 

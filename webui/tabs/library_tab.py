@@ -70,7 +70,7 @@ def details(app, name: str) -> tuple[dict, str, str, float, str]:
 def load_report(app, name: str) -> tuple[str, list[list]]:
     """The load report of LoRA `name` against the current base: (summary line, rows problems first)."""
     import sdlora
-    from sdlora.arch import table_for_model
+    from sdlora.arch.tables import table_for_model
     from sdlora.report import check_lora
 
     entry = find_entry(app, name)
