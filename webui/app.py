@@ -63,7 +63,9 @@ def add_training_result(state: AppState, job_id: int | None, slots: list) -> tup
 
 
 def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict) -> None:
-    """Train's "Add to library and stack" fills a Generate slot and refreshes the library list."""
+    """Train's "Add to library and stack" fills a Generate slot and refreshes the library list; the
+    Library's "Use the Generate tab's image" sets a preview from the Generate tab's image."""
+    library_tab.wire_generated_preview(state, library, generate["image"])
 
     def add_result(values: dict) -> list[Any]:
         slots = generate_tab.current_slots(values, generate)
