@@ -42,13 +42,18 @@ def build_app(state: AppState) -> gr.Blocks:
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 generate = generate_tab.create_ui(state)
             with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
-                tools_tab.create_ui(state)
+                tools = tools_tab.create_ui(state)
         _wire_cross_tabs(state, train, library, generate)
+        for event in tools["library_writes"]:  # tool results go into the library: show them there
+            event.success(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
+                          library["refresh_outputs"])
         # fill the lists when a page opens (not at build time: the library may change between visits)
         demo.load(bound(library_tab.refresh_outputs, state), None, library["refresh_outputs"],
                   api_name="library_on_load")
         demo.load(bound(lambda: gr.Dropdown(choices=generate_tab.library_choices(state))), None, generate["pick"],
                   api_name="generate_on_load")
+        demo.load(bound(lambda: tools_tab.refresh_menus(state, tools)), None, tools["menus"],
+                  api_name="tools_on_load")
     return demo
 
 
