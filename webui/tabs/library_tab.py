@@ -234,7 +234,8 @@ def create_ui(app) -> dict[str, Any]:
     c["names"] = gr.State([])  # the names in the order the cards and rows show them
     with gr.Tab("Cards"):
         c["cards"] = gr.Gallery(label="LoRAs (click a card for its details)", columns=6, height=420,
-                                object_fit="cover", allow_preview=False, elem_id="lib-cards")
+                                object_fit="cover", allow_preview=False, fit_columns=False,
+                                elem_id="lib-cards")
     with gr.Tab("Table"):
         c["table"] = gr.Dataframe(headers=COLUMNS, interactive=False, label="LoRAs", elem_id="lib-table")
     _create_details_ui(c)
