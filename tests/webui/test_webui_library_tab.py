@@ -53,11 +53,11 @@ def test_details_belong_to_the_selected_lora_after_a_report(gen_app):
     """Selecting A, asking for its load report, then selecting B shows B only: the report is cleared
     (it once stayed on screen under the next LoRA), and every field is B's."""
     library_tab.save_notes(gen_app, "a", "a words", 0.5, "notes of a")
-    shown, _, summary, activation, weight, notes, _, report_summary, report_rows = library_tab.details(gen_app, "a")
+    shown, _, summary, activation, weight, notes, *_ = library_tab.details(gen_app, "a")
     assert shown == "a" and summary.startswith("**a**") and (activation, weight, notes) == ("a words", 0.5, "notes of a")
     report_summary, report_rows = library_tab.load_report(gen_app, shown)
     assert report_summary.startswith("**a**: OK") and report_rows
-    shown, _, summary, activation, weight, notes, preview, report_summary, report_rows = library_tab.details(
+    shown, _, summary, activation, weight, notes, preview, report_summary, report_rows, *_ = library_tab.details(
         gen_app, "b")
     assert shown == "b" and summary.startswith("**b**") and "hash `" in summary
     assert (activation, weight, notes, preview) == ("", 1.0, "", None)
@@ -77,7 +77,8 @@ def test_pick_change_replaces_the_whole_panel_and_cancels_a_running_report(gen_a
                for fn in demo.fns.values())
     # notes, previews and reports go to the LoRA the panel shows, not to a pick still loading
     shown = details.outputs[0]
-    for name in ("library_report", "library_save_notes", "library_set_preview", "library_use_generated"):
+    for name in ("library_report", "library_save_notes", "library_set_preview", "library_use_generated",
+                 "library_preview_from_sample"):
         assert fns[name].inputs[0] is shown, name
 
 
@@ -99,6 +100,22 @@ def test_set_preview_from_an_image_a_path_or_the_generate_tab(gen_app):
         assert written.getpixel((0, 0)) == (255, 0, 0)
     with pytest.raises(SdloraError, match="outside the folders"):
         library_tab.set_preview_from_path(gen_app, "b", "/etc/hostname")
+    # training samples are offered in the details, those of a run named after the LoRA first; one click sets
+    b_run = out / "runs" / "b-20260101-000000" / "samples" / "step-4.png"
+    b_run.parent.mkdir(parents=True)
+    Image.new("RGB", (16, 16), (0, 255, 0)).save(b_run)
+    newer = out / "runs" / "other-20260102-000000" / "samples" / "step-4.png"
+    newer.parent.mkdir(parents=True)
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(newer)
+    *_, gallery, paths = library_tab.details(gen_app, "b")
+    assert paths == [str(b_run), str(newer)] and gallery[0] == (str(b_run), "b-20260101-000000")
+
+    class Click:  # what gradio passes for a click on the second sample
+        index = 1
+
+    path, _ = library_tab.preview_from_sample(gen_app, "b", paths, Click())
+    with Image.open(path) as written:
+        assert written.getpixel((0, 0)) == (9, 9, 9)
     with pytest.raises(SdloraError, match="no image"):
         library_tab.set_preview_from_image(gen_app, "b", None)
     with pytest.raises(SdloraError, match="pick a LoRA"):

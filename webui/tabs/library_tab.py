@@ -22,6 +22,8 @@ from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
 
 COLUMNS = ["name", "family", "rank", "size", "date", "hash", "trigger words", "notes"]
+SAMPLE_LIMIT = 24  # training samples offered as previews
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SORTS = {"name": "name (A-Z)", "date": "date (newest first)", "size": "size (largest first)"}
 
 
@@ -108,9 +110,10 @@ def find_entry(app, name: str):
     raise SdloraError(f"no LoRA named {name!r} in the library; press Refresh")
 
 
-def details(app, name: str) -> tuple[str, dict, str, str, float, str, str | None, str, list]:
+def details(app, name: str) -> tuple[str, dict, str, str, float, str, str | None, str, list, list, list]:
     """Everything the details panel shows, for LoRA `name` only: (name, metadata, summary markdown,
-    activation text, preferred weight, notes, preview path, load report summary, load report rows).
+    activation text, preferred weight, notes, preview path, load report summary, load report rows,
+    training-sample gallery items, their paths).
 
     The load report is cleared (it belongs to the LoRA it was asked for); the short hash is computed here
     when the header did not hold it (one file, cached), never during the list's refresh.
@@ -128,8 +131,30 @@ def details(app, name: str) -> tuple[str, dict, str, str, float, str, str | None
     summary = (f"**{entry.name}** · family {entry.family or 'unknown'} · rank {entry.rank or '?'} · "
                f"{len(header.tensors)} tensors · {human_size(entry.size)} · {_date(entry.mtime)} · "
                f"hash `{entry.short_hash}`")
+    samples = training_samples(app, entry.name)
     return (entry.name, dict(header.metadata), summary, notes.get("activation text", ""),
-            _weight(notes.get("preferred weight")), notes.get("notes", ""), entry.preview, "", [])
+            _weight(notes.get("preferred weight")), notes.get("notes", ""), entry.preview, "", [],
+            [(path, Path(path).parent.parent.name) for path in samples], samples)
+
+
+def training_samples(app, name: str, limit: int = SAMPLE_LIMIT) -> list[str]:
+    """Sample images of the training runs in the output folder (`runs/*/samples/`), those of runs named
+    after LoRA `name` first (a run folder is `<output name>-<date>`), then the newest."""
+    runs = app.write_path("runs")
+    if not runs.is_dir():
+        return []
+    found = [p for p in runs.glob("*/samples/*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    found.sort(key=lambda p: (not p.parent.parent.name.startswith(f"{name}-"), -p.stat().st_mtime, p.name))
+    return [str(p) for p in found[:limit]]
+
+
+def preview_from_sample(app, name: str, paths: list[str], evt: gr.SelectData) -> tuple[str, str]:
+    """Clicking a training sample makes it the shown LoRA's preview (one click, as A1111's "replace
+    preview"); the path goes through the app's confinement again."""
+    index = evt.index if isinstance(evt.index, int) else -1
+    if not 0 <= index < len(paths or []):
+        raise SdloraError("pick a sample image first")
+    return set_preview_from_path(app, name, paths[index])
 
 
 def set_preview_from_image(app, name: str, image) -> tuple[str, str]:
@@ -262,6 +287,9 @@ def _create_details_ui(c: dict[str, Any]) -> None:
             with gr.Row():
                 c["set_preview"] = gr.Button("Set as preview", elem_id="lib-set-preview")
                 c["use_generated"] = gr.Button("Use the Generate tab's image", elem_id="lib-use-generated")
+    c["samples"] = gr.Gallery(label="Training samples (click one to make it the preview)", columns=8, height=150,
+                              allow_preview=False, fit_columns=False, elem_id="lib-samples")
+    c["sample_paths"] = gr.State([])
     with gr.Row():
         c["metadata"] = gr.JSON(label="Metadata")
         with gr.Column():
@@ -274,7 +302,7 @@ def _create_details_ui(c: dict[str, Any]) -> None:
         c["notes"] = gr.Textbox(label="Notes", lines=3)
         c["save_notes"] = gr.Button("Save notes")
     c["details_outputs"] = [c["shown"], c["metadata"], c["summary"], c["activation"], c["weight"], c["notes"],
-                            c["preview"], c["report_summary"], c["report"]]
+                            c["preview"], c["report_summary"], c["report"], c["samples"], c["sample_paths"]]
 
 
 def refresh_outputs(app, query: str = "", sort: str = "name"):
@@ -316,6 +344,8 @@ def _wire(app, c: dict[str, Any]) -> None:
     c["set_preview"].click(bound(set_preview_from_upload_or_path, app),
                            [c["shown"], c["new_preview"], c["preview_path"]], preview_outputs,
                            api_name="library_set_preview").then(relist, listing, c["refresh_outputs"])
+    c["samples"].select(bound(preview_from_sample, app), [c["shown"], c["sample_paths"]], preview_outputs,
+                        api_name="library_preview_from_sample").then(relist, listing, c["refresh_outputs"])
 
 
 def wire_generated_preview(app, c: dict[str, Any], generated_image) -> None:
