@@ -46,7 +46,8 @@ def build_app(state: AppState) -> gr.Blocks:
         _wire_cross_tabs(state, train, library, generate)
         for event in tools["library_writes"]:  # tool results go into the library: show them there
             event.success(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
-                          library["refresh_outputs"])
+                          library["refresh_outputs"]).then(
+                bound(lambda: gr.Dropdown(choices=generate_tab.library_choices(state))), None, generate["pick"])
         # fill the lists when a page opens (not at build time: the library may change between visits)
         demo.load(bound(library_tab.refresh_outputs, state), None, library["refresh_outputs"],
                   api_name="library_on_load")
@@ -81,7 +82,8 @@ def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict
     train["add_to_stack"].click(
         bound(add_result), {train["job_id"], *generate_tab.slot_inputs(generate)},
         [train["status"], generate["pick"], *generate["slot_widgets"]], api_name="train_add_to_stack",
-    ).then(bound(library_tab.refresh_outputs, state), None, library["refresh_outputs"])
+    ).then(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
+           library["refresh_outputs"])
 
 
 def launch(demo: gr.Blocks, state: AppState, *, host: str = "127.0.0.1", port: int | None = None,
