@@ -62,10 +62,12 @@ def read(tensors: dict, metadata: dict[str, str], family: str | None, *, table=N
     state = LoraState(metadata=dict(metadata), format=dialect, family=family)
     groups = _group(tensors, state)
     lookup = _lookup(family, table)
+    unknown = 0
     for lora_name, parts in groups.items():
         canonical = lookup.get(lora_name)
         if canonical is None:
-            _unknown(state, lora_name, parts, lookup)
+            _unknown(state, lora_name, parts, lookup, suggest=unknown < NEAREST_LIMIT)
+            unknown += 1
             continue
         module = _module(lora_name, parts, state, name)
         if module is not None:
@@ -105,12 +107,12 @@ def _lookup(family: str | None, table) -> dict[str, str]:
     return naming.kohya_lookup(family)
 
 
-def _unknown(state: LoraState, lora_name: str, parts: dict, lookup: dict[str, str]) -> None:
+def _unknown(state: LoraState, lora_name: str, parts: dict, lookup: dict[str, str], suggest: bool) -> None:
     from sdlora import naming
 
-    # difflib over thousands of names costs seconds: suggest the nearest name for the first few only
-    suggested = sum(1 for issue in state.issues if "; nearest: " in issue.detail)
-    nearest = naming.nearest_name(lora_name, list(lookup)) if lookup and suggested < NEAREST_LIMIT else None
+    # difflib over thousands of names costs seconds: the caller asks for the nearest name for the first
+    # few unknown modules only (counted by the caller: counting issues here made loading quadratic)
+    nearest = naming.nearest_name(lora_name, list(lookup)) if lookup and suggest else None
     detail = f"no module named {lora_name!r} in {state.family or 'the known families'}"
     if nearest:
         detail += f"; nearest: {nearest!r}"
@@ -124,7 +126,8 @@ def _module(lora_name: str, parts: dict, state: LoraState, file_name: str) -> Lo
     kinds = {kind for kind, _ in found}
     if len(kinds) != 1:
         detail = "no adapter weights" if not kinds else f"mixes adapter kinds {sorted(kinds)}"
-        reported = {issue.key for issue in state.issues}
+        # only this module's keys can have been reported (a set of all issues would be quadratic)
+        reported = {issue.key for issue in state.issues[-len(parts):]}
         for key in (f"{lora_name}.{suffix}" for suffix in parts):
             if key not in reported:  # e.g. the `.alpha` of an OFT module
                 state.issues.append(KeyIssue(key, "unsupported_kind", detail))
