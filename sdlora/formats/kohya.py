@@ -127,7 +127,7 @@ def _module(lora_name: str, parts: dict, state: LoraState, file_name: str) -> Lo
     if len(kinds) != 1:
         detail = "no adapter weights" if not kinds else f"mixes adapter kinds {sorted(kinds)}"
         # only this module's keys can have been reported (a set of all issues would be quadratic)
-        reported = {issue.key for issue in state.issues[-len(parts):]}
+        reported = {issue.key for issue in state.issues[-len(parts) :]}
         for key in (f"{lora_name}.{suffix}" for suffix in parts):
             if key not in reported:  # e.g. the `.alpha` of an OFT module
                 state.issues.append(KeyIssue(key, "unsupported_kind", detail))
