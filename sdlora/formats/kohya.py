@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
+from sdlora import validate
 from sdlora.errors import FormatError
 from sdlora.weights import KeyIssue, LoraModule, LoraState
 
@@ -62,17 +63,19 @@ def read(tensors: dict, metadata: dict[str, str], family: str | None, *, table=N
     state = LoraState(metadata=dict(metadata), format=dialect, family=family)
     groups = _group(tensors, state)
     lookup = _lookup(family, table)
-    unknown = 0
+    unknown = []
     for lora_name, parts in groups.items():
         canonical = lookup.get(lora_name)
         if canonical is None:
-            _unknown(state, lora_name, parts, lookup, suggest=unknown < NEAREST_LIMIT)
-            unknown += 1
+            unknown.append((lora_name, parts))
             continue
         module = _module(lora_name, parts, state, name)
         if module is not None:
             state.modules[canonical] = module
             state.source_keys[canonical] = [f"{lora_name}.{suffix}" for suffix in parts]
+    # a file with no module is refused by the loader, so nearest names (difflib, slow) would be wasted there
+    for index, (lora_name, parts) in enumerate(unknown):
+        _unknown(state, lora_name, parts, lookup, suggest=bool(state.modules) and index < NEAREST_LIMIT)
     return state
 
 
@@ -141,6 +144,7 @@ def _module(lora_name: str, parts: dict, state: LoraState, file_name: str) -> Lo
                                          f"incomplete {kind} module: missing {missing}"))  # fmt: skip
         return None
     module = LoraModule(kind, weights, alpha=_alpha(extra, lora_name, file_name))
+    validate.check_module(module, file_name, lora_name, [f"{lora_name}.{suffix}" for suffix in parts])
     if "dora_scale" in extra:
         _add_dora(module, extra["dora_scale"])
     if "scale" in extra and module.rank:

@@ -44,21 +44,24 @@ _COMPONENT_RULES = (
 def summarise(path: str | os.PathLike, with_hash: bool = True) -> dict:
     """Everything `sdlora inspect` shows, as a JSON-ready dict. Raises FormatError for bad files."""
     from sdlora.family import detect_family
-    from sdlora.formats import _read_adapter_config, _resolve_paths, detect_format
+    from sdlora.formats import PEFT_NO_CONFIG, _read_adapter_config, _resolve_paths, detect_format
+    from sdlora.validate import check_metadata
 
     file_path, config_path = _resolve_paths(Path(path))
     header = read_header(file_path)
     check_is_lora(header)
     config = _read_adapter_config(config_path) if config_path else None
+    check_metadata(header.metadata, config, file_path.name)
     modules, stray = _group(header)
     try:
         family = detect_family({k: v.shape for k, v in header.tensors.items()}, header.metadata)
     except FormatError as err:
         raise FormatError(f"{file_path.name}: {err}") from None
     alphas = _alphas(header, modules, config)
+    dialect = "peft" if config is not None else detect_format(header.tensors, header.metadata)
     info = {
         "file": str(path),
-        "format": "peft" if config is not None else detect_format(header.tensors, header.metadata),
+        "format": dialect,
         "family": family,
         "components": sorted({_component(m, config) for m in modules} - {None}),
         "modules": len(modules),
@@ -75,6 +78,7 @@ def summarise(path: str | os.PathLike, with_hash: bool = True) -> dict:
     }
     if config_path:
         info["adapter_config"] = str(config_path)
+    info["warnings"] = [PEFT_NO_CONFIG] if dialect == "peft" and config is None else []
     return info
 
 
