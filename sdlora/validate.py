@@ -266,17 +266,21 @@ def _check_full(shapes: dict, where: _Where) -> None:
 
 
 def check_dora(module, where: _Where) -> None:
-    """A DoRA magnitude has one value per output channel (or per input column): one axis only."""
+    """A DoRA magnitude has one value per output channel (or per input column), stored flat (out,) or
+    keep-dim along its own axis: (out, 1[, 1, 1]) or (1, in[, 1, 1]) (docs/formats.md)."""
     magnitude = module.tensors.get("dora_scale")
     if magnitude is None:
         return
-    shape = tuple(magnitude.shape)
-    delta = tuple(module.delta_shape())
-    size = delta[0] if module.dora_axis != "in" else (delta[1] if len(delta) > 1 else -1)
-    if len(shape) < 1 or prod(shape) != size or sum(d != 1 for d in shape) > 1:
-        axis = "input column" if module.dora_axis == "in" else "output channel"
-        raise where.error("dora_scale", f"has shape {list(shape)}; DoRA needs one value per {axis} ({size}) "
-                                        f"of the {list(delta)} delta, along one axis")  # fmt: skip
+    shape, delta = tuple(magnitude.shape), tuple(module.delta_shape())
+    axis = "in" if module.dora_axis == "in" else "out"
+    size = delta[0] if axis == "out" else (delta[1] if len(delta) > 1 else -1)
+    position = 1 if axis == "in" else 0
+    flat = len(shape) == 1 and axis == "out"
+    keep_dim = len(shape) > position and all(d == 1 for i, d in enumerate(shape) if i != position)
+    if prod(shape) != size or not (flat or keep_dim):
+        text = "input column" if axis == "in" else "output channel"
+        raise where.error("dora_scale", f"has shape {list(shape)}; DoRA needs one value per {text} ({size}) "
+                                        f"of the {list(delta)} delta, along that axis only")  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------- whole file

@@ -85,9 +85,12 @@ def test_loha_and_tucker_shapes_must_combine(tmp_path):
 
 def test_dora_magnitude_must_cover_one_axis(tmp_path):
     tensors = {**_lora(), f"{K}.dora_scale": torch.ones(320, 768)}
-    _refused(_save(tmp_path, tensors), f"{K}.dora_scale", "one axis")
+    _refused(_save(tmp_path, tensors), f"{K}.dora_scale", "along that axis only")
     tensors[f"{K}.dora_scale"] = torch.ones(300, 1)
     _refused(_save(tmp_path, tensors, "short.safetensors"), f"{K}.dora_scale")
+    conv = {f"{CONV}.lora_down.weight": torch.randn(2, 320, 3, 3), f"{CONV}.lora_up.weight": torch.randn(320, 2, 1, 1),
+            f"{CONV}.dora_scale": torch.ones(1, 1, 320, 1)}  # fmt: skip
+    _refused(_save(tmp_path, conv, "kernel_axis.safetensors"), f"{CONV}.dora_scale")  # neither out nor in
 
 
 def test_boolean_in_a_shape_is_a_format_error(tmp_path):
