@@ -9,8 +9,8 @@ inconsistent accepts; the last two must be 0.
 
 No hang is possible by construction: every mutant is a small file (the seeds are a few modules, the
 one full cloneofsimo file is 1.5 MB), nesting is bounded by the JSON parser's recursion limit, and
-every loop in a case runs over the mutant's tensors. The default run makes about 1,100 mutants; the
-`slow` variant makes 5 times as many from other seeds.
+every loop in a case runs over the mutant's tensors. The default run makes about 1,000 mutants; the
+`slow` variant makes 2.5 times as many from another seed and larger fixture subsets.
 """
 
 from __future__ import annotations
@@ -468,7 +468,14 @@ def mutate_structure(rng, tensors: dict, metadata: dict):
 
 
 def _role(key: str) -> str | None:
-    return next((role for ending, role in ROLES if key.endswith(ending)), None)
+    """The role of a raw key; an ending counts only after a separator ("x.Gora_scale" is no `.scale`)."""
+    for ending, role in ROLES:
+        before = key[-len(ending) - 1 : -len(ending)]
+        if key.endswith(ending) and (
+            ending.startswith(":") or before == "." or ("." in ending and before == "_")
+        ):
+            return role
+    return None
 
 
 # ------------------------------------------------------------------------------------------- the oracle
@@ -495,8 +502,7 @@ def expected_check(lora, path: Path, config: dict | None) -> str:
     for name, module in lora.modules.items():
         parts = {_role(k): raw[k] for k in lora.source_keys[name]}
         try:
-            loha = any(".hada_" in k for k in lora.source_keys[name])
-            natural, magnitude, axis = _independent_delta(parts, loha, name, packed, config)
+            natural, magnitude, axis = _independent_delta(parts, lora.source_keys[name], name, packed, config)
         except Exception as err:  # noqa: BLE001 - the factors do not combine: the loader should have refused
             raise Inconsistent(f"{name}: accepted, but its factors do not combine: {err!r}") from None
         target = module.shape or lora._family_shape(name) or tuple(natural.shape)
@@ -529,9 +535,11 @@ def _packed_metadata(metadata: dict) -> dict:
     return packed if isinstance(packed, dict) else {}
 
 
-def _independent_delta(parts: dict, loha: bool, name: str, packed: dict, config: dict | None):
+def _independent_delta(parts: dict, keys: list[str], name: str, packed: dict, config: dict | None):
     """(scale * ΔW in its natural shape, DoRA magnitude or None, DoRA axis) from raw tensors."""
     t = {role: tensor.float() for role, tensor in parts.items()}
+    loha = any(".hada_" in k for k in keys)
+    peft_magnitude = any("lora_magnitude_vector" in k for k in keys)
     if "down" in t:
         rank = t["down"].shape[0]
         up = t["up"].reshape(t["up"].shape[0], -1)
@@ -556,8 +564,11 @@ def _independent_delta(parts: dict, loha: bool, name: str, packed: dict, config:
         delta = torch.kron(w1, w2)
     scale = _scale(t, rank, name, packed, config)
     magnitude = t.get("dora")
+    # Kohya/LyCORIS keep-dim (1, in[, 1, 1]) means per input column; PEFT/diffusers magnitudes are always
+    # per output channel, whatever their stored shape (docs/formats.md)
     axis = "out"
-    if magnitude is not None and magnitude.dim() > 1 and magnitude.shape[0] == 1 and magnitude.shape[1] > 1:
+    kohya_keep_dim = magnitude is not None and not peft_magnitude and magnitude.dim() > 1
+    if kohya_keep_dim and magnitude.shape[0] == 1 and magnitude.shape[1] > 1:
         axis = "in"
     return delta * scale, magnitude, axis
 
@@ -687,5 +698,5 @@ def test_fuzz_load_lora(tmp_path):
 
 @pytest.mark.slow
 def test_fuzz_load_lora_long(tmp_path):
-    counts, failures = run_campaign(tmp_path, rng_seed=1515, per_seed=320, wild_modules=6, clone_cases=40)
-    _check(counts, failures, minimum=5000)
+    counts, failures = run_campaign(tmp_path, rng_seed=1515, per_seed=160, wild_modules=6, clone_cases=20)
+    _check(counts, failures, minimum=2500)  # about 2 minutes on 2 busy cores
