@@ -13,6 +13,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
+from functools import partial
 from math import prod
 
 from sdlora.errors import FormatError
@@ -112,7 +113,8 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     header = SafetensorsHeader(path, header_size, file_size)
     parsed = _parse_json(name, raw)
     header.metadata = _parse_metadata(name, parsed.pop("__metadata__", None))
-    header.tensors = {key: _parse_tensor(name, key, value) for key, value in parsed.items()}
+    header.tensors = {_check_text(name, key, "tensor name"): _parse_tensor(name, key, value)
+                      for key, value in parsed.items()}  # fmt: skip
     _check_offsets(header)
     return header
 
@@ -138,14 +140,44 @@ def _check_length(name: str, head: bytes, file_size: int) -> int:
 
 def _parse_json(name: str, raw: bytes) -> dict:
     try:
-        parsed = json.loads(raw.decode("utf-8"))
+        parsed = json.loads(raw.decode("utf-8"), object_pairs_hook=partial(_unique_keys, name))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FormatError(
             f"{name}: broken safetensors header (invalid JSON: {err}); the file is damaged, get it again"
         ) from None
+    except RecursionError:
+        # a valid header nests 3 deep (object, tensor entry, shape list); the parser recursed far deeper
+        raise FormatError(
+            f"{name}: broken safetensors header (JSON nested too deeply); the file is damaged or crafted"
+        ) from None
     if not isinstance(parsed, dict):
         raise FormatError(f"{name}: broken safetensors header (JSON is not an object); the file is damaged")
     return parsed
+
+
+def _unique_keys(name: str, pairs: list[tuple[str, object]]) -> dict:
+    """object_pairs_hook: a JSON object with a repeated key is refused (json.loads would keep the last)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise FormatError(
+            f"{name}: broken safetensors header: key {key!r} appears twice; the file is damaged or crafted, "
+            "get it again"
+        )
+    return result
+
+
+def _check_text(name: str, text: str, what: str) -> str:
+    """JSON escapes can spell lone surrogates, which are not text (printing or re-saving them fails)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(
+            f"{name}: broken safetensors header: {what} {text!r} is not valid Unicode (lone surrogate); "
+            "the file is damaged or crafted"
+        ) from None
+    return text
 
 
 def _parse_metadata(name: str, value) -> dict[str, str]:
@@ -156,33 +188,66 @@ def _parse_metadata(name: str, value) -> dict[str, str]:
             f"{name}: broken safetensors header: __metadata__ must map strings to strings; "
             "re-save the file with a safetensors writer"
         )
+    for key, text in value.items():
+        _check_text(name, key, "metadata key")
+        _check_text(name, text, f"metadata value of {key!r}")
     return dict(value)
 
 
+def _are_counts(values: list) -> bool:
+    """JSON non-negative integers; bool is refused although Python's True is an int (set/min: C speed)."""
+    return set(map(type, values)) <= {int} and min(values, default=0) >= 0
+
+
 def _parse_tensor(name: str, key: str, value) -> TensorInfo:
-    try:
-        dtype, shape, (start, end) = value["dtype"], tuple(value["shape"]), value["data_offsets"]
-        ok = dtype in DTYPE_BYTES and all(isinstance(d, int) and d >= 0 for d in shape)
-        ok = ok and isinstance(start, int) and isinstance(end, int) and 0 <= start <= end
-    except (TypeError, KeyError, ValueError):
-        ok = False
+    ok = isinstance(value, dict) and isinstance(value.get("shape"), list)
+    ok = ok and isinstance(value.get("data_offsets"), list) and len(value["data_offsets"]) == 2
+    ok = ok and isinstance(value.get("dtype"), str) and value["dtype"] in DTYPE_BYTES
+    ok = ok and _are_counts(value["shape"]) and _are_counts(value["data_offsets"])
     if not ok:
-        raise FormatError(f"{name}: broken safetensors header entry for tensor {key!r}: {value!r}")
-    if end - start != prod(shape) * DTYPE_BYTES[dtype]:
+        raise FormatError(
+            f"{name}: broken safetensors header entry for tensor {key!r}: {_short(value)} (needs dtype, "
+            "shape as a list of non-negative integers and data_offsets [begin, end])"
+        )
+    dtype, shape, (start, end) = value["dtype"], tuple(value["shape"]), value["data_offsets"]
+    if start > end or end - start != prod(shape) * DTYPE_BYTES[dtype]:
         raise FormatError(
             f"{name}: broken safetensors header: tensor {key!r} ({dtype} {list(shape)}) needs "
-            f"{prod(shape) * DTYPE_BYTES[dtype]} bytes but its offsets span {end - start}"
+            f"{prod(shape) * DTYPE_BYTES[dtype]} bytes but its offsets are [{start}, {end}]"
         )
     return TensorInfo(dtype, shape, start, end)
 
 
+def _short(value, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_offsets(header: SafetensorsHeader) -> None:
+    """Tensors tile the data section exactly, like the safetensors library requires: sorted by begin,
+    each begins where the previous ended (no overlap, alias or gap) and the last ends at the file end."""
+    name = os.path.basename(header.path)
     data_size = header.file_size - header.data_offset
     needed = max((info.end for info in header.tensors.values()), default=0)
     if needed > data_size:
         raise FormatError(
-            f"{os.path.basename(header.path)}: the file is truncated: its header needs {needed} bytes of "
+            f"{name}: the file is truncated: its header needs {needed} bytes of "
             f"tensor data but only {data_size} are present; the download did not finish, get it again"
+        )
+    position, previous = 0, None
+    for key, info in sorted(header.tensors.items(), key=lambda item: (item[1].start, item[1].end)):
+        if info.start != position:
+            where = f"after tensor {previous!r}" if previous else "at the start of the data"
+            what = "overlaps the previous tensor" if info.start < position else "leaves a gap"
+            raise FormatError(
+                f"{name}: broken safetensors header: tensor {key!r} (bytes {info.start}-{info.end}) {what} "
+                f"{where} (which ends at {position}); the file is damaged or crafted, get it again"
+            )
+        position, previous = info.end, key
+    if position != data_size:
+        raise FormatError(
+            f"{name}: broken safetensors header: {data_size - position} bytes after the last tensor belong to "
+            "no tensor; the file is damaged or was appended to, get it again"
         )
 
 

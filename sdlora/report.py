@@ -261,6 +261,7 @@ def check_lora(lora, target) -> LoadReport:
             verdicts.append(KeyVerdict(f"{group}:{token}", "extra", None, detail))
     lora_family = lora.family if isinstance(target, str) else _family_from_modules(lora)
     report = LoadReport(verdicts, description, target_family, lora_family, getattr(lora, "path", None))
+    report.notes.extend(getattr(lora, "notes", ()))
     if report.family_mismatch:
         report.notes.append(report.family_mismatch + "; use a base model of the LoRA's family")
     return report

@@ -21,10 +21,15 @@ from sdlora.header import SafetensorsHeader, TensorInfo
 
 TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }  # fmt: skip
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+# float8 has no fast finite sum; its NaN/Inf are bit patterns (docs/formats.md): (mask, value) on each byte.
+# E4M3 (the "fn" variant safetensors stores) has no Inf and one NaN per sign, S.1111.111; E5M2 is IEEE-like,
+# exponent 11111 means Inf (mantissa 0) or NaN.
+F8_NON_FINITE = {"F8_E4M3": (0x7F, 0x7F), "F8_E5M2": (0x7C, 0x7C)}
 
 
 def read_tensors(header: SafetensorsHeader) -> dict[str, torch.Tensor]:
@@ -84,20 +89,32 @@ def first_non_finite(data: torch.Tensor, header: SafetensorsHeader) -> str | Non
     the speed of one vectorised sum. Only a run with a non-finite total (NaN/Inf, or a sum of huge finite
     values that overflowed) is searched tensor by tensor, which names the key or finds none.
     """
-    for dtype, keys, start, end in _float_runs(header):
-        run = data[start:end].clone() if start % dtype.itemsize else data[start:end]
-        total_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        if math.isfinite(float(run.view(dtype).sum(dtype=total_dtype))):
+    for dtype_name, keys, start, end in _float_runs(header):
+        if not _run_may_be_non_finite(data[start:end], dtype_name):
             continue
         for key in keys:
             info = header.tensors[key]
-            if not bool(torch.isfinite(_view(data, info)).all()):
+            if _run_may_be_non_finite(data[info.start : info.end], dtype_name, exact=True):
                 return key
     return None
 
 
+def _run_may_be_non_finite(raw: torch.Tensor, dtype_name: str, exact: bool = False) -> bool:
+    """NaN/Inf in `raw` bytes of one float dtype. The run sum can also overflow on huge finite values
+    (a false alarm the exact per-tensor check then clears); float8 is checked exactly on its bits."""
+    if dtype_name in F8_NON_FINITE:
+        mask, value = F8_NON_FINITE[dtype_name]
+        return bool(((raw & mask) == value).any())
+    dtype = TORCH_DTYPES[dtype_name]
+    values = (raw.clone() if raw.storage_offset() % dtype.itemsize else raw).view(dtype)
+    if exact:
+        return not bool(torch.isfinite(values).all())
+    total_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return not math.isfinite(float(values.sum(dtype=total_dtype)))
+
+
 def _float_runs(header: SafetensorsHeader):
-    """(torch dtype, keys, start, end) for each run of adjacent tensors of one float dtype."""
+    """(dtype name, keys, start, end) for each run of adjacent tensors of one float dtype."""
     runs: list[list] = []
     for key, info in sorted(header.tensors.items(), key=lambda item: item[1].start):
         if info.dtype not in FLOAT_DTYPES or info.start == info.end:
@@ -108,7 +125,7 @@ def _float_runs(header: SafetensorsHeader):
             last[3] = info.end
         else:
             runs.append([info.dtype, [key], info.start, info.end])
-    return [(TORCH_DTYPES[d], keys, start, end) for d, keys, start, end in runs]
+    return [tuple(run) for run in runs]
 
 
 def _read_with_safetensors(header: SafetensorsHeader, name: str) -> dict[str, torch.Tensor]:
@@ -122,7 +139,8 @@ def _read_with_safetensors(header: SafetensorsHeader, name: str) -> dict[str, to
         raise FormatError(f"{name}: cannot read tensors ({err}); the file is damaged, get it again") from None
     checked = {TORCH_DTYPES[d] for d in FLOAT_DTYPES}
     bad = next(
-        (k for k, t in tensors.items() if t.dtype in checked and not bool(torch.isfinite(t).all())), None
+        (k for k, t in tensors.items() if t.dtype in checked and not bool(torch.isfinite(t.float()).all())),
+        None,
     )
     if bad is not None:
         raise _non_finite(name, bad)

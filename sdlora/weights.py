@@ -115,6 +115,7 @@ class LoraState:
     source_keys: dict[str, list[str]] = field(default_factory=dict)
     issues: list[KeyIssue] = field(default_factory=list)
     path: str | None = None
+    notes: list[str] = field(default_factory=list)  # warnings about the whole file, shown in the load report
 
     def __post_init__(self):
         self.modules = dict(sorted(self.modules.items()))

@@ -62,6 +62,7 @@ def format_text(info: dict) -> str:
         f"dtypes:      {_join(info['dtypes'])}",
         f"trigger words: {', '.join(info['trigger_words']) or '-'}",
     ]
+    lines += [f"warning: {text}" for text in info.get("warnings", ())]
     if info["unrecognised_keys"]:
         lines.append(
             f"unrecognised keys: {len(info['unrecognised_keys'])} (e.g. {info['unrecognised_keys'][0]})"

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from math import prod
 from pathlib import Path
 
+from sdlora import validate
 from sdlora.arch.family import detect_family
 from sdlora.arch.tables import family_table
 from sdlora.errors import FormatError
@@ -28,6 +29,8 @@ from sdlora.header import SafetensorsHeader, check_is_lora, read_header
 FORMATS = ("kohya", "lycoris", "diffusers", "diffusers-attnproc", "diffusers-legacy", "peft", "cloneofsimo")
 WRITE_FORMATS = ("kohya", "diffusers")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# a PEFT weights file keeps its alpha only in adapter_config.json (docs/formats.md): say so wherever it is shown
+PEFT_NO_CONFIG = "alpha unknown: adapter_config.json not found; scale 1 assumed"
 
 
 # (key pattern, dialect), first match wins; bundled embeddings (`bundle_emb.`) are neutral
@@ -85,13 +88,19 @@ def load_lora(path: str | os.PathLike, table=None):
     header = read_header(file_path)
     check_is_lora(header)
     config = read_adapter_config(config_path) if config_path else None
+    validate.check_metadata(header.metadata, config, file_path.name)
     dialect = "peft" if config is not None else detect_format(header.tensors, header.metadata)
     family = _detect_family(header)
     tensors = _read_tensors(header)
+    validate.check_tensors(tensors, file_path.name)
     state = _read_dialect(dialect, tensors, header, family, config, table)
     state.path = str(path)
     state.family = family  # the LoRA's own family (from its shapes), even when resolved against a table
     _fill_shapes(state, table)
+    validate.check_state(state, file_path.name)
+    validate.check_usable(state, list(header.tensors), file_path.name, dialect)
+    if dialect == "peft" and config is None:
+        state.notes.append(PEFT_NO_CONFIG)
     state.modules = dict(sorted(state.modules.items()))
     return state
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
+from sdlora import validate
 from sdlora.arch import naming
 from sdlora.errors import FormatError
 from sdlora.formats.metadata import kohya_metadata
@@ -64,15 +65,19 @@ def read(tensors: dict, metadata: dict[str, str], family: str | None, *, table=N
     state = LoraState(metadata=dict(metadata), format=dialect, family=family)
     groups = _group(tensors, state)
     lookup = _lookup(family, table)
+    unknown = []
     for lora_name, parts in groups.items():
         canonical = lookup.get(lora_name)
         if canonical is None:
-            _unknown(state, lora_name, parts, lookup)
+            unknown.append((lora_name, parts))
             continue
         module = _module(lora_name, parts, state, name)
         if module is not None:
             state.modules[canonical] = module
             state.source_keys[canonical] = [f"{lora_name}.{suffix}" for suffix in parts]
+    # a file with no module is refused by the loader, so nearest names (difflib, slow) would be wasted there
+    for index, (lora_name, parts) in enumerate(unknown):
+        _unknown(state, lora_name, parts, lookup, suggest=bool(state.modules) and index < NEAREST_LIMIT)
     return state
 
 
@@ -105,10 +110,10 @@ def _lookup(family: str | None, table) -> dict[str, str]:
     return naming.kohya_lookup(family)
 
 
-def _unknown(state: LoraState, lora_name: str, parts: dict, lookup: dict[str, str]) -> None:
-    # difflib over thousands of names costs seconds: suggest the nearest name for the first few only
-    suggested = sum(1 for issue in state.issues if "; nearest: " in issue.detail)
-    nearest = naming.nearest_name(lora_name, list(lookup)) if lookup and suggested < NEAREST_LIMIT else None
+def _unknown(state: LoraState, lora_name: str, parts: dict, lookup: dict[str, str], suggest: bool) -> None:
+    # difflib over thousands of names costs seconds: the caller asks for the nearest name for the first
+    # few unknown modules only (counted by the caller: counting issues here made loading quadratic)
+    nearest = naming.nearest_name(lora_name, list(lookup)) if lookup and suggest else None
     detail = f"no module named {lora_name!r} in {state.family or 'the known families'}"
     if nearest:
         detail += f"; nearest: {nearest!r}"
@@ -122,7 +127,8 @@ def _module(lora_name: str, parts: dict, state: LoraState, file_name: str) -> Lo
     kinds = {kind for kind, _ in found}
     if len(kinds) != 1:
         detail = "no adapter weights" if not kinds else f"mixes adapter kinds {sorted(kinds)}"
-        reported = {issue.key for issue in state.issues}
+        # only this module's keys can have been reported (a set of all issues would be quadratic)
+        reported = {issue.key for issue in state.issues[-len(parts) :]}
         for key in (f"{lora_name}.{suffix}" for suffix in parts):
             if key not in reported:  # e.g. the `.alpha` of an OFT module
                 state.issues.append(KeyIssue(key, "unsupported_kind", detail))
@@ -136,6 +142,7 @@ def _module(lora_name: str, parts: dict, state: LoraState, file_name: str) -> Lo
                                          f"incomplete {kind} module: missing {missing}"))  # fmt: skip
         return None
     module = LoraModule(kind, weights, alpha=_alpha(extra, lora_name, file_name))
+    validate.check_module(module, file_name, lora_name, [f"{lora_name}.{suffix}" for suffix in parts])
     if "dora_scale" in extra:
         _add_dora(module, extra["dora_scale"])
     if "scale" in extra and module.rank:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from sdlora.arch.family import detect_family
 from sdlora.errors import FormatError
-from sdlora.formats import detect_format, read_adapter_config, resolve_paths
+from sdlora.formats import PEFT_NO_CONFIG, detect_format, read_adapter_config, resolve_paths
 from sdlora.header import SafetensorsHeader, check_is_lora, legacy_hash, read_header, tensor_data_sha256
+from sdlora.validate import check_metadata
 
 # tensor-key suffix of every dialect -> role ("down" tensors give the rank; "hada"/"lokr"/"diff" the kind)
 _SUFFIX = re.compile(
@@ -49,15 +50,17 @@ def summarise(path: str | os.PathLike, with_hash: bool = True) -> dict:
     header = read_header(file_path)
     check_is_lora(header)
     config = read_adapter_config(config_path) if config_path else None
+    check_metadata(header.metadata, config, file_path.name)
     modules, stray = _group(header)
     try:
         family = detect_family({k: v.shape for k, v in header.tensors.items()}, header.metadata)
     except FormatError as err:
         raise FormatError(f"{file_path.name}: {err}") from None
     alphas = _alphas(header, modules, config)
+    dialect = "peft" if config is not None else detect_format(header.tensors, header.metadata)
     info = {
         "file": str(path),
-        "format": "peft" if config is not None else detect_format(header.tensors, header.metadata),
+        "format": dialect,
         "family": family,
         "components": sorted({_component(m, config) for m in modules} - {None}),
         "modules": len(modules),
@@ -74,6 +77,7 @@ def summarise(path: str | os.PathLike, with_hash: bool = True) -> dict:
     }
     if config_path:
         info["adapter_config"] = str(config_path)
+    info["warnings"] = [PEFT_NO_CONFIG] if dialect == "peft" and config is None else []
     return info
 
 

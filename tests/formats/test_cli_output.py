@@ -53,11 +53,24 @@ def test_closed_pipe_ends_quietly():
     assert result.returncode == 141
 
 
-def test_lone_surrogate_metadata_prints_escaped(tmp_path):
+def test_lone_surrogate_metadata_is_one_escaped_error_line(tmp_path):
+    # such a header is not valid JSON text for the safetensors library either: refused, never a traceback
     path = _with_metadata(LORA, tmp_path / "odd.safetensors", {"note": "bad \udc80 byte"})
     result = _sdlora("inspect", str(path), env={"PYTHONIOENCODING": "utf-8"})
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr.decode()
+    assert "odd.safetensors" in lines[0] and "bad \\udc80 byte" in lines[0]
+
+
+def test_an_undecodable_file_name_prints_escaped(tmp_path):
+    # a file name that is not UTF-8 reaches Python as lone surrogates (surrogateescape)
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/odd-\xff"))
+    folder.mkdir()
+    path = folder / "lora.safetensors"
+    path.write_bytes(LORA.read_bytes())
+    result = _sdlora("inspect", str(path), env={"PYTHONIOENCODING": "utf-8"})
     assert result.returncode == 0, result.stderr.decode()
-    assert "note: bad \\udc80 byte" in result.stdout.decode()
+    assert "odd-\\udcff" in result.stdout.decode()
 
 
 def test_full_disk_gives_one_line_and_exit_2():

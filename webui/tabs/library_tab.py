@@ -7,7 +7,7 @@ generation pipeline's base model, loaded only when the user asks for a report.
 
 The details panel belongs to one LoRA: every output it shows (metadata, summary, preview, notes, load
 report) is replaced together when the pick changes, and a load report still running for the previous
-pick is cancelled, so nothing of the previous LoRA can be left on screen (issue 14).
+pick is cancelled, so nothing of the previous LoRA can be left on screen.
 """
 
 from __future__ import annotations
