@@ -108,9 +108,11 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         DatasetError, ConfigError: bad data or settings (before any training).
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
+    from sdlora.train import optimizers
     from sdlora.train.data import scan_dataset
     from sdlora.train.session import run_training
 
+    optimizers.check(cfg)  # a missing package or a bad optimizer_args fails before the data and model load
     items, summary = scan_dataset(cfg.data)
     for line in summary.lines():
         log.info("%s", line)

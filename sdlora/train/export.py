@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sdlora.config import dump_config
+from sdlora.train import optimizers
 
 _VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 _ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
@@ -64,7 +65,7 @@ def _training_keys(run, cfg) -> dict:
         "ss_text_encoder_lr": (o.text_encoder_lr or o.lr) if cfg.lora.train_text_encoder else 0.0,
         "ss_max_train_steps": o.steps, "ss_steps": run.step, "ss_epoch": run.epoch,
         "ss_num_epochs": run.epochs, "ss_lr_warmup_steps": o.warmup_steps, "ss_lr_scheduler": o.scheduler,
-        "ss_optimizer": "bitsandbytes.optim.AdamW8bit" if o.optimizer == "adamw8bit" else "torch.optim.AdamW",
+        "ss_optimizer": optimizers.describe(cfg),
         "ss_mixed_precision": o.mixed_precision, "ss_full_fp16": False, "ss_seed": o.seed,
         "ss_noise_offset": o.noise_offset or None, "ss_min_snr_gamma": o.min_snr_gamma or None,
         "ss_gradient_checkpointing": o.gradient_checkpointing, "ss_gradient_accumulation_steps": o.grad_accum,

@@ -13,6 +13,7 @@ from sdlora.train.checkpoint import load_checkpoint, prune_checkpoints, resolve_
 from sdlora.train.deepspeed_run import full_precision
 from sdlora.train.export import build_metadata, export_lora, new_session_id
 from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
+from sdlora.train.optimizers import eval_weights
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
 from sdlora.train.progress import LossLog, StepInfo
 
@@ -38,7 +39,7 @@ def _finish_facts(run: TrainRun, state) -> TrainRun:
 def _export(state, run: TrainRun, stem: str | None = None) -> list[Path]:
     """Export the LoRA from the main process. Every process calls this: under DeepSpeed the float32 master
     weights are assembled first, a collective operation."""
-    with full_precision(state.engine, state.network):
+    with eval_weights(state.optimizer, state.params), full_precision(state.engine, state.network):
         if not state.accelerator.is_main_process:
             return []
         meta = build_metadata(_finish_facts(run, state), state.cfg, state.summary)
@@ -67,7 +68,7 @@ def _samples(state, step: int) -> list[Path]:
         return []
     state.network.eval()
     try:
-        with encoders_on_device(state):
+        with encoders_on_device(state), eval_weights(state.optimizer, state.params):
             return render_samples(state.components, out.sample_prompts, step, state.output / "samples",
                                   size=out.sample_size or state.cfg.data.resolution, steps=out.sample_steps,
                                   seed=state.cfg.optim.seed)
