@@ -110,9 +110,11 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
     """
     from sdlora.train import optimizers
     from sdlora.train.data import scan_dataset
+    from sdlora.train.samples import check_sample_prompts
     from sdlora.train.session import run_training
 
     optimizers.check(cfg)  # a missing package or a bad optimizer_args fails before the data and model load
+    check_sample_prompts(cfg.output.sample_prompts)  # so does a bad --w/--s/... in a sample prompt
     items, summary = scan_dataset(cfg.data)
     for line in summary.lines():
         log.info("%s", line)
