@@ -136,6 +136,11 @@ class OutputConfig:
     sample_steps: int = _opt(20, "denoising steps per sample image")
     sample_size: int | None = _opt(None, "sample image side (default: data.resolution)")
     comment: str = _opt("", "free text stored as ss_training_comment")
+    # experiment tracking (sdlora.train.tracking)
+    log_with: str = _opt("auto", "experiment tracker for loss, lr and sample grids, written under <dir>/logs "
+                         "(accelerate's trackers): auto = tensorboard when installed, else none; tensorboard "
+                         "(pip install \"sdlora[tensorboard]\"); wandb (sdlora[wandb], needs WANDB_API_KEY or "
+                         "wandb login); none", ("auto", "tensorboard", "wandb", "none"))
 
 
 @dataclass

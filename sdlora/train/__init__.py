@@ -73,12 +73,15 @@ def make_accelerator(cfg):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
+    from sdlora.train import tracking
+
+    kwargs = tracking.accelerator_kwargs(cfg)  # output.log_with
     try:
-        return Accelerator(mixed_precision=cfg.optim.mixed_precision)
+        return Accelerator(mixed_precision=cfg.optim.mixed_precision, **kwargs)
     except ValueError as err:
         if "already been initialized" in str(err) and PartialState().num_processes == 1:
             AcceleratorState._reset_state()
-            return Accelerator(mixed_precision=cfg.optim.mixed_precision)
+            return Accelerator(mixed_precision=cfg.optim.mixed_precision, **kwargs)
         raise ConfigError(f"optim.mixed_precision={cfg.optim.mixed_precision}: {err}") from err
 
 
@@ -108,18 +111,23 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         DatasetError, ConfigError: bad data or settings (before any training).
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
-    from sdlora.train import optimizers
+    from sdlora.train import optimizers, tracking
     from sdlora.train.data import scan_dataset
     from sdlora.train.samples import check_sample_prompts
     from sdlora.train.session import run_training
 
     optimizers.check(cfg)  # a missing package or a bad optimizer_args fails before the data and model load
     check_sample_prompts(cfg.output.sample_prompts)  # so does a bad --w/--s/... in a sample prompt
+    tracking.resolve(cfg)  # and a tracker whose package is missing
     items, summary = scan_dataset(cfg.data)
     for line in summary.lines():
         log.info("%s", line)
     accelerator = make_accelerator(cfg)
     components = components if components is not None else _load_base(cfg)
-    return run_training(cfg, components, accelerator, items, summary,
-                        on_step=on_step, should_stop=lambda: _cancelled(cancel), resume=resume,
-                        started=time.time())
+    tracking.start(accelerator, cfg)
+    try:
+        return run_training(cfg, components, accelerator, items, summary,
+                            on_step=tracking.wrap(on_step, accelerator), should_stop=lambda: _cancelled(cancel),
+                            resume=resume, started=time.time())
+    finally:
+        tracking.end(accelerator)

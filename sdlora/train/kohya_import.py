@@ -242,6 +242,19 @@ def _use_8bit_adam(value: Any, data: dict) -> str:
     return "adamw8bit"
 
 
+def _log_with(value: Any, data: dict) -> str:
+    name = str(value).strip().lower()
+    if name not in ("tensorboard", "wandb"):
+        raise _Skip(f"tracker {value} is not available (tensorboard, wandb)")
+    return name
+
+
+def _use_wandb(value: Any, data: dict) -> str:
+    if not _bool(value):
+        raise _Skip("false: output.log_with decides (TensorBoard when it is installed)")
+    return "wandb"
+
+
 def _v2(value: Any, data: dict) -> str:
     if not _bool(value):
         raise _Skip("false: sdlora detects the family from the model (model.family when it cannot)")
@@ -331,6 +344,8 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "sample_every_n_steps": ("output.sample_every", _plain(_int)),
     "sample_prompts": ("output.sample_prompts", _plain(_prompts)),
     "training_comment": ("output.comment", _plain(_text)),
+    "log_with": ("output.log_with", _log_with),
+    "use_wandb": ("output.log_with", _use_wandb),
     # sd-scripts' network_args, one entry per argument (see _expand_network_args)
     "network_args.conv_dim": ("lora.conv_rank", _plain(_int)),
     "network_args.conv_alpha": ("lora.conv_alpha", _plain(_float)),
@@ -366,7 +381,6 @@ _NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
     "max_token_length": ((75, "75"), "sdlora uses CLIP's 75-token window"),
     "lora_network_weights": (("",), "starting from an existing LoRA file is " + _LATER),
     "dim_from_weights": ((False,), "starting from an existing LoRA file is " + _LATER),
-    "use_wandb": ((False,), "experiment tracking is not imported"),
 }
 
 # kohya options with no counterpart because sdlora decides them itself: kohya key -> reason
@@ -380,8 +394,9 @@ _NOT_NEEDED: dict[str, str] = {
     "resume": "resume with sdlora train --resume",
     "save_model_as": "sdlora writes .safetensors (output.format chooses the key layout)",
     "caption_extension": "sdlora reads captions from same-stem .txt files",
-    "logging_dir": "sdlora writes loss.csv and loss.png into output.dir",
-    "log_prefix": "sdlora writes loss.csv and loss.png into output.dir",
+    "logging_dir": "sdlora's trackers write into <output.dir>/logs",
+    "log_prefix": "sdlora's trackers name the run output.name",
+    "log_tracker_name": "sdlora's trackers name the run output.name",
     "wandb_api_key": "never imported: a secret does not belong in a config (set WANDB_API_KEY instead)",
     "xformers": "sdlora uses PyTorch's scaled-dot-product attention",
     "mem_eff_attn": "sdlora uses PyTorch's scaled-dot-product attention",
