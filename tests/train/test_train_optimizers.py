@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
@@ -89,6 +90,8 @@ def test_each_optimizer_resumes_bit_exactly(tmp_path, data, name, lr, extra):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
     assert any(a[k].abs().sum() > 0 for k in a if "lora_up" in k)  # it trained
+    with safe_open(str(resumed.files[0]), "pt") as f:
+        assert f.metadata()["ss_optimizer"] == optimizers.describe(cfg)
     # steps 4-6 ran after the resume (earlier rows come back from loss.csv, rounded)
     assert [row[1:] for row in resumed.history[3:]] == [row[1:] for row in full.history[3:]]
 
@@ -198,3 +201,11 @@ def test_ss_optimizer_names_the_class_and_its_arguments():
     cfg = load_config(None, ["optim.optimizer=prodigy", "optim.optimizer_args=[d_coef=2, decouple=True]"])
     assert optimizers.describe(cfg) == "prodigyopt.Prodigy(d_coef=2,decouple=True)"
     assert optimizers.describe(load_config(None, ["optim.optimizer=lion"])) == "lion_pytorch.Lion"
+
+
+def test_deepspeed_runs_adamw_only():
+    from sdlora.train.deepspeed_run import check_optimizer
+
+    check_optimizer(load_config(None))
+    with pytest.raises(ConfigError, match="optim.optimizer=lion under DeepSpeed"):
+        check_optimizer(load_config(None, ["optim.optimizer=lion"]))
