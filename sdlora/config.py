@@ -121,6 +121,8 @@ class OptimConfig:
                                      "in YAML); values are Python literals")
     lr_cycles: int = _opt(1, "cosine_with_restarts: number of cosine cycles (each restarts at the full lr)")
     lr_power: float = _opt(1.0, "polynomial: power of the decay to 0 (1 = linear)")
+    loraplus_ratio: float = _opt(0.0, "LoRA+: the LoRA up matrices train at lr x this ratio (0 = off; the paper "
+                                 "suggests 16; written to ss_network_args as loraplus_lr_ratio)")
 
 
 @dataclass

@@ -37,6 +37,8 @@ def _network_args(cfg) -> dict[str, str]:
         args["dora_wd"] = "True"
     if cfg.lora.dropout:
         args["dropout"] = str(cfg.lora.dropout)
+    if cfg.optim.loraplus_ratio:
+        args["loraplus_lr_ratio"] = str(cfg.optim.loraplus_ratio)  # sd-scripts' network argument
     return args
 
 

@@ -349,6 +349,8 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     # sd-scripts' network_args, one entry per argument (see _expand_network_args)
     "network_args.conv_dim": ("lora.conv_rank", _plain(_int)),
     "network_args.conv_alpha": ("lora.conv_alpha", _plain(_float)),
+    "network_args.loraplus_lr_ratio": ("optim.loraplus_ratio", _plain(_float)),
+    "loraplus_lr_ratio": ("optim.loraplus_ratio", _plain(_float)),
 }
 
 _LATER = "not supported by sdlora yet"
@@ -380,6 +382,10 @@ _NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
     "full_bf16": ((False,), "sdlora keeps LoRA parameters in float32 (optim.mixed_precision autocasts)"),
     "max_token_length": ((75, "75"), "sdlora uses CLIP's 75-token window"),
     "lora_network_weights": (("",), "starting from an existing LoRA file is " + _LATER),
+    "loraplus_unet_lr_ratio": ((0, 0.0, "0"), "separate LoRA+ ratios are " + _LATER + " (optim.loraplus_ratio "
+                               "applies to both parts)"),
+    "loraplus_text_encoder_lr_ratio": ((0, 0.0, "0"), "separate LoRA+ ratios are " + _LATER + " (optim."
+                                       "loraplus_ratio applies to both parts)"),
     "dim_from_weights": ((False,), "starting from an existing LoRA file is " + _LATER),
 }
 

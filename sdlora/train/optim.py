@@ -21,15 +21,20 @@ SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "cosine_wit
 
 
 def param_groups(network, cfg) -> list[dict]:
-    """UNet and text-encoder LoRA parameters as separate groups with their own learning rates."""
-    unet, text = [], []
+    """UNet and text-encoder LoRA parameters as separate groups with their own learning rates; with LoRA+
+    (`optim.loraplus_ratio`, Hayou et al. 2024, https://arxiv.org/abs/2402.12354) the up matrices of each
+    part form a group of their own at lr x ratio. The UNet's base group stays first (the lr that is logged)."""
+    o, ratio = cfg.optim, cfg.optim.loraplus_ratio
+    lrs = {"unet": o.unet_lr or o.lr, "text_encoder": o.text_encoder_lr or o.lr}
+    groups: dict[str, dict] = {}
     for name in network.names:
-        params = list(network.layer(name).parameters())
-        (unet if name.startswith("unet.") else text).extend(params)
-    groups = [{"params": unet, "lr": cfg.optim.unet_lr or cfg.optim.lr, "name": "unet"}]
-    if text:
-        groups.append({"params": text, "lr": cfg.optim.text_encoder_lr or cfg.optim.lr, "name": "text_encoder"})
-    return [g for g in groups if g["params"]]
+        part = "unet" if name.startswith("unet.") else "text_encoder"
+        for param_name, param in network.layer(name).named_parameters():
+            plus = bool(ratio) and param_name.startswith("up.")
+            key = f"{part}_up" if plus else part
+            group = groups.setdefault(key, {"params": [], "lr": lrs[part] * (ratio if plus else 1), "name": key})
+            group["params"].append(param)
+    return [groups[k] for k in ("unet", "unet_up", "text_encoder", "text_encoder_up") if k in groups]
 
 
 def make_optimizer(groups: list[dict], cfg, device: torch.device) -> torch.optim.Optimizer:

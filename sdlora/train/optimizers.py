@@ -171,9 +171,14 @@ def check(cfg) -> None:
     if importlib.util.find_spec(spec.module.partition(".")[0]) is None:
         raise ConfigError(missing_message(spec))
     kwargs = optimizer_kwargs(cfg)
+    if cfg.optim.loraplus_ratio < 0:
+        raise ConfigError(f"optim.loraplus_ratio: must be >= 0 (0 = off), got {cfg.optim.loraplus_ratio}")
     lrs = _group_lrs(cfg)
     if spec.name == "prodigy":
         _check_prodigy(lrs)
+        if cfg.optim.loraplus_ratio:
+            raise ConfigError("optim.loraplus_ratio: Prodigy estimates one step size for all parameters and "
+                              "cannot give the up matrices their own lr; set optim.loraplus_ratio=0")
     if spec.schedule_free and cfg.optim.scheduler not in ("constant", "constant_with_warmup"):
         raise ConfigError(f"optim.scheduler={cfg.optim.scheduler}: adamw_schedulefree replaces the schedule "
                           "(that is what schedule-free means); set optim.scheduler=constant (optim.warmup_steps "

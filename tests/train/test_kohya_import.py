@@ -152,7 +152,7 @@ def test_sd_scripts_training_toml():
         "optim.mixed_precision": "bf16", "output.save_dtype": "fp32", "optim.seed": 42,
         "optim.gradient_checkpointing": True, "optim.noise_offset": 0.05, "optim.min_snr_gamma": 5.0,
         "output.save_every": 500, "output.dir": "output/cat", "output.name": "cat", "output.sample_every": 250,
-        "lora.conv_rank": 4, "lora.conv_alpha": 1.0, "output.log_with": "tensorboard",
+        "lora.conv_rank": 4, "lora.conv_alpha": 1.0, "output.log_with": "tensorboard", "optim.loraplus_ratio": 16.0,
     }
     assert [key for key, _ in result.ignored] == ["v2", "sdpa", "sample_prompts", "clip_skip", "logging_dir",
                                                    "network_args.rank_dropout"]

@@ -26,8 +26,9 @@ OPTIMIZERS = [
     ("lion", "3e-3", []),
     ("adamw_schedulefree", "1e-2", []),
     ("adafactor", "1e-2", []),
+    ("adamw", "1e-2", ["optim.loraplus_ratio=16"]),
 ]
-IDS = [name for name, _, _ in OPTIMIZERS]
+IDS = ["adamw", "prodigy", "lion", "adamw_schedulefree", "adafactor", "adamw-loraplus"]
 
 
 class Killed(Exception):
@@ -209,3 +210,39 @@ def test_deepspeed_runs_adamw_only():
     check_optimizer(load_config(None))
     with pytest.raises(ConfigError, match="optim.optimizer=lion under DeepSpeed"):
         check_optimizer(load_config(None, ["optim.optimizer=lion"]))
+
+
+def test_loraplus_trains_the_up_matrices_at_lr_times_ratio(tmp_path, data):
+    # AdamW's first update is lr x g / |g| per element: the up matrices (zero at init) move by exactly lr,
+    # so after one step their largest entry is lr without LoRA+ and lr x 16 with it
+    largest = {}
+    for ratio in (0, 16):
+        cfg = tiny_config(data, tmp_path / f"out{ratio}", "optim.lr=1e-3", "optim.weight_decay=0",
+                          f"optim.loraplus_ratio={ratio}", "optim.max_grad_norm=0")
+        items, summary = scan_dataset(cfg.data)
+        state = setup_training(cfg, make_tiny_components(tmp_path / f"c{ratio}"), make_accelerator(cfg), items,
+                               summary)
+        try:
+            groups = {g["name"]: g["lr"] for g in state.optimizer.param_groups}
+            optimizer_step(state)
+            ups = [state.network.layer(n).up.weight for n in state.network.names]
+            downs = [state.network.layer(n).down.weight for n in state.network.names]
+            largest[ratio] = (max(u.abs().max().item() for u in ups), groups, len(downs))
+        finally:
+            state.network.remove()
+    assert largest[0][1] == {"unet": 1e-3, "text_encoder": 1e-3}
+    assert largest[16][1] == pytest.approx({"unet": 1e-3, "unet_up": 1.6e-2, "text_encoder": 1e-3,
+                                            "text_encoder_up": 1.6e-2})
+    assert largest[0][0] == pytest.approx(1e-3, rel=1e-3)
+    assert largest[16][0] == pytest.approx(1.6e-2, rel=1e-3)
+
+
+def test_loraplus_is_written_and_refused_with_prodigy():
+    from sdlora.train.export import _network_args
+
+    assert _network_args(load_config(None, ["optim.loraplus_ratio=16"]))["loraplus_lr_ratio"] == "16.0"
+    assert "loraplus_lr_ratio" not in _network_args(load_config(None))
+    with pytest.raises(ConfigError, match="loraplus_ratio=0"):
+        optimizers.check(load_config(None, ["optim.optimizer=prodigy", "optim.lr=1", "optim.loraplus_ratio=16"]))
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        optimizers.check(load_config(None, ["optim.loraplus_ratio=-1"]))
