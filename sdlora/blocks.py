@@ -1,11 +1,11 @@
 """A1111 "LoRA Block Weight" block names for UNet modules. Depends on nothing.
 
-Block names follow the LoRA Block Weight extension and sd-scripts' `svd_merge_lora.py` (FORMATS §2.12):
+Block names follow the LoRA Block Weight extension and sd-scripts' svd_merge_lora.py (docs/formats.md §2.12):
 `BASE` is the text encoder(s); `IN00..`, `MID`, `OUT00..` are the LDM `input_blocks`, `middle_block`
 and `output_blocks` of the UNet. In diffusers names, `down_blocks.{i}.{resnets|attentions}.{j}` is
 `input_blocks.{3i+j+1}`, `down_blocks.{i}.downsamplers` is `input_blocks.{3i+3}`, `conv_in` is
 `input_blocks.0`, `up_blocks.{i}.{resnets|attentions}.{j}` is `output_blocks.{3i+j}` and
-`up_blocks.{i}.upsamplers` is `output_blocks.{3i+2}` (FORMATS §2.2, the same rule for SD1/SD2 and SDXL).
+`up_blocks.{i}.upsamplers` is `output_blocks.{3i+2}` (docs/formats.md §2.2; the same for SD1/SD2 and SDXL).
 Modules outside those blocks (time embedding, final norm and conv) have no block: block strengths
 do not touch them.
 """
@@ -21,7 +21,7 @@ from sdlora.errors import ConfigError
 _DOWN = re.compile(r"^unet\.down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.")
 _UP = re.compile(r"^unet\.up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.")
 
-# the short vectors A1111 users paste (FORMATS §2.12; sd-scripts svd_merge_lora.py LAYER17 / LAYER12)
+# the short vectors A1111 users paste (docs/formats.md §2.12; sd-scripts svd_merge_lora.py LAYER17 / LAYER12)
 _SD1_17 = ["BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "MID"] + [f"OUT{i:02d}" for i in range(3, 12)]
 _SDXL_12 = ["BASE", "IN04", "IN05", "IN07", "IN08", "MID"] + [f"OUT{i:02d}" for i in range(6)]
 

@@ -1,8 +1,8 @@
 """ΔW math for every adapter kind (torch only).
 
-Formulas follow ../shared/design/FORMATS.md; the section is cited at each function. All results are
+Formulas follow docs/formats.md; the section is cited at each function. All results are
 float32 at strength 1 (the user's strength multiplies the result; DoRA is not linear in strength, so
-callers interpolate `strength * (W' - W)` the way ComfyUI does, FORMATS §2.9).
+callers interpolate `strength * (W' - W)` the way ComfyUI does, docs/formats.md §2.9).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def module_delta(
     """ΔW of one module, float32, shaped like `base_weight` (or `shape`, or the module's own shape).
 
     DoRA modules (tensors has "dora_scale") need `base_weight`: the result is W' - W with
-    W' = m * (W + s*ΔW) / ||W + s*ΔW|| (FORMATS §2.9).
+    W' = m * (W + s*ΔW) / ||W + s*ΔW|| (docs/formats.md §2.9).
     """
     device = base_weight.device if base_weight is not None else None
     delta = _scaled_delta(module, device)
@@ -58,12 +58,12 @@ def _scaled_delta(module: LoraModule, device) -> Tensor:
 
 
 def lora_delta(t: dict[str, Tensor]) -> Tensor:
-    """LoRA / LoCon: up @ down, conv k x k by flattening, Tucker via lora_mid (FORMATS §2.3, §2.5)."""
+    """LoRA / LoCon: up @ down, conv k x k flattened, Tucker via lora_mid (docs/formats.md §2.3, §2.5)."""
     down, up = t["down"], t["up"]
     rank = down.shape[0]
     up2 = up.reshape(up.shape[0], rank)
     if "mid" in t:
-        # Tucker/CP: ΔW[i,j,k,l] = Σ up[i,n] mid[n,m,k,l] down[m,j]  (FORMATS §2.5)
+        # Tucker/CP: ΔW[i,j,k,l] = Σ up[i,n] mid[n,m,k,l] down[m,j]  (docs/formats.md §2.5)
         down2 = down.reshape(rank, -1)
         return torch.einsum("nmkl,in,mj->ijkl", t["mid"], up2, down2)
     delta = up2 @ down.reshape(rank, -1)
@@ -71,21 +71,21 @@ def lora_delta(t: dict[str, Tensor]) -> Tensor:
 
 
 def _hada_factor(a: Tensor, b: Tensor, tucker: Tensor | None) -> Tensor:
-    """One LoHa factor: a @ b, or the Tucker rebuild einsum('ijkl,jr,ip->prkl', t, b, a) (FORMATS §2.6)."""
+    """One LoHa factor: a @ b, or Tucker: einsum('ijkl,jr,ip->prkl', t, b, a) (docs/formats.md §2.6)."""
     if tucker is None:
         return a @ b
     return torch.einsum("ijkl,jr,ip->prkl", tucker, b, a)
 
 
 def loha_delta(t: dict[str, Tensor]) -> Tensor:
-    """LoHa: (w1a @ w1b) ⊙ (w2a @ w2b), Tucker variant with t1/t2 (FORMATS §2.6)."""
+    """LoHa: (w1a @ w1b) ⊙ (w2a @ w2b), Tucker variant with t1/t2 (docs/formats.md §2.6)."""
     first = _hada_factor(t["w1a"], t["w1b"], t.get("t1"))
     second = _hada_factor(t["w2a"], t["w2b"], t.get("t2"))
     return first * second
 
 
 def _lokr_factor(t: dict[str, Tensor], index: int) -> Tensor:
-    """One LoKr factor: full `w<i>`, decomposed `w<i>a @ w<i>b`, or Tucker for w2 (FORMATS §2.7)."""
+    """One LoKr factor: full `w<i>`, decomposed `w<i>a @ w<i>b`, or Tucker for w2 (docs/formats.md §2.7)."""
     full = t.get(f"w{index}")
     if full is not None:
         return full
@@ -97,7 +97,7 @@ def _lokr_factor(t: dict[str, Tensor], index: int) -> Tensor:
 
 
 def lokr_delta(t: dict[str, Tensor]) -> Tensor:
-    """LoKr: kron(w1, w2); w1 is unsqueezed to 4-D when w2 is a conv kernel (FORMATS §2.7).
+    """LoKr: kron(w1, w2); w1 is unsqueezed to 4-D when w2 is a conv kernel (docs/formats.md §2.7).
 
     Early LyCORIS files store conv kernels flattened, so kron gives (out, in*kh*kw); the caller
     reshapes that to the base shape. Either factor may be the larger one (both orders occur in the
@@ -114,12 +114,12 @@ def lokr_delta(t: dict[str, Tensor]) -> Tensor:
 
 
 def full_delta(t: dict[str, Tensor]) -> Tensor:
-    """Full diff: ΔW = diff (FORMATS §2.8). The bias diff (diff_b) is not part of the weight delta."""
+    """Full diff: ΔW = diff (docs/formats.md §2.8). The bias diff (diff_b) is not part of the delta."""
     return t["diff"]
 
 
 def dora_delta(base: Tensor, delta: Tensor, magnitude: Tensor, axis: str | None) -> Tensor:
-    """W' - W with W' = m ⊙ (W + ΔW) / ‖W + ΔW‖, the norm taken along `axis` (FORMATS §2.9).
+    """W' - W with W' = m ⊙ (W + ΔW) / ‖W + ΔW‖, the norm taken along `axis` (docs/formats.md §2.9).
 
     axis "out": one norm per output channel (PEFT, current LyCORIS); "in": one per input column
     (older LyCORIS). `delta` must already carry the alpha/rank scale.
@@ -137,7 +137,7 @@ def dora_delta(base: Tensor, delta: Tensor, magnitude: Tensor, axis: str | None)
 
 
 def dora_axis_from_shape(magnitude_shape: tuple[int, ...], base_shape: tuple[int, ...]) -> str:
-    """Which axis a DoRA magnitude normalises over, from its stored shape (FORMATS §2.9).
+    """Which axis a DoRA magnitude normalises over, from its stored shape (docs/formats.md §2.9).
 
     Keep-dim (out,1[,1,1]) -> "out", (1,in[,1,1]) -> "in"; a flat PEFT vector (out,) -> "out".
     """

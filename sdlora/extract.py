@@ -1,7 +1,7 @@
 """Model-level tools: extract a LoRA from two checkpoints, bake a stack into a base model.
 
 Depends on torch, safetensors and sdlora (tools, stack, models, naming); diffusers only inside bake.
-* extract (FORMATS §4, sd-scripts extract_lora_from_models.py): per targeted Linear / Conv2d,
+* extract (docs/formats.md §4, sd-scripts extract_lora_from_models.py): per targeted Linear / Conv2d,
   ΔW = tuned - base, SVD, keep `rank` (alpha = rank, so scale 1). Weights are read one module at a
   time, so two diffusers folders or UNet files are never fully in memory.
 * bake: a LoraStack patches the base in place, then the pipeline is written as a diffusers folder
@@ -52,16 +52,15 @@ def is_target(canonical: str, ndim: int, kernel: int, with_convs: bool) -> bool:
 class _Weights:
     """{canonical module name: weight} for a model source, read lazily (one module at a time)."""
 
-    def __init__(self, source, stack: ExitStack):
+    def __init__(self, source, stack: ExitStack, allow_pickle: bool = False):
         self.readers: dict[str, tuple] = {}  # canonical -> (reader, key) or (tensor, None)
+        self.allow_pickle = allow_pickle
         if isinstance(source, str | os.PathLike):
             self._open_path(Path(source), stack)
         else:
             self._from_modules(source)
 
     def _open_path(self, path: Path, stack: ExitStack) -> None:
-        from safetensors import safe_open
-
         if path.is_dir():
             files = {c: path / rel for c, (rel,) in FOLDER_FILES.items() if (path / rel).is_file()}
             if not files:
@@ -69,13 +68,13 @@ class _Weights:
         elif path.suffix == ".safetensors" and path.is_file():
             files = {"unet": path}
         else:
-            self._from_modules(_load_components(str(path)))
+            self._from_modules(_load_components(str(path), self.allow_pickle))
             return
         for component, file in files.items():
-            reader = stack.enter_context(safe_open(str(file), framework="pt"))
+            reader = stack.enter_context(_open_safetensors(file))
             keys = list(reader.keys())
             if component == "unet" and any(k.startswith("model.diffusion_model.") for k in keys):
-                self._from_modules(_load_components(str(path)))  # an original checkpoint: convert it
+                self._from_modules(_load_components(str(path), self.allow_pickle))  # an original checkpoint
                 return
             self._add_keys(component, reader, keys)
 
@@ -104,17 +103,28 @@ class _Weights:
         return tuple(reader.shape) if key is None else tuple(reader.get_slice(key).get_shape())
 
 
-def _load_components(base: str):
+def _open_safetensors(file: Path):
+    """safe_open, with a damaged file or a renamed pickle refused as a FormatError naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(file), framework="pt")
+    except SafetensorError as err:
+        raise FormatError(f"{file}: not a readable .safetensors file ({err}); a pickle checkpoint renamed "
+                          ".safetensors is refused too: give the real file name (and --allow-pickle)") from err
+
+
+def _load_components(base: str, allow_pickle: bool = False):
     from sdlora.models import load_components
 
-    return load_components(base)
+    return load_components(base, allow_pickle=allow_pickle)
 
 
 # ----- extract ---------------------------------------------------------------------------------
 
 
-def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: float = 1e-7,
-            on_progress: ProgressCallback | None = None) -> ToolResult:
+def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: float = 1e-7,  # noqa: PLR0913
+            on_progress: ProgressCallback | None = None, *, allow_pickle: bool = False) -> ToolResult:
     """A LoRA that turns `base` into (approximately) `tuned`, by SVD of each targeted weight's difference.
 
     Args:
@@ -122,6 +132,7 @@ def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: floa
             checkpoints or "embedded" (through sdlora.models), or in-memory components/pipelines.
         rank: rank for Linear and 1x1 modules; conv_rank: rank for 3x3 convs (None: convs skipped).
         min_diff: modules whose largest |ΔW| is at most min_diff · max|W| are left out (unchanged).
+        allow_pickle: let a .ckpt/.pt/.pth/.bin model be read (see `sdlora.models.load_components`).
 
     Returns:
         ToolResult with the LoRA (alpha = rank) and per-module energy kept.
@@ -130,7 +141,7 @@ def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: floa
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{what} must be a whole number >= 1, got {value!r}")
     with ExitStack() as stack:
-        before, after = _Weights(base, stack), _Weights(tuned, stack)
+        before, after = _Weights(base, stack, allow_pickle), _Weights(tuned, stack, allow_pickle)
         names = _extract_targets(before, after, conv_rank is not None)
         lora = LoraState(format="sdlora", metadata={"ss_training_comment": "extracted by sdlora"})
         result = ToolResult(lora)
@@ -175,8 +186,8 @@ def _extract_one(name, models, ranks, min_diff, result) -> None:
 # ----- bake ------------------------------------------------------------------------------------
 
 
-def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: str | None = None,
-         dtype: str | None = None) -> Path:
+def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: str | None = None,  # noqa: PLR0913
+         dtype: str | None = None, *, allow_pickle: bool = False) -> Path:
     """Merge LoRAs into a base model and write it as a diffusers folder or one single-file checkpoint.
 
     Args:
@@ -190,6 +201,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
             the base; models of no standard size, like the embedded one, are written in the SD1/SDXL layout
             and get a `<name>.config/` folder beside the file, which `load_components` uses to read it back).
         dtype: "fp16", "bf16" or "fp32" for a single file's weights (default: the model's own dtype).
+        allow_pickle: let a .ckpt/.pt/.pth/.bin base be read (see `sdlora.models.load_components`).
     """
     out = Path(out)
     single = out.suffix.lower() == ".safetensors"
@@ -201,7 +213,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
     if dtype is not None and (not single or dtype not in SAVE_DTYPES):
         raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(SAVE_DTYPES)}, for a .safetensors output "
                           "(a diffusers folder keeps the model's dtype)")
-    components = _load_components(base) if isinstance(base, str | os.PathLike) else base
+    components = _load_components(base, allow_pickle) if isinstance(base, str | os.PathLike) else base
     from sdlora.stack import LoraStack
 
     stack = LoraStack(components, exact=True, on_progress=on_progress)

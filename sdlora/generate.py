@@ -4,7 +4,7 @@
 applies them for this image only (on top of what the stack already holds), runs the pipeline with a
 seeded generator and returns the image with the parameters text A1111 writes into its PNGs
 (`parameters` tEXt chunk), including `Lora hashes: "name: shorthash"` where shorthash is the first
-12 hex characters of the SHA-256 over the tensor data after the safetensors header (FORMATS §2.11).
+12 hex characters of the SHA-256 over the tensor data after the safetensors header (docs/formats.md §2.11).
 """
 
 from __future__ import annotations
@@ -200,12 +200,79 @@ def save_png(image, path, parameters: str) -> Path:
     return path
 
 
-def load_base(base: str | None = None):
-    """(pipeline, model name) for `base`; None means sdlora's embedded model."""
+def load_base(base: str | None = None, allow_pickle: bool = False):
+    """(pipeline, model name) for `base`; None means sdlora's embedded model. `allow_pickle` lets a
+    .ckpt/.pt/.pth/.bin base be read (see `sdlora.models.load_components`)."""
     from sdlora.extract import pipeline_from
     from sdlora.models import load_components
 
     name = base or "embedded"
-    components = load_components(name)
+    components = load_components(name, allow_pickle=allow_pickle)
     label = getattr(components, "name", "") or Path(str(name)).stem
     return pipeline_from(components), label
+
+
+def default_size(model) -> int:
+    """The image side `model` was trained at: its UNet's sample_size times its VAE's scale factor.
+
+    `model` is a pipeline or `Components` (anything with `.unet` and `.vae` holding diffusers configs):
+    32 for the embedded model, 512 for SD1, 768 for SD2-v, 1024 for SDXL.
+    """
+    return size_from_configs(model.unet.config, model.vae.config)
+
+
+def size_from_configs(unet_config, vae_config) -> int:
+    """`default_size` from the UNet's and the VAE's config (dicts or diffusers' FrozenDict)."""
+    # diffusers' vae_scale_factor: every VAE level but the last halves the image side
+    scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    sample = unet_config["sample_size"]
+    if isinstance(sample, (list, tuple)):  # (height, width) configs: the side a square default starts from
+        sample = sample[0]
+    return int(sample) * scale
+
+
+def base_default_size(base: str | None) -> int | None:
+    """`default_size` of the base `load_base(base)` would load, read from its config files alone (no weights):
+    for a UI that shows the size before the model is loaded.
+
+    None when only loading the model would tell (a hub id, a pickle checkpoint, a path that does not exist:
+    loading it reports why).
+
+    Raises:
+        ConfigError: a model folder without unet/config.json or vae/config.json, or a checkpoint of no SD family.
+        FormatError: a damaged .safetensors checkpoint.
+    """
+    folder = _config_folder(base or "embedded")
+    if folder is None:
+        return None
+    return size_from_configs(_config_json(folder, "unet"), _config_json(folder, "vae"))
+
+
+def _config_folder(base: str) -> Path | None:
+    """The diffusers config folder `sdlora.models.load_components(base)` builds the model from."""
+    from sdlora.configs import CONFIG_DIRS, models_root
+
+    if base == "embedded":
+        from sdlora.embedded import weights_dir
+
+        return weights_dir()
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return None
+    from sdlora.arch import resolve_base
+    from sdlora.models import single_file_config
+
+    return single_file_config(path) or models_root() / CONFIG_DIRS[resolve_base(path)]
+
+
+def _config_json(folder: Path, component: str) -> dict:
+    import json
+
+    path = folder / component / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the {component} config ({err}); a model folder needs "
+                          f"{component}/config.json as diffusers' save_pretrained writes it") from err

@@ -1,7 +1,7 @@
 """Read and validate a safetensors header with the standard library only (no torch).
 
 A safetensors file is an 8-byte little-endian header length N, N bytes of JSON, then raw tensor
-bytes (FORMATS §2.1). `sdlora inspect` answers from this header alone, so this module must never
+bytes (docs/formats.md §2.1). `sdlora inspect` answers from this header alone, so this module must never
 import torch. It also refuses pickled checkpoints without unpickling them, and recognises a full
 model checkpoint passed where a LoRA is expected.
 """
@@ -23,7 +23,7 @@ DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
 }  # fmt: skip
-LEGACY_HASH_RANGE = (0x100000, 0x110000)  # FORMATS §2.11 sshs_legacy_hash
+LEGACY_HASH_RANGE = (0x100000, 0x110000)  # docs/formats.md §2.11 sshs_legacy_hash
 
 # key fragments that only adapter files carry (LoRA, LyCORIS, diffusers, PEFT, cloneofsimo)
 LORA_MARKERS = (
@@ -203,7 +203,7 @@ def check_is_lora(header: SafetensorsHeader) -> None:
 
 
 def tensor_data_sha256(path: str | os.PathLike, data_offset: int | None = None) -> str:
-    """SHA-256 of the bytes after the header (sshs_model_hash / A1111 'addnet' hash, FORMATS §2.11)."""
+    """SHA-256 of the bytes after the header (sshs_model_hash, A1111 'addnet' hash; docs/formats.md §2.11)."""
     if data_offset is None:
         data_offset = read_header(path).data_offset
     digest = hashlib.sha256()
@@ -215,7 +215,7 @@ def tensor_data_sha256(path: str | os.PathLike, data_offset: int | None = None) 
 
 
 def legacy_hash(path: str | os.PathLike) -> str:
-    """sshs_legacy_hash: first 8 hex of SHA-256 over bytes 0x100000..0x110000 of the file (FORMATS §2.11)."""
+    """sshs_legacy_hash: 8 hex of SHA-256 of the file's bytes 0x100000..0x110000 (docs/formats.md §2.11)."""
     start, end = LEGACY_HASH_RANGE
     with open(path, "rb") as fh:
         fh.seek(start)

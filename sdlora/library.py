@@ -4,7 +4,7 @@ Per file: name (file stem, as A1111 shows it), family, rank, trigger words (`mod
 and the most frequent `ss_tag_frequency` tags), a preview image beside it (same stem, .png/.jpg/
 .jpeg/.webp, or A1111's `<stem>.preview.png`), user notes from a same-stem `.json` (A1111 fields:
 "activation text", "preferred weight", "notes", "description", ...), and the tensor-data hash whose
-first 12 hex characters A1111 prints as `Lora hashes` (FORMATS §2.11).
+first 12 hex characters A1111 prints as `Lora hashes` (docs/formats.md §2.11).
 
 Only safetensors headers are read. The cache (JSON) maps each path to (size, mtime) and the
 tensor-data SHA-256, and each SHA-256 to what was read from the header, so a rescan of an unchanged

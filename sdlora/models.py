@@ -8,8 +8,9 @@ A base is one of:
   configs in ``sdlora/configs/models/`` and the CLIP tokenizer files in ``sdlora/configs/tokenizers/``; a model of another
   size (a baked embedded model, a test model) brings its own config folder: ``config=`` or ``<stem>.config/``
   beside the file (which ``sdlora bake`` writes);
-* a pickle checkpoint (``.ckpt/.pt/.pth/.bin``): refused unless ``allow_pickle=True``; diffusers then reads it
-  with ``torch.load(weights_only=True)``, which cannot run code from the file;
+* a pickle checkpoint (``.ckpt/.pt/.pth/.bin``), or a diffusers folder whose weights are only pickles:
+  refused unless ``allow_pickle=True``; diffusers then reads it with ``torch.load(weights_only=True)``,
+  which cannot run code from the file;
 * a Hugging Face hub id (``org/name``) when online.
 """
 
@@ -87,11 +88,31 @@ def _pipeline_class(family: str):
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
-def _load_folder(folder: Path, dtype) -> Components:
+def _pickle_message(what: str) -> str:
+    return (f"{what} can run code when loaded; convert it to .safetensors, or pass --allow-pickle (sdlora "
+            "train, generate, bake, extract and webui take it; model.allow_pickle: true in a training config) "
+            "to load it with torch.load(weights_only=True)")
+
+
+def pickle_only_components(folder: Path) -> list[str]:
+    """The component subfolders of a diffusers folder whose weights exist only as pickles (.bin, .pt, ...):
+    diffusers falls back to those when no .safetensors is there."""
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        suffixes = {f.suffix.lower() for f in sub.iterdir() if f.is_file()}
+        if ".safetensors" not in suffixes and suffixes & set(PICKLE_SUFFIXES):
+            found.append(sub.name)
+    return found
+
+
+def _load_folder(folder: Path, dtype, allow_pickle: bool = False) -> Components:
     from diffusers import DiffusionPipeline
 
     if not (folder / "model_index.json").is_file():
         raise FormatError(f"{folder}: not a diffusers model folder (no model_index.json)")
+    pickled = pickle_only_components(folder)
+    if pickled and not allow_pickle:
+        raise ConfigError(_pickle_message(f"{folder}: the weights of {', '.join(pickled)} are pickle files, which"))
     try:
         pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True,
                                                  safety_checker=None, requires_safety_checker=False)
@@ -233,7 +254,8 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
     Args:
         base: "embedded", a diffusers folder, a single-file checkpoint, or a hub id.
         family: "sd1"/"sd2"/"sdxl" when a single file's family cannot be detected (pickles).
-        allow_pickle: allow .ckpt/.pt/.pth/.bin (read with torch.load(weights_only=True)).
+        allow_pickle: allow .ckpt/.pt/.pth/.bin files and diffusers folders of them (read with
+            torch.load(weights_only=True)).
         dtype: torch dtype for the weights (default float32).
         config: for a single file of no standard SD size: a diffusers config folder (model_index.json and
             per-component configs, no weights needed). Without it a `<stem>.config/` folder beside the file
@@ -251,12 +273,10 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
         return _load_folder(weights_dir(), dtype)
     path = Path(base).expanduser()
     if path.is_dir():
-        return _load_folder(path, dtype)
+        return _load_folder(path, dtype, allow_pickle)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
-            raise ConfigError(f"{path}: pickle checkpoints can run code when loaded; convert it to .safetensors, "
-                              "or pass --allow-pickle (model.allow_pickle: true) to load it with "
-                              "torch.load(weights_only=True)")
+            raise ConfigError(_pickle_message(f"{path}: pickle checkpoints"))
         if not path.is_file():
             raise ConfigError(f"model.base: {path} does not exist")
         return load_single_file(path, family, dtype, config)

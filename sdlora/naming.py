@@ -10,7 +10,7 @@ file keep it; `canonical_name` maps live paths of both layouts onto the canonica
 Kohya names are never parsed back by splitting underscores (module names contain underscores). Instead
 `kohya_lookup` builds a forward dict {every accepted Kohya spelling: canonical name} from a module table,
 including the original LDM/SGM UNet names (`input_blocks_4_1_...`), derived from the table's block structure
-(FORMATS.md §2.2).
+(docs/formats.md §2.2).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sdlora.family import FAMILIES
 _CLIP_TRANSFORMER_CHILDREN = frozenset({"embeddings", "encoder", "final_layer_norm"})
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
 
-# LDM/SGM names of the layers inside a diffusers ResnetBlock2D / Downsample2D (FORMATS.md §2.2)
+# LDM/SGM names of the layers inside a diffusers ResnetBlock2D / Downsample2D (docs/formats.md §2.2)
 _RESNET_LDM = {
     "conv1": "in_layers.2",
     "norm1": "in_layers.0",
@@ -173,7 +173,7 @@ def _unet_structure(paths: list[str]) -> dict[str, dict]:
 
 
 def _block_map(paths: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
-    """{diffusers block prefix: (LDM block prefix, renames of the layers inside)} (FORMATS.md §2.2)."""
+    """{diffusers block prefix: (LDM block prefix, renames of the layers inside)} (docs/formats.md §2.2)."""
     structure = _unet_structure(paths)
     blocks = dict(_FIXED_LDM)
     index = 1  # input_blocks.0 is conv_in

@@ -1,6 +1,6 @@
 """A1111 `<lora:...>` prompt tags: parse, take out of the prompt, resolve names. Standard library only.
 
-Syntax (A1111 `extra_networks_lora.py`, FORMATS §2.12):
+Syntax (A1111 `extra_networks_lora.py`, docs/formats.md §2.12):
 
     <lora:NAME>                 strength 1
     <lora:NAME:0.8>             text encoder and UNet 0.8

@@ -2,7 +2,7 @@
 
 Depends on torch and sdlora (weights, naming, formats, report); never on diffusers at import time.
 
-How it works (design notes, FORMATS §5):
+How it works (design notes, docs/formats.md §5):
 * Every touched weight keeps its pristine W0 in its own dtype (bit-exact restore). On the CPU that is
   the module's own tensor, untouched: the patched W is a new tensor swapped into the parameter, and a
   restore swaps W0 back (free). On other devices (or `in_place=True`) W0 is copied to the CPU and W is

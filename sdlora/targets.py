@@ -11,7 +11,7 @@ path), plus a layer kind the module must have:
 Paths are matched structurally (``attentions.N.`` is a ``Transformer2DModel`` in every diffusers UNet,
 ``resnets.N.`` a ``ResnetBlock2D``), never by class-name strings.
 
-Presets (see FORMATS.md §2.2 for the sd-scripts sets):
+Presets (see docs/formats.md §2.2 for the sd-scripts sets):
 
 * ``qv``         UNet attention ``to_q``/``to_v`` + text-encoder ``q_proj``/``v_proj`` (the default)
 * ``attn``       all attention projections: ``to_q/k/v``, ``to_out.0``; TE ``q/k/v/out_proj``
@@ -21,7 +21,7 @@ Presets (see FORMATS.md §2.2 for the sd-scripts sets):
                  sd-scripts' "LoRA-C3Lier" does, the resnets' ``time_emb_proj`` linears and 1x1 shortcuts
 * ``locon-io``   ``locon`` + the UNet's ``conv_in`` and ``conv_out`` (3x3, at ``conv_rank``): the layers that
                  read and write the latents, where a palette change is cheapest (Kohya keys
-                 ``lora_unet_conv_in``/``lora_unet_conv_out``, which A1111 and ComfyUI map; FORMATS §2.2)
+                 ``lora_unet_conv_in``/``_conv_out``, which A1111 and ComfyUI map; docs/formats.md §2.2)
 """
 
 from __future__ import annotations

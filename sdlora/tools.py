@@ -1,6 +1,6 @@
 """LoRA tools on LoraState objects: resize (SVD to a rank or an energy) and merge (SVD or concat).
 
-Depends on torch and sdlora.weights / sdlora.delta. Algorithms and the field's caveats: FORMATS §4.
+Depends on torch and sdlora.weights / sdlora.delta. Algorithms and the field's caveats: docs/formats.md §4.
 * The SVD of a plain LoRA's up @ down is taken exactly from the factors (QR of each, SVD of the
   small r x r core), so no full ΔW is built for it; other kinds (LoHa, LoKr, Tucker, full) are
   decomposed from their full ΔW, one module at a time.
@@ -88,7 +88,7 @@ def choose_rank(s: torch.Tensor, rank: int | None, energy: float | None) -> tupl
 
 
 def rebuild_module(svd, keep: int, shape: tuple[int, ...], alpha: float, dora=None) -> LoraModule:
-    """A plain LoRA module from an SVD (U, S, Vh): up = U·S, down = Vh, reshaped for convs (FORMATS §2.3)."""
+    """Plain LoRA from an SVD (U, S, Vh): up = U·S, down = Vh, reshaped for convs (docs/formats.md §2.3)."""
     u, s, vh = svd
     up = (u[:, :keep] * s[:keep]).float().contiguous()
     down = vh[:keep].float().contiguous()

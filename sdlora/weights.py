@@ -67,7 +67,7 @@ class LoraModule:
         if self.kind == "loha":
             return int(t["w1b"].shape[0])
         if self.kind == "lokr":
-            # FORMATS §2.7: r comes from lokr_w1_b, else lokr_w2_b; both factors full -> no rank
+            # docs/formats.md §2.7: r comes from lokr_w1_b, else lokr_w2_b; both factors full -> no rank
             for name in ("w1b", "w2b"):
                 if name in t:
                     return int(t[name].shape[0])
@@ -75,7 +75,7 @@ class LoraModule:
 
     @property
     def scale(self) -> float:
-        """alpha / rank; 1.0 when alpha or rank is missing (FORMATS §2.4, §2.7)."""
+        """alpha / rank; 1.0 when alpha or rank is missing (docs/formats.md §2.4, §2.7)."""
         rank = self.rank
         if self.alpha is None or not rank:
             return 1.0

@@ -107,14 +107,15 @@ def is_loopback(host: str) -> bool:
 
 def default_state(lora_dir: str | Path = "loras", output_dir: str | Path = "outputs",
                   base: str = "embedded", data_dirs: tuple[Path, ...] | None = None,
-                  model_dirs: tuple[Path, ...] = ()) -> AppState:
-    """An AppState with the repository's sample_data/ as a readable data folder when present."""
+                  model_dirs: tuple[Path, ...] = (), **options) -> AppState:
+    """An AppState with the repository's sample_data/ as a readable data folder when present; `options` are
+    further `AppConfig` fields (allow_pickle, max_work)."""
     if data_dirs is None:
         sample = Path(__file__).resolve().parent.parent / "sample_data"
         data_dirs = (sample,) if sample.is_dir() else ()
     return AppState(AppConfig(lora_dir=Path(lora_dir).resolve(), output_dir=Path(output_dir).resolve(),
                               base=base, data_dirs=tuple(Path(d).resolve() for d in data_dirs),
-                              model_dirs=tuple(Path(d).resolve() for d in model_dirs)))
+                              model_dirs=tuple(Path(d).resolve() for d in model_dirs), **options))
 
 
 if __name__ == "__main__":

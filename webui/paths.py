@@ -1,7 +1,7 @@
 """Confinement of user-typed paths to the folders the app was started with.
 
-Every path a user types into the web UI goes through `resolve_within` before anything reads or
-writes it. A path is accepted only when its fully resolved form (symlinks followed, `..` removed)
+Every path the web UI reads or writes goes through `resolve_within` first: paths a user types, and the
+files behind library names (`AppState.library_path`) alike. A path is accepted only when its fully resolved form (symlinks followed, `..` removed)
 lies inside one of the allowed roots, so `../../etc/passwd`, `/etc/passwd` and a symlink inside a
 root that points outside are all refused. Relative paths are taken relative to a default root.
 """
@@ -21,6 +21,20 @@ class AccessError(SdloraError, PermissionError):
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+NAME_MAX = 255    # bytes per file name on ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units)
+PATH_MAX = 4096   # bytes per path on Linux
+
+
+def check_name_lengths(text: str) -> None:
+    """Refuse a path with a name over NAME_MAX bytes or a total over PATH_MAX, with a message (the file
+    system would raise ENAMETOOLONG from somewhere deep, which the UI can only call an internal error)."""
+    if len(os.fsencode(text)) > PATH_MAX:
+        raise AccessError(f"path too long ({len(os.fsencode(text))} bytes; at most {PATH_MAX})")
+    for part in Path(text).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise AccessError(f"name too long: {part[:40]!r}... is {size} bytes; a file or folder name can have "
+                              f"at most {NAME_MAX}")
 
 
 def resolve_within(
@@ -41,6 +55,10 @@ def resolve_within(
         raise AccessError("no path given: type a file or folder name inside the allowed folders")
     if "\x00" in text:
         raise AccessError("a path cannot contain a NUL character")
+    try:
+        check_name_lengths(text)
+    except UnicodeEncodeError as err:  # a lone surrogate: no file system name can hold it
+        raise AccessError("a path cannot contain unpaired surrogate characters") from err
     if not roots:
         raise AccessError("this app has no folders configured for files")
     resolved_roots = [Path(r).resolve() for r in roots]
@@ -49,7 +67,10 @@ def resolve_within(
     if not candidate.is_absolute():
         candidate = base / candidate
     # resolve() follows every symlink, so a link inside a root that points outside is caught here
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
+        raise AccessError(f"{text!r} cannot be resolved ({err})") from err
     if not any(resolved == root or resolved.is_relative_to(root) for root in resolved_roots):
         allowed = ", ".join(str(r) for r in resolved_roots)
         raise AccessError(f"{text!r} is outside the folders this app may use ({allowed})")
@@ -62,6 +83,7 @@ def safe_filename(name: str, *, default: str = "file") -> str:
     """A file name with no folder part and only harmless characters (for uploads and outputs)."""
     base = Path(str(name).replace("\\", "/")).name
     cleaned = _SAFE_NAME.sub("_", base).strip(" .")
+    check_name_lengths(cleaned)
     return cleaned or default
 
 

@@ -8,6 +8,7 @@ slots a user set up) live in gradio components and `gr.State`, not here.
 
 from __future__ import annotations
 
+import glob
 import logging
 import threading
 from collections.abc import Callable
@@ -15,11 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdlora.errors import ConfigError
 from webui.jobs import JobQueue
-from webui.paths import AccessError, resolve_within
+from webui.paths import AccessError, check_name_lengths, resolve_within
 from webui.uploads import UploadLimits
 
 log = logging.getLogger(__name__)
+DEFAULT_MAX_WORK = 1024 * 1024 * 100  # a 1024x1024 image at 100 steps (or 512x512 at 400)
+
+
+class NotInLibrary(AccessError):
+    """No LoRA of that name in the library folder."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,9 @@ class AppConfig:
     data_dirs: extra folders the user may train from (read only; e.g. the repository's sample_data/).
     model_dirs: extra folders holding base models (read only).
     base: the default base model: "embedded" or a path inside model_dirs / output_dir.
+    allow_pickle: let .ckpt/.pt/.pth/.bin models be loaded (`sdlora webui --allow-pickle`).
+    max_work: the most work one generation request may ask for, in pixels x steps x images (0: no limit);
+        generation holds a lock, so one huge request would stall every other user.
     """
 
     lora_dir: Path
@@ -39,6 +49,8 @@ class AppConfig:
     data_dirs: tuple[Path, ...] = ()
     model_dirs: tuple[Path, ...] = ()
     limits: UploadLimits = field(default_factory=UploadLimits)
+    allow_pickle: bool = False
+    max_work: int = DEFAULT_MAX_WORK
 
     @property
     def write_roots(self) -> list[Path]:
@@ -75,6 +87,38 @@ class AppState:
         root = default_root or Path(self.config.output_dir)
         return resolve_within(user_path, self.config.write_roots, default_root=root, must_exist=False)
 
+    def library(self) -> dict[str, Path]:
+        """{name (file stem): resolved path} of the library's LoRAs; names whose file resolves outside the
+        allowed folders (a symlink pointing elsewhere) are left out, with a log line."""
+        found = {}
+        for path in sorted(Path(self.config.lora_dir).rglob("*.safetensors")):
+            try:
+                found[path.stem] = self.read_path(str(path))
+            except AccessError as err:
+                log.warning("library: %s left out: %s", path.name, err)
+        return found
+
+    def library_path(self, name: str) -> Path:
+        """The file of the library LoRA `name`, resolved and confined like a typed path; raises AccessError."""
+        name = (name or "").strip()
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise NotInLibrary(f"{name!r} is not a library name (a file stem in the LoRA folder)")
+        check_name_lengths(f"{name}.safetensors")
+        found = [p for p in sorted(Path(self.config.lora_dir).rglob(f"{glob.escape(name)}.safetensors"))
+                 if p.stem == name]
+        if not found:
+            raise NotInLibrary(f"no LoRA named {name!r} in the library")
+        return self.read_path(str(found[0]))
+
+    def check_work(self, width: int, height: int, steps: int, images: int = 1) -> None:
+        """Refuse a generation request over `config.max_work` (pixels x steps x images), with the numbers."""
+        work = width * height * steps * images
+        limit = self.config.max_work
+        if limit and work > limit:
+            raise ConfigError(f"this request is too large for this server: {width}x{height} x {steps} steps x "
+                              f"{images} image(s) = {work:,} pixel-steps, the limit is {limit:,}; lower the size "
+                              "or the steps (the limit is set with sdlora webui --max-work)")
+
     def is_writable(self, path: Path) -> bool:
         try:
             resolve_within(str(path), self.config.write_roots, must_exist=False)
@@ -97,9 +141,11 @@ class AppState:
         """
         base = self.base_model(base)
         if self._pipeline is None or base != self._pipeline_base:
-            factory = self._pipeline_factory or _default_pipeline
             log.info("loading base model %s for generation", base)
-            self._pipeline = factory(base)
+            if self._pipeline_factory is not None:
+                self._pipeline = self._pipeline_factory(base)
+            else:
+                self._pipeline = _default_pipeline(base, self.config.allow_pickle)
             self.model_name = "embedded" if base == "embedded" else Path(base).stem
             from sdlora.stack import LoraStack
 
@@ -111,7 +157,7 @@ class AppState:
         self.jobs.close()
 
 
-def _default_pipeline(base: str) -> Any:
+def _default_pipeline(base: str, allow_pickle: bool) -> Any:
     from sdlora.generate import load_base
 
-    return load_base(base)[0]
+    return load_base(base, allow_pickle=allow_pickle)[0]

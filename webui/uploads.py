@@ -3,14 +3,18 @@
 Gradio already caps the request size (`max_file_size` at launch); these checks run again on the
 server side on every file a handler receives, by extension AND by content (a `.safetensors` file
 must start with a valid safetensors header, an image must open with Pillow), so a renamed pickle
-or an HTML file dressed as a PNG is refused before anything reads it.
+or an HTML file dressed as a PNG is refused before anything reads it. A refused file is deleted from
+gradio's upload folder at once (gradio would keep it until the server stops).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +43,42 @@ class UploadLimits:
         return max(self.lora_bytes, self.image_bytes, self.caption_bytes)
 
 
+def gradio_upload_folder() -> Path:
+    """Where gradio stores uploads (the rule of gradio.utils.get_upload_folder, without importing gradio)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def discard_upload(path: Path) -> None:
+    """Delete a refused upload, and its per-upload folder when that is left empty, but only inside
+    gradio's upload folder: a path given some other way (a test, the API) is never the app's to delete."""
+    folder = gradio_upload_folder()
+    target = Path(path).absolute()
+    if not target.parent.resolve().is_relative_to(folder) or target.is_symlink() or not target.is_file():
+        return
+    target.unlink(missing_ok=True)
+    parent = target.parent
+    if parent.resolve() != folder:
+        try:
+            parent.rmdir()  # gradio puts each upload in a folder of its own; gone when empty
+        except OSError:
+            pass  # not empty (other files of the same upload): leave it
+
+
+def _discarded_when_refused(check):
+    """Decorate a check so that a refused file is deleted (see `discard_upload`)."""
+
+    @functools.wraps(check)
+    def wrapper(path, limits):
+        try:
+            return check(path, limits)
+        except UploadError:
+            discard_upload(Path(path))
+            raise
+
+    return wrapper
+
+
+@_discarded_when_refused
 def check_lora_upload(path: Path, limits: UploadLimits) -> Path:
     """Refuse anything but a `.safetensors` file within the size limit with a sane header."""
     path = Path(path)
@@ -48,6 +88,7 @@ def check_lora_upload(path: Path, limits: UploadLimits) -> Path:
     return path
 
 
+@_discarded_when_refused
 def check_image_upload(path: Path, limits: UploadLimits) -> Path:
     """Refuse anything but a png/jpg/webp/bmp image within the size limit that Pillow can open."""
     path = Path(path)

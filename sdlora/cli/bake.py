@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import lora_with_strength, progress_bar
+from sdlora.cli.loraargs import add_allow_pickle, lora_with_strength, progress_bar
 
 DESCRIPTION = """\
 Merge a stack of LoRAs into a base model's weights (W = W0 + sum of strength x delta, in float32) and
@@ -30,6 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--family", choices=("sd1", "sd2", "sdxl"),
                         help="single-file key layout when the base's family cannot be detected (default: from the "
                              "base; SD1, or SDXL with two text encoders)")
+    add_allow_pickle(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -39,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
 
     loras = [lora_with_strength(text) for text in args.lora]
     out = bake(args.base, loras, args.output, on_progress=progress_bar("bake"), family=args.family,
-               dtype=args.dtype)
+               dtype=args.dtype, allow_pickle=args.allow_pickle)
     print(f"wrote {out}: {args.base} + " + ", ".join(f"{Path(p).stem}:{s:g}" for p, s in loras))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import energy_lines, progress_bar, refuse_existing
+from sdlora.cli.loraargs import add_allow_pickle, energy_lines, progress_bar, refuse_existing
 
 DESCRIPTION = """\
 Extract a LoRA that turns BASE into TUNED: for every targeted module (UNet attention linears and 1x1
@@ -25,6 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--conv-rank", "--conv_rank", type=int, help="also extract 3x3 convs at this rank")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    add_allow_pickle(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from sdlora.formats import save_lora
 
     refuse_existing(args.output, args.force)
-    result = extract(args.base, args.tuned, args.rank, conv_rank=args.conv_rank, on_progress=progress_bar("extract"))
+    result = extract(args.base, args.tuned, args.rank, conv_rank=args.conv_rank, on_progress=progress_bar("extract"),
+                     allow_pickle=args.allow_pickle)
     save_lora(result.lora, args.output, format="kohya", dtype=args.dtype)
     print(f"wrote {args.output}: {len(result.modules)} changed modules at rank {args.rank}")
     print("\n".join(energy_lines(result, 10)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import lora_with_strength, progress_bar
+from sdlora.cli.loraargs import add_allow_pickle, lora_with_strength, progress_bar
 from sdlora.samplers import SAMPLERS
 
 DESCRIPTION = """\
@@ -32,18 +32,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--out", type=Path, required=True, help="the .png to write")
+    add_allow_pickle(parser)
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.generate import GenerateSettings, generate, load_base, save_png
+    from sdlora.generate import GenerateSettings, default_size, generate, load_base, save_png
     from sdlora.samplers import resolve_sampler
     from sdlora.stack import LoraStack
 
     sampler = resolve_sampler(args.sampler) if args.sampler else ""  # a typo fails before the model loads
-    pipeline, model_name = load_base(args.base)
-    size = _default_size(pipeline)
+    pipeline, model_name = load_base(args.base, allow_pickle=args.allow_pickle)
+    size = default_size(pipeline)
     settings = GenerateSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.cfg,
                                 args.width or size, args.height or size, model_name, sampler)
     settings.check()
@@ -56,11 +57,6 @@ def run(args: argparse.Namespace) -> int:
     save_png(result.image, args.out, result.parameters)
     print(f"wrote {args.out}\n{result.parameters}")
     return 0
-
-
-def _default_size(pipeline) -> int:
-    unet = pipeline.unet
-    return int(unet.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
 
 
 def _library(folder) -> dict[str, str] | None:

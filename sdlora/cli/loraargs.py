@@ -38,6 +38,13 @@ def progress_bar(description: str):
     return update
 
 
+def add_allow_pickle(parser) -> None:
+    """--allow-pickle, for every command that can read a base model (the loader's message names it)."""
+    parser.add_argument("--allow-pickle", "--allow_pickle", dest="allow_pickle", action="store_true",
+                        help="allow .ckpt/.pt/.pth/.bin models (read with torch.load(weights_only=True), which "
+                             "cannot run code from the file)")
+
+
 def refuse_existing(path, force: bool) -> None:
     from sdlora.errors import ConfigError
 

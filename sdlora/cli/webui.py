@@ -27,6 +27,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "repository's sample_data/)")
     parser.add_argument("--base", default="embedded",
                         help="default base model: 'embedded' or a model path inside the folders above")
+    parser.add_argument("--allow-pickle", "--allow_pickle", dest="allow_pickle", action="store_true",
+                        help="let the UI load .ckpt/.pt/.pth/.bin models (torch.load(weights_only=True))")
+    parser.add_argument("--max-work", "--max_work", type=int, default=None, metavar="N",
+                        help="the most work one generation request may ask for, as width x height x steps x "
+                             "images (default 104857600: 1024x1024 at 100 steps; 0: no limit)")
     parser.set_defaults(run=run)
     return parser
 
@@ -37,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
     data_dirs = tuple(args.data_dir) if args.data_dir else None
     # the base given on the command line is trusted (the person starting the server typed it)
     model_dirs = () if args.base == "embedded" else (Path(args.base),)
-    state = default_state(args.lora_dir, args.output_dir, args.base, data_dirs, model_dirs)
+    options = {"allow_pickle": args.allow_pickle}
+    if args.max_work is not None:
+        if args.max_work < 0:
+            from sdlora.errors import ConfigError
+
+            raise ConfigError(f"--max-work must be 0 (no limit) or more, got {args.max_work}")
+        options["max_work"] = args.max_work
+    state = default_state(args.lora_dir, args.output_dir, args.base, data_dirs, model_dirs, **options)
     launch(build_app(state), state, host=args.host, port=args.port)
     return 0

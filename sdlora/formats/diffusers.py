@@ -1,4 +1,4 @@
-"""diffusers and PEFT LoRA files (FORMATS §2.10).
+"""diffusers and PEFT LoRA files (docs/formats.md §2.10).
 
 Readers for: PEFT-era diffusers files (`unet.<path>.lora_A.weight` / `lora_B`, DoRA
 `lora_magnitude_vector`, `lora_adapter_metadata` with rank/alpha patterns), no-prefix files,
@@ -149,14 +149,14 @@ def _module(canonical: str, parts: dict, configs: dict[str, dict], state: LoraSt
     elif config is not None:
         module.alpha = _config_alpha(config, canonical.split(".", 1)[1], int(down.shape[0]))
     if "magnitude" in parts:
-        # PEFT/diffusers DoRA is always per output channel (FORMATS §2.9); keep a flat (out,) vector
+        # PEFT/diffusers DoRA is always per output channel (docs/formats.md §2.9); keep a flat (out,) vector
         module.tensors["dora_scale"] = parts["magnitude"][1].reshape(-1)
         module.dora_axis = "out"
     return module
 
 
 def _config_alpha(config: dict, path: str, rank: int) -> float | None:
-    """Module alpha from a LoraConfig dict: alpha_pattern, else lora_alpha; rsLoRA folded in (FORMATS §2.4)."""
+    """Alpha from a LoraConfig: alpha_pattern, else lora_alpha, rsLoRA folded in (docs/formats.md §2.4)."""
     alpha = _pattern_value(config.get("alpha_pattern") or {}, path)
     if alpha is None:
         alpha = config.get("lora_alpha")

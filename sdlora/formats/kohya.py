@@ -1,9 +1,9 @@
 """Kohya / Civitai LoRA files and their LyCORIS extensions (LoCon, LoHa, LoKr, full diff, DoRA).
 
-Key layout (FORMATS §2.2-§2.9): `<lora name>.<suffix>`, where the lora name is `lora_unet_...`,
+Key layout (docs/formats.md §2.2-§2.9): `<lora name>.<suffix>`, where the lora name is `lora_unet_...`,
 `lora_te_...`, `lora_te1_...`/`lora_te2_...` (SDXL) or `lycoris_...`. Lora names are never parsed
 back into module paths: `naming.kohya_lookup` gives a forward dict {lora name: canonical module}
-built from the module tables (FORMATS §2.2 "Do not parse keys back into paths").
+built from the module tables (docs/formats.md §2.2 "Never split a lora name back into a path").
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ SUFFIXES = {
     "diff_b": ("full", "diff_b"),
 }
 WRITE_SUFFIXES = {(kind, name): suffix for suffix, (kind, name) in SUFFIXES.items()}
-# suffixes of adapter kinds sdlora does not apply (FORMATS §2.8): reported, never dropped silently
+# suffixes of adapter kinds sdlora does not apply (docs/formats.md §2.8): reported, never dropped silently
 UNSUPPORTED = {
     "oft_blocks": "OFT", "oft_diag": "OFT", "oft_R": "OFT", "on_input": "(IA)3", "weight": "(IA)3",
     "a1.weight": "GLoRA", "a2.weight": "GLoRA", "b1.weight": "GLoRA", "b2.weight": "GLoRA",
@@ -90,7 +90,7 @@ def _group(tensors: dict, state: LoraState) -> dict[str, dict]:
 
 
 def _bundle_embedding(state: LoraState, key: str, tensor) -> None:
-    """`bundle_emb.<token>.string_to_param.*` (or `.clip_l`/`.clip_g`) -> extras["embeddings"] (FORMATS §2.8)."""
+    """`bundle_emb.<token>.*` (and `.clip_l`/`.clip_g`) -> extras["embeddings"] (docs/formats.md §2.8)."""
     rest = key[len("bundle_emb.") :]
     token = rest.removesuffix(".string_to_param.*")
     state.extras.setdefault("embeddings", {})[token] = tensor
@@ -161,7 +161,7 @@ def _sort_parts(lora_name: str, parts: dict, state: LoraState):
 
 
 def _alpha(extra: dict, lora_name: str, file_name: str) -> float | None:
-    """The module's alpha; missing means scale 1 (FORMATS §2.4). alpha 0 is read as sd-scripts does (= rank)."""
+    """Module alpha; missing = scale 1; alpha 0 is read as rank, like sd-scripts (docs/formats.md §2.4)."""
     tensor = extra.get("alpha")
     if tensor is None:
         return None
@@ -175,7 +175,7 @@ def _alpha(extra: dict, lora_name: str, file_name: str) -> float | None:
 
 
 def _add_dora(module: LoraModule, magnitude) -> None:
-    """Attach a DoRA magnitude; its keep-dim shape says the axis (FORMATS §2.9)."""
+    """Attach a DoRA magnitude; its keep-dim shape says the axis (docs/formats.md §2.9)."""
     from sdlora.delta import dora_axis_from_shape
 
     module.tensors["dora_scale"] = magnitude

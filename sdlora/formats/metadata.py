@@ -1,6 +1,6 @@
 """File metadata (sd-scripts `ss_*`, `modelspec.*`), `sshs_*` hashes and the atomic safetensors writer.
 
-Follows ../shared/design/FORMATS.md §2.11: all values are strings; `sshs_model_hash` is the SHA-256
+Follows docs/formats.md §2.11: all values are strings; `sshs_model_hash` is the SHA-256
 of the tensor-data bytes after the header (so metadata edits do not change it), `sshs_legacy_hash`
 the first 8 hex of the SHA-256 of bytes 0x100000..0x110000 of the file serialised with only `ss_*`
 metadata, exactly as sd-scripts computes them.
@@ -92,7 +92,7 @@ def _json_dict(text: str | None) -> dict:
 
 
 def _is_v_prediction(meta: dict[str, str]) -> bool:
-    """Whether incoming metadata says v-prediction (sd-scripts' `_v` suffix or modelspec; FORMATS §2.11)."""
+    """Whether metadata says v-prediction (sd-scripts' `_v` suffix or modelspec; docs/formats.md §2.11)."""
     return meta.get("ss_base_model_version", "").endswith("_v") or meta.get("modelspec.prediction_type") == "v"
 
 
@@ -129,7 +129,7 @@ def serialise(tensors: dict, metadata: dict[str, str]) -> bytes:
 
 
 def data_sha256(blob: bytes) -> str:
-    """SHA-256 of the tensor data after the 8-byte length and the JSON header (FORMATS §2.11)."""
+    """SHA-256 of the tensor data after the 8-byte length and the JSON header (docs/formats.md §2.11)."""
     (header_size,) = struct.unpack("<Q", blob[:8])
     return hashlib.sha256(memoryview(blob)[8 + header_size :]).hexdigest()
 

@@ -112,6 +112,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
     from sdlora.train import optimizers, tracking
+    from sdlora.train.checkpoint import prepare_output
     from sdlora.train.data import scan_dataset
     from sdlora.train.samples import check_sample_prompts
     from sdlora.train.session import run_training
@@ -123,6 +124,8 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
     for line in summary.lines():
         log.info("%s", line)
     accelerator = make_accelerator(cfg)
+    # before the model loads (minutes for a big base): a wrong output folder fails at once
+    prepare_output(Path(cfg.output.dir), clean=accelerator.is_main_process)
     components = components if components is not None else _load_base(cfg)
     tracking.start(accelerator, cfg)
     try:

@@ -1,6 +1,6 @@
 """Aspect-ratio buckets: the list of (width, height) sizes and the choice of one per image. Stdlib only.
 
-After sd-scripts' `make_bucket_resolutions` (FORMATS.md §3): keep about resolution² pixels, widths from
+After sd-scripts' `make_bucket_resolutions` (docs/formats.md §3): keep about resolution² pixels, widths from
 `min_side` to `max_side` in `step` increments, height = the largest multiple of `step` that keeps the area,
 both orientations plus the square. An image goes to the bucket with the nearest aspect ratio (compared in
 log space, so 2:1 and 1:2 are equally far from 1:1), is scaled to cover it and cropped.

@@ -1,6 +1,7 @@
-"""Caption files and caption processing (trigger, shuffle with keep-tokens, caption/tag dropout). Stdlib only.
+"""Caption files and caption processing (trigger, shuffle with keep-tokens, caption/tag dropout). Stdlib only
+(plus sdlora.atomic for writing a caption).
 
-Captions are comma-separated tags, as sd-scripts treats them (FORMATS.md §3, `process_caption`): the
+Captions are comma-separated tags, as sd-scripts treats them (docs/formats.md §3, `process_caption`): the
 trigger word goes first, the first `keep_tokens` tags (the trigger counts as one) never move or drop, the
 rest may be shuffled and dropped, and the result is re-joined with ", ".
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
+
+from sdlora.atomic import write_bytes_atomic
+from sdlora.errors import DatasetError
 
 
 def read_caption(path: Path) -> tuple[str, str | None]:
@@ -30,6 +34,38 @@ def read_caption(path: Path) -> tuple[str, str | None]:
             note = "caption is not UTF-8; read as Latin-1"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[0] if lines else ""), note
+
+
+def caption_path(image: Path) -> Path:
+    """The caption file of an image: the same stem with `.txt` (img0.png -> img0.txt), as sd-scripts pairs them."""
+    return Path(image).with_suffix(".txt")
+
+
+def check_caption(caption: str | None, where: str) -> str:
+    """The caption as it will be written (stripped); `where` names the image in the error.
+
+    Raises:
+        DatasetError: the caption has line breaks (the trainer reads only its first line).
+    """
+    text = str(caption or "").strip()
+    if len(text.splitlines()) > 1:  # the line rule of read_caption
+        raise DatasetError(f"{where}: the caption has line breaks, but only its first line is read as the "
+                           "caption; join the lines (tags are separated by commas)")
+    return text
+
+
+def write_caption(image: Path, caption: str | None) -> Path:
+    """Write `caption` (stripped, one line, UTF-8) to the image's caption file atomically; returns that file.
+
+    Raises:
+        DatasetError: `image` is not a file, or the caption has line breaks (see `check_caption`).
+    """
+    image = Path(image)
+    if not image.is_file():
+        raise DatasetError(f"{image}: no such image; a caption is written beside its image")
+    target = caption_path(image)
+    write_bytes_atomic(target, (check_caption(caption, image.name) + "\n").encode("utf-8"))
+    return target
 
 
 def split_tags(caption: str) -> list[str]:

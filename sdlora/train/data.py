@@ -1,20 +1,27 @@
 """The training data set: folder scan, summary, per-sample loading and the deterministic batch order.
 
-Folder layouts (FORMATS.md §3):
+Folder layouts (docs/formats.md §3):
 * a flat folder of images (png, jpg, jpeg, webp, bmp) with same-stem ``.txt`` captions, repeated
   ``data.repeats`` times per epoch;
 * Kohya ``N_name`` subfolders: N repeats, and ``name`` is the caption of images without a ``.txt``.
 
 Every image is decoded once during the scan, so a broken file is skipped and named in the summary before
-training starts, never halfway through. The batch order is a pure function of (seed, epoch), so a resumed
-run sees exactly the batches an uninterrupted run would (no data-loader state to save).
+training starts, never halfway through. Odd entries (symlink loops, dangling links, FIFOs, a folder named
+``x.png``, an unreadable caption, a caption with no image) are named and skipped too, never opened: a FIFO
+would block the scan. Images and folders are counted once by their resolved path, so a ``1_x -> .`` link
+or an image linked twice does not double the data set. The batch order is a pure function of (seed,
+epoch), so a resumed run sees exactly the batches an uninterrupted run would (no data-loader state to save).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
 import re
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +30,15 @@ import torch
 
 from sdlora.errors import DatasetError
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
-from sdlora.train.captions import process_caption, read_caption, tag_frequency, with_trigger
+from sdlora.train.captions import (
+    caption_path,
+    check_caption,
+    process_caption,
+    read_caption,
+    tag_frequency,
+    with_trigger,
+    write_caption,
+)
 from sdlora.train.images import IMAGE_EXTENSIONS, ImageSkipped, open_image
 
 log = logging.getLogger(__name__)
@@ -69,24 +84,163 @@ class DatasetSummary:
         return out
 
 
-def _folders(root: Path, repeats: int) -> list[tuple[Path, str, int, str]]:
-    """(folder, name, repeats, class token) for each folder holding training images."""
-    kohya = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+def _skip(summary: DatasetSummary, path: Path, reason: str) -> None:
+    summary.skipped.append((str(path), reason))
+    log.warning("%s: skipped: %s", path, reason)
+
+
+def entry_problem(path: Path, want_dir: bool = False) -> str | None:
+    """Why `path` is not a usable regular file (or folder, with `want_dir`); None when it is.
+
+    Only stat()s the entry, never opens it: opening a FIFO would block the scan.
+    """
+    try:
+        mode = path.stat().st_mode  # follows links; a loop gives ELOOP instead of recursing
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if path.is_symlink():
+            return f"broken symbolic link (to {os.readlink(path)})"
+        return f"unreadable ({err.strerror})"
+    if want_dir:
+        return None if stat.S_ISDIR(mode) else "not a folder"
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    return None if stat.S_ISREG(mode) else "not a regular file (a FIFO, socket or device)"
+
+
+@dataclass
+class CaptionedImage:
+    """An image of a data set and its caption file, as the trainer pairs them (`caption_pairs`)."""
+
+    image: Path
+    caption: str | None  # the caption file's caption; None when the image has no caption file
+    folder: str          # the data set folder's name, or the N_name subfolder's
+    repeats: int
+    class_token: str     # the caption the trainer uses without a caption file (N_name's name; "" at the top)
+
+    @property
+    def caption_file(self) -> Path:
+        return caption_path(self.image)
+
+
+def image_folders(root: Path, repeats: int = 1,
+                  summary: DatasetSummary | None = None) -> list[tuple[Path, str, int, str]]:
+    """(folder, name, repeats, class token) for each folder that may hold training images: `root` itself
+    (`repeats` times), then its Kohya `N_name` subfolders (N times), each real folder once; other
+    subfolders are ignored. Unusable `N_name` entries are named in `summary` when given."""
+    summary = summary if summary is not None else DatasetSummary()
+    found, seen = [(root, root.name, repeats, "")], {root.resolve(): root}
+    for sub in sorted(root.iterdir()):
         match = _KOHYA_DIR.match(sub.name)
-        if match:
-            kohya.append((sub, sub.name, int(match.group(1)), match.group(2).strip()))
-        elif not sub.name.startswith("."):
+        if sub.name.startswith(".") or (not match and not sub.is_dir()):
+            continue
+        problem = entry_problem(sub, want_dir=True)
+        if problem is not None:
+            if match:  # looks like an image folder, so say why it is not used
+                _skip(summary, sub, problem)
+            continue
+        if not match:
             log.warning("%s: ignored (Kohya image folders are named N_name, e.g. 10_mystyle)", sub)
-    return [(root, root.name, repeats, ""), *kohya]
+            continue
+        real = sub.resolve()
+        if real in seen:
+            _skip(summary, sub, f"the same folder as {seen[real]}; its images are used once")
+            continue
+        seen[real] = sub
+        found.append((sub, sub.name, int(match.group(1)), match.group(2).strip()))
+    return found
 
 
-def _caption_for(image: Path, class_token: str, summary: DatasetSummary) -> str:
-    caption_file = image.with_suffix(".txt")
-    if not caption_file.is_file():
+def folder_images(folder: Path, summary: DatasetSummary | None = None,
+                  seen: dict[Path, Path] | None = None) -> list[Path]:
+    """The image files of `folder` (IMAGE_EXTENSIONS, any case), sorted; odd entries, repeats of an image
+    already in `seen` (by resolved path) and captions without an image are left out (and named in
+    `summary` when given)."""
+    summary = summary if summary is not None else DatasetSummary()
+    seen = seen if seen is not None else {}
+    entries = sorted(folder.iterdir())
+    stems = {p.stem for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS}
+    images = []
+    for path in entries:
+        suffix = path.suffix.lower()
+        if suffix == ".txt" and path.stem not in stems:
+            _skip(summary, path, "a caption without an image of the same name")
+        if suffix not in IMAGE_EXTENSIONS:
+            continue
+        problem = entry_problem(path)
+        real = path.resolve() if problem is None else None
+        if problem is None and real in seen:
+            problem = f"the same file as {seen[real]}"
+        if problem is not None:
+            _skip(summary, path, problem)
+            continue
+        seen[real] = path
+        images.append(path)
+    return images
+
+
+def caption_pairs(root: str | Path, repeats: int = 1) -> list[CaptionedImage]:
+    """Every image the trainer would consider under `root`, with its caption file's caption (images are not
+    decoded: `scan_dataset` skips broken ones later). For caption editors.
+
+    Raises:
+        DatasetError: `root` is not a folder.
+    """
+    root = _data_root(root)
+    pairs, seen = [], {}
+    for folder, name, count, class_token in image_folders(root, repeats):
+        for image in folder_images(folder, seen=seen):
+            caption_file = caption_path(image)
+            caption = read_caption(caption_file)[0] if caption_file.is_file() else None
+            pairs.append(CaptionedImage(image, caption, name, count, class_token))
+    return pairs
+
+
+def write_captions(root: str | Path, captions: Mapping[str, str | None]) -> list[Path]:
+    """Write captions of images in data set `root`, given as {image path relative to root: caption}; returns
+    the caption files written. Every entry is checked before any file is written.
+
+    Raises:
+        DatasetError: `root` is not a folder; a name is not an image `caption_pairs` lists (outside `root`,
+            in a folder the trainer ignores, not an image); a caption has line breaks.
+    """
+    root = _data_root(root).resolve()
+    folders = {folder.resolve() for folder, *_ in image_folders(root)}
+    images = []
+    for name, caption in captions.items():
+        image = (root / name).resolve()
+        if image.parent not in folders or image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
+            raise DatasetError(f"{name!r} is not an image of the data set {root.name}/ (images sit in it or in "
+                               "its N_name subfolders)")
+        images.append((image, check_caption(caption, name)))
+    return [write_caption(image, caption) for image, caption in images]
+
+
+def _data_root(root: str | Path) -> Path:
+    path = Path(root).expanduser()
+    if not str(root) or not path.is_dir():
+        raise DatasetError(f"data.path: {str(path)!r} is not a folder; point it at a folder of images "
+                           "with .txt captions or Kohya N_name subfolders")
+    return path
+
+
+def _caption_for(image: Path, class_token: str, summary: DatasetSummary) -> str | None:
+    """The image's caption (the class token when it has no .txt); None when the caption exists but cannot
+    be read: the image is skipped then, since training it under the wrong caption would teach the wrong thing."""
+    caption_file = caption_path(image)
+    if not os.path.lexists(caption_file):
         summary.uncaptioned += 1
         return class_token
-    caption, note = read_caption(caption_file)
+    problem = entry_problem(caption_file)
+    if problem is None:
+        try:
+            caption, note = read_caption(caption_file)
+        except OSError as err:
+            problem = f"unreadable ({err.strerror or err})"
+    if problem is not None:
+        _skip(summary, caption_file, f"caption {problem}; its image {image.name} is skipped too")
+        return None
     if note:
         summary.converted.append((str(caption_file), note))
         log.warning("%s: %s", caption_file, note)
@@ -98,8 +252,7 @@ def _scan_image(path: Path, cfg, summary: DatasetSummary) -> tuple[int, int] | N
     try:
         img, notes = open_image(path, cfg.background, cfg.max_image_pixels)
     except ImageSkipped as err:
-        summary.skipped.append((str(path), str(err)))
-        log.warning("%s: skipped: %s", path, err)
+        _skip(summary, path, str(err))
         return None
     for note in notes:
         summary.converted.append((str(path), note))
@@ -114,19 +267,15 @@ def scan_dataset(cfg) -> tuple[list[ImageItem], DatasetSummary]:
     Raises:
         DatasetError: the folder is missing or holds no usable image.
     """
-    root = Path(cfg.path).expanduser()
-    if not cfg.path or not root.is_dir():
-        raise DatasetError(f"data.path: {str(root)!r} is not a folder; point it at a folder of images "
-                           "with .txt captions or Kohya N_name subfolders")
-    summary, items = DatasetSummary(), []
-    for folder, name, repeats, class_token in _folders(root, cfg.repeats):
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    root = _data_root(cfg.path or "")
+    summary, items, seen = DatasetSummary(), [], {}
+    for folder, name, repeats, class_token in image_folders(root, cfg.repeats, summary):
         found = []
-        for path in images:
+        for path in folder_images(folder, summary, seen):
             size = _scan_image(path, cfg, summary)
-            if size is not None:
-                caption = with_trigger(_caption_for(path, class_token, summary), cfg.trigger)
-                found.append(ImageItem(path, caption, name, repeats, size))
+            caption = None if size is None else _caption_for(path, class_token, summary)
+            if caption is not None:
+                found.append(ImageItem(path, with_trigger(caption, cfg.trigger), name, repeats, size))
         if found:
             summary.folders[name] = {"n_repeats": repeats, "img_count": len(found)}
             summary.tag_frequency[name] = tag_frequency([item.caption for item in found])

@@ -1,7 +1,7 @@
 """Export of a trained LoRA: sd-scripts-compatible `ss_*` + `modelspec.*` metadata, the file(s), and the
 resolved config beside them. `sdlora.save_lora` writes the names, the per-module alpha and the `sshs_*` hashes.
 
-Metadata follows FORMATS.md §2.11: every `ss_*` key sd-scripts writes that has a meaning here. A1111 and
+Metadata follows docs/formats.md §2.11: every `ss_*` key sd-scripts writes that has a meaning here. A1111 and
 Civitai read `ss_tag_frequency` (tag cloud), `ss_output_name` (alias) and `ss_base_model_version`.
 """
 
@@ -16,6 +16,7 @@ import torch
 
 from sdlora.config import dump_config
 from sdlora.train import optimizers
+from sdlora.train.checkpoint import writing
 
 _VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 _ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
@@ -116,14 +117,20 @@ def output_paths(cfg, stem: str | None = None) -> dict[str, Path]:
 
 def export_lora(network, metadata: dict[str, str], cfg, stem: str | None = None, family: str | None = None
                 ) -> list[Path]:
-    """Write the LoRA in the configured format(s) and `<stem>.yaml` (the resolved config) beside it."""
+    """Write the LoRA in the configured format(s) and `<stem>.yaml` (the resolved config) beside it.
+
+    Raises:
+        TrainingError: a write failed (disk full, permissions); an existing file of that name is kept.
+    """
     from sdlora import save_lora
 
     state = network.to_state(metadata, family=family)
     written = []
     for fmt, path in output_paths(cfg, stem).items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_lora(state, path, format=fmt, dtype=_DTYPES[cfg.output.save_dtype])
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_lora(state, path, format=fmt, dtype=_DTYPES[cfg.output.save_dtype])
         written.append(path)
-    dump_config(cfg, written[0].with_suffix(".yaml"))
+    with writing(written[0].with_suffix(".yaml")):
+        dump_config(cfg, written[0].with_suffix(".yaml"))
     return written

@@ -9,7 +9,8 @@ What goes wrong in real folders, and what happens here:
   invisible pixels happen to hold.
 * CMYK JPEGs: converted by Pillow, which undoes Adobe's inverted CMYK.
 * Corrupt or truncated files and decompression bombs: raise ``ImageSkipped`` with the reason; the caller
-  skips the file and names it in the data set summary.
+  skips the file and names it in the data set summary. A file that cannot be opened at all (permissions)
+  is called unreadable, not corrupt: the fix is different.
 """
 
 from __future__ import annotations
@@ -76,9 +77,13 @@ def open_image(path: str | Path, background: str = "white", max_pixels: int = 80
     """
     notes = []
     try:
-        with warnings.catch_warnings():
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below; opened apart to tell unreadable from corrupt
+    except OSError as err:
+        raise ImageSkipped(f"unreadable ({err.strerror or err})") from err
+    try:
+        with handle, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(handle) as img:
                 _check_size(img, max_pixels)
                 img.load()
                 orientation = img.getexif().get(0x0112, 1)

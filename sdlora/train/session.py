@@ -9,9 +9,16 @@ from pathlib import Path
 import sdlora
 from sdlora.errors import TrainingError
 from sdlora.train import TrainResult, TrainRun
-from sdlora.train.checkpoint import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+from sdlora.train.checkpoint import (
+    checkpoints_dir,
+    load_checkpoint,
+    prune_checkpoints,
+    repair_loss_log,
+    resolve_resume,
+    save_checkpoint,
+)
 from sdlora.train.deepspeed_run import full_precision
-from sdlora.train.export import build_metadata, export_lora, new_session_id
+from sdlora.train.export import build_metadata, export_lora, new_session_id, output_paths
 from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
 from sdlora.train.optimizers import eval_weights
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
@@ -46,10 +53,14 @@ def _export(state, run: TrainRun, stem: str | None = None) -> list[Path]:
         return export_lora(state.network, meta, state.cfg, stem=stem, family=state.components.family)
 
 
+def _step_stem(state) -> str:
+    return f"{state.cfg.output.name}-step{state.step:06d}"
+
+
 def _checkpoint(state, run: TrainRun) -> Path:
     """Checkpoint folder + a step-numbered export of the LoRA, then prune old ones."""
     folder = save_checkpoint(state, state.step)
-    _export(state, run, stem=f"{state.cfg.output.name}-step{state.step:06d}")
+    _export(state, run, stem=_step_stem(state))
     if state.accelerator.is_main_process:
         for doomed in prune_checkpoints(state.output, state.cfg.output.keep_last):
             for old in state.output.glob(f"{state.cfg.output.name}-{doomed.name.replace('-', '')}*"):
@@ -93,16 +104,16 @@ def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tupl
             return True, _checkpoint(state, run), samples
         loss = optimizer_step(state)
         lr = state.lr_scheduler.get_last_lr()[0]
+        if acc.is_main_process:  # before the checkpoint: a checkpoint at this step implies its loss row
+            log_file.add(state.step, loss, lr)
         ckpt = None
         if cfg.output.save_every and state.step % cfg.output.save_every == 0 and state.step < cfg.optim.steps:
             ckpt = last_ckpt = _checkpoint(state, run)
         new_samples = [str(p) for p in _samples(state, state.step)]
         samples += new_samples
-        if acc.is_main_process:
-            log_file.add(state.step, loss, lr)
-            if on_step is not None:
-                on_step(StepInfo(state.step, cfg.optim.steps, loss, lr, now() - started_loop, new_samples,
-                                 str(ckpt) if ckpt else None))
+        if acc.is_main_process and on_step is not None:
+            on_step(StepInfo(state.step, cfg.optim.steps, loss, lr, now() - started_loop, new_samples,
+                             str(ckpt) if ckpt else None))
     return False, last_ckpt, samples
 
 
@@ -122,24 +133,25 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     accelerator, summary = state.accelerator, state.summary
     state.output.mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_resume(state.output, resume)
+    run = _run_facts(state, started)
     if checkpoint is not None:
         state.step = load_checkpoint(state, checkpoint)
         log.info("resumed from %s at step %d", checkpoint, state.step)
+        if checkpoint.resolve().parent == checkpoints_dir(state.output).resolve():
+            # this run's own checkpoint (not one taken from another run's folder): finish what a kill cut off
+            _repair_after_kill(state, run, checkpoint)
     precompute_latents(state)
     precompute_text(state)
     park(state)
-    run = _run_facts(state, started)
     log_file = LossLog(state.output, state.step) if accelerator.is_main_process else None
     try:
         cancelled, last_ckpt, samples = _step_loop(state, run, log_file, on_step, should_stop, now())
+        files = [] if cancelled else _export(state, run)
     except TrainingError as err:
         kept = ", ".join(str(p) for p in _existing_checkpoints(state)) or "none"
         raise TrainingError(f"{err} (last good checkpoint: {kept})") from err
-    files = []
     if cancelled:
         last_ckpt = state.output / "checkpoints" / f"step-{state.step:06d}"
-    else:
-        files = _export(state, run)
     accelerator.wait_for_everyone()
     plot = log_file.plot() if log_file is not None else None
     history = log_file.rows if log_file is not None else []
@@ -147,6 +159,20 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
                        summary=summary, cancelled=cancelled, checkpoint=last_ckpt,
                        loss_csv=log_file.csv_path if log_file else None, loss_plot=plot,
                        samples=[Path(p) for p in samples])
+
+
+def _repair_after_kill(state, run: TrainRun, checkpoint: Path) -> None:
+    """What a kill right after `checkpoint` was written can leave undone: its step-numbered export (written
+    just after the checkpoint folder) and loss.csv rows. Every process takes part: the export is collective
+    under DeepSpeed, so the main process decides and the others follow."""
+    acc = state.accelerator
+    if acc.is_main_process:
+        repair_loss_log(state.output, checkpoint, state.step)
+    missing = acc.is_main_process and not all(p.is_file() for p in output_paths(state.cfg, _step_stem(state)).values())
+    if _any_process(acc, missing):
+        log.info("re-exporting %s (interrupted before it was written)", _step_stem(state))
+        _export(state, run, stem=_step_stem(state))
+    acc.wait_for_everyone()
 
 
 def _existing_checkpoints(state) -> list[Path]:

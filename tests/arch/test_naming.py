@@ -51,7 +51,7 @@ def test_every_accepted_spelling_resolves_to_a_module_of_the_family(family):
     assert len(lookup) == len(table) + 2 * unet
 
 
-# (family, Kohya name, canonical module) pairs from FORMATS.md §2.2 and sd-scripts' conversion map
+# (family, Kohya name, canonical module) pairs from docs/formats.md §2.2 and sd-scripts' conversion map
 KNOWN_PAIRS = [
     (
         "sd1",
@@ -173,7 +173,7 @@ def test_kohya_name_writes_what_sd_scripts_writes(family, canonical, written):
 
 
 def test_sd_scripts_default_module_set_on_sd15_is_264():
-    """LoRA-LierLa: Linear and 1x1 Conv2d inside Transformer2DModel + the 6 TE projections (FORMATS.md §2.2)."""
+    """LoRA-LierLa: Linear/1x1 Conv2d in Transformer2DModel + the 6 TE projections (docs/formats.md §2.2)."""
     table = family_table("sd1")
     unet = [
         n

@@ -93,7 +93,7 @@ def test_kohya_lora_scale_alpha_over_rank_and_missing_alpha(tmp_path):
 
 
 def test_ldm_named_kohya_keys_resolve_to_diffusers_modules(tmp_path):
-    """SD1 file in LDM names (input_blocks_1_1 = down_blocks.0.attentions.0, FORMATS §2.2)."""
+    """SD1 file in LDM names (input_blocks_1_1 = down_blocks.0.attentions.0, docs/formats.md §2.2)."""
     ldm = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
     down, up = rnd(2, 320), rnd(320, 2)
     tensors = {f"{ldm}.lora_down.weight": down, f"{ldm}.lora_up.weight": up, **anchor()}

@@ -209,7 +209,7 @@ def test_fixtures_are_the_published_bytes(wild_loras):
     import re
 
     readme = (wild_loras.parent / "README.md").read_text(encoding="utf-8")
-    listed = dict(re.findall(r"^\| `([^`]+)` \|.*\| `([0-9a-f]{64})` \|$", readme, flags=re.M))
+    listed = dict(re.findall(r"^\| `([^`]+)` \|.*\| `([0-9a-f]{64})` \|$", readme, flags=re.MULTILINE))
     assert sorted(listed) == sorted(p.name for p in wild_loras.iterdir())
     for name, digest in listed.items():
         assert hashlib.sha256((wild_loras / name).read_bytes()).hexdigest() == digest, name

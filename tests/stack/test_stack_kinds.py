@@ -1,4 +1,4 @@
-"""Every adapter kind through the stack matches the FORMATS.md formula on hand-built cases."""
+"""Every adapter kind through the stack matches the docs/formats.md formula on hand-built cases."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _linear(components):
 
 
 def _case_locon(w):
-    """LoCon 3x3 conv (FORMATS §2.5): ΔW = (up(out,r) @ down(r, in·k·k)).reshape(W) · alpha/r."""
+    """LoCon 3x3 conv (docs/formats.md §2.5): ΔW = (up(out,r) @ down(r, in·k·k)).reshape(W) · alpha/r."""
     out, cin, kh, kw = w.shape
     down, up = rnd(4, cin, kh, kw), rnd(out, 4, 1, 1)
     module = LoraModule("lora", {"down": down.float(), "up": up.float()}, alpha=3.0)
@@ -36,7 +36,7 @@ def _case_locon(w):
 
 
 def _case_tucker(w):
-    """Tucker LoCon (FORMATS §2.5): ΔW[i,j,k,l] = Σ up[i,n] mid[n,m,k,l] down[m,j]."""
+    """Tucker LoCon (docs/formats.md §2.5): ΔW[i,j,k,l] = Σ up[i,n] mid[n,m,k,l] down[m,j]."""
     out, cin, kh, kw = w.shape
     down, mid, up = rnd(4, cin, 1, 1), rnd(4, 4, kh, kw), rnd(out, 4, 1, 1)
     module = LoraModule("lora", {"down": down.float(), "mid": mid.float(), "up": up.float()}, alpha=4.0)
@@ -48,7 +48,7 @@ def _case_tucker(w):
 
 
 def _case_loha(w):
-    """LoHa (FORMATS §2.6): ΔW = (w1a @ w1b) ⊙ (w2a @ w2b) · alpha/r."""
+    """LoHa (docs/formats.md §2.6): ΔW = (w1a @ w1b) ⊙ (w2a @ w2b) · alpha/r."""
     out, cin = w.shape[0], w[0].numel()
     w1a, w1b, w2a, w2b = rnd(out, 2), rnd(2, cin), rnd(out, 2), rnd(2, cin)
     tensors = {"w1a": w1a, "w1b": w1b, "w2a": w2a, "w2b": w2b}
@@ -58,7 +58,7 @@ def _case_loha(w):
 
 
 def _case_lokr(w):
-    """LoKr (FORMATS §2.7): ΔW = kron(w1, w2a @ w2b) · alpha/r, r from w2b."""
+    """LoKr (docs/formats.md §2.7): ΔW = kron(w1, w2a @ w2b) · alpha/r, r from w2b."""
     out, cin = w.shape[0], w.shape[1]
     w1 = rnd(2, 2)
     w2a, w2b = rnd(out // 2, 3), rnd(3, cin // 2)
@@ -68,7 +68,7 @@ def _case_lokr(w):
 
 
 def _case_dora(w):
-    """DoRA per-output (FORMATS §2.9): W' = m ⊙ (W + sΔW)/‖W + sΔW‖_row, ΔW_eff = W' - W."""
+    """DoRA per-output (docs/formats.md §2.9): W' = m ⊙ (W + sΔW)/‖W + sΔW‖_row, ΔW_eff = W' - W."""
     out, cin = w.shape
     down, up, m = rnd(4, cin), rnd(out, 4), rnd(out, 1).abs() + 1.0
     module = LoraModule(
@@ -134,7 +134,7 @@ def _linear_with_bias(components):
 
 
 def test_full_diff_bias_is_applied_changed_and_restored(components):
-    """LyCORIS full modules carry `diff_b`: bias = b0 + s·diff_b, like the weight (FORMATS §2.8)."""
+    """LyCORIS full modules carry `diff_b`: bias = b0 + s·diff_b, like the weight (docs/formats.md §2.8)."""
     name = _linear_with_bias(components)
     module = live_modules(components)[name]
     before = snapshot(components)

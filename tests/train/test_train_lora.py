@@ -66,7 +66,7 @@ def test_dora_starts_at_base_and_matches_formula():
 @pytest.mark.parametrize(("preset", "per_transformer", "per_te_layer"), [
     ("qv", 4, 2), ("attn", 8, 4), ("sd-scripts", 12, 6)])
 def test_preset_module_counts(preset, per_transformer, per_te_layer, tiny_unet, tiny_text_encoder):
-    # FORMATS.md §2.2: sd-scripts = 12 modules per Transformer2D (proj_in/out, 2 x (q, k, v, out), ff x2)
+    # docs/formats.md §2.2: sd-scripts = 12 modules per Transformer2D (proj_in/out, 2x (q, k, v, out), ff x2)
     # and 6 per text-encoder layer; the tiny UNet has 6 Transformer2D, the tiny text encoder 2 layers
     unet = match_targets(tiny_unet, "unet", preset)
     te = match_targets(tiny_text_encoder, "text_encoder", preset)
@@ -129,7 +129,7 @@ def _meta_model(kind: str, folder: str):
 @pytest.mark.parametrize(("preset", "unet_modules", "te_modules"), [
     ("qv", 16 * 4, 12 * 2), ("attn", 16 * 8, 12 * 4), ("sd-scripts", 192, 72)])
 def test_presets_on_sd15_shapes(preset, unet_modules, te_modules):
-    # FORMATS.md §2.2: sd-scripts' default set on SD1.5 is 192 UNet + 72 text-encoder modules (264)
+    # docs/formats.md §2.2: sd-scripts' default set on SD1.5 is 192 UNet + 72 text-encoder modules (264)
     assert len(match_targets(_meta_model("unet", "sd15"), "unet", preset)) == unet_modules
     assert len(match_targets(_meta_model("te", "sd15"), "text_encoder", preset)) == te_modules
 

@@ -70,7 +70,7 @@ def test_crash_while_saving_checkpoint_keeps_previous(tmp_path, data, monkeypatc
 
     monkeypatch.setattr(ckpt.torch, "save", flaky_save)
     cfg = tiny_config(data, tmp_path / "out", "optim.steps=6", "output.save_every=2")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TrainingError, match=r"disk full.*last good checkpoint: .*step-000002"):
         train(cfg, make_tiny_components(tmp_path / "c"))
     monkeypatch.undo()
     assert [p.name for p in list_checkpoints(tmp_path / "out")] == ["step-000002"]
@@ -88,7 +88,7 @@ def test_crash_while_exporting_keeps_previous_file(tmp_path, data, monkeypatch):
         raise OSError("power cut (simulated)")
 
     monkeypatch.setattr(os, "fsync", crash)  # wherever the atomic writer lives, its fsync is os.fsync
-    with pytest.raises(OSError, match="power cut"):
+    with pytest.raises(TrainingError, match="power cut"):
         train(tiny_config(data, tmp_path / "out", "optim.steps=2"), make_tiny_components(tmp_path / "c2"))
     assert first.files[0].read_bytes() == before
     assert [p.name for p in (tmp_path / "out").glob("*.tmp")] == []

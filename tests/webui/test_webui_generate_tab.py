@@ -134,10 +134,10 @@ def test_sync_stack_updates_in_place_without_reloading(tiny_unet):
     assert torch.equal(weight(tiny_unet), w0)
 
 
-def test_unknown_library_name_suggests_close_ones(tmp_path):
+def test_unknown_library_name_suggests_close_ones(tmp_path, app):
     library = {"my-style": tmp_path / "my-style.safetensors"}
     with pytest.raises(Exception, match="did you mean my-style"):
-        generate_tab._resolve(library, "my-styl")
+        generate_tab._resolve(app, library, "my-styl")
 
 
 def test_generation_works_while_a_training_job_runs(gen_app):
@@ -173,3 +173,18 @@ def test_sampler_dropdown_picks_the_sampler_for_one_image(gen_app):
     assert "Sampler: Euler a," not in params
     with pytest.raises(ConfigError, match="unknown sampler"):
         generate_tab.generate(gen_app, form(a=1.0) | {"sampler": "nope"})
+
+
+def test_default_size_comes_from_the_base_configs(tmp_path):
+    from types import SimpleNamespace
+
+    from sdlora.configs import models_root
+
+    def size(base):
+        return generate_tab.default_size(SimpleNamespace(config=SimpleNamespace(base=base)))
+
+    assert size("embedded") == 32
+    assert size(str(models_root() / "sdxl")) == 1024
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 16)
+    assert size(str(bad)) == size("org/model") == 512  # only loading would tell: GenerateSettings' default

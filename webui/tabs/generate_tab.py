@@ -18,6 +18,7 @@ import gradio as gr
 
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.samplers import SAMPLERS
+from webui.state import NotInLibrary
 from webui.tabs.common import bound, gather
 
 MAX_SLOTS = 4
@@ -127,13 +128,14 @@ def generate(app, form: dict[str, Any]) -> tuple[Any, str, str]:
     """
     from sdlora.generate import generate as draw
 
-    library = _library_paths(app)
+    library = app.library()
     wanted = slots_from_values(form)
     settings = _settings(form)
+    app.check_work(settings.width, settings.height, settings.steps)  # before waiting for the lock
     with app.generate_lock:
         pipe, stack = app.pipeline_and_stack()
         settings.model_name = app.model_name
-        counts = sync_stack(stack, wanted, lambda name: _resolve(library, name))
+        counts = sync_stack(stack, wanted, lambda name: _resolve(app, library, name))
         result = draw(pipe, settings, stack=stack, library={k: str(v) for k, v in library.items()})
     status = (f"stack: {len(wanted)} LoRA(s); {counts['loaded']} loaded from disk, {counts['changed']} "
               f"updated in place, {counts['removed']} removed")
@@ -158,15 +160,15 @@ def _settings(form: dict[str, Any]):
         raise ConfigError(f"generation settings: {err}") from err
 
 
-def _library_paths(app) -> dict[str, Path]:
-    """{name: path} of every LoRA in the library folder (names are file stems)."""
-    root = Path(app.config.lora_dir)
-    return {p.stem: p for p in sorted(root.rglob("*.safetensors"))}
-
-
-def _resolve(library: dict[str, Path], name: str) -> Path:
+def _resolve(app, library: dict[str, Path], name: str) -> Path:
+    """The confined file of a library name; `library` is `app.library()` (only files inside the folders)."""
     if name not in library:
         import difflib
+
+        try:
+            return app.library_path(name)  # not listed: this raises why (its file links outside the folders)
+        except NotInLibrary:
+            pass
 
         close = difflib.get_close_matches(name, list(library), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -175,19 +177,22 @@ def _resolve(library: dict[str, Path], name: str) -> Path:
 
 
 def default_size(app) -> int:
-    """The image side the base model was trained at: 32 for the embedded model, else SD's 512."""
-    if app.config.base == "embedded":
-        from sdlora.embedded import IMAGE_SIZE
+    """The image side the base model was trained at, read from its configs before it is loaded (the same
+    size `sdlora generate` uses); GenerateSettings' default when only loading the model would tell."""
+    from sdlora.generate import GenerateSettings, base_default_size
 
-        return IMAGE_SIZE
-    return 512
+    try:
+        size = base_default_size(app.config.base)
+    except SdloraError:  # a base that cannot load: Generate reports why; the slider needs a value now
+        size = None
+    return size or GenerateSettings(prompt="").width
 
 
 def preferred_weight(app, name: str) -> float:
     """The "preferred weight" from the LoRA's notes (A1111 <stem>.json), else 1."""
     from sdlora.library import read_notes
 
-    path = _library_paths(app).get(name)
+    path = app.library().get(name)
     try:
         weight = float(read_notes(path).get("preferred weight", 1.0)) if path else 1.0
     except (TypeError, ValueError):
@@ -196,7 +201,7 @@ def preferred_weight(app, name: str) -> float:
 
 
 def library_choices(app) -> list[str]:
-    return list(_library_paths(app))
+    return list(app.library())
 
 
 # ---------------------------------------------------------------- layout and wiring ----------

@@ -14,25 +14,25 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import ConfigError
-from webui.metadata_edit import edited_metadata, write_with_metadata
 from webui.paths import safe_filename, unique_path
+from webui.state import NotInLibrary
 from webui.tabs.common import bound
 
 
 def resolve_lora(app, text: str) -> Path:
-    """A library name ("style") or a path inside the configured folders ("outputs/x.safetensors")."""
+    """A library name ("style") or a path inside the configured folders ("outputs/x.safetensors"), both
+    resolved and confined by the app (a library file that links outside the folders is refused)."""
     text = (text or "").strip()
     if not text:
         raise ConfigError("type a LoRA name from the library or a path to a .safetensors file")
-    library = Path(app.config.lora_dir)
-    candidate = library / f"{text}.safetensors"
-    if "/" not in text and candidate.is_file():
-        return candidate.resolve()
-    return app.read_path(text, default_root=library)
+    try:
+        return app.library_path(text)
+    except NotInLibrary:
+        return app.read_path(text, default_root=Path(app.config.lora_dir))
 
 
 def output_path(app, name: str, default: str) -> Path:
-    folder = Path(app.config.output_dir) / "tools"
+    folder = app.write_path("tools")  # confined like any path: a "tools" link leading elsewhere is refused
     folder.mkdir(parents=True, exist_ok=True)
     stem = safe_filename(Path(name or default).stem or default, default=default)
     return unique_path(folder, f"{stem}.safetensors")
@@ -114,7 +114,7 @@ def extract_lora(app, base: str, tuned: str, rank: float, out_name: str) -> tupl
 
     base_path = base.strip() if base.strip() == "embedded" else str(app.read_path(base))
     tuned_path = app.read_path(tuned)
-    result = extract(base_path, str(tuned_path), rank=int(rank))
+    result = extract(base_path, str(tuned_path), rank=int(rank), allow_pickle=app.config.allow_pickle)
     target = output_path(app, out_name, f"{tuned_path.stem}-extracted")
     sdlora.save_lora(result.lora, target)
     return str(target), f"wrote {target.name}"
@@ -122,25 +122,24 @@ def extract_lora(app, base: str, tuned: str, rank: float, out_name: str) -> tupl
 
 def edit_metadata(app, text: str, form: dict[str, Any]) -> tuple[str, str, dict]:
     """Write a copy with edited metadata; the tensor hash stays the same. Returns (path, message, metadata)."""
-    from sdlora.header import read_header
+    from sdlora.formats.metaedit import Edits
+    from sdlora.formats.metaedit import edit_metadata as write_edited
 
     source = resolve_lora(app, text)
-    old = read_header(source).metadata
-    meta = edited_metadata(old, strip=bool(form.get("strip")), title=form.get("title"),
-                           trigger_words=form.get("trigger"), description=form.get("description"))
     target = output_path(app, form.get("out_name") or "", f"{source.stem}-edited")
-    written = write_with_metadata(source, target, meta)
-    kept = "kept" if written["sshs_model_hash"] == old.get("sshs_model_hash", written["sshs_model_hash"]) else "set"
-    return str(target), (f"wrote {target.name}: {len(old)} → {len(written)} metadata keys; tensor hash {kept} "
-                         f"(`{written['sshs_model_hash'][:12]}`)"), written
+    edits = Edits(strip=bool(form.get("strip")), title=form.get("title"), trigger_words=form.get("trigger"),
+                  description=form.get("description"))
+    edit = write_edited(source, edits, target)
+    written = edit.after
+    return str(target), (f"wrote {target.name}: {len(edit.before)} → {len(written)} metadata keys; tensor hash "
+                         f"{'kept' if edit.hash_kept else 'set'} (`{written['sshs_model_hash'][:12]}`)"), written
 
 
 def load_metadata_fields(app, text: str) -> tuple[str, str, str]:
-    from sdlora.header import read_header
+    from sdlora.formats.metaedit import DESCRIPTION, TITLE, TRIGGER, read_metadata
 
-    meta = read_header(resolve_lora(app, text)).metadata
-    return meta.get("modelspec.title", ""), meta.get("modelspec.trigger_phrase", ""), meta.get(
-        "modelspec.description", "")
+    meta = read_metadata(resolve_lora(app, text))
+    return meta.get(TITLE, ""), meta.get(TRIGGER, ""), meta.get(DESCRIPTION, "")
 
 
 def _counts(counter) -> str:

@@ -72,7 +72,8 @@ def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
     """
     from sdlora.config import load_config
 
-    overrides = [f"model.base={json.dumps(app.base_model(form.get('model.base')))}"]
+    overrides = [f"model.base={json.dumps(app.base_model(form.get('model.base')))}",
+                 f"model.allow_pickle={json.dumps(app.config.allow_pickle)}"]
     data_path = str(form.get("data.path") or "").strip()
     if not data_path:
         raise DatasetError("no data set: type a folder and press 'Load data set', or upload images")
@@ -191,17 +192,11 @@ def _store_dataset_upload(app, uploads: list) -> Path:
 
 
 def scan_captions(folder: Path) -> list[tuple[str, str]]:
-    """[(image path relative to folder, caption)] for images in the folder and its N_name subfolders."""
-    from sdlora.train.captions import read_caption
+    """[(image path relative to folder, caption)] for the images the trainer reads (sdlora.train.data)."""
+    from sdlora.train.data import caption_pairs
 
-    images = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    images += sorted(p for p in folder.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    rows = []
-    for image in images[:MAX_CAPTION_ROWS]:
-        caption_file = image.with_suffix(".txt")
-        caption = read_caption(caption_file)[0] if caption_file.is_file() else ""
-        rows.append((str(image.relative_to(folder)), caption))
-    return rows
+    pairs = caption_pairs(folder)[:MAX_CAPTION_ROWS]
+    return [(str(p.image.relative_to(folder)), p.caption or "") for p in pairs]
 
 
 def add_trigger(rows: list[list[str]] | None, trigger: str) -> list[list[str]]:
@@ -230,16 +225,10 @@ def save_captions(app, dataset: str, rows: list[list[str]] | None) -> tuple[str,
         target = unique_path(Path(app.config.output_dir) / "datasets", f"{folder.name}-edited")
         shutil.copytree(folder, target)
         folder, copied = target, f" (copied to {target.name}/ first: the original folder is read-only)"
-    count = 0
-    for name, caption in _rows(rows):
-        image = (folder / name).resolve()
-        if not image.is_relative_to(folder) or not image.is_file():
-            raise DatasetError(f"{name!r} is not an image in {folder.name}/")
-        tmp = image.with_suffix(".txt.tmp")
-        tmp.write_text(str(caption or "").strip() + "\n", encoding="utf-8")
-        tmp.replace(image.with_suffix(".txt"))
-        count += 1
-    return str(folder), f"saved {count} captions{copied}"
+    from sdlora.train.data import write_captions
+
+    written = write_captions(folder, dict(_rows(rows)))
+    return str(folder), f"saved {len(written)} captions{copied}"
 
 
 def _rows(rows) -> list[tuple[str, str]]:
