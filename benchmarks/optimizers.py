@@ -76,10 +76,11 @@ def time_step(name: str, params: list[torch.Tensor], device: torch.device, micro
 def lora_parameters(components, device: torch.device) -> list[torch.Tensor]:
     """The LoRA parameters sdlora's default targets give the embedded model (as the training runs have)."""
     from sdlora.config import load_config
-    from sdlora.train.loop import _inject
+    from sdlora.lora import inject_lora
 
-    cfg = load_config(None)
-    network = _inject(cfg, components)
+    lc = load_config(None).lora
+    network = inject_lora({"unet": components.unet, **components.text_encoders}, lc.targets, rank=lc.rank,
+                          alpha=lc.alpha, conv_rank=lc.conv_rank, conv_alpha=lc.conv_alpha)
     params = [p.detach().to(device).clone() for p in network.parameters()]
     network.remove()
     return params

@@ -18,7 +18,8 @@ What sdlora sets on top of each package's defaults, and why:
   schedule drive it like the other optimizers (transformers' own default derives the step size instead);
 - adamw_schedulefree: the warmup runs inside the optimizer (`warmup_steps`), so the schedule must be
   constant; its weights are switched to their averaged values ("eval mode") for samples and exports
-  (`eval_weights`).
+  (`eval_weights`). Checkpoints keep the training-mode weights with the optimizer state (that pair is what
+  resumes exactly), so a checkpoint's lora.safetensors is not the averaged LoRA: use the step exports.
 """
 
 from __future__ import annotations
