@@ -121,6 +121,20 @@ class OptimConfig:
                                      "in YAML); values are Python literals")
     lr_cycles: int = _opt(1, "cosine_with_restarts: number of cosine cycles (each restarts at the full lr)")
     lr_power: float = _opt(1.0, "polynomial: power of the decay to 0 (1 = linear)")
+    # loss and noise options (sdlora.train.loss_options); the defaults change nothing
+    min_timestep: int = _opt(0, "smallest training timestep (timesteps are drawn uniformly from [min, max))")
+    max_timestep: int | None = _opt(None, "largest training timestep + 1 (default: the scheduler's, 1000)")
+    loss_type: str = _opt("l2", "loss: l2 (squared error), huber or smooth_l1 (pseudo-Huber: squared for small "
+                          "errors, linear for large ones; threshold optim.huber_c by optim.huber_schedule)",
+                          ("l2", "huber", "smooth_l1"))
+    huber_schedule: str = _opt("snr", "Huber threshold over timesteps: constant (huber_c), exponential (1 at t=0 "
+                               "down to huber_c), snr (large where the noise is small)",
+                               ("constant", "exponential", "snr"))
+    huber_c: float = _opt(0.1, "Huber threshold, in (0, 1] (kohya's default 0.1)")
+    ip_noise_gamma: float = _opt(0.0, "input-perturbation noise: extra gamma x randn on the noised input, not the "
+                                 "target (0 = off; 0.1 is the paper's value)")
+    debiased_estimation: bool = _opt(False, "debiased estimation loss weighting 1/sqrt(SNR) (1/(SNR+1) for "
+                                     "v-prediction); combines with min_snr_gamma")
     loraplus_ratio: float = _opt(0.0, "LoRA+: the LoRA up matrices train at lr x this ratio (0 = off; the paper "
                                  "suggests 16; written to ss_network_args as loraplus_lr_ratio)")
 

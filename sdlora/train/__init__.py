@@ -111,7 +111,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         DatasetError, ConfigError: bad data or settings (before any training).
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
-    from sdlora.train import optimizers, tracking
+    from sdlora.train import loss_options, optimizers, tracking
     from sdlora.train.checkpoint import prepare_output
     from sdlora.train.data import scan_dataset
     from sdlora.train.samples import check_sample_prompts
@@ -120,6 +120,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
     optimizers.check(cfg)  # a missing package or a bad optimizer_args fails before the data and model load
     check_sample_prompts(cfg.output.sample_prompts)  # so does a bad --w/--s/... in a sample prompt
     tracking.resolve(cfg)  # and a tracker whose package is missing
+    loss_options.check(cfg)
     items, summary = scan_dataset(cfg.data)
     for line in summary.lines():
         log.info("%s", line)

@@ -78,9 +78,17 @@ def _training_keys(run, cfg) -> dict:
         "ss_random_crop": d.crop == "random", "ss_color_aug": False, "ss_enable_bucket": d.buckets,
         "ss_min_bucket_reso": d.min_bucket, "ss_max_bucket_reso": d.max_bucket, "ss_bucket_no_upscale": False,
         "ss_resolution": f"({d.resolution}, {d.resolution})", "ss_batch_size_per_device": d.batch_size,
-        "ss_total_batch_size": d.batch_size * o.grad_accum * run.num_processes, "ss_loss_type": "l2",
+        "ss_total_batch_size": d.batch_size * o.grad_accum * run.num_processes, "ss_loss_type": o.loss_type,
         "ss_training_comment": cfg.output.comment or None, "ss_clip_skip": None, "ss_prior_loss_weight": 1.0,
     }
+
+
+def _loss_keys(cfg) -> dict:
+    """sd-scripts' keys for the loss and noise options (None: not written)."""
+    o = cfg.optim
+    huber = o.loss_type != "l2"
+    return {"ss_huber_schedule": o.huber_schedule if huber else None, "ss_huber_c": o.huber_c if huber else None,
+            "ss_ip_noise_gamma": o.ip_noise_gamma or None, "ss_debiased_estimation": o.debiased_estimation}
 
 
 def build_metadata(run, cfg, summary) -> dict[str, str]:
@@ -94,7 +102,7 @@ def build_metadata(run, cfg, summary) -> dict[str, str]:
         "ss_dataset_dirs": json.dumps(summary.folders), "ss_tag_frequency": json.dumps(summary.tag_frequency),
         "ss_bucket_info": json.dumps({"buckets": summary.buckets}),
         "sdlora_version": run.version,
-        **_training_keys(run, cfg),
+        **_training_keys(run, cfg), **_loss_keys(cfg),
     }
     out = {k: str(v) for k, v in meta.items() if v is not None}
     out.update(_modelspec(run, cfg))
