@@ -133,6 +133,9 @@ class OptimConfig:
     huber_c: float = _opt(0.1, "Huber threshold, in (0, 1] (kohya's default 0.1)")
     ip_noise_gamma: float = _opt(0.0, "input-perturbation noise: extra gamma x randn on the noised input, not the "
                                  "target (0 = off; 0.1 is the paper's value)")
+    multires_noise_iterations: int = _opt(0, "multi-resolution (pyramid) noise levels added to the noise (0 = "
+                                          "off; 6-10 are common)")
+    multires_noise_discount: float = _opt(0.3, "weight decay per multi-resolution noise level (discount^i)")
     debiased_estimation: bool = _opt(False, "debiased estimation loss weighting 1/sqrt(SNR) (1/(SNR+1) for "
                                      "v-prediction); combines with min_snr_gamma")
     loraplus_ratio: float = _opt(0.0, "LoRA+: the LoRA up matrices train at lr x this ratio (0 = off; the paper "

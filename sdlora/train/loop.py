@@ -198,6 +198,7 @@ def training_step(state: TrainState, micro: int) -> torch.Tensor:
     latents, captions, size_ids = prepare_batch(state, micro)
     # forward diffusion: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise (DDPM, Ho et al. 2020 eq. 4)
     noise = sample_noise(latents, state.generator, cfg.optim.noise_offset)
+    noise = loss_options.training_noise(cfg, noise, state.generator)
     num = scheduler.config.num_train_timesteps
     timesteps = sample_timesteps(latents.shape[0], num, state.generator, state.device,
                                  *loss_options.timestep_range(cfg, num))

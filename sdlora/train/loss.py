@@ -32,6 +32,25 @@ def sample_timesteps(batch: int, num_train_timesteps: int, generator: torch.Gene
     return torch.randint(low, high, (batch,), generator=generator, device=device).long()
 
 
+def multires_noise(noise: torch.Tensor, generator: torch.Generator, iterations: int,
+                    discount: float) -> torch.Tensor:
+    """Multi-resolution ("pyramid") noise (Whitaker 2023, as sd-scripts applies it): Gaussian noise at
+    coarser and coarser scales (each a random factor 2-4 smaller), upsampled bilinearly and added with
+    weight discount^i, then rescaled to unit standard deviation. No draw when iterations is 0."""
+    if not iterations:
+        return noise
+    batch, channels, height, width = noise.shape
+    total = noise.clone()
+    for i in range(1, iterations + 1):
+        r = 2.0 + 2.0 * torch.rand((), generator=generator, device=noise.device).item()
+        h, w = max(1, int(height / r**i)), max(1, int(width / r**i))
+        coarse = torch.randn((batch, channels, h, w), generator=generator, device=noise.device, dtype=noise.dtype)
+        total = total + torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear") * discount**i
+        if h == 1 or w == 1:
+            break
+    return total / total.std()
+
+
 def perturb_noise(noise: torch.Tensor, generator: torch.Generator, gamma: float) -> torch.Tensor:
     """Input perturbation (Ning et al. 2023, https://arxiv.org/abs/2301.11706): the noise that is *added* to
     the latents gets gamma * randn extra, while the target keeps the plain noise. No draw when gamma is 0."""

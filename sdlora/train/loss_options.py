@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from sdlora.errors import ConfigError
-from sdlora.train.loss import compute_snr, debiased_weights, huber_c, min_snr_weights
+from sdlora.train.loss import compute_snr, debiased_weights, huber_c, min_snr_weights, multires_noise
 
 
 def check(cfg) -> None:
@@ -23,6 +23,9 @@ def check(cfg) -> None:
                           f"({o.min_timestep}): timesteps are drawn from [min, max)")
     if o.loss_type != "l2" and not 0.0 < o.huber_c <= 1.0:
         raise ConfigError(f"optim.huber_c: must be in (0, 1] for loss_type={o.loss_type}, got {o.huber_c}")
+    if o.multires_noise_iterations < 0 or not 0.0 <= o.multires_noise_discount <= 1.0:
+        raise ConfigError("optim.multires_noise_iterations must be >= 0 and optim.multires_noise_discount in "
+                          f"[0, 1], got {o.multires_noise_iterations} and {o.multires_noise_discount}")
     if o.ip_noise_gamma < 0:
         raise ConfigError(f"optim.ip_noise_gamma: must be >= 0 (0 = off), got {o.ip_noise_gamma}")
 
@@ -35,6 +38,11 @@ def timestep_range(cfg, num_train_timesteps: int) -> tuple[int, int]:
         raise ConfigError(f"optim.min_timestep={low}: the model has {num_train_timesteps} timesteps; choose a "
                           "smaller value")
     return low, high
+
+
+def training_noise(cfg, noise: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The noise of a step with multi-resolution noise applied (unchanged when it is off)."""
+    return multires_noise(noise, generator, cfg.optim.multires_noise_iterations, cfg.optim.multires_noise_discount)
 
 
 def loss_weights(cfg, scheduler, timesteps: torch.Tensor, prediction_type: str) -> torch.Tensor | None:

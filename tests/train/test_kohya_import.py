@@ -25,8 +25,7 @@ _GUI_IGNORED = {
 }
 _SDXL_IGNORED = _GUI_IGNORED | {
     "adaptive_noise_scale", "conv_block_alphas", "conv_block_dims", "decompose_both", "dim_from_weights",
-    "factor", "full_bf16", "module_dropout", "multires_noise_discount",
-    "multires_noise_iterations", "network_dropout", "no_token_padding", "noise_offset_type", "rank_dropout",
+    "factor", "full_bf16", "module_dropout", "network_dropout", "no_token_padding", "noise_offset_type", "rank_dropout",
     "save_last_n_steps", "save_last_n_steps_state", "scale_v_pred_loss_like_noise_pred", "scale_weight_norms",
     "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae", "seed", "stop_text_encoder_training_pct",
     "train_on_input", "unit", "use_cp", "use_wandb", "weighted_captions",
@@ -42,7 +41,8 @@ _SDXL_MAPPED = {
     "random_crop": ("data.crop", "center"), "save_every_n_steps": ("output.save_every", 0),
     "save_precision": ("output.save_dtype", "bf16"), "sdxl": ("model.family", "sdxl"),
     "shuffle_caption": ("data.shuffle_captions", False), "min_timestep": ("optim.min_timestep", 0),
-    "max_timestep": ("optim.max_timestep", 1000),
+    "max_timestep": ("optim.max_timestep", 1000), "multires_noise_iterations": ("optim.multires_noise_iterations", 0),
+    "multires_noise_discount": ("optim.multires_noise_discount", 0.0),
 }
 
 EXPECTED = {
@@ -229,6 +229,6 @@ def test_cli_prints_ignored_keys_and_applies_the_rest(capsys, tmp_path):
                  str(data), "--set", "data.batch_size=2", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "kohya import: 35 keys mapped, 57 ignored" in out
+    assert "kohya import: 37 keys mapped, 55 ignored" in out
     assert "  ignored epoch: sdlora counts optimizer steps" in out
     assert "optimizer: prodigy" in out and "batch_size: 2" in out  # --set wins over the import

@@ -17,6 +17,7 @@ from sdlora.train.loss import (
     diffusion_loss,
     elementwise_loss,
     huber_c,
+    multires_noise,
     perturb_noise,
     sample_timesteps,
 )
@@ -71,11 +72,30 @@ def test_input_perturbation_draws_only_when_on():
     assert perturb_noise(noise, g, 0.1).abs().max() > 0
 
 
+def test_multires_noise_adds_coarse_structure_at_unit_scale():
+    noise = torch.randn(2, 4, 64, 64, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(0)
+    assert multires_noise(noise, g, 0, 0.3) is noise
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())  # no draw when off
+    pyramid = multires_noise(noise, g, 6, 0.3)
+    assert pyramid.shape == noise.shape
+    assert pyramid.std().item() == pytest.approx(1.0, rel=1e-5)
+    # coarse levels correlate neighbouring pixels: the variance of 8x8 means grows, more with less discount
+    pooled = torch.nn.functional.avg_pool2d
+    weak, strong = (multires_noise(noise, torch.Generator().manual_seed(0), 6, d) for d in (0.3, 0.8))
+    assert pooled(noise, 8).var() < pooled(weak, 8).var() < pooled(strong, 8).var()
+    assert pooled(strong, 8).var() > 4 * pooled(noise, 8).var()
+    again = multires_noise(noise, torch.Generator().manual_seed(0), 6, 0.3)
+    assert torch.equal(again, pyramid)  # drawn from the run's generator: reproducible, resumable
+
+
 @pytest.mark.parametrize(("settings", "match"), [
     (["optim.min_timestep=-1"], "min_timestep: must be >= 0"),
     (["optim.min_timestep=500", "optim.max_timestep=500"], "must be larger"),
     (["optim.loss_type=huber", "optim.huber_c=0"], "huber_c"),
     (["optim.ip_noise_gamma=-0.1"], "ip_noise_gamma"),
+    (["optim.multires_noise_iterations=-1"], "multires_noise_iterations"),
+    (["optim.multires_noise_discount=1.5"], "multires_noise_discount"),
 ])
 def test_bad_values_are_config_errors(settings, match):
     with pytest.raises(ConfigError, match=match):
@@ -87,7 +107,8 @@ def test_options_change_training_and_are_written_as_ss_keys(tmp_path):
     runs = {}
     for name, extra in {"plain": [], "options": ["optim.loss_type=huber", "optim.huber_schedule=constant",
                                                  "optim.ip_noise_gamma=0.1", "optim.debiased_estimation=true",
-                                                 "optim.min_timestep=100", "optim.max_timestep=900"]}.items():
+                                                 "optim.min_timestep=100", "optim.max_timestep=900",
+                                                 "optim.multires_noise_iterations=3"]}.items():
         cfg = tiny_config(data, tmp_path / name, "optim.steps=2", "optim.lr=1e-3", *extra)
         runs[name] = train(cfg, make_tiny_components(tmp_path / f"c{name}"))
     plain, options = (load_file(runs[n].files[0]) for n in ("plain", "options"))
@@ -96,6 +117,8 @@ def test_options_change_training_and_are_written_as_ss_keys(tmp_path):
         meta = f.metadata()
     assert (meta["ss_loss_type"], meta["ss_huber_schedule"], meta["ss_huber_c"]) == ("huber", "constant", "0.1")
     assert (meta["ss_ip_noise_gamma"], meta["ss_debiased_estimation"]) == ("0.1", "True")
+    assert (meta["ss_multires_noise_iterations"], meta["ss_multires_noise_discount"]) == ("3", "0.3")
     with safe_open(str(runs["plain"].files[0]), "pt") as f:
         meta = f.metadata()
     assert meta["ss_loss_type"] == "l2" and "ss_huber_c" not in meta and "ss_ip_noise_gamma" not in meta
+    assert "ss_multires_noise_iterations" not in meta
