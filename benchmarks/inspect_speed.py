@@ -33,8 +33,8 @@ def make_sd15_lora(path: Path, rank: int) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from sdlora.arch import family_table
-    from sdlora.naming import kohya_name
+    from sdlora.arch.naming import kohya_name
+    from sdlora.arch.tables import family_table
 
     tensors = {}
     modules = [(n, i) for n, i in family_table("sd1").items() if n.endswith(LIERLA) and "attentions" in n or

@@ -63,7 +63,7 @@ def build_models(quick: bool, device: str = "cpu"):
 
 def target_names(components) -> dict[str, torch.nn.Module]:
     """{canonical name: module} for sd-scripts' default LoRA targets."""
-    from sdlora.naming import canonical_name
+    from sdlora.arch.components import canonical_name
 
     found = {}
     for component, model in components.items():
@@ -116,7 +116,7 @@ def weight_of(module):
 def live_targets(components, names):
     from types import SimpleNamespace
 
-    from sdlora.naming import module_map
+    from sdlora.arch.naming import module_map
 
     mapping = module_map(SimpleNamespace(**components))
     return {n: weight_of(mapping[n]) for n in names}

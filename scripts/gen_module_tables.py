@@ -15,9 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-from sdlora.arch import CONFIG_DIRS, build_table_from_config_dir, config_dir, family_table
-from sdlora.family import FAMILIES
-from sdlora.naming import kohya_name
+from sdlora.arch.family import FAMILIES
+from sdlora.arch.naming import kohya_name
+from sdlora.arch.tables import build_table_from_config_dir, config_dir, family_table
+from sdlora.configs import CONFIG_DIRS
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "sdlora" / "data"
@@ -53,7 +54,7 @@ def tiny_golden_text() -> str:
     """
     import importlib.util
 
-    from sdlora.arch import table_for_model
+    from sdlora.arch.tables import table_for_model
 
     spec = importlib.util.spec_from_file_location("sdlora_test_conftest", ROOT / "tests" / "conftest.py")
     conftest = importlib.util.module_from_spec(spec)

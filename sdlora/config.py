@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from sdlora.configs import preset_path
 from sdlora.errors import ConfigError
 
 
@@ -314,8 +315,6 @@ def resolve_config_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file() or path.suffix or len(path.parts) != 1:
         return path
-    from sdlora.configs import preset_path
-
     return preset_path(str(path))
 
 

@@ -8,16 +8,32 @@ callers interpolate `strength * (W' - W)` the way ComfyUI does, docs/formats.md 
 from __future__ import annotations
 
 from math import prod
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from sdlora.errors import CompatibilityError, FormatError
-from sdlora.weights import LoraModule
+
+
+class Factors(Protocol):
+    """What the ΔW math reads of one adapter module; `sdlora.weights.LoraModule` is one.
+
+    A protocol rather than an import of LoraModule: the data class uses this math (LoraState.delta), so the
+    math must not depend back on it.
+    """
+
+    kind: str
+    tensors: dict[str, Tensor]
+    dora_axis: str | None
+    shape: tuple[int, ...] | None
+
+    @property
+    def scale(self) -> float: ...
 
 
 def module_delta(
-    module: LoraModule,
+    module: Factors,
     base_weight: Tensor | None = None,
     *,
     shape: tuple[int, ...] | None = None,
@@ -42,7 +58,7 @@ def module_delta(
     return delta
 
 
-def _scaled_delta(module: LoraModule, device) -> Tensor:
+def _scaled_delta(module: Factors, device) -> Tensor:
     """scale * ΔW from the factors (before DoRA), float32, in its natural shape."""
     t = {k: v.to(device=device, dtype=torch.float32) for k, v in module.tensors.items() if k != "dora_scale"}
     builders = {"lora": lora_delta, "loha": loha_delta, "lokr": lokr_delta, "full": full_delta}
@@ -162,7 +178,7 @@ def _fit_shape(delta: Tensor, shape: tuple[int, ...], name: str) -> Tensor:
     )
 
 
-def raw_delta_shape(module: LoraModule) -> tuple[int, ...]:
+def raw_delta_shape(module: Factors) -> tuple[int, ...]:
     """The shape of ΔW from the factor shapes alone, without computing it."""
     t = module.tensors
     if module.kind == "lora":

@@ -6,7 +6,7 @@ Depends on torch, safetensors and sdlora (tools, stack, models, naming); diffuse
   time, so two diffusers folders or UNet files are never fully in memory.
 * bake: a LoraStack patches the base in place, then the pipeline is written as a diffusers folder
   (safetensors) or, for an `out` ending in `.safetensors`, as one original-layout ("single-file", A1111 /
-  ComfyUI) checkpoint through sdlora.ldm_keys; atomically either way, and the in-memory model is restored.
+  ComfyUI) checkpoint through sdlora.arch.ldm_keys; atomically either way, and the in-memory model is restored.
 """
 
 from __future__ import annotations
@@ -16,14 +16,20 @@ import os
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
+from safetensors import SafetensorError, safe_open
 
+from sdlora.arch.components import canonical_name, components_of
+from sdlora.arch.ldm_keys import models_to_ldm
 from sdlora.atomic import atomic_folder, atomic_path
+from sdlora.configs import CONFIG_DIRS, models_root
 from sdlora.errors import ConfigError, FormatError
+from sdlora.generate import short_hash
+from sdlora.models import family_from_unet, load_components, pipeline_from
 from sdlora.progress import ProgressCallback, report
-from sdlora.tools import ModuleResult, ToolResult, choose_rank, rebuild_module, svd_of_matrix
+from sdlora.stack import LoraStack
+from sdlora.tools import ModuleResult, ToolResult, choose_rank, rank_metadata, rebuild_module, svd_of_matrix
 from sdlora.weights import LoraState
 
 UNET_LEAVES = ("proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
@@ -68,28 +74,23 @@ class _Weights:
         elif path.suffix == ".safetensors" and path.is_file():
             files = {"unet": path}
         else:
-            self._from_modules(_load_components(str(path), self.allow_pickle))
+            self._from_modules(load_components(str(path), allow_pickle=self.allow_pickle))
             return
         for component, file in files.items():
             reader = stack.enter_context(_open_safetensors(file))
             keys = list(reader.keys())
             if component == "unet" and any(k.startswith("model.diffusion_model.") for k in keys):
-                self._from_modules(_load_components(str(path), self.allow_pickle))  # an original checkpoint
+                self._from_modules(load_components(str(path), allow_pickle=self.allow_pickle))  # an original checkpoint: convert it
                 return
             self._add_keys(component, reader, keys)
 
     def _add_keys(self, component: str, reader, keys) -> None:
-        from sdlora.naming import canonical_name
-
         for key in keys:
             if key.endswith(".weight"):
                 self.readers[canonical_name(component, key[: -len(".weight")])] = (reader, key)
 
     def _from_modules(self, model) -> None:
-        from sdlora.naming import canonical_name
-        from sdlora.stack import _components_of
-
-        for component, module in _components_of(model).items():
+        for component, module in components_of(model).items():
             for path, child in module.named_modules():
                 if isinstance(child, torch.nn.Linear | torch.nn.Conv2d):
                     self.readers[canonical_name(component, path)] = (child.weight, None)
@@ -105,19 +106,11 @@ class _Weights:
 
 def _open_safetensors(file: Path):
     """safe_open, with a damaged file or a renamed pickle refused as a FormatError naming the file."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         return safe_open(str(file), framework="pt")
     except SafetensorError as err:
         raise FormatError(f"{file}: not a readable .safetensors file ({err}); a pickle checkpoint renamed "
                           ".safetensors is refused too: give the real file name (and --allow-pickle)") from err
-
-
-def _load_components(base: str, allow_pickle: bool = False):
-    from sdlora.models import load_components
-
-    return load_components(base, allow_pickle=allow_pickle)
 
 
 # ----- extract ---------------------------------------------------------------------------------
@@ -150,9 +143,7 @@ def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: floa
             report(on_progress, done, len(names), name)
     if not lora.modules:
         raise ConfigError("the two models have the same weights in every targeted module; nothing to extract")
-    from sdlora.tools import _rank_metadata
-
-    lora.metadata.update(_rank_metadata(lora))
+    lora.metadata.update(rank_metadata(lora))
     return result
 
 
@@ -213,9 +204,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
     if dtype is not None and (not single or dtype not in SAVE_DTYPES):
         raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(SAVE_DTYPES)}, for a .safetensors output "
                           "(a diffusers folder keeps the model's dtype)")
-    components = _load_components(base, allow_pickle) if isinstance(base, str | os.PathLike) else base
-    from sdlora.stack import LoraStack
-
+    components = load_components(base, allow_pickle=allow_pickle) if isinstance(base, str | os.PathLike) else base
     stack = LoraStack(components, exact=True, on_progress=on_progress)
     try:
         with stack.batch():
@@ -231,8 +220,6 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
 
 
 def _bake_record(stack) -> dict:
-    from sdlora.generate import short_hash
-
     return {"baked_by": "sdlora", "loras": [
         {"name": e.name, "strength": e.strength, "path": e.lora.path, "hash": short_hash(e.lora.path)}
         for e in stack.entries]}
@@ -254,9 +241,7 @@ def _part(components, name: str):
 
 def _checkpoint_family(components, family: str | None) -> tuple[str, bool]:
     """(layout family, whether the model has the size of sdlora's shipped configs for it) of the bake."""
-    from sdlora.models import _family_from_unet
-
-    known = getattr(components, "family", None) or _family_from_unet(_part(components, "unet"))
+    known = getattr(components, "family", None) or family_from_unet(_part(components, "unet"))
     if family and known and family != known:
         raise ConfigError(f"family {family!r} given, but the base model is {known}")
     fallback = "sdxl" if _part(components, "text_encoder_2") is not None else "sd1"
@@ -267,9 +252,7 @@ def _shipped_size(components, family: str) -> bool:
     """Whether every component has the parameter shapes of the shipped configs for `family` (then
     `load_components` reads the file without a config folder; a tiny test model, an inpainting UNet or a
     pruned text encoder does not). The reference models are built on the meta device (no memory)."""
-    from accelerate import init_empty_weights
-
-    from sdlora.configs import CONFIG_DIRS, models_root
+    from accelerate import init_empty_weights  # accelerate only for a single-file bake
 
     folder = models_root() / CONFIG_DIRS[family]
     for name in ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else []):
@@ -296,8 +279,6 @@ SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.floa
 
 def _save_single_file(components, out: Path, record: dict, family: str | None, dtype: str | None) -> None:
     """One original-layout checkpoint (plus `<stem>.config/` for models of no standard size), atomically."""
-    from sdlora.ldm_keys import models_to_ldm
-
     missing = [k for k in ("unet", "vae", "text_encoder") if _part(components, k) is None]
     if missing:
         raise ConfigError(f"{out}: a single-file checkpoint needs the whole model; missing components {missing}")
@@ -322,7 +303,7 @@ def _save_single_file(components, out: Path, record: dict, family: str | None, d
 
 def _write_safetensors(state: dict, metadata: dict[str, str], out: Path) -> None:
     """Streamed to a temporary file in the same folder, fsynced, renamed (no second copy in memory)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # looked up per call, so a test can make the write fail
 
     with atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
@@ -344,22 +325,3 @@ def _save_configs(components, folder: Path) -> None:
                 part.config.save_pretrained(tmp / name)
             elif hasattr(part, "save_pretrained"):  # tokenizers
                 part.save_pretrained(tmp / name)
-
-
-def pipeline_from(components):
-    """A diffusers pipeline over loaded components (a pipeline is returned as is)."""
-    if hasattr(components, "save_pretrained") and hasattr(components, "unet"):
-        return components
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    parts = vars(components) if not isinstance(components, dict) else components
-    parts = SimpleNamespace(**{k: parts.get(k) for k in (
-        "unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")})
-    missing = [k for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(parts, k) is None]
-    if missing:
-        raise ConfigError(f"cannot build a pipeline: missing components {missing}")
-    if parts.text_encoder_2 is not None:
-        return StableDiffusionXLPipeline(**vars(parts))
-    kwargs = {k: v for k, v in vars(parts).items() if k not in ("text_encoder_2", "tokenizer_2")}
-    return StableDiffusionPipeline(**kwargs, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)

@@ -9,12 +9,19 @@ seeded generator and returns the image with the parameters text A1111 writes int
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdlora import __version__
+from sdlora.arch.tables import resolve_base
 from sdlora.atomic import atomic_path
+from sdlora.configs import CONFIG_DIRS, models_root
+from sdlora.embedded import weights_dir
 from sdlora.errors import ConfigError
+from sdlora.header import tensor_data_sha256
+from sdlora.models import load_components, pipeline_from, single_file_config
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
 from sdlora.samplers import make_scheduler, resolve_sampler, sampler_name
@@ -57,8 +64,6 @@ def short_hash(path) -> str:
     """First 12 hex characters of the tensor-data SHA-256 of a `.safetensors` file ("" without a file)."""
     if not path or not Path(path).is_file():
         return ""
-    from sdlora.header import tensor_data_sha256
-
     return tensor_data_sha256(path)[:12]
 
 
@@ -78,7 +83,7 @@ def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str
     """
     settings.check()
     if stack is None:
-        from sdlora.stack import LoraStack
+        from sdlora.stack import LoraStack  # stack imports torch; settings and parameters text need none
 
         stack = LoraStack(pipeline)
     prompt, requests = parse_prompt(settings.prompt)
@@ -178,8 +183,6 @@ def parameters_text(settings: GenerateSettings, sampler: str, hashes: dict[str, 
     known = {name: value for name, value in hashes.items() if value}
     if known:
         pairs.append('Lora hashes: "' + ", ".join(f"{n}: {h}" for n, h in known.items()) + '"')
-    from sdlora import __version__
-
     pairs.append(f"Version: sdlora {__version__}")
     lines.append(", ".join(pairs))
     return "\n".join(lines)
@@ -203,9 +206,6 @@ def save_png(image, path, parameters: str) -> Path:
 def load_base(base: str | None = None, allow_pickle: bool = False):
     """(pipeline, model name) for `base`; None means sdlora's embedded model. `allow_pickle` lets a
     .ckpt/.pt/.pth/.bin base be read (see `sdlora.models.load_components`)."""
-    from sdlora.extract import pipeline_from
-    from sdlora.models import load_components
-
     name = base or "embedded"
     components = load_components(name, allow_pickle=allow_pickle)
     label = getattr(components, "name", "") or Path(str(name)).stem
@@ -250,26 +250,17 @@ def base_default_size(base: str | None) -> int | None:
 
 def _config_folder(base: str) -> Path | None:
     """The diffusers config folder `sdlora.models.load_components(base)` builds the model from."""
-    from sdlora.configs import CONFIG_DIRS, models_root
-
     if base == "embedded":
-        from sdlora.embedded import weights_dir
-
         return weights_dir()
     path = Path(base).expanduser()
     if path.is_dir():
         return path
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return None
-    from sdlora.arch import resolve_base
-    from sdlora.models import single_file_config
-
     return single_file_config(path) or models_root() / CONFIG_DIRS[resolve_base(path)]
 
 
 def _config_json(folder: Path, component: str) -> dict:
-    import json
-
     path = folder / component / "config.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))

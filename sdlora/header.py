@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from math import prod
 
 from sdlora.errors import FormatError
+from sdlora.suffixes import PICKLE_SUFFIXES
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,

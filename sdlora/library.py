@@ -1,15 +1,16 @@
 """LoRA library: scan a folder tree of LoRA files, with a header cache. Never imports torch.
 
 Per file: name (file stem, as A1111 shows it), family, rank, trigger words (`modelspec.trigger_phrase`
-and the most frequent `ss_tag_frequency` tags), a preview image beside it (same stem, .png/.jpg/
-.jpeg/.webp, or A1111's `<stem>.preview.png`), user notes from a same-stem `.json` (A1111 fields:
-"activation text", "preferred weight", "notes", "description", ...), and the tensor-data hash whose
-first 12 hex characters A1111 prints as `Lora hashes` (docs/formats.md §2.11).
+and the most frequent `ss_tag_frequency` tags), size and modification time, a preview image beside it
+(A1111's `<stem>.preview.png`, or same stem .png/.jpg/.jpeg/.webp), user notes from a same-stem `.json`
+(A1111 fields: "activation text", "preferred weight", "notes", "description", ...), and the tensor-data
+hash whose first 12 hex characters A1111 prints as `Lora hashes` (docs/formats.md §2.11).
 
-Only safetensors headers are read. The cache (JSON) maps each path to (size, mtime) and the
-tensor-data SHA-256, and each SHA-256 to what was read from the header, so a rescan of an unchanged
-folder reads no file at all and a copy or move of a file reuses the header data. A damaged file is
-reported in the scan result; the scan goes on.
+A scan reads safetensors headers only: the hash is taken from `sshs_model_hash` when the header holds
+it (as A1111 does); otherwise `file_hash` computes it on demand (it reads the whole file) and caches it.
+The cache (JSON) maps each path to (size, mtime) and what was read from its header, plus the hash once
+known, so a rescan of an unchanged folder reads no file at all. A damaged file is reported in the scan
+result; the scan goes on.
 """
 
 from __future__ import annotations
@@ -22,14 +23,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sdlora.arch.blocks import check_strength
+from sdlora.arch.family import detect_family
+from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.header import check_is_lora, read_header, tensor_data_sha256
 from sdlora.progress import report
+from sdlora.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp",
-                    ".png", ".jpg", ".jpeg", ".webp")
+CACHE_VERSION = 2  # 2: header info per file, the hash optional (1 hashed every file)
+# A1111 looks for `<stem>.preview.<ext>` first, then `<stem>.<ext>`
+PREVIEW_SUFFIXES = tuple(f".preview{s}" for s in sorted(IMAGE_SUFFIXES)) + tuple(sorted(IMAGE_SUFFIXES))
+PREVIEW_NAME = ".preview.png"  # what set_preview writes (A1111 looks for it first)
+PREVIEW_MAX_SIDE = 512  # A1111's cards are about 256 px wide; 512 stays sharp on a dense screen
+SORT_KEYS = ("name", "date", "size")
 NOTE_FIELDS = ("activation text", "preferred weight", "notes", "description", "sd version", "negative text")
 TOP_TAGS = 5
 _RANK_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".hada_w1_b", ".lokr_w1_b", ".lokr_w2_b")
@@ -42,6 +51,7 @@ class LibraryEntry:
     name: str
     path: str
     size: int = 0
+    mtime: float = 0.0  # seconds since the epoch (sort by date)
     family: str | None = None
     rank: int | None = None  # the most common rank
     ranks: list[int] = field(default_factory=list)  # every distinct rank (several after a dynamic resize)
@@ -54,8 +64,13 @@ class LibraryEntry:
 
     @property
     def short_hash(self) -> str:
-        """First 12 hex characters of the tensor-data SHA-256 (A1111 `Lora hashes`)."""
+        """First 12 hex characters of the tensor-data SHA-256 (A1111 `Lora hashes`); "" while not known."""
         return self.sha256[:12]
+
+    def search_text(self) -> str:
+        """What a library search looks in: name, title, trigger words and the notes' values, lower case."""
+        notes = " ".join(str(v) for v in self.notes.values())
+        return " ".join([self.name, self.title, *self.trigger_words, notes]).lower()
 
 
 @dataclass
@@ -110,37 +125,37 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
 
 def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
     stat = path.stat()
-    entry = LibraryEntry(name=path.stem, path=str(path), size=stat.st_size)
-    key = str(path.resolve())
-    known = cache["files"].get(key)
-    if known and known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
-        info = cache["headers"].get(known["sha256"])
-    else:
-        info = None
-    if info is None:
+    entry = LibraryEntry(name=path.stem, path=str(path), size=stat.st_size, mtime=stat.st_mtime)
+    known = _cached(cache, path, stat)
+    if known is None:
         result.files_read += 1
         try:
             info = read_file_info(path)
         except (SdloraError, OSError) as err:
             entry.error = str(err)
             return entry
-        cache["files"][key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": info["sha256"]}
-        cache["headers"][info["sha256"]] = info
-    if "error" in info:
-        entry.error = info["error"]
-        return entry
-    for name in ("family", "rank", "ranks", "trigger_words", "sha256", "title"):
+        known = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "info": info}
+        cache["files"][str(path.resolve())] = known
+    info = known["info"]
+    for name in ("family", "rank", "ranks", "trigger_words", "title"):
         setattr(entry, name, info[name])
+    entry.sha256 = info["sha256"] or known.get("sha256", "")
     entry.preview = find_preview(path)
     entry.notes = read_notes(path)
     return entry
 
 
-def read_file_info(path) -> dict:
-    """What the library keeps from one file's header (+ the tensor-data hash); raises FormatError."""
-    from sdlora.family import detect_family
-    from sdlora.header import check_is_lora, read_header, tensor_data_sha256
+def _cached(cache: dict, path: Path, stat) -> dict | None:
+    """The cache record of `path` when its size and mtime are unchanged, else None."""
+    known = cache["files"].get(str(path.resolve()))
+    if known and known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
+        return known
+    return None
 
+
+def read_file_info(path) -> dict:
+    """What the library keeps from one file's header (the hash only when the header holds it); raises
+    FormatError."""
     header = read_header(path)
     check_is_lora(header)
     shapes = {key: tuple(info.shape) for key, info in header.tensors.items()}
@@ -151,13 +166,88 @@ def read_file_info(path) -> dict:
     ranks = Counter(shape[0] for key, shape in shapes.items() if key.endswith(_RANK_SUFFIXES) and shape)
     meta = header.metadata
     return {
-        "sha256": tensor_data_sha256(path, header.data_offset),
+        "sha256": stored_hash(meta),
         "family": family,
         "rank": ranks.most_common(1)[0][0] if ranks else None,
         "ranks": sorted(ranks),
         "trigger_words": trigger_words(meta),
         "title": meta.get("modelspec.title") or meta.get("ss_output_name") or "",
     }
+
+
+def stored_hash(metadata: dict[str, str]) -> str:
+    """The tensor-data SHA-256 a writer stored in the header (`sshs_model_hash`), or "" when absent or not
+    a SHA-256 (a few tools write other things there)."""
+    value = str(metadata.get("sshs_model_hash", "")).strip().lower()
+    return value if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else ""
+
+
+def file_hash(entry: LibraryEntry, cache_path=None) -> str:
+    """The entry's tensor-data SHA-256, computed when the header did not hold it (this reads the whole
+    file) and kept in the cache by (path, size, mtime); also set on `entry`. Raises OSError when the
+    file cannot be read."""
+    if entry.sha256:
+        return entry.sha256
+
+    path = Path(entry.path)
+    stat = path.stat()
+    entry.sha256 = tensor_data_sha256(path)
+    cache_file = None if cache_path is False else Path(cache_path or default_cache_path())
+    cache = _read_cache(cache_file)
+    known = _cached(cache, path, stat)
+    if cache_file is not None and known is not None:  # a file not scanned yet is not cached half-way
+        known["sha256"] = entry.sha256
+        _write_cache(cache_file, cache)
+    return entry.sha256
+
+
+def search(entries, query: str = "", sort: str = "name") -> list[LibraryEntry]:
+    """The entries whose name, title, trigger words or notes contain every word of `query` (any case),
+    sorted by `sort`: "name" (A-Z), "date" (newest first) or "size" (largest first)."""
+    if sort not in SORT_KEYS:
+        raise ConfigError(f"sort {sort!r}: use one of {', '.join(SORT_KEYS)}")
+    words = (query or "").lower().split()
+    found = [e for e in entries if all(word in e.search_text() for word in words)]
+    by_name = sorted(found, key=lambda e: (e.name.lower(), e.path))
+    if sort == "date":
+        return sorted(by_name, key=lambda e: -e.mtime)  # stable: equal dates stay in name order
+    if sort == "size":
+        return sorted(by_name, key=lambda e: -e.size)
+    return by_name
+
+
+def preview_path(lora_path) -> Path:
+    """Where set_preview writes the preview of a LoRA file: A1111's `<stem>.preview.png`."""
+    path = Path(lora_path)
+    return path.with_name(path.stem + PREVIEW_NAME)
+
+
+def set_preview(lora_path, image, max_side: int = PREVIEW_MAX_SIDE) -> Path:
+    """Make `image` (a file path or a PIL image) the preview of the LoRA at `lora_path`.
+
+    Writes `<stem>.preview.png` beside it, atomically (a reader never sees half a file), downscaled so
+    that its longer side is at most `max_side`. Returns the preview path. Raises ConfigError when the
+    LoRA file does not exist, FormatError when the image cannot be read.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from sdlora.atomic import atomic_path
+    from sdlora.errors import FormatError
+
+    lora_path = Path(lora_path)
+    if not lora_path.is_file():
+        raise ConfigError(f"{lora_path}: no such LoRA file; pick a LoRA of the library")
+    try:
+        picture = image if isinstance(image, Image.Image) else Image.open(image)
+        picture.load()
+    except (OSError, UnidentifiedImageError) as err:
+        raise FormatError(f"{image}: not an image sdlora can read ({err}); use a PNG, JPEG or WebP") from err
+    picture = picture.convert("RGBA" if "A" in picture.getbands() else "RGB")
+    picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # keeps the aspect; never enlarges
+    target = preview_path(lora_path)
+    with atomic_path(target, fsync=False) as tmp:
+        picture.save(tmp, format="PNG")
+    return target
 
 
 def trigger_words(metadata: dict[str, str], top: int = TOP_TAGS) -> list[str]:
@@ -216,8 +306,6 @@ def write_notes(path, notes: dict) -> dict:
             merged.pop(key, None)
             continue
         if key == "preferred weight":
-            from sdlora.blocks import check_strength
-
             value = check_strength(value, "preferred weight")
         merged[key] = value
     _write_json_atomic(notes_path(path), merged)
@@ -228,7 +316,7 @@ def write_notes(path, notes: dict) -> dict:
 
 
 def _read_cache(path: Path | None) -> dict:
-    empty = {"version": CACHE_VERSION, "files": {}, "headers": {}}
+    empty = {"version": CACHE_VERSION, "files": {}}
     if path is None or not path.is_file():
         return empty
     try:
@@ -249,8 +337,6 @@ def _write_cache(path: Path, cache: dict) -> None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    from sdlora.atomic import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, fsync=False) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Training-time LoRA layers and injection. Depends on torch only (and sdlora.naming for export names).
+"""Training-time LoRA layers and injection. Depends on torch, sdlora.arch (names, target presets) and sdlora.weights.
 
 Decision 1, how LoRA attaches: a removable forward hook on the base ``nn.Linear``/``nn.Conv2d`` (kohya's
 forward-patch idea, done with ``register_forward_hook``), not PEFT's wrapper module. The base model's
@@ -30,6 +30,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sdlora.arch.components import canonical_name
+from sdlora.arch.targets import match_targets
+from sdlora.weights import LoraModule, LoraState
 
 
 class LoraLayer(nn.Module):
@@ -169,8 +173,6 @@ class LoraNetwork(nn.Module):
 
         `family` ("sd1" | "sd2" | "sdxl" | None) selects the Kohya spelling (SDXL: lora_te1/te2, SGM UNet names).
         """
-        from sdlora.weights import LoraModule, LoraState
-
         modules = {}
         for name, base in self._bases.items():
             layer = self.layer(name)
@@ -200,7 +202,7 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
 
     Args:
         components: {"unet": unet, "text_encoder": te, ...}; component names are canonical prefixes.
-        preset: a `sdlora.targets.PRESETS` key.
+        preset: a `sdlora.arch.targets.PRESETS` key.
         rank, alpha: for Linear and 1x1 conv targets.
         conv_rank, conv_alpha: for larger conv kernels (default: rank, alpha).
         dropout, dora: see LoraLayer.
@@ -214,9 +216,6 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
     >>> net.names
     ['unet.attn1.to_q']
     """
-    from sdlora.naming import canonical_name
-    from sdlora.targets import match_targets
-
     network = LoraNetwork()
     for component, model in components.items():
         for path, module, kind in match_targets(model, component, preset):

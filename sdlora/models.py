@@ -16,17 +16,19 @@ A base is one of:
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sdlora.configs import CONFIG_DIRS, models_root, tokenizers_root
+from sdlora.embedded import weights_dir
 from sdlora.errors import CompatibilityError, ConfigError, FormatError
+from sdlora.suffixes import PICKLE_SUFFIXES
 
 log = logging.getLogger(__name__)
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass
@@ -68,7 +70,7 @@ def detect_checkpoint_family(keys) -> str:
                       "/ conditioner.* keys")
 
 
-def _family_from_unet(unet) -> str | None:
+def family_from_unet(unet) -> str | None:
     """sd1/sd2/sdxl by the UNet's conditioning; None for other sizes (the embedded model, tiny test models)."""
     if getattr(unet.config, "addition_embed_type", None) == "text_time":
         return "sdxl"
@@ -79,7 +81,7 @@ def _from_pipeline(pipe, name: str, family: str | None = None) -> Components:
     return Components(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                       scheduler=pipe.scheduler, text_encoder_2=getattr(pipe, "text_encoder_2", None),
                       tokenizer_2=getattr(pipe, "tokenizer_2", None),
-                      family=family or _family_from_unet(pipe.unet), name=name)
+                      family=family or family_from_unet(pipe.unet), name=name)
 
 
 def _pipeline_class(family: str):
@@ -200,8 +202,6 @@ def single_file_config(path: Path, config=None) -> Path | None:
 
 
 def _config_family(folder: Path) -> str:
-    import json
-
     name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
     return "sdxl" if "XL" in name else "sd1"
 
@@ -268,8 +268,6 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
     if config is not None and Path(base).suffix.lower() not in (*PICKLE_SUFFIXES, ".safetensors"):
         raise ConfigError(f"model config {config}: only used for single-file checkpoints, and {base!r} is not one")
     if base == "embedded":
-        from sdlora.embedded import weights_dir
-
         return _load_folder(weights_dir(), dtype)
     path = Path(base).expanduser()
     if path.is_dir():
@@ -288,3 +286,22 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
         return _load_hub(base, dtype)
     raise ConfigError(f"model.base: {base!r} is not 'embedded', a diffusers folder, a .safetensors checkpoint "
                       "or a hub id (org/name)")
+
+
+def pipeline_from(components):
+    """A diffusers pipeline over loaded components (`Components`, a dict or a pipeline, returned as is)."""
+    if hasattr(components, "save_pretrained") and hasattr(components, "unet"):
+        return components
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    parts = vars(components) if not isinstance(components, dict) else components
+    parts = SimpleNamespace(**{k: parts.get(k) for k in (
+        "unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")})
+    missing = [k for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(parts, k) is None]
+    if missing:
+        raise ConfigError(f"cannot build a pipeline: missing components {missing}")
+    if parts.text_encoder_2 is not None:
+        return StableDiffusionXLPipeline(**vars(parts))
+    kwargs = {k: v for k, v in vars(parts).items() if k not in ("text_encoder_2", "tokenizer_2")}
+    return StableDiffusionPipeline(**kwargs, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sdlora.blocks import check_strength
+from sdlora.arch.blocks import check_strength
 from sdlora.errors import ConfigError
 
 log = logging.getLogger(__name__)

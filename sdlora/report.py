@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from math import prod
 
-from sdlora.arch import ModuleInfo, ModuleTable, family_table
+from sdlora.arch.family import FAMILY_NAMES, detect_family
+from sdlora.arch.naming import nearest_name
+from sdlora.arch.tables import ModuleInfo, ModuleTable, family_table
 from sdlora.errors import SdloraError
-from sdlora.family import FAMILY_NAMES, detect_family
-from sdlora.naming import nearest_name
 
 VERDICTS = ("applied", "unknown_module", "shape_mismatch", "unsupported_kind", "ignored", "extra")
 FAILURES = frozenset({"unknown_module", "shape_mismatch", "unsupported_kind"})
@@ -241,8 +241,8 @@ def check_lora(lora, target) -> LoadReport:
 
     Args:
         lora: the LoRA as read by `sdlora.load_lora` (uses modules, source_keys, issues, extras, family).
-        target: a family name ("sd1", "sd2", "sdxl") or a module table (`arch.table_for_model(...)`,
-            `arch.build_table_from_config_dir(...)`).
+        target: a family name ("sd1", "sd2", "sdxl") or a module table (`tables.table_for_model(...)`,
+            `tables.build_table_from_config_dir(...)`).
 
     Returns:
         The report; nothing is left out: keys the reader could not read keep the reader's verdict.

@@ -33,13 +33,16 @@ from typing import NamedTuple
 
 import torch
 
-from sdlora.blocks import block_names, block_of, check_strength, parse_block_strengths
+from sdlora import formats
+from sdlora.arch.blocks import block_names, block_of, check_strength, parse_block_strengths
+from sdlora.arch.components import canonical_name, components_of
+from sdlora.arch.tables import table_for_model
 from sdlora.errors import CompatibilityError, ConfigError
 from sdlora.progress import Progress, report
+from sdlora.report import check_lora
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 MAX_SHIFTS = 8  # incremental updates per layer before an exact recompute from W0
 _UNSET = object()
 
@@ -326,7 +329,7 @@ class LoraStack:
         on_progress: Callable[[Progress], None] | None = None,
     ):
         self.model = model
-        self.components = _components_of(model)
+        self.components = components_of(model)
         self.exact = exact
         self.in_place = in_place
         self.on_progress = on_progress
@@ -442,9 +445,6 @@ class LoraStack:
         """The format layer's load report for LoRA `name` against the live model (sdlora.report)."""
         entry = self._entry(name)
         if name not in self._reports:
-            from sdlora.arch import table_for_model
-            from sdlora.report import check_lora
-
             self._reports[name] = check_lora(entry.lora, table_for_model(SimpleNamespace(**self.components)))
         return self._reports[name]
 
@@ -491,8 +491,6 @@ class LoraStack:
         against it); None for SD1/SD2/SDXL, whose files carry their own family for the mismatch check."""
         if self.family is not None:
             return None
-        from sdlora.arch import table_for_model
-
         return table_for_model(SimpleNamespace(**self.components))
 
     def _live_modules(self) -> dict[str, torch.nn.Module]:
@@ -502,7 +500,7 @@ class LoraStack:
             for component, model in self.components.items():
                 for path, module in model.named_modules():
                     if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
-                        self._live[_canonical(component, path, model)] = module
+                        self._live[canonical_name(component, path)] = module
         return self._live
 
     def _plan(self, state, entry) -> list[tuple[str, object, torch.nn.Module]]:
@@ -592,31 +590,10 @@ def entry_label(state) -> str:
 
 def _load(lora, table=None):
     if isinstance(lora, str | Path):
-        from sdlora.formats import load_lora
-
-        return load_lora(lora, table=table)
+        return formats.load_lora(lora, table=table)
     if not hasattr(lora, "modules") or not hasattr(lora, "delta"):
         raise ConfigError(f"expected a LoRA file path or a LoraState, got {type(lora).__name__}")
     return lora
-
-
-def _components_of(model) -> dict[str, torch.nn.Module]:
-    """{component name: module} from a pipeline, an object with component attributes, or a dict."""
-    if isinstance(model, dict):
-        found = {k: v for k, v in model.items() if k in COMPONENTS and v is not None}
-    else:
-        found = {k: getattr(model, k) for k in COMPONENTS if getattr(model, k, None) is not None}
-    if not found:
-        raise ConfigError(
-            f"no UNet or text encoder found: expected a pipeline or a dict with keys {COMPONENTS}"
-        )
-    return found
-
-
-def _canonical(component: str, path: str, model) -> str:
-    from sdlora.naming import canonical_name
-
-    return canonical_name(component, path)
 
 
 def _fits(module, weight_shape: tuple[int, ...]) -> bool:
@@ -649,11 +626,9 @@ def _check_family(state, model_family: str | None) -> None:
 def model_family_of(components) -> str | None:
     """The base family of live components ("sd1", "sd2", "sdxl") or None for other models.
 
-    The arch helper's table match is exact; a model that differs from the shipped tables in some
+    The module-table match (arch.tables) is exact; a model that differs from the shipped tables in some
     module (a fine-tune with an extra layer) still has the UNet's cross-attention width to go by.
     """
-    from sdlora.arch import table_for_model
-
     family = table_for_model(SimpleNamespace(**components)).family
     if family is None:
         cross = getattr(getattr(components.get("unet"), "config", None), "cross_attention_dim", None)

@@ -6,6 +6,8 @@ Depends on torch and sdlora.weights / sdlora.delta. Algorithms and the field's c
   decomposed from their full ΔW, one module at a time.
 * Effective scale is kept: a resized plain LoRA gets alpha = scale · new_rank (as sd-scripts'
   resize_lora.py); a module rebuilt from a full ΔW (scale already inside) gets alpha = rank.
+* The result keeps the inputs' dtype unless told otherwise (`dtype="fp16"|"bf16"|"fp32"`): the SVD runs
+  in float64, but writing it as float32 made an fp16 8 -> 4 resize bigger than its input.
 """
 
 from __future__ import annotations
@@ -117,13 +119,16 @@ def _delta_shape(lora: LoraState, name: str, module: LoraModule) -> tuple[int, .
 # ----- resize ----------------------------------------------------------------------------------
 
 
-def resize(lora: LoraState, rank=None, energy=None, on_progress: ProgressCallback | None = None) -> ToolResult:
+def resize(lora: LoraState, rank=None, energy=None, on_progress: ProgressCallback | None = None,
+           dtype=None) -> ToolResult:
     """Resize every module of `lora` by SVD to `rank`, or to the smallest rank keeping `energy`.
 
     The effective scale is kept (new alpha = scale · new rank). A DoRA magnitude is carried over
-    unchanged. Returns the new LoRA and, per module, the ranks and the energy kept.
+    unchanged. `dtype` ("fp16", "bf16", "fp32"; None: the input's) is the result's tensor dtype.
+    Returns the new LoRA and, per module, the ranks and the energy kept.
     """
     _check_target(rank, energy)
+    out_dtype = output_dtype(dtype, [lora])
     result = ToolResult(LoraState(metadata=_tool_metadata(lora.metadata), format="sdlora", family=lora.family))
     total = len(lora.modules)
     for done, (name, module) in enumerate(lora.modules.items(), 1):
@@ -139,8 +144,9 @@ def resize(lora: LoraState, rank=None, energy=None, on_progress: ProgressCallbac
         result.lora.modules[name] = rebuild_module((u, s, vh), keep, shape, scale * keep, dora)
         result.modules[name] = ModuleResult(module.rank, keep, kept)
         report(on_progress, done, total, name)
-    result.lora.metadata.update(_rank_metadata(result.lora))
+    result.lora.metadata.update(rank_metadata(result.lora))
     result.lora.metadata["ss_training_comment"] = _comment(lora.metadata, _resize_note(rank, energy))
+    cast_lora(result.lora, out_dtype)
     return result
 
 
@@ -161,7 +167,8 @@ def _resize_note(rank, energy) -> str:
 # ----- merge -----------------------------------------------------------------------------------
 
 
-def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: ProgressCallback | None = None) -> ToolResult:
+def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: ProgressCallback | None = None,
+          dtype=None) -> ToolResult:
     """Merge weighted LoRAs into one.
 
     Args:
@@ -169,6 +176,7 @@ def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: Progres
         mode: "svd": the exact weighted sum of ΔW, then SVD to `rank` / `energy` (default: the largest
             input rank of each module); "concat": exact, the factors concatenated along rank with
             each part's weight·scale folded into its up (alpha = total rank, so scale 1).
+        dtype: "fp16", "bf16", "fp32", or None: the inputs' dtype (float32 when they differ).
     """
     if mode not in ("svd", "concat"):
         raise ConfigError(f"merge mode must be 'svd' or 'concat', got {mode!r}")
@@ -177,6 +185,7 @@ def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: Progres
     if rank is not None or energy is not None:
         _check_target(rank, energy)
     family = _common_family([lora for lora, _ in items])
+    out_dtype = output_dtype(dtype, [lora for lora, _ in items])
     names = sorted({name for lora, _ in items for name in lora.modules})
     merged = LoraState(metadata=_merge_metadata(items), format="sdlora", family=family)
     result = ToolResult(merged)
@@ -187,7 +196,8 @@ def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: Progres
         else:
             merged.modules[name], result.modules[name] = _svd_module(name, parts, rank, energy)
         report(on_progress, done, len(names), name)
-    merged.metadata.update(_rank_metadata(merged))
+    merged.metadata.update(rank_metadata(merged))
+    cast_lora(merged, out_dtype)
     return result
 
 
@@ -248,6 +258,36 @@ def _common_family(loras: list[LoraState]) -> str | None:
     return families.pop() if families else None
 
 
+# ----- dtype -----------------------------------------------------------------------------------
+
+
+def input_dtype(loras: list[LoraState]) -> torch.dtype:
+    """The floating dtype the inputs' factors are stored in; float32 when they differ (no input loses
+    precision) or when there is none."""
+    found = {t.dtype for lora in loras for m in lora.modules.values() for key, t in m.tensors.items()
+             if key != "dora_scale" and t.is_floating_point()}
+    return found.pop() if len(found) == 1 else torch.float32
+
+
+def output_dtype(dtype, loras: list[LoraState]) -> torch.dtype:
+    """`dtype` ("fp16", "bf16", "fp32", a torch dtype) or, when None, the inputs' dtype; raises ConfigError."""
+    if dtype is None:
+        return input_dtype(loras)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+             "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if str(dtype) not in names:
+        raise ConfigError(f"dtype {dtype!r}: use fp16, bf16 or fp32 (or leave it out to keep the input's)")
+    return names[str(dtype)]
+
+
+def cast_lora(lora: LoraState, dtype: torch.dtype) -> None:
+    """Cast every floating tensor of `lora` to `dtype`, in place (after the float64 SVD work)."""
+    for module in lora.modules.values():
+        module.tensors = {k: t.to(dtype) if t.is_floating_point() else t for k, t in module.tensors.items()}
+
+
 # ----- metadata --------------------------------------------------------------------------------
 
 
@@ -256,7 +296,8 @@ def _tool_metadata(metadata: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k not in _HASH_KEYS}
 
 
-def _rank_metadata(lora: LoraState) -> dict[str, str]:
+def rank_metadata(lora: LoraState) -> dict[str, str]:
+    """The ss_network_dim / ss_network_alpha metadata of `lora` ("Dynamic" when its modules differ)."""
     ranks = {m.rank for m in lora.modules.values()}
     alphas = {m.alpha for m in lora.modules.values()}
     dim = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"

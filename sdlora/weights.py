@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import TYPE_CHECKING
 
+from sdlora.arch.tables import family_table
+from sdlora.errors import CompatibilityError
+
 if TYPE_CHECKING:  # torch is only needed for type hints here
     from torch import Tensor
 
@@ -83,7 +86,7 @@ class LoraModule:
 
     def raw_delta_shape(self) -> tuple[int, ...]:
         """The shape ΔW has from the factors alone (a flattened conv LoKr/LoHa gives (out, in*kh*kw))."""
-        from sdlora.delta import raw_delta_shape
+        from sdlora.delta import raw_delta_shape  # delta imports torch; this module must not
 
         return raw_delta_shape(self)
 
@@ -122,8 +125,7 @@ class LoraState:
         The base shape comes from `base_weight`, else the module's `shape`, else the family's
         module table. DoRA modules need `base_weight` (CompatibilityError otherwise).
         """
-        from sdlora.delta import module_delta
-        from sdlora.errors import CompatibilityError
+        from sdlora.delta import module_delta  # delta imports torch; this module must not
 
         module = self.modules.get(name)
         if module is None:
@@ -134,12 +136,7 @@ class LoraState:
     def _family_shape(self, name: str) -> tuple[int, ...] | None:
         if self.family is None:
             return None
-        try:
-            from sdlora.arch import family_table
-
-            info = family_table(self.family).get(name)
-        except ImportError:  # the architecture tables are not available
-            return None
+        info = family_table(self.family).get(name)
         return tuple(info.shape) if info is not None else None
 
     @property

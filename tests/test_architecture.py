@@ -1,10 +1,20 @@
-"""House rules from docs/ARCHITECTURE.md, checked on the source: dependency direction and a quiet library."""
+"""House rules from docs/ARCHITECTURE.md, checked on the source: dependency direction and a quiet library.
+
+The import rules are checked on the parsed source (`ast`), counting imports at module level and inside
+functions alike, with relative imports resolved:
+(a) no import cycle among sdlora's modules;
+(b) no module imports another module's private name (`from x import _name`, or `x._name`);
+(c) the layers listed in docs/ARCHITECTURE.md: a module imports only modules of its own or a lower layer.
+The checker functions are tested on synthetic packages too, to show that each check can fail.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,3 +78,262 @@ def test_import_sdlora_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# import rules: the checker
+
+
+@dataclass(frozen=True)
+class ImportEdge:
+    """`module` imports `target` (a module of the package) at `line`; `names` are the names taken from it."""
+
+    module: str
+    target: str
+    names: tuple[str, ...]
+    line: int
+
+
+def module_names(root: Path, package: str) -> dict[str, Path]:
+    """{dotted module name: file} of every module of `package` under `root` (packages by their __init__)."""
+    found = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    """The absolute module an ImportFrom reads from (relative imports resolved against `module`)."""
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".") if is_package else module.split(".")[:-1]
+    parts = parts[: len(parts) - (node.level - 1)]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def import_edges(root: Path, package: str) -> list[ImportEdge]:
+    """Every import of one of the package's modules by another, at any depth of the source."""
+    modules = module_names(root, package)
+    edges = []
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                edges += [ImportEdge(module, a.name, (), node.lineno) for a in node.names if a.name in modules]
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(module, path.name == "__init__.py", node)
+                for alias in node.names:
+                    submodule = f"{base}.{alias.name}"
+                    if submodule in modules:  # `from pkg import submodule`
+                        edges.append(ImportEdge(module, submodule, (), node.lineno))
+                    elif base in modules:
+                        edges.append(ImportEdge(module, base, (alias.name,), node.lineno))
+    return [e for e in edges if e.target != e.module]
+
+
+def import_graph(edges: list[ImportEdge]) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for edge in edges:
+        graph.setdefault(edge.module, set()).add(edge.target)
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles: each strongly connected set of two or more modules, sorted (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:  # node is the root of a strongly connected set: pop it off the stack
+            members = stack[stack.index(node):]
+            del stack[stack.index(node):]
+            if len(members) > 1:
+                cycles.append(sorted(members))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(cycles)
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_imports(root: Path, package: str) -> list[str]:
+    """`module:line name` for every private name one module takes from another: `from x import _name`, or
+    `x._name` where `x` is bound to another module of the package."""
+    modules = module_names(root, package)
+    found = [f"{e.module}:{e.line} {e.target}.{n}" for e in import_edges(root, package) for n in e.names
+             if _is_private(n)]
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        bound = _module_aliases(tree, module, path.name == "__init__.py", modules)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _is_private(node.attr):
+                owner = _dotted(node.value, bound)
+                if owner in modules and owner != module:
+                    found.append(f"{module}:{node.lineno} {owner}.{node.attr}")
+    return sorted(found)
+
+
+def _dotted(node: ast.expr, bound: dict[str, str]) -> str | None:
+    """The module an expression like `x` or `x.y.z` names, through the file's import bindings."""
+    if isinstance(node, ast.Name):
+        return bound.get(node.id)
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value, bound)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def _module_aliases(tree: ast.AST, module: str, is_package: bool, modules: dict[str, Path]) -> dict[str, str]:
+    """{local name: module of the package it is bound to} from `import a.b as c` and `from a import b`."""
+    bound = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules:
+                    bound[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(module, is_package, node)
+            for alias in node.names:
+                if f"{base}.{alias.name}" in modules:
+                    bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+    return bound
+
+
+def read_layers(doc: Path) -> list[tuple[str, list[str]]]:
+    """[(layer name, [module patterns])], lowest layer first, from the table under "## Layers" in `doc`.
+
+    Table rows look like `| 2 | arch | `sdlora.arch.*` |`; a pattern `x.*` is package x and all it holds.
+    """
+    text = doc.read_text(encoding="utf-8")
+    section = text.split("\n## Layers", 1)[1].split("\n## ", 1)[0]
+    layers = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].isdigit():
+            layers.append((int(cells[0]), cells[1], re.findall(r"`([\w.*]+)`", cells[2])))
+    assert [n for n, _, _ in layers] == list(range(len(layers))), "layers must be numbered 0, 1, 2, ..."
+    return [(name, patterns) for _, name, patterns in layers]
+
+
+def _matches(module: str, pattern: str) -> bool:
+    if pattern.endswith(".*"):
+        return module == pattern[:-2] or module.startswith(pattern[:-1])
+    return module == pattern
+
+
+def layer_of(layers: list[tuple[str, list[str]]]):
+    """A function module -> layer number; the most specific matching pattern decides (an exact name beats
+    `x.*` for module x itself; a longer prefix beats a shorter one)."""
+
+    def specificity(pattern: str) -> int:
+        return len(pattern) - 2 if pattern.endswith(".*") else len(pattern) + 1
+
+    def find(module: str) -> int | None:
+        hits = [(specificity(p), i) for i, (_, patterns) in enumerate(layers) for p in patterns
+                if _matches(module, p)]
+        return max(hits)[1] if hits else None
+
+    return find
+
+
+def layer_violations(edges: list[ImportEdge], layers: list[tuple[str, list[str]]]) -> list[str]:
+    """`module:line imports target` for every import of a module in a higher layer."""
+    find = layer_of(layers)
+    bad = []
+    for e in edges:
+        mine, theirs = find(e.module), find(e.target)
+        if mine is not None and theirs is not None and theirs > mine:
+            bad.append(f"{e.module}:{e.line} ({layers[mine][0]}) imports {e.target} ({layers[theirs][0]})")
+    return sorted(set(bad))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# import rules: the project
+
+DOC = ROOT / "docs" / "ARCHITECTURE.md"
+
+
+def test_no_import_cycles():
+    assert find_cycles(import_graph(import_edges(ROOT, "sdlora"))) == []
+
+
+def test_no_private_names_from_other_modules():
+    assert private_imports(ROOT, "sdlora") == []
+
+
+def test_lower_layers_never_import_higher_ones():
+    assert layer_violations(import_edges(ROOT, "sdlora"), read_layers(DOC)) == []
+
+
+def test_every_module_has_exactly_one_layer_in_the_doc():
+    """The doc's layer table and the code agree: each module is placed, each pattern names real modules."""
+    layers = read_layers(DOC)
+    modules = module_names(ROOT, "sdlora")
+    find = layer_of(layers)
+    assert [m for m in modules if find(m) is None] == []
+    patterns = [p for _, ps in layers for p in ps]
+    assert [p for p in patterns if not any(_matches(m, p) for m in modules)] == []
+    assert len(patterns) == len(set(patterns)), "a pattern is listed twice"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# import rules: the checker finds what it must (synthetic packages)
+
+
+def _package(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, source in files.items():
+        path = tmp_path / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source, encoding="utf-8")
+    return tmp_path
+
+
+def test_checker_finds_a_cycle_through_a_function_level_relative_import(tmp_path):
+    root = _package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "from pkg.b import g\n",
+        "b.py": "def g():\n    from .c import h\n",
+        "c.py": "import pkg.a\n",
+        "d.py": "from pkg import a\n",
+    })
+    assert find_cycles(import_graph(import_edges(root, "pkg"))) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+def test_checker_finds_private_imports(tmp_path):
+    root = _package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "_hidden = 1\n__version__ = '1'\n",
+        "b.py": "def f():\n    from .a import _hidden, __version__\n",
+        "c.py": "from pkg import a\nx = a._hidden\ny = a.__version__\n",
+        "d.py": "import pkg.a\n\n\ndef f():\n    return pkg.a._hidden, pkg.a.__version__\n",
+        "e.py": "_own = 1\nz = _own\n",
+    })
+    assert private_imports(root, "pkg") == ["pkg.b:2 pkg.a._hidden", "pkg.c:2 pkg.a._hidden", "pkg.d:5 pkg.a._hidden"]
+
+
+def test_checker_finds_an_import_of_a_higher_layer(tmp_path):
+    root = _package(tmp_path, {"__init__.py": "", "low.py": "def f():\n    import pkg.high\n",
+                               "high.py": "import pkg.low\n"})
+    doc = tmp_path / "layers.md"
+    doc.write_text("# x\n\n## Layers\n\n| layer | name | modules |\n|---|---|---|\n"
+                   "| 0 | bottom | `pkg`, `pkg.low` |\n| 1 | top | `pkg.high` |\n\n## Next\n| 2 | no | `pkg` |\n")
+    layers = read_layers(doc)
+    assert layers == [("bottom", ["pkg", "pkg.low"]), ("top", ["pkg.high"])]
+    assert layer_violations(import_edges(root, "pkg"), layers) == ["pkg.low:2 (bottom) imports pkg.high (top)"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 
+from sdlora.quiet import quiet_third_party
 from webui.state import AppConfig, AppState
 from webui.tabs import generate_tab, library_tab, tools_tab, train_tab
 from webui.tabs.common import bound
@@ -32,6 +33,7 @@ CSS = """
 
 def build_app(state: AppState) -> gr.Blocks:
     """Build the four tabs over `state` (nothing is launched or loaded yet)."""
+    quiet_third_party()
     with gr.Blocks(title="sdlora") as demo:
         gr.Markdown("# sdlora\nTrain a LoRA, manage a library, stack LoRAs with sliders and generate.")
         with gr.Tabs():
@@ -42,13 +44,19 @@ def build_app(state: AppState) -> gr.Blocks:
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 generate = generate_tab.create_ui(state)
             with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
-                tools_tab.create_ui(state)
+                tools = tools_tab.create_ui(state)
         _wire_cross_tabs(state, train, library, generate)
+        for event in tools["library_writes"]:  # tool results go into the library: show them there
+            event.success(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
+                          library["refresh_outputs"]).then(
+                bound(lambda: gr.Dropdown(choices=generate_tab.library_choices(state))), None, generate["pick"])
         # fill the lists when a page opens (not at build time: the library may change between visits)
         demo.load(bound(library_tab.refresh_outputs, state), None, library["refresh_outputs"],
                   api_name="library_on_load")
         demo.load(bound(lambda: gr.Dropdown(choices=generate_tab.library_choices(state))), None, generate["pick"],
                   api_name="generate_on_load")
+        demo.load(bound(lambda: tools_tab.refresh_menus(state, tools)), None, tools["menus"],
+                  api_name="tools_on_load")
     return demo
 
 
@@ -63,7 +71,9 @@ def add_training_result(state: AppState, job_id: int | None, slots: list) -> tup
 
 
 def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict) -> None:
-    """Train's "Add to library and stack" fills a Generate slot and refreshes the library list."""
+    """Train's "Add to library and stack" fills a Generate slot and refreshes the library list; the
+    Library's "Use the Generate tab's image" sets a preview from the Generate tab's image."""
+    library_tab.wire_generated_preview(state, library, generate["image"])
 
     def add_result(values: dict) -> list[Any]:
         slots = generate_tab.current_slots(values, generate)
@@ -74,7 +84,8 @@ def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict
     train["add_to_stack"].click(
         bound(add_result), {train["job_id"], *generate_tab.slot_inputs(generate)},
         [train["status"], generate["pick"], *generate["slot_widgets"]], api_name="train_add_to_stack",
-    ).then(bound(library_tab.refresh_outputs, state), None, library["refresh_outputs"])
+    ).then(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
+           library["refresh_outputs"])
 
 
 def launch(demo: gr.Blocks, state: AppState, *, host: str = "127.0.0.1", port: int | None = None,

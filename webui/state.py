@@ -57,6 +57,17 @@ class AppConfig:
         return [Path(self.lora_dir), Path(self.output_dir)]
 
     @property
+    def bake_dir(self) -> Path:
+        """Where the Tools tab's Bake writes models: `<output>/models` (the app writes only inside lora_dir
+        and output_dir, so never into the read-only model_dirs). Lists of base models include it."""
+        return Path(self.output_dir) / "models"
+
+    @property
+    def model_search_dirs(self) -> list[Path]:
+        """The folders a base-model menu searches: model_dirs, then bake_dir (baked models)."""
+        return [*map(Path, self.model_dirs), self.bake_dir]
+
+    @property
     def read_roots(self) -> list[Path]:
         return [*self.write_roots, *map(Path, self.data_dirs), *map(Path, self.model_dirs)]
 

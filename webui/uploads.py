@@ -18,10 +18,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdlora.suffixes import IMAGE_SUFFIXES
 from webui.paths import AccessError, safe_filename, unique_path
 
 LORA_SUFFIXES = frozenset({".safetensors"})
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 CAPTION_SUFFIXES = frozenset({".txt"})
 MiB = 1024 * 1024
 

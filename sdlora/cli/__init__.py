@@ -18,6 +18,7 @@ import sys
 from importlib import import_module
 
 from sdlora.errors import SdloraError
+from sdlora.quiet import quiet_third_party
 
 # command name -> module under sdlora.cli; the order is the order in --help
 COMMANDS: dict[str, str] = {
@@ -84,6 +85,7 @@ def _run(argv: list[str] | None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    quiet_third_party()
     try:
         return int(args.run(args) or 0)
     except SdloraError as err:

@@ -1,7 +1,7 @@
 """`sdlora inspect FILE [--json]`: what a LoRA file is, from its header alone.
 
 Standard library only (no torch, no diffusers), so that it answers in well under a second
-including interpreter start; see benchmarks/inspect.py.
+including interpreter start; see benchmarks/inspect_speed.py.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--rank", type=int, help="svd mode: rank of the result")
     target.add_argument("--energy", type=float, help="svd mode: keep this share of each module's energy")
-    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"),
+                        help="output dtype (default: the inputs' dtype; fp32 when they differ)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.set_defaults(run=run)
     return parser
@@ -40,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "concat" and (args.rank or args.energy):
         raise ConfigError("--rank/--energy apply to --mode svd; concat keeps every rank exactly")
     items = [(load_lora(path), weight) for path, weight in map(lora_with_strength, args.loras)]
-    result = merge(items, mode=args.mode, rank=args.rank, energy=args.energy, on_progress=progress_bar("merge"))
-    save_lora(result.lora, args.output, format="kohya", dtype=args.dtype)
+    result = merge(items, mode=args.mode, rank=args.rank, energy=args.energy, on_progress=progress_bar("merge"),
+                   dtype=args.dtype)
+    save_lora(result.lora, args.output, format="kohya")
     print(f"wrote {args.output}: {len(result.modules)} modules, rank {result.lora.metadata['ss_network_dim']}, "
           f"merged from {result.lora.metadata['modelspec.merged_from']}")
     if args.mode == "svd":

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--rank", type=int, help="new rank of every module")
     target.add_argument("--energy", type=float, help="keep this share of each module's energy, e.g. 0.95")
-    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="output dtype (default fp32)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="output dtype (default: the input's)")
     parser.add_argument("--show", type=int, default=20, help="modules to list, lowest energy first (default 20)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.set_defaults(run=run)
@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_existing(args.output, args.force)
     result = resize(load_lora(args.input), rank=args.rank, energy=args.energy,
-                    on_progress=progress_bar("resize"))
-    save_lora(result.lora, args.output, format="kohya", dtype=args.dtype)
+                    on_progress=progress_bar("resize"), dtype=args.dtype)
+    save_lora(result.lora, args.output, format="kohya")
     print(f"wrote {args.output}: {len(result.modules)} modules, rank {result.lora.metadata['ss_network_dim']}, "
           f"lowest energy kept {result.min_energy() * 100:.4f}%")
     print("\n".join(energy_lines(result, args.show)))

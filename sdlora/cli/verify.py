@@ -44,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.arch import resolve_base
+    from sdlora.arch.tables import resolve_base
     from sdlora.formats import load_lora
     from sdlora.report import check_lora
 

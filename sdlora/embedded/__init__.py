@@ -3,7 +3,7 @@
 It ships in the package (`weights/`, a diffusers StableDiffusionPipeline folder, safetensors, a few MB)
 and draws 32 x 32 images of one shape on a background from prompts such as
 "a red circle on a blue background". It was trained from scratch by `python -m sdlora.embedded.pretrain`
-on the synthetic data set in `shapes.py`; see README "Embedded model".
+on the synthetic data set in `shapes.py`; see docs/embedded-model.md.
 
     from sdlora.embedded import load_pipeline
     pipe = load_pipeline()
@@ -13,6 +13,8 @@ on the synthetic data set in `shapes.py`; see README "Embedded model".
 from __future__ import annotations
 
 from pathlib import Path
+
+from sdlora.errors import SdloraError
 
 NAME = "embedded"  # the base name that selects this model (`--base embedded`)
 IMAGE_SIZE = 32
@@ -31,8 +33,6 @@ def load_pipeline(device: str = "cpu", dtype=None, folder: Path | None = None):
     """
     import torch
     from diffusers import StableDiffusionPipeline
-
-    from sdlora.errors import SdloraError
 
     folder = Path(folder) if folder is not None else weights_dir()
     if not (folder / "model_index.json").is_file():

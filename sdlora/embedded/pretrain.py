@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from sdlora.embedded import configs, judge, shapes, tokenizer, widen
 from sdlora.embedded.training import cosine_lr, random_crop, to_tensor
+from sdlora.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -353,8 +354,6 @@ def widen_saved_vae(cfg: PretrainConfig, folder: Path) -> dict:
     Scores compare with the VAE found in `folder` (the one the UNet was trained with).
     """
     from diffusers import AutoencoderKL
-
-    from sdlora.errors import ConfigError
 
     if not widen_stages(cfg):
         raise ConfigError("--widen-vae: --widen-steps and --widen-detail-steps are both 0, nothing to do; "

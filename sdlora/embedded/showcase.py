@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdlora.suffixes import IMAGE_SUFFIXES
+
 COLOUR_BINS = 4
 TEXTURE_EDGES = np.array([0, 4, 8, 16, 32, 64, 128, 256.1])
 GUIDANCE = 5.0  # classifier-free guidance scale for the sweep
@@ -73,10 +75,10 @@ def autoencoder_roundtrip(vae, images: np.ndarray) -> np.ndarray:
 
 
 def load_images(folder: Path) -> np.ndarray:
-    """Every .png/.jpg in `folder` as uint8 RGB (N, H, W, 3), sorted by name."""
+    """Every image in `folder` as uint8 RGB (N, H, W, 3), sorted by name."""
     from PIL import Image
 
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
 
 
@@ -94,7 +96,7 @@ def strength_sweep(
     pipe, lora, prompts: list[str], seeds: list[int], strengths: list[float], steps: int = 20
 ) -> dict[float, np.ndarray]:
     """{strength: images} for the same prompts and seeds (guidance GUIDANCE); weights restored after."""
-    from sdlora.stack import LoraStack
+    from sdlora.stack import LoraStack  # stack imports torch at the top; this module imports it lazily
 
     stack = LoraStack(pipe)
     name = stack.add(lora, strength=strengths[0])

@@ -3,7 +3,7 @@
 `load_lora` validates the container first (sdlora.header: pickles are refused without unpickling,
 damaged files and full checkpoints get a one-line FormatError), then detects the dialect from the
 keys, reads it into the canonical `LoraState` (sdlora.weights) and detects the base family from the
-tensor shapes (sdlora.family). `save_lora` writes canonical Kohya or diffusers files atomically.
+tensor shapes (sdlora.arch.family). `save_lora` writes canonical Kohya or diffusers files atomically.
 torch is imported only when tensors are read or written.
 """
 
@@ -17,7 +17,11 @@ from collections.abc import Iterable
 from math import prod
 from pathlib import Path
 
+from sdlora.arch.family import detect_family
+from sdlora.arch.tables import family_table
 from sdlora.errors import FormatError
+from sdlora.formats import cloneofsimo, diffusers, kohya
+from sdlora.formats.metadata import write_safetensors
 from sdlora.header import SafetensorsHeader, check_is_lora, read_header
 
 # dialect names, as LoraState.format reports them
@@ -71,16 +75,16 @@ def load_lora(path: str | os.PathLike, table=None):
     Args:
         path: a `.safetensors` file, a PEFT folder (`adapter_model.safetensors` + `adapter_config.json`),
             or `<stem>.safetensors` beside `<stem>.adapter_config.json`.
-        table: optional module table (`arch.table_for_model(model)`) for LoRAs of a custom model, whose
+        table: optional module table (`tables.table_for_model(model)`) for LoRAs of a custom model, whose
             Kohya names the shipped SD1/SD2/SDXL tables do not know.
 
     Raises:
         FormatError: the file is not a readable LoRA (with the file name, the reason and what to do).
     """
-    file_path, config_path = _resolve_paths(Path(path))
+    file_path, config_path = resolve_paths(Path(path))
     header = read_header(file_path)
     check_is_lora(header)
-    config = _read_adapter_config(config_path) if config_path else None
+    config = read_adapter_config(config_path) if config_path else None
     dialect = "peft" if config is not None else detect_format(header.tensors, header.metadata)
     family = _detect_family(header)
     tensors = _read_tensors(header)
@@ -93,8 +97,6 @@ def load_lora(path: str | os.PathLike, table=None):
 
 
 def _read_dialect(dialect, tensors, header: SafetensorsHeader, family, config, table):
-    from sdlora.formats import cloneofsimo, diffusers, kohya
-
     name = os.path.basename(header.path)
     if dialect in ("kohya", "lycoris"):
         return kohya.read(tensors, header.metadata, family, table=table, name=name, dialect=dialect)
@@ -103,7 +105,7 @@ def _read_dialect(dialect, tensors, header: SafetensorsHeader, family, config, t
     return diffusers.read(tensors, header.metadata, dialect=dialect, config=config, name=name)
 
 
-def _resolve_paths(path: Path) -> tuple[Path, Path | None]:
+def resolve_paths(path: Path) -> tuple[Path, Path | None]:
     """(weights file, adapter config or None) for a file or a PEFT adapter folder."""
     if path.is_dir():
         weights, config = path / "adapter_model.safetensors", path / "adapter_config.json"
@@ -122,7 +124,7 @@ def _resolve_paths(path: Path) -> tuple[Path, Path | None]:
     return path, None
 
 
-def _read_adapter_config(path: Path) -> dict:
+def read_adapter_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -135,8 +137,6 @@ def _read_adapter_config(path: Path) -> dict:
 
 
 def _detect_family(header: SafetensorsHeader) -> str | None:
-    from sdlora.family import detect_family
-
     try:
         return detect_family({k: v.shape for k, v in header.tensors.items()}, header.metadata)
     except FormatError as err:
@@ -145,7 +145,7 @@ def _detect_family(header: SafetensorsHeader) -> str | None:
 
 def _read_tensors(header: SafetensorsHeader) -> dict:
     """All tensors of a validated file; NaN/Inf in any float tensor is a FormatError naming the key."""
-    from sdlora.tensorfile import read_tensors
+    from sdlora.tensorfile import read_tensors  # tensorfile imports torch; `inspect` needs only the header
 
     return read_tensors(header)
 
@@ -153,8 +153,6 @@ def _read_tensors(header: SafetensorsHeader) -> dict:
 def _fill_shapes(state, table) -> None:
     """Set each module's base `shape` from the module table when it fits (flattened convs need it)."""
     if table is None and state.family is not None:
-        from sdlora.arch import family_table
-
         table = family_table(state.family)
     if table is None:
         return
@@ -178,9 +176,6 @@ def save_lora(lora, path: str | os.PathLike, format: str = "kohya", dtype: str |
         FormatError: unknown format/dtype, or the LoRA cannot be expressed in the format
             (e.g. LoHa/LoKr as diffusers). Nothing is written then.
     """
-    from sdlora.formats import diffusers, kohya
-    from sdlora.formats.metadata import write_safetensors
-
     if format not in WRITE_FORMATS:
         raise FormatError(f"unknown output format {format!r}; use one of {', '.join(WRITE_FORMATS)}")
     torch_dtype = _torch_dtype(dtype)

@@ -15,10 +15,11 @@ import math
 import re
 from collections import Counter
 
+from sdlora.arch.components import COMPONENTS
 from sdlora.errors import FormatError
+from sdlora.formats.metadata import carried_metadata
 from sdlora.weights import KeyIssue, LoraModule, LoraState
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # key ending -> role of the tensor in its module (checked in order; the first match wins)
 _ROLES = (
     (re.compile(r"\.lora_A(\.default)?\.weight$"), "down"),
@@ -182,8 +183,6 @@ def _pattern_value(patterns: dict, path: str):
 
 def write(lora: LoraState, dtype=None) -> tuple[dict, dict[str, str]]:
     """LoraState -> (PEFT-era diffusers state dict, metadata with `lora_adapter_metadata`)."""
-    from sdlora.formats.metadata import carried_metadata
-
     tensors = {}
     per_component: dict[str, dict[str, LoraModule]] = {}
     for canonical, module in lora.modules.items():

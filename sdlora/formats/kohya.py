@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import re
 
+from sdlora.arch import naming
 from sdlora.errors import FormatError
+from sdlora.formats.metadata import kohya_metadata
 from sdlora.weights import KeyIssue, LoraModule, LoraState
 
 log = logging.getLogger(__name__)
@@ -98,16 +100,12 @@ def _bundle_embedding(state: LoraState, key: str, tensor) -> None:
 
 def _lookup(family: str | None, table) -> dict[str, str]:
     """{Kohya lora name: canonical module} for the family, a live model's table, or all families (None)."""
-    from sdlora import naming
-
     if table is not None:
         return naming.kohya_lookup(getattr(table, "family", None), table)
     return naming.kohya_lookup(family)
 
 
 def _unknown(state: LoraState, lora_name: str, parts: dict, lookup: dict[str, str]) -> None:
-    from sdlora import naming
-
     # difflib over thousands of names costs seconds: suggest the nearest name for the first few only
     suggested = sum(1 for issue in state.issues if "; nearest: " in issue.detail)
     nearest = naming.nearest_name(lora_name, list(lookup)) if lookup and suggested < NEAREST_LIMIT else None
@@ -176,7 +174,7 @@ def _alpha(extra: dict, lora_name: str, file_name: str) -> float | None:
 
 def _add_dora(module: LoraModule, magnitude) -> None:
     """Attach a DoRA magnitude; its keep-dim shape says the axis (docs/formats.md §2.9)."""
-    from sdlora.delta import dora_axis_from_shape
+    from sdlora.delta import dora_axis_from_shape  # delta imports torch; reading names needs none
 
     module.tensors["dora_scale"] = magnitude
     module.dora_axis = dora_axis_from_shape(tuple(magnitude.shape), module.raw_delta_shape())
@@ -188,9 +186,6 @@ def _add_dora(module: LoraModule, magnitude) -> None:
 def write(lora: LoraState, dtype=None) -> tuple[dict, dict[str, str]]:
     """LoraState -> (Kohya state dict, metadata). Every module gets a `.alpha` (never 0)."""
     import torch
-
-    from sdlora import naming
-    from sdlora.formats.metadata import kohya_metadata
 
     tensors, alphas = {}, {}
     for canonical, module in lora.modules.items():

@@ -14,6 +14,7 @@ import struct
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sdlora.atomic import write_bytes_atomic
 from sdlora.errors import FormatError
 from sdlora.header import LEGACY_HASH_RANGE
 
@@ -158,8 +159,6 @@ def write_safetensors(tensors: dict, metadata: dict[str, str], path: Path, add_h
 
 
 def write_atomic(path: Path, blob: bytes) -> None:
-    from sdlora.atomic import write_bytes_atomic
-
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():

@@ -15,7 +15,9 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+from sdlora.arch.family import detect_family
 from sdlora.errors import FormatError
+from sdlora.formats import detect_format, read_adapter_config, resolve_paths
 from sdlora.header import SafetensorsHeader, check_is_lora, legacy_hash, read_header, tensor_data_sha256
 
 # tensor-key suffix of every dialect -> role ("down" tensors give the rank; "hada"/"lokr"/"diff" the kind)
@@ -43,13 +45,10 @@ _COMPONENT_RULES = (
 
 def summarise(path: str | os.PathLike, with_hash: bool = True) -> dict:
     """Everything `sdlora inspect` shows, as a JSON-ready dict. Raises FormatError for bad files."""
-    from sdlora.family import detect_family
-    from sdlora.formats import _read_adapter_config, _resolve_paths, detect_format
-
-    file_path, config_path = _resolve_paths(Path(path))
+    file_path, config_path = resolve_paths(Path(path))
     header = read_header(file_path)
     check_is_lora(header)
-    config = _read_adapter_config(config_path) if config_path else None
+    config = read_adapter_config(config_path) if config_path else None
     modules, stray = _group(header)
     try:
         family = detect_family({k: v.shape for k, v in header.tensors.items()}, header.metadata)

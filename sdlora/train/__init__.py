@@ -2,6 +2,7 @@
 
 Modules: data (scan, buckets, order), images (safe decoding), captions, conditioning (text/VAE + caches),
 loss (pure math), optim, loop (setup + step), checkpoint (resume), export (metadata + files),
+result (TrainResult, TrainRun), session (one run: setup, resume, loop, export),
 progress (StepInfo, loss CSV/plot), samples (preview grids).
 
 >>> from sdlora.config import load_config
@@ -18,47 +19,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdlora.errors import ConfigError
+from sdlora.models import load_components
 from sdlora.train.progress import StepInfo
+from sdlora.train.result import TrainResult
 
 log = logging.getLogger(__name__)
 
 __all__ = ["StepInfo", "TrainResult", "train"]
-
-
-@dataclass
-class TrainResult:
-    files: list[Path]                 # exported LoRA file(s), config.yaml beside the first
-    steps: int                        # optimizer steps done
-    loss: float | None                # loss of the last step
-    history: list[tuple[int, float, float]]  # (step, loss, lr)
-    summary: object                   # data.DatasetSummary
-    cancelled: bool = False
-    checkpoint: Path | None = None    # last checkpoint folder
-    loss_csv: Path | None = None
-    loss_plot: Path | None = None
-    samples: list[Path] = field(default_factory=list)
-
-
-@dataclass
-class TrainRun:
-    """Facts about the run that go into the metadata."""
-
-    family: str | None
-    prediction_type: str
-    base_name: str
-    num_processes: int
-    batches_per_epoch: int
-    session_id: str
-    started_at: float
-    finished_at: float = 0.0
-    step: int = 0
-    epoch: int = 0
-    epochs: int = 0
-    version: str = ""
 
 
 def _cancelled(cancel) -> bool:
@@ -86,8 +56,6 @@ def make_accelerator(cfg):
 
 
 def _load_base(cfg):
-    from sdlora.models import load_components
-
     return load_components(cfg.model.base, family=cfg.model.family, allow_pickle=cfg.model.allow_pickle)
 
 
@@ -111,6 +79,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         DatasetError, ConfigError: bad data or settings (before any training).
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
+    # both import torch; `from sdlora.train import StepInfo, TrainResult` (the web UI, the CLI parser) needs none
     from sdlora.train import loss_options, optimizers, tracking
     from sdlora.train.checkpoint import prepare_output
     from sdlora.train.data import scan_dataset

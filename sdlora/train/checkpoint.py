@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from sdlora.atomic import atomic_path
+from sdlora.config import dump_config
 from sdlora.errors import ConfigError, TrainingError
 from sdlora.train import deepspeed_run
 
@@ -133,8 +134,6 @@ def save_checkpoint(state, step: int) -> Path:
 
 def _write_main_files(state, step: int, tensors: dict, tmp: Path, final: Path) -> None:
     from safetensors.torch import save_file
-
-    from sdlora.config import dump_config
 
     save_file(tensors, str(tmp / "lora.safetensors"))
     optimizer = None if state.engine is not None else state.optimizer.state_dict()

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from sdlora.errors import DatasetError
+from sdlora.suffixes import IMAGE_SUFFIXES
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
 from sdlora.train.captions import (
     caption_path,
@@ -39,7 +40,7 @@ from sdlora.train.captions import (
     with_trigger,
     write_caption,
 )
-from sdlora.train.images import IMAGE_EXTENSIONS, ImageSkipped, open_image
+from sdlora.train.images import ImageSkipped, open_image
 
 log = logging.getLogger(__name__)
 _KOHYA_DIR = re.compile(r"^(\d+)_(.*)$")
@@ -154,19 +155,19 @@ def image_folders(root: Path, repeats: int = 1,
 
 def folder_images(folder: Path, summary: DatasetSummary | None = None,
                   seen: dict[Path, Path] | None = None) -> list[Path]:
-    """The image files of `folder` (IMAGE_EXTENSIONS, any case), sorted; odd entries, repeats of an image
+    """The image files of `folder` (IMAGE_SUFFIXES, any case), sorted; odd entries, repeats of an image
     already in `seen` (by resolved path) and captions without an image are left out (and named in
     `summary` when given)."""
     summary = summary if summary is not None else DatasetSummary()
     seen = seen if seen is not None else {}
     entries = sorted(folder.iterdir())
-    stems = {p.stem for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS}
+    stems = {p.stem for p in entries if p.suffix.lower() in IMAGE_SUFFIXES}
     images = []
     for path in entries:
         suffix = path.suffix.lower()
         if suffix == ".txt" and path.stem not in stems:
             _skip(summary, path, "a caption without an image of the same name")
-        if suffix not in IMAGE_EXTENSIONS:
+        if suffix not in IMAGE_SUFFIXES:
             continue
         problem = entry_problem(path)
         real = path.resolve() if problem is None else None
@@ -210,7 +211,7 @@ def write_captions(root: str | Path, captions: Mapping[str, str | None]) -> list
     images = []
     for name, caption in captions.items():
         image = (root / name).resolve()
-        if image.parent not in folders or image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
+        if image.parent not in folders or image.suffix.lower() not in IMAGE_SUFFIXES or not image.is_file():
             raise DatasetError(f"{name!r} is not an image of the data set {root.name}/ (images sit in it or in "
                                "its N_name subfolders)")
         images.append((image, check_caption(caption, name)))
@@ -283,7 +284,7 @@ def scan_dataset(cfg) -> tuple[list[ImageItem], DatasetSummary]:
     if not items:
         skipped = f" ({len(summary.skipped)} file(s) skipped: {summary.skipped[0][1]})" if summary.skipped else ""
         raise DatasetError(f"data.path: no usable images in {root}{skipped}; expected "
-                           f"{', '.join(IMAGE_EXTENSIONS)} files, directly or in N_name subfolders")
+                           f"{', '.join(sorted(IMAGE_SUFFIXES))} files, directly or in N_name subfolders")
     _assign_buckets(items, cfg, summary)
     return items, summary
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sdlora.config import dump_config
+from sdlora.formats import save_lora
 from sdlora.train import optimizers
 from sdlora.train.checkpoint import writing
 
@@ -132,8 +133,6 @@ def export_lora(network, metadata: dict[str, str], cfg, stem: str | None = None,
     Raises:
         TrainingError: a write failed (disk full, permissions); an existing file of that name is kept.
     """
-    from sdlora import save_lora
-
     state = network.to_state(metadata, family=family)
     written = []
     for fmt, path in output_paths(cfg, stem).items():

@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
 
 class ImageSkipped(Exception):
     """An image cannot be used; the message says why."""

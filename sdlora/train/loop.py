@@ -1,5 +1,6 @@
 """The training loop: `setup_training` (freeze, inject, optimizer, caches), `training_step` (one micro-batch:
-encode -> noise -> timesteps -> predict -> loss) and `run_loop` (accumulate, clip, step, log, checkpoint).
+encode -> noise -> timesteps -> predict -> loss) and `optimizer_step` (reduce, clip, step). The loop over
+steps (logging, samples, checkpoints, export) is `sdlora.train.session.run_training`.
 
 Reads top to bottom like diffusers' `train_text_to_image_lora.py`, but each stage is a function.
 Multi-process (``accelerate launch``): every process computes its own micro-batches of the same global
@@ -22,6 +23,7 @@ from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
 from sdlora.train import data as data_mod
 from sdlora.train import deepspeed_run, loss_options
+from sdlora.train.compiling import compile_unet
 from sdlora.train.conditioning import (
     LatentCache,
     TextCache,
@@ -141,8 +143,6 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     state.engine = engine
     state.unet = components.unet
     if cfg.optim.compile:  # after inject_lora: the hooks are traced into the graph
-        from sdlora.train.compiling import compile_unet
-
         state.unet = compile_unet(components.unet, accelerator.device)
     state.batches_per_epoch = len(data_mod.epoch_batches(items, cfg.data.batch_size, cfg.optim.seed, 0))
     return state

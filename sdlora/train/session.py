@@ -8,9 +8,9 @@ from pathlib import Path
 
 import sdlora
 from sdlora.errors import TrainingError
-from sdlora.train import TrainResult, TrainRun
 from sdlora.train.checkpoint import (
     checkpoints_dir,
+    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     repair_loss_log,
@@ -23,6 +23,8 @@ from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_tra
 from sdlora.train.optimizers import eval_weights
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
 from sdlora.train.progress import LossLog, StepInfo
+from sdlora.train.result import TrainResult, TrainRun
+from sdlora.train.samples import render_samples
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,6 @@ def _checkpoint(state, run: TrainRun) -> Path:
 
 
 def _samples(state, step: int) -> list[Path]:
-    from sdlora.train.samples import render_samples
-
     out = state.cfg.output
     if not (out.sample_prompts and out.sample_every and step % out.sample_every == 0):
         return []
@@ -176,6 +176,4 @@ def _repair_after_kill(state, run: TrainRun, checkpoint: Path) -> None:
 
 
 def _existing_checkpoints(state) -> list[Path]:
-    from sdlora.train.checkpoint import list_checkpoints
-
     return list_checkpoints(state.output)[-1:]

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
+from sdlora.arch.family import detect_family, metadata_hint
 from sdlora.errors import FormatError
-from sdlora.family import detect_family, metadata_hint
 
 
 def header_shapes(path) -> tuple[dict, dict]:

@@ -9,8 +9,9 @@ import struct
 import pytest
 import torch
 
-from sdlora.arch import CONFIG_DIRS, family_table
-from sdlora.family import FAMILIES
+from sdlora.arch.family import FAMILIES
+from sdlora.arch.tables import family_table
+from sdlora.configs import CONFIG_DIRS
 from sdlora.formats import load_lora, save_lora
 from sdlora.report import check_lora
 from sdlora.weights import LoraModule, LoraState

@@ -19,9 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdlora.configs import models_root
-from sdlora.errors import FormatError
-from sdlora.ldm_keys import (
+from sdlora.arch.ldm_keys import (
     checkpoint_to_ldm,
     clip_to_ldm,
     models_to_ldm,
@@ -29,6 +27,8 @@ from sdlora.ldm_keys import (
     unet_to_ldm,
     vae_to_ldm,
 )
+from sdlora.configs import models_root
+from sdlora.errors import FormatError
 
 TEXT = {"intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 1000,
         "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}

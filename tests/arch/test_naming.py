@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sdlora.arch import CONFIG_DIRS, family_table
-from sdlora.errors import CompatibilityError
-from sdlora.family import FAMILIES
-from sdlora.naming import (
-    canonical_name,
+from sdlora.arch.components import canonical_name
+from sdlora.arch.family import FAMILIES
+from sdlora.arch.naming import (
     diffusers_key_name,
     find_module,
     kohya_lookup,
@@ -18,6 +16,9 @@ from sdlora.naming import (
     module_map,
     nearest_name,
 )
+from sdlora.arch.tables import family_table
+from sdlora.configs import CONFIG_DIRS
+from sdlora.errors import CompatibilityError
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
@@ -194,7 +195,7 @@ def test_sd_scripts_default_module_set_on_sd15_is_264():
 
 
 def test_generic_lookup_covers_tiny_models(tiny_unet, tiny_text_encoder):
-    from sdlora.arch import table_for_model
+    from sdlora.arch.tables import table_for_model
 
     lookup = kohya_lookup(None)
     for table in (table_for_model(tiny_unet), table_for_model(tiny_text_encoder)):
@@ -239,7 +240,7 @@ def test_live_transformers5_clip_resolves_to_canonical_names(tiny_text_encoder):
 def test_clip_with_projection_keeps_text_model():
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from sdlora.arch import table_for_model
+    from sdlora.arch.tables import table_for_model
 
     config = CLIPTextConfig(
         hidden_size=32,
@@ -290,7 +291,7 @@ def test_bad_names_are_refused():
 
 def test_golden_kohya_names_of_the_tiny_live_models(tiny_unet, tiny_text_encoder):
     """Live module paths (not meta builds): a diffusers/transformers renaming shows up as a golden diff."""
-    from sdlora.arch import table_for_model
+    from sdlora.arch.tables import table_for_model
 
     lines = (GOLDEN / "kohya_keys_tiny.txt").read_text().splitlines()
     golden = [line.split() for line in lines if line and not line.startswith("#")]

@@ -15,9 +15,9 @@ import re
 import pytest
 import torch
 
-from sdlora.arch import config_dir, family_table
-from sdlora.family import FAMILIES
-from sdlora.naming import kohya_name
+from sdlora.arch.family import FAMILIES
+from sdlora.arch.naming import kohya_name
+from sdlora.arch.tables import config_dir, family_table
 
 
 def diffusers_module(key: str) -> str:

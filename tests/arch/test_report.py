@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sdlora.arch import table_for_model
+from sdlora.arch.tables import table_for_model
 from sdlora.report import check_lora
 from sdlora.weights import KeyIssue, LoraModule, LoraState
 
@@ -125,7 +125,7 @@ def test_bad_target_type():
 
 
 def test_lora_family_comes_from_shapes_when_the_target_is_a_table():
-    from sdlora.arch import family_table
+    from sdlora.arch.tables import family_table
 
     lora = state({K2: lora_module(320, 768)}, family="sdxl")  # e.g. a loader adopted the table's family
     report = check_lora(lora, family_table("sdxl"))

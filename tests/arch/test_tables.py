@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from sdlora.arch import (
+from sdlora.arch.family import FAMILIES
+from sdlora.arch.tables import (
     ModuleInfo,
     ModuleTable,
     build_table_from_config_dir,
@@ -17,7 +18,6 @@ from sdlora.arch import (
     table_for_model,
 )
 from sdlora.errors import ConfigError
-from sdlora.family import FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -181,9 +181,9 @@ def test_importing_naming_and_tables_does_not_import_torch():
     import sys
 
     code = (
-        "import sys, sdlora.naming, sdlora.family, sdlora.report, sdlora.cli.verify;"
-        "from sdlora.arch import family_table; family_table('sdxl');"
-        "from sdlora.naming import kohya_lookup; kohya_lookup('sdxl');"
+        "import sys, sdlora.arch.naming, sdlora.arch.family, sdlora.report, sdlora.cli.verify;"
+        "from sdlora.arch.tables import family_table; family_table('sdxl');"
+        "from sdlora.arch.naming import kohya_lookup; kohya_lookup('sdxl');"
         "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules];"
         "assert not bad, bad"
     )

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdlora.arch import config_dir
+from sdlora.arch.tables import config_dir
 from sdlora.cli import main
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdlora import naming
-from sdlora.arch import table_for_model
+from sdlora.arch import naming
+from sdlora.arch.tables import table_for_model
 from sdlora.formats import load_lora, save_lora
 from sdlora.weights import LoraModule, LoraState
 from tests.conftest import make_tiny_text_encoder, make_tiny_unet, make_tiny_vae

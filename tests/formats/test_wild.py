@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdlora.arch import family_table
+from sdlora.arch.tables import family_table
 from sdlora.formats import load_lora, save_lora
 from sdlora.formats.summary import summarise
 from sdlora.header import read_header

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from sdlora.arch.components import canonical_name
 from sdlora.weights import LoraModule, LoraState
 
 
 def live_modules(components) -> dict[str, torch.nn.Module]:
     """{canonical name: Linear/Conv2d} of the tiny components (same rule as the stack)."""
-    from sdlora.stack import _canonical
-
     out = {}
     for component, model in components.items():
         for path, module in model.named_modules():
             if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
-                out[_canonical(component, path, model)] = module
+                out[canonical_name(component, path)] = module
     return out
 
 

@@ -111,8 +111,8 @@ def test_bad_outputs_are_clear(pipe, lora_file, tmp_path):
 
 
 def test_bake_command_writes_a_half_precision_single_file(pipe, lora_file, tmp_path, capsys):
+    from sdlora.arch.ldm_keys import models_to_ldm
     from sdlora.cli import main
-    from sdlora.ldm_keys import models_to_ldm
 
     base = tmp_path / "base"
     pipe.save_pretrained(base)

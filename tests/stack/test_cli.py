@@ -53,7 +53,7 @@ def test_resize_command(lora_path, tmp_path, components, capsys):
 def _table(components):
     from types import SimpleNamespace
 
-    from sdlora.arch import table_for_model
+    from sdlora.arch.tables import table_for_model
 
     return table_for_model(SimpleNamespace(**components))
 
@@ -118,3 +118,22 @@ def test_generate_refuses_an_unknown_sampler_before_loading_the_model(tmp_path, 
     err = capsys.readouterr().err
     assert "unknown sampler 'DPM++ 3M'" in err and "DPM++ 2M SDE" in err
     assert not (tmp_path / "img.png").exists()
+
+
+def test_resize_and_merge_commands_keep_the_input_dtype(components, tmp_path):
+    """An fp16 8 -> 4 resize is smaller than its input (it was written as float32 and came out bigger)."""
+    from sdlora.header import read_header
+
+    source = tmp_path / "fp16.safetensors"
+    save_lora(random_lora(components, _attention_names(components), rank=8, alpha=8.0), source, dtype="fp16")
+    small, merged, wide = tmp_path / "small.safetensors", tmp_path / "merged.safetensors", tmp_path / "wide.safetensors"
+    assert main(["resize", str(source), str(small), "--rank", "4"]) == 0
+    assert main(["merge", str(merged), f"{source}:0.5", f"{small}:0.5", "--rank", "4"]) == 0
+    assert main(["resize", str(source), str(wide), "--rank", "4", "--dtype", "fp32"]) == 0
+
+    def weight_dtypes(path):  # alphas are always written as F32 scalars
+        return {info.dtype for key, info in read_header(path).tensors.items() if not key.endswith(".alpha")}
+
+    assert weight_dtypes(small) == weight_dtypes(merged) == {"F16"}
+    assert small.stat().st_size < source.stat().st_size
+    assert weight_dtypes(wide) == {"F32"}

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sdlora import library as lib
 from sdlora.errors import ConfigError
 from sdlora.library import read_notes, scan, write_notes
 
@@ -47,7 +48,7 @@ def library(tmp_path):
 
 
 def test_scan_reads_entries_and_reports_damaged_files(library, tmp_path):
-    root, sha = library
+    root, _ = library
     result = scan(root, cache_path=tmp_path / "cache.json")
     assert [e.name for e in result.entries] == ["catstyle", "ink"]
     cat, ink = result.entries
@@ -56,7 +57,7 @@ def test_scan_reads_entries_and_reports_damaged_files(library, tmp_path):
     assert cat.trigger_words[2:5] == ["cat", "whiskers", "orange fur"]  # counts summed over folders
     assert cat.preview.endswith("catstyle.png") and ink.preview.endswith("ink.preview.png")
     assert cat.notes == {"activation text": "ctsty", "preferred weight": 0.7}
-    assert cat.sha256 == sha and cat.short_hash == sha[:12]
+    assert cat.sha256 == "" and cat.short_hash == ""  # not in the header: not read during the scan
     assert cat.title == "catstyle_v1"
     assert sorted(e.name for e in result.errors) == ["broken", "truncated"]
     assert all(e.error for e in result.errors)
@@ -80,12 +81,78 @@ def test_rescan_uses_cache_and_notices_changes(library, tmp_path):
     assert next(e for e in third.entries if e.name == "ink").rank == 2
 
 
-def test_copied_file_reuses_header_data(library, tmp_path):
-    root, _ = library
+def test_hash_from_the_header_or_computed_once_and_cached(library, tmp_path):
+    """The short hash is the first 12 hex of `sshs_model_hash` when the header holds it (no data read),
+    else of the tensor-data SHA-256, computed on demand and kept in the cache by (path, size, mtime)."""
+    root, sha = library
+    stored = "ab" * 32
+    _write_lora(root / "hashed.safetensors", metadata={"sshs_model_hash": stored.upper()})
+    _write_lora(root / "odd.safetensors", metadata={"sshs_model_hash": "not-a-sha"})
     cache = tmp_path / "cache.json"
-    scan(root, cache_path=cache)
-    data = json.loads(cache.read_text())
-    assert len(data["headers"]) == 2 and len(data["files"]) == 2
+    entries = {e.name: e for e in scan(root, cache_path=cache).entries}
+    assert entries["hashed"].sha256 == stored and entries["hashed"].short_hash == stored[:12]
+    assert entries["odd"].sha256 == "" and entries["catstyle"].sha256 == ""
+    assert lib.file_hash(entries["catstyle"], cache_path=cache) == sha
+    assert entries["catstyle"].short_hash == sha[:12]
+    again = {e.name: e for e in scan(root, cache_path=cache).entries}
+    assert again["catstyle"].sha256 == sha  # from the cache: no file read
+    cat = root / "catstyle.safetensors"
+    _write_lora(cat, seed=3)
+    os.utime(cat, ns=(5, 5))
+    assert next(e for e in scan(root, cache_path=cache).entries if e.name == "catstyle").sha256 == ""
+
+
+def _entry(name, size=0, mtime=0.0, **fields):
+    return lib.LibraryEntry(name=name, path=f"/x/{name}.safetensors", size=size, mtime=mtime, **fields)
+
+
+def test_search_and_sort():
+    entries = [
+        _entry("b-ink", size=30, mtime=3.0, trigger_words=["inkwash"], notes={"notes": "Great at 0.6"}),
+        _entry("a-cat", size=10, mtime=2.0, title="Orange Cat v1"),
+        _entry("C-dog", size=20, mtime=1.0, notes={"activation text": "dgsty"}),
+    ]
+
+    def names(query="", sort="name"):
+        return [e.name for e in lib.search(entries, query, sort)]
+
+    assert names() == ["a-cat", "b-ink", "C-dog"]  # A-Z whatever the case
+    assert names(sort="date") == ["b-ink", "a-cat", "C-dog"]  # newest first
+    assert names(sort="size") == ["b-ink", "C-dog", "a-cat"]  # largest first
+    assert names("INKWASH") == ["b-ink"]  # trigger words
+    assert names("great 0.6") == ["b-ink"]  # notes, every word must match
+    assert names("orange") == ["a-cat"] and names("dgsty") == ["C-dog"]  # title, activation text
+    assert names("cat dog") == []
+    with pytest.raises(ConfigError, match="name, date, size"):
+        lib.search(entries, sort="rank")
+
+
+def test_set_preview_writes_a_downscaled_a1111_preview_atomically(library, tmp_path):
+    from PIL import Image
+
+    root, _ = library
+    image = tmp_path / "big.png"
+    Image.new("RGB", (1200, 600), (10, 200, 30)).save(image)
+    lora = root / "catstyle.safetensors"
+    target = lib.set_preview(lora, image)
+    assert target == root / "catstyle.preview.png"
+    with Image.open(target) as written:
+        assert written.size == (512, 256) and written.getpixel((5, 5)) == (10, 200, 30)
+    assert lib.find_preview(lora) == str(target)  # it wins over the older catstyle.png
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []  # no temp file left
+    small = Image.new("RGB", (40, 20), (1, 2, 3))
+    lib.set_preview(lora, small)
+    with Image.open(target) as written:
+        assert written.size == (40, 20)  # never enlarged
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    from sdlora.errors import FormatError
+
+    with pytest.raises(FormatError, match="not an image"):
+        lib.set_preview(lora, tmp_path / "bad.png")
+    with pytest.raises(ConfigError, match="no such LoRA"):
+        lib.set_preview(root / "missing.safetensors", image)
+    with Image.open(target) as kept:
+        assert kept.size == (40, 20)  # a refused image leaves the old preview
 
 
 def test_notes_round_trip_and_validation(library):

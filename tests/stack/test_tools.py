@@ -138,3 +138,29 @@ def test_extract_from_unet_files(components, tmp_path):
 def test_extract_of_identical_models_is_a_clear_error(components):
     with pytest.raises(ConfigError, match="same weights"):
         extract(components, copy.deepcopy(components), rank=4)
+
+
+def _fp16(lora: LoraState) -> LoraState:
+    for module in lora.modules.values():
+        module.tensors = {k: t.half() for k, t in module.tensors.items()}
+    return lora
+
+
+def _dtypes(lora: LoraState) -> set:
+    return {t.dtype for m in lora.modules.values() for t in m.tensors.values()}
+
+
+def test_resize_and_merge_keep_the_input_dtype_unless_told(components):
+    names = _names(components)
+    a = _fp16(random_lora(components, names, rank=8, seed=1))
+    b = _fp16(random_lora(components, names, rank=4, seed=2))
+    assert _dtypes(resize(a, rank=4).lora) == {torch.float16}
+    assert _dtypes(merge([(a, 1.0), (b, 0.5)], mode="svd", rank=4).lora) == {torch.float16}
+    assert _dtypes(merge([(a, 1.0), (b, 0.5)], mode="concat").lora) == {torch.float16}
+    assert _dtypes(resize(a, rank=4, dtype="bf16").lora) == {torch.bfloat16}
+    assert _dtypes(merge([(a, 1.0), (b, 1.0)], dtype="fp32").lora) == {torch.float32}
+    # inputs stored in different dtypes: float32, so that neither loses precision
+    c = random_lora(components, names, rank=4, seed=3)
+    assert _dtypes(merge([(a, 1.0), (c, 1.0)]).lora) == {torch.float32}
+    with pytest.raises(ConfigError, match="fp16, bf16 or fp32"):
+        resize(a, rank=4, dtype="int8")

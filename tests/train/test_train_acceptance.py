@@ -17,7 +17,7 @@ def _snapshot(components):
 
 
 def _expected_kohya_keys(components) -> set[str]:
-    """Built independently of sdlora.naming: Kohya rule = prefix + module path with '.' -> '_'."""
+    """Built independently of sdlora.arch.naming: Kohya rule = prefix + module path with '.' -> '_'."""
     names = [f"lora_unet_{p.replace('.', '_')}" for p, _ in components.unet.named_modules()
              if p.endswith((".attn1.to_q", ".attn1.to_v", ".attn2.to_q", ".attn2.to_v"))]
     layers = components.text_encoder.config.num_hidden_layers

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
-import sdlora
 import sdlora.train.data as data_module
 from sdlora.errors import ConfigError, TrainingError
-from sdlora.train import train
+from sdlora.train import export, train
 from sdlora.train.checkpoint import list_checkpoints
 from sdlora.train.data import scan_dataset
 
@@ -158,14 +157,14 @@ def _killed_between_checkpoint_and_step_export(tmp_path, monkeypatch):
     """Train 6 steps with a checkpoint every 3, killed after step 3's checkpoint, before its step file."""
     folder = write_images(tmp_path / "data", count=3)
     cfg = tiny_config(folder, tmp_path / "out", "optim.steps=6", "output.save_every=3")
-    real_save = sdlora.save_lora
+    real_save = export.save_lora
 
     def kill_at_step_file(state, path, *args, **kwargs):
         if "step000003" in str(path):
             raise Killed("kill -9 after the checkpoint of step 3")
         return real_save(state, path, *args, **kwargs)
 
-    monkeypatch.setattr(sdlora, "save_lora", kill_at_step_file)
+    monkeypatch.setattr(export, "save_lora", kill_at_step_file)
     with pytest.raises(Killed):
         train(cfg, make_tiny_components(tmp_path / "c"))
     monkeypatch.undo()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from sdlora.arch.targets import match_targets
 from sdlora.lora import LoraLayer, LoraNetwork, inject_lora
-from sdlora.targets import match_targets
 
 
 def _unet_out(unet, seed=0):

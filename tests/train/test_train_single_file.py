@@ -1,6 +1,6 @@
 """Issue 4: a single-file (original LDM-keyed) checkpoint as the trainer's base, loaded offline.
 
-The checkpoint is written from a tiny diffusers pipeline by sdlora.ldm_keys (whose keys diffusers' own reader
+The checkpoint is written from a tiny diffusers pipeline by sdlora.arch.ldm_keys (whose keys diffusers' own reader
 checks in tests/arch/test_ldm_keys.py); `load_components` must give back the source pipeline's weights bit for
 bit. A tiny model has no SD1.5 size, so it needs its own configs: `config=` or a `<stem>.config/` folder.
 """
@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import save_file
 from tests_train_helpers import save_tiny_pipeline, tiny_config, write_images
 
+from sdlora.arch.ldm_keys import models_to_ldm
 from sdlora.errors import ConfigError
-from sdlora.ldm_keys import models_to_ldm
 from sdlora.models import load_components
 
 PARTS = ("unet", "vae", "text_encoder")

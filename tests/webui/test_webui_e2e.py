@@ -187,15 +187,53 @@ def stack_and_generate(page) -> None:
 def visit_library_and_tools(page) -> None:
     page.get_by_role("tab", name="Library").click()
     page.click("#lib-refresh")
+    page.get_by_role("tab", name="Table").click()
     page.wait_for_function("document.querySelector('#lib-table')?.innerText.includes('random-shapes')")
     page.locator("#lib-table").get_by_text("random-shapes", exact=True).locator("visible=true").first.click()
     page.wait_for_function("[...document.querySelectorAll('.prose')].some(e => e.innerText.includes('rank 4'))")
     shot(page, "2-library")
     page.get_by_role("tab", name="Tools").click()
-    fill(page, "tools-inspect-src", "random-shapes")
+    pick(page, "tools-inspect-src", "random-shapes")
     page.click("#tools-inspect")
     page.wait_for_function("document.querySelector('#tools-inspect-summary')?.innerText.includes('modules')")
     shot(page, "4-tools")
+
+
+def pick(page, elem_id: str, name: str) -> None:
+    """Choose `name` in a gradio Dropdown by its elem_id."""
+    menu = page.locator(f"#{elem_id} input").first
+    menu.click()
+    menu.fill(name)
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def test_preview_from_a_generated_image_shows_in_the_library(page, served):
+    """Generate an image, open a LoRA's card in the Library, use the Generate tab's image as its preview:
+    the file is written beside the LoRA (A1111's <stem>.preview.png) and the card and the details show it.
+    Search narrows the cards to the LoRA."""
+    _, state, _ = served
+    page.get_by_role("tab", name="Generate").click()
+    fill(page, "gen-prompt", "a red circle")
+    fill(page, "gen-steps", 2)
+    fill(page, "gen-width", 32)
+    fill(page, "gen-height", 32)
+    generated = generate(page)
+    page.get_by_role("tab", name="Library").click()
+    page.get_by_role("tab", name="Cards").click()
+    fill(page, "lib-search", "random-shapes")
+    page.wait_for_function("document.querySelector('#lib-message')?.innerText.includes('1 match')")
+    page.locator("#lib-cards").get_by_text("random-shapes", exact=False).first.click()
+    page.wait_for_function("document.querySelector('#lib-summary')?.innerText.includes('random-shapes')")
+    page.click("#lib-use-generated")
+    page.wait_for_function("document.querySelector('#lib-message')?.innerText.includes('set the preview')")
+    preview = Path(state.config.lora_dir) / "random-shapes.preview.png"
+    from PIL import Image
+
+    assert hashlib.sha256(Image.open(preview).convert("RGB").tobytes()).hexdigest() == generated
+    page.wait_for_function("document.querySelector('#lib-preview img')?.src.includes('random-shapes.preview')")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#lib-cards img')].some(i => i.src.includes('random-shapes.preview'))")
+    shot(page, "5-library-preview")
 
 
 def upload_images(page, data: Path) -> None:

@@ -1,4 +1,5 @@
-"""Tools tab handlers: inspect, convert, the metadata editor (tensor hash kept), confinement."""
+"""Tools tab handlers: inspect, convert, resize, merge, extract, bake, the metadata editor (tensor hash kept),
+results written into the library, confinement."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sdlora.errors import ConfigError
 from sdlora.header import read_header, tensor_data_sha256
 from webui.paths import AccessError
 from webui.tabs import tools_tab
@@ -47,10 +49,10 @@ def test_tool_inputs_outside_the_folders_are_refused(app, lora_file, attempt):
         tools_tab.inspect_lora(app, attempt)
 
 
-def test_tool_outputs_stay_in_the_output_folder(app, lora_file):
-    path, _ = tools_tab.convert_lora(app, "style", "diffusers", "keep", "../../../escape")
-    assert Path(path).parent == Path(app.config.output_dir) / "tools"
-    assert Path(path).name == "escape.safetensors"
+def test_tool_outputs_go_into_the_library_folder(app, lora_file):
+    path, message = tools_tab.convert_lora(app, "style", "diffusers", "keep", "../../../escape")
+    assert Path(path).parent == Path(app.config.lora_dir)
+    assert Path(path).name == "escape.safetensors" and "added escape" in message
     import sdlora
 
     converted = sdlora.load_lora(path)
@@ -85,7 +87,74 @@ def test_metadata_edit_without_strip_keeps_other_keys(app, lora_file):
     path, _, written = tools_tab.edit_metadata(app, "style", form)
     assert written["ss_training_comment"] == "private" and "modelspec.title" not in written
     assert written["modelspec.description"] == "about"
-    assert Path(path).name == "style-edited.safetensors"
+    assert Path(path).name == "style-edited.safetensors" and Path(path).parent == Path(app.config.lora_dir)
+
+
+def test_tool_results_appear_in_the_library_under_unique_names(app, lora_file):
+    """Every LoRA tool writes into the library folder; a name already used by a library LoRA (also in a
+    subfolder: library names are file stems) gets -2, -3, ..., and the Library lists the results."""
+    from webui.tabs import library_tab
+
+    sub = Path(app.config.lora_dir) / "sub"
+    sub.mkdir()
+    (sub / "style-resized.safetensors").write_bytes(lora_file.read_bytes())
+    outputs = [
+        tools_tab.convert_lora(app, "style", "kohya", "keep", "")[0],
+        tools_tab.convert_lora(app, "style", "kohya", "keep", "")[0],
+        tools_tab.resize_lora(app, "style", 2, 0.9, "")[0],
+        tools_tab.merge_loras(app, [["style", 1.0], ["style-kohya", 1.0]], 0, "")[0],
+        tools_tab.edit_metadata(app, "style", {"title": "t", "out_name": "style"})[0],
+    ]
+    assert [Path(p).name for p in outputs] == ["style-kohya.safetensors", "style-kohya-2.safetensors",
+                                               "style-resized-2.safetensors", "merged.safetensors",
+                                               "style-2.safetensors"]
+    assert all(Path(p).parent == Path(app.config.lora_dir) for p in outputs)
+    names = library_tab.refresh(app)[2]
+    assert {Path(p).stem for p in outputs} <= set(names)
+    assert len(names) == len(set(names))  # no two library LoRAs share a name
+
+
+def test_every_lora_field_is_a_library_menu_that_takes_typed_names(app, lora_file):
+    import gradio as gr
+
+    from webui.app import build_app
+
+    with gr.Blocks():
+        c = tools_tab.create_ui(app)
+    fields = [c["inspect_src"], c["conv_src"], c["resize_src"], c["meta_src"], *c["merge_slots"][::2],
+              *c["bake_slots"][::2]]
+    assert all(f in c["menus"] for f in fields) and len(c["menus"]) == len(fields)
+    for menu in c["menus"]:
+        assert isinstance(menu, gr.Dropdown) and menu.allow_custom_value
+        assert [choice[0] for choice in menu.choices] == ["style"]
+    sdlora_path = tools_tab.convert_lora(app, "style", "kohya", "keep", "new")[0]
+    updates = tools_tab.refresh_menus(app, c)
+    assert all(sorted(choice[0] for choice in u.choices) == ["new", "style"] for u in updates)
+    assert tools_tab.inspect_lora(app, sdlora_path)[0].startswith("**new.safetensors**")  # a typed path
+    demo = build_app(app)  # tool results refresh the Library list
+    names = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    library_table = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "lib-table")
+    for api in ("tools_convert", "tools_resize", "tools_merge", "tools_extract", "tools_metadata"):
+        after = [fn for fn in demo.fns.values() if fn.trigger_after == names[api]._id]
+        assert any(library_table in fn.outputs for fn in after), api
+
+
+def test_resize_and_merge_keep_the_input_dtype_or_take_the_chosen_one(app, lora_file, tmp_path):
+    import sdlora
+    from sdlora.header import read_header
+
+    half = Path(app.config.lora_dir) / "half.safetensors"
+    sdlora.save_lora(sdlora.load_lora(lora_file), half, dtype="fp16")
+
+    def dtypes(path):
+        return {i.dtype for k, i in read_header(path).tensors.items() if not k.endswith(".alpha")}
+
+    assert dtypes(tools_tab.resize_lora(app, "half", 2, 0.9, "")[0]) == {"F16"}
+    assert dtypes(tools_tab.resize_lora(app, "half", 2, 0.9, "", "bf16")[0]) == {"BF16"}
+    assert dtypes(tools_tab.merge_loras(app, [["half", 1.0], ["half", 0.5]], 2, "")[0]) == {"F16"}
+    assert dtypes(tools_tab.merge_loras(app, [["half", 1.0], ["half", 0.5]], 0, "", "fp32")[0]) == {"F32"}
+    with pytest.raises(ConfigError, match="dtype"):
+        tools_tab.resize_lora(app, "half", 2, 0.9, "", "int8")
 
 
 def test_resize_and_merge_write_new_files(app, lora_file):
@@ -129,4 +198,32 @@ def test_extract_recovers_a_planted_change(tmp_path):
     assert torch.allclose(lora.delta(name), planted, atol=1e-2)
     with pytest.raises(AccessError):
         tools_tab.extract_lora(state, "/etc", str(tuned), 2, "x")
+    state.close()
+
+
+def test_bake_writes_a_new_base_model_into_the_bake_folder(tmp_path):
+    """Bake in the Tools tab: the LoRA merged into the base, written as a single file under <output>/models
+    (where base-model lists look: AppConfig.model_search_dirs), never over an existing model."""
+    from tests_webui_models import random_lora, write_untrained_embedded
+
+    from sdlora.models import load_components
+    from webui.state import AppConfig, AppState
+
+    models = tmp_path / "models"
+    base = write_untrained_embedded(models / "base")
+    state = AppState(AppConfig(lora_dir=tmp_path / "l", output_dir=tmp_path / "o", model_dirs=(models,)))
+    random_lora(tmp_path / "l" / "shapes.safetensors", load_components(str(base)).unet)
+    path, message = tools_tab.bake_model(state, str(base), [["shapes", 0.5], ["", 1.0]], "single", "keep",
+                                         "../baked")
+    assert Path(path) == state.config.bake_dir / "baked.safetensors" and "baked 1 LoRA" in message
+    assert state.config.bake_dir in state.config.model_search_dirs
+    before, after = load_components(str(base)).unet, load_components(path).unet
+    changed = [n for n, p in after.named_parameters() if not torch.equal(p, before.get_parameter(n))]
+    assert changed and all(".attn" in n for n in changed)
+    second, _ = tools_tab.bake_model(state, str(base), [["shapes", 1.0]], "single", "fp16", "baked")
+    assert Path(second).name == "baked-2.safetensors"
+    with pytest.raises(ConfigError, match="at least one LoRA"):
+        tools_tab.bake_model(state, str(base), [["", 1.0]], "single", "keep", "x")
+    with pytest.raises(AccessError):
+        tools_tab.bake_model(state, "/etc", [["shapes", 1.0]], "single", "keep", "x")
     state.close()

@@ -67,7 +67,7 @@ def random_lora(path: Path, unet, seed: int = 1, rank: int = 4, scale: float = 1
     import torch
 
     import sdlora
-    from sdlora.naming import canonical_name
+    from sdlora.arch.components import canonical_name
     from sdlora.weights import LoraModule, LoraState
 
     gen = torch.Generator().manual_seed(seed)

@@ -1,8 +1,13 @@
-"""Library tab: the LoRAs in the library folder, their details and load report, uploads, user notes.
+"""Library tab: the LoRAs in the library folder as cards (thumbnails) and a table, search and sort, their
+details, previews, load report, uploads, user notes.
 
-Listing and notes come from `sdlora.library` (header data cached by file hash, so a rescan of
-hundreds of files is fast); the load report comes from `sdlora.report.check_lora` against the
+Listing, search, sort, previews and notes come from `sdlora.library` (header-only scan, cached, so a
+refresh of hundreds of files is fast); the load report comes from `sdlora.report.check_lora` against the
 generation pipeline's base model, loaded only when the user asks for a report.
+
+The details panel belongs to one LoRA: every output it shows (metadata, summary, preview, notes, load
+report) is replaced together when the pick changes, and a load report still running for the previous
+pick is cancelled, so nothing of the previous LoRA can be left on screen (issue 14).
 """
 
 from __future__ import annotations
@@ -16,15 +21,22 @@ from sdlora.errors import SdloraError
 from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
 
-COLUMNS = ["name", "family", "rank", "trigger words", "notes"]
+COLUMNS = ["name", "family", "rank", "size", "date", "hash", "trigger words", "notes"]
+SAMPLE_LIMIT = 24  # training samples offered as previews
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SORTS = {"name": "name (A-Z)", "date": "date (newest first)", "size": "size (largest first)"}
+
+
+def cache_path(app) -> Path:
+    """The library's header cache, kept in the output folder (one per app)."""
+    return Path(app.config.output_dir) / ".cache" / "library-cache.json"
 
 
 def scan(app):
     """The library scan (sdlora.library), with its header cache kept in the output folder."""
     from sdlora.library import scan as scan_library
 
-    cache = Path(app.config.output_dir) / ".cache" / "library-cache.json"
-    return scan_library(app.config.lora_dir, cache_path=cache)
+    return scan_library(app.config.lora_dir, cache_path=cache_path(app))
 
 
 def list_entries(app) -> list:
@@ -32,45 +44,150 @@ def list_entries(app) -> list:
     return list(scan(app).entries)
 
 
-def refresh(app) -> tuple[list[list], list, list[str], str]:
-    """(table rows, preview gallery items, names, message naming damaged files) for the library folder."""
+def refresh(app, query: str = "", sort: str = "name") -> tuple[list[list], list, list[str], str]:
+    """(table rows, card gallery items, names, message) of the library entries matching `query`, sorted by
+    `sort` (name, date, size); the message counts them and names damaged files."""
+    from sdlora.library import search
+
     result = scan(app)
-    entries = result.entries
-    rows = [[e.name, e.family or "?", e.rank if e.rank is not None else "?", ", ".join(e.trigger_words[:8]),
-             _short(e.notes.get("notes") or e.notes.get("activation text"))] for e in entries]
-    previews = [(str(e.preview), e.name) for e in entries if e.preview]
-    message = f"{len(entries)} LoRA(s) in the library"
+    entries = search(result.entries, query, sort)
+    rows = [_row(e) for e in entries]
+    placeholder = no_preview_image(app)
+    cards = [(str(e.preview or placeholder), _caption(e)) for e in entries]
+    shown = len(entries)
+    message = f"{len(result.entries)} LoRA(s) in the library" + (f", {shown} match" if query.strip() else "")
     if result.errors:
         message += "; not readable: " + "; ".join(f"{Path(e.path).name} ({e.error})" for e in result.errors[:5])
-    return rows, previews, [e.name for e in entries], message
+    return rows, cards, [e.name for e in entries], message
+
+
+def _row(entry) -> list:
+    return [entry.name, entry.family or "?", entry.rank if entry.rank is not None else "?", human_size(entry.size),
+            _date(entry.mtime), entry.short_hash or "-", ", ".join(entry.trigger_words[:8]),
+            _short(entry.notes.get("notes") or entry.notes.get("activation text"))]
+
+
+def _caption(entry) -> str:
+    family = (entry.family or "?").split(":")[0]
+    return f"{entry.name} · {family} · r{entry.rank if entry.rank is not None else '?'}"
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.2f} GB"
+
+
+def _date(mtime: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(mtime).strftime("%Y-%m-%d %H:%M") if mtime else "?"
+
+
+def no_preview_image(app) -> Path:
+    """A plain grey card for LoRAs without a preview (made once in the output folder's cache, which the
+    app may serve), as A1111 shows a card without a thumbnail."""
+    target = app.write_path(".cache/no-preview.png")
+    if not target.is_file():
+        from PIL import Image
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        from sdlora.atomic import atomic_path
+
+        with atomic_path(target, fsync=False) as tmp:
+            Image.new("RGB", (64, 64), (72, 72, 80)).save(tmp, format="PNG")
+    return target
 
 
 def find_entry(app, name: str):
+    if not (name or "").strip():
+        raise SdloraError("pick a LoRA in the list first")
     for entry in list_entries(app):
         if entry.name == name:
             return entry
     raise SdloraError(f"no LoRA named {name!r} in the library; press Refresh")
 
 
-def details(app, name: str) -> tuple[dict, str, str, float, str]:
-    """(metadata, summary markdown, activation text, preferred weight, notes) for one LoRA."""
+def details(app, name: str) -> tuple[str, dict, str, str, float, str, str | None, str, list, list, list]:
+    """Everything the details panel shows, for LoRA `name` only: (name, metadata, summary markdown,
+    activation text, preferred weight, notes, preview path, load report summary, load report rows,
+    training-sample gallery items, their paths).
+
+    The load report is cleared (it belongs to the LoRA it was asked for); the short hash is computed here
+    when the header did not hold it (one file, cached), never during the list's refresh.
+    """
     if not name:
         raise SdloraError("pick a LoRA in the list first")
     entry = find_entry(app, name)
     from sdlora.header import read_header
+    from sdlora.library import file_hash
 
+    app.library_path(entry.name)  # confined like any path: a link leading outside the folders is refused
     header = read_header(entry.path)
+    file_hash(entry, cache_path=cache_path(app))
     notes = entry.notes
     summary = (f"**{entry.name}** · family {entry.family or 'unknown'} · rank {entry.rank or '?'} · "
-               f"{len(header.tensors)} tensors · {Path(entry.path).stat().st_size / 1e6:.1f} MB")
-    return (dict(header.metadata), summary, notes.get("activation text", ""),
-            _weight(notes.get("preferred weight")), notes.get("notes", ""))
+               f"{len(header.tensors)} tensors · {human_size(entry.size)} · {_date(entry.mtime)} · "
+               f"hash `{entry.short_hash}`")
+    samples = training_samples(app, entry.name)
+    return (entry.name, dict(header.metadata), summary, notes.get("activation text", ""),
+            _weight(notes.get("preferred weight")), notes.get("notes", ""), entry.preview, "", [],
+            [(path, Path(path).parent.parent.name) for path in samples], samples)
+
+
+def training_samples(app, name: str, limit: int = SAMPLE_LIMIT) -> list[str]:
+    """Sample images of the training runs in the output folder (`runs/*/samples/`), those of runs named
+    after LoRA `name` first (a run folder is `<output name>-<date>`), then the newest."""
+    runs = app.write_path("runs")
+    if not runs.is_dir():
+        return []
+    found = [p for p in runs.glob("*/samples/*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    found.sort(key=lambda p: (not p.parent.parent.name.startswith(f"{name}-"), -p.stat().st_mtime, p.name))
+    return [str(p) for p in found[:limit]]
+
+
+def preview_from_sample(app, name: str, paths: list[str], evt: gr.SelectData) -> tuple[str, str]:
+    """Clicking a training sample makes it the shown LoRA's preview (one click, as A1111's "replace
+    preview"); the path goes through the app's confinement again."""
+    index = evt.index if isinstance(evt.index, int) else -1
+    if not 0 <= index < len(paths or []):
+        raise SdloraError("pick a sample image first")
+    return set_preview_from_path(app, name, paths[index])
+
+
+def set_preview_from_image(app, name: str, image) -> tuple[str, str]:
+    """Make `image` (a PIL image, e.g. the Generate tab's result) the preview of library LoRA `name`.
+
+    Written as `<stem>.preview.png` beside the LoRA's file (A1111 naming), downscaled. Returns
+    (preview path, message). The Generate tab may call this too.
+    """
+    from sdlora.library import preview_path, set_preview
+
+    if not name:
+        raise SdloraError("pick a LoRA in the list first")
+    if image is None:
+        raise SdloraError("no image: generate one, upload one, or give an image path")
+    entry = find_entry(app, name)
+    app.library_path(entry.name)  # the LoRA itself must be inside the folders
+    target = app.write_path(str(preview_path(entry.path)))  # and so must the preview written beside it
+    set_preview(entry.path, image)
+    return str(target), f"set the preview of {entry.name} ({target.name})"
+
+
+def set_preview_from_path(app, name: str, text: str) -> tuple[str, str]:
+    """The preview of `name` from an image file inside the configured folders (e.g. a training sample)."""
+    if not (text or "").strip():
+        raise SdloraError("type the path of an image inside the configured folders (e.g. a training sample)")
+    return set_preview_from_image(app, name, app.read_path(text, default_root=Path(app.config.output_dir)))
 
 
 def load_report(app, name: str) -> tuple[str, list[list]]:
-    """The load report of LoRA `name` against the current base: (summary line, rows problems first)."""
+    """The load report of LoRA `name` against the current base: (summary line naming the LoRA, rows
+    problems first)."""
     import sdlora
-    from sdlora.arch import table_for_model
+    from sdlora.arch.tables import table_for_model
     from sdlora.report import check_lora
 
     entry = find_entry(app, name)
@@ -78,7 +195,8 @@ def load_report(app, name: str) -> tuple[str, list[list]]:
     with app.generate_lock:
         pipe, _ = app.pipeline_and_stack()
         report = check_lora(lora, table_for_model(pipe))
-    return report_view(report)
+    summary, rows = report_view(report)
+    return f"**{entry.name}**: {summary}", rows
 
 
 def report_view(report, limit: int = 500) -> tuple[str, list[list]]:
@@ -131,15 +249,47 @@ def create_ui(app) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
         c["refresh"] = gr.Button("Refresh", elem_id="lib-refresh", scale=1)
-        c["upload"] = gr.File(label="Upload a LoRA (.safetensors)", file_types=[".safetensors"], scale=3,
+        c["search"] = gr.Textbox(label="Search", placeholder="name, trigger words, notes", scale=3,
+                                 elem_id="lib-search")
+        c["sort"] = gr.Dropdown([(label, key) for key, label in SORTS.items()], value="name", label="Sort by",
+                                scale=1, elem_id="lib-sort")
+        c["upload"] = gr.File(label="Upload a LoRA (.safetensors)", file_types=[".safetensors"], scale=2,
                               elem_id="lib-upload")
     c["message"] = gr.Markdown(elem_id="lib-message")
-    c["table"] = gr.Dataframe(headers=COLUMNS, interactive=False, label="LoRAs", elem_id="lib-table")
-    c["previews"] = gr.Gallery(label="Previews", columns=6, height=180)
+    c["names"] = gr.State([])  # the names in the order the cards and rows show them
+    with gr.Tab("Cards"):
+        c["cards"] = gr.Gallery(label="LoRAs (click a card for its details)", columns=6, height=420,
+                                object_fit="cover", allow_preview=False, fit_columns=False,
+                                elem_id="lib-cards")
+    with gr.Tab("Table"):
+        c["table"] = gr.Dataframe(headers=COLUMNS, interactive=False, label="LoRAs", elem_id="lib-table")
+    _create_details_ui(c)
+    c["refresh_outputs"] = [c["table"], c["cards"], c["pick"], c["message"], c["names"]]
+    _wire(app, c)
+    return c
+
+
+def _create_details_ui(c: dict[str, Any]) -> None:
+    c["shown"] = gr.State("")  # the LoRA the details panel shows; notes and previews are saved to it
     with gr.Row():
         c["pick"] = gr.Dropdown([], label="Details for", elem_id="lib-pick", scale=3)
         c["report_button"] = gr.Button("Load report against the current base", scale=1)
-    c["summary"] = gr.Markdown()
+    c["summary"] = gr.Markdown(elem_id="lib-summary")
+    with gr.Row():
+        c["preview"] = gr.Image(label="Preview", type="filepath", interactive=False, height=220,
+                                elem_id="lib-preview")
+        with gr.Column():
+            c["new_preview"] = gr.Image(label="New preview (upload or paste an image)", type="pil",
+                                        sources=["upload", "clipboard"], height=160, elem_id="lib-new-preview")
+            c["preview_path"] = gr.Textbox(label="...or an image path (e.g. a training sample)",
+                                           elem_id="lib-preview-path",
+                                           info="inside the configured folders; relative to the output folder")
+            with gr.Row():
+                c["set_preview"] = gr.Button("Set as preview", elem_id="lib-set-preview")
+                c["use_generated"] = gr.Button("Use the Generate tab's image", elem_id="lib-use-generated")
+    c["samples"] = gr.Gallery(label="Training samples (click one to make it the preview)", columns=8, height=150,
+                              allow_preview=False, fit_columns=False, elem_id="lib-samples")
+    c["sample_paths"] = gr.State([])
     with gr.Row():
         c["metadata"] = gr.JSON(label="Metadata")
         with gr.Column():
@@ -151,14 +301,13 @@ def create_ui(app) -> dict[str, Any]:
         c["weight"] = gr.Number(1.0, label="Preferred weight")
         c["notes"] = gr.Textbox(label="Notes", lines=3)
         c["save_notes"] = gr.Button("Save notes")
-    c["refresh_outputs"] = [c["table"], c["previews"], c["pick"], c["message"]]
-    _wire(app, c)
-    return c
+    c["details_outputs"] = [c["shown"], c["metadata"], c["summary"], c["activation"], c["weight"], c["notes"],
+                            c["preview"], c["report_summary"], c["report"], c["samples"], c["sample_paths"]]
 
 
-def refresh_outputs(app):
-    rows, previews, names, message = refresh(app)
-    return rows, previews, gr.Dropdown(choices=names), message
+def refresh_outputs(app, query: str = "", sort: str = "name"):
+    rows, cards, names, message = refresh(app, query or "", sort or "name")
+    return rows, cards, gr.Dropdown(choices=names), message, names
 
 
 def pick_from_table(evt: gr.SelectData):
@@ -167,15 +316,48 @@ def pick_from_table(evt: gr.SelectData):
     return gr.Dropdown(value=row[0]) if row else gr.Dropdown()
 
 
+def pick_from_cards(names: list[str], evt: gr.SelectData):
+    """Clicking a card shows that LoRA's details (the cards are in the order of `names`)."""
+    index = evt.index if isinstance(evt.index, int) else None
+    return gr.Dropdown(value=names[index]) if index is not None and 0 <= index < len(names or []) else gr.Dropdown()
+
+
 def _wire(app, c: dict[str, Any]) -> None:
+    listing = [c["search"], c["sort"]]
+    relist = bound(refresh_outputs, app)
     c["table"].select(guarded(pick_from_table), None, c["pick"], api_name="library_pick_row")
-    c["refresh"].click(bound(refresh_outputs, app), None, c["refresh_outputs"], api_name="library_refresh")
+    c["cards"].select(guarded(pick_from_cards), c["names"], c["pick"], api_name="library_pick_card")
+    c["refresh"].click(relist, listing, c["refresh_outputs"], api_name="library_refresh")
+    c["search"].change(relist, listing, c["refresh_outputs"], trigger_mode="always_last",
+                       api_name="library_search")
+    c["sort"].change(relist, listing, c["refresh_outputs"], api_name="library_sort")
     c["upload"].upload(bound(upload_lora, app), c["upload"], c["message"], api_name="library_upload").then(
-        bound(refresh_outputs, app), None, c["refresh_outputs"])
-    c["pick"].change(bound(details, app), c["pick"],
-                     [c["metadata"], c["summary"], c["activation"], c["weight"], c["notes"]],
+        relist, listing, c["refresh_outputs"])
+    report = c["report_button"].click(bound(load_report, app), c["shown"], [c["report_summary"], c["report"]],
+                                      api_name="library_report")
+    # a report still running for the previous pick is cancelled: it must not land under the new LoRA
+    c["pick"].change(bound(details, app), c["pick"], c["details_outputs"], cancels=[report],
                      api_name="library_details")
-    c["report_button"].click(bound(load_report, app), c["pick"], [c["report_summary"], c["report"]],
-                             api_name="library_report")
-    c["save_notes"].click(bound(save_notes, app), [c["pick"], c["activation"], c["weight"], c["notes"]],
+    c["save_notes"].click(bound(save_notes, app), [c["shown"], c["activation"], c["weight"], c["notes"]],
                           c["message"], api_name="library_save_notes")
+    preview_outputs = [c["preview"], c["message"]]
+    c["set_preview"].click(bound(set_preview_from_upload_or_path, app),
+                           [c["shown"], c["new_preview"], c["preview_path"]], preview_outputs,
+                           api_name="library_set_preview").then(relist, listing, c["refresh_outputs"])
+    c["samples"].select(bound(preview_from_sample, app), [c["shown"], c["sample_paths"]], preview_outputs,
+                        api_name="library_preview_from_sample").then(relist, listing, c["refresh_outputs"])
+
+
+def wire_generated_preview(app, c: dict[str, Any], generated_image) -> None:
+    """"Use the Generate tab's image": the Generate tab's current image becomes the shown LoRA's preview
+    (wired by the app, which holds both tabs)."""
+    c["use_generated"].click(bound(set_preview_from_image, app), [c["shown"], generated_image],
+                             [c["preview"], c["message"]], api_name="library_use_generated").then(
+        bound(refresh_outputs, app), [c["search"], c["sort"]], c["refresh_outputs"])
+
+
+def set_preview_from_upload_or_path(app, name: str, image, text: str) -> tuple[str, str]:
+    """The "Set as preview" button: the uploaded/pasted image when there is one, else the typed path."""
+    if image is not None:
+        return set_preview_from_image(app, name, image)
+    return set_preview_from_path(app, name, text)

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from sdlora.arch.components import COMPONENTS, canonical_name, model_components
+from sdlora.arch.family import FAMILIES, check_family, detect_checkpoint_family
 from sdlora.configs import CONFIG_DIRS, models_root
-from sdlora.errors import CompatibilityError, ConfigError
-from sdlora.family import FAMILIES, check_family
+from sdlora.errors import ConfigError
+from sdlora.header import read_header
 
 log = logging.getLogger(__name__)
-
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 # Path segments of adapter layers injected by PEFT or a LoRA trainer; they are not base modules.
 _ADAPTER_SEGMENTS = frozenset(
@@ -139,39 +138,6 @@ def match_family(table: Mapping[str, ModuleInfo]) -> str | None:
 # live models (torch imported lazily)
 
 
-def _model_components(obj, component: str | None) -> list[tuple[str, object]]:
-    """[(component, torch module)] for a pipeline, a UNet or a text encoder."""
-    import torch
-
-    if not isinstance(obj, torch.nn.Module):
-        parts = [(name, getattr(obj, name, None)) for name in COMPONENTS]
-        parts = [(name, module) for name, module in parts if isinstance(module, torch.nn.Module)]
-        if component is not None:
-            parts = [(name, module) for name, module in parts if name == component]
-        if not parts:
-            raise CompatibilityError(
-                f"{type(obj).__name__} has no unet / text_encoder / text_encoder_2 module"
-                + (f" named {component!r}" if component else "")
-            )
-        return parts
-    return [(component or guess_component(obj), obj)]
-
-
-def guess_component(module) -> str:
-    """ "unet" for a diffusers UNet, "text_encoder_2" for a CLIPTextModelWithProjection, else "text_encoder".
-
-    A library that is not imported yet cannot have made `module`, so it is not imported here (that would
-    cost seconds).
-    """
-    diffusers = sys.modules.get("diffusers")
-    if diffusers is not None and isinstance(module, diffusers.UNet2DConditionModel):
-        return "unet"
-    transformers = sys.modules.get("transformers")
-    if transformers is not None and isinstance(module, transformers.CLIPTextModelWithProjection):
-        return "text_encoder_2"
-    return "text_encoder"
-
-
 def base_layer_path(live_path: str) -> str | None:
     """The base-layer path for a live module path: None for adapter layers, `x` for `x.base_layer`."""
     parts = live_path.split(".")
@@ -184,9 +150,7 @@ def base_layer_path(live_path: str) -> str | None:
 
 def scan_module(component: str, module) -> dict[str, ModuleInfo]:
     """Every nn.Linear and nn.Conv2d of `module`, by canonical name (adapter layers skipped)."""
-    import torch
-
-    from sdlora.naming import canonical_name
+    import torch  # only here: the module tables of families and files need no torch
 
     found = {}
     for live_path, child in module.named_modules():
@@ -212,7 +176,7 @@ def table_for_model(obj, component: str | None = None) -> ModuleTable:
         The table; `.family` is set when it equals a shipped family's table on its components.
     """
     modules: dict[str, ModuleInfo] = {}
-    for name, module in _model_components(obj, component):
+    for name, module in model_components(obj, component):
         modules.update(scan_module(name, module))
     table = ModuleTable(modules)
     table.family = match_family(table)
@@ -309,9 +273,6 @@ def build_table_from_config_dir(path: str | Path) -> ModuleTable:
 
 def _checkpoint_family(path: Path) -> str:
     """The family of a single-file .safetensors checkpoint, read from its header only (no weights loaded)."""
-    from sdlora.family import detect_checkpoint_family
-    from sdlora.header import read_header
-
     header = read_header(path)
     family = detect_checkpoint_family({key: info.shape for key, info in header.tensors.items()})
     if family is None:

@@ -34,9 +34,9 @@ import re
 
 import torch
 
+from sdlora.arch.family import FAMILIES
+from sdlora.arch.naming import ldm_unet_names
 from sdlora.errors import FormatError
-
-FAMILIES = ("sd1", "sd2", "sdxl")
 
 # where each diffusers component goes in a full checkpoint, and which text-encoder layout it uses
 CHECKPOINT_LAYOUT = {
@@ -77,8 +77,6 @@ def unet_to_ldm(state: dict) -> dict:
     The block numbering is `naming.ldm_unet_names`, the one diffusers -> LDM UNet map sdlora has (Kohya
     names use it too); only the parameter name is appended here.
     """
-    from sdlora.naming import ldm_unet_names
-
     _check_layers_per_block(state)
     names = ldm_unet_names({_split_param(key)[0] for key in state})
 

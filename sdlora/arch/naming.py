@@ -1,11 +1,8 @@
-"""The one place that knows module names: canonical <-> Kohya (diffusers-style and LDM/SGM) <-> live models.
+"""The one place that knows file names of modules: canonical <-> Kohya (diffusers-style and LDM/SGM), and
+lookups of canonical names in live models.
 
-Standard library only at import time (live-model helpers take the model as an argument).
-
-Canonical module names are component-qualified paths (docs/ARCHITECTURE.md):
-`unet.<diffusers path>`, `text_encoder.<HF path with text_model.>`, `text_encoder_2.<HF path with text_model.>`.
-transformers 5's `CLIPTextModel` has no `text_model.` level, while `CLIPTextModelWithProjection` and every
-file keep it; `canonical_name` maps live paths of both layouts onto the canonical form.
+Standard library only at import time (live-model helpers take the model as an argument). Canonical names
+themselves (`canonical_name`, `split_name`) are defined in `sdlora.arch.components`.
 
 Kohya names are never parsed back by splitting underscores (module names contain underscores). Instead
 `kohya_lookup` builds a forward dict {every accepted Kohya spelling: canonical name} from a module table,
@@ -20,13 +17,10 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import cache, lru_cache
 
-from sdlora.arch import COMPONENTS, ModuleInfo, ModuleTable, family_table
+from sdlora.arch.components import COMPONENTS, canonical_name, model_components, split_name
+from sdlora.arch.family import FAMILIES
+from sdlora.arch.tables import ModuleInfo, ModuleTable, family_table
 from sdlora.errors import CompatibilityError, ConfigError
-from sdlora.family import FAMILIES
-
-# children of transformers' CLIPTextTransformer: a live path starting with one of them lacks `text_model.`
-_CLIP_TRANSFORMER_CHILDREN = frozenset({"embeddings", "encoder", "final_layer_norm"})
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
 
 # LDM/SGM names of the layers inside a diffusers ResnetBlock2D / Downsample2D (docs/formats.md §2.2)
 _RESNET_LDM = {
@@ -48,28 +42,7 @@ _FIXED_LDM = {  # diffusers block -> (LDM block, renames inside it)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# canonical names and live models
-
-
-def split_name(canonical: str) -> tuple[str, str]:
-    """("unet", "down_blocks.0...") from "unet.down_blocks.0..."; raises ValueError without a component."""
-    component, _, path = canonical.partition(".")
-    if component not in COMPONENTS:
-        raise ValueError(
-            f"{canonical!r} is not a canonical module name (it must start with one of {COMPONENTS})"
-        )
-    return component, path
-
-
-def canonical_name(component: str, live_path: str) -> str:
-    """The canonical name of module `live_path` of a live `component` (transformers 4 and 5 layouts).
-
-    >>> canonical_name("text_encoder", "encoder.layers.0.self_attn.q_proj")   # transformers 5 CLIPTextModel
-    'text_encoder.text_model.encoder.layers.0.self_attn.q_proj'
-    """
-    if component in TEXT_COMPONENTS and live_path.split(".", 1)[0] in _CLIP_TRANSFORMER_CHILDREN:
-        live_path = "text_model." + live_path
-    return f"{component}.{live_path}" if live_path else component
+# live models: canonical names -> modules
 
 
 def diffusers_key_name(canonical: str) -> str:
@@ -78,23 +51,13 @@ def diffusers_key_name(canonical: str) -> str:
     return canonical
 
 
-def _model_components(model, component: str | None) -> list[tuple[str, object]]:
-    """[(component, torch module)] for a pipeline or a single module."""
-    if hasattr(model, "named_modules"):
-        from sdlora.arch import guess_component
-
-        return [(component or guess_component(model), model)]
-    found = [(name, getattr(model, name, None)) for name in COMPONENTS]
-    return [(n, m) for n, m in found if m is not None and (component is None or n == component)]
-
-
 def module_map(model, component: str | None = None) -> dict[str, object]:
     """{canonical name: live module} for every module of a pipeline or a single model.
 
     Use it for bulk lookups (building it once costs one `named_modules()` walk).
     """
     mapping = {}
-    for name, module in _model_components(model, component):
+    for name, module in model_components(model, component):
         for live_path, child in module.named_modules():
             mapping[canonical_name(name, live_path)] = child
     return mapping
@@ -371,7 +334,7 @@ def kohya_lookup(family: str | None, table: Mapping[str, ModuleInfo] | None = No
 
     Args:
         family: "sd1", "sd2", "sdxl", or None for a custom model.
-        table: the module table to use (e.g. `arch.table_for_model(model)`); default: the family's shipped
+        table: the module table to use (e.g. `tables.table_for_model(model)`); default: the family's shipped
             table, or for family None the union of all shipped tables (spellings that clash between families
             are left out) plus the diffusers-style names of a generic SD layout (UNet blocks 0-3 with up to
             4 resnets/attentions and 10 transformer blocks each; CLIP text encoders up to 32 layers).
