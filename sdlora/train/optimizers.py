@@ -115,13 +115,16 @@ def spec_for(name: str) -> OptimizerSpec:
 
 def parse_value(raw: str) -> Any:
     """A kohya-style argument value: a Python literal (`0.01`, `True`, `(0.9, 0.99)`, `0.9,0.99`), else the text
-    (`true`/`false` in any case are booleans, as YAML and the web UI write them)."""
+    (`true`/`false` in any case are booleans, as YAML and the web UI write them; `inf` is a float, as
+    Prodigy's growth_rate takes it)."""
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         pass
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
+    if raw.lower().lstrip("+-") == "inf":
+        return float(raw)
     return raw
 
 

@@ -120,7 +120,7 @@ def test_schedule_free_exports_the_averaged_weights_and_training_continues_uncha
     (["d_coef=2", "safeguard_warmup=True"], {"d_coef": 2, "safeguard_warmup": True}),
     ("weight_decay=0.01 decouple=True", {"weight_decay": 0.01, "decouple": True}),
     ({"betas": "0.9,0.99", "use_bias_correction": "true"}, {"betas": (0.9, 0.99), "use_bias_correction": True}),
-    (["growth_rate=inf"], {"growth_rate": "inf"}),
+    (["growth_rate=inf", "name=fast"], {"growth_rate": float("inf"), "name": "fast"}),
 ])
 def test_optimizer_args_accept_kohya_lists_strings_and_mappings(value, expected):
     cfg = load_config(None)
