@@ -139,6 +139,10 @@ class OptimConfig:
     multires_noise_discount: float = _opt(0.3, "weight decay per multi-resolution noise level (discount^i)")
     debiased_estimation: bool = _opt(False, "debiased estimation loss weighting 1/sqrt(SNR) (1/(SNR+1) for "
                                      "v-prediction); combines with min_snr_gamma")
+    # EMA of the LoRA weights (sdlora.train.ema)
+    ema_decay: float = _opt(0.0, "EMA of the LoRA weights, exported beside it as <name>-ema.safetensors (0 = off; "
+                            "0.999 is common; warmed up as min(decay, (1+n)/(10+n)))")
+    ema_every: int = _opt(1, "update the EMA every N optimizer steps")
     loraplus_ratio: float = _opt(0.0, "LoRA+: the LoRA up matrices train at lr x this ratio (0 = off; the paper "
                                  "suggests 16; written to ss_network_args as loraplus_lr_ratio)")
 

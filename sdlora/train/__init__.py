@@ -80,7 +80,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
     # both import torch; `from sdlora.train import StepInfo, TrainResult` (the web UI, the CLI parser) needs none
-    from sdlora.train import loss_options, optimizers, tracking
+    from sdlora.train import ema, loss_options, optimizers, tracking
     from sdlora.train.checkpoint import prepare_output
     from sdlora.train.data import scan_dataset
     from sdlora.train.samples import check_sample_prompts
@@ -90,6 +90,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
     check_sample_prompts(cfg.output.sample_prompts)  # so does a bad --w/--s/... in a sample prompt
     tracking.resolve(cfg)  # and a tracker whose package is missing
     loss_options.check(cfg)
+    ema.check(cfg)
     items, summary = scan_dataset(cfg.data)
     for line in summary.lines():
         log.info("%s", line)

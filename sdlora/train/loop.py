@@ -67,6 +67,7 @@ class TrainState:
     unet: Any = None  # what the training steps call: the UNet, or its compiled wrapper (optim.compile)
     parked: bool = False  # VAE and text encoder(s) moved off the accelerator (sdlora.train.parking)
     engine: Any = None  # DeepSpeed's engine over the LoRA network, when launched with DeepSpeed
+    ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
     _epochs: dict = field(default_factory=dict)
 
     @property

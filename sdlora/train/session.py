@@ -8,6 +8,7 @@ from pathlib import Path
 
 import sdlora
 from sdlora.errors import TrainingError
+from sdlora.train import ema
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -52,7 +53,8 @@ def _export(state, run: TrainRun, stem: str | None = None) -> list[Path]:
         if not state.accelerator.is_main_process:
             return []
         meta = build_metadata(_finish_facts(run, state), state.cfg, state.summary)
-        return export_lora(state.network, meta, state.cfg, stem=stem, family=state.components.family)
+        files = export_lora(state.network, meta, state.cfg, stem=stem, family=state.components.family)
+        return files + ema.export(state, meta, stem, export_lora)  # the average beside it (optim.ema_decay)
 
 
 def _step_stem(state) -> str:
@@ -103,6 +105,7 @@ def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tupl
         if _any_process(acc, should_stop()):
             return True, _checkpoint(state, run), samples
         loss = optimizer_step(state)
+        ema.update(state)
         lr = state.lr_scheduler.get_last_lr()[0]
         if acc.is_main_process:  # before the checkpoint: a checkpoint at this step implies its loss row
             log_file.add(state.step, loss, lr)
@@ -122,6 +125,7 @@ def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
                  started: float) -> TrainResult:
     """Set up, optionally resume, loop, export. Returns the TrainResult (see `sdlora.train.train`)."""
     state = setup_training(cfg, components, accelerator, items, summary)
+    ema.attach(state)
     try:
         return _run(state, on_step, should_stop, resume, started)
     finally:
