@@ -95,9 +95,16 @@ class OptimConfig:
     lr: float = _opt(1e-4, "learning rate (UNet and text encoder unless set separately)")
     unet_lr: float | None = _opt(None, "UNet learning rate (default: lr)")
     text_encoder_lr: float | None = _opt(None, "text-encoder learning rate (default: lr)")
-    optimizer: str = _opt("adamw", "optimizer; adamw8bit needs bitsandbytes and CUDA", ("adamw", "adamw8bit"))
+    optimizer: str = _opt("adamw", "optimizer: adamw; adamw8bit (bitsandbytes, CUDA); prodigy (sdlora[prodigy]; "
+                          "lr is a multiplier, use 1.0); lion (sdlora[lion]; use ~3-10x lower lr, higher "
+                          "weight_decay); adamw_schedulefree (sdlora[schedulefree]; no schedule, warmup inside); "
+                          "adafactor (explicit lr, no relative step)",
+                          ("adamw", "adamw8bit", "prodigy", "lion", "adamw_schedulefree", "adafactor"))
     weight_decay: float = _opt(0.01, "AdamW weight decay")
-    scheduler: str = _opt("constant", "learning-rate schedule after warmup", ("constant", "cosine", "linear"))
+    scheduler: str = _opt("constant", "learning-rate schedule after warmup (kohya's names; constant_with_warmup "
+                          "= constant: warmup_steps applies to every schedule)",
+                          ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts",
+                           "polynomial"))
     warmup_steps: int = _opt(0, "linear warmup steps")
     grad_accum: int = _opt(1, "gradient accumulation: micro-batches per optimizer step")
     max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)")
@@ -109,6 +116,35 @@ class OptimConfig:
     noise_offset: float = _opt(0.0, "noise offset (adds offset * randn(B, C, 1, 1) to the noise)")
     min_snr_gamma: float = _opt(0.0, "min-SNR-gamma loss weighting (0 = off; 5 is the paper's value)")
     seed: int = _opt(0, "random seed (data order, noise, timesteps, LoRA init)")
+    # optimizer registry and schedules (sdlora.train.optimizers, sdlora.train.optim)
+    optimizer_args: list[str] = _opt([], "extra optimizer arguments as key=value, like kohya's --optimizer_args: "  # noqa: RUF009
+                                     "[d_coef=2, safeguard_warmup=True], 'betas=0.9,0.99' (a mapping works "
+                                     "in YAML); values are Python literals")
+    lr_cycles: int = _opt(1, "cosine_with_restarts: number of cosine cycles (each restarts at the full lr)")
+    lr_power: float = _opt(1.0, "polynomial: power of the decay to 0 (1 = linear)")
+    # loss and noise options (sdlora.train.loss_options); the defaults change nothing
+    min_timestep: int = _opt(0, "smallest training timestep (timesteps are drawn uniformly from [min, max))")
+    max_timestep: int | None = _opt(None, "largest training timestep + 1 (default: the scheduler's, 1000)")
+    loss_type: str = _opt("l2", "loss: l2 (squared error), huber or smooth_l1 (pseudo-Huber: squared for small "
+                          "errors, linear for large ones; threshold optim.huber_c by optim.huber_schedule)",
+                          ("l2", "huber", "smooth_l1"))
+    huber_schedule: str = _opt("snr", "Huber threshold over timesteps: constant (huber_c), exponential (1 at t=0 "
+                               "down to huber_c), snr (large where the noise is small)",
+                               ("constant", "exponential", "snr"))
+    huber_c: float = _opt(0.1, "Huber threshold, in (0, 1] (kohya's default 0.1)")
+    ip_noise_gamma: float = _opt(0.0, "input-perturbation noise: extra gamma x randn on the noised input, not the "
+                                 "target (0 = off; 0.1 is the paper's value)")
+    multires_noise_iterations: int = _opt(0, "multi-resolution (pyramid) noise levels added to the noise (0 = "
+                                          "off; 6-10 are common)")
+    multires_noise_discount: float = _opt(0.3, "weight decay per multi-resolution noise level (discount^i)")
+    debiased_estimation: bool = _opt(False, "debiased estimation loss weighting 1/sqrt(SNR) (1/(SNR+1) for "
+                                     "v-prediction); combines with min_snr_gamma")
+    # EMA of the LoRA weights (sdlora.train.ema)
+    ema_decay: float = _opt(0.0, "EMA of the LoRA weights, exported beside it as <name>-ema.safetensors (0 = off; "
+                            "0.999 is common; warmed up as min(decay, (1+n)/(10+n)))")
+    ema_every: int = _opt(1, "update the EMA every N optimizer steps")
+    loraplus_ratio: float = _opt(0.0, "LoRA+: the LoRA up matrices train at lr x this ratio (0 = off; the paper "
+                                 "suggests 16; written to ss_network_args as loraplus_lr_ratio)")
 
 
 @dataclass
@@ -124,6 +160,11 @@ class OutputConfig:
     sample_steps: int = _opt(20, "denoising steps per sample image")
     sample_size: int | None = _opt(None, "sample image side (default: data.resolution)")
     comment: str = _opt("", "free text stored as ss_training_comment")
+    # experiment tracking (sdlora.train.tracking)
+    log_with: str = _opt("auto", "experiment tracker for loss, lr and sample grids, written under <dir>/logs "
+                         "(accelerate's trackers): auto = tensorboard when installed, else none; tensorboard "
+                         "(pip install \"sdlora[tensorboard]\"); wandb (sdlora[wandb], needs WANDB_API_KEY or "
+                         "wandb login); none", ("auto", "tensorboard", "wandb", "none"))
 
 
 @dataclass
@@ -189,7 +230,8 @@ def _check_choices(cfg: TrainConfig) -> None:
 def _check_ranges(cfg: TrainConfig) -> None:
     positive = {"optim.steps": cfg.optim.steps, "lora.rank": cfg.lora.rank, "lora.conv_rank": cfg.lora.conv_rank,
                 "data.batch_size": cfg.data.batch_size, "optim.grad_accum": cfg.optim.grad_accum,
-                "data.resolution": cfg.data.resolution, "data.bucket_step": cfg.data.bucket_step}
+                "data.resolution": cfg.data.resolution, "data.bucket_step": cfg.data.bucket_step,
+                "optim.lr_cycles": cfg.optim.lr_cycles}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
@@ -215,7 +257,19 @@ def _set(cfg: TrainConfig, key: str, value: Any, source: str) -> None:
     if name not in types_:
         valid = [f"{section}.{n}" for n in types_]
         raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key, valid)}")
+    if key == "optim.optimizer_args":
+        value = _key_value_list(value)
     setattr(sub, name, _check_type(f"{source}: {key}", value, types_[name]))
+
+
+def _key_value_list(value: Any) -> Any:
+    """optim.optimizer_args as a list of key=value strings: a mapping ({d_coef: 2}) or one kohya-style string
+    ("d_coef=2 decouple=True") is accepted too."""
+    if isinstance(value, dict):
+        return [f"{k}={v}" for k, v in value.items()]
+    if isinstance(value, str):
+        return value.split()
+    return value
 
 
 def apply_dict(cfg: TrainConfig, data: dict, source: str) -> TrainConfig:

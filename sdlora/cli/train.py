@@ -21,6 +21,7 @@ examples:
   sdlora train --data my_images --base model.safetensors --output out
   sdlora train --config style --set optim.steps=800 --set data.trigger=zkw --data imgs
   sdlora train --config out/lora.yaml --resume          # continue from the newest checkpoint
+  sdlora train --from-kohya preset.json --data imgs --steps 1000 --dry-run   # check a kohya preset
   accelerate launch --num_processes 2 -m sdlora train --config cfg.yaml   # several GPUs
 
 exit codes: 0 done (or cancelled with Ctrl-C after saving a checkpoint), 2 bad input or settings."""
@@ -41,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="continue from the newest checkpoint in the output folder, or from CHECKPOINT")
     parser.add_argument("--allow-pickle", "--allow_pickle", dest="allow_pickle", action="store_true",
                         help="allow .ckpt/.pt/.bin base checkpoints (loaded with torch.load(weights_only=True))")
+    parser.add_argument("--from-kohya", dest="from_kohya", action="append", default=[], metavar="FILE",
+                        help="import a kohya_ss GUI preset (.json) or sd-scripts config / dataset config "
+                        "(.toml) (repeatable); applied after --config, before --set; prints each key it ignores")
     parser.add_argument("--dry-run", action="store_true", help="print the data set summary and the resolved "
                         "config, then stop")
     parser.set_defaults(run=run)
@@ -56,6 +60,21 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     if args.allow_pickle:
         extra.append("model.allow_pickle=true")
     return extra
+
+
+def _kohya_overrides(files: list[str]) -> list[str]:
+    """The settings imported from kohya files; prints what was mapped and one line per ignored key."""
+    if not files:
+        return []
+    from sdlora.train.kohya_import import read_kohya
+
+    imported = read_kohya(*files)
+    print(f"kohya import: {len(imported.mapped)} keys mapped, {len(imported.ignored)} ignored")
+    for kohya_key, key, value in imported.mapped:
+        print(f"  {kohya_key} -> {key} = {value!r}")
+    for line in imported.lines():
+        print(f"  {line}")
+    return imported.overrides()
 
 
 class _Bar:
@@ -97,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from sdlora.train import train
     from sdlora.train.data import scan_dataset
 
-    cfg = load_config(args.config, _overrides(args))
+    cfg = load_config(args.config, [*_kohya_overrides(args.from_kohya), *_overrides(args)])
     if args.dry_run:
         _, summary = scan_dataset(cfg.data)
         print("\n".join(summary.lines()))

@@ -43,12 +43,15 @@ def make_accelerator(cfg):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
+    from sdlora.train import tracking
+
+    kwargs = tracking.accelerator_kwargs(cfg)  # output.log_with
     try:
-        return Accelerator(mixed_precision=cfg.optim.mixed_precision)
+        return Accelerator(mixed_precision=cfg.optim.mixed_precision, **kwargs)
     except ValueError as err:
         if "already been initialized" in str(err) and PartialState().num_processes == 1:
             AcceleratorState._reset_state()
-            return Accelerator(mixed_precision=cfg.optim.mixed_precision)
+            return Accelerator(mixed_precision=cfg.optim.mixed_precision, **kwargs)
         raise ConfigError(f"optim.mixed_precision={cfg.optim.mixed_precision}: {err}") from err
 
 
@@ -77,10 +80,17 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
     # both import torch; `from sdlora.train import StepInfo, TrainResult` (the web UI, the CLI parser) needs none
+    from sdlora.train import ema, loss_options, optimizers, tracking
     from sdlora.train.checkpoint import prepare_output
     from sdlora.train.data import scan_dataset
+    from sdlora.train.samples import check_sample_prompts
     from sdlora.train.session import run_training
 
+    optimizers.check(cfg)  # a missing package or a bad optimizer_args fails before the data and model load
+    check_sample_prompts(cfg.output.sample_prompts)  # so does a bad --w/--s/... in a sample prompt
+    tracking.resolve(cfg)  # and a tracker whose package is missing
+    loss_options.check(cfg)
+    ema.check(cfg)
     items, summary = scan_dataset(cfg.data)
     for line in summary.lines():
         log.info("%s", line)
@@ -88,6 +98,10 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
     # before the model loads (minutes for a big base): a wrong output folder fails at once
     prepare_output(Path(cfg.output.dir), clean=accelerator.is_main_process)
     components = components if components is not None else _load_base(cfg)
-    return run_training(cfg, components, accelerator, items, summary,
-                        on_step=on_step, should_stop=lambda: _cancelled(cancel), resume=resume,
-                        started=time.time())
+    tracking.start(accelerator, cfg)
+    try:
+        return run_training(cfg, components, accelerator, items, summary,
+                            on_step=tracking.wrap(on_step, accelerator), should_stop=lambda: _cancelled(cancel),
+                            resume=resume, started=time.time())
+    finally:
+        tracking.end(accelerator)

@@ -31,7 +31,7 @@ import torch
 from sdlora.atomic import atomic_path
 from sdlora.config import dump_config
 from sdlora.errors import ConfigError, TrainingError
-from sdlora.train import deepspeed_run
+from sdlora.train import deepspeed_run, ema
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_CHECKPOINT = ".tmp-step-*"  # save_checkpoint's folder before its rename
@@ -140,6 +140,7 @@ def _write_main_files(state, step: int, tensors: dict, tmp: Path, final: Path) -
     torch.save({"step": step, "optimizer": optimizer,
                 "scheduler": state.lr_scheduler.state_dict()}, tmp / "state.pt")
     dump_config(state.cfg, tmp / "config.yaml")
+    ema.save(state, tmp)
     loss_csv = state.output / "loss.csv"
     if loss_csv.is_file():
         shutil.copyfile(loss_csv, tmp / LOSS_COPY)
@@ -222,6 +223,7 @@ def load_checkpoint(state, path: Path) -> int:
     else:
         state.optimizer.load_state_dict(saved["optimizer"])
     state.lr_scheduler.load_state_dict(saved["scheduler"])
+    ema.load(state, path)
     rng_file = path / f"rng-{state.accelerator.process_index}.pt"
     if rng_file.is_file():
         rng = torch.load(rng_file, weights_only=True)

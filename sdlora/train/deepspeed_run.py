@@ -83,8 +83,17 @@ def check_world(accelerator) -> None:
                 "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N -m sdlora train ...")
 
 
+def check_optimizer(cfg) -> None:
+    """Refuse optimizers other than AdamW: ZeRO keeps its own float32 copies of the weights, which the other
+    optimizers (and schedule-free's weight switching) are not tested with."""
+    if cfg.optim.optimizer != "adamw":
+        raise ConfigError(f"optim.optimizer={cfg.optim.optimizer} under DeepSpeed: sdlora runs DeepSpeed with AdamW "
+                          "only; use optim.optimizer=adamw or launch without DeepSpeed")
+
+
 def prepare(accelerator, network, optimizer, cfg):
     """(engine, wrapped optimizer): DeepSpeed's engine over the LoRA network and its optimizer."""
+    check_optimizer(cfg)
     fill_config(accelerator.state.deepspeed_plugin.deepspeed_config, cfg)
     check_world(accelerator)
     _, wrapped = accelerator.prepare(network, optimizer)

@@ -16,6 +16,7 @@ import torch
 
 from sdlora.config import dump_config
 from sdlora.formats import save_lora
+from sdlora.train import optimizers
 from sdlora.train.checkpoint import writing
 
 _VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
@@ -38,6 +39,8 @@ def _network_args(cfg) -> dict[str, str]:
         args["dora_wd"] = "True"
     if cfg.lora.dropout:
         args["dropout"] = str(cfg.lora.dropout)
+    if cfg.optim.loraplus_ratio:
+        args["loraplus_lr_ratio"] = str(cfg.optim.loraplus_ratio)  # sd-scripts' network argument
     return args
 
 
@@ -66,7 +69,7 @@ def _training_keys(run, cfg) -> dict:
         "ss_text_encoder_lr": (o.text_encoder_lr or o.lr) if cfg.lora.train_text_encoder else 0.0,
         "ss_max_train_steps": o.steps, "ss_steps": run.step, "ss_epoch": run.epoch,
         "ss_num_epochs": run.epochs, "ss_lr_warmup_steps": o.warmup_steps, "ss_lr_scheduler": o.scheduler,
-        "ss_optimizer": "bitsandbytes.optim.AdamW8bit" if o.optimizer == "adamw8bit" else "torch.optim.AdamW",
+        "ss_optimizer": optimizers.describe(cfg),
         "ss_mixed_precision": o.mixed_precision, "ss_full_fp16": False, "ss_seed": o.seed,
         "ss_noise_offset": o.noise_offset or None, "ss_min_snr_gamma": o.min_snr_gamma or None,
         "ss_gradient_checkpointing": o.gradient_checkpointing, "ss_gradient_accumulation_steps": o.grad_accum,
@@ -76,9 +79,19 @@ def _training_keys(run, cfg) -> dict:
         "ss_random_crop": d.crop == "random", "ss_color_aug": False, "ss_enable_bucket": d.buckets,
         "ss_min_bucket_reso": d.min_bucket, "ss_max_bucket_reso": d.max_bucket, "ss_bucket_no_upscale": False,
         "ss_resolution": f"({d.resolution}, {d.resolution})", "ss_batch_size_per_device": d.batch_size,
-        "ss_total_batch_size": d.batch_size * o.grad_accum * run.num_processes, "ss_loss_type": "l2",
+        "ss_total_batch_size": d.batch_size * o.grad_accum * run.num_processes, "ss_loss_type": o.loss_type,
         "ss_training_comment": cfg.output.comment or None, "ss_clip_skip": None, "ss_prior_loss_weight": 1.0,
     }
+
+
+def _loss_keys(cfg) -> dict:
+    """sd-scripts' keys for the loss and noise options (None: not written)."""
+    o = cfg.optim
+    huber = o.loss_type != "l2"
+    return {"ss_huber_schedule": o.huber_schedule if huber else None, "ss_huber_c": o.huber_c if huber else None,
+            "ss_ip_noise_gamma": o.ip_noise_gamma or None, "ss_debiased_estimation": o.debiased_estimation,
+            "ss_multires_noise_iterations": o.multires_noise_iterations or None,
+            "ss_multires_noise_discount": o.multires_noise_discount if o.multires_noise_iterations else None}
 
 
 def build_metadata(run, cfg, summary) -> dict[str, str]:
@@ -92,7 +105,7 @@ def build_metadata(run, cfg, summary) -> dict[str, str]:
         "ss_dataset_dirs": json.dumps(summary.folders), "ss_tag_frequency": json.dumps(summary.tag_frequency),
         "ss_bucket_info": json.dumps({"buckets": summary.buckets}),
         "sdlora_version": run.version,
-        **_training_keys(run, cfg),
+        **_training_keys(run, cfg), **_loss_keys(cfg),
     }
     out = {k: str(v) for k, v in meta.items() if v is not None}
     out.update(_modelspec(run, cfg))

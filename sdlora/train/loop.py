@@ -22,7 +22,7 @@ import torch
 from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
 from sdlora.train import data as data_mod
-from sdlora.train import deepspeed_run
+from sdlora.train import deepspeed_run, loss_options
 from sdlora.train.compiling import compile_unet
 from sdlora.train.conditioning import (
     LatentCache,
@@ -33,10 +33,9 @@ from sdlora.train.conditioning import (
     vae_identity,
 )
 from sdlora.train.loss import (
-    compute_snr,
     diffusion_loss,
-    min_snr_weights,
     noise_target,
+    perturb_noise,
     sample_noise,
     sample_timesteps,
 )
@@ -68,6 +67,7 @@ class TrainState:
     unet: Any = None  # what the training steps call: the UNet, or its compiled wrapper (optim.compile)
     parked: bool = False  # VAE and text encoder(s) moved off the accelerator (sdlora.train.parking)
     engine: Any = None  # DeepSpeed's engine over the LoRA network, when launched with DeepSpeed
+    ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
     _epochs: dict = field(default_factory=dict)
 
     @property
@@ -199,20 +199,20 @@ def training_step(state: TrainState, micro: int) -> torch.Tensor:
     latents, captions, size_ids = prepare_batch(state, micro)
     # forward diffusion: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise (DDPM, Ho et al. 2020 eq. 4)
     noise = sample_noise(latents, state.generator, cfg.optim.noise_offset)
-    timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, state.generator,
-                                 state.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noise = loss_options.training_noise(cfg, noise, state.generator)
+    num = scheduler.config.num_train_timesteps
+    timesteps = sample_timesteps(latents.shape[0], num, state.generator, state.device,
+                                 *loss_options.timestep_range(cfg, num))
+    # input perturbation: the extra noise goes into the input only, the target keeps `noise`
+    noisy = scheduler.add_noise(latents, perturb_noise(noise, state.generator, cfg.optim.ip_noise_gamma), timesteps)
     with state.accelerator.autocast():
         hidden, pooled = _text(state, captions)
         extra = unet_kwargs(state.components, pooled, size_ids, state.weight_dtype)
         pred = state.unet(noisy.to(state.weight_dtype), timesteps, hidden.to(state.weight_dtype),
                           **extra).sample
     target = noise_target(scheduler, latents, noise, timesteps, state.prediction_type)
-    weights = None
-    if cfg.optim.min_snr_gamma:
-        snr = compute_snr(scheduler.alphas_cumprod, timesteps)
-        weights = min_snr_weights(snr, cfg.optim.min_snr_gamma, state.prediction_type)
-    return diffusion_loss(pred, target, weights)
+    weights = loss_options.loss_weights(cfg, scheduler, timesteps, state.prediction_type)
+    return diffusion_loss(pred, target, weights, cfg.optim.loss_type, loss_options.threshold(cfg, scheduler, timesteps))
 
 
 def sync_gradients(state: TrainState) -> None:

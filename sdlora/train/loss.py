@@ -6,6 +6,8 @@ each is a function here so it can be tested alone.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -24,9 +26,37 @@ def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset
 
 
 def sample_timesteps(batch: int, num_train_timesteps: int, generator: torch.Generator,
-                     device: torch.device) -> torch.Tensor:
-    """Uniform integer timesteps in [0, num_train_timesteps), shape (B,)."""
-    return torch.randint(0, num_train_timesteps, (batch,), generator=generator, device=device).long()
+                     device: torch.device, low: int = 0, high: int | None = None) -> torch.Tensor:
+    """Uniform integer timesteps in [low, high) (default [0, num_train_timesteps)), shape (B,)."""
+    high = num_train_timesteps if high is None else min(high, num_train_timesteps)
+    return torch.randint(low, high, (batch,), generator=generator, device=device).long()
+
+
+def multires_noise(noise: torch.Tensor, generator: torch.Generator, iterations: int,
+                    discount: float) -> torch.Tensor:
+    """Multi-resolution ("pyramid") noise (Whitaker 2023, as sd-scripts applies it): Gaussian noise at
+    coarser and coarser scales (each a random factor 2-4 smaller), upsampled bilinearly and added with
+    weight discount^i, then rescaled to unit standard deviation. No draw when iterations is 0."""
+    if not iterations:
+        return noise
+    batch, channels, height, width = noise.shape
+    total = noise.clone()
+    for i in range(1, iterations + 1):
+        r = 2.0 + 2.0 * torch.rand((), generator=generator, device=noise.device).item()
+        h, w = max(1, int(height / r**i)), max(1, int(width / r**i))
+        coarse = torch.randn((batch, channels, h, w), generator=generator, device=noise.device, dtype=noise.dtype)
+        total = total + torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear") * discount**i
+        if h == 1 or w == 1:
+            break
+    return total / total.std()
+
+
+def perturb_noise(noise: torch.Tensor, generator: torch.Generator, gamma: float) -> torch.Tensor:
+    """Input perturbation (Ning et al. 2023, https://arxiv.org/abs/2301.11706): the noise that is *added* to
+    the latents gets gamma * randn extra, while the target keeps the plain noise. No draw when gamma is 0."""
+    if not gamma:
+        return noise
+    return noise + gamma * torch.randn(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
 
 
 def noise_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -53,11 +83,53 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> to
     return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error in float32, optionally weighted per sample (weights: (B,))."""
-    if weights is None:  # every sample of a batch has the same shape (one bucket), so this is the same mean
+def debiased_weights(snr: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """Debiased estimation (Yu et al. 2024, https://arxiv.org/abs/2310.08442): weight 1 / sqrt(SNR), or
+    1 / (SNR + 1) for v-prediction, with SNR capped at 1000 (the t ~ 0 end would otherwise vanish)."""
+    snr = torch.clamp(snr, max=1000.0)
+    return 1.0 / (snr + 1.0) if prediction_type == "v_prediction" else 1.0 / torch.sqrt(snr)
+
+
+def huber_c(schedule: str, c: float, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
+            num_train_timesteps: int) -> torch.Tensor:
+    """The Huber threshold per sample (B,), by kohya's schedules: constant c; exponential, from 1 at t=0 down
+    to c at the last timestep; snr, (1 - c) / (1 + sigma_t)^2 + c with sigma_t = sqrt((1 - a_t) / a_t)
+    (large where the noise is small, c where it dominates)."""
+    t = timesteps.float()
+    if schedule == "constant":
+        return torch.full_like(t, c)
+    if schedule == "exponential":
+        return torch.exp(math.log(c) * t / num_train_timesteps)
+    if schedule == "snr":
+        alpha_bar = alphas_cumprod.to(timesteps.device)[timesteps].float()
+        sigma = torch.sqrt((1.0 - alpha_bar) / alpha_bar)
+        return (1.0 - c) / (1.0 + sigma) ** 2 + c
+    raise ValueError(f"unknown Huber schedule {schedule!r}")
+
+
+def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str,
+                     c: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-element loss in float32: squared error (l2), or the pseudo-Huber forms with threshold c (B,):
+    huber 2c(sqrt(d^2 + c^2) - c) (~ d^2 for small d, 2c|d| for large), smooth_l1 2(sqrt(d^2 + c^2) - c)."""
+    diff = pred.float() - target.float()
+    if loss_type == "l2":
+        return diff.pow(2)
+    c = c.float().view(-1, *([1] * (diff.dim() - 1)))
+    smooth = torch.sqrt(diff.pow(2) + c.pow(2)) - c
+    if loss_type == "huber":
+        return 2.0 * c * smooth
+    if loss_type == "smooth_l1":
+        return 2.0 * smooth
+    raise ValueError(f"unknown loss type {loss_type!r}")
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
+                   loss_type: str = "l2", c: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss in float32 (squared error, or pseudo-Huber with `c`), optionally weighted per sample
+    (weights: (B,))."""
+    if weights is None and loss_type == "l2":  # one bucket per batch: the plain mean is the same mean
         return torch.nn.functional.mse_loss(pred.float(), target.float())
-    per_sample = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.dim())))
+    per_sample = elementwise_loss(pred, target, loss_type, c).mean(dim=tuple(range(1, pred.dim())))
     if weights is not None:
         per_sample = per_sample * weights
     return per_sample.mean()

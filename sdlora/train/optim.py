@@ -1,4 +1,9 @@
-"""Optimizer and learning-rate schedule. Depends on torch (bitsandbytes optional, CUDA only)."""
+"""Optimizer and learning-rate schedule. Depends on torch (optional optimizers: see `sdlora.train.optimizers`).
+
+Schedules (`optim.scheduler`) take kohya's / diffusers' names: constant, constant_with_warmup (the same
+here: `optim.warmup_steps` applies to every schedule), cosine, linear, cosine_with_restarts
+(`optim.lr_cycles` hard restarts) and polynomial (`optim.lr_power`).
+"""
 
 from __future__ import annotations
 
@@ -8,61 +13,67 @@ import math
 import torch
 
 from sdlora.errors import ConfigError
+from sdlora.train import optimizers
 
 log = logging.getLogger(__name__)
 
+SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial")
+
 
 def param_groups(network, cfg) -> list[dict]:
-    """UNet and text-encoder LoRA parameters as separate groups with their own learning rates."""
-    unet, text = [], []
+    """UNet and text-encoder LoRA parameters as separate groups with their own learning rates; with LoRA+
+    (`optim.loraplus_ratio`, Hayou et al. 2024, https://arxiv.org/abs/2402.12354) the up matrices of each
+    part form a group of their own at lr x ratio. The UNet's base group stays first (the lr that is logged)."""
+    o, ratio = cfg.optim, cfg.optim.loraplus_ratio
+    lrs = {"unet": o.unet_lr or o.lr, "text_encoder": o.text_encoder_lr or o.lr}
+    groups: dict[str, dict] = {}
     for name in network.names:
-        params = list(network.layer(name).parameters())
-        (unet if name.startswith("unet.") else text).extend(params)
-    groups = [{"params": unet, "lr": cfg.optim.unet_lr or cfg.optim.lr, "name": "unet"}]
-    if text:
-        groups.append({"params": text, "lr": cfg.optim.text_encoder_lr or cfg.optim.lr, "name": "text_encoder"})
-    return [g for g in groups if g["params"]]
+        part = "unet" if name.startswith("unet.") else "text_encoder"
+        for param_name, param in network.layer(name).named_parameters():
+            plus = bool(ratio) and param_name.startswith("up.")
+            key = f"{part}_up" if plus else part
+            group = groups.setdefault(key, {"params": [], "lr": lrs[part] * (ratio if plus else 1), "name": key})
+            group["params"].append(param)
+    return [groups[k] for k in ("unet", "unet_up", "text_encoder", "text_encoder_up") if k in groups]
 
 
 def make_optimizer(groups: list[dict], cfg, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, or bitsandbytes' 8-bit AdamW when asked for and CUDA has it."""
-    kwargs = {"weight_decay": cfg.optim.weight_decay, "betas": (0.9, 0.999), "eps": 1e-8}
-    if cfg.optim.optimizer == "adamw8bit":
-        if device.type != "cuda":
-            raise ConfigError("optim.optimizer: adamw8bit needs a CUDA GPU; use adamw on this machine")
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise ConfigError("optim.optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes); "
-                              "or use adamw") from err
-        return bnb.optim.AdamW8bit(groups, **kwargs)
-    return torch.optim.AdamW(groups, fused=_can_fuse(groups, device) or None, **kwargs)
+    """The optimizer `optim.optimizer` names (see `sdlora.train.optimizers.REGISTRY`)."""
+    return optimizers.build(groups, cfg, device)
 
 
-def _can_fuse(groups: list[dict], device: torch.device) -> bool:
-    """Whether torch's fused AdamW kernel applies: one kernel over all LoRA tensors instead of about ten
-    small ops per tensor (the same update, https://pytorch.org/docs/stable/generated/torch.optim.AdamW.html).
-    LoRA parameters are always floating point; the kernel exists for CPU and CUDA."""
-    params = [p for group in groups for p in group["params"]]
-    return device.type in ("cpu", "cuda") and all(p.is_floating_point() and p.device.type == device.type
-                                                  for p in params)
+def _restarts(progress: float, cycles: int, power: float) -> float:
+    return 0.0 if progress >= 1.0 else 0.5 * (1.0 + math.cos(math.pi * ((cycles * progress) % 1.0)))
 
 
-def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+# schedule -> factor at `progress` (0 at the end of warmup, 1 at the last step), cycles, power
+_DECAYS = {
+    "constant": lambda progress, cycles, power: 1.0,
+    "constant_with_warmup": lambda progress, cycles, power: 1.0,
+    "cosine": lambda progress, cycles, power: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "linear": lambda progress, cycles, power: max(0.0, 1.0 - progress),
+    "cosine_with_restarts": _restarts,
+    "polynomial": lambda progress, cycles, power: max(0.0, 1.0 - progress) ** power,
+}
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str, cycles: int = 1, power: float = 1.0) -> float:
     """Multiplier of the base learning rate at `step` (0-based): linear warmup, then constant, cosine
-    (half period down to 0) or linear decay to 0, as diffusers' `get_scheduler` defines them."""
+    (half period down to 0), linear decay to 0, cosine with `cycles` hard restarts, or polynomial decay
+    (1 - progress) ** power to 0, as diffusers' `get_scheduler` defines them (its polynomial ends at 1e-7
+    instead of 0; the difference is below any lr that still trains)."""
+    if kind not in _DECAYS:
+        raise ConfigError(f"optim.scheduler: unknown schedule {kind!r} (one of {', '.join(SCHEDULES)})")
     if warmup and step < warmup:
         return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if kind == "linear":
-        return max(0.0, 1.0 - progress)
-    raise ConfigError(f"optim.scheduler: unknown schedule {kind!r}")
+    return _DECAYS[kind](progress, cycles, power)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
-    total, warmup, kind = cfg.optim.steps, cfg.optim.warmup_steps, cfg.optim.scheduler
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, kind))
+    o = cfg.optim
+    if optimizers.is_schedule_free(cfg):  # the warmup runs inside the optimizer; the lr stays as set
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    total, warmup, kind, cycles, power = o.steps, o.warmup_steps, o.scheduler, o.lr_cycles, o.lr_power
+    return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                             lambda step: lr_factor(step, total, warmup, kind, cycles, power))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import sdlora
 from sdlora.errors import TrainingError
+from sdlora.train import ema
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -20,6 +21,7 @@ from sdlora.train.checkpoint import (
 from sdlora.train.deepspeed_run import full_precision
 from sdlora.train.export import build_metadata, export_lora, new_session_id, output_paths
 from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
+from sdlora.train.optimizers import eval_weights
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
 from sdlora.train.progress import LossLog, StepInfo
 from sdlora.train.result import TrainResult, TrainRun
@@ -47,11 +49,12 @@ def _finish_facts(run: TrainRun, state) -> TrainRun:
 def _export(state, run: TrainRun, stem: str | None = None) -> list[Path]:
     """Export the LoRA from the main process. Every process calls this: under DeepSpeed the float32 master
     weights are assembled first, a collective operation."""
-    with full_precision(state.engine, state.network):
+    with eval_weights(state.optimizer, state.params), full_precision(state.engine, state.network):
         if not state.accelerator.is_main_process:
             return []
         meta = build_metadata(_finish_facts(run, state), state.cfg, state.summary)
-        return export_lora(state.network, meta, state.cfg, stem=stem, family=state.components.family)
+        files = export_lora(state.network, meta, state.cfg, stem=stem, family=state.components.family)
+        return files + ema.export(state, meta, stem, export_lora)  # the average beside it (optim.ema_decay)
 
 
 def _step_stem(state) -> str:
@@ -78,7 +81,7 @@ def _samples(state, step: int) -> list[Path]:
         return []
     state.network.eval()
     try:
-        with encoders_on_device(state):
+        with encoders_on_device(state), eval_weights(state.optimizer, state.params):
             return render_samples(state.components, out.sample_prompts, step, state.output / "samples",
                                   size=out.sample_size or state.cfg.data.resolution, steps=out.sample_steps,
                                   seed=state.cfg.optim.seed)
@@ -102,6 +105,7 @@ def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tupl
         if _any_process(acc, should_stop()):
             return True, _checkpoint(state, run), samples
         loss = optimizer_step(state)
+        ema.update(state)
         lr = state.lr_scheduler.get_last_lr()[0]
         if acc.is_main_process:  # before the checkpoint: a checkpoint at this step implies its loss row
             log_file.add(state.step, loss, lr)
@@ -121,6 +125,7 @@ def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
                  started: float) -> TrainResult:
     """Set up, optionally resume, loop, export. Returns the TrainResult (see `sdlora.train.train`)."""
     state = setup_training(cfg, components, accelerator, items, summary)
+    ema.attach(state)
     try:
         return _run(state, on_step, should_stop, resume, started)
     finally:

@@ -1,0 +1,234 @@
+"""Importing kohya settings: real kohya_ss GUI presets and sd-scripts TOMLs map onto sdlora's config with
+an exact list of mapped and ignored keys (see tests/fixtures/kohya/README.md for the files' origins)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tests_train_helpers import write_images
+
+from sdlora.config import load_config
+from sdlora.errors import ConfigError
+from sdlora.train import optimizers
+from sdlora.train.kohya_import import read_kohya
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kohya"
+
+# keys every one of the three new-format GUI presets reports the same way
+_GUI_IGNORED = {
+    "additional_parameters", "block_alphas", "block_dims", "block_lr_zero_threshold", "bucket_no_upscale",
+    "caption_dropout_every_n_epochs", "caption_extension", "clip_skip", "color_aug", "conv_alpha", "conv_dim",
+    "down_lr_weight", "epoch", "full_fp16", "lora_network_weights", "lr_scheduler_power",
+    "max_data_loader_n_workers", "max_token_length", "max_train_epochs", "mem_eff_attn", "mid_lr_weight",
+    "num_cpu_threads_per_process", "persistent_data_loader_workers", "prior_loss_weight", "save_every_n_epochs",
+    "up_lr_weight", "v2", "v_parameterization", "vae_batch_size", "xformers",
+}
+_SDXL_IGNORED = _GUI_IGNORED | {
+    "adaptive_noise_scale", "conv_block_alphas", "conv_block_dims", "decompose_both", "dim_from_weights",
+    "factor", "full_bf16", "module_dropout", "network_dropout", "no_token_padding", "noise_offset_type", "rank_dropout",
+    "save_last_n_steps", "save_last_n_steps_state", "scale_v_pred_loss_like_noise_pred", "scale_weight_norms",
+    "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae", "seed", "stop_text_encoder_training_pct",
+    "train_on_input", "unit", "use_cp", "use_wandb", "weighted_captions",
+}
+_SDXL_MAPPED = {
+    "LoRA_type": ("lora.targets", "sd-scripts"), "bucket_reso_steps": ("data.bucket_step", 32),
+    "cache_latents": ("data.cache_latents", "disk"), "cache_latents_to_disk": ("data.cache_latents", "disk"),
+    "caption_dropout_rate": ("data.caption_dropout", 0.0), "enable_bucket": ("data.buckets", True),
+    "flip_aug": ("data.flip", False), "gradient_accumulation_steps": ("optim.grad_accum", 1),
+    "gradient_checkpointing": ("optim.gradient_checkpointing", True), "lr_warmup": ("optim.warmup_steps", 0),
+    "lr_scheduler_num_cycles": ("optim.lr_cycles", 1), "max_bucket_reso": ("data.max_bucket", 2048),
+    "max_resolution": ("data.resolution", 1024), "mixed_precision": ("optim.mixed_precision", "bf16"),
+    "random_crop": ("data.crop", "center"), "save_every_n_steps": ("output.save_every", 0),
+    "save_precision": ("output.save_dtype", "bf16"), "sdxl": ("model.family", "sdxl"),
+    "shuffle_caption": ("data.shuffle_captions", False), "min_timestep": ("optim.min_timestep", 0),
+    "max_timestep": ("optim.max_timestep", 1000), "multires_noise_iterations": ("optim.multires_noise_iterations", 0),
+    "multires_noise_discount": ("optim.multires_noise_discount", 0.0),
+}
+
+EXPECTED = {
+    "SDXL - LoRA AI_Now prodigy v1.0.json": ({
+        **_SDXL_MAPPED, "keep_tokens": ("data.keep_tokens", 0), "learning_rate": ("optim.lr", 1.0),
+        "lr_scheduler": ("optim.scheduler", "constant"), "min_bucket_reso": ("data.min_bucket", 256),
+        "min_snr_gamma": ("optim.min_snr_gamma", 5.0), "network_alpha": ("lora.alpha", 16.0),
+        "network_dim": ("lora.rank", 32), "noise_offset": ("optim.noise_offset", 0.0),
+        "optimizer": ("optim.optimizer", "prodigy"),
+        "optimizer_args": ("optim.optimizer_args", ["weight_decay=0.01", "decouple=True", "d0=0.0001",
+                                                    "use_bias_correction=True"]),
+        "text_encoder_lr": ("optim.text_encoder_lr", 1.0), "train_batch_size": ("data.batch_size", 8),
+        "training_comment": ("output.comment", "trigger: the queen of heart 1a"),
+        "unet_lr": ("optim.unet_lr", 1.0),
+    }, _SDXL_IGNORED),
+    "SDXL - LoRA adafactor v1.0.json": ({
+        **_SDXL_MAPPED, "keep_tokens": ("data.keep_tokens", 1), "min_bucket_reso": ("data.min_bucket", 64),
+        "min_snr_gamma": ("optim.min_snr_gamma", 0.0), "network_alpha": ("lora.alpha", 128.0),
+        "network_dim": ("lora.rank", 128), "noise_offset": ("optim.noise_offset", 0.0357),
+        "optimizer": ("optim.optimizer", "adafactor"), "train_batch_size": ("data.batch_size", 5),
+        "training_comment": ("output.comment", "trigger: the white queen"),
+    }, _SDXL_IGNORED | {"learning_rate", "lr_scheduler", "optimizer_args", "text_encoder_lr", "unet_lr",
+                        "wandb_api_key"}),
+    "sd15 - EDG_LoraOptiSettings.json": ({
+        "LoRA_type": ("lora.targets", "sd-scripts"), "bucket_reso_steps": ("data.bucket_step", 64),
+        "cache_latents": ("data.cache_latents", "memory"), "caption_dropout_rate": ("data.caption_dropout", 0.0),
+        "enable_bucket": ("data.buckets", False), "flip_aug": ("data.flip", False),
+        "gradient_accumulation_steps": ("optim.grad_accum", 1),
+        "gradient_checkpointing": ("optim.gradient_checkpointing", False), "keep_tokens": ("data.keep_tokens", 0),
+        "learning_rate": ("optim.lr", 1e-4), "lr_scheduler": ("optim.scheduler", "constant"),
+        "lr_warmup": ("optim.warmup_steps", 0), "max_resolution": ("data.resolution", 576),
+        "min_snr_gamma": ("optim.min_snr_gamma", 0.0), "mixed_precision": ("optim.mixed_precision", "bf16"),
+        "network_alpha": ("lora.alpha", 64.0), "network_dim": ("lora.rank", 64),
+        "noise_offset": ("optim.noise_offset", 0.05), "optimizer": ("optim.optimizer", "adamw8bit"),
+        "random_crop": ("data.crop", "center"), "save_precision": ("output.save_dtype", "bf16"),
+        "seed": ("optim.seed", 1234), "shuffle_caption": ("data.shuffle_captions", False),
+        "text_encoder_lr": ("optim.text_encoder_lr", 5e-5), "train_batch_size": ("data.batch_size", 3),
+        "unet_lr": ("optim.unet_lr", 1e-4),
+    }, _GUI_IGNORED | {"conv_alphas", "conv_dims", "lr_scheduler_num_cycles", "no_token_padding", "optimizer_args",
+                       "stop_text_encoder_training", "training_comment"}),
+    "lion_optimizer.json": ({
+        "pretrained_model_name_or_path": ("model.base", "runwayml/stable-diffusion-v1-5"),
+        "train_data_dir": ("data.path", "D:\\dataset\\marty_mcfly\\1985\\lora\\img_gan"),
+        "output_dir": ("output.dir", "D:/lora/sd1.5/marty_mcfly"), "max_resolution": ("data.resolution", 512),
+        "learning_rate": ("optim.lr", 3.333e-05), "lr_scheduler": ("optim.scheduler", "cosine"),
+        "lr_warmup": ("optim.warmup_steps", 0), "train_batch_size": ("data.batch_size", 8),
+        "mixed_precision": ("optim.mixed_precision", "bf16"), "save_precision": ("output.save_dtype", "fp16"),
+        "seed": ("optim.seed", 1234), "cache_latents": ("data.cache_latents", "off"),
+        "enable_bucket": ("data.buckets", True), "gradient_checkpointing": ("optim.gradient_checkpointing", False),
+        "shuffle_caption": ("data.shuffle_captions", False), "text_encoder_lr": ("optim.text_encoder_lr", 1.6666e-05),
+        "unet_lr": ("optim.unet_lr", 3.333e-05), "network_dim": ("lora.rank", 128),
+        "flip_aug": ("data.flip", False), "gradient_accumulation_steps": ("optim.grad_accum", 1),
+        "output_name": ("output.name", "mrtmcfl_v2.0"), "network_alpha": ("lora.alpha", 128.0),
+        "keep_tokens": ("data.keep_tokens", 0), "random_crop": ("data.crop", "random"),
+        "bucket_reso_steps": ("data.bucket_step", 64), "caption_dropout_rate": ("data.caption_dropout", 0.1),
+    }, {"v2", "v_parameterization", "logging_dir", "reg_data_dir", "epoch", "save_every_n_epochs",
+        "num_cpu_threads_per_process", "caption_extension", "full_fp16", "no_token_padding",
+        "stop_text_encoder_training", "use_8bit_adam", "xformers", "save_model_as", "save_state", "resume",
+        "prior_loss_weight", "lora_network_weights", "color_aug", "clip_skip", "mem_eff_attn", "model_list",
+        "max_token_length", "max_train_epochs", "max_data_loader_n_workers", "training_comment",
+        "lr_scheduler_num_cycles", "lr_scheduler_power", "persistent_data_loader_workers", "bucket_no_upscale",
+        "caption_dropout_every_n_epochs"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_real_kohya_ss_preset_maps_exactly(name):
+    mapped, ignored = EXPECTED[name]
+    result = read_kohya(FIXTURES / name)
+    assert {key: (target, value) for key, target, value in result.mapped} == mapped
+    assert {key for key, _ in result.ignored} == ignored
+    assert len(result.mapped) + len(result.ignored) == len(json.loads((FIXTURES / name).read_text()))
+    assert len(result.lines()) == len(ignored)
+    cfg = load_config(None, result.overrides())  # the imported values are a valid sdlora config
+    for key, value in result.values.items():
+        section, _, field = key.partition(".")
+        assert getattr(getattr(cfg, section), field) == value
+
+
+def test_reasons_say_why():
+    reasons = dict(read_kohya(FIXTURES / "SDXL - LoRA adafactor v1.0.json").ignored)
+    assert "relative_step=True" in reasons["learning_rate"]  # kohya ignores its lr of 1.0 there; sdlora would not
+    assert "relative step" in reasons["lr_scheduler"]
+    assert reasons["epoch"].startswith("sdlora counts optimizer steps")
+    assert reasons["adaptive_noise_scale"] == "adaptive noise scale is not supported by sdlora yet"
+    assert reasons["bucket_no_upscale"] == "False is sdlora's behaviour"
+    assert reasons["wandb_api_key"] == "not set (empty)"
+    edg = dict(read_kohya(FIXTURES / "sd15 - EDG_LoraOptiSettings.json").ignored)
+    assert edg["clip_skip"] == "clip skip is not supported by sdlora yet"
+    assert edg["conv_dim"].startswith("only used by LoCon")
+
+
+def test_imported_prodigy_preset_passes_the_optimizer_checks():
+    result = read_kohya(FIXTURES / "SDXL - LoRA AI_Now prodigy v1.0.json")
+    cfg = load_config(None, result.overrides())
+    optimizers.check(cfg)
+    kwargs = optimizers.optimizer_kwargs(cfg)
+    assert kwargs["d0"] == 0.0001 and kwargs["decouple"] is True and kwargs["use_bias_correction"] is True
+
+
+def test_sd_scripts_training_toml():
+    result = read_kohya(FIXTURES / "sd-scripts-train.toml")
+    assert result.values == {
+        "model.base": "models/v1-5-pruned.safetensors", "lora.targets": "locon", "lora.rank": 16, "lora.alpha": 8.0,
+        "lora.train_text_encoder": False, "optim.optimizer": "lion", "optim.lr": 3e-5,
+        "optim.optimizer_args": ["betas=0.9,0.99", "weight_decay=0.1"], "optim.scheduler": "cosine_with_restarts",
+        "optim.lr_cycles": 3, "optim.warmup_steps": 100, "optim.max_grad_norm": 1.0, "optim.steps": 2000,
+        "optim.mixed_precision": "bf16", "output.save_dtype": "fp32", "optim.seed": 42,
+        "optim.gradient_checkpointing": True, "optim.noise_offset": 0.05, "optim.min_snr_gamma": 5.0,
+        "output.save_every": 500, "output.dir": "output/cat", "output.name": "cat", "output.sample_every": 250,
+        "lora.conv_rank": 4, "lora.conv_alpha": 1.0, "output.log_with": "tensorboard", "optim.loraplus_ratio": 16.0,
+    }
+    assert [key for key, _ in result.ignored] == ["v2", "sdpa", "sample_prompts", "clip_skip", "logging_dir",
+                                                   "network_args.rank_dropout"]
+
+
+def test_sd_scripts_dataset_toml_takes_the_first_subset():
+    result = read_kohya(FIXTURES / "sd-scripts-dataset.toml")
+    assert result.values == {
+        "data.shuffle_captions": True, "data.keep_tokens": 1, "data.resolution": 512, "data.batch_size": 4,
+        "data.buckets": True, "data.min_bucket": 256, "data.max_bucket": 1024, "data.path": "images/cat",
+        "data.repeats": 10, "data.trigger": "zkw cat", "data.flip": True,
+    }
+    assert result.ignored == [
+        ("general.caption_extension", "sdlora reads captions from same-stem .txt files"),
+        ("datasets[0].subsets[1]", ("sdlora trains one folder (data.path); put the images in N_name subfolders "
+                                    "of it instead of several subsets")),
+        ("datasets[0].subsets[2]", "regularization images are not supported by sdlora yet"),
+    ]
+
+
+def test_training_and_dataset_files_combine():
+    result = read_kohya(FIXTURES / "sd-scripts-train.toml", FIXTURES / "sd-scripts-dataset.toml")
+    cfg = load_config(None, result.overrides())
+    assert (cfg.optim.optimizer, cfg.data.path, cfg.data.repeats, cfg.lora.rank) == ("lion", "images/cat", 10, 16)
+
+
+def test_values_sdlora_rejects_are_reported_not_applied(tmp_path):
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps({"network_dim": "-4", "optimizer": "DAdaptAdam", "max_resolution": "wide",
+                                "mixed_precision": "fp8", "keep_tokens": "1.5", "learning_rate": "fast"}))
+    result = read_kohya(path)
+    assert result.mapped == []
+    reasons = dict(result.ignored)
+    assert reasons["max_resolution"] == "expected a number, got 'wide'"
+    assert "not available in sdlora" in reasons["optimizer"]
+    assert "fp8" in reasons["mixed_precision"]
+    assert "whole number" in reasons["keep_tokens"]
+    assert "expected a number" in reasons["learning_rate"]
+    assert "must be > 0" in reasons["network_dim"]
+
+
+def test_sample_prompts_text_and_prompt_file(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a comment\na cat --n blurry --s 20\n\na dog\n")
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps({"sample_prompts": str(prompts), "sample_every_n_steps": 50}))
+    assert read_kohya(path).values == {"output.sample_prompts": ["a cat --n blurry --s 20", "a dog"],
+                                       "output.sample_every": 50}
+    path.write_text(json.dumps({"sample_prompts": "a cat\na dog --d 3"}))
+    assert read_kohya(path).values == {"output.sample_prompts": ["a cat", "a dog --d 3"]}
+
+
+@pytest.mark.parametrize(("name", "text", "match"), [
+    ("a.yaml", "x: 1", "expected a kohya_ss GUI preset"),
+    ("a.json", "{not json", "not valid JSON"),
+    ("a.toml", "= broken", "not valid TOML"),
+    ("a.json", "[1, 2]", "expected a mapping"),
+])
+def test_unreadable_files_are_config_errors(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        read_kohya(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_kohya(tmp_path / "missing.json")
+
+
+def test_cli_prints_ignored_keys_and_applies_the_rest(capsys, tmp_path):
+    from sdlora.cli import main
+
+    data = write_images(tmp_path / "data", count=1)
+    code = main(["train", "--from-kohya", str(FIXTURES / "SDXL - LoRA AI_Now prodigy v1.0.json"), "--data",
+                 str(data), "--set", "data.batch_size=2", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "kohya import: 37 keys mapped, 55 ignored" in out
+    assert "  ignored epoch: sdlora counts optimizer steps" in out
+    assert "optimizer: prodigy" in out and "batch_size: 2" in out  # --set wins over the import
