@@ -18,6 +18,7 @@ from sdlora.errors import ConfigError
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
 from sdlora.samplers import make_scheduler, resolve_sampler, sampler_name
+from sdlora.strength import Strength
 
 
 @dataclass
@@ -95,23 +96,28 @@ def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str
 
 
 def _apply_requests(stack, requests, library: dict[str, str]) -> list[tuple]:
-    """Add / re-strength the LoRAs the tags ask for; returns how to put the stack back."""
+    """Add / re-strength the LoRAs the tags ask for; returns how to put the stack back exactly."""
     undo = []
     stacked = {entry.name: entry for entry in stack.entries}
     for request in requests:
-        if request.name in stacked:
-            entry = stacked[request.name]
-            undo.append(("restore", entry.name, entry.strength, entry.unet_strength, entry.block_strengths))
-            stack.set_strength(entry.name, request.strength, unet_strength=request.unet_strength,
-                               block_strengths=request.block_strengths)
+        request.name = _tag_target(request.name, list(stacked), library)
+        entry = stacked.get(request.name)
+        if entry is not None:
+            # the tag's whole strength replaces the slot's (te included) for this image only
+            undo.append(("restore", entry.name, Strength.of_entry(entry)))
+            stack.set_strength(entry.name, **request.stack_kwargs())
             continue
-        name = resolve_name(request.name, sorted({*library, *stacked}))
-        if name in stacked:  # matched ignoring case
-            request.name = name
-            continue
-        stack.add(library[name], name=name, **request.stack_kwargs())
-        undo.append(("remove", name))
+        stack.add(library[request.name], name=request.name, **request.stack_kwargs())
+        undo.append(("remove", request.name))
     return undo
+
+
+def _tag_target(name: str, stacked: list[str], library: dict[str, str]) -> str:
+    """The stacked LoRA a tag names (exactly, else ignoring case), else the library entry it names."""
+    try:
+        return resolve_name(name, stacked)
+    except ConfigError:
+        return resolve_name(name, sorted({*library, *stacked}))
 
 
 def _undo(stack, undo) -> None:
@@ -119,8 +125,8 @@ def _undo(stack, undo) -> None:
         if action[0] == "remove":
             stack.remove(action[1])
         else:
-            _, name, strength, unet_strength, blocks = action
-            stack.set_strength(name, strength, unet_strength=unet_strength, block_strengths=blocks or None)
+            _, name, strength = action
+            stack.set_strength(name, **strength.stack_kwargs())
 
 
 def _run(pipeline, prompt: str, settings: GenerateSettings, on_progress):
@@ -160,8 +166,7 @@ def _extra_tags(stack, requests) -> str:
     tags = []
     for entry in stack.entries:
         if entry.enabled and entry.name not in mentioned:
-            unet = f":{entry.unet_strength:g}" if entry.unet_strength is not None else ""
-            tags.append(f"<lora:{entry.name}:{entry.strength:g}{unet}>")
+            tags.append(f"<lora:{entry.name}:{Strength.of_entry(entry).text()}>")
     return " ".join(tags)
 
 

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     stack = LoraStack(pipeline)
     with stack.batch():
         for path, strength in map(lora_with_strength, args.lora):
-            stack.add(path, strength)
+            stack.add(path, **strength.stack_kwargs())
     library = _library(args.lora_dir)
     result = generate(pipeline, settings, stack=stack, library=library, on_progress=progress_bar("generate"))
     save_png(result.image, args.out, result.parameters)

@@ -13,6 +13,7 @@ from stack_helpers import live_modules, pick, random_lora, tiny_pipeline
 from sdlora import load_lora, save_lora
 from sdlora.cli import main
 from sdlora.cli.loraargs import lora_with_strength
+from sdlora.strength import Strength
 
 
 def _attention_names(components):
@@ -31,10 +32,12 @@ def _close(a, b, rel=1e-5):
 
 
 def test_lora_with_strength_parsing():
-    assert lora_with_strength("a.safetensors:0.7") == ("a.safetensors", 0.7)
-    assert lora_with_strength("a.safetensors") == ("a.safetensors", 1.0)
-    assert lora_with_strength("C:/x/a.safetensors") == ("C:/x/a.safetensors", 1.0)
-    assert lora_with_strength("a.safetensors:-1") == ("a.safetensors", -1.0)
+    assert lora_with_strength("a.safetensors:0.7") == ("a.safetensors", Strength(0.7))
+    assert lora_with_strength("a.safetensors") == ("a.safetensors", Strength(1.0))
+    assert lora_with_strength("C:/x/a.safetensors") == ("C:/x/a.safetensors", Strength(1.0))
+    assert lora_with_strength("a.safetensors:-1") == ("a.safetensors", Strength(-1.0))
+    assert lora_with_strength("C:/x/a.safetensors:0.5:1") == ("C:/x/a.safetensors", Strength(0.5, unet=1.0))
+    assert lora_with_strength("a.safetensors:te=0.2:unet=1") == ("a.safetensors", Strength(0.2, unet=1.0))
 
 
 def test_resize_command(lora_path, tmp_path, components, capsys):

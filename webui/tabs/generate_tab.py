@@ -18,6 +18,7 @@ import gradio as gr
 
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.samplers import SAMPLERS
+from sdlora.strength import Strength
 from webui.state import NotInLibrary
 from webui.tabs.common import bound, gather
 
@@ -44,6 +45,11 @@ class Slot:
     @property
     def unet_strength(self) -> float | None:
         return float(self.unet) if self.separate else None
+
+    @property
+    def value(self) -> Strength:
+        """The slot's strength as the library's one strength type."""
+        return Strength(float(self.strength), self.te_strength, self.unet_strength)
 
 
 # ---------------------------------------------------------------- slots -----------------------
@@ -102,21 +108,16 @@ def sync_stack(stack, wanted: list[Slot], resolve) -> dict[str, int]:
         for slot in wanted:
             entry = current.get(slot.name)
             if entry is None:
-                stack.add(resolve(slot.name), float(slot.strength), slot.te_strength, slot.unet_strength,
-                          name=slot.name)
+                stack.add(resolve(slot.name), name=slot.name, **slot.value.stack_kwargs())
                 counts["loaded"] += 1
                 entry = next(e for e in stack.entries if e.name == slot.name)
-            elif _strengths(entry) != (float(slot.strength), slot.te_strength, slot.unet_strength):
-                stack.set_strength(slot.name, float(slot.strength), slot.te_strength, slot.unet_strength)
+            elif Strength.of_entry(entry) != slot.value:
+                stack.set_strength(slot.name, **slot.value.stack_kwargs())
                 counts["changed"] += 1
             if bool(slot.enabled) != entry.enabled:
                 (stack.enable if slot.enabled else stack.disable)(slot.name)
                 counts["changed"] += 1
     return counts
-
-
-def _strengths(entry) -> tuple[float, float | None, float | None]:
-    return (float(entry.strength), entry.te_strength, entry.unet_strength)
 
 
 # ---------------------------------------------------------------- generation ------------------
