@@ -37,6 +37,7 @@ class Drawn:
     parameters: str = ""
     status: str = ""
     seeds: list[int] = field(default_factory=list)
+    grid: Any = None  # the sdlora.grid.GridResult of a grid
 
 
 # ---------------------------------------------------------------- settings --------------------
@@ -171,7 +172,7 @@ def draw_grid(app, form: dict[str, Any], sync, on_status: StatusFn | None = None
     parameters = f"{first['parameters']}\n{grid.describe()}"
     path = save_image(app, grid.image, parameters, seed)
     status = f"grid {len(columns.values)}x{len(rows.values)} drawn ({grid.describe()}); no LoRA was reloaded"
-    return Drawn([grid.image], [path], parameters, status, [s for row in grid.seeds for s in row])
+    return Drawn([grid.image], [path], parameters, status, [s for row in grid.seeds for s in row], grid)
 
 
 def _grid_name(value) -> str:
