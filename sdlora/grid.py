@@ -145,8 +145,10 @@ def assemble(cells: Sequence[Sequence[Any]], column_labels: Sequence[str], row_l
 
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width = max(c.width for row in cells for c in row)
     height = max(c.height for row in cells for c in row)
+    # a column is as wide as its widest cell or label, so labels never overlap (small models draw 32 px cells)
+    width = max([c.width for row in cells for c in row]
+                + [_text_size(measure, t, font)[0] + pad for t in column_labels])
     text_h = max(_text_size(measure, t, font)[1] for t in [*column_labels, *row_labels]) + 2 * pad
     left = max(_text_size(measure, t, font)[0] for t in row_labels) + 2 * pad
     top = text_h

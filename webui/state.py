@@ -187,7 +187,9 @@ class AppState:
             self.model_name = "embedded" if base == "embedded" else Path(base).stem
             from sdlora.stack import LoraStack
 
-            self._stack = LoraStack(self._pipeline)
+            # exact: a moved slider recomputes that LoRA's layers from W0 (about the cost of an in-place update), so
+            # an image depends only on the strengths, never on the slider's path: grid cells equal single images
+            self._stack = LoraStack(self._pipeline, exact=True)
             self._pipeline_base = base
         return self._pipeline, self._stack
 
