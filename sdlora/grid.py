@@ -86,20 +86,19 @@ def strength_grid(stack, draw: Callable[[int], Any], columns: Axis, rows: Axis, 
     _check_axes(stack, columns, rows)
     saved = {e.name: Strength.of_entry(e) for e in stack.entries if e.name in (columns.name, rows.name)}
     exact, stack.exact = stack.exact, True  # every cell recomputed from W0: independent of the cell before
-    cells: list[list[Any]] = []
-    seeds: list[list[int]] = []
-    total = len(columns.values) * len(rows.values)
+    cells: list[list[Any]] = [[None] * len(columns.values) for _ in rows.values]
+    seeds: list[list[int]] = [[seed] * len(columns.values) for _ in rows.values]
+    order = _cell_order(columns, rows)
+    current: dict[str, Any] = {}
     try:
-        for row in rows.values:
-            cells.append([])
-            seeds.append([])
-            for column in columns.values:
-                if should_stop is not None and should_stop():
-                    raise Interrupted(f"grid stopped after {sum(map(len, cells))} of {total} cells")
-                cell_seed = _set_cell(stack, saved, ((columns, column), (rows, row)), seed)
-                cells[-1].append(draw(cell_seed))
-                seeds[-1].append(cell_seed)
-                report(on_progress, sum(map(len, cells)), total, f"{columns.label(column)}, {rows.label(row)}")
+        for done, (i, j) in enumerate(order):
+            if should_stop is not None and should_stop():
+                raise Interrupted(f"grid stopped after {done} of {len(order)} cells")
+            wanted = ((columns, columns.values[j]), (rows, rows.values[i]))
+            seeds[i][j] = _set_cell(stack, saved, wanted, current, seed)
+            cells[i][j] = draw(seeds[i][j])
+            report(on_progress, done + 1, len(order), f"{columns.label(columns.values[j])}, "
+                                                      f"{rows.label(rows.values[i])}")
     finally:
         with stack.batch():
             for name, strength in saved.items():
@@ -126,14 +125,25 @@ def _check_axes(stack, columns: Axis, rows: Axis) -> None:
                           f"(at most {MAX_CELLS}); use fewer values")
 
 
-def _set_cell(stack, saved: dict[str, Strength], pairs, seed: int) -> int:
-    """Set the strengths one cell asks for (one batch: each layer recomputed once); return its seed."""
+def _cell_order(columns: Axis, rows: Axis) -> list[tuple[int, int]]:
+    """(row, column) pairs with a LoRA axis in the outer loop when the other is seeds: its strength then
+    changes once per value instead of once per cell (each change recomputes that LoRA's layers)."""
+    pairs = [(i, j) for i in range(len(rows.values)) for j in range(len(columns.values))]
+    if rows.is_seed:
+        pairs.sort(key=lambda p: (p[1], p[0]))
+    return pairs
+
+
+def _set_cell(stack, saved: dict[str, Strength], pairs, current: dict[str, Any], seed: int) -> int:
+    """Set the strengths a cell asks for where they differ from the last cell's (one batch: each layer
+    recomputed once); return the cell's seed."""
     with stack.batch():
         for axis, value in pairs:
             if axis.is_seed:
                 seed = int(value)
-            else:
+            elif current.get(axis.name) != value:
                 stack.set_strength(axis.name, **saved[axis.name].with_overall(value).stack_kwargs())
+                current[axis.name] = value
     return seed
 
 
