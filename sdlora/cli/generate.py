@@ -24,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                         help="stack this LoRA (repeat for several)")
     parser.add_argument("--lora-dir", "--lora_dir", type=Path, help="folder of LoRAs that prompt tags may name")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="-1: a random seed (written into the PNG's parameters)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale (default 7)")
     parser.add_argument("--sampler", default="", metavar="NAME",
@@ -38,14 +38,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.generate import GenerateSettings, default_size, generate, load_base, save_png
+    from sdlora.generate import GenerateSettings, default_size, generate, load_base, random_seed, save_png
     from sdlora.samplers import resolve_sampler
     from sdlora.stack import LoraStack
 
     sampler = resolve_sampler(args.sampler) if args.sampler else ""  # a typo fails before the model loads
     pipeline, model_name = load_base(args.base, allow_pickle=args.allow_pickle)
     size = default_size(pipeline)
-    settings = GenerateSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.cfg,
+    seed = random_seed() if args.seed == -1 else args.seed
+    settings = GenerateSettings(args.prompt, args.negative_prompt, seed, args.steps, args.cfg,
                                 args.width or size, args.height or size, model_name, sampler)
     settings.check()
     stack = LoraStack(pipeline)
