@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlora.errors import ConfigError
+from sdlora.errors import ConfigError, SdloraError
 from webui.jobs import JobQueue
 from webui.paths import AccessError, check_name_lengths, resolve_within
 from webui.uploads import UploadLimits
@@ -160,6 +160,20 @@ class AppState:
         from sdlora.compat import check_fit
 
         return check_fit(self.library_path(name), self.base_info(base))
+
+    def library_fits(self, base: str | None = None) -> dict[str, Any]:
+        """{library name: `sdlora.compat.Fit`} against `base` (default: the current one), headers only: for a
+        Library "fits" column (`fit.short` is the cell, `fit.reason` the tooltip/detail)."""
+        from sdlora.compat import Fit, fit_shape, read_lora_shape
+
+        info = self.base_info(base)
+        fits = {}
+        for name, path in self.library().items():
+            try:
+                fits[name] = fit_shape(read_lora_shape(path), info)
+            except (SdloraError, OSError) as err:
+                fits[name] = Fit(False, None, f"cannot be used: {err}")
+        return fits
 
     def select_base(self, user_value: str) -> str:
         """Make `user_value` the base generation uses (checked like a typed path); the pipeline is loaded

@@ -52,6 +52,7 @@ def test_base_menu_switch_refuses_and_reapplies(app, two_bases):
     values = [value for _, value in generate_runs.base_choices(app)]
     assert values == ["embedded", str(wide.resolve())]
     slots = generate_tab.add_checked(app, [], "a")  # fits the embedded model
+    assert app.library_fits()["a"].short == "fits" and app.library_fits(str(wide))["a"].short == "needs its own base"
     message, kept = generate_tab.switch_base_slots(app, str(wide), slots)
     assert kept == [] and "taken off the stack" in message and "a (needs its own base" in message
     pipe, stack = app.pipeline_and_stack()
