@@ -32,6 +32,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--out", type=Path, required=True, help="the .png to write")
+    parser.add_argument("--grid-x", "--grid_x", metavar="NAME:VALUES",
+                        help="draw a strength grid instead of one image: the columns are the strengths of the "
+                             "--lora NAME (its file stem), e.g. style:0,0.5,1")
+    parser.add_argument("--grid-y", "--grid_y", metavar="NAME:VALUES", default=None,
+                        help="the grid's rows: seed:1,2,3 (default: --seed and --seed + 1) or another --lora's "
+                             "strengths, e.g. pose:0,1")
     add_allow_pickle(parser)
     parser.set_defaults(run=run)
     return parser
@@ -54,10 +60,44 @@ def run(args: argparse.Namespace) -> int:
         for path, strength in map(lora_with_strength, args.lora):
             stack.add(path, **strength.stack_kwargs())
     library = _library(args.lora_dir)
-    result = generate(pipeline, settings, stack=stack, library=library, on_progress=progress_bar("generate"))
-    save_png(result.image, args.out, result.parameters)
-    print(f"wrote {args.out}\n{result.parameters}")
+    if args.grid_x:
+        image, parameters = _grid(args, pipeline, settings, stack, library)
+    else:
+        result = generate(pipeline, settings, stack=stack, library=library, on_progress=progress_bar("generate"))
+        image, parameters = result.image, result.parameters
+    save_png(image, args.out, parameters)
+    print(f"wrote {args.out}\n{parameters}")
     return 0
+
+
+def _grid(args, pipeline, settings, stack, library):
+    """(sheet, parameters) of a strength grid over the stack (strengths changed in place, sdlora.grid)."""
+    from dataclasses import replace
+
+    from sdlora.generate import generate
+    from sdlora.grid import SEED, strength_grid
+
+    columns = _axis(args.grid_x, "--grid-x")
+    rows = _axis(args.grid_y or f"{SEED}:{settings.seed},{settings.seed + 1}", "--grid-y")
+    first = {}
+
+    def draw(seed: int):
+        result = generate(pipeline, replace(settings, seed=seed), stack=stack, library=library)
+        first.setdefault("parameters", result.parameters)
+        return result.image
+
+    grid = strength_grid(stack, draw, columns, rows, settings.seed, on_progress=progress_bar("grid"))
+    return grid.image, f"{first['parameters']}\n{grid.describe()}"
+
+
+def _axis(text: str, option: str):
+    from sdlora.errors import ConfigError
+    from sdlora.grid import SEED, Axis, parse_values
+
+    name, sep, values = text.rpartition(":")
+    if not sep or not name:
+        raise ConfigError(f"{option} {text!r}: write NAME:VALUES, e.g. style:0,0.5,1 or seed:1,2")
+    return Axis(name, parse_values(values, option, whole=name == SEED))
 
 
 def _library(folder) -> dict[str, str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,18 @@ def test_generate_refuses_an_unknown_sampler_before_loading_the_model(tmp_path, 
     err = capsys.readouterr().err
     assert "unknown sampler 'DPM++ 3M'" in err and "DPM++ 2M SDE" in err
     assert not (tmp_path / "img.png").exists()
+
+
+def test_generate_grid_command(components, tiny_vae, lora_path, tmp_path):
+    base = tmp_path / "base"
+    tiny_pipeline(components, tiny_vae, tmp_path).save_pretrained(base)
+    png = tmp_path / "grid.png"
+    stem = Path(lora_path).stem
+    args = ["generate", "--base", str(base), "--prompt", "a cat", "--lora", f"{lora_path}:0.7", "--steps", "2",
+            "--width", "16", "--height", "16", "--seed", "4", "--grid-x", f"{stem}:0,1", "--out", str(png)]
+    assert main(args) == 0
+    with Image.open(png) as image:
+        assert image.width > 2 * 16 and image.height > 2 * 16
+        assert image.text["parameters"].endswith(f"Grid: columns {stem} [0, 1]; rows seed [4, 5]")
+    bad = [*args[:-4], "--grid-x", "nope:0,1", "--out", str(png)]
+    assert main(bad) == 2
