@@ -118,3 +118,19 @@ def test_errors_go_to_the_status_not_a_popup(app):
 
 def test_slot_value_is_the_strength_type():
     assert Slot("a", 0.8, True, True, 0.5, 1.0).value.te_value == 0.5
+
+
+def test_training_result_for_another_base_goes_to_the_library_only(app, two_bases, tmp_path):
+    import shutil
+
+    from webui import app as webapp
+
+    _, wide = two_bases
+    trained = tmp_path / "trained.safetensors"
+    shutil.copy(app.library_path("a"), trained)  # made for the embedded model
+    app.select_base(str(wide))
+    job = app.jobs.submit("style", lambda ctx: str(trained))
+    app.jobs.wait(job.id, 5)
+    message, name, slots = webapp.add_training_result(app, job.id, [])
+    assert slots == [] and "not added to the stack" in message and "Switch the Base menu to embedded" in message
+    assert name in app.library()
