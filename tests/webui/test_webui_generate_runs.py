@@ -51,12 +51,18 @@ def test_base_menu_switch_refuses_and_reapplies(app, two_bases):
     _, wide = two_bases
     values = [value for _, value in generate_runs.base_choices(app)]
     assert values == ["embedded", str(wide.resolve())]
+    import gc
+    import weakref
+
+    old = weakref.ref(app.pipeline_and_stack()[0])
     slots = generate_tab.add_checked(app, [], "a")  # fits the embedded model
     assert app.library_fits()["a"].short == "fits" and app.library_fits(str(wide))["a"].short == "needs its own base"
     message, kept = generate_tab.switch_base_slots(app, str(wide), slots)
     assert kept == [] and "taken off the stack" in message and "a (needs its own base" in message
     pipe, stack = app.pipeline_and_stack()
     assert app.model_name == "wide" and stack.entries == [] and pipe.unet.config.block_out_channels[0] == 48
+    gc.collect()
+    assert old() is None, "the previous pipeline is still referenced after a switch"
     with pytest.raises(CompatibilityError) as refused:
         generate_tab.add_checked(app, [], "a")
     line = str(refused.value)
@@ -134,3 +140,14 @@ def test_training_result_for_another_base_goes_to_the_library_only(app, two_base
     message, name, slots = webapp.add_training_result(app, job.id, [])
     assert slots == [] and "not added to the stack" in message and "Switch the Base menu to embedded" in message
     assert name in app.library()
+
+
+def test_strength_sliders_redraw_on_release(app):
+    """Each strength slider has a release event (the redraw option decides at run time whether it draws)."""
+    from webui.app import build_app
+
+    demo = build_app(app)
+    ids = {block._id: getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    released = {ids[target[0]] for dep in demo.config["dependencies"] for target in dep["targets"]
+                if target[1] == "release"}
+    assert {f"gen-slot-{i}-strength" for i in range(generate_tab.MAX_SLOTS)} <= released
