@@ -6,6 +6,11 @@ by the app; on Generate, `sync_stack` brings the shared stack to this session's 
 fewest changes (a moved slider is one `set_strength`, which re-patches only that LoRA's layers;
 nothing is reloaded from disk), then the image is generated. Generation holds the app's generate
 lock, never the training queue, so it works while a training job runs.
+
+Above the stack, the Base menu switches the shared pipeline (LoRAs that do not fit the new base leave the
+stack); adding a LoRA checks it against the base from its header first. Drawing (images, strength grids)
+streams its progress into the one status line and stops on Interrupt; webui/tabs/generate_runs.py does
+the work, this module builds and wires the widgets.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from webui.tabs.generate_runs import (
     draw_grid,
     draw_images,
     error_text,
-    settings_from,
     stream,
     switch_base,
 )
@@ -154,10 +158,6 @@ def _syncer(app, form: dict[str, Any]):
                 f"updated in place, {counts['removed']} removed")
 
     return sync
-
-
-def _settings(form: dict[str, Any]):
-    return settings_from(form)
 
 
 def _resolve(app, library: dict[str, Path], name: str) -> Path:
