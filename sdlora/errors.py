@@ -27,3 +27,7 @@ class DatasetError(SdloraError, ValueError):
 
 class TrainingError(SdloraError, RuntimeError):
     """Training had to stop (for example a non-finite loss)."""
+
+
+class Interrupted(SdloraError):
+    """The user stopped a running job (an image, a grid) before it finished; nothing was produced."""

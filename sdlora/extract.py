@@ -29,6 +29,7 @@ from sdlora.generate import short_hash
 from sdlora.models import family_from_unet, load_components, pipeline_from
 from sdlora.progress import ProgressCallback, report
 from sdlora.stack import LoraStack
+from sdlora.strength import Strength
 from sdlora.tools import ModuleResult, ToolResult, choose_rank, rank_metadata, rebuild_module, svd_of_matrix
 from sdlora.weights import LoraState
 
@@ -184,7 +185,8 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
     Args:
         base: what `sdlora.models.load_components` takes ("embedded", a folder, a checkpoint), or
             loaded components / a pipeline (restored to their original weights afterwards).
-        loras: [(path or LoraState, strength), ...].
+        loras: [(path or LoraState, strength), ...]; a strength is a number or a `sdlora.strength.Strength`
+            (text-encoder / UNet / block strengths).
         out: a new folder (diffusers layout), or a new `.safetensors` file: one checkpoint with the original
             (LDM/SGM) keys A1111, ComfyUI and diffusers' `from_single_file` read, with metadata naming the
             LoRAs and strengths. Written to a temporary name first, then renamed.
@@ -209,7 +211,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
     try:
         with stack.batch():
             for lora, strength in loras:
-                stack.add(lora, strength)
+                stack.add(lora, **Strength.of(strength).stack_kwargs())
         if single:
             _save_single_file(components, out, _bake_record(stack), family, dtype)
         else:
@@ -221,7 +223,8 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
 
 def _bake_record(stack) -> dict:
     return {"baked_by": "sdlora", "loras": [
-        {"name": e.name, "strength": e.strength, "path": e.lora.path, "hash": short_hash(e.lora.path)}
+        {"name": e.name, "strength": e.strength, "te_strength": e.te_strength, "unet_strength": e.unet_strength,
+         "path": e.lora.path, "hash": short_hash(e.lora.path)}
         for e in stack.entries]}
 
 

@@ -10,6 +10,7 @@ seeded generator and returns the image with the parameters text A1111 writes int
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,13 @@ from sdlora.arch.tables import resolve_base
 from sdlora.atomic import atomic_path
 from sdlora.configs import CONFIG_DIRS, models_root
 from sdlora.embedded import weights_dir
-from sdlora.errors import ConfigError
+from sdlora.errors import ConfigError, Interrupted
 from sdlora.header import tensor_data_sha256
 from sdlora.models import load_components, pipeline_from, single_file_config
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
 from sdlora.samplers import make_scheduler, resolve_sampler, sampler_name
+from sdlora.strength import Strength
 
 
 @dataclass
@@ -67,8 +69,9 @@ def short_hash(path) -> str:
     return tensor_data_sha256(path)[:12]
 
 
-def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str, str] | None = None,
-             on_progress: ProgressCallback | None = None) -> GenerateResult:
+def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str, str] | None = None,  # noqa: PLR0913
+             on_progress: ProgressCallback | None = None, *, should_stop: Callable[[], bool] | None = None,
+             on_preview: Callable[[int, object], None] | None = None, preview_every: int = 0) -> GenerateResult:
     """Draw one image.
 
     Args:
@@ -77,9 +80,14 @@ def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str
         stack: the LoraStack on `pipeline` (one is made for prompt tags when None).
         library: {name: path} that `<lora:name>` tags may use (e.g. `library.scan(folder).names()`).
         on_progress: called once per denoising step.
+        should_stop: asked after every step; True stops the image there (Interrupted is raised, the stack
+            is put back as for a finished image).
+        on_preview: called with (step, PIL image) every `preview_every` steps with the latents decoded so far
+            (a VAE decode each time: cheap on small models, costly on SDXL).
 
     Raises:
         ConfigError: bad settings, or a tag names a LoRA that is neither stacked nor in the library.
+        Interrupted: `should_stop` said so.
     """
     settings.check()
     if stack is None:
@@ -90,7 +98,8 @@ def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str
     undo = _apply_requests(stack, requests, library or {})
     try:
         with _sampler(pipeline, settings.sampler):
-            image = _run(pipeline, prompt, settings, on_progress)
+            watch = _StepWatch(pipeline, settings.steps, on_progress, should_stop, on_preview, preview_every)
+            image = _run(pipeline, prompt, settings, watch)
             sampler = sampler_name(pipeline.scheduler)
         hashes = {e.name: short_hash(e.lora.path) for e in stack.entries if e.enabled}
         text = parameters_text(settings, sampler, hashes, _extra_tags(stack, requests))
@@ -100,23 +109,28 @@ def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str
 
 
 def _apply_requests(stack, requests, library: dict[str, str]) -> list[tuple]:
-    """Add / re-strength the LoRAs the tags ask for; returns how to put the stack back."""
+    """Add / re-strength the LoRAs the tags ask for; returns how to put the stack back exactly."""
     undo = []
     stacked = {entry.name: entry for entry in stack.entries}
     for request in requests:
-        if request.name in stacked:
-            entry = stacked[request.name]
-            undo.append(("restore", entry.name, entry.strength, entry.unet_strength, entry.block_strengths))
-            stack.set_strength(entry.name, request.strength, unet_strength=request.unet_strength,
-                               block_strengths=request.block_strengths)
+        request.name = _tag_target(request.name, list(stacked), library)
+        entry = stacked.get(request.name)
+        if entry is not None:
+            # the tag's whole strength replaces the slot's (te included) for this image only
+            undo.append(("restore", entry.name, Strength.of_entry(entry)))
+            stack.set_strength(entry.name, **request.stack_kwargs())
             continue
-        name = resolve_name(request.name, sorted({*library, *stacked}))
-        if name in stacked:  # matched ignoring case
-            request.name = name
-            continue
-        stack.add(library[name], name=name, **request.stack_kwargs())
-        undo.append(("remove", name))
+        stack.add(library[request.name], name=request.name, **request.stack_kwargs())
+        undo.append(("remove", request.name))
     return undo
+
+
+def _tag_target(name: str, stacked: list[str], library: dict[str, str]) -> str:
+    """The stacked LoRA a tag names (exactly, else ignoring case), else the library entry it names."""
+    try:
+        return resolve_name(name, stacked)
+    except ConfigError:
+        return resolve_name(name, sorted({*library, *stacked}))
 
 
 def _undo(stack, undo) -> None:
@@ -124,19 +138,49 @@ def _undo(stack, undo) -> None:
         if action[0] == "remove":
             stack.remove(action[1])
         else:
-            _, name, strength, unet_strength, blocks = action
-            stack.set_strength(name, strength, unet_strength=unet_strength, block_strengths=blocks or None)
+            _, name, strength = action
+            stack.set_strength(name, **strength.stack_kwargs())
 
 
-def _run(pipeline, prompt: str, settings: GenerateSettings, on_progress):
+class _StepWatch:
+    """diffusers' `callback_on_step_end`: progress, the stop check and previews, once per step."""
+
+    def __init__(self, pipeline, steps, on_progress, should_stop, on_preview, preview_every):
+        self.pipeline, self.steps = pipeline, steps
+        self.on_progress, self.should_stop = on_progress, should_stop
+        self.on_preview, self.every = on_preview, preview_every
+
+    def __call__(self, pipe, step, timestep, kwargs):
+        done = step + 1
+        report(self.on_progress, done, self.steps, f"step {done}")
+        if self.should_stop is not None and self.should_stop():
+            raise Interrupted(f"stopped after step {done} of {self.steps}; nothing was drawn")
+        if self.on_preview is not None and self.every > 0 and done % self.every == 0 and done < self.steps:
+            self.on_preview(done, decode_preview(self.pipeline, kwargs["latents"]))
+        return kwargs
+
+
+def decode_preview(pipeline, latents):
+    """The latents decoded with the pipeline's VAE into a PIL image (the first of the batch)."""
+    import torch
+
+    vae = pipeline.vae
+    with torch.inference_mode():
+        pixels = vae.decode(latents[:1] / vae.config.scaling_factor, return_dict=False)[0]
+    return pipeline.image_processor.postprocess(pixels, output_type="pil")[0]
+
+
+def random_seed() -> int:
+    """A seed for "seed -1" (A1111: a random one, written into the parameters like any other)."""
+    import secrets
+
+    return secrets.randbelow(2**32)
+
+
+def _run(pipeline, prompt: str, settings: GenerateSettings, step_end):
     import torch
 
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-
-    def step_end(pipe, step, timestep, kwargs):
-        report(on_progress, step + 1, settings.steps, f"step {step + 1}")
-        return kwargs
-
     with torch.inference_mode():
         output = pipeline(
             prompt=prompt, negative_prompt=settings.negative_prompt or None,
@@ -165,8 +209,7 @@ def _extra_tags(stack, requests) -> str:
     tags = []
     for entry in stack.entries:
         if entry.enabled and entry.name not in mentioned:
-            unet = f":{entry.unet_strength:g}" if entry.unet_strength is not None else ""
-            tags.append(f"<lora:{entry.name}:{entry.strength:g}{unet}>")
+            tags.append(f"<lora:{entry.name}:{Strength.of_entry(entry).text()}>")
     return " ".join(tags)
 
 

@@ -15,34 +15,27 @@ extension's tag) is read the same way. `dyn=` is accepted and ignored (sdlora ne
 from __future__ import annotations
 
 import difflib
-import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sdlora.arch.blocks import check_strength
 from sdlora.errors import ConfigError
-
-log = logging.getLogger(__name__)
+from sdlora.strength import Strength
 
 _TAG = re.compile(r"<(lora|lyco):([^<>]+)>", re.IGNORECASE)
-_NAMED = ("te", "unet", "lbw", "dyn")
 
 
 @dataclass
 class LoraRequest:
-    """One `<lora:...>` tag: which LoRA and how strong. Feed it to `LoraStack.add`."""
+    """One `<lora:...>` tag: which LoRA and how strong. Feed it to `LoraStack.add(..., **strength.stack_kwargs())`."""
 
     name: str
-    strength: float = 1.0  # the text-encoder multiplier; the UNet follows it unless unet_strength is set
-    unet_strength: float | None = None
-    block_strengths: str | None = None  # raw lbw= value; LoraStack parses it against the model's blocks
+    strength: Strength = field(default_factory=Strength)
     tag: str = ""  # the tag as written
 
     def stack_kwargs(self) -> dict:
-        """Keyword arguments for `LoraStack.add` (besides the LoRA itself)."""
-        return {"strength": self.strength, "unet_strength": self.unet_strength,
-                "block_strengths": self.block_strengths}
+        """Keyword arguments for `LoraStack.add` / `set_strength` (besides the LoRA itself)."""
+        return self.strength.stack_kwargs()
 
 
 def parse_prompt(prompt: str, known: Iterable[str] | None = None) -> tuple[str, list[LoraRequest]]:
@@ -72,31 +65,7 @@ def _parse_tag(tag: str, body: str) -> LoraRequest:
     name, *fields = [part.strip() for part in body.split(":")]
     if not name:
         raise ConfigError(f"{tag}: the LoRA name is empty; write <lora:NAME:STRENGTH>")
-    positional, named = [], {}
-    for field in fields:
-        key, eq, value = field.partition("=")
-        if eq:
-            key = key.strip().lower()
-            if key not in _NAMED:
-                raise ConfigError(f"{tag}: unknown option {key!r}; use te=, unet= or lbw=")
-            named[key] = value.strip()
-        elif named:
-            raise ConfigError(f"{tag}: a plain value after a named one; write <lora:NAME:TE:UNET> or te=/unet=")
-        else:
-            positional.append(field)
-    if len(positional) > 3:
-        raise ConfigError(f"{tag}: too many values; write <lora:NAME:TE:UNET>")
-    if "dyn" in named or len(positional) == 3:
-        log.info("%s: dyn (rank truncation) is ignored; sdlora always applies the full rank", tag)
-    te = named.get("te", positional[0] if positional else "1")
-    unet = named.get("unet", positional[1] if len(positional) > 1 else None)
-    return LoraRequest(
-        name=name,
-        strength=check_strength(te, f"{tag}: strength"),
-        unet_strength=None if unet is None else check_strength(unet, f"{tag}: unet strength"),
-        block_strengths=named.get("lbw"),
-        tag=tag,
-    )
+    return LoraRequest(name=name, strength=Strength.from_fields(fields, tag), tag=tag)
 
 
 def resolve_name(name: str, names: list[str]) -> str:

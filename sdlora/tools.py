@@ -19,6 +19,7 @@ import torch
 
 from sdlora.errors import CompatibilityError, ConfigError
 from sdlora.progress import ProgressCallback, report
+from sdlora.strength import Strength
 from sdlora.weights import LoraModule, LoraState
 
 _HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
@@ -172,7 +173,8 @@ def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: Progres
     """Merge weighted LoRAs into one.
 
     Args:
-        items: [(LoraState, weight), ...].
+        items: [(LoraState, weight), ...]; a weight is a number or a `sdlora.strength.Strength` (its
+            text-encoder / UNet values weigh those modules).
         mode: "svd": the exact weighted sum of ΔW, then SVD to `rank` / `energy` (default: the largest
             input rank of each module); "concat": exact, the factors concatenated along rank with
             each part's weight·scale folded into its up (alpha = total rank, so scale 1).
@@ -190,7 +192,7 @@ def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: Progres
     merged = LoraState(metadata=_merge_metadata(items), format="sdlora", family=family)
     result = ToolResult(merged)
     for done, name in enumerate(names, 1):
-        parts = [(lora, float(weight)) for lora, weight in items if name in lora.modules]
+        parts = [(lora, Strength.of(weight).for_module(name)) for lora, weight in items if name in lora.modules]
         if mode == "concat":
             merged.modules[name], result.modules[name] = _concat_module(name, parts)
         else:
@@ -315,7 +317,8 @@ def _comment(metadata: dict[str, str], note: str) -> str:
 
 
 def _merge_metadata(items) -> dict[str, str]:
-    names = [lora_label(lora) + (f":{weight:g}" if weight != 1 else "") for lora, weight in items]
+    names = [lora_label(lora) + (f":{Strength.of(weight)}" if Strength.of(weight) != Strength() else "")
+             for lora, weight in items]
     return {"modelspec.merged_from": ", ".join(names), "ss_training_comment": "merged by sdlora"}
 
 

@@ -66,6 +66,11 @@ def add_training_result(state: AppState, job_id: int | None, slots: list) -> tup
     Returns (message, library name, new slots).
     """
     name, message = train_tab.add_result_to_library(state, job_id)
+    fit = state.fit(name)
+    if not fit.fits and fit.needs is not None:  # made for another base than the Generate tab's: library only
+        from webui.tabs.generate_runs import refusal
+
+        return f"{message}; not added to the stack: {refusal(state, name, fit)}", name, slots
     slots = generate_tab.add_slot(slots, name)
     return f"{message} and to the stack (Generate tab)", name, slots
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlora.errors import ConfigError
+from sdlora.errors import ConfigError, SdloraError
 from webui.jobs import JobQueue
 from webui.paths import AccessError, check_name_lengths, resolve_within
 from webui.uploads import UploadLimits
@@ -87,6 +87,9 @@ class AppState:
         self._stack: Any = None
         self._pipeline_base: str | None = None
         self.model_name = ""
+        self.current_base: str | None = None  # the Base menu's choice; None: config.base (one pipeline per app)
+        self.stop_requested = threading.Event()  # the Interrupt button; generation checks it after every step
+        self._base_info: dict[str, Any] = {}
 
     # -- paths ------------------------------------------------------------------------------
     def read_path(self, user_path: str, *, default_root: Path | None = None) -> Path:
@@ -138,20 +141,69 @@ class AppState:
         return True
 
     def base_model(self, user_value: str | None) -> str:
-        """'embedded' stays a name; anything else must be a path inside the configured folders."""
-        value = (user_value or "").strip() or self.config.base
+        """'embedded' stays a name; anything else must be a path inside the configured folders.
+        Empty means the Base menu's current choice (else the configured default)."""
+        value = (user_value or "").strip() or self.current_base or self.config.base
         if value == "embedded":
             return value
         return str(self.read_path(value))
+
+    # -- base models ----------------------------------------------------------------------
+    def bases(self) -> list[Any]:
+        """The Base menu: the configured default first, "embedded", then every model in the model folders
+        (`sdlora.bases.BaseModel`s, read from configs and headers only)."""
+        from sdlora.bases import list_bases
+
+        return list_bases(self.config.model_dirs, default=self.base_model(self.config.base))
+
+    def base_info(self, base: str | None = None) -> Any:
+        """The `BaseModel` of `base` (default: the current one), described once per path."""
+        from sdlora.bases import describe_base
+
+        value = self.base_model(base)
+        if value not in self._base_info:
+            self._base_info[value] = describe_base(value)
+        return self._base_info[value]
+
+    def fit(self, name: str, base: str | None = None) -> Any:
+        """Whether library LoRA `name` fits `base` (default: the current one): a `sdlora.compat.Fit`, from
+        headers only (for a Library column and the stack's add check)."""
+        from sdlora.compat import check_fit
+
+        return check_fit(self.library_path(name), self.base_info(base))
+
+    def library_fits(self, base: str | None = None) -> dict[str, Any]:
+        """{library name: `sdlora.compat.Fit`} against `base` (default: the current one), headers only: for a
+        Library "fits" column (`fit.short` is the cell, `fit.reason` the tooltip/detail)."""
+        from sdlora.compat import Fit, fit_shape, read_lora_shape
+
+        info = self.base_info(base)
+        fits = {}
+        for name, path in self.library().items():
+            try:
+                fits[name] = fit_shape(read_lora_shape(path), info)
+            except (SdloraError, OSError) as err:
+                fits[name] = Fit(False, None, f"cannot be used: {err}")
+        return fits
+
+    def select_base(self, user_value: str) -> str:
+        """Make `user_value` the base generation uses (checked like a typed path); the pipeline is loaded
+        by the next `pipeline_and_stack` (call it with generate_lock held to switch now)."""
+        value = self.base_model(user_value)
+        self.base_info(value)  # refuse what is no base model before anything changes
+        self.current_base = value
+        return value
 
     # -- generation pipeline ---------------------------------------------------------------
     def pipeline_and_stack(self, base: str | None = None) -> tuple[Any, Any]:
         """The generation pipeline and its LoraStack, loaded once (call with generate_lock held).
 
-        A different base reloads the pipeline; the old stack is dropped with it.
+        A different base reloads the pipeline; the old one and its stack are freed first (two SDXL models
+        would not fit in memory together).
         """
         base = self.base_model(base)
         if self._pipeline is None or base != self._pipeline_base:
+            self._free_pipeline()
             log.info("loading base model %s for generation", base)
             if self._pipeline_factory is not None:
                 self._pipeline = self._pipeline_factory(base)
@@ -160,9 +212,23 @@ class AppState:
             self.model_name = "embedded" if base == "embedded" else Path(base).stem
             from sdlora.stack import LoraStack
 
-            self._stack = LoraStack(self._pipeline)
+            # exact: a moved slider recomputes that LoRA's layers from W0 (about the cost of an in-place update), so
+            # an image depends only on the strengths, never on the slider's path: grid cells equal single images
+            self._stack = LoraStack(self._pipeline, exact=True)
             self._pipeline_base = base
         return self._pipeline, self._stack
+
+    def _free_pipeline(self) -> None:
+        if self._pipeline is None:
+            return
+        self._pipeline = self._stack = self._pipeline_base = None
+        import gc
+
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def close(self) -> None:
         self.jobs.close()

@@ -41,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
     loras = [lora_with_strength(text) for text in args.lora]
     out = bake(args.base, loras, args.output, on_progress=progress_bar("bake"), family=args.family,
                dtype=args.dtype, allow_pickle=args.allow_pickle)
-    print(f"wrote {out}: {args.base} + " + ", ".join(f"{Path(p).stem}:{s:g}" for p, s in loras))
+    print(f"wrote {out}: {args.base} + " + ", ".join(f"{Path(p).stem}:{s}" for p, s in loras))
     return 0

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                         help="stack this LoRA (repeat for several)")
     parser.add_argument("--lora-dir", "--lora_dir", type=Path, help="folder of LoRAs that prompt tags may name")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="-1: a random seed (written into the PNG's parameters)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale (default 7)")
     parser.add_argument("--sampler", default="", metavar="NAME",
@@ -32,31 +32,72 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--out", type=Path, required=True, help="the .png to write")
+    parser.add_argument("--grid-x", "--grid_x", metavar="NAME:VALUES",
+                        help="draw a strength grid instead of one image: the columns are the strengths of the "
+                             "--lora NAME (its file stem), e.g. style:0,0.5,1")
+    parser.add_argument("--grid-y", "--grid_y", metavar="NAME:VALUES", default=None,
+                        help="the grid's rows: seed:1,2,3 (default: --seed and --seed + 1) or another --lora's "
+                             "strengths, e.g. pose:0,1")
     add_allow_pickle(parser)
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.generate import GenerateSettings, default_size, generate, load_base, save_png
+    from sdlora.generate import GenerateSettings, default_size, generate, load_base, random_seed, save_png
     from sdlora.samplers import resolve_sampler
     from sdlora.stack import LoraStack
 
     sampler = resolve_sampler(args.sampler) if args.sampler else ""  # a typo fails before the model loads
     pipeline, model_name = load_base(args.base, allow_pickle=args.allow_pickle)
     size = default_size(pipeline)
-    settings = GenerateSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.cfg,
+    seed = random_seed() if args.seed == -1 else args.seed
+    settings = GenerateSettings(args.prompt, args.negative_prompt, seed, args.steps, args.cfg,
                                 args.width or size, args.height or size, model_name, sampler)
     settings.check()
     stack = LoraStack(pipeline)
     with stack.batch():
         for path, strength in map(lora_with_strength, args.lora):
-            stack.add(path, strength)
+            stack.add(path, **strength.stack_kwargs())
     library = _library(args.lora_dir)
-    result = generate(pipeline, settings, stack=stack, library=library, on_progress=progress_bar("generate"))
-    save_png(result.image, args.out, result.parameters)
-    print(f"wrote {args.out}\n{result.parameters}")
+    if args.grid_x:
+        image, parameters = _grid(args, pipeline, settings, stack, library)
+    else:
+        result = generate(pipeline, settings, stack=stack, library=library, on_progress=progress_bar("generate"))
+        image, parameters = result.image, result.parameters
+    save_png(image, args.out, parameters)
+    print(f"wrote {args.out}\n{parameters}")
     return 0
+
+
+def _grid(args, pipeline, settings, stack, library):
+    """(sheet, parameters) of a strength grid over the stack (strengths changed in place, sdlora.grid)."""
+    from dataclasses import replace
+
+    from sdlora.generate import generate
+    from sdlora.grid import SEED, strength_grid
+
+    columns = _axis(args.grid_x, "--grid-x")
+    rows = _axis(args.grid_y or f"{SEED}:{settings.seed},{settings.seed + 1}", "--grid-y")
+    first = {}
+
+    def draw(seed: int):
+        result = generate(pipeline, replace(settings, seed=seed), stack=stack, library=library)
+        first.setdefault("parameters", result.parameters)
+        return result.image
+
+    grid = strength_grid(stack, draw, columns, rows, settings.seed, on_progress=progress_bar("grid"))
+    return grid.image, f"{first['parameters']}\n{grid.describe()}"
+
+
+def _axis(text: str, option: str):
+    from sdlora.errors import ConfigError
+    from sdlora.grid import SEED, Axis, parse_values
+
+    name, sep, values = text.rpartition(":")
+    if not sep or not name:
+        raise ConfigError(f"{option} {text!r}: write NAME:VALUES, e.g. style:0,0.5,1 or seed:1,2")
+    return Axis(name, parse_values(values, option, whole=name == SEED))
 
 
 def _library(folder) -> dict[str, str] | None:

@@ -8,15 +8,23 @@ from __future__ import annotations
 import sys
 
 
-def lora_with_strength(text: str) -> tuple[str, float]:
-    """'style.safetensors:0.7' -> ('style.safetensors', 0.7); without ':NUMBER' the strength is 1."""
-    path, sep, tail = text.rpartition(":")
-    if sep:
+def lora_with_strength(text: str):
+    """'style.safetensors:0.7' -> ('style.safetensors', Strength(0.7)); also 'FILE:0.5:1' (te:unet) and
+    'FILE:te=0.5:unet=1' as in a prompt tag. Without a strength it is 1. A ':' that belongs to the path
+    (C:/...) is kept: the strength is the first tail after a ':' that reads as one."""
+    from sdlora.errors import ConfigError
+    from sdlora.strength import Strength
+
+    start = 0
+    while (cut := text.find(":", start)) != -1:
+        start = cut + 1
+        if cut == 0:
+            continue
         try:
-            return path, float(tail)
-        except ValueError:
-            pass  # a ':' that is part of the path
-    return text, 1.0
+            return text[:cut], Strength.parse(text[cut + 1:])
+        except ConfigError:
+            continue  # part of the path
+    return text, Strength()
 
 
 def progress_bar(description: str):

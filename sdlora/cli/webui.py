@@ -26,7 +26,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="an extra read-only folder to train from (repeatable; default: the "
                              "repository's sample_data/)")
     parser.add_argument("--base", default="embedded",
-                        help="default base model: 'embedded' or a model path inside the folders above")
+                        help="default base model: 'embedded' or a model path (the Base menu starts there)")
+    parser.add_argument("--models-dir", "--models_dir", dest="models_dir", type=Path, action="append", default=None,
+                        help="a read-only folder of base models (diffusers folders, SD1/SD2/SDXL .safetensors "
+                             "checkpoints) offered in the Generate tab's Base menu (repeatable)")
     parser.add_argument("--allow-pickle", "--allow_pickle", dest="allow_pickle", action="store_true",
                         help="let the UI load .ckpt/.pt/.pth/.bin models (torch.load(weights_only=True))")
     parser.add_argument("--max-work", "--max_work", type=int, default=None, metavar="N",
@@ -41,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
     data_dirs = tuple(args.data_dir) if args.data_dir else None
     # the base given on the command line is trusted (the person starting the server typed it)
-    model_dirs = () if args.base == "embedded" else (Path(args.base),)
+    model_dirs = tuple(args.models_dir or ())
+    if args.base != "embedded":
+        model_dirs = (*model_dirs, Path(args.base))
     options = {"allow_pickle": args.allow_pickle}
     if args.max_work is not None:
         if args.max_work < 0:

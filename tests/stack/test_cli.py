@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from stack_helpers import live_modules, pick, random_lora, tiny_pipeline
 from sdlora import load_lora, save_lora
 from sdlora.cli import main
 from sdlora.cli.loraargs import lora_with_strength
+from sdlora.strength import Strength
 
 
 def _attention_names(components):
@@ -31,10 +33,12 @@ def _close(a, b, rel=1e-5):
 
 
 def test_lora_with_strength_parsing():
-    assert lora_with_strength("a.safetensors:0.7") == ("a.safetensors", 0.7)
-    assert lora_with_strength("a.safetensors") == ("a.safetensors", 1.0)
-    assert lora_with_strength("C:/x/a.safetensors") == ("C:/x/a.safetensors", 1.0)
-    assert lora_with_strength("a.safetensors:-1") == ("a.safetensors", -1.0)
+    assert lora_with_strength("a.safetensors:0.7") == ("a.safetensors", Strength(0.7))
+    assert lora_with_strength("a.safetensors") == ("a.safetensors", Strength(1.0))
+    assert lora_with_strength("C:/x/a.safetensors") == ("C:/x/a.safetensors", Strength(1.0))
+    assert lora_with_strength("a.safetensors:-1") == ("a.safetensors", Strength(-1.0))
+    assert lora_with_strength("C:/x/a.safetensors:0.5:1") == ("C:/x/a.safetensors", Strength(0.5, unet=1.0))
+    assert lora_with_strength("a.safetensors:te=0.2:unet=1") == ("a.safetensors", Strength(0.2, unet=1.0))
 
 
 def test_resize_command(lora_path, tmp_path, components, capsys):
@@ -137,3 +141,18 @@ def test_resize_and_merge_commands_keep_the_input_dtype(components, tmp_path):
     assert weight_dtypes(small) == weight_dtypes(merged) == {"F16"}
     assert small.stat().st_size < source.stat().st_size
     assert weight_dtypes(wide) == {"F32"}
+
+
+def test_generate_grid_command(components, tiny_vae, lora_path, tmp_path):
+    base = tmp_path / "base"
+    tiny_pipeline(components, tiny_vae, tmp_path).save_pretrained(base)
+    png = tmp_path / "grid.png"
+    stem = Path(lora_path).stem
+    args = ["generate", "--base", str(base), "--prompt", "a cat", "--lora", f"{lora_path}:0.7", "--steps", "2",
+            "--width", "16", "--height", "16", "--seed", "4", "--grid-x", f"{stem}:0,1", "--out", str(png)]
+    assert main(args) == 0
+    with Image.open(png) as image:
+        assert image.width > 2 * 16 and image.height > 2 * 16
+        assert image.text["parameters"].endswith(f"Grid: columns {stem} [0, 1]; rows seed [4, 5]")
+    bad = [*args[:-4], "--grid-x", "nope:0,1", "--out", str(png)]
+    assert main(bad) == 2

@@ -125,3 +125,24 @@ def test_same_unet_output_as_diffusers_fuse_lora(pipe, components, lora_file):
     theirs = unet_output(components)
     assert (ours - base_out).abs().max() > 1e-3
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_tag_strength_applies_to_a_stacked_lora_named_in_another_case(pipe, lora_file):
+    """Bug (issue 14): <lora:style:0> on a stacked "Style" kept the stacked strength."""
+    base = generate(pipe, _settings("a dog"))
+    stack = LoraStack(pipe)
+    stack.add(lora_file, 1.0, name="Style")
+    zero = generate(pipe, _settings("a dog <lora:style:0>"), stack=stack)
+    assert np.array_equal(_pixels(base.image), _pixels(zero.image)), "the tag's strength 0 was ignored"
+    assert stack.entries[0].strength == 1.0  # restored after the image
+
+
+def test_tag_text_encoder_strength_replaces_a_separate_slot_strength(pipe, lora_file):
+    """Bug (issue 14): a slot with its own te strength kept it when a tag set the strength."""
+    base = generate(pipe, _settings("a dog"))
+    stack = LoraStack(pipe)
+    stack.add(lora_file, 1.0, te_strength=1.0, unet_strength=1.0, name="style")
+    zero = generate(pipe, _settings("a dog <lora:style:0>"), stack=stack)
+    assert np.array_equal(_pixels(base.image), _pixels(zero.image)), "the tag's te strength was dropped"
+    entry = stack.entries[0]
+    assert (entry.strength, entry.te_strength, entry.unet_strength) == (1.0, 1.0, 1.0)  # exact restore

@@ -6,30 +6,34 @@ import pytest
 
 from sdlora.errors import ConfigError
 from sdlora.prompt import clean_prompt, parse_prompt
+from sdlora.strength import Strength
 
 
 def test_plain_and_positional_tags():
     text, reqs = parse_prompt("a cat <lora:style:0.8>, sitting <lora:pose:0.5:1.25> on grass <lora:plain>")
     assert text == "a cat, sitting on grass"
-    assert [(r.name, r.strength, r.unet_strength) for r in reqs] == [
-        ("style", 0.8, None), ("pose", 0.5, 1.25), ("plain", 1.0, None)]
+    assert [(r.name, r.strength) for r in reqs] == [
+        ("style", Strength(0.8)), ("pose", Strength(0.5, unet=1.25)), ("plain", Strength(1.0))]
     assert reqs[0].tag == "<lora:style:0.8>"
 
 
 def test_named_te_and_unet():
     _, (req,) = parse_prompt("<lora:name:te=0.5:unet=1>")
-    assert (req.strength, req.unet_strength) == (0.5, 1.0)
+    assert (req.strength.te_value, req.strength.unet_value) == (0.5, 1.0)
     _, (req,) = parse_prompt("<lora:name:unet=0.25>")
-    assert (req.strength, req.unet_strength) == (1.0, 0.25)
+    assert (req.strength.te_value, req.strength.unet_value) == (1.0, 0.25)
     _, (req,) = parse_prompt("<lora:name:0.7:unet=0.2>")
-    assert (req.strength, req.unet_strength) == (0.7, 0.2)
+    assert (req.strength.te_value, req.strength.unet_value) == (0.7, 0.2)
+    # A1111: the UNet strength defaults to the text-encoder one after te= is read
+    _, (req,) = parse_prompt("<lora:name:0.8:te=0.5>")
+    assert (req.strength.te_value, req.strength.unet_value) == (0.5, 0.5)
 
 
 def test_lbw_and_lyco_and_negative():
     _, reqs = parse_prompt("x <lyco:old:-0.5> <lora:b:1:lbw=1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1>")
-    assert reqs[0].name == "old" and reqs[0].strength == -0.5
-    assert reqs[1].block_strengths == "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1"
-    assert reqs[1].stack_kwargs()["block_strengths"] == reqs[1].block_strengths
+    assert reqs[0].name == "old" and reqs[0].strength == Strength(-0.5)
+    assert reqs[1].strength.blocks == "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1"
+    assert reqs[1].stack_kwargs()["block_strengths"] == reqs[1].strength.blocks
 
 
 def test_known_names_resolve_case_and_suggest():

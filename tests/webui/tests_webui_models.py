@@ -82,3 +82,24 @@ def random_lora(path: Path, unet, seed: int = 1, rank: int = 4, scale: float = 1
                                                           "ss_tag_frequency": json.dumps({"x": {"zqx": 1}})}),
                      path)
     return path
+
+
+def write_wide_base(folder: Path) -> Path:
+    """A second tiny base: the embedded architecture with wider UNet blocks (48/96 channels instead of 32/64),
+    random weights, as a diffusers folder. LoRAs made for the embedded model do not fit it."""
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    from sdlora.embedded import configs
+    from sdlora.embedded.tokenizer import BOS, EOS, write_tokenizer_files
+
+    torch.manual_seed(1)
+    vocab = write_tokenizer_files(folder / "tokenizer", configs.MAX_TOKENS)
+    unet = UNet2DConditionModel(**{**configs.UNET, "block_out_channels": [48, 96, 96]})
+    StableDiffusionPipeline(
+        vae=configs.make_vae(), text_encoder=configs.make_text_encoder(len(vocab), vocab[BOS], vocab[EOS]),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"), unet=unet,
+        scheduler=DDPMScheduler.from_config(configs.SCHEDULER), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False).save_pretrained(folder, safe_serialization=True)
+    return folder

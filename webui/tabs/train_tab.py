@@ -349,11 +349,15 @@ def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
 
 def create_ui(app) -> dict[str, Any]:
     """Build the Train tab inside the current gr.Blocks; returns its components for cross-tab wiring."""
+    from webui.tabs.generate_runs import (
+        base_choices,  # the Base menu list (sdlora.bases), shared with Generate
+    )
+
     c: dict[str, Any] = {"job_id": gr.State(None), "dataset": gr.State("")}
     with gr.Row():
-        c["base"] = gr.Textbox(app.config.base, label="Base model",
-                               info="'embedded' (sdlora's small shipped model) or a model path inside the "
-                                    "configured folders")
+        c["base"] = gr.Dropdown(base_choices(app), value=app.base_model(app.config.base), label="Base model",
+                                allow_custom_value=True,  # a typed path inside the configured folders still works
+                                info="the Generate tab's Base menu list, or a model path inside the folders")
         c["preset"] = gr.Dropdown(list_presets(), value=DEFAULT_PRESET, label="Preset",
                                   info="a shipped preset; the fields below show its values")
     _create_dataset_ui(app, c)
