@@ -178,3 +178,16 @@ def test_oversized_or_bad_lora_uploads_are_refused(gen_app, tmp_path):
                                                                                           "b.safetensors"]
     with pytest.raises(SdloraError, match="choose"):
         library_tab.upload_lora(gen_app, None)
+
+
+def test_each_row_says_whether_the_lora_fits_the_current_base(gen_app):
+    import shutil
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "wild_loras" / "lycoris_lokr_sd1_d4_f16.safetensors"
+    shutil.copy(fixture, Path(gen_app.config.lora_dir) / "sd15style.safetensors")
+    rows, cards, names, _ = library_tab.refresh(gen_app)
+    fits = {row[0]: row[library_tab.COLUMNS.index("fits base")] for row in rows}
+    assert fits["a"] == "fits" and fits["b"] == "fits"
+    assert fits["sd15style"] == gen_app.fit("sd15style").short and fits["sd15style"].startswith("needs")
+    caption = cards[names.index("sd15style")][1]
+    assert caption.endswith(fits["sd15style"])  # a card that does not fit says so

@@ -21,7 +21,7 @@ from sdlora.errors import SdloraError
 from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
 
-COLUMNS = ["name", "family", "rank", "size", "date", "hash", "trigger words", "notes"]
+COLUMNS = ["name", "fits base", "family", "rank", "size", "date", "hash", "trigger words", "notes"]
 SAMPLE_LIMIT = 24  # training samples offered as previews
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SORTS = {"name": "name (A-Z)", "date": "date (newest first)", "size": "size (largest first)"}
@@ -51,9 +51,10 @@ def refresh(app, query: str = "", sort: str = "name") -> tuple[list[list], list,
 
     result = scan(app)
     entries = search(result.entries, query, sort)
-    rows = [_row(e) for e in entries]
+    fits = {name: fit.short for name, fit in app.library_fits().items()}  # headers only, against the current base
+    rows = [_row(e, fits.get(e.name, "?")) for e in entries]
     placeholder = no_preview_image(app)
-    cards = [(str(e.preview or placeholder), _caption(e)) for e in entries]
+    cards = [(str(e.preview or placeholder), _caption(e, fits.get(e.name, "?"))) for e in entries]
     shown = len(entries)
     message = f"{len(result.entries)} LoRA(s) in the library" + (f", {shown} match" if query.strip() else "")
     if result.errors:
@@ -61,15 +62,16 @@ def refresh(app, query: str = "", sort: str = "name") -> tuple[list[list], list,
     return rows, cards, [e.name for e in entries], message
 
 
-def _row(entry) -> list:
-    return [entry.name, entry.family or "?", entry.rank if entry.rank is not None else "?", human_size(entry.size),
+def _row(entry, fits: str) -> list:
+    return [entry.name, fits, entry.family or "?", entry.rank if entry.rank is not None else "?", human_size(entry.size),
             _date(entry.mtime), entry.short_hash or "-", ", ".join(entry.trigger_words[:8]),
             _short(entry.notes.get("notes") or entry.notes.get("activation text"))]
 
 
-def _caption(entry) -> str:
+def _caption(entry, fits: str) -> str:
     family = (entry.family or "?").split(":")[0]
-    return f"{entry.name} · {family} · r{entry.rank if entry.rank is not None else '?'}"
+    caption = f"{entry.name} · {family} · r{entry.rank if entry.rank is not None else '?'}"
+    return caption if fits == "fits" else f"{caption} · {fits}"
 
 
 def human_size(size: int) -> str:
