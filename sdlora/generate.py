@@ -62,6 +62,17 @@ def short_hash(path) -> str:
     return tensor_data_sha256(path)[:12]
 
 
+def check_prompt_loras(prompt: str, lora_files: list[str | Path], library: dict[str, str] | None = None) -> None:
+    """Check the prompt's `<lora:...>` tags before any model loads: each must be well formed and name one of
+    `lora_files` (by file stem, as the stack names them) or a `library` entry.
+
+    Raises:
+        ConfigError: a malformed tag or an unknown name (with the closest known names).
+    """
+    names = sorted({*(Path(f).stem for f in lora_files), *(library or {})})
+    parse_prompt(prompt, known=names)
+
+
 def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str, str] | None = None,
              on_progress: ProgressCallback | None = None) -> GenerateResult:
     """Draw one image.

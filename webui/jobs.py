@@ -65,6 +65,11 @@ class JobContext:
         with self._lock:
             self._job.step, self._job.total, self._job.message = step, total, message
 
+    def message(self, text: str) -> None:
+        """Say what the job is doing now, without moving its step (stages before and between steps)."""
+        with self._lock:
+            self._job.message = text
+
     def add_loss(self, step: int, loss: float) -> None:
         with self._lock:
             self._job.losses.append((int(step), float(loss)))

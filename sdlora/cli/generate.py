@@ -37,11 +37,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.generate import GenerateSettings, generate, load_base, save_png
+    from sdlora.generate import GenerateSettings, check_prompt_loras, generate, load_base, save_png
     from sdlora.samplers import resolve_sampler
+
+    # typos fail before torch and the model load (seconds to minutes): the sampler, the <lora:...> names
+    sampler = resolve_sampler(args.sampler) if args.sampler else ""
+    library = _library(args.lora_dir)
+    check_prompt_loras(args.prompt, [path for path, _ in map(lora_with_strength, args.lora)], library)
     from sdlora.stack import LoraStack
 
-    sampler = resolve_sampler(args.sampler) if args.sampler else ""  # a typo fails before the model loads
     pipeline, model_name = load_base(args.base)
     size = _default_size(pipeline)
     settings = GenerateSettings(args.prompt, args.negative_prompt, args.seed, args.steps, args.cfg,
@@ -51,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     with stack.batch():
         for path, strength in map(lora_with_strength, args.lora):
             stack.add(path, strength)
-    library = _library(args.lora_dir)
     result = generate(pipeline, settings, stack=stack, library=library, on_progress=progress_bar("generate"))
     save_png(result.image, args.out, result.parameters)
     print(f"wrote {args.out}\n{result.parameters}")

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdlora.errors import ConfigError
-from sdlora.train.progress import StepInfo
+from sdlora.train.progress import StageCancelled, StageInfo, Stages, StepInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StepInfo", "TrainResult", "train"]
+__all__ = ["StageInfo", "StepInfo", "TrainResult", "train"]
 
 
 @dataclass
@@ -41,6 +41,9 @@ class TrainResult:
     loss_csv: Path | None = None
     loss_plot: Path | None = None
     samples: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # where base-dependent settings came from, warnings
+    stages: list[str] = field(default_factory=list)  # stages entered, in order (sdlora.train.progress.STAGES)
+    config: object = None             # the resolved TrainConfig the run used
 
 
 @dataclass
@@ -82,40 +85,93 @@ def make_accelerator(cfg):
         raise ConfigError(f"optim.mixed_precision={cfg.optim.mixed_precision}: {err}") from err
 
 
-def _load_base(cfg):
+def _load_base(cfg, stages: Stages):
     from sdlora.models import load_components
 
-    return load_components(cfg.model.base, family=cfg.model.family, allow_pickle=cfg.model.allow_pickle)
+    stages.start("loading the base")
+    components = load_components(cfg.model.base, family=cfg.model.family, allow_pickle=cfg.model.allow_pickle)
+    stages.check()  # diffusers loads all components in one call: stop right after it when cancelled meanwhile
+    return components
+
+
+def resolve_base_settings(cfg, components=None):
+    """`cfg` with the base-dependent defaults filled in (data.resolution, buckets) and notes about them.
+
+    The base's native size comes from `components` when given, else from the base's config files (no
+    weights are read, so `--dry-run` can show it); None only for a hub id, which must load first.
+
+    Returns:
+        (resolved TrainConfig, notes for the summary, native size or None).
+    """
+    from sdlora.bases import native_resolution, native_resolution_of
+    from sdlora.config import resolve_for_base
+
+    if components is not None:
+        native = native_resolution_of(components)
+    else:
+        native = native_resolution(cfg.model.base, cfg.model.family)
+    resolved, notes = resolve_for_base(cfg, native)
+    return resolved, notes, native
+
+
+def _cancelled_result(cfg, stages: Stages, summary, notes: list[str]) -> TrainResult:
+    """A run cancelled before its first step: nothing new was saved; name the newest checkpoint kept."""
+    from sdlora.train.checkpoint import list_checkpoints
+
+    kept = list_checkpoints(Path(cfg.output.dir))
+    step = int(kept[-1].name.rpartition("-")[2]) if kept else 0
+    return TrainResult(files=[], steps=step, loss=None, history=[], summary=summary, cancelled=True,
+                       checkpoint=kept[-1] if kept else None, notes=notes, stages=list(stages.reached), config=cfg)
 
 
 def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = None,
+          on_stage: Callable[[StageInfo], None] | None = None,
           cancel: threading.Event | Callable[[], bool] | None = None, resume: bool | str | Path = False
           ) -> TrainResult:
     """Train a LoRA as `cfg` says and export it.
 
     Args:
-        cfg: a `sdlora.config.TrainConfig` (see `load_config`).
+        cfg: a `sdlora.config.TrainConfig` (see `load_config`); unset sizes are taken from the base.
         components: a `sdlora.models.Components`; loaded from `cfg.model.base` when None.
         on_step: called after every optimizer step with a `StepInfo` (main process only).
-        cancel: a threading.Event or a callable; checked before every step. When set, the run saves a
-            checkpoint and returns with `cancelled=True` (resume it later with `resume=True`).
+        on_stage: called in every other stage (loading the base, scanning images, caching latents i/N,
+            caching text i/N, compiling, sampling, saving) with a `StageInfo` (counts, elapsed, ETA).
+        cancel: a threading.Event or a callable; checked before every step and between the items of every
+            stage before the steps. When set, the run saves a checkpoint (or keeps the newest one when it
+            stopped before the first step) and returns with `cancelled=True` (resume with `resume=True`).
         resume: True = continue from the newest checkpoint in `cfg.output.dir`; or a checkpoint folder.
 
     Returns:
-        TrainResult with the exported files, history and data set summary.
+        TrainResult with the exported files, history, data set summary and notes on the settings.
 
     Raises:
         DatasetError, ConfigError: bad data or settings (before any training).
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
+    from sdlora.threads import apply_threads
     from sdlora.train.data import scan_dataset
     from sdlora.train.session import run_training
 
-    items, summary = scan_dataset(cfg.data)
-    for line in summary.lines():
-        log.info("%s", line)
-    accelerator = make_accelerator(cfg)
-    components = components if components is not None else _load_base(cfg)
-    return run_training(cfg, components, accelerator, items, summary,
-                        on_step=on_step, should_stop=lambda: _cancelled(cancel), resume=resume,
-                        started=time.time())
+    stages, summary, notes = Stages(on_stage, lambda: _cancelled(cancel)), None, []
+    apply_threads(cfg.optim.threads)
+    try:
+        resolved, notes, native = resolve_base_settings(cfg, components)
+        if native is None and components is None:  # a hub id: its size is known once it is loaded
+            components = _load_base(cfg, stages)
+            resolved, notes, _ = resolve_base_settings(cfg, components)
+        cfg = resolved
+        for note in notes:
+            (log.warning if note.startswith("warning") else log.info)("%s", note)
+        stages.start("scanning images")
+        items, summary = scan_dataset(cfg.data, on_progress=lambda p: stages.advance(p.done, p.total))
+        for line in summary.lines():
+            log.info("%s", line)
+        accelerator = make_accelerator(cfg)
+        components = components if components is not None else _load_base(cfg, stages)
+        result = run_training(cfg, components, accelerator, items, summary, on_step=on_step,
+                              should_stop=stages.should_stop, resume=resume, started=time.time(), stages=stages)
+    except StageCancelled:
+        log.info("cancelled during %s", stages.reached[-1] if stages.reached else "setup")
+        return _cancelled_result(cfg, stages, summary, notes)
+    result.notes, result.stages, result.config = notes, list(stages.reached), cfg
+    return result

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sdlora.errors import DatasetError
+from sdlora.progress import ProgressCallback, report
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
 from sdlora.train.captions import process_caption, read_caption, tag_frequency, with_trigger
 from sdlora.train.images import IMAGE_EXTENSIONS, ImageSkipped, open_image
@@ -108,21 +109,29 @@ def _scan_image(path: Path, cfg, summary: DatasetSummary) -> tuple[int, int] | N
     return img.size
 
 
-def scan_dataset(cfg) -> tuple[list[ImageItem], DatasetSummary]:
-    """Find, validate and caption every image under `cfg.path` (a `DataConfig`).
+def scan_dataset(cfg, on_progress: ProgressCallback | None = None) -> tuple[list[ImageItem], DatasetSummary]:
+    """Find, validate and caption every image under `cfg.path` (a `DataConfig`; unset sizes are filled as
+    `sdlora.config.fill_data_sizes` does without a base). `on_progress` gets (images decoded, images found).
 
     Raises:
         DatasetError: the folder is missing or holds no usable image.
     """
+    from sdlora.config import fill_data_sizes
+
+    cfg = fill_data_sizes(cfg, None)
     root = Path(cfg.path).expanduser()
     if not cfg.path or not root.is_dir():
         raise DatasetError(f"data.path: {str(root)!r} is not a folder; point it at a folder of images "
                            "with .txt captions or Kohya N_name subfolders")
     summary, items = DatasetSummary(), []
-    for folder, name, repeats, class_token in _folders(root, cfg.repeats):
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    folders = [(*f, sorted(p for p in f[0].iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
+               for f in _folders(root, cfg.repeats)]
+    total, done = sum(len(f[-1]) for f in folders), 0
+    for _folder, name, repeats, class_token, images in folders:
         found = []
         for path in images:
+            done += 1
+            report(on_progress, done, total, path.name)
             size = _scan_image(path, cfg, summary)
             if size is not None:
                 caption = with_trigger(_caption_for(path, class_token, summary), cfg.trigger)

@@ -14,7 +14,7 @@ from sdlora.train.deepspeed_run import full_precision
 from sdlora.train.export import build_metadata, export_lora, new_session_id
 from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
-from sdlora.train.progress import LossLog, StepInfo
+from sdlora.train.progress import LossLog, Stages, StepInfo
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def _export(state, run: TrainRun, stem: str | None = None) -> list[Path]:
 
 def _checkpoint(state, run: TrainRun) -> Path:
     """Checkpoint folder + a step-numbered export of the LoRA, then prune old ones."""
+    state.stages.start("saving", check=False)
     folder = save_checkpoint(state, state.step)
     _export(state, run, stem=f"{state.cfg.output.name}-step{state.step:06d}")
     if state.accelerator.is_main_process:
@@ -66,6 +67,7 @@ def _samples(state, step: int) -> list[Path]:
     if not state.accelerator.is_main_process:
         return []
     state.network.eval()
+    state.stages.start("sampling", len(out.sample_prompts), check=False)
     try:
         with encoders_on_device(state):
             return render_samples(state.components, out.sample_prompts, step, state.output / "samples",
@@ -86,10 +88,12 @@ def _any_process(accelerator, flag: bool) -> bool:
 
 def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tuple[bool, Path | None, list]:
     cfg, acc = state.cfg, state.accelerator
-    last_ckpt, samples, loss = None, [], None
+    last_ckpt, samples, loss, first = None, [], None, state.step + 1
     while state.step < cfg.optim.steps:
         if _any_process(acc, should_stop()):
             return True, _checkpoint(state, run), samples
+        if cfg.optim.compile and loss is None:  # torch.compile traces and compiles on the first call
+            state.stages.start("compiling", check=False)
         loss = optimizer_step(state)
         lr = state.lr_scheduler.get_last_lr()[0]
         ckpt = None
@@ -101,15 +105,18 @@ def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tupl
             log_file.add(state.step, loss, lr)
             if on_step is not None:
                 on_step(StepInfo(state.step, cfg.optim.steps, loss, lr, now() - started_loop, new_samples,
-                                 str(ckpt) if ckpt else None))
+                                 str(ckpt) if ckpt else None, first))
     return False, last_ckpt, samples
 
 
 def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
         cfg, components, accelerator, items, summary, *, on_step, should_stop, resume,
-                 started: float) -> TrainResult:
-    """Set up, optionally resume, loop, export. Returns the TrainResult (see `sdlora.train.train`)."""
+                 started: float, stages: Stages | None = None) -> TrainResult:
+    """Set up, optionally resume, loop, export. Returns the TrainResult (see `sdlora.train.train`).
+
+    Raises StageCancelled when cancel is set before the first step (while caching)."""
     state = setup_training(cfg, components, accelerator, items, summary)
+    state.stages = stages or Stages(should_stop=should_stop)
     try:
         return _run(state, on_step, should_stop, resume, started)
     finally:
@@ -124,8 +131,8 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     if checkpoint is not None:
         state.step = load_checkpoint(state, checkpoint)
         log.info("resumed from %s at step %d", checkpoint, state.step)
-    precompute_latents(state)
-    precompute_text(state)
+    precompute_latents(state, state.stages)
+    precompute_text(state, state.stages)
     park(state)
     run = _run_facts(state, started)
     log_file = LossLog(state.output, state.step) if accelerator.is_main_process else None
@@ -138,6 +145,7 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     if cancelled:
         last_ckpt = state.output / "checkpoints" / f"step-{state.step:06d}"
     else:
+        state.stages.start("saving", check=False)
         files = _export(state, run)
     accelerator.wait_for_everyone()
     plot = log_file.plot() if log_file is not None else None
