@@ -243,28 +243,21 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
         ConfigError: unknown base, pickle without allow_pickle, missing configs.
         FormatError / CompatibilityError: the file is not a loadable SD checkpoint.
     """
+    from sdlora.bases import parse_base
+
     if config is not None and Path(base).suffix.lower() not in (*PICKLE_SUFFIXES, ".safetensors"):
         raise ConfigError(f"model config {config}: only used for single-file checkpoints, and {base!r} is not one")
-    if base == "embedded":
-        from sdlora.embedded import weights_dir
-
-        return _load_folder(weights_dir(), dtype)
-    path = Path(base).expanduser()
-    if path.is_dir():
-        return _load_folder(path, dtype)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise ConfigError(f"{path}: pickle checkpoints can run code when loaded; convert it to .safetensors, "
-                              "or pass --allow-pickle (model.allow_pickle: true) to load it with "
-                              "torch.load(weights_only=True)")
-        if not path.is_file():
-            raise ConfigError(f"model.base: {path} does not exist")
-        return load_single_file(path, family, dtype, config)
-    if path.suffix.lower() == ".safetensors":
-        if not path.is_file():
-            raise ConfigError(f"model.base: {path} does not exist")
-        return load_single_file(path, family, dtype, config)
-    if base.count("/") == 1 and not base.startswith((".", "/", "~")):
-        return _load_hub(base, dtype)
-    raise ConfigError(f"model.base: {base!r} is not 'embedded', a diffusers folder, a .safetensors checkpoint "
-                      "or a hub id (org/name)")
+    path = Path(str(base)).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:  # said before "does not exist"
+        raise ConfigError(f"{path}: pickle checkpoints can run code when loaded; convert it to .safetensors, "
+                          "or pass --allow-pickle (model.allow_pickle: true) to load it with "
+                          "torch.load(weights_only=True)")
+    ref = parse_base(base)  # one meaning of a base for every command (sdlora.bases)
+    if ref.kind in ("embedded", "folder"):
+        return _load_folder(ref.path, dtype)
+    if ref.kind == "file":
+        return load_single_file(ref.path, family, dtype, config)
+    if ref.kind == "hub":
+        return _load_hub(ref.value, dtype)
+    raise ConfigError(f"model.base: {base!r} names an architecture ({ref.value}) but no weights; give 'embedded', "
+                      "a diffusers folder, a .safetensors checkpoint or a hub id")

@@ -175,12 +175,14 @@ def _resolve(library: dict[str, Path], name: str) -> Path:
 
 
 def default_size(app) -> int:
-    """The image side the base model was trained at: 32 for the embedded model, else SD's 512."""
-    if app.config.base == "embedded":
-        from sdlora.embedded import IMAGE_SIZE
+    """The image side the base model was trained at (embedded 32, SD1 512, SD2-v 768, SDXL 1024), read from
+    its configs; SD's 512 when they cannot tell."""
+    from sdlora.bases import native_resolution
 
-        return IMAGE_SIZE
-    return 512
+    try:
+        return native_resolution(app.config.base) or 512
+    except SdloraError:
+        return 512
 
 
 def preferred_weight(app, name: str) -> float:
