@@ -17,7 +17,8 @@ def test_refresh_lists_loras_and_reports_damaged_files(gen_app):
     (Path(gen_app.config.lora_dir) / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{bad")
     rows, previews, names, message = library_tab.refresh(gen_app)
     assert names == ["a", "b"]
-    assert rows[0][0] == "a" and rows[0][2] == 4 and "zqx" in rows[0][3]
+    assert rows[0][0] == "a" and rows[0][2] == 4 and "zqx" in rows[0][4]  # a caption tag: top tags
+    assert rows[0][3] == ""  # no modelspec.trigger_phrase: no trigger words
     assert previews == []
     assert "2 LoRA(s)" in message and "broken.safetensors" in message
 

@@ -16,7 +16,7 @@ from sdlora.errors import SdloraError
 from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
 
-COLUMNS = ["name", "family", "rank", "trigger words", "notes"]
+COLUMNS = ["name", "family", "rank", "trigger words", "top tags", "notes"]
 
 
 def scan(app):
@@ -37,7 +37,7 @@ def refresh(app) -> tuple[list[list], list, list[str], str]:
     result = scan(app)
     entries = result.entries
     rows = [[e.name, e.family or "?", e.rank if e.rank is not None else "?", ", ".join(e.trigger_words[:8]),
-             _short(e.notes.get("notes") or e.notes.get("activation text"))] for e in entries]
+             ", ".join(e.top_tags[:5]), _short(e.notes.get("notes") or e.notes.get("activation text"))] for e in entries]
     previews = [(str(e.preview), e.name) for e in entries if e.preview]
     message = f"{len(entries)} LoRA(s) in the library"
     if result.errors:
