@@ -310,7 +310,7 @@ def run_training(cfg, ctx: JobContext) -> str | None:
 
     ctx.progress(0, cfg.optim.steps, "starting")
     result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps),
-                   on_stage=lambda info: ctx.message(info.line()), cancel=ctx.cancel_event)
+                   on_stage=lambda info: ctx.message(info.line(), info.stage), cancel=ctx.cancel_event)
     if getattr(result, "cancelled", False):
         stage = f" during {result.stages[-1]}" if result.stages and not result.history else ""
         ctx.progress(result.steps, cfg.optim.steps, f"cancelled at step {result.steps}{stage}; checkpoint "
@@ -374,7 +374,7 @@ def poll(app, job_id: int | None) -> dict[str, Any]:
         status += f": {state['message']}"
     finished = state["status"] in ("done", "failed", "cancelled")
     result = state["result"] if state["status"] == DONE else None
-    return {"progress": progress_html(state["step"], state["total"], state["status"]),
+    return {"progress": progress_html(state["step"], state["total"], state["status"], state.get("stages")),
             "losses": state["losses"], "samples": state["samples"], "queue": queue,
             "result": result, "status": status, "finished": finished}
 
@@ -385,12 +385,16 @@ def queue_rows(app) -> list[list]:
             for j in app.jobs.snapshot()]
 
 
-def progress_html(step: int, total: int, status: str) -> str:
-    """A native <progress> bar with the step count (tests read its value and max)."""
+def progress_html(step: int, total: int, status: str, stages: dict[str, str] | None = None) -> str:
+    """A native <progress> bar with the step count (tests read its value and max), and below it every stage
+    the run went through with its latest line (counts, elapsed, ETA), so a short stage is not missed."""
     total = max(int(total), 0)
     pct = 100.0 * step / total if total else 0.0
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in (stages or {}).values())
+    stage_list = f'<ol class="sdlora-stages" id="train-stages">{items}</ol>' if items else ""
     return (f'<div class="sdlora-progress"><progress id="train-progress" value="{int(step)}" max="{total or 1}">'
-            f"</progress> <span>step {int(step)} / {total} ({pct:.0f}%) · {html.escape(status)}</span></div>")
+            f"</progress> <span>step {int(step)} / {total} ({pct:.0f}%) · {html.escape(status)}</span>"
+            f"{stage_list}</div>")
 
 
 def smoothed(values: list[float]) -> list[float]:
