@@ -149,17 +149,37 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
     from sdlora.threads import apply_threads
+    from sdlora.train import runs
+
+    stages = Stages(on_stage, lambda: _cancelled(cancel))
+    apply_threads(cfg.optim.threads)
+    resolved, notes, native = resolve_base_settings(cfg, components)
+    if native is None and components is None:  # a hub id: its size is known once it is loaded
+        try:
+            components = _load_base(cfg, stages)
+        except StageCancelled:
+            return _cancelled_result(resolved, stages, None, notes)
+        resolved, notes, _ = resolve_base_settings(cfg, components)
+    cfg = resolved
+    runs.start_run(cfg)  # run.yaml + run.json: the run can be listed, and resumed, whatever happens next
+    try:
+        result = _train(cfg, components, stages, notes, on_step, resume)
+    except StageCancelled as err:
+        log.info("cancelled during %s", stages.reached[-1] if stages.reached else "setup")
+        result = _cancelled_result(cfg, stages, getattr(err, "summary", None), notes)
+    except BaseException as err:  # also KeyboardInterrupt (second Ctrl-C): the status says it did not finish
+        runs.write_status(Path(cfg.output.dir), runs.FAILED, error=f"{type(err).__name__}: {err}")
+        raise
+    runs.write_status(Path(cfg.output.dir), runs.CANCELLED if result.cancelled else runs.DONE, steps=result.steps)
+    return result
+
+
+def _train(cfg, components, stages: Stages, notes: list[str], on_step, resume) -> TrainResult:
     from sdlora.train.data import scan_dataset
     from sdlora.train.session import run_training
 
-    stages, summary, notes = Stages(on_stage, lambda: _cancelled(cancel)), None, []
-    apply_threads(cfg.optim.threads)
+    summary = None
     try:
-        resolved, notes, native = resolve_base_settings(cfg, components)
-        if native is None and components is None:  # a hub id: its size is known once it is loaded
-            components = _load_base(cfg, stages)
-            resolved, notes, _ = resolve_base_settings(cfg, components)
-        cfg = resolved
         for note in notes:
             (log.warning if note.startswith("warning") else log.info)("%s", note)
         stages.start("scanning images")
@@ -170,8 +190,8 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         components = components if components is not None else _load_base(cfg, stages)
         result = run_training(cfg, components, accelerator, items, summary, on_step=on_step,
                               should_stop=stages.should_stop, resume=resume, started=time.time(), stages=stages)
-    except StageCancelled:
-        log.info("cancelled during %s", stages.reached[-1] if stages.reached else "setup")
-        return _cancelled_result(cfg, stages, summary, notes)
+    except StageCancelled as err:
+        err.summary = summary  # the scan's summary, when it got that far
+        raise
     result.notes, result.stages, result.config = notes, list(stages.reached), cfg
     return result

@@ -304,13 +304,15 @@ def start_training(app, form: dict[str, Any]) -> tuple[int, str]:
     return job.id, f"job {job.id} ({cfg.output.name}): {where}{warnings}"
 
 
-def run_training(cfg, ctx: JobContext) -> str | None:
-    """The job body: call the trainer with progress and cancel wired to the job; return the LoRA path."""
+def run_training(cfg, ctx: JobContext, resume: bool = False) -> str | None:
+    """The job body: call the trainer with progress and cancel wired to the job; return the LoRA path.
+    `resume=True` continues from the newest checkpoint in cfg.output.dir (the CLI's `--resume`)."""
     from sdlora.train import train
 
     ctx.progress(0, cfg.optim.steps, "starting")
     result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps),
-                   on_stage=lambda info: ctx.message(info.line(), info.stage), cancel=ctx.cancel_event)
+                   on_stage=lambda info: ctx.message(info.line(), info.stage), cancel=ctx.cancel_event,
+                   resume=resume)
     if getattr(result, "cancelled", False):
         stage = f" during {result.stages[-1]}" if result.stages and not result.history else ""
         ctx.progress(result.steps, cfg.optim.steps, f"cancelled at step {result.steps}{stage}; checkpoint "
@@ -357,7 +359,8 @@ def cancel_training(app, job_id: int | None) -> str:
     if job_id is None:
         raise SdloraError("no training job in this session to cancel")
     job = app.jobs.cancel(job_id)
-    return f"job {job.id} ({job.name}): cancelling; it stops within a step and keeps the last checkpoint"
+    return (f"job {job.id} ({job.name}): cancelling; it stops within a step (or an image, while caching) and "
+            "keeps the last checkpoint")
 
 
 def poll(app, job_id: int | None) -> dict[str, Any]:
@@ -462,6 +465,9 @@ def create_ui(app) -> dict[str, Any]:
     with gr.Row():
         c["result"] = gr.File(label="Trained LoRA (.safetensors)", interactive=False, elem_id="train-result")
         c["add_to_stack"] = gr.Button("Add to library and stack", elem_id="train-add-to-stack")
+    from webui.tabs import runs_view
+
+    runs_view.create_ui(app, c)
     c["timer"] = gr.Timer(0.5, active=False)  # this session's job: progress, loss, samples
     c["queue_timer"] = gr.Timer(3.0)  # the shared queue, so jobs other sessions started are visible too
     _wire(app, c)
@@ -558,3 +564,6 @@ def _wire(app, c: dict[str, Any]) -> None:
                     show_progress="hidden")
     c["queue_timer"].tick(bound(queue_rows, app), None, c["queue"], api_name="train_queue",
                           show_progress="hidden")
+    from webui.tabs import runs_view
+
+    runs_view.wire(app, c)
