@@ -25,6 +25,7 @@ from sdlora.errors import ConfigError
 from sdlora.train.progress import StageCancelled, StageInfo, Stages, StepInfo
 
 log = logging.getLogger(__name__)
+LOAD_POLL_S = 0.2  # how often a base load in progress reports and checks for cancel
 
 __all__ = ["StageInfo", "StepInfo", "TrainResult", "train"]
 
@@ -86,12 +87,32 @@ def make_accelerator(cfg):
 
 
 def _load_base(cfg, stages: Stages):
+    """Load the base in a helper thread while this one reports the elapsed time and watches for cancel.
+
+    diffusers loads every component in one call that cannot be interrupted (an SDXL base: a minute on a
+    slow disk); waiting here instead lets Cancel and Ctrl-C return within LOAD_POLL_S. A cancelled load's
+    thread finishes in the background and its result is dropped (a daemon thread: it never holds the
+    process open)."""
     from sdlora.models import load_components
 
     stages.start("loading the base")
-    components = load_components(cfg.model.base, family=cfg.model.family, allow_pickle=cfg.model.allow_pickle)
-    stages.check()  # diffusers loads all components in one call: stop right after it when cancelled meanwhile
-    return components
+    box: dict = {}
+
+    def work():
+        try:
+            box["components"] = load_components(cfg.model.base, family=cfg.model.family,
+                                                allow_pickle=cfg.model.allow_pickle)
+        except BaseException as err:  # handed to the caller's thread as it is
+            box["error"] = err
+
+    thread = threading.Thread(target=work, name="sdlora-load-base", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(LOAD_POLL_S)
+        stages.advance(0)  # the elapsed time goes on showing; raises StageCancelled on cancel
+    if "error" in box:
+        raise box["error"]
+    return box["components"]
 
 
 def resolve_base_settings(cfg, components=None):

@@ -220,3 +220,30 @@ def test_threads_follow_the_cgroup_quota_and_the_request(tmp_path):
     assert threads.choose_threads(3, quota) == 3  # an explicit request is taken as given
     assert [threads.auto_threads(n) for n in (1, 2, 3, 4, 8, 16)] == [1, 1, 2, 3, 7, 14]
     assert load_config(None, ["optim.threads=2"]).optim.threads == 2
+
+
+def test_cancel_while_the_base_loads_returns_before_the_load_ends(tmp_path, monkeypatch):
+    """diffusers' load cannot be interrupted: train() waits for it in another thread and returns on cancel."""
+    import sdlora.models
+    from sdlora.train import train
+
+    release, started = threading.Event(), threading.Event()
+
+    def slow_load(*args, **kwargs):
+        started.set()
+        release.wait(60)  # a big base on a slow disk
+        raise AssertionError("the load's result must not be used after a cancel")
+
+    monkeypatch.setattr(sdlora.models, "load_components", slow_load)
+    cancel = threading.Event()
+
+    def on_stage(info):
+        if info.stage == "loading the base" and started.is_set():
+            cancel.set()  # Cancel pressed while the load runs
+
+    cfg = _cfg(write_images(tmp_path / "data", count=2), tmp_path / "out")
+    result = train(cfg, on_stage=on_stage, cancel=cancel)
+    assert not release.is_set()  # returned while the load was still blocked
+    release.set()
+    assert result.cancelled and result.stages == ["scanning images", "loading the base"]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "cancelled"
