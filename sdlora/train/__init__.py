@@ -102,7 +102,7 @@ def _load_base(cfg, stages: Stages):
         try:
             box["components"] = load_components(cfg.model.base, family=cfg.model.family,
                                                 allow_pickle=cfg.model.allow_pickle)
-        except BaseException as err:  # handed to the caller's thread as it is
+        except BaseException as err:  # noqa: BLE001 - re-raised as it is in the caller's thread
             box["error"] = err
 
     thread = threading.Thread(target=work, name="sdlora-load-base", daemon=True)
