@@ -12,8 +12,9 @@ from pathlib import Path
 
 DESCRIPTION = """\
 Show a LoRA file's format, base family, components, module count, kinds, ranks, alphas, dtypes,
-trigger words (modelspec.trigger_phrase), top tags (the most frequent ss_tag_frequency caption tags), hashes (stored sshs_* values, the tensor-data SHA-256 computed now
-and A1111's 12-character short hash) and all metadata. Reads only the file header (and the few bytes
+trigger words (modelspec.trigger_phrase), top tags (the most frequent ss_tag_frequency caption tags),
+hashes (stored sshs_* values, the tensor-data SHA-256 computed now and A1111's 12-character short hash)
+and all metadata. Reads only the file header (and the few bytes
 of the alpha values and the tensor data for the hash); nothing is loaded into memory.
 
 exit codes: 0 ok, 2 the file is not a readable LoRA (the message says why)."""

@@ -246,3 +246,22 @@ def test_load_dataset_shows_the_trainers_summary(app):
     summary = train_tab.load_dataset(app, "shapes", None)[3]
     assert "captions: 2/3" in summary and "top tags in" in summary and "square" in summary
     assert "skipped" in summary and "broken.png" in summary
+
+
+def test_defaults_follow_the_base_and_far_off_sizes_are_warned(app):
+    # the embedded base: its own recipe (the quickstart's) and its native 32 px fill the form
+    values = train_tab.preset_values(train_tab.DEFAULT_PRESET, base="embedded")
+    assert values["data.resolution"] == 32 and values["lora.targets"] == "locon-io" and values["optim.steps"] == 600
+    assert train_tab.base_changed(app, "embedded", train_tab.DEFAULT_PRESET) == list(values.values())
+    assert train_tab.preset_values("quick", base="embedded")["data.resolution"] == 256  # a preset's own size stays
+    assert train_tab.resolution_note(app, "embedded", 32) == ""
+    assert "256x the pixels" in train_tab.resolution_note(app, "embedded", 512)
+    form = {**values, "preset": train_tab.DEFAULT_PRESET, "model.base": "embedded", "data.path": "shapes",
+            "data.resolution": 512}
+    cfg = train_tab.config_from_form(app, form)
+    assert cfg.lora.targets == "locon-io" and cfg.data.resolution == 512
+    job_id, status = train_tab.start_training(app, {**form, "optim.steps": 1})
+    app.jobs.cancel(job_id)
+    assert "256x the pixels of the base's native 32 px" in status
+    form["data.resolution"] = None  # an emptied field: the base's size
+    assert train_tab.config_from_form(app, form).data.resolution is None
