@@ -91,10 +91,10 @@ class _StageLines:
     """Prints each stage of a run on stderr as it changes: `caching latents 12/50 · 3 s elapsed · ETA 9 s`,
     redrawn in place on a terminal and at most every few seconds (and at the end of a stage) otherwise."""
 
-    def __init__(self, stream=None):
+    def __init__(self, bar: _Bar, stream=None):
         import sys
 
-        self.stream = stream or sys.stderr
+        self.bar, self.stream = bar, stream or sys.stderr
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self.stage, self.last = "", 0.0
 
@@ -102,6 +102,11 @@ class _StageLines:
         import time
 
         new_stage, finished = info.stage != self.stage, bool(info.total) and info.done >= info.total
+        if self.bar.bar is not None:  # steps have begun: one line per stage, above the step bar
+            if new_stage:
+                self.stage = info.stage
+                self.bar.bar.write(info.line())
+            return
         if not (new_stage or finished or self.tty or time.monotonic() - self.last > 5):
             return
         if new_stage and self.stage and self.tty:
@@ -111,7 +116,7 @@ class _StageLines:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.stage and self.tty:
+        if self.stage and self.tty and self.bar.bar is None:
             self.stream.write("\n")
 
 
@@ -155,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         return _dry_run(cfg)
     from sdlora.train import train
 
-    bar, stages, cancel = _Bar(), _StageLines(), threading.Event()
+    bar, cancel = _Bar(), threading.Event()
+    stages = _StageLines(bar)
     previous = _cancel_on_ctrl_c(cancel)
     try:
         result = train(cfg, on_step=bar, on_stage=stages, cancel=cancel, resume=args.resume)

@@ -301,7 +301,10 @@ def start_training(app, form: dict[str, Any]) -> tuple[int, str]:
     ahead = sum(1 for j in app.jobs.snapshot() if j["status"] in ("queued", "running") and j["id"] != job.id)
     where = f"queued behind {ahead} job(s)" if ahead else "starting"
     warnings = "".join(f"\n\n⚠️ {n.removeprefix('warning: ')}" for n in notes if n.startswith("warning"))
-    return job.id, f"job {job.id} ({cfg.output.name}): {where}{warnings}"
+    own = _preset_path(form.get("preset") or DEFAULT_PRESET, None, cfg.model.base)
+    recipe = f"; settings: the '{own.stem}' preset (this base's recipe) and the form" if (
+        own is not None and (form.get("preset") or DEFAULT_PRESET) == DEFAULT_PRESET) else ""
+    return job.id, f"job {job.id} ({cfg.output.name}): {where}{recipe}{warnings}"
 
 
 def run_training(cfg, ctx: JobContext, resume: bool = False) -> str | None:
