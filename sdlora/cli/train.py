@@ -105,7 +105,7 @@ class _StageLines:
         if self.bar.bar is not None:  # steps have begun: one line per stage, above the step bar
             if new_stage:
                 self.stage = info.stage
-                self.bar.bar.write(info.line())
+                self.bar.bar.write(info.line(), file=self.stream)
             return
         if not (new_stage or finished or self.tty or time.monotonic() - self.last > 5):
             return
