@@ -158,7 +158,10 @@ def check_target(base: str | Path):
 
     `embedded` is its shipped diffusers folder; the rest as `sdlora.arch.resolve_base`.
     """
-    from sdlora.arch import resolve_base
+    try:  # sdlora.arch is becoming a package (resolve_base in sdlora/arch/tables.py); either layout works
+        from sdlora.arch.tables import resolve_base
+    except ImportError:
+        from sdlora.arch import resolve_base
 
     ref = parse_base(base) if str(base).strip() == EMBEDDED else None
     return resolve_base(ref.path if ref is not None else base)

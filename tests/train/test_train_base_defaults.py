@@ -56,7 +56,10 @@ def tiny_single_file(tmp_path, caplog):
     """A tiny SD1-architecture model as an original-keyed single file, with its <stem>.config/ beside it."""
     from diffusers import StableDiffusionPipeline
 
-    from sdlora.ldm_keys import models_to_ldm
+    try:  # sdlora/ldm_keys.py moves into the sdlora.arch package
+        from sdlora.arch.ldm_keys import models_to_ldm
+    except ImportError:
+        from sdlora.ldm_keys import models_to_ldm
 
     caplog.set_level(logging.ERROR)
     folder = save_tiny_pipeline(tmp_path / "tiny-sd", tmp_path)
