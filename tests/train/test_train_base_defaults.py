@@ -250,3 +250,27 @@ def test_cancel_while_the_base_loads_returns_before_the_load_ends(tmp_path, monk
     release.set()
     assert result.cancelled and result.stages == ["scanning images", "loading the base"]
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "cancelled"
+
+
+def test_first_ctrl_c_in_the_cli_stops_latent_caching(tmp_path, monkeypatch, capsys):
+    """The real SIGINT handler of `sdlora train`, with Ctrl-C pressed while the 4th image is encoded."""
+    import os
+    import signal
+
+    from sdlora.cli import train as train_cli
+
+    draw = train_cli._StageLines.__call__
+    seen = []
+
+    def pressing_ctrl_c(self, info):
+        seen.append((info.stage, info.done))
+        if info.stage == "caching latents" and info.done == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered to the CLI's handler in this (main) thread
+        draw(self, info)
+
+    monkeypatch.setattr(train_cli._StageLines, "__call__", pressing_ctrl_c)
+    data = write_images(tmp_path / "data", count=12)
+    assert main(["train", "--data", str(data), "--steps", "5", "--output", str(tmp_path / "out")]) == 0
+    assert "cancelled at step 0 during caching latents; checkpoint: none" in capsys.readouterr().out
+    assert max(done for stage, done in seen if stage == "caching latents") == 3
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "cancelled"
