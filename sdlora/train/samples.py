@@ -51,8 +51,9 @@ def labelled_grid(images: list[Image.Image], labels: list[str], columns: int = 4
 @torch.no_grad()
 def render_samples(  # noqa: PLR0913 - keyword-only sampling settings
         components, prompts: list[str], step: int, folder: Path, *, size: int, steps: int,
-                   seed: int) -> list[Path]:
-    """Render `prompts`, save each image and a labelled grid; returns [grid, image, image, ...]."""
+                   seed: int, on_image=None) -> list[Path]:
+    """Render `prompts`, save each image and a labelled grid; returns [grid, image, image, ...].
+    `on_image(done)` is called after each image (the trainer's "sampling i/N" stage)."""
     folder.mkdir(parents=True, exist_ok=True)
     pipe = build_pipeline(components)
     pipe.set_progress_bar_config(disable=True)
@@ -62,6 +63,8 @@ def render_samples(  # noqa: PLR0913 - keyword-only sampling settings
         generator = torch.Generator(device).manual_seed(seed + i)
         images.append(pipe(prompt, height=size, width=size, num_inference_steps=steps,
                            generator=generator).images[0])
+        if on_image is not None:
+            on_image(i + 1)
     paths = []
     for i, image in enumerate(images):
         path = folder / f"step-{step:06d}-{i:02d}.png"

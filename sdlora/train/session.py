@@ -72,7 +72,8 @@ def _samples(state, step: int) -> list[Path]:
         with encoders_on_device(state):
             return render_samples(state.components, out.sample_prompts, step, state.output / "samples",
                                   size=out.sample_size or state.cfg.data.resolution, steps=out.sample_steps,
-                                  seed=state.cfg.optim.seed)
+                                  seed=state.cfg.optim.seed,
+                                  on_image=lambda done: state.stages.advance(done, check=False))
     finally:
         state.network.train()
 

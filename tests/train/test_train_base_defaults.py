@@ -118,6 +118,7 @@ def test_every_stage_is_reported_in_order(tiny_components, tmp_path):
     assert names == ["scanning images", "caching latents", "caching text", "sampling", "saving"], names
     latents = [(i.done, i.total) for i in seen if i.stage == "caching latents"]
     assert latents == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert [(i.done, i.total) for i in seen if i.stage == "sampling"] == [(0, 1), (1, 1)]
     assert all(i.line().startswith(i.stage) and "elapsed" in i.line() for i in seen)
     assert result.stages == names
 
