@@ -12,6 +12,8 @@ OUT=${SDLORA_QUICKSTART_OUT:-outputs/quickstart}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f sample_data/prompts.txt ] || .venv/bin/python scripts/make_sample_data.py
 start=$(date +%s)
-.venv/bin/sdlora train --config scripts/quickstart.yaml --data sample_data --base embedded --output "$OUT" "$@"
+# the `embedded` preset (sdlora/configs/presets/embedded.yaml) is what `sdlora train` uses for this base anyway
+.venv/bin/sdlora train --config embedded --data sample_data --base embedded --output "$OUT" \
+    --set output.name=zqx_style "$@"
 echo "quickstart: training took $(( $(date +%s) - start )) s; LoRA: $OUT/zqx_style.safetensors"
 .venv/bin/python scripts/before_after.py --lora "$OUT/zqx_style.safetensors" --out "$OUT/before_after.png"

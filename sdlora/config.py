@@ -16,6 +16,7 @@ the web UI reuse them for help text and tooltips.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -55,10 +56,12 @@ class DataConfig:
     path: str = _opt("", "image folder: images with same-stem .txt captions, or Kohya N_name subfolders")
     trigger: str = _opt("", "trigger word prepended to every caption (kept first when shuffling)")
     repeats: int = _opt(1, "repeats for images directly in the folder (N_name subfolders use N)")
-    resolution: int = _opt(512, "training resolution; buckets keep about resolution x resolution pixels")
+    resolution: int | None = _opt(None, "training resolution; buckets keep about resolution x resolution pixels. "
+                                  "Unset (null or 'auto'): the base's native size (UNet sample size x VAE "
+                                  "scale factor: embedded 32, SD1 512, SD2-v 768, SDXL 1024)")
     buckets: bool = _opt(True, "aspect-ratio buckets; off = square crops at `resolution`")
-    min_bucket: int = _opt(256, "smallest bucket side in pixels")
-    max_bucket: int = _opt(1024, "largest bucket side in pixels")
+    min_bucket: int | None = _opt(None, "smallest bucket side in pixels (unset: resolution / 2)")
+    max_bucket: int | None = _opt(None, "largest bucket side in pixels (unset: resolution x 2)")
     bucket_step: int = _opt(64, "bucket sides are multiples of this (64 for SD1/SD2, 32 allowed for SDXL)")
     crop: str = _opt("center", "how an image is cropped to its bucket", ("center", "random"))
     flip: bool = _opt(False, "random horizontal flip")
@@ -145,6 +148,9 @@ class OptimConfig:
     ema_every: int = _opt(1, "update the EMA every N optimizer steps")
     loraplus_ratio: float = _opt(0.0, "LoRA+: the LoRA up matrices train at lr x this ratio (0 = off; the paper "
                                  "suggests 16; written to ss_network_args as loraplus_lr_ratio)")
+    threads: int | None = _opt(None, "CPU threads for torch (unset or 0: chosen from the CPUs this process may "
+                               "use, its affinity and cgroup quota, leaving one free on small machines so "
+                               "that a competing process does not stall every step)")
 
 
 @dataclass
@@ -231,24 +237,32 @@ def _check_ranges(cfg: TrainConfig) -> None:
     positive = {"optim.steps": cfg.optim.steps, "lora.rank": cfg.lora.rank, "lora.conv_rank": cfg.lora.conv_rank,
                 "data.batch_size": cfg.data.batch_size, "optim.grad_accum": cfg.optim.grad_accum,
                 "data.resolution": cfg.data.resolution, "data.bucket_step": cfg.data.bucket_step,
+                "data.min_bucket": cfg.data.min_bucket, "data.max_bucket": cfg.data.max_bucket,
                 "optim.lr_cycles": cfg.optim.lr_cycles}
     for key, value in positive.items():
-        if value <= 0:
+        if value is not None and value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
     for key in ("caption_dropout", "tag_dropout"):
         value = getattr(cfg.data, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"data.{key}: must be between 0 and 1, got {value}")
+    if cfg.optim.threads is not None and cfg.optim.threads < 0:
+        raise ConfigError(f"optim.threads: must be 0 (auto) or more, got {cfg.optim.threads}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
-    if cfg.data.resolution % 8:
+    if cfg.data.resolution is not None and cfg.data.resolution % 8:
         raise ConfigError(f"data.resolution: {cfg.data.resolution} is not a multiple of 8 (the VAE needs that)")
-    if cfg.data.min_bucket > cfg.data.max_bucket:
+    if cfg.data.min_bucket is not None and cfg.data.max_bucket is not None and cfg.data.min_bucket > cfg.data.max_bucket:
         raise ConfigError(f"data.min_bucket ({cfg.data.min_bucket}) is larger than data.max_bucket "
                           f"({cfg.data.max_bucket})")
 
 
+AUTO_KEYS = ("data.resolution", "data.min_bucket", "data.max_bucket", "optim.threads")
+
+
 def _set(cfg: TrainConfig, key: str, value: Any, source: str) -> None:
+    if key in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
+        value = None  # `auto` reads better than `null` on a command line: --set data.resolution=auto
     section, _, name = key.partition(".")
     if section not in SECTIONS:
         raise ConfigError(f"{source}: unknown section '{section}'{_suggest(section, list(SECTIONS))}")
@@ -389,3 +403,39 @@ def field_help(key: str) -> str:
         if f.name == name:
             return f.metadata["help"]
     raise ConfigError(f"unknown key '{key}'")
+
+
+DEFAULT_NATIVE = 512  # the size assumed when nothing tells the base's own (SD1's; only before a base is known)
+
+
+def fill_data_sizes(data: DataConfig, native: int | None) -> DataConfig:
+    """A copy of `data` with the unset sizes taken from the base's native side `native`: resolution =
+    native, buckets from half to twice it (SD1: 256..1024, sd-scripts' usual range)."""
+    native = native or DEFAULT_NATIVE
+    resolution = data.resolution or native
+    return dataclasses.replace(data, resolution=resolution, min_bucket=data.min_bucket or max(8, resolution // 2),
+                               max_bucket=data.max_bucket or resolution * 2)
+
+
+def resolve_for_base(cfg: TrainConfig, native: int | None) -> tuple[TrainConfig, list[str]]:
+    """A copy of `cfg` with every base-dependent default filled in, and notes for the run summary (where
+    each value came from, and a warning when an explicit resolution is far from the base's `native` size).
+
+    >>> cfg, notes = resolve_for_base(load_config(None), 32)
+    >>> cfg.data.resolution, cfg.data.min_bucket, cfg.data.max_bucket
+    (32, 16, 64)
+    """
+    from sdlora.base_ref import far_from_native
+
+    notes = []
+    if cfg.data.resolution is None:
+        notes.append(f"data.resolution: {native or DEFAULT_NATIVE} px, the base's native size" if native else
+                     f"data.resolution: {DEFAULT_NATIVE} px (the base's native size is unknown until it loads)")
+    else:
+        warning = far_from_native(cfg.data.resolution, native)
+        if warning:
+            notes.append(f"warning: {warning}")
+    out = copy.deepcopy(cfg)  # the caller's config stays "unset", so it can be reused with another base
+    out.data = fill_data_sizes(cfg.data, native)
+    _check_choices(out)
+    return out, notes

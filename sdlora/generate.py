@@ -9,20 +9,16 @@ seeded generator and returns the image with the parameters text A1111 writes int
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdlora import __version__
-from sdlora.arch.tables import resolve_base
 from sdlora.atomic import atomic_path
-from sdlora.configs import CONFIG_DIRS, models_root
-from sdlora.embedded import weights_dir
 from sdlora.errors import ConfigError, Interrupted
 from sdlora.header import tensor_data_sha256
-from sdlora.models import load_components, pipeline_from, single_file_config
+from sdlora.models import load_components, pipeline_from
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
 from sdlora.samplers import make_scheduler, resolve_sampler, sampler_name
@@ -67,6 +63,17 @@ def short_hash(path) -> str:
     if not path or not Path(path).is_file():
         return ""
     return tensor_data_sha256(path)[:12]
+
+
+def check_prompt_loras(prompt: str, lora_files: list[str | Path], library: dict[str, str] | None = None) -> None:
+    """Check the prompt's `<lora:...>` tags before any model loads: each must be well formed and name one of
+    `lora_files` (by file stem, as the stack names them) or a `library` entry.
+
+    Raises:
+        ConfigError: a malformed tag or an unknown name (with the closest known names).
+    """
+    names = sorted({*(Path(f).stem for f in lora_files), *(library or {})})
+    parse_prompt(prompt, known=names)
 
 
 def generate(pipeline, settings: GenerateSettings, stack=None, library: dict[str, str] | None = None,  # noqa: PLR0913
@@ -253,60 +260,3 @@ def load_base(base: str | None = None, allow_pickle: bool = False):
     components = load_components(name, allow_pickle=allow_pickle)
     label = getattr(components, "name", "") or Path(str(name)).stem
     return pipeline_from(components), label
-
-
-def default_size(model) -> int:
-    """The image side `model` was trained at: its UNet's sample_size times its VAE's scale factor.
-
-    `model` is a pipeline or `Components` (anything with `.unet` and `.vae` holding diffusers configs):
-    32 for the embedded model, 512 for SD1, 768 for SD2-v, 1024 for SDXL.
-    """
-    return size_from_configs(model.unet.config, model.vae.config)
-
-
-def size_from_configs(unet_config, vae_config) -> int:
-    """`default_size` from the UNet's and the VAE's config (dicts or diffusers' FrozenDict)."""
-    # diffusers' vae_scale_factor: every VAE level but the last halves the image side
-    scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    sample = unet_config["sample_size"]
-    if isinstance(sample, (list, tuple)):  # (height, width) configs: the side a square default starts from
-        sample = sample[0]
-    return int(sample) * scale
-
-
-def base_default_size(base: str | None) -> int | None:
-    """`default_size` of the base `load_base(base)` would load, read from its config files alone (no weights):
-    for a UI that shows the size before the model is loaded.
-
-    None when only loading the model would tell (a hub id, a pickle checkpoint, a path that does not exist:
-    loading it reports why).
-
-    Raises:
-        ConfigError: a model folder without unet/config.json or vae/config.json, or a checkpoint of no SD family.
-        FormatError: a damaged .safetensors checkpoint.
-    """
-    folder = _config_folder(base or "embedded")
-    if folder is None:
-        return None
-    return size_from_configs(_config_json(folder, "unet"), _config_json(folder, "vae"))
-
-
-def _config_folder(base: str) -> Path | None:
-    """The diffusers config folder `sdlora.models.load_components(base)` builds the model from."""
-    if base == "embedded":
-        return weights_dir()
-    path = Path(base).expanduser()
-    if path.is_dir():
-        return path
-    if path.suffix.lower() != ".safetensors" or not path.is_file():
-        return None
-    return single_file_config(path) or models_root() / CONFIG_DIRS[resolve_base(path)]
-
-
-def _config_json(folder: Path, component: str) -> dict:
-    path = folder / component / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read the {component} config ({err}); a model folder needs "
-                          f"{component}/config.json as diffusers' save_pretrained writes it") from err

@@ -1,10 +1,11 @@
 """LoRA library: scan a folder tree of LoRA files, with a header cache. Never imports torch.
 
-Per file: name (file stem, as A1111 shows it), family, rank, trigger words (`modelspec.trigger_phrase`
-and the most frequent `ss_tag_frequency` tags), size and modification time, a preview image beside it
-(A1111's `<stem>.preview.png`, or same stem .png/.jpg/.jpeg/.webp), user notes from a same-stem `.json`
-(A1111 fields: "activation text", "preferred weight", "notes", "description", ...), and the tensor-data
-hash whose first 12 hex characters A1111 prints as `Lora hashes` (docs/formats.md §2.11).
+Per file: name (file stem, as A1111 shows it), family, rank, trigger words (`modelspec.trigger_phrase`,
+which sdlora's trainer writes from `data.trigger`), top tags (the most frequent `ss_tag_frequency` caption
+tags: what the captions said most, not words the LoRA needs), a preview image beside it (same stem, .png/.jpg/
+.jpeg/.webp, or A1111's `<stem>.preview.png`), user notes from a same-stem `.json` (A1111 fields:
+"activation text", "preferred weight", "notes", "description", ...), and the tensor-data hash whose
+first 12 hex characters A1111 prints as `Lora hashes` (docs/formats.md §2.11).
 
 A scan reads safetensors headers only: the hash is taken from `sshs_model_hash` when the header holds
 it (as A1111 does); otherwise `file_hash` computes it on demand (it reads the whole file) and caches it.
@@ -55,7 +56,8 @@ class LibraryEntry:
     family: str | None = None
     rank: int | None = None  # the most common rank
     ranks: list[int] = field(default_factory=list)  # every distinct rank (several after a dynamic resize)
-    trigger_words: list[str] = field(default_factory=list)
+    trigger_words: list[str] = field(default_factory=list)  # modelspec.trigger_phrase, comma-separated
+    top_tags: list[str] = field(default_factory=list)       # most frequent training caption tags
     preview: str | None = None
     notes: dict = field(default_factory=dict)
     sha256: str = ""
@@ -68,9 +70,9 @@ class LibraryEntry:
         return self.sha256[:12]
 
     def search_text(self) -> str:
-        """What a library search looks in: name, title, trigger words and the notes' values, lower case."""
+        """What a library search looks in: name, title, trigger words, top tags and the notes' values, lower case."""
         notes = " ".join(str(v) for v in self.notes.values())
-        return " ".join([self.name, self.title, *self.trigger_words, notes]).lower()
+        return " ".join([self.name, self.title, *self.trigger_words, *self.top_tags, notes]).lower()
 
 
 @dataclass
@@ -140,6 +142,10 @@ def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
     for name in ("family", "rank", "ranks", "trigger_words", "title"):
         setattr(entry, name, info[name])
     entry.sha256 = info["sha256"] or known.get("sha256", "")
+    if "top_tags" in info:
+        entry.top_tags = info["top_tags"]
+    else:  # a cache written before top tags were kept apart: its trigger words mixed both in
+        entry.trigger_words, entry.top_tags = [], []
     entry.preview = find_preview(path)
     entry.notes = read_notes(path)
     return entry
@@ -171,6 +177,7 @@ def read_file_info(path) -> dict:
         "rank": ranks.most_common(1)[0][0] if ranks else None,
         "ranks": sorted(ranks),
         "trigger_words": trigger_words(meta),
+        "top_tags": top_tags(meta),
         "title": meta.get("modelspec.title") or meta.get("ss_output_name") or "",
     }
 
@@ -202,7 +209,7 @@ def file_hash(entry: LibraryEntry, cache_path=None) -> str:
 
 
 def search(entries, query: str = "", sort: str = "name") -> list[LibraryEntry]:
-    """The entries whose name, title, trigger words or notes contain every word of `query` (any case),
+    """The entries whose name, title, trigger words, top tags or notes contain every word of `query` (any case),
     sorted by `sort`: "name" (A-Z), "date" (newest first) or "size" (largest first)."""
     if sort not in SORT_KEYS:
         raise ConfigError(f"sort {sort!r}: use one of {', '.join(SORT_KEYS)}")
@@ -250,9 +257,14 @@ def set_preview(lora_path, image, max_side: int = PREVIEW_MAX_SIDE) -> Path:
     return target
 
 
-def trigger_words(metadata: dict[str, str], top: int = TOP_TAGS) -> list[str]:
-    """`modelspec.trigger_phrase` (comma-separated) then the `top` most frequent training tags."""
-    words = [w.strip() for w in metadata.get("modelspec.trigger_phrase", "").split(",") if w.strip()]
+def trigger_words(metadata: dict[str, str]) -> list[str]:
+    """The trigger words the LoRA was trained with: `modelspec.trigger_phrase`, split at commas."""
+    return [w.strip() for w in metadata.get("modelspec.trigger_phrase", "").split(",") if w.strip()]
+
+
+def top_tags(metadata: dict[str, str], top: int = TOP_TAGS) -> list[str]:
+    """The `top` most frequent training caption tags (`ss_tag_frequency`, summed over folders), trigger
+    words left out. They describe the captions, so they are shown as top tags, never as trigger words."""
     counts: Counter = Counter()
     try:
         frequency = json.loads(metadata.get("ss_tag_frequency") or "{}")
@@ -262,8 +274,9 @@ def trigger_words(metadata: dict[str, str], top: int = TOP_TAGS) -> list[str]:
         for tags in frequency.values():
             if isinstance(tags, dict):
                 counts.update({str(t).strip(): int(c) for t, c in tags.items() if isinstance(c, int | float)})
+    triggers = set(trigger_words(metadata))
     ranked = [tag for tag, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
-    return words + [tag for tag in ranked if tag and tag not in words][:top]
+    return [tag for tag in ranked if tag and tag not in triggers][:top]
 
 
 def find_preview(path) -> str | None:

@@ -23,8 +23,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from sdlora.base_ref import parse_base, single_file_config
 from sdlora.configs import CONFIG_DIRS, models_root, tokenizers_root
-from sdlora.embedded import weights_dir
 from sdlora.errors import CompatibilityError, ConfigError, FormatError
 from sdlora.suffixes import PICKLE_SUFFIXES
 
@@ -187,20 +187,6 @@ def _tokenizers(family: str) -> dict[str, Any]:
     return {"tokenizer": clip, "tokenizer_2": open_clip}
 
 
-def single_file_config(path: Path, config=None) -> Path | None:
-    """The model-config folder for a single file of no standard size: `config` when given, else a
-    `<stem>.config/` folder beside the file (what `sdlora bake` writes for such models), else None (the
-    shipped sdlora/configs/models/ folder of the detected family is used)."""
-    if config is not None:
-        folder = Path(config).expanduser()
-        if not (folder / "model_index.json").is_file():
-            raise ConfigError(f"model config {folder}: not a diffusers config folder (no model_index.json); give "
-                              "a folder saved by save_pretrained (weights are not needed)")
-        return folder
-    beside = path.with_suffix(".config")
-    return beside if (beside / "model_index.json").is_file() else None
-
-
 def _config_family(folder: Path) -> str:
     name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
     return "sdxl" if "XL" in name else "sd1"
@@ -267,25 +253,20 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
     """
     if config is not None and Path(base).suffix.lower() not in (*PICKLE_SUFFIXES, ".safetensors"):
         raise ConfigError(f"model config {config}: only used for single-file checkpoints, and {base!r} is not one")
-    if base == "embedded":
-        return _load_folder(weights_dir(), dtype)
-    path = Path(base).expanduser()
-    if path.is_dir():
-        return _load_folder(path, dtype, allow_pickle)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise ConfigError(_pickle_message(f"{path}: pickle checkpoints"))
-        if not path.is_file():
-            raise ConfigError(f"model.base: {path} does not exist")
-        return load_single_file(path, family, dtype, config)
-    if path.suffix.lower() == ".safetensors":
-        if not path.is_file():
-            raise ConfigError(f"model.base: {path} does not exist")
-        return load_single_file(path, family, dtype, config)
-    if base.count("/") == 1 and not base.startswith((".", "/", "~")):
-        return _load_hub(base, dtype)
-    raise ConfigError(f"model.base: {base!r} is not 'embedded', a diffusers folder, a .safetensors checkpoint "
-                      "or a hub id (org/name)")
+    path = Path(str(base)).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:  # said before "does not exist"
+        raise ConfigError(_pickle_message(f"{path}: pickle checkpoints"))
+    ref = parse_base(base)  # one meaning of a base for every command (sdlora.base_ref)
+    if ref.kind == "embedded":
+        return _load_folder(ref.path, dtype)
+    if ref.kind == "folder":
+        return _load_folder(ref.path, dtype, allow_pickle)
+    if ref.kind == "file":
+        return load_single_file(ref.path, family, dtype, config)
+    if ref.kind == "hub":
+        return _load_hub(ref.value, dtype)
+    raise ConfigError(f"model.base: {base!r} names an architecture ({ref.value}) but no weights; give 'embedded', "
+                      "a diffusers folder, a .safetensors checkpoint or a hub id")
 
 
 def pipeline_from(components):

@@ -37,6 +37,7 @@ class Job:
     message: str = ""
     losses: list[tuple[int, float]] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
+    stages: dict[str, str] = field(default_factory=dict)  # stage name -> its latest line, in order entered
     result: Any = None
     error: str = ""
     submitted: float = field(default_factory=time.time)
@@ -64,6 +65,14 @@ class JobContext:
     def progress(self, step: int, total: int, message: str = "") -> None:
         with self._lock:
             self._job.step, self._job.total, self._job.message = step, total, message
+
+    def message(self, text: str, stage: str | None = None) -> None:
+        """Say what the job is doing now, without moving its step (stages before and between steps);
+        with `stage`, the line is also kept as that stage's latest (the page lists every stage seen)."""
+        with self._lock:
+            self._job.message = text
+            if stage is not None:
+                self._job.stages[stage] = text
 
     def add_loss(self, step: int, loss: float) -> None:
         with self._lock:
@@ -123,7 +132,8 @@ class JobQueue:
         with self._lock:
             job = self._get(job_id)
             state = _visible(job)
-            state.update(losses=list(job.losses), samples=list(job.samples), result=job.result)
+            state.update(losses=list(job.losses), samples=list(job.samples), result=job.result,
+                         stages=dict(job.stages))
             return state
 
     def wait(self, job_id: int, timeout: float | None = None) -> Job:

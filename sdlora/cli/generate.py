@@ -44,13 +44,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.generate import GenerateSettings, default_size, generate, load_base, random_seed, save_png
+    from sdlora.base_ref import native_resolution_of
+    from sdlora.generate import (
+        GenerateSettings,
+        check_prompt_loras,
+        generate,
+        load_base,
+        random_seed,
+        save_png,
+    )
     from sdlora.samplers import resolve_sampler
+
+    # typos fail before torch and the model load (seconds to minutes): the sampler, the <lora:...> names
+    sampler = resolve_sampler(args.sampler) if args.sampler else ""
+    library = _library(args.lora_dir)
+    check_prompt_loras(args.prompt, [path for path, _ in map(lora_with_strength, args.lora)], library)
     from sdlora.stack import LoraStack
 
-    sampler = resolve_sampler(args.sampler) if args.sampler else ""  # a typo fails before the model loads
     pipeline, model_name = load_base(args.base, allow_pickle=args.allow_pickle)
-    size = default_size(pipeline)
+    size = native_resolution_of(pipeline)
     seed = random_seed() if args.seed == -1 else args.seed
     settings = GenerateSettings(args.prompt, args.negative_prompt, seed, args.steps, args.cfg,
                                 args.width or size, args.height or size, model_name, sampler)
@@ -59,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     with stack.batch():
         for path, strength in map(lora_with_strength, args.lora):
             stack.add(path, **strength.stack_kwargs())
-    library = _library(args.lora_dir)
     if args.grid_x:
         image, parameters = _grid(args, pipeline, settings, stack, library)
     else:

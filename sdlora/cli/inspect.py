@@ -12,8 +12,9 @@ from pathlib import Path
 
 DESCRIPTION = """\
 Show a LoRA file's format, base family, components, module count, kinds, ranks, alphas, dtypes,
-trigger words (ss_tag_frequency), hashes (stored sshs_* values, the tensor-data SHA-256 computed now
-and A1111's 12-character short hash) and all metadata. Reads only the file header (and the few bytes
+trigger words (modelspec.trigger_phrase), top tags (the most frequent ss_tag_frequency caption tags),
+hashes (stored sshs_* values, the tensor-data SHA-256 computed now and A1111's 12-character short hash)
+and all metadata. Reads only the file header (and the few bytes
 of the alpha values and the tensor data for the hash); nothing is loaded into memory.
 
 exit codes: 0 ok, 2 the file is not a readable LoRA (the message says why)."""
@@ -24,7 +25,7 @@ _LONG = 160  # metadata values longer than this are shortened in the text view (
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "inspect",
-        help="show a LoRA's format, family, ranks, alphas, trigger words, hashes and metadata",
+        help="show a LoRA's format, family, ranks, alphas, trigger words, top tags, hashes and metadata",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,6 +62,7 @@ def format_text(info: dict) -> str:
         f"alphas:      {_join(info['alphas'])}",
         f"dtypes:      {_join(info['dtypes'])}",
         f"trigger words: {', '.join(info['trigger_words']) or '-'}",
+        f"top tags:    {', '.join(info['top_tags']) or '-'}",
     ]
     lines += [f"warning: {text}" for text in info.get("warnings", ())]
     if info["unrecognised_keys"]:

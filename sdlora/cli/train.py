@@ -14,7 +14,12 @@ DESCRIPTION = """\
 Train a LoRA from a folder of images (png, jpg, jpeg, webp, bmp) with same-stem .txt captions, or
 Kohya N_name subfolders, and export it as a Kohya .safetensors (config.yaml beside it).
 Settings come from the YAML config (a preset name such as `style`, or a YAML file), then --set overrides, then the
-everyday flags below. A summary of the data set is printed before training; a progress bar shows loss,
+everyday flags below. Without --config, a base with its own shipped recipe uses it (`embedded`: the
+`embedded` preset, the quickstart's). Unset sizes (data.resolution, buckets) come from the base (embedded
+32, SD1 512, SD2-v 768, SDXL 1024); a size far from the base's is allowed but warned about.
+Every stage (loading the base, scanning images, caching latents and text, compiling, sampling, saving) is
+shown with counts, elapsed and ETA; the first Ctrl-C stops any of them within an item and keeps the newest
+checkpoint. A summary of the data set is printed before training; a progress bar shows loss,
 it/s and ETA; loss.csv and loss.png are written to the output folder.
 
 examples:
@@ -36,6 +41,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", help="image folder (data.path)")
     parser.add_argument("--base", help="base model: 'embedded', a diffusers folder, a .safetensors "
                         "checkpoint or a hub id (model.base)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (optim.threads; default: chosen from "
+                        "the CPUs this process may use)")
     parser.add_argument("--output", "--output-dir", dest="output", help="output folder (output.dir)")
     parser.add_argument("--steps", type=int, help="optimizer steps (optim.steps)")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -53,7 +60,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     extra = list(args.overrides)
-    flags = {"data.path": args.data, "model.base": args.base, "output.dir": args.output, "optim.steps": args.steps}
+    flags = {"data.path": args.data, "model.base": args.base, "output.dir": args.output, "optim.steps": args.steps,
+             "optim.threads": args.threads}
     for key, value in flags.items():
         if value is not None:
             extra.append(f"{key}={json.dumps(value)}")  # a JSON string is a valid YAML scalar
@@ -98,6 +106,53 @@ class _Bar:
             self.bar.close()
 
 
+class _StageLines:
+    """Prints each stage of a run on stderr as it changes: `caching latents 12/50 · 3 s elapsed · ETA 9 s`,
+    redrawn in place on a terminal and at most every few seconds (and at the end of a stage) otherwise."""
+
+    def __init__(self, bar: _Bar, stream=None):
+        import sys
+
+        self.bar, self.stream = bar, stream or sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.stage, self.last = "", 0.0
+
+    def __call__(self, info) -> None:
+        import time
+
+        new_stage, finished = info.stage != self.stage, bool(info.total) and info.done >= info.total
+        if self.bar.bar is not None:  # steps have begun: one line per stage, above the step bar
+            if new_stage:
+                self.stage = info.stage
+                self.bar.bar.write(info.line(), file=self.stream)
+            return
+        if not (new_stage or finished or self.tty or time.monotonic() - self.last > 5):
+            return
+        if new_stage and self.stage and self.tty:
+            self.stream.write("\n")
+        self.stage, self.last = info.stage, time.monotonic()
+        self.stream.write(("\r" + info.line() + "\033[K") if self.tty else info.line() + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stage and self.tty and self.bar.bar is None:
+            self.stream.write("\n")
+
+
+def _config_source(args: argparse.Namespace, overrides: list[str]) -> tuple[str | None, str]:
+    """The config to load and a line saying where the settings came from (a base's own preset when no
+    --config was given)."""
+    if args.config is not None:
+        return args.config, ""
+    from sdlora.base_ref import default_preset
+    from sdlora.config import load_config
+
+    preset = default_preset(load_config(None, overrides).model.base)
+    if preset is None:
+        return None, ""
+    return preset, f"settings: the '{preset}' preset (the recipe for this base; give --config to choose another)"
+
+
 def _cancel_on_ctrl_c(cancel: threading.Event):
     """First Ctrl-C: stop after the current step and save a checkpoint. Second: abort at once."""
 
@@ -112,29 +167,48 @@ def _cancel_on_ctrl_c(cancel: threading.Event):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.config import dump_config, load_config
-    from sdlora.train import train
-    from sdlora.train.data import scan_dataset
+    # settings first, with no torch imported: a typo in --set fails in a fraction of a second
+    from sdlora.config import load_config
 
-    cfg = load_config(args.config, [*_kohya_overrides(args.from_kohya), *_overrides(args)])
+    overrides = [*_kohya_overrides(args.from_kohya), *_overrides(args)]
+    config, source = _config_source(args, overrides)
+    cfg = load_config(config, overrides)
+    if source:
+        print(source)
     if args.dry_run:
-        _, summary = scan_dataset(cfg.data)
-        print("\n".join(summary.lines()))
-        print(dump_config(cfg), end="")
-        return 0
+        return _dry_run(cfg)
+    from sdlora.train import train
+
     bar, cancel = _Bar(), threading.Event()
+    stages = _StageLines(bar)
     previous = _cancel_on_ctrl_c(cancel)
     try:
-        result = train(cfg, on_step=bar, cancel=cancel, resume=args.resume)
+        result = train(cfg, on_step=bar, on_stage=stages, cancel=cancel, resume=args.resume)
     finally:
+        stages.close()
         bar.close()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if result.cancelled:
-        print(f"cancelled at step {result.steps}; checkpoint: {result.checkpoint} (continue with --resume)")
+        where = f" during {result.stages[-1]}" if result.stages and result.steps == 0 else ""
+        print(f"cancelled at step {result.steps}{where}; checkpoint: {result.checkpoint or 'none'}"
+              f"{' (continue with --resume)' if result.checkpoint else ''}")
         return 0
     for path in result.files:
         print(f"wrote {path}")
     if result.loss_plot:
         print(f"loss history: {result.loss_csv}, {result.loss_plot}")
+    return 0
+
+
+def _dry_run(cfg) -> int:
+    """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
+    from sdlora.config import dump_config
+    from sdlora.train import resolve_base_settings
+    from sdlora.train.data import scan_dataset
+
+    cfg, notes, _ = resolve_base_settings(cfg)
+    _, summary = scan_dataset(cfg.data)
+    print("\n".join([*summary.lines(), *notes]))
+    print(dump_config(cfg), end="")
     return 0

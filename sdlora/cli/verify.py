@@ -13,7 +13,7 @@ DESCRIPTION = """\
 Check a LoRA against a base model and give every key of the file a verdict: applied,
 unknown_module (with the nearest module name), shape_mismatch (both shapes) or unsupported_kind.
 Keys the reader skipped and bundled embeddings are listed too; nothing is left out.
-The base is a family (sd1, sd2, sdxl: the architectures built from the configs shipped in
+The base is `embedded` (sdlora's shipped model), a family (sd1, sd2, sdxl: the architectures built from the configs shipped in
 sdlora/configs/models/, no weights), a diffusers model folder (only its config.json files are read; the
 model is built on the meta device) or a single-file .safetensors checkpoint (only its header is read,
 to tell its family).
@@ -32,8 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--base",
         required=True,
-        metavar="sd1|sd2|sdxl|MODEL_PATH",
-        help="family name, diffusers model folder or .safetensors checkpoint to check against",
+        metavar="embedded|sd1|sd2|sdxl|MODEL_PATH",
+        help="'embedded', a family name, a diffusers model folder or a .safetensors checkpoint to check against",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
@@ -44,11 +44,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.arch.tables import resolve_base
+    from sdlora.base_ref import check_target
     from sdlora.formats import load_lora
     from sdlora.report import check_lora
 
-    target = resolve_base(args.base)
+    target = check_target(args.base)
     lora = load_lora(args.file, table=None if isinstance(target, str) else target)
     report = check_lora(lora, target)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table(all_keys=args.all))

@@ -71,6 +71,7 @@ def summarise(path: str | os.PathLike, with_hash: bool = True) -> dict:
         "tensors": len(header.tensors),
         "unrecognised_keys": stray,
         "trigger_words": trigger_words(header.metadata),
+        "top_tags": top_tags(header.metadata),
         "hashes": _hashes(header, with_hash),
         "metadata": header.metadata,
         "file_size": header.file_size,
@@ -186,18 +187,18 @@ def _text(value) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def trigger_words(metadata: dict[str, str], limit: int = 10) -> list[str]:
-    """Most frequent training tags (sd-scripts `ss_tag_frequency`), plus `modelspec.trigger_phrase`."""
-    words = [metadata["modelspec.trigger_phrase"]] if metadata.get("modelspec.trigger_phrase") else []
-    try:
-        frequency = json.loads(metadata.get("ss_tag_frequency") or "{}")
-    except json.JSONDecodeError:
-        return words
-    totals: Counter = Counter()
-    for tags in frequency.values() if isinstance(frequency, dict) else ():
-        if isinstance(tags, dict):
-            totals.update({str(tag): int(count) for tag, count in tags.items() if isinstance(count, int)})
-    return words + [tag for tag, _ in totals.most_common(limit)]
+def trigger_words(metadata: dict[str, str]) -> list[str]:
+    """The trigger words the LoRA was trained with (`modelspec.trigger_phrase`, split at commas)."""
+    from sdlora.library import trigger_words as from_metadata
+
+    return from_metadata(metadata)
+
+
+def top_tags(metadata: dict[str, str], limit: int = 10) -> list[str]:
+    """Most frequent training caption tags (sd-scripts `ss_tag_frequency`), trigger words left out."""
+    from sdlora.library import top_tags as from_metadata
+
+    return from_metadata(metadata, limit)
 
 
 def _hashes(header: SafetensorsHeader, with_hash: bool) -> dict[str, str | bool | None]:

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdlora.config import fill_data_sizes
 from sdlora.errors import DatasetError
+from sdlora.progress import ProgressCallback, report
 from sdlora.suffixes import IMAGE_SUFFIXES
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
 from sdlora.train.captions import (
@@ -262,17 +264,23 @@ def _scan_image(path: Path, cfg, summary: DatasetSummary) -> tuple[int, int] | N
     return img.size
 
 
-def scan_dataset(cfg) -> tuple[list[ImageItem], DatasetSummary]:
-    """Find, validate and caption every image under `cfg.path` (a `DataConfig`).
+def scan_dataset(cfg, on_progress: ProgressCallback | None = None) -> tuple[list[ImageItem], DatasetSummary]:
+    """Find, validate and caption every image under `cfg.path` (a `DataConfig`; unset sizes are filled as
+    `sdlora.config.fill_data_sizes` does without a base). `on_progress` gets (images decoded, images found).
 
     Raises:
         DatasetError: the folder is missing or holds no usable image.
     """
+    cfg = fill_data_sizes(cfg, None)
     root = _data_root(cfg.path or "")
     summary, items, seen = DatasetSummary(), [], {}
-    for folder, name, repeats, class_token in image_folders(root, cfg.repeats, summary):
+    folders = [(*f, folder_images(f[0], summary, seen)) for f in image_folders(root, cfg.repeats, summary)]
+    total, done = sum(len(f[-1]) for f in folders), 0
+    for _folder, name, repeats, class_token, images in folders:
         found = []
-        for path in folder_images(folder, summary, seen):
+        for path in images:
+            done += 1
+            report(on_progress, done, total, path.name)
             size = _scan_image(path, cfg, summary)
             caption = None if size is None else _caption_for(path, class_token, summary)
             if caption is not None:

@@ -68,6 +68,7 @@ class TrainState:
     parked: bool = False  # VAE and text encoder(s) moved off the accelerator (sdlora.train.parking)
     engine: Any = None  # DeepSpeed's engine over the LoRA network, when launched with DeepSpeed
     ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
+    stages: Any = None  # sdlora.train.progress.Stages: stage reports and cancel between cached items
     _epochs: dict = field(default_factory=dict)
 
     @property
@@ -292,16 +293,20 @@ def _apply_update(state: TrainState) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def precompute_latents(state: TrainState, on_progress=None) -> None:
-    """Fill the latent cache for every image this run can draw (both flips when flipping)."""
+def precompute_latents(state: TrainState, stages=None) -> None:
+    """Fill the latent cache for every image this run can draw (both flips when flipping).
+
+    `stages` (a `sdlora.train.progress.Stages`) reports i/N and stops between images on cancel."""
     if state.latent_cache is None:
         return
     flips = (False, True) if state.cfg.data.flip else (False,)
+    if stages is not None:
+        stages.start("caching latents", len(state.items))
     for done, item in enumerate(state.items, 1):
         for flip in flips:
             _latent_stats(state, item, data_mod.sample_crop(item, state.cfg.data, None), flip)
-        if on_progress is not None:
-            on_progress(done, len(state.items))
+        if stages is not None:
+            stages.advance(done)
 
 
 def now() -> float:

@@ -25,15 +25,21 @@ log = logging.getLogger(__name__)
 PARK_DEVICE = torch.device("cpu")
 
 
-def precompute_text(state) -> None:
-    """Fill the text cache with every caption the run can draw (fixed captions: one per image)."""
+def precompute_text(state, stages=None) -> None:
+    """Fill the text cache with every caption the run can draw (fixed captions: one per image).
+
+    `stages` (a `sdlora.train.progress.Stages`) reports i/N captions and stops between batches on cancel."""
     if state.text_cache is None:
         return
     captions = list(dict.fromkeys(data_mod.caption_for_step(item, state.cfg.data, random.Random(0))
                                   for item in state.items))
     size = max(1, state.cfg.data.batch_size)
+    if stages is not None:
+        stages.start("caching text", len(captions))
     for start in range(0, len(captions), size):
         state.text_cache.encode(state.components, captions[start:start + size], state.device)
+        if stages is not None:
+            stages.advance(min(start + size, len(captions)))
 
 
 def can_park(state) -> bool:

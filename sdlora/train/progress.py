@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +27,97 @@ class StepInfo:
     elapsed: float             # seconds since the loop started (this process)
     samples: list[str] = field(default_factory=list)  # sample images rendered at this step (grid first)
     checkpoint: str | None = None  # checkpoint folder written at this step
+    first_step: int = 1        # the first step this process ran (a resumed run starts mid-way)
 
     @property
     def eta(self) -> float:
         """Estimated seconds left."""
-        return self.elapsed / max(1, self.step) * (self.total - self.step)
+        return self.elapsed / max(1, self.step - self.first_step + 1) * (self.total - self.step)
+
+
+# the stages a run goes through before, between and after its steps, in order (names as shown to users)
+STAGES = ("loading the base", "scanning images", "caching latents", "caching text", "compiling", "sampling",
+          "saving")
+
+
+@dataclass
+class StageInfo:
+    """What the trainer reports while it is in a stage that is not an optimizer step (`on_stage`)."""
+
+    stage: str                 # one of STAGES
+    done: int                  # items finished in this stage (images, captions, prompts)
+    total: int                 # items planned; 0 when the stage has no count (loading, compiling)
+    elapsed: float             # seconds since the stage began
+
+    @property
+    def eta(self) -> float | None:
+        """Estimated seconds left in the stage; None before the first item or without a count."""
+        if not self.total or not self.done:
+            return None
+        return self.elapsed / self.done * (self.total - self.done)
+
+    def line(self) -> str:
+        """One status line: `caching latents 12/50 · 3 s elapsed · ETA 9 s`."""
+        count = f" {self.done}/{self.total}" if self.total else ""
+        eta = f" · ETA {format_seconds(self.eta)}" if self.eta is not None else ""
+        return f"{self.stage}{count} · {format_seconds(self.elapsed)} elapsed{eta}"
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class StageCancelled(Exception):  # a signal between trainer functions, never shown to users
+    """Raised inside a stage when cancel was requested; `train` turns it into a cancelled TrainResult."""
+
+    def __init__(self, stage: str):
+        super().__init__(f"cancelled during {stage}")
+        self.stage = stage
+
+
+class Stages:
+    """Reports stage progress to `on_stage` and checks `should_stop` between items, so that Cancel and
+    Ctrl-C stop any stage within one item (one image, one caption batch) rather than at the next step.
+
+    `reached` lists every stage entered, in order (what tests and the result read)."""
+
+    def __init__(self, on_stage: Callable[[StageInfo], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        self.on_stage, self.should_stop = on_stage, should_stop or (lambda: False)
+        self.reached: list[str] = []
+        self._name, self._total, self._started = "", 0, 0.0
+
+    def start(self, name: str, total: int = 0, *, check: bool = True) -> None:
+        """Enter stage `name` with `total` items (0: no count); stops first when cancel is set.
+
+        `check=False` for stages inside the step loop (sampling, saving): the loop itself stops before the
+        next step and saves a checkpoint, which stopping here would skip."""
+        self._name, self._total, self._started = name, total, time.perf_counter()
+        self.reached.append(name)
+        if check:
+            self.check()
+        self._report(0)
+
+    def advance(self, done: int, total: int | None = None, *, check: bool = True) -> None:
+        """`done` items of the current stage finished (of `total`, when only known now); stops when cancel
+        is set (unless `check=False`)."""
+        if total is not None:
+            self._total = total
+        self._report(done)
+        if check:
+            self.check()
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise StageCancelled(self._name or "setup")
+
+    def _report(self, done: int) -> None:
+        if self.on_stage is not None:
+            self.on_stage(StageInfo(self._name, done, self._total, time.perf_counter() - self._started))
 
 
 class LossLog:

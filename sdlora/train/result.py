@@ -22,6 +22,9 @@ class TrainResult:
     loss_csv: Path | None = None
     loss_plot: Path | None = None
     samples: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # where base-dependent settings came from, warnings
+    stages: list[str] = field(default_factory=list)  # stages entered, in order (sdlora.train.progress.STAGES)
+    config: object = None             # the resolved TrainConfig the run used
 
 
 @dataclass

@@ -116,9 +116,10 @@ def labelled_grid(images: list[Image.Image], labels: list[str], columns: int = 4
 @torch.no_grad()
 def render_samples(  # noqa: PLR0913 - keyword-only sampling settings
         components, prompts: list[str], step: int, folder: Path, *, size: int, steps: int,
-                   seed: int) -> list[Path]:
+                   seed: int, on_image=None) -> list[Path]:
     """Render `prompts` (with kohya's per-prompt options, see the module docstring), save each image and a
-    labelled grid; returns [grid, image, image, ...]."""
+    labelled grid; returns [grid, image, image, ...]. `on_image(done)` is called after each image (the
+    trainer's "sampling i/N" stage)."""
     folder.mkdir(parents=True, exist_ok=True)
     pipe = build_pipeline(components)
     pipe.set_progress_bar_config(disable=True)
@@ -128,6 +129,8 @@ def render_samples(  # noqa: PLR0913 - keyword-only sampling settings
     for i, sample in enumerate(samples):
         images.append(pipe(**_pipeline_kwargs(sample, i, size=size, steps=steps, seed=seed, device=device)
                            ).images[0])
+        if on_image is not None:
+            on_image(i + 1)
     paths = []
     for i, image in enumerate(images):
         path = folder / f"step-{step:06d}-{i:02d}.png"

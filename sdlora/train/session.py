@@ -23,7 +23,7 @@ from sdlora.train.export import build_metadata, export_lora, new_session_id, out
 from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
 from sdlora.train.optimizers import eval_weights
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
-from sdlora.train.progress import LossLog, StepInfo
+from sdlora.train.progress import LossLog, Stages, StepInfo
 from sdlora.train.result import TrainResult, TrainRun
 from sdlora.train.samples import render_samples
 
@@ -63,6 +63,7 @@ def _step_stem(state) -> str:
 
 def _checkpoint(state, run: TrainRun) -> Path:
     """Checkpoint folder + a step-numbered export of the LoRA, then prune old ones."""
+    state.stages.start("saving", check=False)
     folder = save_checkpoint(state, state.step)
     _export(state, run, stem=_step_stem(state))
     if state.accelerator.is_main_process:
@@ -80,11 +81,13 @@ def _samples(state, step: int) -> list[Path]:
     if not state.accelerator.is_main_process:
         return []
     state.network.eval()
+    state.stages.start("sampling", len(out.sample_prompts), check=False)
     try:
         with encoders_on_device(state), eval_weights(state.optimizer, state.params):
             return render_samples(state.components, out.sample_prompts, step, state.output / "samples",
                                   size=out.sample_size or state.cfg.data.resolution, steps=out.sample_steps,
-                                  seed=state.cfg.optim.seed)
+                                  seed=state.cfg.optim.seed,
+                                  on_image=lambda done: state.stages.advance(done, check=False))
     finally:
         state.network.train()
 
@@ -100,10 +103,12 @@ def _any_process(accelerator, flag: bool) -> bool:
 
 def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tuple[bool, Path | None, list]:
     cfg, acc = state.cfg, state.accelerator
-    last_ckpt, samples, loss = None, [], None
+    last_ckpt, samples, loss, first = None, [], None, state.step + 1
     while state.step < cfg.optim.steps:
         if _any_process(acc, should_stop()):
             return True, _checkpoint(state, run), samples
+        if cfg.optim.compile and loss is None:  # torch.compile traces and compiles on the first call
+            state.stages.start("compiling", check=False)
         loss = optimizer_step(state)
         ema.update(state)
         lr = state.lr_scheduler.get_last_lr()[0]
@@ -116,16 +121,19 @@ def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tupl
         samples += new_samples
         if acc.is_main_process and on_step is not None:
             on_step(StepInfo(state.step, cfg.optim.steps, loss, lr, now() - started_loop, new_samples,
-                             str(ckpt) if ckpt else None))
+                             str(ckpt) if ckpt else None, first))
     return False, last_ckpt, samples
 
 
 def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
         cfg, components, accelerator, items, summary, *, on_step, should_stop, resume,
-                 started: float) -> TrainResult:
-    """Set up, optionally resume, loop, export. Returns the TrainResult (see `sdlora.train.train`)."""
+                 started: float, stages: Stages | None = None) -> TrainResult:
+    """Set up, optionally resume, loop, export. Returns the TrainResult (see `sdlora.train.train`).
+
+    Raises StageCancelled when cancel is set before the first step (while caching)."""
     state = setup_training(cfg, components, accelerator, items, summary)
     ema.attach(state)
+    state.stages = stages or Stages(should_stop=should_stop)
     try:
         return _run(state, on_step, should_stop, resume, started)
     finally:
@@ -144,12 +152,14 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
         if checkpoint.resolve().parent == checkpoints_dir(state.output).resolve():
             # this run's own checkpoint (not one taken from another run's folder): finish what a kill cut off
             _repair_after_kill(state, run, checkpoint)
-    precompute_latents(state)
-    precompute_text(state)
+    precompute_latents(state, state.stages)
+    precompute_text(state, state.stages)
     park(state)
     log_file = LossLog(state.output, state.step) if accelerator.is_main_process else None
     try:
         cancelled, last_ckpt, samples = _step_loop(state, run, log_file, on_step, should_stop, now())
+        if not cancelled:
+            state.stages.start("saving", check=False)
         files = [] if cancelled else _export(state, run)
     except TrainingError as err:
         kept = ", ".join(str(p) for p in _existing_checkpoints(state)) or "none"

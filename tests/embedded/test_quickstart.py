@@ -1,6 +1,6 @@
 """Acceptance: a quickstart run really teaches the embedded model the sample_data style.
 
-A style LoRA is trained on sample_data/ with scripts/quickstart.yaml through the real trainer
+A style LoRA is trained on sample_data/ with the `embedded` preset (sdlora/configs/presets/embedded.yaml, the quickstart's recipe) through the real trainer
 (`sdlora.train.train`); then the prompts in sample_data/prompts.txt are drawn with fixed seeds (4 per
 prompt, 24 images, so that one odd image moves the statistic little) by the base model and through
 `sdlora.stack.LoraStack` at strength 0 and 1.
@@ -20,7 +20,7 @@ style's palette and texture brings it down. Two references:
 Strength 0 must give the base's images bit for bit. At strength 1 the LoRA must cut the raw distance by
 at least 45% (what every training seed reaches) and halve the distance to the round-tripped style set,
 keeping the prompted shapes. Measured with
-scripts/quickstart.yaml (locon-io, 600 steps) on the shipped weights (VAE widened by pretraining phase 4,
+the embedded preset (locon-io, 600 steps) on the shipped weights (VAE widened by pretraining phase 4,
 README "Embedded model"), training seeds 0 / 1 / 2: raw 0.612 -> 0.299 / 0.302 / 0.307 (51.1% / 50.6% /
 49.9% less; the VAE's round trip itself scores 0.178). Before the VAE was widened its round trip scored
 0.247 and the cut was 50.3% / 45.1% (locon, seeds 0 / 1).
@@ -63,7 +63,7 @@ def trained_lora(tmp_path_factory, one_thread):
     from sdlora.train import train
 
     out = tmp_path_factory.mktemp("quickstart")
-    cfg = load_config(REPO_ROOT / "scripts" / "quickstart.yaml", [f"data.path={SAMPLE}", f"output.dir={out}"])
+    cfg = load_config("embedded", [f"data.path={SAMPLE}", f"output.dir={out}"])
     seen = []
     result = train(cfg, on_step=lambda info: seen.append(info.step))
     assert seen[-1] == cfg.optim.steps == result.steps  # progress was reported for every step

@@ -149,7 +149,9 @@ def test_cli_inspect_text_and_json(wild_loras, capsys):
     text = capsys.readouterr().out
     assert "format:      lycoris" in text and "family:      sd1" in text and "ranks:       16 (350)" in text
     assert "a1111_short_hash: 51a16c07bdd8" in text and "sshs_model_hash_matches: True" in text
-    assert "smart falcon" in text.split("trigger words:")[1].splitlines()[0]
+    # a caption tag of the training set: a top tag, not a trigger word (the file has no trigger phrase)
+    assert "smart falcon" in text.split("top tags:")[1].splitlines()[0]
+    assert text.split("trigger words:")[1].splitlines()[0].strip() == "-"
     assert main(["inspect", "--json", str(wild_loras / "peft_te_only_sd15_r8.safetensors")]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "peft" and info["alphas"] == {"8": 24} and info["components"] == ["text_encoder"]

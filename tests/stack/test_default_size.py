@@ -1,5 +1,5 @@
-"""The default image side of a base model (sdlora.generate): UNet sample_size x VAE scale factor, from the
-loaded model (`sdlora generate`) or from its config files alone (the web UI, before loading)."""
+"""The default image side of a base model (sdlora.base_ref): UNet sample_size x VAE scale factor, from the
+loaded model (`sdlora generate`) or from its config files alone (the web UI and the trainer, before loading)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from sdlora.base_ref import native_resolution, native_resolution_of, size_from_configs
 from sdlora.configs import models_root
 from sdlora.embedded import IMAGE_SIZE, weights_dir
-from sdlora.errors import ConfigError, FormatError
-from sdlora.generate import base_default_size, default_size, size_from_configs
+from sdlora.errors import ConfigError
 
 # the key the header-only family detection reads: SDXL's cross-attention takes 2048-wide context
 SDXL_TO_K = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
@@ -21,15 +21,15 @@ SDXL_TO_K = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.t
 
 @pytest.mark.parametrize(("folder", "size"), [("sd15", 512), ("sd21", 768), ("sdxl", 1024)])
 def test_shipped_configs(folder, size):
-    assert base_default_size(str(models_root() / folder)) == size
+    assert native_resolution(str(models_root() / folder)) == size
 
 
 def test_embedded_is_32_by_name_and_by_default():
-    assert base_default_size("embedded") == base_default_size(None) == IMAGE_SIZE == 32
+    assert native_resolution("embedded") == IMAGE_SIZE == 32
 
 
 def test_a_loaded_pipeline_agrees_with_diffusers(pipe):
-    assert default_size(pipe) == pipe.unet.config.sample_size * pipe.vae_scale_factor == 16
+    assert native_resolution_of(pipe) == pipe.unet.config.sample_size * pipe.vae_scale_factor == 16
 
 
 def test_size_from_configs_counts_vae_levels():
@@ -46,7 +46,7 @@ def sdxl_checkpoint(tmp_path):
 
 
 def test_single_file_uses_the_shipped_config_of_its_family(sdxl_checkpoint):
-    assert base_default_size(str(sdxl_checkpoint)) == 1024
+    assert native_resolution(str(sdxl_checkpoint)) == 1024
 
 
 def test_single_file_with_its_own_config_folder(sdxl_checkpoint):
@@ -54,24 +54,23 @@ def test_single_file_with_its_own_config_folder(sdxl_checkpoint):
     for part in ("model_index.json", "unet/config.json", "vae/config.json"):
         (beside / part).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(weights_dir() / part, beside / part)
-    assert base_default_size(str(sdxl_checkpoint)) == IMAGE_SIZE
+    assert native_resolution(str(sdxl_checkpoint)) == IMAGE_SIZE
 
 
 def test_unknown_until_loaded(tmp_path):
     (tmp_path / "model.ckpt").write_bytes(b"PK\x03\x04")
-    for base in ("org/model", str(tmp_path / "model.ckpt"), str(tmp_path / "missing.safetensors")):
-        assert base_default_size(base) is None, base
-
-
-def test_unreadable_bases_are_typed_errors(tmp_path):
-    (tmp_path / "unet").mkdir()
-    (tmp_path / "unet" / "config.json").write_text(json.dumps({"sample_size": 64}))
-    with pytest.raises(ConfigError, match="vae/config.json"):
-        base_default_size(str(tmp_path))
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"\xff" * 16)
-    with pytest.raises(FormatError):
-        base_default_size(str(bad))
+    bad.write_bytes(b"\xff" * 16)  # damaged: loading it says what is wrong
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "unet").mkdir()
+    (tmp_path / "half" / "unet" / "config.json").write_text(json.dumps({"sample_size": 64}))  # no vae/
+    for base in ("org/model", str(tmp_path / "model.ckpt"), str(bad), str(tmp_path / "half")):
+        assert native_resolution(base) is None, base
+
+
+def test_a_missing_checkpoint_is_a_typed_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        native_resolution(str(tmp_path / "missing.safetensors"))
 
 
 def test_cli_and_config_reading_agree(components, tiny_vae, tmp_path):
@@ -86,4 +85,4 @@ def test_cli_and_config_reading_agree(components, tiny_vae, tmp_path):
     png = tmp_path / "img.png"
     assert main(["generate", "--base", str(base), "--prompt", "a cat", "--steps", "1", "--out", str(png)]) == 0
     with Image.open(png) as image:
-        assert image.size == (base_default_size(str(base)),) * 2 == (16, 16)
+        assert image.size == (native_resolution(str(base)),) * 2 == (16, 16)

@@ -53,8 +53,8 @@ def test_scan_reads_entries_and_reports_damaged_files(library, tmp_path):
     assert [e.name for e in result.entries] == ["catstyle", "ink"]
     cat, ink = result.entries
     assert cat.rank == 4 and ink.rank == 8
-    assert cat.trigger_words[:2] == ["ctsty", "cat style"]
-    assert cat.trigger_words[2:5] == ["cat", "whiskers", "orange fur"]  # counts summed over folders
+    assert cat.trigger_words == ["ctsty", "cat style"]  # modelspec.trigger_phrase only
+    assert cat.top_tags[:3] == ["cat", "whiskers", "orange fur"]  # caption tags, counts summed over folders
     assert cat.preview.endswith("catstyle.png") and ink.preview.endswith("ink.preview.png")
     assert cat.notes == {"activation text": "ctsty", "preferred weight": 0.7}
     assert cat.sha256 == "" and cat.short_hash == ""  # not in the header: not read during the scan

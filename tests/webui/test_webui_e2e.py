@@ -124,21 +124,24 @@ def refuses_outside_paths(page, url: str) -> None:
 
 
 def train_in_browser(page, data: Path) -> None:
-    """Load the data set, set a short run, start; the progress bar and the loss plot move."""
+    """Load the data set, set a short run (steps only; every other setting is the web UI's default for the
+    embedded base), start; each stage shows before the first step; the progress bar and the loss plot move."""
     fill(page, "train-data-path", str(data))
     page.click("#train-load-data")
     page.wait_for_function("document.querySelector('#train-data-summary')?.innerText.includes('images in')")
+    assert page.locator("#train-data-resolution input").input_value() == "32"  # the embedded base's own size
     fill(page, "train-optim-steps", TRAIN_STEPS)
-    fill(page, "train-data-resolution", 32)
     fill(page, "train-output-name", "e2e-style")
     fill(page, "train-output-sample-every", TRAIN_STEPS // 2)
     page.locator("#train-output-sample-prompts textarea").fill("zqx style, a red circle")
     page.click("#train-start")
-    seen, plots, status = set(), [], ""
+    seen, plots, status, before_first = set(), [], "", ""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         step, total = progress(page)
         seen.add(step)
+        if step >= 1 and not before_first:
+            before_first = page.locator("#train-progress-box").inner_text()
         if 0 < step < total and len(plots) < 2 and (not plots or plots[-1][0] != step):
             plots.append((step, page.locator("#train-loss-plot").screenshot()))
         status = page.locator("#train-status").inner_text()
@@ -146,6 +149,8 @@ def train_in_browser(page, data: Path) -> None:
             break
         time.sleep(0.3)
     assert "done" in status, status
+    for stage in ("scanning images", "loading the base", "caching latents"):  # text: trained, not cached
+        assert stage in before_first, f"stage {stage!r} not shown before the first step: {before_first}"
     final = page.locator("#train-loss-plot").screenshot()
     assert progress(page) == (TRAIN_STEPS, TRAIN_STEPS)
     assert any(0 < s < TRAIN_STEPS for s in seen), f"progress never seen between 0 and the end: {sorted(seen)}"

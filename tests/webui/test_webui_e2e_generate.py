@@ -154,6 +154,16 @@ def interrupt_a_long_generation(page) -> None:
     fill(page, "gen-height", 32)
 
 
+def see_it_marked_in_the_library(page) -> None:
+    """The Library's table says, against the base now chosen, that the LoRA does not fit (headers only)."""
+    page.get_by_role("tab", name="Library").click()
+    page.click("#lib-refresh")
+    page.get_by_role("tab", name="Table").click()
+    page.wait_for_function("document.querySelector('#lib-table')?.innerText.includes('needs its own base')")
+    shot(page, "7b-library-fits")
+    page.get_by_role("tab", name="Generate").click()
+
+
 def switch_base_and_see_the_refusal(page) -> None:
     """Embedded -> the wide tiny base: the stacked LoRA leaves the stack, and adding it again is refused."""
     menu = page.locator("#gen-base input").first
@@ -167,6 +177,7 @@ def switch_base_and_see_the_refusal(page) -> None:
     assert "Switch the Base menu to embedded" in text, text
     assert page.locator("#gen-generate").is_visible() and page.locator("#gen-base").is_visible()
     shot(page, "7-refused")
+    see_it_marked_in_the_library(page)
     old = image_src(page)
     page.click("#gen-generate")  # the new base draws (an empty stack)
     wait_new_image(page, old)

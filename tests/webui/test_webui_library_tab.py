@@ -18,7 +18,8 @@ def test_refresh_lists_loras_and_reports_damaged_files(gen_app):
     rows, cards, names, message = library_tab.refresh(gen_app)
     assert names == ["a", "b"]
     row = dict(zip(library_tab.COLUMNS, rows[0], strict=True))
-    assert row["name"] == "a" and row["rank"] == 4 and "zqx" in row["trigger words"]
+    assert row["name"] == "a" and row["rank"] == 4 and "zqx" in row["top tags"]  # a caption tag: top tags
+    assert row["trigger words"] == ""  # no modelspec.trigger_phrase: no trigger words
     from sdlora.header import tensor_data_sha256
 
     assert row["hash"] == tensor_data_sha256(Path(gen_app.config.lora_dir) / "a.safetensors")[:12]

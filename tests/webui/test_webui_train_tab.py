@@ -168,7 +168,8 @@ def test_start_poll_finish_and_add_to_library(app, monkeypatch, tmp_path):
     assert view["finished"] and view["result"].endswith("trained.safetensors")
     assert [s for s, _ in view["losses"]] == [1, 2, 3, 4] and view["samples"] == [str(tmp_path / "s.png")]
     assert view["queue"][0][2] == "done"
-    assert list(train_tab.loss_frame(view["losses"])["loss"]) == [1.0, 0.5, 1 / 3, 0.25]
+    frame = train_tab.loss_frame(view["losses"])
+    assert list(frame[frame["series"] == "loss"]["loss"]) == [1.0, 0.5, 1 / 3, 0.25]
     name, _ = train_tab.add_result_to_library(app, job_id)
     assert (Path(app.config.lora_dir) / f"{name}.safetensors").read_bytes() == b"weights"
 
@@ -208,7 +209,22 @@ def test_loss_frame_is_numeric_even_when_empty():
     """An object-typed empty frame would make the loss plot's axis categorical."""
     for losses in ([], [(1, 0.5), (2, 0.25)]):
         frame = train_tab.loss_frame(losses)
-        assert [str(t) for t in frame.dtypes] == ["int64", "float64"]
+        assert [str(t) for t in frame.dtypes][:2] == ["int64", "float64"]
+
+
+def test_loss_plot_has_a_smoothed_line_beside_the_raw_one():
+    losses = [(s, 1.0 if s % 2 else 0.0) for s in range(1, 41)]  # alternating: the average is flat at 0.5
+    frame = train_tab.loss_frame(losses)
+    raw, smooth = frame[frame["series"] == "loss"], frame[frame["series"] == "smoothed"]
+    assert list(raw["loss"]) == [v for _, v in losses] and list(smooth["step"]) == list(range(1, 41))
+    assert all(abs(v - 0.5) < 1e-9 for v in smooth["loss"].iloc[4:])  # window 4 averages two highs, two lows
+
+
+def test_step_line_shows_speed_elapsed_and_eta():
+    class Info:
+        loss, elapsed, first_step = 0.25, 10.0, 1
+
+    assert train_tab.step_line(Info(), 20, 100) == "loss 0.2500 · 2.00 steps/s · 10 s elapsed · ETA 40 s"
 
 
 def test_queue_shows_jobs_of_every_session(app):
@@ -230,3 +246,22 @@ def test_load_dataset_shows_the_trainers_summary(app):
     summary = train_tab.load_dataset(app, "shapes", None)[3]
     assert "captions: 2/3" in summary and "top tags in" in summary and "square" in summary
     assert "skipped" in summary and "broken.png" in summary
+
+
+def test_defaults_follow_the_base_and_far_off_sizes_are_warned(app):
+    # the embedded base: its own recipe (the quickstart's) and its native 32 px fill the form
+    values = train_tab.preset_values(train_tab.DEFAULT_PRESET, base="embedded")
+    assert values["data.resolution"] == 32 and values["lora.targets"] == "locon-io" and values["optim.steps"] == 600
+    assert train_tab.base_changed(app, "embedded", train_tab.DEFAULT_PRESET) == list(values.values())
+    assert train_tab.preset_values("quick", base="embedded")["data.resolution"] == 256  # a preset's own size stays
+    assert train_tab.resolution_note(app, "embedded", 32) == ""
+    assert "256x the pixels" in train_tab.resolution_note(app, "embedded", 512)
+    form = {**values, "preset": train_tab.DEFAULT_PRESET, "model.base": "embedded", "data.path": "shapes",
+            "data.resolution": 512}
+    cfg = train_tab.config_from_form(app, form)
+    assert cfg.lora.targets == "locon-io" and cfg.data.resolution == 512
+    job_id, status = train_tab.start_training(app, {**form, "optim.steps": 1})
+    app.jobs.cancel(job_id)
+    assert "256x the pixels of the base's native 32 px" in status
+    form["data.resolution"] = None  # an emptied field: the base's size
+    assert train_tab.config_from_form(app, form).data.resolution is None

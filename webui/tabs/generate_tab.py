@@ -177,12 +177,14 @@ def _resolve(app, library: dict[str, Path], name: str) -> Path:
 
 
 def default_size(app) -> int:
-    """The image side the base model was trained at, read from its configs before it is loaded (the same
-    size `sdlora generate` uses); GenerateSettings' default when only loading the model would tell."""
-    from sdlora.generate import GenerateSettings, base_default_size
+    """The image side the base model was trained at (embedded 32, SD1 512, SD2-v 768, SDXL 1024), read from
+    its configs before it is loaded (the size `sdlora generate` uses); GenerateSettings' default when only
+    loading the model would tell."""
+    from sdlora.base_ref import native_resolution
+    from sdlora.generate import GenerateSettings
 
     try:
-        size = base_default_size(app.config.base)
+        size = native_resolution(app.config.base)
     except SdloraError:  # a base that cannot load: Generate reports why; the slider needs a value now
         size = None
     return size or GenerateSettings(prompt="").width
@@ -377,10 +379,10 @@ def _wire_base(app, c: dict[str, Any]) -> None:
 
 
 def _base_size(value: str) -> int | None:
-    from sdlora.generate import base_default_size
+    from sdlora.base_ref import native_resolution
 
     try:
-        return base_default_size(value)
+        return native_resolution(value)
     except SdloraError:
         return None
 

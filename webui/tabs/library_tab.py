@@ -21,7 +21,7 @@ from sdlora.errors import SdloraError
 from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
 
-COLUMNS = ["name", "fits base", "family", "rank", "size", "date", "hash", "trigger words", "notes"]
+COLUMNS = ["name", "fits base", "family", "rank", "size", "date", "hash", "trigger words", "top tags", "notes"]
 SAMPLE_LIMIT = 24  # training samples offered as previews
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SORTS = {"name": "name (A-Z)", "date": "date (newest first)", "size": "size (largest first)"}
@@ -64,7 +64,7 @@ def refresh(app, query: str = "", sort: str = "name") -> tuple[list[list], list,
 
 def _row(entry, fits: str) -> list:
     return [entry.name, fits, entry.family or "?", entry.rank if entry.rank is not None else "?", human_size(entry.size),
-            _date(entry.mtime), entry.short_hash or "-", ", ".join(entry.trigger_words[:8]),
+            _date(entry.mtime), entry.short_hash or "-", ", ".join(entry.trigger_words[:8]), ", ".join(entry.top_tags[:5]),
             _short(entry.notes.get("notes") or entry.notes.get("activation text"))]
 
 

@@ -154,7 +154,7 @@ def extract_lora(app, base: str, tuned: str, rank: float, out_name: str) -> tupl
     import sdlora
     from sdlora.extract import extract
 
-    base_path = base.strip() if base.strip() == "embedded" else str(app.read_path(base))
+    base_path = app.base_model(base)  # 'embedded' by name, any other base inside the configured folders
     tuned_path = app.read_path(tuned)
     result = extract(base_path, str(tuned_path), rank=int(rank), allow_pickle=app.config.allow_pickle)
     target = output_path(app, out_name, f"{tuned_path.stem}-extracted")

@@ -39,7 +39,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "output.sample_every": ("Sample every N steps", "int"),
     "output.sample_prompts": ("Sample prompts (one per line)", "lines"),
 }
-DEFAULT_PRESET = "(defaults)"
+DEFAULT_PRESET = "(defaults)"  # the base's own recipe when it has one (embedded: the 'embedded' preset)
 MAX_CAPTION_ROWS = 500
 
 
@@ -56,12 +56,47 @@ def list_presets(folder: Path | None = None) -> list[str]:
     return [DEFAULT_PRESET, *names]
 
 
-def preset_values(preset: str, folder: Path | None = None) -> dict[str, Any]:
-    """The shown settings' values under `preset` (what the form is filled with)."""
+def preset_values(preset: str, folder: Path | None = None, base: str | None = None) -> dict[str, Any]:
+    """The shown settings' values under `preset` for `base` (what the form is filled with): the default
+    preset is the base's own recipe when it has one, and an unset resolution shows the base's native size."""
     from sdlora.config import load_config
 
-    cfg = load_config(_preset_path(preset, folder))
+    cfg = load_config(_preset_path(preset, folder, base))
+    if base and cfg.data.resolution is None:
+        cfg.data.resolution = native_size(base)
     return {key: _form_value(key, _get(cfg, key)) for key in SETTINGS}
+
+
+def native_size(base: str) -> int | None:
+    """The base's native image side from its config files (no weights read); None when unknown."""
+    from sdlora.base_ref import native_resolution
+
+    try:
+        return native_resolution(base)
+    except SdloraError:
+        return None
+
+
+def base_changed(app, base: str, preset: str) -> list[Any]:
+    """New values for the settings when the base changes: the base's recipe (default preset) and its native
+    resolution. An unusable path leaves the form as it is (Start reports it)."""
+    try:
+        resolved = app.base_model(base)
+    except SdloraError:
+        return [gr.update() for _ in SETTINGS]
+    return list(preset_values(preset or DEFAULT_PRESET, base=resolved).values())
+
+
+def resolution_note(app, base: str, resolution) -> str:
+    """A warning under the settings when the resolution is far from the base's native size ('' otherwise)."""
+    from sdlora.base_ref import far_from_native
+
+    try:
+        native = native_size(app.base_model(base))
+        warning = far_from_native(int(resolution), native) if resolution else None
+    except (SdloraError, ValueError, TypeError):
+        return ""
+    return f"⚠️ {warning}" if warning else ""
 
 
 def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
@@ -81,16 +116,20 @@ def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
     for key in SETTINGS:
         if key in form and form[key] is not None:
             overrides.append(f"{key}={_yaml_value(key, form[key])}")
-    cfg = load_config(_preset_path(form.get("preset") or DEFAULT_PRESET, folder), overrides)
+    base = app.base_model(form.get("model.base"))
+    cfg = load_config(_preset_path(form.get("preset") or DEFAULT_PRESET, folder, base), overrides)
     name = safe_filename(cfg.output.name, default="lora")
     cfg.output.name = name
     cfg.output.dir = str(unique_path(Path(app.config.output_dir) / "runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     return cfg
 
 
-def _preset_path(preset: str, folder: Path | None) -> Path | None:
+def _preset_path(preset: str, folder: Path | None, base: str | None = None) -> Path | None:
     if not preset or preset == DEFAULT_PRESET:
-        return None
+        from sdlora.base_ref import default_preset
+
+        own = default_preset(base) if base else None
+        return configs.preset_path(own) if own else None
     folder = folder or presets_dir()
     path = folder / f"{safe_filename(preset)}.yaml"
     if not path.is_file():
@@ -243,21 +282,32 @@ def _rows(rows) -> list[tuple[str, str]]:
 
 def start_training(app, form: dict[str, Any]) -> tuple[int, str]:
     """Validate the form, queue a training job; returns (job id, status line)."""
+    from sdlora.train import resolve_base_settings
+
     cfg = config_from_form(app, form)
+    _, notes, _ = resolve_base_settings(cfg)  # from the base's config files: a far-off size is said up front
     job = app.jobs.submit(cfg.output.name, lambda ctx: run_training(cfg, ctx))
     ahead = sum(1 for j in app.jobs.snapshot() if j["status"] in ("queued", "running") and j["id"] != job.id)
     where = f"queued behind {ahead} job(s)" if ahead else "starting"
-    return job.id, f"job {job.id} ({cfg.output.name}): {where}"
+    warnings = "".join(f"\n\n⚠️ {n.removeprefix('warning: ')}" for n in notes if n.startswith("warning"))
+    own = _preset_path(form.get("preset") or DEFAULT_PRESET, None, cfg.model.base)
+    recipe = f"; settings: the '{own.stem}' preset (this base's recipe) and the form" if (
+        own is not None and (form.get("preset") or DEFAULT_PRESET) == DEFAULT_PRESET) else ""
+    return job.id, f"job {job.id} ({cfg.output.name}): {where}{recipe}{warnings}"
 
 
-def run_training(cfg, ctx: JobContext) -> str | None:
-    """The job body: call the trainer with progress and cancel wired to the job; return the LoRA path."""
+def run_training(cfg, ctx: JobContext, resume: bool = False) -> str | None:
+    """The job body: call the trainer with progress and cancel wired to the job; return the LoRA path.
+    `resume=True` continues from the newest checkpoint in cfg.output.dir (the CLI's `--resume`)."""
     from sdlora.train import train
 
-    ctx.progress(0, cfg.optim.steps, "loading the base model")
-    result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps), cancel=ctx.cancel_event)
+    ctx.progress(0, cfg.optim.steps, "starting")
+    result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps),
+                   on_stage=lambda info: ctx.message(info.line(), info.stage), cancel=ctx.cancel_event,
+                   resume=resume)
     if getattr(result, "cancelled", False):
-        ctx.progress(result.steps, cfg.optim.steps, f"cancelled at step {result.steps}; checkpoint "
+        stage = f" during {result.stages[-1]}" if result.stages and not result.history else ""
+        ctx.progress(result.steps, cfg.optim.steps, f"cancelled at step {result.steps}{stage}; checkpoint "
                      f"{getattr(result, 'checkpoint', None) or 'none'} kept")
     return _result_path(result, cfg)
 
@@ -268,12 +318,26 @@ def record_step(ctx: JobContext, info, total: int) -> None:
     total = int(getattr(info, "total", None) or getattr(info, "total_steps", None) or total)
     loss = getattr(info, "loss", None)
     # Progress first: a poller that sees the step's loss must also see the step's progress bar.
-    ctx.progress(step, total, f"loss {float(loss):.4f}" if loss is not None else "")
+    ctx.progress(step, total, step_line(info, step, total))
     if loss is not None and math.isfinite(float(loss)):
         ctx.add_loss(step, float(loss))
     samples = getattr(info, "samples", None) or getattr(info, "sample_paths", None) or []
     if samples:
         ctx.add_samples([str(s) for s in samples])
+
+
+def step_line(info, step: int, total: int) -> str:
+    """`loss 0.1234 · 2.10 steps/s · 12 s elapsed · ETA 40 s` (what the status shows during steps)."""
+    from sdlora.train.progress import format_seconds
+
+    loss, elapsed = getattr(info, "loss", None), getattr(info, "elapsed", None)
+    parts = [f"loss {float(loss):.4f}"] if loss is not None else []
+    if elapsed:
+        done = step - int(getattr(info, "first_step", 1)) + 1  # a resumed run's clock starts at its first step
+        parts.append(f"{max(done, 1) / elapsed:.2f} steps/s")
+        parts.append(f"{format_seconds(elapsed)} elapsed")
+        parts.append(f"ETA {format_seconds(elapsed / max(done, 1) * (total - step))}")
+    return " · ".join(parts)
 
 
 def _result_path(result, cfg) -> str | None:
@@ -287,7 +351,8 @@ def cancel_training(app, job_id: int | None) -> str:
     if job_id is None:
         raise SdloraError("no training job in this session to cancel")
     job = app.jobs.cancel(job_id)
-    return f"job {job.id} ({job.name}): cancelling; it stops within a step and keeps the last checkpoint"
+    return (f"job {job.id} ({job.name}): cancelling; it stops within a step (or an image, while caching) and "
+            "keeps the last checkpoint")
 
 
 def poll(app, job_id: int | None) -> dict[str, Any]:
@@ -304,7 +369,7 @@ def poll(app, job_id: int | None) -> dict[str, Any]:
         status += f": {state['message']}"
     finished = state["status"] in ("done", "failed", "cancelled")
     result = state["result"] if state["status"] == DONE else None
-    return {"progress": progress_html(state["step"], state["total"], state["status"]),
+    return {"progress": progress_html(state["step"], state["total"], state["status"], state.get("stages")),
             "losses": state["losses"], "samples": state["samples"], "queue": queue,
             "result": result, "status": status, "finished": finished}
 
@@ -315,21 +380,38 @@ def queue_rows(app) -> list[list]:
             for j in app.jobs.snapshot()]
 
 
-def progress_html(step: int, total: int, status: str) -> str:
-    """A native <progress> bar with the step count (tests read its value and max)."""
+def progress_html(step: int, total: int, status: str, stages: dict[str, str] | None = None) -> str:
+    """A native <progress> bar with the step count (tests read its value and max), and below it every stage
+    the run went through with its latest line (counts, elapsed, ETA), so a short stage is not missed."""
     total = max(int(total), 0)
     pct = 100.0 * step / total if total else 0.0
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in (stages or {}).values())
+    stage_list = f'<ol class="sdlora-stages" id="train-stages">{items}</ol>' if items else ""
     return (f'<div class="sdlora-progress"><progress id="train-progress" value="{int(step)}" max="{total or 1}">'
-            f"</progress> <span>step {int(step)} / {total} ({pct:.0f}%) · {html.escape(status)}</span></div>")
+            f"</progress> <span>step {int(step)} / {total} ({pct:.0f}%) · {html.escape(status)}</span>"
+            f"{stage_list}</div>")
+
+
+def smoothed(values: list[float]) -> list[float]:
+    """Moving average over a tenth of the run so far (the loss plot's thick line; loss.png uses the same)."""
+    window = max(1, len(values) // 10)
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(window, i + 1))
+    return out
 
 
 def loss_frame(losses: list[tuple[int, float]]):
+    """The loss plot's data in long form: each step twice, as `loss` (raw) and `smoothed` (series)."""
     import pandas as pd
 
     # explicit dtypes: an empty object-typed frame would make the plot's y axis categorical for good
     steps = [int(s) for s, _ in losses or []]
     values = [float(v) for _, v in losses or []]
-    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(values, dtype="float64")})
+    return pd.DataFrame({"step": pd.Series(steps * 2, dtype="int64"),
+                         "loss": pd.Series(values + smoothed(values), dtype="float64"),
+                         "series": pd.Series(["loss"] * len(values) + ["smoothed"] * len(values), dtype="str")})
 
 
 def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
@@ -359,17 +441,19 @@ def create_ui(app) -> dict[str, Any]:
                                 allow_custom_value=True,  # a typed path inside the configured folders still works
                                 info="the Generate tab's Base menu list, or a model path inside the folders")
         c["preset"] = gr.Dropdown(list_presets(), value=DEFAULT_PRESET, label="Preset",
-                                  info="a shipped preset; the fields below show its values")
+                                  info=f"a shipped preset; the fields below show its values. {DEFAULT_PRESET}: "
+                                       "the base's own recipe when it has one (embedded: the quickstart's)")
     _create_dataset_ui(app, c)
     with gr.Group():
-        c["settings"] = _create_settings_ui()
+        c["settings"] = _create_settings_ui(app)
+        c["resolution_note"] = gr.Markdown(elem_id="train-resolution-note")
     with gr.Row():
         c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
         c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
     c["status"] = gr.Markdown(elem_id="train-status")
     c["progress"] = gr.HTML(progress_html(0, 0, "no job yet"), elem_id="train-progress-box")
     with gr.Row():
-        c["loss_plot"] = gr.LinePlot(loss_frame([]), x="step", y="loss", title="Training loss",
+        c["loss_plot"] = gr.LinePlot(loss_frame([]), x="step", y="loss", color="series", title="Training loss",
                                      elem_id="train-loss-plot", height=260)
         c["samples"] = gr.Gallery(label="Sample images", columns=4, height=260, elem_id="train-samples")
     c["queue"] = gr.Dataframe(headers=["job", "name", "status", "step", "message"], label="Training queue",
@@ -377,6 +461,9 @@ def create_ui(app) -> dict[str, Any]:
     with gr.Row():
         c["result"] = gr.File(label="Trained LoRA (.safetensors)", interactive=False, elem_id="train-result")
         c["add_to_stack"] = gr.Button("Add to library and stack", elem_id="train-add-to-stack")
+    from webui.tabs import runs_view
+
+    runs_view.create_ui(app, c)
     c["timer"] = gr.Timer(0.5, active=False)  # this session's job: progress, loss, samples
     c["queue_timer"] = gr.Timer(3.0)  # the shared queue, so jobs other sessions started are visible too
     _wire(app, c)
@@ -404,9 +491,12 @@ def _create_dataset_ui(app, c: dict[str, Any]) -> None:
             c["save_captions"] = gr.Button("Save captions", scale=1)
 
 
-def _create_settings_ui() -> dict[Any, str]:
+def _create_settings_ui(app) -> dict[Any, str]:
     """One widget per setting, labelled and with the config field's own help text; {widget: key}."""
-    values = preset_values(DEFAULT_PRESET)
+    try:
+        values = preset_values(DEFAULT_PRESET, base=app.base_model(None))
+    except SdloraError:  # a configured base outside the folders: Start says so
+        values = preset_values(DEFAULT_PRESET)
     widgets: dict[Any, str] = {}
     keys = list(SETTINGS)
     for row in (keys[:6], keys[6:]):  # two rows keep each help text readable
@@ -448,8 +538,12 @@ def _poll_outputs(app, job_id):
 
 def _wire(app, c: dict[str, Any]) -> None:
     settings = list(c["settings"])
-    c["preset"].change(bound(lambda preset: list(preset_values(preset).values())), c["preset"], settings,
-                       api_name="train_preset")
+    c["preset"].change(bound(lambda preset, base: list(preset_values(preset, base=app.base_model(base)).values())),
+                       [c["preset"], c["base"]], settings, api_name="train_preset")
+    c["base"].change(bound(base_changed, app), [c["base"], c["preset"]], settings, api_name="train_base")
+    resolution = next(w for w, key in c["settings"].items() if key == "data.resolution")
+    resolution.change(bound(resolution_note, app), [c["base"], resolution], c["resolution_note"],
+                      api_name="train_resolution_note", show_progress="hidden")
     c["load"].click(bound(load_dataset, app), [c["data_path"], c["upload"]],
                     [c["dataset"], c["thumbs"], c["captions"], c["data_summary"]], api_name="train_load_data")
     c["add_trigger"].click(bound(add_trigger), [c["captions"], c["bulk_trigger"]], c["captions"],
@@ -466,3 +560,6 @@ def _wire(app, c: dict[str, Any]) -> None:
                     show_progress="hidden")
     c["queue_timer"].tick(bound(queue_rows, app), None, c["queue"], api_name="train_queue",
                           show_progress="hidden")
+    from webui.tabs import runs_view
+
+    runs_view.wire(app, c)
