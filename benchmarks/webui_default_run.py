@@ -5,7 +5,7 @@
 
 The run goes through the web UI's own code path (the Train tab's form with its default values for the
 embedded base -> `config_from_form` -> the job queue -> `train`), with only the data set folder chosen.
-Then, as tests/embedded/test_quickstart.py does, the prompts in sample_data/prompts.txt are drawn 4 times
+Then, as tests/embedded/test_quickstart.py does, the prompts in scripts/sample_prompts.txt are drawn 4 times
 each (24 images, 15 steps) by the base and through the LoRA at strength 1, and `showcase.style_distance`
 to the 32 style images is printed for both with the cut in percent (the quickstart measured 51.1% /
 50.6% / 49.9% at training seeds 0 / 1 / 2). Wall times depend on the machine's load (printed).
@@ -48,7 +48,7 @@ def style_cut(lora: Path) -> tuple[float, float]:
     from sdlora.embedded import load_pipeline, showcase
 
     pipe = load_pipeline()
-    prompts = [p for p in (SAMPLE / "prompts.txt").read_text().splitlines() if p.strip()] * 4
+    prompts = [p for p in (SAMPLE.parent / "scripts" / "sample_prompts.txt").read_text().splitlines() if p.strip()] * 4
     seeds = list(range(1, len(prompts) + 1))
     sweep = showcase.strength_sweep(pipe, lora, prompts, seeds, [0.0, 1.0], 15)
     style = showcase.load_images(SAMPLE)

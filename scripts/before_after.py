@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--base", type=Path, default=None, help="pipeline folder (default: the embedded model)"
     )
-    parser.add_argument("--prompts", type=Path, default=ROOT / "sample_data" / "prompts.txt")
+    parser.add_argument("--prompts", type=Path, default=ROOT / "scripts" / "sample_prompts.txt")
     parser.add_argument("--style", type=Path, default=ROOT / "sample_data", help="the style images")
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     parser.add_argument("--seed", type=int, default=1, help="seed of the first prompt (then +1 each)")

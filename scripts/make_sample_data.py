@@ -89,6 +89,9 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=ROOT / "sample_data")
+    parser.add_argument("--prompts", type=Path, default=ROOT / "scripts" / "sample_prompts.txt",
+                        help="where the prompts go (outside the data folder: a .txt there without an image "
+                             "would be reported as an orphan caption)")
     parser.add_argument("--count", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -99,8 +102,8 @@ def main(argv=None) -> int:
         stem = args.out / f"{i:03d}"
         Image.fromarray(render_style(scene, inks[i % len(inks)], rng)).save(stem.with_suffix(".png"))
         stem.with_suffix(".txt").write_text(caption(scene) + "\n")
-    (args.out / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
-    print(f"wrote {args.count} images, captions and prompts.txt to {args.out}")
+    args.prompts.write_text("\n".join(PROMPTS) + "\n")
+    print(f"wrote {args.count} images and captions to {args.out}, prompts to {args.prompts}")
     return 0
 
 

@@ -10,7 +10,7 @@ OUT=${SDLORA_QUICKSTART_OUT:-outputs/quickstart}
 # One thread: the model is tiny, and on a busy 2-core machine two OpenMP threads spin-wait for each other
 # (measured here: 30 s per step with 2 threads vs 0.4 s with 1). Set OMP_NUM_THREADS to override.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-[ -f sample_data/prompts.txt ] || .venv/bin/python scripts/make_sample_data.py
+[ -f sample_data/000.png ] || .venv/bin/python scripts/make_sample_data.py
 start=$(date +%s)
 # the `embedded` preset (sdlora/configs/presets/embedded.yaml) is what `sdlora train` uses for this base anyway
 .venv/bin/sdlora train --config embedded --data sample_data --base embedded --output "$OUT" \

@@ -1,7 +1,7 @@
 """Acceptance: a quickstart run really teaches the embedded model the sample_data style.
 
 A style LoRA is trained on sample_data/ with the `embedded` preset (sdlora/configs/presets/embedded.yaml, the quickstart's recipe) through the real trainer
-(`sdlora.train.train`); then the prompts in sample_data/prompts.txt are drawn with fixed seeds (4 per
+(`sdlora.train.train`); then the prompts in scripts/sample_prompts.txt are drawn with fixed seeds (4 per
 prompt, 24 images, so that one odd image moves the statistic little) by the base model and through
 `sdlora.stack.LoraStack` at strength 0 and 1.
 
@@ -74,7 +74,7 @@ def trained_lora(tmp_path_factory, one_thread):
 @pytest.fixture(scope="module")
 def drawn(trained_lora):
     pipe = load_pipeline()
-    prompts = [p for p in (SAMPLE / "prompts.txt").read_text().splitlines() if p.strip()] * SEEDS_PER_PROMPT
+    prompts = [p for p in (SAMPLE.parent / "scripts" / "sample_prompts.txt").read_text().splitlines() if p.strip()] * SEEDS_PER_PROMPT
     seeds = list(range(1, len(prompts) + 1))
     base = showcase.draw(pipe, prompts, seeds, DRAW_STEPS, showcase.GUIDANCE)
     sweep = showcase.strength_sweep(pipe, trained_lora, prompts, seeds, [0.0, 1.0], DRAW_STEPS)

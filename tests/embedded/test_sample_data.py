@@ -24,9 +24,11 @@ def _script():
 
 
 def test_committed_sample_data_is_the_scripts_output(tmp_path):
-    assert _script().main(["--out", str(tmp_path)]) == 0
+    prompts = tmp_path.parent / f"{tmp_path.name}-prompts.txt"
+    assert _script().main(["--out", str(tmp_path), "--prompts", str(prompts)]) == 0
     committed = sorted(p.name for p in SAMPLE.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == committed
+    assert prompts.read_text() == (ROOT / "scripts" / "sample_prompts.txt").read_text()
     assert np.array_equal(showcase.load_images(tmp_path), showcase.load_images(SAMPLE))
     for txt in SAMPLE.glob("*.txt"):
         assert (tmp_path / txt.name).read_text() == txt.read_text()
@@ -38,7 +40,7 @@ def test_sample_data_has_captions_with_the_trigger_word():
     for image in images:
         caption = image.with_suffix(".txt").read_text().strip()
         assert caption.startswith(f"{TRIGGER} style, a ")
-    prompts = [p for p in (SAMPLE / "prompts.txt").read_text().splitlines() if p.strip()]
+    prompts = [p for p in (SAMPLE.parent / "scripts" / "sample_prompts.txt").read_text().splitlines() if p.strip()]
     assert prompts and all(TRIGGER in p for p in prompts)
 
 
