@@ -27,3 +27,7 @@ class DatasetError(SdloraError, ValueError):
 
 class TrainingError(SdloraError, RuntimeError):
     """Training had to stop (for example a non-finite loss)."""
+
+
+class SourceChangedError(SdloraError, RuntimeError):
+    """A model file that patched weights are restored from changed since they were loaded."""
