@@ -77,10 +77,11 @@ class StackEntry:
 
 
 class _Factors(NamedTuple):
-    """A layer's plain LoRAs, concatenated along rank in float32 (alpha/rank folded into `up`)."""
+    """A layer's plain LoRAs, concatenated along rank in float32 (each LoRA's alpha/rank in `scales`)."""
 
     names: list[str]
     ranks: list[int]
+    scales: list[float]
     up: torch.Tensor  # (out, Σr)
     down: torch.Tensor  # (Σr, in·k·k)
     views: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> its (up, down) columns/rows of the above
@@ -181,10 +182,13 @@ class _Layer:
         self.module.bias.data = acc.to(self.bias_original.dtype)
 
     def _concatenated(self):
-        """Every plain LoRA's factors concatenated along rank in float32, alpha/rank folded into `up`.
+        """Every plain LoRA's factors concatenated along rank in float32 (a single float32 LoRA's are
+        used as they are, no copy).
 
         Built once per set of LoRAs with one cat per factor (instead of converting each LoRA's factors
-        separately): the per-LoRA factors `shift` needs are views into these buffers.
+        separately): the per-LoRA factors `shift` needs are views into these buffers. alpha/rank is not
+        folded into `up` (a pass over the factors): it goes into the per-column strengths of
+        `_scaled_factors` and the `alpha` of `shift`, so the buffers are never written after the cat.
         """
         if self._cat is None and self.lowrank:
             names = list(self.lowrank)
@@ -195,17 +199,17 @@ class _Layer:
             up = _concat(ups, 1, device)
             down = _concat(downs, 0, device)
             scales = [self.lowrank[n][2] for n in names]
-            up.mul_(_per_column(scales, ranks, device) if len(set(scales)) > 1 else scales[0])
             starts = accumulate([0, *ranks[:-1]])
             views = {
                 n: (up[:, a : a + r], down[a : a + r]) for n, a, r in zip(names, starts, ranks, strict=True)
             }
-            self._cat = _Factors(names, ranks, up, down, views)
+            self._cat = _Factors(names, ranks, scales, up, down, views)
         return self._cat
 
-    def _factors_of(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(up·scale, down) of one plain LoRA: views into the concatenated buffers."""
-        return self._concatenated().views[name]
+    def _factors_of(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(up, down, alpha/rank) of one plain LoRA: views into the concatenated buffers."""
+        cat = self._concatenated()
+        return (*cat.views[name], cat.scales[cat.names.index(name)])
 
     def base_f32(self) -> torch.Tensor:
         """W0 as float32 on the weight's device, 2-D (out, in·k·k); no copy when already float32 there.
@@ -274,18 +278,18 @@ class _Layer:
         cat = self._concatenated()
         if cat is None or not any(n in active for n in cat.names):
             return None
-        scales = _per_column([active.get(n, 0.0) for n in cat.names], cat.ranks, cat.up.device)
-        return cat.up * scales, cat.down
+        strengths = [active.get(n, 0.0) * scale for n, scale in zip(cat.names, cat.scales, strict=True)]
+        return cat.up * _per_column(strengths, cat.ranks, cat.up.device), cat.down
 
     def shift(self, name: str, delta_strength: float) -> None:
         """W += delta_strength · ΔW_name in place (float32/float64 weights that hold a patch only)."""
         weight = self.weight
         w2d = weight.view(weight.shape[0], -1)
         if name in self.lowrank:
-            up, down = self._factors_of(name)
+            up, down, scale = self._factors_of(name)
             if up.dtype != w2d.dtype:
                 up, down = up.to(w2d.dtype), down.to(w2d.dtype)
-            w2d.addmm_(up, down, alpha=delta_strength)
+            w2d.addmm_(up, down, alpha=delta_strength * scale)
         else:
             lora, module = self.other[name]
             w2d.add_(self._other_delta(lora, module).reshape(w2d.shape).to(w2d.dtype), alpha=delta_strength)
@@ -307,7 +311,14 @@ class _Layer:
 
 
 def _concat(parts: list[torch.Tensor], dim: int, device) -> torch.Tensor:
-    """`torch.cat(parts, dim)` as float32 on `device`, converting each part while it is copied in."""
+    """`torch.cat(parts, dim)` as float32 on `device`, converting each part while it is copied in.
+
+    The result is only read: a single part that is float32 on `device` already is returned as it is, and
+    parts that all are are joined by one `torch.cat` (one kernel, not one copy per part)."""
+    if len(parts) == 1:
+        return parts[0].to(device=device, dtype=torch.float32)
+    if all(p.dtype == torch.float32 and p.device == torch.device(device) for p in parts):
+        return torch.cat(parts, dim)
     shape = list(parts[0].shape)
     shape[dim] = sum(p.shape[dim] for p in parts)
     out = torch.empty(shape, dtype=torch.float32, device=device)
