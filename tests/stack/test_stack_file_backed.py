@@ -259,3 +259,34 @@ def test_load_components_records_the_folder_it_read():
     assert stack.mode == "file" and stack.kept_bytes().weight_copies == 0
     stack.clear()
     assert_bit_identical(components, before)
+
+
+def test_single_file_open_clip_fused_weights_keep_a_copy(tmp_path):
+    """SDXL's OpenCLIP encoder is stored with q/k/v fused (in_proj_weight): those layers keep a copy, the
+    ones stored 1:1 (out_proj, fc1, fc2) are read back from the checkpoint."""
+    from safetensors.torch import save_file
+    from stack_helpers import live_modules
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from sdlora.ldm_keys import open_clip_to_ldm
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                            vocab_size=1000, projection_dim=32)
+    components = {"text_encoder_2": CLIPTextModelWithProjection(config).eval()}
+    stored = open_clip_to_ldm(components["text_encoder_2"].state_dict())
+    path = tmp_path / "sdxl.safetensors"
+    save_file({f"conditioner.embedders.1.model.{k}": v.contiguous() for k, v in stored.items()}, path)
+    record_single_file(components, path, "sdxl")
+    params = source_of(components["text_encoder_2"]).params
+    assert "text_model.encoder.layers.0.self_attn.out_proj.weight" in params or \
+        "encoder.layers.0.self_attn.out_proj.weight" in params
+    assert not any("q_proj" in name or "text_projection" in name for name in params)
+    names = [n for n in live_modules(components) if n.endswith(("q_proj", "out_proj", "fc1"))]
+    before = snapshot(components)
+    stack = LoraStack(components)
+    stack.add(random_lora(components, names, scale=0.3))
+    assert stack.mode == "mixed"
+    assert list(stack.fallbacks.values()) == [sum(n.endswith("q_proj") for n in names)]
+    stack.clear()
+    assert_bit_identical(components, before)
