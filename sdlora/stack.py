@@ -5,7 +5,9 @@ Depends on torch and sdlora (weights, naming, formats, report); never on diffuse
 How it works (design notes, FORMATS §5):
 * When the model was loaded from safetensors files (sdlora.weight_source), W is patched in place and W0
   is read back from the file (memory-mapped, one tensor at a time) when a layer is restored or recomputed:
-  no copy, no fresh weight-sized allocation. Otherwise ("copy" mode):
+  no copy is kept. (Weights that diffusers left mapped from the file, as it loads safetensors on the CPU,
+  still become private memory page by page when first patched: the kernel's copy-on-write, which
+  diffusers' own fuse pays too.) Otherwise ("copy" mode):
 * Every touched weight keeps its pristine W0 in its own dtype (bit-exact restore). On the CPU that is
   the module's own tensor, untouched: the patched W is a new tensor swapped into the parameter, and a
   restore swaps W0 back (free). On other devices (or `in_place=True`) W0 is copied to the CPU and W is
