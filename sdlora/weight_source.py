@@ -18,6 +18,7 @@ the stack relies on it, which catches a wrong mapping or a model changed after l
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -279,3 +280,30 @@ def _config_folder(model) -> Path | None:
         return None
     folder = Path(name).expanduser()
     return folder if folder.is_dir() else None
+
+
+# ----- file-mapped memory -------------------------------------------------------------------
+
+
+def file_mapped_ranges() -> list[tuple[int, int]]:
+    """Sorted (start, end) addresses of this process's writable private mappings of files: where diffusers
+    leaves safetensors weights it loaded on the CPU (read lazily from the page cache). Linux only ([]
+    elsewhere: every tensor then counts as ordinary memory)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[1].startswith("rw") and fields[5].startswith("/"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end))
+    return sorted(ranges)
+
+
+def is_file_mapped(tensor: torch.Tensor, ranges: list[tuple[int, int]]) -> bool:
+    """Whether the tensor's memory lies in one of `ranges` (see file_mapped_ranges)."""
+    address = tensor.data_ptr()
+    index = bisect.bisect_right(ranges, (address, float("inf"))) - 1
+    return index >= 0 and ranges[index][0] <= address < ranges[index][1]

@@ -290,3 +290,24 @@ def test_single_file_open_clip_fused_weights_keep_a_copy(tmp_path):
     assert list(stack.fallbacks.values()) == [sum(n.endswith("q_proj") for n in names)]
     stack.clear()
     assert_bit_identical(components, before)
+
+
+def test_file_mapped_weights_get_a_new_tensor_then_patch_in_place(folder):
+    """diffusers leaves safetensors weights mapped from the file: the first patch writes a new tensor (no
+    copy-on-write of the mapping, W0 not kept); once restored from the file, that tensor is patched in place."""
+    from sdlora.weight_source import file_mapped_ranges, is_file_mapped
+
+    components = load_folder(folder)
+    module = _live(components)[targets(components)[0]]
+    assert is_file_mapped(module.weight, file_mapped_ranges())
+    mapped = module.weight.data_ptr()
+    before = snapshot(components)
+    stack = LoraStack(components)
+    stack.add(loras(components, 1)[0])
+    ours = module.weight.data_ptr()
+    assert ours != mapped and stack.kept_bytes().weight_copies == 0
+    stack.clear()
+    stack.add(loras(components, 1)[0])
+    assert module.weight.data_ptr() == ours
+    stack.clear()
+    assert_bit_identical(components, before)
