@@ -265,7 +265,7 @@ class _Layer:
     def _store_f32(self, base: torch.Tensor, up_down) -> None:
         """W0 + up @ down in one pass, into our own tensor (swap mode) or straight into the weight."""
         if self.swaps and not self.patched:
-            self.module.weight.data = torch.addmm(base, *up_down).view(self.weight.shape)
+            self._swap_in(torch.addmm(base, *up_down).view(self.weight.shape))
         else:
             target = self.weight.view(self.weight.shape[0], -1)
             if base.data_ptr() == target.data_ptr():  # the first in-place patch reads W0 from the weight itself
@@ -274,10 +274,19 @@ class _Layer:
                 torch.addmm(base, *up_down, out=target)
         self.patched = True
 
+    def _swap_in(self, patched: torch.Tensor) -> None:
+        """Make `patched` the live weight. A file-backed layer keeps nothing of the old one; its pages of the
+        file mapping are released, so they don't stay resident beside the patch (W0 comes from the file)."""
+        old, self.module.weight.data = self.module.weight.data, patched
+        if self.source is not None:
+            from sdlora.weight_source import release_mapped
+
+            release_mapped(old)
+
     def _store(self, acc: torch.Tensor) -> None:
         """Cast a float32 W into the weight's dtype (a new tensor in swap mode on the first patch)."""
         if self.swaps and not self.patched:
-            self.module.weight.data = acc.to(self.dtype).view(self.weight.shape)
+            self._swap_in(acc.to(self.dtype).view(self.weight.shape))
         else:
             self.weight.view(self.weight.shape[0], -1).copy_(acc)
         self.patched = True

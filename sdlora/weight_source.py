@@ -296,7 +296,7 @@ def file_mapped_ranges() -> list[tuple[int, int]]:
     ranges = []
     for line in lines:
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[1].startswith("rw") and fields[5].startswith("/"):
+        if len(fields) == 6 and fields[1] == "rw-p" and fields[5].startswith("/"):
             start, end = (int(x, 16) for x in fields[0].split("-"))
             ranges.append((start, end))
     return sorted(ranges)
@@ -307,3 +307,25 @@ def is_file_mapped(tensor: torch.Tensor, ranges: list[tuple[int, int]]) -> bool:
     address = tensor.data_ptr()
     index = bisect.bisect_right(ranges, (address, float("inf"))) - 1
     return index >= 0 and ranges[index][0] <= address < ranges[index][1]
+
+
+_PAGE = 4096
+_MADV_DONTNEED = 4
+
+
+def release_mapped(tensor: torch.Tensor) -> None:
+    """Drop this process's pages of a file-mapped tensor nobody will write (LoraStack swapped a patched copy
+    in): they were never written, so a later read maps them from the file again, with the same bytes.
+    Only whole pages inside the tensor are released (its neighbours in the mapping are left alone); a
+    no-op where madvise is unavailable."""
+    import ctypes
+
+    start = -(-tensor.data_ptr() // _PAGE) * _PAGE
+    end = (tensor.data_ptr() + tensor.nbytes) // _PAGE * _PAGE
+    if end <= start:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+    except (OSError, AttributeError):  # no libc madvise (not Linux): the pages stay until reclaimed
+        return

@@ -300,14 +300,20 @@ def test_file_mapped_weights_get_a_new_tensor_then_patch_in_place(folder):
     components = load_folder(folder)
     module = _live(components)[targets(components)[0]]
     assert is_file_mapped(module.weight, file_mapped_ranges())
-    mapped = module.weight.data_ptr()
+    mapped, old = module.weight.data_ptr(), module.weight.data
     before = snapshot(components)
     stack = LoraStack(components)
     stack.add(loras(components, 1)[0])
     ours = module.weight.data_ptr()
     assert ours != mapped and stack.kept_bytes().weight_copies == 0
+    # its pages were released from memory: still readable, from the file, with the same bytes
+    assert torch.equal(old, before[f"unet.{_param_name(components, module)}"])
     stack.clear()
     stack.add(loras(components, 1)[0])
     assert module.weight.data_ptr() == ours
     stack.clear()
     assert_bit_identical(components, before)
+
+
+def _param_name(components, module) -> str:
+    return next(f"{name}.weight" for name, m in components["unet"].named_modules() if m is module)
