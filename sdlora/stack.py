@@ -394,9 +394,10 @@ class LoraStack:
             themselves (not the Parameters) and must see the patch.
         w0: "auto" (default): where the weights were loaded from a safetensors file (sdlora's
             `load_components`, or a diffusers/transformers model whose `config._name_or_path` is a local
-            folder), patch in place and read W0 back from the file for restores and exact recomputes:
-            no copy of any weight is kept (`kept_bytes().weight_copies == 0`, `mode == "file"`). Layers
-            with no such file (a model built in memory, weights the loader fused or converted), or whose
+            folder), read W0 back from the file for restores and exact recomputes: no copy of any
+            weight is kept (W is patched in place; weights still mapped from the file get their first
+            patch in a new tensor and the mapped pages are released, unless `in_place=True`;
+            `kept_bytes().weight_copies == 0`, `mode == "file"`). Layers with no such file (a model built in memory, weights the loader fused or converted), or whose
             file changed since the load, or whose weights differ from the file (changed after loading),
             keep a copy as with "copy" (logged once per reason; see `fallbacks`). "copy": always keep W0
             in memory.
