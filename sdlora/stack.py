@@ -397,10 +397,10 @@ class LoraStack:
             folder), read W0 back from the file for restores and exact recomputes: no copy of any
             weight is kept (W is patched in place; weights still mapped from the file get their first
             patch in a new tensor and the mapped pages are released, unless `in_place=True`;
-            `kept_bytes().weight_copies == 0`, `mode == "file"`). Layers with no such file (a model built in memory, weights the loader fused or converted), or whose
-            file changed since the load, or whose weights differ from the file (changed after loading),
-            keep a copy as with "copy" (logged once per reason; see `fallbacks`). "copy": always keep W0
-            in memory.
+            `kept_bytes().weight_copies == 0`, `mode == "file"`). Layers with no such file (a model
+            built in memory, weights the loader fused or converted), or whose file changed since the
+            load, or whose weights differ from the file (changed after loading), keep a copy as with
+            "copy" (logged once per reason; see `fallbacks`). "copy": always keep W0 in memory.
         on_progress: called with `Progress` while layers are patched.
 
     Source files are guarded: their identity (size, mtime, a hash of sampled blocks) is taken at load
