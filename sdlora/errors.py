@@ -31,3 +31,7 @@ class TrainingError(SdloraError, RuntimeError):
 
 class Interrupted(SdloraError):
     """The user stopped a running job (an image, a grid) before it finished; nothing was produced."""
+
+
+class SourceChangedError(SdloraError, RuntimeError):
+    """A model file that patched weights are restored from changed since they were loaded."""

@@ -120,7 +120,24 @@ def _load_folder(folder: Path, dtype, allow_pickle: bool = False) -> Components:
                                                  safety_checker=None, requires_safety_checker=False)
     except Exception as err:  # diffusers raises OSError, ValueError, EnvironmentError... for broken folders
         raise FormatError(f"{folder}: cannot load this diffusers model folder ({type(err).__name__}: {err})") from err
-    return _from_pipeline(pipe, folder.name)
+    components = _from_pipeline(pipe, folder.name)
+    _record_sources(components, folder=folder)
+    return components
+
+
+def _record_sources(components: Components, folder: Path | None = None, checkpoint: Path | None = None,
+                    layout: str | None = None) -> None:
+    """Note which file each component's weights came from, with the file's identity now (LoraStack then
+    reads W0 back from it instead of keeping a copy; sdlora.weight_source)."""
+    from sdlora.weight_source import record_folder, record_single_file  # torch: not on quick paths
+
+    models = {name: model for name, model in components.text_encoders.items()}
+    models["unet"] = components.unet
+    if checkpoint is not None:
+        record_single_file(models, checkpoint, layout)
+        return
+    for name, model in models.items():
+        record_folder(model, folder / name)
 
 
 def _checkpoint_keys(path: Path) -> list[str]:
@@ -218,6 +235,7 @@ def load_single_file(path: Path, family: str | None = None, dtype=None, config=N
     components = _from_pipeline(pipe, path.name, family if custom is not None else layout)
     if path.suffix.lower() == ".safetensors":
         check_coverage(path, layout, components)
+        _record_sources(components, checkpoint=path, layout=layout)
     return components
 
 
