@@ -212,6 +212,13 @@ def test_loss_frame_is_numeric_even_when_empty():
         assert [str(t) for t in frame.dtypes][:2] == ["int64", "float64"]
 
 
+def test_the_empty_loss_plot_already_names_both_series():
+    """A LinePlot first drawn with no series draws no line for series that arrive later (seen in a browser),
+    so the empty frame carries one NaN point per series."""
+    frame = train_tab.loss_frame([])
+    assert sorted(frame["series"]) == ["loss", "smoothed"] and frame["loss"].isna().all()
+
+
 def test_loss_plot_has_a_smoothed_line_beside_the_raw_one():
     losses = [(s, 1.0 if s % 2 else 0.0) for s in range(1, 41)]  # alternating: the average is flat at 0.5
     frame = train_tab.loss_frame(losses)

@@ -409,6 +409,10 @@ def loss_frame(losses: list[tuple[int, float]]):
     # explicit dtypes: an empty object-typed frame would make the plot's y axis categorical for good
     steps = [int(s) for s, _ in losses or []]
     values = [float(v) for _, v in losses or []]
+    if not values:
+        # one empty (NaN) point per series: a plot first drawn with no series draws no line for the series
+        # that arrive later (gradio 6.31, seen in a browser), so both are named from the start
+        steps, values = [0], [float("nan")]
     return pd.DataFrame({"step": pd.Series(steps * 2, dtype="int64"),
                          "loss": pd.Series(values + smoothed(values), dtype="float64"),
                          "series": pd.Series(["loss"] * len(values) + ["smoothed"] * len(values), dtype="str")})
