@@ -31,6 +31,10 @@ def test_filter_drops_the_notice_and_keeps_other_messages_of_that_logger():
     logger.filters[:] = [f for f in saved if not isinstance(f, DropMessages)]
     handler = _Collect()
     logger.addHandler(handler)
+    # other tests (or transformers itself) may have raised the transformers loggers' level or disabled them
+    level, disabled = logger.level, logger.disabled
+    logger.setLevel(logging.WARNING)
+    logger.disabled = False
     try:
         quiet_third_party()
         quiet_third_party()  # idempotent
@@ -40,6 +44,8 @@ def test_filter_drops_the_notice_and_keeps_other_messages_of_that_logger():
     finally:
         logger.removeHandler(handler)
         logger.filters[:] = saved
+        logger.setLevel(level)
+        logger.disabled = disabled
     assert handler.messages == ["Could not import module 'X'"]
 
 
