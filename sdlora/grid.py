@@ -37,7 +37,7 @@ class Axis:
         return self.name == SEED
 
     def label(self, value) -> str:
-        return f"seed {value}" if self.is_seed else f"{self.name} {value:g}"
+        return f"seed: {value}" if self.is_seed else f"{self.name}: {value:g}"  # A1111's "Seed: 3" labels
 
 
 @dataclass
