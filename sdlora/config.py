@@ -54,6 +54,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = _opt("", "image folder: images with same-stem .txt captions, or Kohya N_name subfolders")
+    reg_path: str = _opt("", "regularization (class) image folder for prior preservation, laid out like `path`; "
+                         "its images are repeated or cut so that an epoch has as many of them as training "
+                         "samples (as kohya does); their loss counts x optim.prior_loss_weight. Empty = none")
     trigger: str = _opt("", "trigger word prepended to every caption (kept first when shuffling)")
     repeats: int = _opt(1, "repeats for images directly in the folder (N_name subfolders use N)")
     resolution: int | None = _opt(None, "training resolution; buckets keep about resolution x resolution pixels. "
@@ -119,6 +122,8 @@ class OptimConfig:
     noise_offset: float = _opt(0.0, "noise offset (adds offset * randn(B, C, 1, 1) to the noise)")
     min_snr_gamma: float = _opt(0.0, "min-SNR-gamma loss weighting (0 = off; 5 is the paper's value)")
     seed: int = _opt(0, "random seed (data order, noise, timesteps, LoRA init)")
+    prior_loss_weight: float = _opt(1.0, "weight of the regularization images' loss (data.reg_path) against the "
+                                    "training images' (kohya's prior_loss_weight)")
     # optimizer registry and schedules (sdlora.train.optimizers, sdlora.train.optim)
     optimizer_args: list[str] = _opt([], "extra optimizer arguments as key=value, like kohya's --optimizer_args: "  # noqa: RUF009
                                      "[d_coef=2, safeguard_warmup=True], 'betas=0.9,0.99' (a mapping works "
@@ -248,6 +253,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise ConfigError(f"data.{key}: must be between 0 and 1, got {value}")
     if cfg.optim.threads is not None and cfg.optim.threads < 0:
         raise ConfigError(f"optim.threads: must be 0 (auto) or more, got {cfg.optim.threads}")
+    if cfg.optim.prior_loss_weight < 0:
+        raise ConfigError(f"optim.prior_loss_weight: must be 0 or more, got {cfg.optim.prior_loss_weight}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
     if cfg.data.resolution is not None and cfg.data.resolution % 8:
