@@ -69,6 +69,7 @@ class DatasetSummary:
     buckets: dict[str, int] = field(default_factory=dict)         # "WxH" -> image count
     tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)
     reg_folders: dict[str, dict] = field(default_factory=dict)    # as `folders`, for data.reg_path
+    validation: list[ImageItem] = field(default_factory=list)     # held out or from data.validation_path
 
     @property
     def reg_image_count(self) -> int:
@@ -87,6 +88,10 @@ class DatasetSummary:
             out.append(f"{self.reg_image_count} regularization images in {len(self.reg_folders)} folder(s), "
                        "repeated to match the training images")
             out += [f"  {name}: {f['img_count']} images" for name, f in self.reg_folders.items()]
+        if self.validation:
+            out.append(f"validation: {len(self.validation)} images (" +
+                       ", ".join(item.path.name for item in self.validation[:5]) +
+                       (", ..." if len(self.validation) > 5 else "") + ")")
         out.append(f"captions: {self.captioned}/{total} images have a .txt caption")
         out.append("buckets: " + ", ".join(f"{k} ({v})" for k, v in self.buckets.items()))
         for name, tags in self.tag_frequency.items():
@@ -274,31 +279,60 @@ def _scan_image(path: Path, cfg, summary: DatasetSummary) -> tuple[int, int] | N
     return img.size
 
 
-def scan_dataset(cfg, on_progress: ProgressCallback | None = None) -> tuple[list[ImageItem], DatasetSummary]:
+def scan_dataset(cfg, on_progress: ProgressCallback | None = None,
+                 seed: int = 0) -> tuple[list[ImageItem], DatasetSummary]:
     """Find, validate and caption every image under `cfg.path` (a `DataConfig`; unset sizes are filled as
-    `sdlora.config.fill_data_sizes` does without a base). `on_progress` gets (images decoded, images found).
+    `sdlora.config.fill_data_sizes` does without a base), plus the regularization images of `cfg.reg_path`.
+    Validation images (`cfg.validation_path`, or `cfg.validation_split` of the training images, chosen by
+    `seed`) go to `summary.validation`, not into the returned items. `on_progress` gets (images decoded,
+    images found).
 
     Raises:
-        DatasetError: the folder is missing or holds no usable image.
+        DatasetError: a folder is missing or holds no usable image; the split would leave no training image.
     """
     cfg = fill_data_sizes(cfg, None)
     root = _data_root(cfg.path or "")
-    # both roots are listed before any image is decoded, so a missing reg folder fails before the long part
+    # every root is listed before any image is decoded, so a missing folder fails before the long part
     reg_root = _data_root(cfg.reg_path, "data.reg_path") if cfg.reg_path else None
+    val_root = _data_root(cfg.validation_path, "data.validation_path") if cfg.validation_path else None
     summary, seen = DatasetSummary(), {}
     folders = _listed_folders(root, cfg.repeats, summary, seen)
     reg_folders = _listed_folders(reg_root, 1, summary, seen) if reg_root is not None else []
-    progress = _Progress(on_progress, sum(len(f[-1]) for f in folders + reg_folders))
+    val_folders = _listed_folders(val_root, 1, summary, seen) if val_root is not None else []
+    progress = _Progress(on_progress, sum(len(f[-1]) for f in folders + reg_folders + val_folders))
     items = _scan_folders(folders, cfg, summary, summary.folders, progress, is_reg=False)
+    _require_images(items, root, summary, "data.path")
+    if val_root is not None:
+        summary.validation = _scan_folders(val_folders, cfg, summary, {}, progress, is_reg=False)
+        _require_images(summary.validation, val_root, summary, "data.validation_path")
+    elif cfg.validation_split:
+        items, summary.validation = split_validation(items, cfg.validation_split, seed, summary)
     summary.tag_frequency.update({name: tag_frequency([i.caption for i in items if i.folder == name])
                                   for name in summary.folders})
-    _require_images(items, root, summary, "data.path")
     if reg_root is not None:
         reg_items = _scan_folders(reg_folders, cfg, summary, summary.reg_folders, progress, is_reg=True)
         _require_images(reg_items, reg_root, summary, "data.reg_path")
         items += balance_reg(items, reg_items)
     _assign_buckets(items, cfg, summary)
+    _assign_buckets(summary.validation, cfg, DatasetSummary())  # the summary's buckets count trained images
     return items, summary
+
+
+def split_validation(items: list[ImageItem], fraction: float, seed: int,
+                     summary: DatasetSummary) -> tuple[list[ImageItem], list[ImageItem]]:
+    """(training, held out): `fraction` of the images (at least one) held out, chosen by `seed` alone, so
+    that the same seed holds out the same files in every run and a resumed run trains on the same set.
+    The folder counts in `summary` are lowered to what is trained on (ss_dataset_dirs counts those)."""
+    count = max(1, round(fraction * len(items)))
+    if count >= len(items):
+        raise DatasetError(f"data.validation_split={fraction} would hold out {count} of {len(items)} images and "
+                           "leave none to train on; lower it or use data.validation_path")
+    chosen = set(random.Random(f"validation:{seed}").sample(range(len(items)), count))
+    held = [item for i, item in enumerate(items) if i in chosen]
+    for item in held:
+        summary.folders[item.folder]["img_count"] -= 1
+    summary.folders = {name: f for name, f in summary.folders.items() if f["img_count"]}
+    return [item for i, item in enumerate(items) if i not in chosen], held
 
 
 def _listed_folders(root: Path, repeats: int, summary: DatasetSummary, seen: dict) -> list[tuple]:

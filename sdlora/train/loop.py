@@ -69,6 +69,7 @@ class TrainState:
     engine: Any = None  # DeepSpeed's engine over the LoRA network, when launched with DeepSpeed
     ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
     stages: Any = None  # sdlora.train.progress.Stages: stage reports and cancel between cached items
+    validation: list = field(default_factory=list)  # sdlora.train.validation.ValidationInput per held-out image
     _epochs: dict = field(default_factory=dict)
 
     @property
