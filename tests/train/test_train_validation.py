@@ -77,3 +77,29 @@ def test_validation_loss_follows_the_lora(tmp_path):
     result, _, _ = _run(tmp_path, "a", "output.validate_every=1", "optim.lr=5e-2")
     values = [v for _, v in result.validation]
     assert len(values) == 4 and len(set(values)) > 1
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resumed_run_logs_the_validation_loss_of_an_uninterrupted_one(tmp_path):
+    data = write_images(tmp_path / "data", count=4)
+
+    def cfg(out):
+        return tiny_config(data, out, "optim.steps=4", "optim.lr=1e-2", "output.save_every=2",
+                           "data.validation_split=0.25", "output.validate_every=1")
+
+    def kill(info):
+        if info.step == 3:
+            raise Killed
+
+    full = train(cfg(tmp_path / "a"), make_tiny_components(tmp_path / "ca"))
+    with pytest.raises(Killed):
+        train(cfg(tmp_path / "b"), make_tiny_components(tmp_path / "cb"), on_step=kill)
+    resumed = train(cfg(tmp_path / "b"), make_tiny_components(tmp_path / "cc"), resume=True)
+    assert [s for s, _ in resumed.validation] == [1, 2, 3, 4]      # step 3's row before the kill was dropped
+    # steps 1-2 come back from val_loss.csv (6 significant digits), steps 3-4 are measured again
+    assert [v for _, v in resumed.validation] == pytest.approx([v for _, v in full.validation], rel=1e-5)
+    assert [v for _, v in resumed.validation[2:]] == pytest.approx([v for _, v in full.validation[2:]], abs=1e-6)
