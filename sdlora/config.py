@@ -54,6 +54,13 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = _opt("", "image folder: images with same-stem .txt captions, or Kohya N_name subfolders")
+    reg_path: str = _opt("", "regularization (class) image folder for prior preservation, laid out like `path`; "
+                         "its images are repeated or cut so that an epoch has as many of them as training "
+                         "samples (as kohya does); their loss counts x optim.prior_loss_weight. Empty = none")
+    validation_path: str = _opt("", "validation image folder, laid out like `path`: its loss is measured every "
+                                "output.validate_every steps, never trained on. Empty = none")
+    validation_split: float = _opt(0.0, "fraction of the training images held out for the validation loss instead "
+                                   "(chosen by optim.seed; at least one image). 0 = none")
     trigger: str = _opt("", "trigger word prepended to every caption (kept first when shuffling)")
     repeats: int = _opt(1, "repeats for images directly in the folder (N_name subfolders use N)")
     resolution: int | None = _opt(None, "training resolution; buckets keep about resolution x resolution pixels. "
@@ -119,6 +126,8 @@ class OptimConfig:
     noise_offset: float = _opt(0.0, "noise offset (adds offset * randn(B, C, 1, 1) to the noise)")
     min_snr_gamma: float = _opt(0.0, "min-SNR-gamma loss weighting (0 = off; 5 is the paper's value)")
     seed: int = _opt(0, "random seed (data order, noise, timesteps, LoRA init)")
+    prior_loss_weight: float = _opt(1.0, "weight of the regularization images' loss (data.reg_path) against the "
+                                    "training images' (kohya's prior_loss_weight)")
     # optimizer registry and schedules (sdlora.train.optimizers, sdlora.train.optim)
     optimizer_args: list[str] = _opt([], "extra optimizer arguments as key=value, like kohya's --optimizer_args: "  # noqa: RUF009
                                      "[d_coef=2, safeguard_warmup=True], 'betas=0.9,0.99' (a mapping works "
@@ -161,6 +170,8 @@ class OutputConfig:
     save_dtype: str = _opt("fp16", "dtype of the exported tensors", ("fp16", "bf16", "fp32"))
     save_every: int = _opt(0, "save a checkpoint (LoRA + optimizer + RNG state) every N steps (0 = only at the end)")
     keep_last: int = _opt(3, "checkpoints kept (older ones are deleted)")
+    validate_every: int = _opt(0, "measure the validation loss (data.validation_path or data.validation_split) "
+                               "every N steps into val_loss.csv, loss.png and the trackers (0 = off)")
     sample_every: int = _opt(0, "render sample_prompts every N steps into a grid (0 = off)")
     sample_prompts: list[str] = _opt([], "prompts for sample images")  # noqa: RUF009 - _opt returns a field
     sample_steps: int = _opt(20, "denoising steps per sample image")
@@ -233,6 +244,16 @@ def _check_choices(cfg: TrainConfig) -> None:
     _check_ranges(cfg)
 
 
+def _check_validation(cfg: TrainConfig) -> None:
+    data = cfg.data
+    if not 0.0 <= data.validation_split < 1.0:
+        raise ConfigError(f"data.validation_split: must be in [0, 1), got {data.validation_split}")
+    if data.validation_path and data.validation_split:
+        raise ConfigError("data.validation_path and data.validation_split are both set; use one of them")
+    if cfg.output.validate_every < 0:
+        raise ConfigError(f"output.validate_every: must be 0 (off) or more, got {cfg.output.validate_every}")
+
+
 def _check_ranges(cfg: TrainConfig) -> None:
     positive = {"optim.steps": cfg.optim.steps, "lora.rank": cfg.lora.rank, "lora.conv_rank": cfg.lora.conv_rank,
                 "data.batch_size": cfg.data.batch_size, "optim.grad_accum": cfg.optim.grad_accum,
@@ -248,6 +269,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise ConfigError(f"data.{key}: must be between 0 and 1, got {value}")
     if cfg.optim.threads is not None and cfg.optim.threads < 0:
         raise ConfigError(f"optim.threads: must be 0 (auto) or more, got {cfg.optim.threads}")
+    _check_validation(cfg)
+    if cfg.optim.prior_loss_weight < 0:
+        raise ConfigError(f"optim.prior_loss_weight: must be 0 or more, got {cfg.optim.prior_loss_weight}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
     if cfg.data.resolution is not None and cfg.data.resolution % 8:

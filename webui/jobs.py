@@ -36,6 +36,7 @@ class Job:
     total: int = 0
     message: str = ""
     losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
     samples: list[str] = field(default_factory=list)
     stages: dict[str, str] = field(default_factory=dict)  # stage name -> its latest line, in order entered
     result: Any = None
@@ -77,6 +78,10 @@ class JobContext:
     def add_loss(self, step: int, loss: float) -> None:
         with self._lock:
             self._job.losses.append((int(step), float(loss)))
+
+    def add_val_loss(self, step: int, loss: float) -> None:
+        with self._lock:
+            self._job.val_losses.append((int(step), float(loss)))
 
     def add_samples(self, paths: list[str]) -> None:
         with self._lock:
@@ -132,7 +137,8 @@ class JobQueue:
         with self._lock:
             job = self._get(job_id)
             state = _visible(job)
-            state.update(losses=list(job.losses), samples=list(job.samples), result=job.result,
+            state.update(losses=list(job.losses), val_losses=list(job.val_losses), samples=list(job.samples),
+                         result=job.result,
                          stages=dict(job.stages))
             return state
 

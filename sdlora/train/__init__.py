@@ -191,7 +191,8 @@ def _train(cfg, components, stages: Stages, notes: list[str], on_step, resume) -
         for note in notes:
             (log.warning if note.startswith("warning") else log.info)("%s", note)
         stages.start("scanning images")
-        items, summary = scan_dataset(cfg.data, on_progress=lambda p: stages.advance(p.done, p.total))
+        items, summary = scan_dataset(cfg.data, on_progress=lambda p: stages.advance(p.done, p.total),
+                                      seed=cfg.optim.seed)
         for line in summary.lines():
             log.info("%s", line)
         accelerator = make_accelerator(cfg)

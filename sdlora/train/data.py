@@ -56,6 +56,7 @@ class ImageItem:
     repeats: int
     size: tuple[int, int]    # upright (width, height)
     bucket: tuple[int, int] = (0, 0)
+    is_reg: bool = False     # a regularization (prior preservation) image: its loss is x optim.prior_loss_weight
 
 
 @dataclass
@@ -67,6 +68,12 @@ class DatasetSummary:
     uncaptioned: int = 0
     buckets: dict[str, int] = field(default_factory=dict)         # "WxH" -> image count
     tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)
+    reg_folders: dict[str, dict] = field(default_factory=dict)    # as `folders`, for data.reg_path
+    validation: list[ImageItem] = field(default_factory=list)     # held out or from data.validation_path
+
+    @property
+    def reg_image_count(self) -> int:
+        return sum(f["img_count"] for f in self.reg_folders.values())
 
     @property
     def image_count(self) -> int:
@@ -77,6 +84,14 @@ class DatasetSummary:
         total = self.captioned + self.uncaptioned
         out = [f"{self.image_count} images in {len(self.folders)} folder(s)"]
         out += [f"  {name}: {f['img_count']} images x {f['n_repeats']} repeats" for name, f in self.folders.items()]
+        if self.reg_folders:
+            out.append(f"{self.reg_image_count} regularization images in {len(self.reg_folders)} folder(s), "
+                       "repeated to match the training images")
+            out += [f"  {name}: {f['img_count']} images" for name, f in self.reg_folders.items()]
+        if self.validation:
+            out.append(f"validation: {len(self.validation)} images (" +
+                       ", ".join(item.path.name for item in self.validation[:5]) +
+                       (", ..." if len(self.validation) > 5 else "") + ")")
         out.append(f"captions: {self.captioned}/{total} images have a .txt caption")
         out.append("buckets: " + ", ".join(f"{k} ({v})" for k, v in self.buckets.items()))
         for name, tags in self.tag_frequency.items():
@@ -220,10 +235,10 @@ def write_captions(root: str | Path, captions: Mapping[str, str | None]) -> list
     return [write_caption(image, caption) for image, caption in images]
 
 
-def _data_root(root: str | Path) -> Path:
+def _data_root(root: str | Path, key: str = "data.path") -> Path:
     path = Path(root).expanduser()
     if not str(root) or not path.is_dir():
-        raise DatasetError(f"data.path: {str(path)!r} is not a folder; point it at a folder of images "
+        raise DatasetError(f"{key}: {str(path)!r} is not a folder; point it at a folder of images "
                            "with .txt captions or Kohya N_name subfolders")
     return path
 
@@ -264,37 +279,123 @@ def _scan_image(path: Path, cfg, summary: DatasetSummary) -> tuple[int, int] | N
     return img.size
 
 
-def scan_dataset(cfg, on_progress: ProgressCallback | None = None) -> tuple[list[ImageItem], DatasetSummary]:
+def scan_dataset(cfg, on_progress: ProgressCallback | None = None,
+                 seed: int = 0) -> tuple[list[ImageItem], DatasetSummary]:
     """Find, validate and caption every image under `cfg.path` (a `DataConfig`; unset sizes are filled as
-    `sdlora.config.fill_data_sizes` does without a base). `on_progress` gets (images decoded, images found).
+    `sdlora.config.fill_data_sizes` does without a base), plus the regularization images of `cfg.reg_path`.
+    Validation images (`cfg.validation_path`, or `cfg.validation_split` of the training images, chosen by
+    `seed`) go to `summary.validation`, not into the returned items. `on_progress` gets (images decoded,
+    images found).
 
     Raises:
-        DatasetError: the folder is missing or holds no usable image.
+        DatasetError: a folder is missing or holds no usable image; the split would leave no training image.
     """
     cfg = fill_data_sizes(cfg, None)
     root = _data_root(cfg.path or "")
-    summary, items, seen = DatasetSummary(), [], {}
-    folders = [(*f, folder_images(f[0], summary, seen)) for f in image_folders(root, cfg.repeats, summary)]
-    total, done = sum(len(f[-1]) for f in folders), 0
+    # every root is listed before any image is decoded, so a missing folder fails before the long part
+    reg_root = _data_root(cfg.reg_path, "data.reg_path") if cfg.reg_path else None
+    val_root = _data_root(cfg.validation_path, "data.validation_path") if cfg.validation_path else None
+    summary, seen = DatasetSummary(), {}
+    folders = _listed_folders(root, cfg.repeats, summary, seen)
+    reg_folders = _listed_folders(reg_root, 1, summary, seen) if reg_root is not None else []
+    val_folders = _listed_folders(val_root, 1, summary, seen) if val_root is not None else []
+    progress = _Progress(on_progress, sum(len(f[-1]) for f in folders + reg_folders + val_folders))
+    items = _scan_folders(folders, cfg, summary, summary.folders, progress, is_reg=False)
+    _require_images(items, root, summary, "data.path")
+    if val_root is not None:
+        summary.validation = _scan_folders(val_folders, cfg, summary, {}, progress, is_reg=False)
+        _require_images(summary.validation, val_root, summary, "data.validation_path")
+    elif cfg.validation_split:
+        items, summary.validation = split_validation(items, cfg.validation_split, seed, summary)
+    summary.tag_frequency.update({name: tag_frequency([i.caption for i in items if i.folder == name])
+                                  for name in summary.folders})
+    if reg_root is not None:
+        reg_items = _scan_folders(reg_folders, cfg, summary, summary.reg_folders, progress, is_reg=True)
+        _require_images(reg_items, reg_root, summary, "data.reg_path")
+        items += balance_reg(items, reg_items)
+    _assign_buckets(items, cfg, summary)
+    _assign_buckets(summary.validation, cfg, DatasetSummary())  # the summary's buckets count trained images
+    return items, summary
+
+
+def split_validation(items: list[ImageItem], fraction: float, seed: int,
+                     summary: DatasetSummary) -> tuple[list[ImageItem], list[ImageItem]]:
+    """(training, held out): `fraction` of the images (at least one) held out, chosen by `seed` alone, so
+    that the same seed holds out the same files in every run and a resumed run trains on the same set.
+    The folder counts in `summary` are lowered to what is trained on (ss_dataset_dirs counts those)."""
+    count = max(1, round(fraction * len(items)))
+    if count >= len(items):
+        raise DatasetError(f"data.validation_split={fraction} would hold out {count} of {len(items)} images and "
+                           "leave none to train on; lower it or use data.validation_path")
+    chosen = set(random.Random(f"validation:{seed}").sample(range(len(items)), count))
+    held = [item for i, item in enumerate(items) if i in chosen]
+    for item in held:
+        summary.folders[item.folder]["img_count"] -= 1
+    summary.folders = {name: f for name, f in summary.folders.items() if f["img_count"]}
+    return [item for i, item in enumerate(items) if i not in chosen], held
+
+
+def _listed_folders(root: Path, repeats: int, summary: DatasetSummary, seen: dict) -> list[tuple]:
+    """(folder, name, repeats, class token, image paths) of each image folder under `root`."""
+    return [(*f, folder_images(f[0], summary, seen)) for f in image_folders(root, repeats, summary)]
+
+
+@dataclass
+class _Progress:
+    callback: ProgressCallback | None
+    total: int
+    done: int = 0
+
+    def advance(self, name: str) -> None:
+        self.done += 1
+        report(self.callback, self.done, self.total, name)
+
+
+def _scan_folders(folders: list[tuple], cfg, summary: DatasetSummary, counts: dict, progress: _Progress,
+                  is_reg: bool) -> list[ImageItem]:
+    """Decode and caption the images of `folders`; `counts` gets {name: {"n_repeats", "img_count"}}."""
+    items = []
     for _folder, name, repeats, class_token, images in folders:
         found = []
         for path in images:
-            done += 1
-            report(on_progress, done, total, path.name)
+            progress.advance(path.name)
             size = _scan_image(path, cfg, summary)
             caption = None if size is None else _caption_for(path, class_token, summary)
             if caption is not None:
-                found.append(ImageItem(path, with_trigger(caption, cfg.trigger), name, repeats, size))
+                # reg captions get no trigger: they teach what the class looks like without it
+                text = caption if is_reg else with_trigger(caption, cfg.trigger)
+                found.append(ImageItem(path, text, name, repeats, size, is_reg=is_reg))
         if found:
-            summary.folders[name] = {"n_repeats": repeats, "img_count": len(found)}
-            summary.tag_frequency[name] = tag_frequency([item.caption for item in found])
+            counts[name] = {"n_repeats": repeats, "img_count": len(found)}
         items += found
-    if not items:
-        skipped = f" ({len(summary.skipped)} file(s) skipped: {summary.skipped[0][1]})" if summary.skipped else ""
-        raise DatasetError(f"data.path: no usable images in {root}{skipped}; expected "
-                           f"{', '.join(sorted(IMAGE_SUFFIXES))} files, directly or in N_name subfolders")
-    _assign_buckets(items, cfg, summary)
-    return items, summary
+    return items
+
+
+def _require_images(items: list[ImageItem], root: Path, summary: DatasetSummary, key: str) -> None:
+    if items:
+        return
+    skipped = f" ({len(summary.skipped)} file(s) skipped: {summary.skipped[0][1]})" if summary.skipped else ""
+    raise DatasetError(f"{key}: no usable images in {root}{skipped}; expected "
+                       f"{', '.join(sorted(IMAGE_SUFFIXES))} files, directly or in N_name subfolders")
+
+
+def balance_reg(train: list[ImageItem], reg: list[ImageItem]) -> list[ImageItem]:
+    """The regularization items with repeats set so that an epoch draws as many reg samples as training
+    samples (kohya sd-scripts' balancing): the reg images are taken in order with their own repeats until
+    the count is reached (later ones are left out), then, while short, each gets one more repeat in turn."""
+    wanted, count, used = sum(item.repeats for item in train), 0, []
+    for item in reg:
+        if count >= wanted:
+            break
+        used.append(item)
+        count += item.repeats
+    while count < wanted:
+        for item in used:
+            if count >= wanted:
+                break
+            item.repeats += 1
+            count += 1
+    return used
 
 
 def _assign_buckets(items: list[ImageItem], cfg, summary: DatasetSummary) -> None:

@@ -80,7 +80,7 @@ def _training_keys(run, cfg) -> dict:
         "ss_min_bucket_reso": d.min_bucket, "ss_max_bucket_reso": d.max_bucket, "ss_bucket_no_upscale": False,
         "ss_resolution": f"({d.resolution}, {d.resolution})", "ss_batch_size_per_device": d.batch_size,
         "ss_total_batch_size": d.batch_size * o.grad_accum * run.num_processes, "ss_loss_type": o.loss_type,
-        "ss_training_comment": cfg.output.comment or None, "ss_clip_skip": None, "ss_prior_loss_weight": 1.0,
+        "ss_training_comment": cfg.output.comment or None, "ss_clip_skip": None, "ss_prior_loss_weight": o.prior_loss_weight,
     }
 
 
@@ -101,7 +101,8 @@ def build_metadata(run, cfg, summary) -> dict[str, str]:
         "ss_network_module": "networks.lora", "ss_network_dim": cfg.lora.rank, "ss_network_alpha": cfg.lora.alpha,
         "ss_network_args": json.dumps(_network_args(cfg)), "ss_network_dropout": cfg.lora.dropout or None,
         "ss_sd_model_name": run.base_name, "ss_num_train_images": sum(f["img_count"] * f["n_repeats"] for f in summary.folders.values()),
-        "ss_num_reg_images": 0, "ss_num_batches_per_epoch": run.batches_per_epoch,
+        "ss_num_reg_images": sum(f["img_count"] * f["n_repeats"] for f in summary.reg_folders.values()),
+        "ss_reg_dataset_dirs": json.dumps(summary.reg_folders), "ss_num_batches_per_epoch": run.batches_per_epoch,
         "ss_dataset_dirs": json.dumps(summary.folders), "ss_tag_frequency": json.dumps(summary.tag_frequency),
         "ss_bucket_info": json.dumps({"buckets": summary.buckets}),
         "sdlora_version": run.version,

@@ -294,6 +294,8 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "sdxl": ("model.family", _sdxl),
     "v_parameterization": ("model.prediction_type", _v_prediction),
     "train_data_dir": ("data.path", _plain(_text)),
+    "reg_data_dir": ("data.reg_path", _plain(_text)),
+    "prior_loss_weight": ("optim.prior_loss_weight", _plain(_float)),
     "max_resolution": ("data.resolution", _plain(_resolution)),
     "resolution": ("data.resolution", _plain(_resolution)),
     "enable_bucket": ("data.buckets", _plain(_bool)),
@@ -365,8 +367,6 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
 _LATER = "not supported by sdlora yet"
 # options sdlora does not have: kohya key -> (values that mean "off", what the option does)
 _NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
-    "reg_data_dir": (("",), "regularization images are " + _LATER),
-    "prior_loss_weight": ((1, 1.0, "1", "1.0"), "prior loss weight (regularization images) is " + _LATER),
     "clip_skip": ((1, "1", 0, "0"), "clip skip is " + _LATER),
     "color_aug": ((False,), "colour augmentation is " + _LATER),
     "bucket_no_upscale": ((False,), "sdlora scales every image to cover its bucket (no upscale option)"),
@@ -524,9 +524,26 @@ def _map_subset(subset: dict, where: str, result: KohyaImport) -> None:
         elif key == "class_tokens":
             result.mapped.append((name, "data.trigger", str(value)))
         elif key == "is_reg" and value:
-            result.ignored.append((name, "regularization images are " + _LATER))
+            result.ignored.append((name, _FIRST_IS_REG))
         else:
             map_settings({key: value}, result, f"{where}.")
+
+
+_FIRST_IS_REG = ("the first subset is trained as the data set (data.path); sdlora takes regularization images "
+                 "from a later is_reg subset")
+_REG_SETTING = ("sdlora's regularization folder (data.reg_path) takes its repeats from N_name subfolders, "
+                "balanced against the training images, and every other setting from the training data")
+_ONE_REG_FOLDER = ("sdlora reads one regularization folder (data.reg_path); put the images in N_name subfolders "
+                   "of it instead of several subsets")
+
+
+def _map_reg_subset(subset: dict, where: str, result: KohyaImport) -> None:
+    """The first is_reg subset: its folder becomes data.reg_path."""
+    for key, value in subset.items():
+        if key == "image_dir":
+            result.mapped.append((f"{where}.{key}", "data.reg_path", str(value)))
+        elif key != "is_reg":
+            result.ignored.append((f"{where}.{key}", _REG_SETTING))
 
 
 _ONE_FOLDER = ("sdlora trains one folder (data.path); put the images in N_name subfolders of it instead of "
@@ -543,9 +560,10 @@ def _map_datasets(doc: dict, result: KohyaImport) -> None:
             where = f"datasets[{i}].subsets[{j}]"
             if i == 0 and j == 0:
                 _map_subset(subset, where, result)
+            elif subset.get("is_reg") and not any(target == "data.reg_path" for _, target, _ in result.mapped):
+                _map_reg_subset(subset, where, result)
             else:
-                result.ignored.append((where, "regularization images are " + _LATER if subset.get("is_reg")
-                                       else _ONE_FOLDER))
+                result.ignored.append((where, _ONE_REG_FOLDER if subset.get("is_reg") else _ONE_FOLDER))
 
 
 def _flatten_training(doc: dict) -> dict:

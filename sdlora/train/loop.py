@@ -69,6 +69,7 @@ class TrainState:
     engine: Any = None  # DeepSpeed's engine over the LoRA network, when launched with DeepSpeed
     ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
     stages: Any = None  # sdlora.train.progress.Stages: stage reports and cancel between cached items
+    validation: list = field(default_factory=list)  # sdlora.train.validation.ValidationInput per held-out image
     _epochs: dict = field(default_factory=dict)
 
     @property
@@ -212,8 +213,20 @@ def training_step(state: TrainState, micro: int) -> torch.Tensor:
         pred = state.unet(noisy.to(state.weight_dtype), timesteps, hidden.to(state.weight_dtype),
                           **extra).sample
     target = noise_target(scheduler, latents, noise, timesteps, state.prediction_type)
-    weights = loss_options.loss_weights(cfg, scheduler, timesteps, state.prediction_type)
+    weights = _prior_weights(state, micro, loss_options.loss_weights(cfg, scheduler, timesteps, state.prediction_type))
     return diffusion_loss(pred, target, weights, cfg.optim.loss_type, loss_options.threshold(cfg, scheduler, timesteps))
+
+
+def _prior_weights(state: TrainState, micro: int, weights: torch.Tensor | None) -> torch.Tensor | None:
+    """`weights` times optim.prior_loss_weight for the regularization samples of the micro-batch (kohya's
+    prior preservation). A batch without reg samples keeps `weights` as is, so runs without reg images do
+    exactly the arithmetic they did before."""
+    indices = state.batch(micro)[2]
+    if not any(state.items[i].is_reg for i in indices):
+        return weights
+    prior = torch.tensor([state.cfg.optim.prior_loss_weight if state.items[i].is_reg else 1.0 for i in indices],
+                         device=state.device)
+    return prior if weights is None else weights * prior
 
 
 def sync_gradients(state: TrainState) -> None:

@@ -28,6 +28,7 @@ class StepInfo:
     samples: list[str] = field(default_factory=list)  # sample images rendered at this step (grid first)
     checkpoint: str | None = None  # checkpoint folder written at this step
     first_step: int = 1        # the first step this process ran (a resumed run starts mid-way)
+    val_loss: float | None = None  # validation loss measured after this step (output.validate_every)
 
     @property
     def eta(self) -> float:
@@ -121,14 +122,39 @@ class Stages:
 
 
 class LossLog:
-    """Appends (step, loss, lr) to `loss.csv`; `plot()` writes `loss.png`."""
+    """Appends (step, loss, lr) to `loss.csv` and (step, val_loss) to `val_loss.csv`; `plot()` writes
+    `loss.png`. The validation loss has a file of its own so that loss.csv keeps its three columns for
+    whatever already reads it."""
 
     def __init__(self, folder: Path, start_step: int = 0):
         self.csv_path, self.png_path = folder / "loss.csv", folder / "loss.png"
+        self.val_path = folder / "val_loss.csv"
         self.rows: list[tuple[int, float, float]] = []
+        self.validation: list[tuple[int, float]] = []
         if start_step and self.csv_path.is_file():
             self.rows = [r for r in self._read() if r[0] <= start_step]
+        if start_step and self.val_path.is_file():
+            self.validation = [r for r in self._read_validation() if r[0] <= start_step]
         self._rewrite()
+        if self.validation or self.val_path.exists():
+            self._rewrite_validation()
+
+    def _read_validation(self) -> list[tuple[int, float]]:
+        with self.val_path.open(newline="") as handle:
+            return [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(handle)]
+
+    def _rewrite_validation(self) -> None:
+        with atomic_path(self.val_path, fsync=False) as tmp, tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["step", "val_loss"])
+            writer.writerows(self.validation)
+
+    def add_validation(self, step: int, loss: float) -> None:
+        if not self.validation and not self.val_path.exists():
+            self._rewrite_validation()  # the header
+        self.validation.append((step, loss))
+        with self.val_path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([step, f"{loss:.6g}"])
 
     def _read(self) -> list[tuple[int, float, float]]:
         with self.csv_path.open(newline="") as handle:
@@ -149,14 +175,16 @@ class LossLog:
         """Loss per step and its moving average, as a PNG; None when there is nothing to plot."""
         if not self.rows:
             return None
-        return plot_history(self.rows, self.png_path)
+        return plot_history(self.rows, self.png_path, self.validation)
 
 
 _SIZE, _BOX = (600, 350), (64, 16, 584, 300)  # image (w, h); plot area (left, top, right, bottom)
 _RAW, _SMOOTH, _INK, _GRID = (150, 190, 230), (230, 110, 20), (40, 40, 40), (225, 225, 225)
+_VALIDATION = (40, 150, 60)
 
 
-def plot_history(rows: list[tuple[int, float, float]], path: Path) -> Path:
+def plot_history(rows: list[tuple[int, float, float]], path: Path,
+                 validation: list[tuple[int, float]] | None = None) -> Path:
     """Loss per step (thin) and its moving average over a tenth of the run (thick), as a 600x350 PNG.
 
     Drawn with Pillow, which the trainer has loaded anyway to decode images: matplotlib would add about
@@ -169,14 +197,18 @@ def plot_history(rows: list[tuple[int, float, float]], path: Path) -> Path:
               for i, (s, _) in enumerate(points)]
     img = Image.new("RGB", _SIZE, "white")
     draw, font = ImageDraw.Draw(img), ImageFont.load_default(size=12)
-    x_range = _padded([s for s, _ in points], 0.0)
-    y_range = _padded([v for _, v in points], 0.05)
+    val_points = [(s, v) for s, v in validation or [] if math.isfinite(v)]
+    x_range = _padded([s for s, _ in points + val_points], 0.0)
+    y_range = _padded([v for _, v in points + val_points], 0.05)
     _axes(draw, font, x_range, y_range)
     _line(draw, points, x_range, y_range, _RAW if window > 1 else _SMOOTH, 1)
     legend = [("loss", _RAW if window > 1 else _SMOOTH)]
     if window > 1:
         _line(draw, smooth, x_range, y_range, _SMOOTH, 2)
         legend.append((f"moving average ({window} steps)", _SMOOTH))
+    if val_points:
+        _line(draw, val_points, x_range, y_range, _VALIDATION, 2)
+        legend.append(("validation loss", _VALIDATION))
     for i, (label, colour) in enumerate(legend):
         y = _BOX[1] + 8 + 16 * i
         draw.line([(_BOX[2] - 230, y + 7), (_BOX[2] - 206, y + 7)], fill=colour, width=2)

@@ -25,6 +25,7 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)   # where base-dependent settings came from, warnings
     stages: list[str] = field(default_factory=list)  # stages entered, in order (sdlora.train.progress.STAGES)
     config: object = None             # the resolved TrainConfig the run used
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sdlora
 from sdlora.errors import TrainingError
-from sdlora.train import ema
+from sdlora.train import ema, validation
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -112,8 +112,11 @@ def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tupl
         loss = optimizer_step(state)
         ema.update(state)
         lr = state.lr_scheduler.get_last_lr()[0]
+        val_loss = validation.validation_loss(state) if validation.due(state) else None
         if acc.is_main_process:  # before the checkpoint: a checkpoint at this step implies its loss row
             log_file.add(state.step, loss, lr)
+            if val_loss is not None:
+                log_file.add_validation(state.step, val_loss)
         ckpt = None
         if cfg.output.save_every and state.step % cfg.output.save_every == 0 and state.step < cfg.optim.steps:
             ckpt = last_ckpt = _checkpoint(state, run)
@@ -121,7 +124,7 @@ def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tupl
         samples += new_samples
         if acc.is_main_process and on_step is not None:
             on_step(StepInfo(state.step, cfg.optim.steps, loss, lr, now() - started_loop, new_samples,
-                             str(ckpt) if ckpt else None, first))
+                             str(ckpt) if ckpt else None, first, val_loss))
     return False, last_ckpt, samples
 
 
@@ -154,6 +157,7 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
             _repair_after_kill(state, run, checkpoint)
     precompute_latents(state, state.stages)
     precompute_text(state, state.stages)
+    _prepare_validation(state)
     park(state)
     log_file = LossLog(state.output, state.step) if accelerator.is_main_process else None
     try:
@@ -172,7 +176,19 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     return TrainResult(files=files, steps=state.step, loss=history[-1][1] if history else None, history=history,
                        summary=summary, cancelled=cancelled, checkpoint=last_ckpt,
                        loss_csv=log_file.csv_path if log_file else None, loss_plot=plot,
-                       samples=[Path(p) for p in samples])
+                       samples=[Path(p) for p in samples],
+                       validation=log_file.validation if log_file is not None else [])
+
+
+def _prepare_validation(state) -> None:
+    """Encode the validation images once, or say why no validation loss will be logged."""
+    every, held = state.cfg.output.validate_every, state.summary is not None and state.summary.validation
+    if every and not held:
+        log.warning("output.validate_every is set but there are no validation images (set "
+                    "data.validation_path or data.validation_split); no validation loss is logged")
+    elif held and not every:
+        log.info("validation images are set but output.validate_every is 0; no validation loss is logged")
+    validation.prepare(state)
 
 
 def _repair_after_kill(state, run: TrainRun, checkpoint: Path) -> None:

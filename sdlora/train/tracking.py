@@ -2,7 +2,8 @@
 
 `auto` (the default) is TensorBoard when the tensorboard package is installed (`pip install
 "sdlora[tensorboard]"`), else nothing. What is logged, once per optimizer step from the main process:
-`loss` and `lr` (the first parameter group's, as loss.csv has it), and the sample grid (`samples`) at the
+`loss` and `lr` (the first parameter group's, as loss.csv has it), `val_loss` at the steps that measure it
+(output.validate_every), and the sample grid (`samples`) at the
 steps that render one; the resolved config goes in as hyperparameters. Runs are written under
 `<output.dir>/logs/<output.name>/` (TensorBoard: `tensorboard --logdir <output.dir>/logs`); a resumed run
 appends to the same folder, continuing the step numbers. W&B reads its key from `WANDB_API_KEY` or
@@ -86,7 +87,10 @@ def wrap(on_step: Callable | None, accelerator) -> Callable | None:
         return on_step
 
     def logged(info) -> None:
-        accelerator.log({"loss": info.loss, "lr": info.lr}, step=info.step)
+        values = {"loss": info.loss, "lr": info.lr}
+        if info.val_loss is not None:
+            values["val_loss"] = info.val_loss
+        accelerator.log(values, step=info.step)
         if info.samples:
             _log_grid(accelerator, info.samples[0], info.step)
         if on_step is not None:

@@ -20,7 +20,7 @@ _GUI_IGNORED = {
     "caption_dropout_every_n_epochs", "caption_extension", "clip_skip", "color_aug", "conv_alpha", "conv_dim",
     "down_lr_weight", "epoch", "full_fp16", "lora_network_weights", "lr_scheduler_power",
     "max_data_loader_n_workers", "max_token_length", "max_train_epochs", "mem_eff_attn", "mid_lr_weight",
-    "num_cpu_threads_per_process", "persistent_data_loader_workers", "prior_loss_weight", "save_every_n_epochs",
+    "num_cpu_threads_per_process", "persistent_data_loader_workers", "save_every_n_epochs",
     "up_lr_weight", "v2", "v_parameterization", "vae_batch_size", "xformers",
 }
 _SDXL_IGNORED = _GUI_IGNORED | {
@@ -43,6 +43,7 @@ _SDXL_MAPPED = {
     "shuffle_caption": ("data.shuffle_captions", False), "min_timestep": ("optim.min_timestep", 0),
     "max_timestep": ("optim.max_timestep", 1000), "multires_noise_iterations": ("optim.multires_noise_iterations", 0),
     "multires_noise_discount": ("optim.multires_noise_discount", 0.0),
+    "prior_loss_weight": ("optim.prior_loss_weight", 1.0),
 }
 
 EXPECTED = {
@@ -80,7 +81,7 @@ EXPECTED = {
         "random_crop": ("data.crop", "center"), "save_precision": ("output.save_dtype", "bf16"),
         "seed": ("optim.seed", 1234), "shuffle_caption": ("data.shuffle_captions", False),
         "text_encoder_lr": ("optim.text_encoder_lr", 5e-5), "train_batch_size": ("data.batch_size", 3),
-        "unet_lr": ("optim.unet_lr", 1e-4),
+        "unet_lr": ("optim.unet_lr", 1e-4), "prior_loss_weight": ("optim.prior_loss_weight", 1.0),
     }, _GUI_IGNORED | {"conv_alphas", "conv_dims", "lr_scheduler_num_cycles", "no_token_padding", "optimizer_args",
                        "stop_text_encoder_training", "training_comment"}),
     "lion_optimizer.json": ({
@@ -98,10 +99,11 @@ EXPECTED = {
         "output_name": ("output.name", "mrtmcfl_v2.0"), "network_alpha": ("lora.alpha", 128.0),
         "keep_tokens": ("data.keep_tokens", 0), "random_crop": ("data.crop", "random"),
         "bucket_reso_steps": ("data.bucket_step", 64), "caption_dropout_rate": ("data.caption_dropout", 0.1),
+        "prior_loss_weight": ("optim.prior_loss_weight", 1.0),
     }, {"v2", "v_parameterization", "logging_dir", "reg_data_dir", "epoch", "save_every_n_epochs",
         "num_cpu_threads_per_process", "caption_extension", "full_fp16", "no_token_padding",
         "stop_text_encoder_training", "use_8bit_adam", "xformers", "save_model_as", "save_state", "resume",
-        "prior_loss_weight", "lora_network_weights", "color_aug", "clip_skip", "mem_eff_attn", "model_list",
+        "lora_network_weights", "color_aug", "clip_skip", "mem_eff_attn", "model_list",
         "max_token_length", "max_train_epochs", "max_data_loader_n_workers", "training_comment",
         "lr_scheduler_num_cycles", "lr_scheduler_power", "persistent_data_loader_workers", "bucket_no_upscale",
         "caption_dropout_every_n_epochs"}),
@@ -164,13 +166,15 @@ def test_sd_scripts_dataset_toml_takes_the_first_subset():
     assert result.values == {
         "data.shuffle_captions": True, "data.keep_tokens": 1, "data.resolution": 512, "data.batch_size": 4,
         "data.buckets": True, "data.min_bucket": 256, "data.max_bucket": 1024, "data.path": "images/cat",
-        "data.repeats": 10, "data.trigger": "zkw cat", "data.flip": True,
+        "data.repeats": 10, "data.trigger": "zkw cat", "data.flip": True, "data.reg_path": "images/reg",
     }
     assert result.ignored == [
         ("general.caption_extension", "sdlora reads captions from same-stem .txt files"),
         ("datasets[0].subsets[1]", ("sdlora trains one folder (data.path); put the images in N_name subfolders "
                                     "of it instead of several subsets")),
-        ("datasets[0].subsets[2]", "regularization images are not supported by sdlora yet"),
+        ("datasets[0].subsets[2].num_repeats", ("sdlora's regularization folder (data.reg_path) takes its repeats "
+                                                "from N_name subfolders, balanced against the training images, "
+                                                "and every other setting from the training data")),
     ]
 
 
@@ -229,6 +233,6 @@ def test_cli_prints_ignored_keys_and_applies_the_rest(capsys, tmp_path):
                  str(data), "--set", "data.batch_size=2", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "kohya import: 37 keys mapped, 55 ignored" in out
+    assert "kohya import: 38 keys mapped, 54 ignored" in out
     assert "  ignored epoch: sdlora counts optimizer steps" in out
     assert "optimizer: prodigy" in out and "batch_size: 2" in out  # --set wins over the import

@@ -60,3 +60,13 @@ def test_missing_tracker_package_is_a_config_error_before_anything_loads(tmp_pat
     cfg = load_config(None, [f"output.log_with={tracker}", f"data.path={tmp_path}"])
     with pytest.raises(ConfigError, match=rf'pip install "sdlora\[{extra}\]"'):
         train(cfg)
+
+
+def test_tensorboard_logs_the_validation_loss(tmp_path):
+    data = write_images(tmp_path / "data", count=3)
+    cfg = tiny_config(data, tmp_path / "out", "optim.steps=2", "output.log_with=tensorboard", "output.name=run1",
+                      "data.validation_split=0.3", "output.validate_every=1")
+    result = train(cfg, make_tiny_components(tmp_path / "c"))
+    values = _events(tmp_path / "out" / "logs" / "run1").Scalars("val_loss")
+    assert [e.step for e in values] == [1, 2]
+    assert [e.value for e in values] == pytest.approx([v for _, v in result.validation], rel=1e-6)

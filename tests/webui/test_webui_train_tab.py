@@ -216,7 +216,22 @@ def test_the_empty_loss_plot_already_names_both_series():
     """A LinePlot first drawn with no series draws no line for series that arrive later (seen in a browser),
     so the empty frame carries one NaN point per series."""
     frame = train_tab.loss_frame([])
-    assert sorted(frame["series"]) == ["loss", "smoothed"] and frame["loss"].isna().all()
+    assert sorted(frame["series"]) == ["loss", "smoothed", "validation"] and frame["loss"].isna().all()
+
+
+def test_loss_plot_has_a_validation_series_at_the_measured_steps(app, tmp_path):
+    from sdlora.train.progress import StepInfo
+
+    job_id = app.jobs.submit("v", lambda ctx: [train_tab.record_step(
+        ctx, StepInfo(step, 4, 1.0 / step, 0.0, 0.0, val_loss=2.0 / step if step % 2 == 0 else None), 4)
+        for step in range(1, 5)]).id
+    app.jobs.wait(job_id, 5)
+    view = train_tab.poll(app, job_id)
+    assert view["val_losses"] == [(2, 1.0), (4, 0.5)]
+    frame = train_tab.loss_frame(view["losses"], view["val_losses"])
+    validation = frame[frame["series"] == "validation"]
+    assert list(validation["step"]) == [2, 4] and list(validation["loss"]) == [1.0, 0.5]
+    assert "validation" not in set(train_tab.loss_frame(view["losses"])["series"])  # none: no series
 
 
 def test_loss_plot_has_a_smoothed_line_beside_the_raw_one():

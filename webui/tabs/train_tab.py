@@ -321,6 +321,9 @@ def record_step(ctx: JobContext, info, total: int) -> None:
     ctx.progress(step, total, step_line(info, step, total))
     if loss is not None and math.isfinite(float(loss)):
         ctx.add_loss(step, float(loss))
+    val_loss = getattr(info, "val_loss", None)
+    if val_loss is not None and math.isfinite(float(val_loss)):
+        ctx.add_val_loss(step, float(val_loss))
     samples = getattr(info, "samples", None) or getattr(info, "sample_paths", None) or []
     if samples:
         ctx.add_samples([str(s) for s in samples])
@@ -359,7 +362,8 @@ def poll(app, job_id: int | None) -> dict[str, Any]:
     """What the page shows about this session's job and the queue (called by the timer)."""
     queue = queue_rows(app)
     if job_id is None:
-        return {"progress": progress_html(0, 0, "no job yet"), "losses": [], "samples": [], "queue": queue,
+        return {"progress": progress_html(0, 0, "no job yet"), "losses": [], "val_losses": [], "samples": [],
+                "queue": queue,
                 "result": None, "status": "", "finished": True}
     state = app.jobs.job_state(job_id)
     status = f"job {state['id']} ({state['name']}): {state['status']}"
@@ -370,7 +374,8 @@ def poll(app, job_id: int | None) -> dict[str, Any]:
     finished = state["status"] in ("done", "failed", "cancelled")
     result = state["result"] if state["status"] == DONE else None
     return {"progress": progress_html(state["step"], state["total"], state["status"], state.get("stages")),
-            "losses": state["losses"], "samples": state["samples"], "queue": queue,
+            "losses": state["losses"], "val_losses": state.get("val_losses", []), "samples": state["samples"],
+            "queue": queue,
             "result": result, "status": status, "finished": finished}
 
 
@@ -402,20 +407,25 @@ def smoothed(values: list[float]) -> list[float]:
     return out
 
 
-def loss_frame(losses: list[tuple[int, float]]):
-    """The loss plot's data in long form: each step twice, as `loss` (raw) and `smoothed` (series)."""
+def loss_frame(losses: list[tuple[int, float]], validation: list[tuple[int, float]] | None = None):
+    """The loss plot's data in long form: each step twice, as `loss` (raw) and `smoothed` (series), and
+    the validation loss (output.validate_every) as `validation` at the steps that measured it."""
     import pandas as pd
 
     # explicit dtypes: an empty object-typed frame would make the plot's y axis categorical for good
     steps = [int(s) for s, _ in losses or []]
     values = [float(v) for _, v in losses or []]
+    val_steps = [int(s) for s, _ in validation or []]
+    val_values = [float(v) for _, v in validation or []]
     if not values:
         # one empty (NaN) point per series: a plot first drawn with no series draws no line for the series
-        # that arrive later (gradio 6.31, seen in a browser), so both are named from the start
+        # that arrive later (gradio 6.31, seen in a browser), so all are named from the start
         steps, values = [0], [float("nan")]
-    return pd.DataFrame({"step": pd.Series(steps * 2, dtype="int64"),
-                         "loss": pd.Series(values + smoothed(values), dtype="float64"),
-                         "series": pd.Series(["loss"] * len(values) + ["smoothed"] * len(values), dtype="str")})
+        val_steps, val_values = val_steps or [0], val_values or [float("nan")]
+    return pd.DataFrame({"step": pd.Series(steps * 2 + val_steps, dtype="int64"),
+                         "loss": pd.Series(values + smoothed(values) + val_values, dtype="float64"),
+                         "series": pd.Series(["loss"] * len(values) + ["smoothed"] * len(values)
+                                             + ["validation"] * len(val_values), dtype="str")})
 
 
 def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
@@ -536,7 +546,7 @@ def _form(values: dict, c: dict[str, Any]) -> dict[str, Any]:
 def _poll_outputs(app, job_id):
     view = poll(app, job_id)
     result = gr.File(value=view["result"]) if view["result"] else gr.File(value=None)
-    return (view["progress"], loss_frame(view["losses"]), view["samples"], view["queue"], result,
+    return (view["progress"], loss_frame(view["losses"], view["val_losses"]), view["samples"], view["queue"], result,
             view["status"], gr.Timer(active=not view["finished"]))
 
 
