@@ -39,6 +39,22 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "output.sample_every": ("Sample every N steps", "int"),
     "output.sample_prompts": ("Sample prompts (one per line)", "lines"),
 }
+# The "Advanced settings" accordion: group title -> config keys. A field is added by naming it here; its
+# label, widget (dropdown for choices, checkbox, number, text) and help text come from the config field.
+ADVANCED: dict[str, list[str]] = {
+    "Optimizer & schedule": ["optim.optimizer", "optim.optimizer_args", "optim.weight_decay", "optim.scheduler",
+                             "optim.warmup_steps", "optim.lr_cycles", "optim.lr_power", "optim.loraplus_ratio",
+                             "optim.ema_decay", "optim.ema_every"],
+    "Regularization & validation": ["data.reg_path", "optim.prior_loss_weight", "data.validation_path",
+                                    "data.validation_split", "output.validate_every"],
+    "Loss & noise": ["optim.loss_type", "optim.huber_schedule", "optim.huber_c", "optim.min_timestep",
+                     "optim.max_timestep", "optim.noise_offset", "optim.min_snr_gamma", "optim.ip_noise_gamma",
+                     "optim.multires_noise_iterations", "optim.multires_noise_discount",
+                     "optim.debiased_estimation"],
+    "Tracking": ["output.log_with"],
+}
+# folders typed into the form: confined to the configured folders like the data set (AppState.read_path)
+PATH_KEYS = frozenset({"data.reg_path", "data.validation_path"})
 DEFAULT_PRESET = "(defaults)"  # the base's own recipe when it has one (embedded: the 'embedded' preset)
 MAX_CAPTION_ROWS = 500
 
@@ -64,7 +80,44 @@ def preset_values(preset: str, folder: Path | None = None, base: str | None = No
     cfg = load_config(_preset_path(preset, folder, base))
     if base and cfg.data.resolution is None:
         cfg.data.resolution = native_size(base)
-    return {key: _form_value(key, _get(cfg, key)) for key in SETTINGS}
+    return {key: _form_value(key, _get(cfg, key)) for key in form_keys()}
+
+
+def form_keys() -> list[str]:
+    """Every config key the form shows, basic then advanced (the order of the settings widgets)."""
+    return [*SETTINGS, *(key for keys in ADVANCED.values() for key in keys)]
+
+
+def setting_kind(key: str) -> str:
+    """The widget kind of a form key: SETTINGS' own, else from the config field (choices, then its type)."""
+    if key in SETTINGS:
+        return SETTINGS[key][1]
+    if key in PATH_KEYS:
+        return "path"
+    if setting_choices(key):
+        return "choice"
+    kinds = {bool: "bool", int: "int", float: "float", list: "lines"}
+    return next((kind for typ, kind in kinds.items() if typ in _field_types(key)), "text")
+
+
+def setting_label(key: str) -> str:
+    if key in SETTINGS:
+        return SETTINGS[key][0]
+    # the config key itself: the name the docs, the CLI's --set and the kohya import report use
+    return f"{key} (one per line)" if setting_kind(key) == "lines" else key
+
+
+def _field_types(key: str) -> set:
+    """The plain types a field accepts: `int | None` -> {int, NoneType}; `list[str]` -> {list}."""
+    import types
+    import typing
+
+    from sdlora.config import TrainConfig
+
+    section, _, name = key.partition(".")
+    hint = typing.get_type_hints(type(getattr(TrainConfig(), section)))[name]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return {typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,))}
 
 
 def native_size(base: str) -> int | None:
@@ -83,7 +136,7 @@ def base_changed(app, base: str, preset: str) -> list[Any]:
     try:
         resolved = app.base_model(base)
     except SdloraError:
-        return [gr.update() for _ in SETTINGS]
+        return [gr.update() for _ in form_keys()]
     return list(preset_values(preset or DEFAULT_PRESET, base=resolved).values())
 
 
@@ -113,15 +166,23 @@ def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
     if not data_path:
         raise DatasetError("no data set: type a folder and press 'Load data set', or upload images")
     overrides.append(f"data.path={json.dumps(str(app.read_path(data_path, default_root=data_root(app))))}")
-    for key in SETTINGS:
+    for key in form_keys():
         if key in form and form[key] is not None:
-            overrides.append(f"{key}={_yaml_value(key, form[key])}")
+            value = _confined(app, key, form[key])
+            overrides.append(f"{key}={_yaml_value(key, value)}")
     base = app.base_model(form.get("model.base"))
     cfg = load_config(_preset_path(form.get("preset") or DEFAULT_PRESET, folder, base), overrides)
     name = safe_filename(cfg.output.name, default="lora")
     cfg.output.name = name
     cfg.output.dir = str(unique_path(Path(app.config.output_dir) / "runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     return cfg
+
+
+def _confined(app, key: str, value):
+    """A folder typed into a path setting, resolved inside the configured folders ('' stays: none)."""
+    if key not in PATH_KEYS or not str(value).strip():
+        return value
+    return str(app.read_path(str(value).strip(), default_root=data_root(app)))
 
 
 def _preset_path(preset: str, folder: Path | None, base: str | None = None) -> Path | None:
@@ -143,21 +204,21 @@ def _get(cfg, key: str):
 
 
 def _form_value(key: str, value):
-    if SETTINGS[key][1] == "lines":
+    if setting_kind(key) == "lines":
         return "\n".join(value or [])
     return value
 
 
 def _yaml_value(key: str, value) -> str:
     """A form value as the YAML text `load_config`'s overrides expect."""
-    kind = SETTINGS[key][1]
+    kind = setting_kind(key)
     if kind == "lines":
         return json.dumps([line.strip() for line in str(value).splitlines() if line.strip()])
     if kind == "int":
         if float(value) != int(float(value)):
             raise ConfigError(f"{key}: expected a whole number, got {value}")
         return str(int(float(value)))
-    if kind == "text":
+    if kind in ("text", "path", "choice"):
         return json.dumps(str(value))  # JSON strings are valid YAML and keep ':' and '#' literal
     return json.dumps(value)
 
@@ -459,8 +520,10 @@ def create_ui(app) -> dict[str, Any]:
                                        "the base's own recipe when it has one (embedded: the quickstart's)")
     _create_dataset_ui(app, c)
     with gr.Group():
-        c["settings"] = _create_settings_ui(app)
+        values = _initial_values(app)
+        c["settings"] = _create_settings_ui(values)
         c["resolution_note"] = gr.Markdown(elem_id="train-resolution-note")
+    c["settings"].update(_create_advanced_ui(values))
     with gr.Row():
         c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
         c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -505,19 +568,35 @@ def _create_dataset_ui(app, c: dict[str, Any]) -> None:
             c["save_captions"] = gr.Button("Save captions", scale=1)
 
 
-def _create_settings_ui(app) -> dict[Any, str]:
-    """One widget per setting, labelled and with the config field's own help text; {widget: key}."""
+def _initial_values(app) -> dict[str, Any]:
     try:
-        values = preset_values(DEFAULT_PRESET, base=app.base_model(None))
+        return preset_values(DEFAULT_PRESET, base=app.base_model(None))
     except SdloraError:  # a configured base outside the folders: Start says so
-        values = preset_values(DEFAULT_PRESET)
-    widgets: dict[Any, str] = {}
+        return preset_values(DEFAULT_PRESET)
+
+
+def _create_settings_ui(values: dict[str, Any]) -> dict[Any, str]:
+    """One widget per setting, labelled and with the config field's own help text; {widget: key}."""
     keys = list(SETTINGS)
-    for row in (keys[:6], keys[6:]):  # two rows keep each help text readable
+    return _widget_rows([keys[:6], keys[6:]], values)  # two rows keep each help text readable
+
+
+def _create_advanced_ui(values: dict[str, Any]) -> dict[Any, str]:
+    """The ADVANCED groups in a closed accordion, four widgets a row; {widget: key} in form_keys() order."""
+    widgets: dict[Any, str] = {}
+    with gr.Accordion("Advanced settings", open=False, elem_id="train-advanced"):
+        for title, keys in ADVANCED.items():
+            gr.Markdown(f"**{title}**")
+            widgets.update(_widget_rows([keys[i:i + 4] for i in range(0, len(keys), 4)], values))
+    return widgets
+
+
+def _widget_rows(rows: list[list[str]], values: dict[str, Any]) -> dict[Any, str]:
+    widgets: dict[Any, str] = {}
+    for row in rows:
         with gr.Row(equal_height=False):
             for key in row:
-                label, kind = SETTINGS[key]
-                widgets[_setting_widget(key, label, kind, values[key])] = key
+                widgets[_setting_widget(key, setting_label(key), setting_kind(key), values[key])] = key
     return widgets
 
 
