@@ -23,6 +23,7 @@ from webui.paths import AccessError, safe_filename, unique_path
 
 LORA_SUFFIXES = frozenset({".safetensors"})
 CAPTION_SUFFIXES = frozenset({".txt"})
+KOHYA_SUFFIXES = frozenset({".json", ".toml"})  # kohya_ss GUI presets, sd-scripts configs
 MiB = 1024 * 1024
 
 
@@ -37,6 +38,7 @@ class UploadLimits:
     lora_bytes: int = 1024 * MiB
     image_bytes: int = 20 * MiB
     caption_bytes: int = 64 * 1024
+    config_bytes: int = 1 * MiB  # a kohya preset is a few KiB; anything near this is not one
 
     @property
     def largest(self) -> int:
@@ -104,6 +106,19 @@ def check_image_upload(path: Path, limits: UploadLimits) -> Path:
             image.verify()
     except Exception as err:  # Pillow raises many types for bad files; all mean "not an image"
         raise UploadError(f"{_name(path)} is not a readable image ({err})") from err
+    return path
+
+
+@_discarded_when_refused
+def check_config_upload(path: Path, limits: UploadLimits) -> Path:
+    """Refuse anything but a UTF-8 text `.json`/`.toml` file within the size limit (the importer parses it)."""
+    path = Path(path)
+    _check_suffix(path, KOHYA_SUFFIXES, "a kohya config")
+    _check_size(path, limits.config_bytes)
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UploadError(f"{_name(path)} is not a text file ({err.reason} at byte {err.start})") from err
     return path
 
 

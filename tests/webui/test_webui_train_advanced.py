@@ -1,16 +1,21 @@
-"""Train tab: the "Advanced settings" accordion (issue 18's config keys)."""
+"""Train tab: the "Advanced settings" accordion (issue 18's config keys) and loading a kohya config."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import gradio as gr
 import pytest
 
 from sdlora.config import field_help
+from sdlora.errors import ConfigError
+from sdlora.train.kohya_import import read_kohya
 from webui.paths import AccessError
 from webui.tabs import train_tab
+from webui.uploads import UploadError
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kohya"
 # the keys issue 18 added that a user sets per run; each must have a widget in the accordion
 NEW_KEYS = ("optim.optimizer", "optim.optimizer_args", "optim.scheduler", "optim.lr_cycles", "optim.lr_power",
             "optim.loraplus_ratio", "optim.ema_decay", "optim.loss_type", "optim.huber_schedule", "optim.huber_c",
@@ -89,3 +94,69 @@ def test_a_new_field_is_added_by_naming_it(monkeypatch):
     monkeypatch.setitem(train_tab.ADVANCED, "Tracking", ["output.log_with", "output.keep_last"])
     assert train_tab.setting_kind("output.keep_last") == "int"
     assert train_tab.preset_values("quick")["output.keep_last"] == 3
+
+
+@pytest.mark.parametrize("name", ["sd-scripts-train.toml", "SDXL - LoRA AI_Now prodigy v1.0.json"])
+def test_a_kohya_file_fills_the_form_with_the_importers_values(app, name):
+    shutil.copy(FIXTURES / name, app.config.data_dirs[0] / name)
+    imported = read_kohya(FIXTURES / name)
+    *fills, status = train_tab.load_kohya(app, name, None)
+    keys = train_tab.form_keys()
+    filled = {key: value for key, value in zip(keys, fills, strict=True) if not isinstance(value, dict)}
+    assert filled == {key: train_tab._form_value(key, value) for key, value in imported.values.items()
+                      if key in keys}
+    assert any(key in advanced_keys() for key in filled)
+    assert f"{len(imported.mapped)} keys mapped, {len(imported.ignored)} ignored" in status
+    for kohya_key, _ in imported.ignored:
+        assert sum(line.startswith(f"- ignored {kohya_key}:") for line in status.splitlines()) == 1
+    # the filled form starts a run with the imported values
+    form = {**train_tab.preset_values(train_tab.DEFAULT_PRESET), **filled, "model.base": "embedded",
+            "data.path": "shapes"}
+    cfg = train_tab.config_from_form(app, form)
+    for key in filled:
+        if key != "output.name":  # made a safe file name
+            assert train_tab._get(cfg, key) == imported.values[key], key
+
+
+def test_the_train_toml_fills_the_advanced_optimizer_fields(app):
+    upload = str(FIXTURES / "sd-scripts-train.toml")
+    *fills, status = train_tab.load_kohya(app, "", upload)
+    values = dict(zip(train_tab.form_keys(), fills, strict=True))
+    assert values["optim.optimizer"] == "lion" and values["optim.scheduler"] == "cosine_with_restarts"
+    assert values["optim.optimizer_args"] == "betas=0.9,0.99\nweight_decay=0.1"
+    assert values["optim.loraplus_ratio"] == 16.0 and values["output.log_with"] == "tensorboard"
+    assert "lora.conv_rank" in status and "not in this form" in status
+
+
+def test_a_bad_kohya_file_is_a_one_line_error_and_a_refused_upload_is_deleted(app, tmp_path, monkeypatch):
+    uploads = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    broken = uploads / "u1" / "preset.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^preset\.json: not valid JSON") as err:
+        train_tab.load_kohya(app, "", str(broken))
+    assert "\n" not in str(err.value) and not broken.exists()
+    binary = uploads / "u2" / "preset.toml"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(UploadError, match="not a text file"):
+        train_tab.load_kohya(app, "", str(binary))
+    assert not binary.exists()
+    other = uploads / "u3" / "preset.yaml"
+    other.parent.mkdir(parents=True)
+    other.write_text("optim: {lr: 1}")
+    with pytest.raises(UploadError, match="only .json, .toml"):
+        train_tab.load_kohya(app, "", str(other))
+    with pytest.raises(ConfigError, match="no kohya config"):
+        train_tab.load_kohya(app, "  ", None)
+    with pytest.raises(AccessError):
+        train_tab.load_kohya(app, "/etc/passwd", None)
+
+
+def test_the_kohya_loader_is_wired(app):
+    from webui import app as webapp
+
+    demo = webapp.build_app(app)
+    fn = next(fn for fn in demo.fns.values() if fn.api_name == "train_load_kohya")
+    assert len(fn.outputs) == len(train_tab.form_keys()) + 1

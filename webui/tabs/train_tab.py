@@ -23,7 +23,15 @@ from sdlora.errors import ConfigError, DatasetError, SdloraError
 from webui.jobs import DONE, JobContext
 from webui.paths import safe_filename, unique_path
 from webui.tabs.common import bound, gather
-from webui.uploads import IMAGE_SUFFIXES, check_image_upload, store_upload, upload_name
+from webui.uploads import (
+    IMAGE_SUFFIXES,
+    KOHYA_SUFFIXES,
+    check_config_upload,
+    check_image_upload,
+    discard_upload,
+    store_upload,
+    upload_name,
+)
 
 # the settings the tab shows, in order: config key -> (label, widget kind)
 SETTINGS: dict[str, tuple[str, str]] = {
@@ -240,6 +248,56 @@ def setting_choices(key: str) -> list[str]:
         if f.name == name:
             return list(f.metadata.get("choices") or [])
     return []
+
+
+# ---------------------------------------------------------------- kohya configs --------------
+
+def load_kohya(app, path_text: str, upload) -> list[Any]:
+    """Fill the form from a kohya_ss GUI preset (.json) or sd-scripts config (.toml): an upload or a file in
+    the configured folders. Returns a value per form key (gr.update() where the file has none) and the status."""
+    from sdlora.train.kohya_import import read_kohya
+
+    path = _kohya_file(app, path_text, upload)
+    try:
+        imported = read_kohya(path)
+    except ConfigError as err:
+        if upload:
+            discard_upload(path)  # refused like an upload of the wrong type: not kept in gradio's folder
+        raise ConfigError(f"{_kohya_name(path, upload)}: {str(err).removeprefix(f'{path}: ')}") from None
+    values = imported.values
+    fills = [_form_value(key, values[key]) if key in values else gr.update() for key in form_keys()]
+    return [*fills, kohya_status(imported, _kohya_name(path, upload))]
+
+
+def _kohya_file(app, path_text: str, upload) -> Path:
+    if upload:
+        path, _ = upload_name(upload)
+        return check_config_upload(path, app.config.limits)
+    if not str(path_text or "").strip():
+        raise ConfigError("no kohya config: type a .json/.toml path inside the configured folders or upload one")
+    path = app.read_path(str(path_text).strip(), default_root=data_root(app))
+    if not path.is_file():
+        raise ConfigError(f"{path_text!r} is not a file; pick a kohya_ss .json preset or an sd-scripts .toml")
+    return path
+
+
+def _kohya_name(path: Path, upload) -> str:
+    return upload_name(upload)[1] if upload else path.name
+
+
+def kohya_status(imported, name: str) -> str:
+    """What the import did, as the CLI prints it: the counts, the mapped keys the form has no field for (not
+    applied: paths stay as chosen in this tab), and one line per ignored key with its reason."""
+    shown = set(form_keys())
+    left_out = [key for key in imported.values if key not in shown]
+    head = (f"kohya import of {html.escape(name)}: {len(imported.mapped)} keys mapped, "
+            f"{len(imported.ignored)} ignored; {len(imported.values) - len(left_out)} form fields filled")
+    lines = [head, ""]  # a blank line: the list below starts on its own
+    if left_out:
+        lines.append(f"- mapped but not in this form (not applied; the CLI's `--from-kohya` applies them): "
+                     f"{html.escape(', '.join(left_out))}")
+    lines += [f"- {html.escape(line)}" for line in imported.lines()]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- data set and captions ------
@@ -524,6 +582,7 @@ def create_ui(app) -> dict[str, Any]:
         c["settings"] = _create_settings_ui(values)
         c["resolution_note"] = gr.Markdown(elem_id="train-resolution-note")
     c["settings"].update(_create_advanced_ui(values))
+    _create_kohya_ui(c)
     with gr.Row():
         c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
         c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -600,6 +659,18 @@ def _widget_rows(rows: list[list[str]], values: dict[str, Any]) -> dict[Any, str
     return widgets
 
 
+def _create_kohya_ui(c: dict[str, Any]) -> None:
+    with gr.Accordion("Load a kohya config", open=False, elem_id="train-kohya"):
+        with gr.Row():
+            c["kohya_path"] = gr.Textbox(label="kohya config file", elem_id="train-kohya-path",
+                                         info="a kohya_ss GUI preset (.json) or sd-scripts config (.toml) "
+                                              "inside the configured folders")
+            c["kohya_upload"] = gr.File(label="...or upload one", file_types=sorted(KOHYA_SUFFIXES),
+                                        elem_id="train-kohya-upload")
+        c["kohya_load"] = gr.Button("Fill the form from the kohya config", elem_id="train-kohya-load")
+        c["kohya_status"] = gr.Markdown(elem_id="train-kohya-status")
+
+
 def _setting_widget(key: str, label: str, kind: str, value):
     info = setting_help(key)
     elem_id = "train-" + key.replace(".", "-").replace("_", "-")
@@ -648,6 +719,8 @@ def _wire(app, c: dict[str, Any]) -> None:
     c["start"].click(start, form_inputs, [c["job_id"], c["status"]], api_name="train_start").success(
         lambda: gr.Timer(active=True), None, c["timer"])
     c["cancel"].click(bound(cancel_training, app), c["job_id"], c["status"], api_name="train_cancel")
+    c["kohya_load"].click(bound(load_kohya, app), [c["kohya_path"], c["kohya_upload"]],
+                          [*settings, c["kohya_status"]], api_name="train_load_kohya")
     poll_outputs = [c["progress"], c["loss_plot"], c["samples"], c["queue"], c["result"], c["status"], c["timer"]]
     c["timer"].tick(bound(_poll_outputs, app), c["job_id"], poll_outputs, api_name="train_poll",
                     show_progress="hidden")
