@@ -100,7 +100,7 @@ def test_a_new_field_is_added_by_naming_it(monkeypatch):
 def test_a_kohya_file_fills_the_form_with_the_importers_values(app, name):
     shutil.copy(FIXTURES / name, app.config.data_dirs[0] / name)
     imported = read_kohya(FIXTURES / name)
-    *fills, status = train_tab.load_kohya(app, name, None)
+    *fills, status, extras = train_tab.load_kohya(app, name, None)
     keys = train_tab.form_keys()
     filled = {key: value for key, value in zip(keys, fills, strict=True) if not isinstance(value, dict)}
     assert filled == {key: train_tab._form_value(key, value) for key, value in imported.values.items()
@@ -111,21 +111,27 @@ def test_a_kohya_file_fills_the_form_with_the_importers_values(app, name):
         assert sum(line.startswith(f"- ignored {kohya_key}:") for line in status.splitlines()) == 1
     # the filled form starts a run with the imported values
     form = {**train_tab.preset_values(train_tab.DEFAULT_PRESET), **filled, "model.base": "embedded",
-            "data.path": "shapes"}
+            "data.path": "shapes", "kohya": extras}
     cfg = train_tab.config_from_form(app, form)
     for key in filled:
         if key != "output.name":  # made a safe file name
             assert train_tab._get(cfg, key) == imported.values[key], key
+    # the mapped values without a field are applied too; the other machine's paths are not
+    assert extras == {k: v for k, v in imported.values.items()
+                      if k not in keys and k not in ("model.base", "data.path", "output.dir")}
+    for key, value in extras.items():
+        assert train_tab._get(cfg, key) == value, key
+    assert cfg.model.base == "embedded" and cfg.data.path.endswith("shapes")
 
 
 def test_the_train_toml_fills_the_advanced_optimizer_fields(app):
     upload = str(FIXTURES / "sd-scripts-train.toml")
-    *fills, status = train_tab.load_kohya(app, "", upload)
+    *fills, status, extras = train_tab.load_kohya(app, "", upload)
     values = dict(zip(train_tab.form_keys(), fills, strict=True))
     assert values["optim.optimizer"] == "lion" and values["optim.scheduler"] == "cosine_with_restarts"
     assert values["optim.optimizer_args"] == "betas=0.9,0.99\nweight_decay=0.1"
     assert values["optim.loraplus_ratio"] == 16.0 and values["output.log_with"] == "tensorboard"
-    assert "lora.conv_rank" in status and "not in this form" in status
+    assert "lora.conv_rank" in status and "applied when you start" in status and "lora.conv_rank" in extras
 
 
 def test_a_bad_kohya_file_is_a_one_line_error_and_a_refused_upload_is_deleted(app, tmp_path, monkeypatch):
@@ -159,4 +165,4 @@ def test_the_kohya_loader_is_wired(app):
 
     demo = webapp.build_app(app)
     fn = next(fn for fn in demo.fns.values() if fn.api_name == "train_load_kohya")
-    assert len(fn.outputs) == len(train_tab.form_keys()) + 1
+    assert len(fn.outputs) == len(train_tab.form_keys()) + 2  # the fields, the status, the field-less values

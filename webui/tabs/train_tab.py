@@ -63,6 +63,8 @@ ADVANCED: dict[str, list[str]] = {
 }
 # folders typed into the form: confined to the configured folders like the data set (AppState.read_path)
 PATH_KEYS = frozenset({"data.reg_path", "data.validation_path"})
+# where a kohya config points on the machine it was written on: this tab chooses them itself
+KOHYA_SKIPPED = frozenset({"model.base", "data.path", "output.dir"})
 DEFAULT_PRESET = "(defaults)"  # the base's own recipe when it has one (embedded: the 'embedded' preset)
 MAX_CAPTION_ROWS = 500
 
@@ -174,6 +176,9 @@ def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
     if not data_path:
         raise DatasetError("no data set: type a folder and press 'Load data set', or upload images")
     overrides.append(f"data.path={json.dumps(str(app.read_path(data_path, default_root=data_root(app))))}")
+    # a loaded kohya config's keys that have no field here (batch size, conv rank, ...); the form's own win
+    overrides += [f"{key}={json.dumps(value)}" for key, value in (form.get("kohya") or {}).items()
+                  if key not in form_keys() and key not in KOHYA_SKIPPED and key not in PATH_KEYS]
     for key in form_keys():
         if key in form and form[key] is not None:
             value = _confined(app, key, form[key])
@@ -254,7 +259,8 @@ def setting_choices(key: str) -> list[str]:
 
 def load_kohya(app, path_text: str, upload) -> list[Any]:
     """Fill the form from a kohya_ss GUI preset (.json) or sd-scripts config (.toml): an upload or a file in
-    the configured folders. Returns a value per form key (gr.update() where the file has none) and the status."""
+    the configured folders. Returns a value per form key (gr.update() where the file has none), the status,
+    and the mapped values that have no field here (kept for Start, see `kohya_extras`)."""
     from sdlora.train.kohya_import import read_kohya
 
     path = _kohya_file(app, path_text, upload)
@@ -266,7 +272,14 @@ def load_kohya(app, path_text: str, upload) -> list[Any]:
         raise ConfigError(f"{_kohya_name(path, upload)}: {str(err).removeprefix(f'{path}: ')}") from None
     values = imported.values
     fills = [_form_value(key, values[key]) if key in values else gr.update() for key in form_keys()]
-    return [*fills, kohya_status(imported, _kohya_name(path, upload))]
+    return [*fills, kohya_status(imported, _kohya_name(path, upload)), kohya_extras(imported)]
+
+
+def kohya_extras(imported) -> dict[str, Any]:
+    """The imported values with no field in this tab, which Start applies (the machine-specific paths aside)."""
+    shown = set(form_keys())
+    return {key: value for key, value in imported.values.items()
+            if key not in shown and key not in KOHYA_SKIPPED and key not in PATH_KEYS}
 
 
 def _kohya_file(app, path_text: str, upload) -> Path:
@@ -286,16 +299,20 @@ def _kohya_name(path: Path, upload) -> str:
 
 
 def kohya_status(imported, name: str) -> str:
-    """What the import did, as the CLI prints it: the counts, the mapped keys the form has no field for (not
-    applied: paths stay as chosen in this tab), and one line per ignored key with its reason."""
+    """What the import did, as the CLI prints it: the counts, the mapped keys the form has no field for
+    (applied when the run starts), the paths left to this tab, and one line per ignored key with its reason."""
     shown = set(form_keys())
     left_out = [key for key in imported.values if key not in shown]
+    extras = kohya_extras(imported)
+    paths = [key for key in left_out if key not in extras]
     head = (f"kohya import of {html.escape(name)}: {len(imported.mapped)} keys mapped, "
             f"{len(imported.ignored)} ignored; {len(imported.values) - len(left_out)} form fields filled")
     lines = [head, ""]  # a blank line: the list below starts on its own
-    if left_out:
-        lines.append(f"- mapped but not in this form (not applied; the CLI's `--from-kohya` applies them): "
-                     f"{html.escape(', '.join(left_out))}")
+    if extras:
+        lines.append(f"- mapped, no field in this form, applied when you start: {html.escape(', '.join(extras))}")
+    if paths:
+        lines.append(f"- paths of the machine the file came from, not used (choose them here): "
+                     f"{html.escape(', '.join(paths))}")
     lines += [f"- {html.escape(line)}" for line in imported.lines()]
     return "\n".join(lines)
 
@@ -669,6 +686,7 @@ def _create_kohya_ui(c: dict[str, Any]) -> None:
                                         elem_id="train-kohya-upload")
         c["kohya_load"] = gr.Button("Fill the form from the kohya config", elem_id="train-kohya-load")
         c["kohya_status"] = gr.Markdown(elem_id="train-kohya-status")
+        c["kohya_extra"] = gr.State({})  # the loaded config's values that have no field here
 
 
 def _setting_widget(key: str, label: str, kind: str, value):
@@ -687,7 +705,8 @@ def _setting_widget(key: str, label: str, kind: str, value):
 
 def _form(values: dict, c: dict[str, Any]) -> dict[str, Any]:
     form = gather(values, c["settings"])
-    form.update(gather(values, {c["base"]: "model.base", c["preset"]: "preset", c["dataset"]: "data.path"}))
+    form.update(gather(values, {c["base"]: "model.base", c["preset"]: "preset", c["dataset"]: "data.path",
+                                c["kohya_extra"]: "kohya"}))
     if not form.get("data.path"):
         form["data.path"] = values.get(c["data_path"], "")
     return form
@@ -702,8 +721,9 @@ def _poll_outputs(app, job_id):
 
 def _wire(app, c: dict[str, Any]) -> None:
     settings = list(c["settings"])
-    c["preset"].change(bound(lambda preset, base: list(preset_values(preset, base=app.base_model(base)).values())),
-                       [c["preset"], c["base"]], settings, api_name="train_preset")
+    # a preset starts the form over: a kohya config loaded before no longer adds its field-less values
+    c["preset"].change(bound(lambda preset, base: [*preset_values(preset, base=app.base_model(base)).values(), {}]),
+                       [c["preset"], c["base"]], [*settings, c["kohya_extra"]], api_name="train_preset")
     c["base"].change(bound(base_changed, app), [c["base"], c["preset"]], settings, api_name="train_base")
     resolution = next(w for w, key in c["settings"].items() if key == "data.resolution")
     resolution.change(bound(resolution_note, app), [c["base"], resolution], c["resolution_note"],
@@ -714,13 +734,13 @@ def _wire(app, c: dict[str, Any]) -> None:
                            api_name="train_add_trigger")
     c["save_captions"].click(bound(save_captions, app), [c["dataset"], c["captions"]],
                              [c["dataset"], c["data_summary"]], api_name="train_save_captions")
-    form_inputs = {*settings, c["base"], c["preset"], c["dataset"], c["data_path"]}
+    form_inputs = {*settings, c["base"], c["preset"], c["dataset"], c["data_path"], c["kohya_extra"]}
     start = bound(lambda values: start_training(app, _form(values, c)))
     c["start"].click(start, form_inputs, [c["job_id"], c["status"]], api_name="train_start").success(
         lambda: gr.Timer(active=True), None, c["timer"])
     c["cancel"].click(bound(cancel_training, app), c["job_id"], c["status"], api_name="train_cancel")
     c["kohya_load"].click(bound(load_kohya, app), [c["kohya_path"], c["kohya_upload"]],
-                          [*settings, c["kohya_status"]], api_name="train_load_kohya")
+                          [*settings, c["kohya_status"], c["kohya_extra"]], api_name="train_load_kohya")
     poll_outputs = [c["progress"], c["loss_plot"], c["samples"], c["queue"], c["result"], c["status"], c["timer"]]
     c["timer"].tick(bound(_poll_outputs, app), c["job_id"], poll_outputs, api_name="train_poll",
                     show_progress="hidden")
