@@ -95,6 +95,10 @@ class LoraConfig:
     conv_rank: int = _opt(4, "rank of 3x3 conv LoRA (locon, locon-io presets)")
     conv_alpha: float = _opt(1.0, "alpha of 3x3 conv LoRA (locon, locon-io presets)")
     dropout: float = _opt(0.0, "dropout on the LoRA input")
+    rank_dropout: float = _opt(0.0, "training only: probability of zeroing each rank channel of the LoRA's down "
+                               "output per sample, the rest scaled up (sd-scripts' rank_dropout; 0 = off)")
+    module_dropout: float = _opt(0.0, "training only: probability of skipping a module's LoRA for a whole step "
+                                 "(sd-scripts' module_dropout; 0 = off)")
     dora: bool = _opt(False, "DoRA: learn a per-output-channel magnitude as well")
     train_text_encoder: bool = _opt(True, "train LoRA on the text encoder(s) too")
 
@@ -254,6 +258,13 @@ def _check_validation(cfg: TrainConfig) -> None:
         raise ConfigError(f"output.validate_every: must be 0 (off) or more, got {cfg.output.validate_every}")
 
 
+def _check_lora_dropouts(cfg: TrainConfig) -> None:
+    for key in ("dropout", "rank_dropout", "module_dropout"):
+        value = getattr(cfg.lora, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"lora.{key}: must be in [0, 1), got {value}")
+
+
 def _check_ranges(cfg: TrainConfig) -> None:
     positive = {"optim.steps": cfg.optim.steps, "lora.rank": cfg.lora.rank, "lora.conv_rank": cfg.lora.conv_rank,
                 "data.batch_size": cfg.data.batch_size, "optim.grad_accum": cfg.optim.grad_accum,
@@ -272,8 +283,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     _check_validation(cfg)
     if cfg.optim.prior_loss_weight < 0:
         raise ConfigError(f"optim.prior_loss_weight: must be 0 or more, got {cfg.optim.prior_loss_weight}")
-    if not 0.0 <= cfg.lora.dropout < 1.0:
-        raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    _check_lora_dropouts(cfg)
     if cfg.data.resolution is not None and cfg.data.resolution % 8:
         raise ConfigError(f"data.resolution: {cfg.data.resolution} is not a multiple of 8 (the VAE needs that)")
     if cfg.data.min_bucket is not None and cfg.data.max_bucket is not None and cfg.data.min_bucket > cfg.data.max_bucket:

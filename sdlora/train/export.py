@@ -39,6 +39,9 @@ def _network_args(cfg) -> dict[str, str]:
         args["dora_wd"] = "True"
     if cfg.lora.dropout:
         args["dropout"] = str(cfg.lora.dropout)
+    for key in ("rank_dropout", "module_dropout"):  # sd-scripts' network_args names
+        if getattr(cfg.lora, key):
+            args[key] = str(getattr(cfg.lora, key))
     if cfg.optim.loraplus_ratio:
         args["loraplus_lr_ratio"] = str(cfg.optim.loraplus_ratio)  # sd-scripts' network argument
     return args

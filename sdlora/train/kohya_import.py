@@ -362,6 +362,10 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "network_args.conv_alpha": ("lora.conv_alpha", _plain(_float)),
     "network_args.loraplus_lr_ratio": ("optim.loraplus_ratio", _plain(_float)),
     "loraplus_lr_ratio": ("optim.loraplus_ratio", _plain(_float)),
+    "network_args.rank_dropout": ("lora.rank_dropout", _plain(_float)),
+    "network_args.module_dropout": ("lora.module_dropout", _plain(_float)),
+    "rank_dropout": ("lora.rank_dropout", _plain(_float)),  # the kohya_ss GUI's spelling
+    "module_dropout": ("lora.module_dropout", _plain(_float)),
 }
 
 _LATER = "not supported by sdlora yet"
@@ -373,8 +377,6 @@ _NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
     "caption_dropout_every_n_epochs": ((0, 0.0, "0"), "caption dropout every N epochs is " + _LATER),
     "network_dropout": ((0, 0.0, "0"), ("kohya drops the LoRA's hidden units; sdlora's lora.dropout drops its "
                                         "input (not the same), so it is not set from this")),
-    "rank_dropout": ((0, 0.0, "0"), "rank dropout is " + _LATER),
-    "module_dropout": ((0, 0.0, "0"), "module dropout is " + _LATER),
     "scale_weight_norms": ((0, 0.0, "0"), "max-norm regularization (scale_weight_norms) is " + _LATER),
     "adaptive_noise_scale": ((0, 0.0, "0"), "adaptive noise scale is " + _LATER),
     "noise_offset_type": (("Original",), "only kohya's Original noise offset exists in sdlora"),

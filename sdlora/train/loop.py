@@ -102,7 +102,8 @@ def _inject(cfg, components):
         targets.update(components.text_encoders)
     lc = cfg.lora
     return inject_lora(targets, lc.targets, rank=lc.rank, alpha=lc.alpha, conv_rank=lc.conv_rank,
-                       conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora)
+                       conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora,
+                       rank_dropout=lc.rank_dropout, module_dropout=lc.module_dropout)
 
 
 def _caches(cfg, components, output: Path, train_text: bool):
