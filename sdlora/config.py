@@ -155,6 +155,8 @@ class OptimConfig:
     multires_noise_discount: float = _opt(0.3, "weight decay per multi-resolution noise level (discount^i)")
     debiased_estimation: bool = _opt(False, "debiased estimation loss weighting 1/sqrt(SNR) (1/(SNR+1) for "
                                      "v-prediction); combines with min_snr_gamma")
+    zero_terminal_snr: bool = _opt(False, "rescale the noise schedule so the last timestep is pure noise (zero "
+                                   "SNR, Lin et al. 2023); needs v-prediction (model.prediction_type)")
     # EMA of the LoRA weights (sdlora.train.ema)
     ema_decay: float = _opt(0.0, "EMA of the LoRA weights, exported beside it as <name>-ema.safetensors (0 = off; "
                             "0.999 is common; warmed up as min(decay, (1+n)/(10+n)))")

@@ -93,6 +93,7 @@ def _loss_keys(cfg) -> dict:
     huber = o.loss_type != "l2"
     return {"ss_huber_schedule": o.huber_schedule if huber else None, "ss_huber_c": o.huber_c if huber else None,
             "ss_ip_noise_gamma": o.ip_noise_gamma or None, "ss_debiased_estimation": o.debiased_estimation,
+            "ss_zero_terminal_snr": o.zero_terminal_snr,
             "ss_multires_noise_iterations": o.multires_noise_iterations or None,
             "ss_multires_noise_discount": o.multires_noise_discount if o.multires_noise_iterations else None}
 

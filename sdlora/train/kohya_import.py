@@ -362,6 +362,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "network_args.conv_alpha": ("lora.conv_alpha", _plain(_float)),
     "network_args.loraplus_lr_ratio": ("optim.loraplus_ratio", _plain(_float)),
     "loraplus_lr_ratio": ("optim.loraplus_ratio", _plain(_float)),
+    "zero_terminal_snr": ("optim.zero_terminal_snr", _plain(_bool)),
     "network_args.rank_dropout": ("lora.rank_dropout", _plain(_float)),
     "network_args.module_dropout": ("lora.module_dropout", _plain(_float)),
     "rank_dropout": ("lora.rank_dropout", _plain(_float)),  # the kohya_ss GUI's spelling

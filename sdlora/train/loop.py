@@ -139,6 +139,8 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     generator = torch.Generator(accelerator.device).manual_seed(cfg.optim.seed + accelerator.process_index)
     output = Path(cfg.output.dir)
     prediction = cfg.model.prediction_type or components.scheduler.config.prediction_type
+    # validation and samples read the schedule from components too, so they see the rescaled one
+    components.scheduler = loss_options.noise_schedule(cfg, components.scheduler, prediction)
     train_text = cfg.lora.train_text_encoder and any(n.startswith("text_encoder") for n in network.names)
     latent_cache, text_cache = _caches(cfg, components, output, train_text)
     state = TrainState(cfg, components, accelerator, network, optimizer, lr_scheduler, items, summary,

@@ -237,3 +237,12 @@ def test_cli_prints_ignored_keys_and_applies_the_rest(capsys, tmp_path):
     assert "kohya import: 40 keys mapped, 52 ignored" in out
     assert "  ignored epoch: sdlora counts optimizer steps" in out
     assert "optimizer: prodigy" in out and "batch_size: 2" in out  # --set wins over the import
+
+
+def test_zero_terminal_snr_and_lora_dropouts_map(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_text('zero_terminal_snr = true\nv_parameterization = true\n'
+                    'network_args = ["rank_dropout=0.1", "module_dropout=0.2"]\n')
+    result = read_kohya(path)
+    assert result.values == {"optim.zero_terminal_snr": True, "model.prediction_type": "v_prediction",
+                             "lora.rank_dropout": 0.1, "lora.module_dropout": 0.2}
