@@ -100,6 +100,13 @@ class LoraConfig:
     module_dropout: float = _opt(0.0, "training only: probability of skipping a module's LoRA for a whole step "
                                  "(sd-scripts' module_dropout; 0 = off)")
     dora: bool = _opt(False, "DoRA: learn a per-output-channel magnitude as well")
+    block_dims: list[int] | None = _opt(None, "rank per UNet block in sd-scripts' order (SD1/SD2: 25 values IN00.."  # noqa: RUF009
+                                        "IN11, MID, OUT00..OUT11; SDXL: 19); 0 = no LoRA in that block")
+    block_alphas: list[float] | None = _opt(None, "alpha per UNet block, like block_dims (default: lora.alpha)")  # noqa: RUF009
+    conv_block_dims: list[int] | None = _opt(None, "rank of the 3x3 convs per UNet block, like block_dims "  # noqa: RUF009
+                                             "(locon presets; default: lora.conv_rank)")
+    conv_block_alphas: list[float] | None = _opt(None, "alpha of the 3x3 convs per UNet block (default: "  # noqa: RUF009
+                                                 "lora.conv_alpha)")
     train_text_encoder: bool = _opt(True, "train LoRA on the text encoder(s) too")
 
 
@@ -155,6 +162,10 @@ class OptimConfig:
     multires_noise_discount: float = _opt(0.3, "weight decay per multi-resolution noise level (discount^i)")
     debiased_estimation: bool = _opt(False, "debiased estimation loss weighting 1/sqrt(SNR) (1/(SNR+1) for "
                                      "v-prediction); combines with min_snr_gamma")
+    down_lr_weight: list[float] | None = _opt(None, "factor on the UNet lr per IN block (SD1/SD2: 12 values "  # noqa: RUF009
+                                              "IN00..IN11, SDXL: 9); 0 = that block gets no LoRA")
+    mid_lr_weight: float | None = _opt(None, "factor on the UNet lr of the MID block")
+    up_lr_weight: list[float] | None = _opt(None, "factor on the UNet lr per OUT block, like down_lr_weight")  # noqa: RUF009
     zero_terminal_snr: bool = _opt(False, "rescale the noise schedule so the last timestep is pure noise (zero "
                                    "SNR, Lin et al. 2023); needs v-prediction (model.prediction_type)")
     # EMA of the LoRA weights (sdlora.train.ema)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdlora.arch.blocks import block_of
 from sdlora.arch.components import canonical_name
 from sdlora.arch.targets import match_targets
 from sdlora.weights import LoraModule, LoraState
@@ -218,6 +219,15 @@ class LoraNetwork(nn.Module):
         return LoraState(modules=dict(sorted(modules.items())), metadata=dict(metadata or {}), family=family)
 
 
+def _block_rank(name: str, table: dict[str, tuple[int, float]] | None,
+                default: tuple[int, float]) -> tuple[int, float]:
+    """(rank, alpha) of module `name`: its UNet block's entry in `table`, else `default`. Text encoders
+    (block BASE) and modules in no block are never in a table."""
+    if table is None or not name.startswith("unet."):
+        return default
+    return table.get(block_of(name), default)
+
+
 def _call_hook(layer: LoraLayer, module: nn.Module, args: tuple, output):
     return layer.hook(module, args, output)
 
@@ -230,7 +240,9 @@ def _export(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig field
         components: dict[str, nn.Module], preset: str, *, rank: int, alpha: float,
                 conv_rank: int | None = None, conv_alpha: float | None = None, dropout: float = 0.0,
-                dora: bool = False, rank_dropout: float = 0.0, module_dropout: float = 0.0) -> LoraNetwork:
+                dora: bool = False, rank_dropout: float = 0.0, module_dropout: float = 0.0,
+                block_ranks: dict[str, tuple[int, float]] | None = None,
+                conv_block_ranks: dict[str, tuple[int, float]] | None = None) -> LoraNetwork:
     """Attach LoRA to the modules `preset` targets in each component and return the network.
 
     Args:
@@ -239,6 +251,8 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
         rank, alpha: for Linear and 1x1 conv targets.
         conv_rank, conv_alpha: for larger conv kernels (default: rank, alpha).
         dropout, dora, rank_dropout, module_dropout: see LoraLayer.
+        block_ranks, conv_block_ranks: {UNet block name (sdlora.arch.blocks): (rank, alpha)} overriding
+            rank/alpha (conv_rank/conv_alpha) for the modules in that block; rank 0 leaves them without LoRA.
 
     Returns:
         The attached LoraNetwork (float32 parameters on each base layer's device).
@@ -253,9 +267,13 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
     for component, model in components.items():
         for path, module, kind in match_targets(model, component, preset):
             is_big_conv = kind == "conv"
-            network.add(canonical_name(component, path), module,
-                        rank=(conv_rank or rank) if is_big_conv else rank,
-                        alpha=(conv_alpha if conv_alpha is not None else alpha) if is_big_conv else alpha,
-                        dropout=dropout, dora=dora, rank_dropout=rank_dropout, module_dropout=module_dropout)
+            name = canonical_name(component, path)
+            default = ((conv_rank or rank), conv_alpha if conv_alpha is not None else alpha) if is_big_conv \
+                else (rank, alpha)
+            module_rank, module_alpha = _block_rank(name, conv_block_ranks if is_big_conv else block_ranks, default)
+            if module_rank == 0:
+                continue
+            network.add(name, module, rank=module_rank, alpha=module_alpha, dropout=dropout, dora=dora,
+                        rank_dropout=rank_dropout, module_dropout=module_dropout)
     network.attach()
     return network

@@ -16,7 +16,7 @@ import torch
 
 from sdlora.config import dump_config
 from sdlora.formats import save_lora
-from sdlora.train import optimizers
+from sdlora.train import block_options, optimizers
 from sdlora.train.checkpoint import writing
 
 _VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
@@ -44,6 +44,7 @@ def _network_args(cfg) -> dict[str, str]:
             args[key] = str(getattr(cfg.lora, key))
     if cfg.optim.loraplus_ratio:
         args["loraplus_lr_ratio"] = str(cfg.optim.loraplus_ratio)  # sd-scripts' network argument
+    args.update(block_options.network_args(cfg))
     return args
 
 

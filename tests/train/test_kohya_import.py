@@ -246,3 +246,15 @@ def test_zero_terminal_snr_and_lora_dropouts_map(tmp_path):
     result = read_kohya(path)
     assert result.values == {"optim.zero_terminal_snr": True, "model.prediction_type": "v_prediction",
                              "lora.rank_dropout": 0.1, "lora.module_dropout": 0.2}
+
+
+def test_block_options_map_from_network_args_and_gui_keys(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_text('network_args = ["block_dims=0,2,4", "block_alphas=1,1,2", "conv_block_dims=0,1,1", '
+                    '"down_lr_weight=sine"]\nmid_lr_weight = "0.5"\nup_lr_weight = "1,0.5"\n')
+    result = read_kohya(path)
+    assert result.values == {"lora.block_dims": [0, 2, 4], "lora.block_alphas": [1.0, 1.0, 2.0],
+                             "lora.conv_block_dims": [0, 1, 1], "optim.mid_lr_weight": 0.5,
+                             "optim.up_lr_weight": [1.0, 0.5]}
+    (key, reason), = result.ignored
+    assert key == "network_args.down_lr_weight" and "named lr-weight presets" in reason
