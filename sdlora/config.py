@@ -95,7 +95,18 @@ class LoraConfig:
     conv_rank: int = _opt(4, "rank of 3x3 conv LoRA (locon, locon-io presets)")
     conv_alpha: float = _opt(1.0, "alpha of 3x3 conv LoRA (locon, locon-io presets)")
     dropout: float = _opt(0.0, "dropout on the LoRA input")
+    rank_dropout: float = _opt(0.0, "training only: probability of zeroing each rank channel of the LoRA's down "
+                               "output per sample, the rest scaled up (sd-scripts' rank_dropout; 0 = off)")
+    module_dropout: float = _opt(0.0, "training only: probability of skipping a module's LoRA for a whole step "
+                                 "(sd-scripts' module_dropout; 0 = off)")
     dora: bool = _opt(False, "DoRA: learn a per-output-channel magnitude as well")
+    block_dims: list[int] | None = _opt(None, "rank per UNet block in sd-scripts' order (SD1/SD2: 25 values IN00.."  # noqa: RUF009
+                                        "IN11, MID, OUT00..OUT11; SDXL: 19); 0 = no LoRA in that block")
+    block_alphas: list[float] | None = _opt(None, "alpha per UNet block, like block_dims (default: lora.alpha)")  # noqa: RUF009
+    conv_block_dims: list[int] | None = _opt(None, "rank of the 3x3 convs per UNet block, like block_dims "  # noqa: RUF009
+                                             "(locon presets; default: lora.conv_rank)")
+    conv_block_alphas: list[float] | None = _opt(None, "alpha of the 3x3 convs per UNet block (default: "  # noqa: RUF009
+                                                 "lora.conv_alpha)")
     train_text_encoder: bool = _opt(True, "train LoRA on the text encoder(s) too")
 
 
@@ -151,6 +162,12 @@ class OptimConfig:
     multires_noise_discount: float = _opt(0.3, "weight decay per multi-resolution noise level (discount^i)")
     debiased_estimation: bool = _opt(False, "debiased estimation loss weighting 1/sqrt(SNR) (1/(SNR+1) for "
                                      "v-prediction); combines with min_snr_gamma")
+    down_lr_weight: list[float] | None = _opt(None, "factor on the UNet lr per IN block (SD1/SD2: 12 values "  # noqa: RUF009
+                                              "IN00..IN11, SDXL: 9); 0 = that block gets no LoRA")
+    mid_lr_weight: float | None = _opt(None, "factor on the UNet lr of the MID block")
+    up_lr_weight: list[float] | None = _opt(None, "factor on the UNet lr per OUT block, like down_lr_weight")  # noqa: RUF009
+    zero_terminal_snr: bool = _opt(False, "rescale the noise schedule so the last timestep is pure noise (zero "
+                                   "SNR, Lin et al. 2023); needs v-prediction (model.prediction_type)")
     # EMA of the LoRA weights (sdlora.train.ema)
     ema_decay: float = _opt(0.0, "EMA of the LoRA weights, exported beside it as <name>-ema.safetensors (0 = off; "
                             "0.999 is common; warmed up as min(decay, (1+n)/(10+n)))")
@@ -254,6 +271,13 @@ def _check_validation(cfg: TrainConfig) -> None:
         raise ConfigError(f"output.validate_every: must be 0 (off) or more, got {cfg.output.validate_every}")
 
 
+def _check_lora_dropouts(cfg: TrainConfig) -> None:
+    for key in ("dropout", "rank_dropout", "module_dropout"):
+        value = getattr(cfg.lora, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"lora.{key}: must be in [0, 1), got {value}")
+
+
 def _check_ranges(cfg: TrainConfig) -> None:
     positive = {"optim.steps": cfg.optim.steps, "lora.rank": cfg.lora.rank, "lora.conv_rank": cfg.lora.conv_rank,
                 "data.batch_size": cfg.data.batch_size, "optim.grad_accum": cfg.optim.grad_accum,
@@ -272,8 +296,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     _check_validation(cfg)
     if cfg.optim.prior_loss_weight < 0:
         raise ConfigError(f"optim.prior_loss_weight: must be 0 or more, got {cfg.optim.prior_loss_weight}")
-    if not 0.0 <= cfg.lora.dropout < 1.0:
-        raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    _check_lora_dropouts(cfg)
     if cfg.data.resolution is not None and cfg.data.resolution % 8:
         raise ConfigError(f"data.resolution: {cfg.data.resolution} is not a multiple of 8 (the VAE needs that)")
     if cfg.data.min_bucket is not None and cfg.data.max_bucket is not None and cfg.data.min_bucket > cfg.data.max_bucket:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdlora.arch.blocks import block_of
 from sdlora.arch.components import canonical_name
 from sdlora.arch.targets import match_targets
 from sdlora.weights import LoraModule, LoraState
@@ -45,11 +46,19 @@ class LoraLayer(nn.Module):
         alpha: scale = alpha / rank.
         dropout: dropout probability on the LoRA input.
         dora: also learn a per-output-channel magnitude ``magnitude`` (out, 1[, 1, 1]).
+        rank_dropout: in training, the probability of zeroing each rank channel of the ``down`` output (one draw
+            per sample and channel); the kept ones are scaled by 1 / (1 - p), as sd-scripts does.
+        module_dropout: in training, the probability of skipping this layer's LoRA for a whole forward pass.
+
+    Both dropouts draw from torch's global generators (as ``nn.Dropout`` does), whose state the training
+    checkpoint saves and restores, so a resumed run draws what an uninterrupted one does.
     """
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0, dora: bool = False):
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0,  # noqa: PLR0913
+                 dora: bool = False, *, rank_dropout: float = 0.0, module_dropout: float = 0.0):
         super().__init__()
         self.rank, self.alpha = rank, float(alpha)
+        self.rank_dropout, self.module_dropout = float(rank_dropout), float(module_dropout)
         self.is_conv = isinstance(base, nn.Conv2d)
         if self.is_conv:
             self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
@@ -86,7 +95,28 @@ class LoraLayer(nn.Module):
             x = x.to(self.down.weight.dtype)
         if self.has_dropout:
             x = self.dropout(x)
-        return self.up(self.down(x)) * self.scale
+        h = self.down(x)
+        if self.drops_ranks:
+            h = self._drop_ranks(h)
+        return self.up(h) * self.scale
+
+    @property
+    def drops_ranks(self) -> bool:
+        return self.rank_dropout > 0 and self.training
+
+    def _drop_ranks(self, h: torch.Tensor) -> torch.Tensor:
+        """Zero each (sample, rank channel) of `h` with probability rank_dropout and scale the rest up so the
+        expected output is unchanged (sd-scripts: "as if the rank is changed"). The rank axis is the last one
+        for Linear (batch[, tokens], rank) and axis 1 for Conv2d (batch, rank, h, w)."""
+        keep = torch.rand((h.shape[0], self.rank), device=h.device) >= self.rank_dropout
+        ones = [1] * (h.dim() - 2)
+        keep = keep.view(h.shape[0], self.rank, *ones) if self.is_conv else keep.view(h.shape[0], *ones, self.rank)
+        return h * keep.to(h.dtype) / (1.0 - self.rank_dropout)
+
+    def skips_step(self) -> bool:
+        """Module dropout: one draw per forward pass, only in training. The draw is on the CPU generator so
+        that deciding costs no device sync."""
+        return self.module_dropout > 0 and self.training and torch.rand(1).item() < self.module_dropout
 
     @property
     def has_dropout(self) -> bool:
@@ -104,7 +134,10 @@ class LoraLayer(nn.Module):
     def hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         """Forward hook on the base layer: returns the LoRA-adjusted output."""
         x = args[0]
-        if self.magnitude is None and not self.is_conv and x.dtype == output.dtype == self.up.weight.dtype:
+        if self.skips_step():
+            return output
+        if (self.magnitude is None and not self.is_conv and not self.drops_ranks
+                and x.dtype == output.dtype == self.up.weight.dtype):
             return self._linear_added(x, output)
         delta = self.lora_output(x)
         if self.magnitude is None:
@@ -141,10 +174,11 @@ class LoraNetwork(nn.Module):
         self._bases: dict[str, nn.Module] = {}
         self._handles: list = []
 
-    def add(self, name: str, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
-            dora: bool = False) -> None:
+    def add(self, name: str, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0,  # noqa: PLR0913
+            dora: bool = False, *, rank_dropout: float = 0.0, module_dropout: float = 0.0) -> None:
         """Create the LoRA layer for `base` under canonical `name` (not attached until `attach()`)."""
-        self.layers[_key(name)] = LoraLayer(base, rank, alpha, dropout, dora)
+        self.layers[_key(name)] = LoraLayer(base, rank, alpha, dropout, dora, rank_dropout=rank_dropout,
+                                              module_dropout=module_dropout)
         self._bases[name] = base
 
     @property
@@ -185,6 +219,15 @@ class LoraNetwork(nn.Module):
         return LoraState(modules=dict(sorted(modules.items())), metadata=dict(metadata or {}), family=family)
 
 
+def _block_rank(name: str, table: dict[str, tuple[int, float]] | None,
+                default: tuple[int, float]) -> tuple[int, float]:
+    """(rank, alpha) of module `name`: its UNet block's entry in `table`, else `default`. Text encoders
+    (block BASE) and modules in no block are never in a table."""
+    if table is None or not name.startswith("unet."):
+        return default
+    return table.get(block_of(name), default)
+
+
 def _call_hook(layer: LoraLayer, module: nn.Module, args: tuple, output):
     return layer.hook(module, args, output)
 
@@ -197,7 +240,9 @@ def _export(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig field
         components: dict[str, nn.Module], preset: str, *, rank: int, alpha: float,
                 conv_rank: int | None = None, conv_alpha: float | None = None, dropout: float = 0.0,
-                dora: bool = False) -> LoraNetwork:
+                dora: bool = False, rank_dropout: float = 0.0, module_dropout: float = 0.0,
+                block_ranks: dict[str, tuple[int, float]] | None = None,
+                conv_block_ranks: dict[str, tuple[int, float]] | None = None) -> LoraNetwork:
     """Attach LoRA to the modules `preset` targets in each component and return the network.
 
     Args:
@@ -205,7 +250,9 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
         preset: a `sdlora.arch.targets.PRESETS` key.
         rank, alpha: for Linear and 1x1 conv targets.
         conv_rank, conv_alpha: for larger conv kernels (default: rank, alpha).
-        dropout, dora: see LoraLayer.
+        dropout, dora, rank_dropout, module_dropout: see LoraLayer.
+        block_ranks, conv_block_ranks: {UNet block name (sdlora.arch.blocks): (rank, alpha)} overriding
+            rank/alpha (conv_rank/conv_alpha) for the modules in that block; rank 0 leaves them without LoRA.
 
     Returns:
         The attached LoraNetwork (float32 parameters on each base layer's device).
@@ -220,9 +267,13 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
     for component, model in components.items():
         for path, module, kind in match_targets(model, component, preset):
             is_big_conv = kind == "conv"
-            network.add(canonical_name(component, path), module,
-                        rank=(conv_rank or rank) if is_big_conv else rank,
-                        alpha=(conv_alpha if conv_alpha is not None else alpha) if is_big_conv else alpha,
-                        dropout=dropout, dora=dora)
+            name = canonical_name(component, path)
+            default = ((conv_rank or rank), conv_alpha if conv_alpha is not None else alpha) if is_big_conv \
+                else (rank, alpha)
+            module_rank, module_alpha = _block_rank(name, conv_block_ranks if is_big_conv else block_ranks, default)
+            if module_rank == 0:
+                continue
+            network.add(name, module, rank=module_rank, alpha=module_alpha, dropout=dropout, dora=dora,
+                        rank_dropout=rank_dropout, module_dropout=module_dropout)
     network.attach()
     return network

@@ -16,7 +16,7 @@ import torch
 
 from sdlora.config import dump_config
 from sdlora.formats import save_lora
-from sdlora.train import optimizers
+from sdlora.train import block_options, optimizers
 from sdlora.train.checkpoint import writing
 
 _VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
@@ -39,8 +39,12 @@ def _network_args(cfg) -> dict[str, str]:
         args["dora_wd"] = "True"
     if cfg.lora.dropout:
         args["dropout"] = str(cfg.lora.dropout)
+    for key in ("rank_dropout", "module_dropout"):  # sd-scripts' network_args names
+        if getattr(cfg.lora, key):
+            args[key] = str(getattr(cfg.lora, key))
     if cfg.optim.loraplus_ratio:
         args["loraplus_lr_ratio"] = str(cfg.optim.loraplus_ratio)  # sd-scripts' network argument
+    args.update(block_options.network_args(cfg))
     return args
 
 
@@ -90,6 +94,7 @@ def _loss_keys(cfg) -> dict:
     huber = o.loss_type != "l2"
     return {"ss_huber_schedule": o.huber_schedule if huber else None, "ss_huber_c": o.huber_c if huber else None,
             "ss_ip_noise_gamma": o.ip_noise_gamma or None, "ss_debiased_estimation": o.debiased_estimation,
+            "ss_zero_terminal_snr": o.zero_terminal_snr,
             "ss_multires_noise_iterations": o.multires_noise_iterations or None,
             "ss_multires_noise_discount": o.multires_noise_discount if o.multires_noise_iterations else None}
 

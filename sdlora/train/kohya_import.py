@@ -279,6 +279,18 @@ def _unet_only(value: Any, data: dict) -> bool:
     return False
 
 
+def _numbers(convert: Callable[[Any], Any]) -> Callable[[Any, dict], list]:
+    """sd-scripts' comma-separated per-block values ("2,4,4,...") or a list, each converted."""
+    def parse(value: Any, data: dict) -> list:
+        parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+        try:
+            return [convert(part.strip() if isinstance(part, str) else part) for part in parts]
+        except _Skip:
+            raise _Skip(f"expected comma-separated numbers, got {value!r} (kohya's named lr-weight presets such "
+                        "as sine or cosine are not supported: give the numbers)") from None
+    return parse
+
+
 def _crop(value: Any, data: dict) -> str:
     return "random" if _bool(value) else "center"
 
@@ -362,6 +374,18 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "network_args.conv_alpha": ("lora.conv_alpha", _plain(_float)),
     "network_args.loraplus_lr_ratio": ("optim.loraplus_ratio", _plain(_float)),
     "loraplus_lr_ratio": ("optim.loraplus_ratio", _plain(_float)),
+    "zero_terminal_snr": ("optim.zero_terminal_snr", _plain(_bool)),
+    **{f"{prefix}{key}": (target, convert) for prefix in ("", "network_args.") for key, (target, convert) in {
+        "block_dims": ("lora.block_dims", _numbers(_int)), "block_alphas": ("lora.block_alphas", _numbers(_float)),
+        "conv_block_dims": ("lora.conv_block_dims", _numbers(_int)),
+        "conv_block_alphas": ("lora.conv_block_alphas", _numbers(_float)),
+        "down_lr_weight": ("optim.down_lr_weight", _numbers(_float)),
+        "mid_lr_weight": ("optim.mid_lr_weight", _plain(_float)),
+        "up_lr_weight": ("optim.up_lr_weight", _numbers(_float))}.items()},
+    "network_args.rank_dropout": ("lora.rank_dropout", _plain(_float)),
+    "network_args.module_dropout": ("lora.module_dropout", _plain(_float)),
+    "rank_dropout": ("lora.rank_dropout", _plain(_float)),  # the kohya_ss GUI's spelling
+    "module_dropout": ("lora.module_dropout", _plain(_float)),
 }
 
 _LATER = "not supported by sdlora yet"
@@ -373,8 +397,6 @@ _NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
     "caption_dropout_every_n_epochs": ((0, 0.0, "0"), "caption dropout every N epochs is " + _LATER),
     "network_dropout": ((0, 0.0, "0"), ("kohya drops the LoRA's hidden units; sdlora's lora.dropout drops its "
                                         "input (not the same), so it is not set from this")),
-    "rank_dropout": ((0, 0.0, "0"), "rank dropout is " + _LATER),
-    "module_dropout": ((0, 0.0, "0"), "module dropout is " + _LATER),
     "scale_weight_norms": ((0, 0.0, "0"), "max-norm regularization (scale_weight_norms) is " + _LATER),
     "adaptive_noise_scale": ((0, 0.0, "0"), "adaptive noise scale is " + _LATER),
     "noise_offset_type": (("Original",), "only kohya's Original noise offset exists in sdlora"),
@@ -425,8 +447,8 @@ _NOT_NEEDED: dict[str, str] = {
     "unit": "LyCORIS option", "factor": "LyCORIS option", "decompose_both": "LyCORIS option",
     "use_cp": "LyCORIS option", "train_on_input": "LyCORIS option",
 }
-_BLOCK_KEYS = ("block_alphas", "block_dims", "block_lr_zero_threshold", "conv_block_alphas", "conv_block_dims",
-               "conv_alphas", "conv_dims", "down_lr_weight", "mid_lr_weight", "up_lr_weight")
+# block_dims, down_lr_weight, ... map (see _KEYS); these do not
+_BLOCK_KEYS = ("block_lr_zero_threshold", "conv_alphas", "conv_dims")
 
 
 def _classify(key: str, value: Any, data: dict) -> tuple[str, Any] | str:
@@ -447,7 +469,7 @@ def _ignore_reason(key: str, value: Any) -> str:
         off, what = _NOT_SUPPORTED[key]
         return f"{value!r} is sdlora's behaviour" if value in off else what
     if key in _BLOCK_KEYS:
-        return "per-block ranks, alphas and learning rates are " + _LATER
+        return "this per-block option is " + _LATER
     if key.startswith("network_args."):
         return "this network argument is " + _LATER
     return _NOT_NEEDED.get(key, "unknown to sdlora's kohya importer")

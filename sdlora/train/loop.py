@@ -21,8 +21,8 @@ import torch
 
 from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
+from sdlora.train import block_options, deepspeed_run, loss_options
 from sdlora.train import data as data_mod
-from sdlora.train import deepspeed_run, loss_options
 from sdlora.train.compiling import compile_unet
 from sdlora.train.conditioning import (
     LatentCache,
@@ -101,8 +101,11 @@ def _inject(cfg, components):
     if cfg.lora.train_text_encoder:
         targets.update(components.text_encoders)
     lc = cfg.lora
+    block_ranks, conv_block_ranks = block_options.rank_tables(cfg, block_options.unet_blocks(components.unet))
     return inject_lora(targets, lc.targets, rank=lc.rank, alpha=lc.alpha, conv_rank=lc.conv_rank,
-                       conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora)
+                       conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora,
+                       rank_dropout=lc.rank_dropout, module_dropout=lc.module_dropout,
+                       block_ranks=block_ranks, conv_block_ranks=conv_block_ranks)
 
 
 def _caches(cfg, components, output: Path, train_text: bool):
@@ -128,7 +131,8 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
         if cfg.lora.train_text_encoder:
             for encoder in components.text_encoders.values():
                 encoder.gradient_checkpointing_enable()
-    optimizer = make_optimizer(param_groups(network, cfg), cfg, accelerator.device)
+    lr_weights = block_options.lr_weights(cfg, block_options.unet_blocks(components.unet))
+    optimizer = make_optimizer(param_groups(network, cfg, lr_weights), cfg, accelerator.device)
     lr_scheduler = make_scheduler(optimizer, cfg)
     engine = None
     if deepspeed_run.uses_deepspeed(accelerator):
@@ -138,6 +142,8 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     generator = torch.Generator(accelerator.device).manual_seed(cfg.optim.seed + accelerator.process_index)
     output = Path(cfg.output.dir)
     prediction = cfg.model.prediction_type or components.scheduler.config.prediction_type
+    # validation and samples read the schedule from components too, so they see the rescaled one
+    components.scheduler = loss_options.noise_schedule(cfg, components.scheduler, prediction)
     train_text = cfg.lora.train_text_encoder and any(n.startswith("text_encoder") for n in network.names)
     latent_cache, text_cache = _caches(cfg, components, output, train_text)
     state = TrainState(cfg, components, accelerator, network, optimizer, lr_scheduler, items, summary,

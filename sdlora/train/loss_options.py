@@ -28,6 +28,32 @@ def check(cfg) -> None:
                           f"[0, 1], got {o.multires_noise_iterations} and {o.multires_noise_discount}")
     if o.ip_noise_gamma < 0:
         raise ConfigError(f"optim.ip_noise_gamma: must be >= 0 (0 = off), got {o.ip_noise_gamma}")
+    if o.zero_terminal_snr and cfg.model.prediction_type == "epsilon":
+        _refuse_epsilon_zero_snr("model.prediction_type=epsilon")
+
+
+def _refuse_epsilon_zero_snr(where: str) -> None:
+    # At zero SNR the noised input is the noise itself, so predicting epsilon is the identity there and the
+    # SNR weights divide by zero; the paper switches to v-prediction and kohya warns that training goes wrong.
+    raise ConfigError(f"optim.zero_terminal_snr needs v-prediction, but {where}: set "
+                      "model.prediction_type=v_prediction (the LoRA then trains the base as a v-prediction "
+                      "model) or turn optim.zero_terminal_snr off")
+
+
+def noise_schedule(cfg, scheduler, prediction_type: str):
+    """The training noise schedule: `scheduler` itself, or with optim.zero_terminal_snr a DDPM schedule of the
+    same config whose betas are rescaled so that alphas_cumprod[-1] == 0 (diffusers' rescale_zero_terminal_snr,
+    Lin et al. 2023, https://arxiv.org/abs/2305.08891 Algorithm 1). DDPM rather than the base's own class
+    because its add_noise and get_velocity use alphas_cumprod directly, which stays finite at zero SNR.
+    Its timestep spacing is "trailing" (the paper's §3.3: sampling starts at the last, pure-noise step); the
+    training step never reads it, the samples' DDIM schedule, built from this config, does."""
+    if not cfg.optim.zero_terminal_snr:
+        return scheduler
+    if prediction_type != "v_prediction":
+        _refuse_epsilon_zero_snr(f"the base predicts {prediction_type}")
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
 
 def timestep_range(cfg, num_train_timesteps: int) -> tuple[int, int]:

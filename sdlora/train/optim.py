@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from sdlora.arch.blocks import block_of
 from sdlora.errors import ConfigError
 from sdlora.train import optimizers
 
@@ -20,21 +21,32 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial")
 
 
-def param_groups(network, cfg) -> list[dict]:
+def param_groups(network, cfg, lr_weights: dict[str, float] | None = None) -> list[dict]:
     """UNet and text-encoder LoRA parameters as separate groups with their own learning rates; with LoRA+
     (`optim.loraplus_ratio`, Hayou et al. 2024, https://arxiv.org/abs/2402.12354) the up matrices of each
-    part form a group of their own at lr x ratio. The UNet's base group stays first (the lr that is logged)."""
+    part form a group of their own at lr x ratio. `lr_weights` ({UNet block: factor}, sdlora.train.
+    block_options) puts each weighted block in a group of its own at the UNet lr x factor, named
+    ``unet.<block>``. The UNet's base group stays first (the lr that is logged)."""
     o, ratio = cfg.optim, cfg.optim.loraplus_ratio
     lrs = {"unet": o.unet_lr or o.lr, "text_encoder": o.text_encoder_lr or o.lr}
     groups: dict[str, dict] = {}
     for name in network.names:
         part = "unet" if name.startswith("unet.") else "text_encoder"
+        block, weight = _block_weight(name, part, lr_weights)
         for param_name, param in network.layer(name).named_parameters():
             plus = bool(ratio) and param_name.startswith("up.")
-            key = f"{part}_up" if plus else part
-            group = groups.setdefault(key, {"params": [], "lr": lrs[part] * (ratio if plus else 1), "name": key})
-            group["params"].append(param)
-    return [groups[k] for k in ("unet", "unet_up", "text_encoder", "text_encoder_up") if k in groups]
+            key = (f"{part}_up" if plus else part) + (f".{block}" if block else "")
+            lr = lrs[part] * (ratio if plus else 1) * weight
+            groups.setdefault(key, {"params": [], "lr": lr, "name": key})["params"].append(param)
+    order = {"unet": 0, "unet_up": 1, "text_encoder": 2, "text_encoder_up": 3}
+    return [groups[k] for k in sorted(groups, key=lambda k: (order[k.split(".")[0]], "." in k))]
+
+
+def _block_weight(name: str, part: str, lr_weights: dict[str, float] | None) -> tuple[str | None, float]:
+    if part != "unet" or not lr_weights:
+        return None, 1.0
+    block = block_of(name)
+    return (block, lr_weights[block]) if block in lr_weights else (None, 1.0)
 
 
 def make_optimizer(groups: list[dict], cfg, device: torch.device) -> torch.optim.Optimizer:

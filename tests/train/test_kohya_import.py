@@ -25,7 +25,7 @@ _GUI_IGNORED = {
 }
 _SDXL_IGNORED = _GUI_IGNORED | {
     "adaptive_noise_scale", "conv_block_alphas", "conv_block_dims", "decompose_both", "dim_from_weights",
-    "factor", "full_bf16", "module_dropout", "network_dropout", "no_token_padding", "noise_offset_type", "rank_dropout",
+    "factor", "full_bf16", "network_dropout", "no_token_padding", "noise_offset_type",
     "save_last_n_steps", "save_last_n_steps_state", "scale_v_pred_loss_like_noise_pred", "scale_weight_norms",
     "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae", "seed", "stop_text_encoder_training_pct",
     "train_on_input", "unit", "use_cp", "use_wandb", "weighted_captions",
@@ -44,6 +44,7 @@ _SDXL_MAPPED = {
     "max_timestep": ("optim.max_timestep", 1000), "multires_noise_iterations": ("optim.multires_noise_iterations", 0),
     "multires_noise_discount": ("optim.multires_noise_discount", 0.0),
     "prior_loss_weight": ("optim.prior_loss_weight", 1.0),
+    "rank_dropout": ("lora.rank_dropout", 0.0), "module_dropout": ("lora.module_dropout", 0.0),
 }
 
 EXPECTED = {
@@ -156,9 +157,9 @@ def test_sd_scripts_training_toml():
         "optim.gradient_checkpointing": True, "optim.noise_offset": 0.05, "optim.min_snr_gamma": 5.0,
         "output.save_every": 500, "output.dir": "output/cat", "output.name": "cat", "output.sample_every": 250,
         "lora.conv_rank": 4, "lora.conv_alpha": 1.0, "output.log_with": "tensorboard", "optim.loraplus_ratio": 16.0,
+        "lora.rank_dropout": 0.1,
     }
-    assert [key for key, _ in result.ignored] == ["v2", "sdpa", "sample_prompts", "clip_skip", "logging_dir",
-                                                   "network_args.rank_dropout"]
+    assert [key for key, _ in result.ignored] == ["v2", "sdpa", "sample_prompts", "clip_skip", "logging_dir"]
 
 
 def test_sd_scripts_dataset_toml_takes_the_first_subset():
@@ -233,6 +234,27 @@ def test_cli_prints_ignored_keys_and_applies_the_rest(capsys, tmp_path):
                  str(data), "--set", "data.batch_size=2", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "kohya import: 38 keys mapped, 54 ignored" in out
+    assert "kohya import: 40 keys mapped, 52 ignored" in out
     assert "  ignored epoch: sdlora counts optimizer steps" in out
     assert "optimizer: prodigy" in out and "batch_size: 2" in out  # --set wins over the import
+
+
+def test_zero_terminal_snr_and_lora_dropouts_map(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_text('zero_terminal_snr = true\nv_parameterization = true\n'
+                    'network_args = ["rank_dropout=0.1", "module_dropout=0.2"]\n')
+    result = read_kohya(path)
+    assert result.values == {"optim.zero_terminal_snr": True, "model.prediction_type": "v_prediction",
+                             "lora.rank_dropout": 0.1, "lora.module_dropout": 0.2}
+
+
+def test_block_options_map_from_network_args_and_gui_keys(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_text('network_args = ["block_dims=0,2,4", "block_alphas=1,1,2", "conv_block_dims=0,1,1", '
+                    '"down_lr_weight=sine"]\nmid_lr_weight = "0.5"\nup_lr_weight = "1,0.5"\n')
+    result = read_kohya(path)
+    assert result.values == {"lora.block_dims": [0, 2, 4], "lora.block_alphas": [1.0, 1.0, 2.0],
+                             "lora.conv_block_dims": [0, 1, 1], "optim.mid_lr_weight": 0.5,
+                             "optim.up_lr_weight": [1.0, 0.5]}
+    (key, reason), = result.ignored
+    assert key == "network_args.down_lr_weight" and "named lr-weight presets" in reason

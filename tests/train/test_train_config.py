@@ -85,3 +85,10 @@ def test_dump_then_load_round_trip(tmp_path):
 def test_every_field_has_help():
     for key in ("optim.lr", "data.keep_tokens", "lora.dora", "model.base", "output.save_every"):
         assert len(field_help(key)) > 10
+
+
+@pytest.mark.parametrize("key", ["lora.rank_dropout", "lora.module_dropout"])
+def test_lora_dropouts_must_be_probabilities_below_one(key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + r": must be in \[0, 1\)"):
+        load_config(None, [f"{key}=1"])
+    assert getattr(load_config(None, [f"{key}=0.25"]).lora, key.split(".")[1]) == 0.25

@@ -1,5 +1,6 @@
 """Trainer features beyond the q/v acceptance run: samples, caches, DoRA/LoCon export, SDXL, bf16."""
 
+import json
 import warnings
 
 import pytest
@@ -198,3 +199,17 @@ def test_update_clips_steps_and_zeroes_without_accelerate_wrappers():
     assert torch.linalg.vector_norm(moved).item() == pytest.approx(0.5, rel=1e-5)  # lr 1 x clipped gradient
     assert all(p.grad is None for p in params)
     assert schedule.get_last_lr()[0] == pytest.approx(0.5)
+
+
+def test_rank_and_module_dropout_reach_training_and_metadata(tmp_path):
+    data = write_images(tmp_path / "data", count=2)
+    runs = {}
+    for name, extra in (("off", ()), ("on", ("lora.rank_dropout=0.5", "lora.module_dropout=0.5"))):
+        cfg = tiny_config(data, tmp_path / name, "optim.steps=3", "optim.lr=1e-2", *extra)
+        result = train(cfg, make_tiny_components(tmp_path / f"c{name}"))
+        with safe_open(str(result.files[0]), "pt") as f:
+            runs[name] = ({k: f.get_tensor(k) for k in sorted(f.keys())}, json.loads(f.metadata()["ss_network_args"]))
+    (off, off_args), (on, on_args) = runs["off"], runs["on"]
+    assert any(not torch.equal(off[k], on[k]) for k in off)
+    assert on_args["rank_dropout"] == "0.5" and on_args["module_dropout"] == "0.5"
+    assert "rank_dropout" not in off_args and "module_dropout" not in off_args

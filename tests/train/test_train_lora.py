@@ -169,3 +169,60 @@ def test_dropout_applies_in_training_only():
     layer.eval()
     torch.testing.assert_close(layer.hook(base, (x,), base(x)), _general_path(layer, base, x), atol=1e-5,
                                rtol=1e-5)
+
+
+def _rank_dropout_pair(**options):
+    torch.manual_seed(5)
+    base = nn.Linear(8, 6)
+    plain = LoraLayer(base, rank=4, alpha=2.0)
+    nn.init.normal_(plain.up.weight)
+    dropped = LoraLayer(base, rank=4, alpha=2.0, **options)
+    dropped.load_state_dict(plain.state_dict())
+    return base, plain, dropped
+
+
+@pytest.mark.parametrize("options", [{"rank_dropout": 0.5}, {"module_dropout": 0.5}])
+def test_rank_and_module_dropout_apply_in_training_only(options):
+    base, plain, dropped = _rank_dropout_pair(**options)
+    x = torch.randn(4, 3, 8)
+    expect = plain.hook(base, (x,), base(x))
+    torch.manual_seed(6)
+    outputs = [dropped.hook(base, (x,), base(x)) for _ in range(8)]
+    assert any(not torch.allclose(out, expect) for out in outputs)
+    dropped.eval()
+    torch.testing.assert_close(dropped.hook(base, (x,), base(x)), expect)
+
+
+def test_off_dropouts_are_bit_identical_and_draw_nothing():
+    base, plain, dropped = _rank_dropout_pair(rank_dropout=0.0, module_dropout=0.0)
+    x = torch.randn(2, 5, 8)
+    state = torch.get_rng_state()
+    assert torch.equal(dropped.hook(base, (x,), base(x)), plain.hook(base, (x,), base(x)))
+    assert torch.equal(torch.get_rng_state(), state)  # the other random draws of a run stay where they were
+
+
+def test_rank_dropout_zeroes_rank_channels_per_sample_and_rescales():
+    # with up = identity-like and scale 1, the output shows which rank channels survived, scaled by 1/(1-p)
+    base = nn.Linear(4, 4, bias=False)
+    nn.init.zeros_(base.weight)
+    layer = LoraLayer(base, rank=4, alpha=4.0, rank_dropout=0.5)
+    with torch.no_grad():
+        layer.down.weight.copy_(torch.eye(4))
+        layer.up.weight.copy_(torch.eye(4))
+    x = torch.ones(64, 3, 4)
+    torch.manual_seed(7)
+    out = layer.hook(base, (x,), base(x))
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert torch.equal(out[:, 0], out[:, 1])  # one draw per sample and channel, shared by the tokens
+    assert 0.3 < (out == 0).float().mean().item() < 0.7
+
+
+def test_module_dropout_skips_whole_conv_lora():
+    torch.manual_seed(8)
+    base = nn.Conv2d(3, 4, 3, padding=1)
+    layer = LoraLayer(base, rank=2, alpha=2.0, module_dropout=0.5, rank_dropout=0.5)
+    nn.init.normal_(layer.up.weight)
+    x = torch.randn(2, 3, 5, 5)
+    outputs = [layer.hook(base, (x,), base(x)) for _ in range(16)]
+    assert any(torch.equal(out, base(x)) for out in outputs)
+    assert any(not torch.allclose(out, base(x)) for out in outputs)

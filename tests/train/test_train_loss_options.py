@@ -13,10 +13,12 @@ from sdlora.config import load_config
 from sdlora.errors import ConfigError
 from sdlora.train import loss_options, train
 from sdlora.train.loss import (
+    compute_snr,
     debiased_weights,
     diffusion_loss,
     elementwise_loss,
     huber_c,
+    min_snr_weights,
     multires_noise,
     perturb_noise,
     sample_timesteps,
@@ -96,6 +98,7 @@ def test_multires_noise_adds_coarse_structure_at_unit_scale():
     (["optim.ip_noise_gamma=-0.1"], "ip_noise_gamma"),
     (["optim.multires_noise_iterations=-1"], "multires_noise_iterations"),
     (["optim.multires_noise_discount=1.5"], "multires_noise_discount"),
+    (["optim.zero_terminal_snr=true", "model.prediction_type=epsilon"], "zero_terminal_snr needs v-prediction"),
 ])
 def test_bad_values_are_config_errors(settings, match):
     with pytest.raises(ConfigError, match=match):
@@ -122,3 +125,44 @@ def test_options_change_training_and_are_written_as_ss_keys(tmp_path):
         meta = f.metadata()
     assert meta["ss_loss_type"] == "l2" and "ss_huber_c" not in meta and "ss_ip_noise_gamma" not in meta
     assert "ss_multires_noise_iterations" not in meta
+
+
+def _ddpm():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, prediction_type="v_prediction")
+
+
+def test_zero_terminal_snr_rescales_schedule_to_zero_at_the_end():
+    base = _ddpm()
+    schedule = loss_options.noise_schedule(load_config(None, ["optim.zero_terminal_snr=true"]), base,
+                                           "v_prediction")
+    alphas_cumprod = schedule.alphas_cumprod
+    assert alphas_cumprod[-1].item() == 0.0 and base.alphas_cumprod[-1].item() > 0.0
+    assert bool((alphas_cumprod[1:] < alphas_cumprod[:-1]).all())  # strictly decreasing noise level
+    assert alphas_cumprod[0].item() == pytest.approx(base.alphas_cumprod[0].item())  # the first step keeps its SNR
+    snr = compute_snr(alphas_cumprod, torch.tensor([0, 500, 999]))
+    assert snr[-1].item() == 0.0 and torch.isfinite(min_snr_weights(snr, 5.0, "v_prediction")).all()
+
+
+def test_zero_terminal_snr_off_keeps_the_schedule_and_refuses_epsilon():
+    base = _ddpm()
+    assert loss_options.noise_schedule(load_config(None), base, "epsilon") is base
+    with pytest.raises(ConfigError, match="base predicts epsilon.*model.prediction_type=v_prediction"):
+        loss_options.noise_schedule(load_config(None, ["optim.zero_terminal_snr=true"]), base, "epsilon")
+
+
+def test_zero_terminal_snr_trains_and_is_written(tmp_path):
+    data = write_images(tmp_path / "data", count=2)
+    runs = {}
+    for name, extra in {"plain": [], "ztsnr": ["optim.zero_terminal_snr=true"]}.items():
+        cfg = tiny_config(data, tmp_path / name, "optim.steps=2", "optim.lr=1e-3", "model.prediction_type=v_prediction",
+                          "optim.min_timestep=990", *extra)  # late timesteps, where the rescaled schedule differs most
+        runs[name] = train(cfg, make_tiny_components(tmp_path / f"c{name}"))
+    plain, ztsnr = (load_file(runs[n].files[0]) for n in ("plain", "ztsnr"))
+    assert any(not torch.equal(plain[k], ztsnr[k]) for k in plain)
+    assert all(torch.isfinite(t).all() for t in ztsnr.values())
+    for name, expect in (("plain", "False"), ("ztsnr", "True")):
+        with safe_open(str(runs[name].files[0]), "pt") as f:
+            assert f.metadata()["ss_zero_terminal_snr"] == expect

@@ -41,9 +41,10 @@ def _cfg(data, out, *extra):
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_equals_uninterrupted(tmp_path, data):
-    full = train(_cfg(data, tmp_path / "a"), make_tiny_components(tmp_path / "ca"))
-    cfg = _cfg(data, tmp_path / "b")
+@pytest.mark.parametrize("extra", [(), ("lora.rank_dropout=0.3", "lora.module_dropout=0.3")])
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, data, extra):
+    full = train(_cfg(data, tmp_path / "a", *extra), make_tiny_components(tmp_path / "ca"))
+    cfg = _cfg(data, tmp_path / "b", *extra)
     with pytest.raises(Killed):
         train(cfg, make_tiny_components(tmp_path / "cb"), on_step=_kill_at(5))
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step-000003"]
