@@ -95,6 +95,9 @@ class LoraConfig:
     conv_rank: int = _opt(4, "rank of 3x3 conv LoRA (locon, locon-io presets)")
     conv_alpha: float = _opt(1.0, "alpha of 3x3 conv LoRA (locon, locon-io presets)")
     dropout: float = _opt(0.0, "dropout on the LoRA input")
+    rank_stabilized: bool = _opt(False, "rank-stabilized LoRA (rsLoRA): scale = alpha / sqrt(rank) instead of "
+                                 "alpha / rank, so larger ranks keep learning; the file stores alpha x sqrt(rank) "
+                                 "per module, which every loader reads as the same scale")
     rank_dropout: float = _opt(0.0, "training only: probability of zeroing each rank channel of the LoRA's down "
                                "output per sample, the rest scaled up (sd-scripts' rank_dropout; 0 = off)")
     module_dropout: float = _opt(0.0, "training only: probability of skipping a module's LoRA for a whole step "

@@ -242,7 +242,8 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
                 conv_rank: int | None = None, conv_alpha: float | None = None, dropout: float = 0.0,
                 dora: bool = False, rank_dropout: float = 0.0, module_dropout: float = 0.0,
                 block_ranks: dict[str, tuple[int, float]] | None = None,
-                conv_block_ranks: dict[str, tuple[int, float]] | None = None) -> LoraNetwork:
+                conv_block_ranks: dict[str, tuple[int, float]] | None = None,
+                rank_stabilized: bool = False) -> LoraNetwork:
     """Attach LoRA to the modules `preset` targets in each component and return the network.
 
     Args:
@@ -253,6 +254,8 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
         dropout, dora, rank_dropout, module_dropout: see LoraLayer.
         block_ranks, conv_block_ranks: {UNet block name (sdlora.arch.blocks): (rank, alpha)} overriding
             rank/alpha (conv_rank/conv_alpha) for the modules in that block; rank 0 leaves them without LoRA.
+        rank_stabilized: scale alpha / sqrt(rank) (rsLoRA). Kept as the module's alpha x sqrt(rank), so the
+            usual alpha / rank of every loader (and of the exported file) gives that scale.
 
     Returns:
         The attached LoraNetwork (float32 parameters on each base layer's device).
@@ -273,6 +276,8 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
             module_rank, module_alpha = _block_rank(name, conv_block_ranks if is_big_conv else block_ranks, default)
             if module_rank == 0:
                 continue
+            if rank_stabilized:
+                module_alpha *= math.sqrt(module_rank)
             network.add(name, module, rank=module_rank, alpha=module_alpha, dropout=dropout, dora=dora,
                         rank_dropout=rank_dropout, module_dropout=module_dropout)
     network.attach()

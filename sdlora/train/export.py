@@ -39,6 +39,8 @@ def _network_args(cfg) -> dict[str, str]:
         args["dora_wd"] = "True"
     if cfg.lora.dropout:
         args["dropout"] = str(cfg.lora.dropout)
+    if cfg.lora.rank_stabilized:  # LyCORIS' network argument name; the per-module alphas carry the scale
+        args["rs_lora"] = "True"
     for key in ("rank_dropout", "module_dropout"):  # sd-scripts' network_args names
         if getattr(cfg.lora, key):
             args[key] = str(getattr(cfg.lora, key))

@@ -105,7 +105,8 @@ def _inject(cfg, components):
     return inject_lora(targets, lc.targets, rank=lc.rank, alpha=lc.alpha, conv_rank=lc.conv_rank,
                        conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora,
                        rank_dropout=lc.rank_dropout, module_dropout=lc.module_dropout,
-                       block_ranks=block_ranks, conv_block_ranks=conv_block_ranks)
+                       block_ranks=block_ranks, conv_block_ranks=conv_block_ranks,
+                       rank_stabilized=lc.rank_stabilized)
 
 
 def _caches(cfg, components, output: Path, train_text: bool):

@@ -226,3 +226,25 @@ def test_module_dropout_skips_whole_conv_lora():
     outputs = [layer.hook(base, (x,), base(x)) for _ in range(16)]
     assert any(torch.equal(out, base(x)) for out in outputs)
     assert any(not torch.allclose(out, base(x)) for out in outputs)
+
+
+def test_rank_stabilized_scale_is_alpha_over_sqrt_rank_and_exports_as_a_plain_alpha(tiny_unet):
+    """rsLoRA: scale alpha / sqrt(rank); the module keeps alpha x sqrt(rank), so any loader's alpha / rank
+    (and sdlora's own LoraModule.scale of the exported state) is the same scale."""
+    plain = inject_lora({"unet": tiny_unet}, "qv", rank=4, alpha=2.0)
+    assert all(layer.scale == 0.5 for layer in plain.layers.values())
+    plain.remove()
+    net = inject_lora({"unet": tiny_unet}, "qv", rank=4, alpha=2.0, rank_stabilized=True)
+    assert all(layer.scale == 1.0 and layer.alpha == 4.0 for layer in net.layers.values())
+    state = net.to_state()
+    assert {module.alpha for module in state.modules.values()} == {4.0}
+    assert {module.scale for module in state.modules.values()} == {1.0}
+    net.remove()
+
+
+def test_rank_stabilized_is_named_in_the_network_args():
+    from sdlora.config import load_config
+    from sdlora.train import export
+
+    assert "rs_lora" not in export._network_args(load_config(None))
+    assert export._network_args(load_config(None, ["lora.rank_stabilized=true"]))["rs_lora"] == "True"

@@ -59,7 +59,7 @@ ADVANCED: dict[str, list[str]] = {
                      "optim.max_timestep", "optim.noise_offset", "optim.min_snr_gamma", "optim.ip_noise_gamma",
                      "optim.multires_noise_iterations", "optim.multires_noise_discount",
                      "optim.debiased_estimation", "optim.zero_terminal_snr"],
-    "LoRA dropout": ["lora.rank_dropout", "lora.module_dropout"],
+    "LoRA variants": ["lora.rank_stabilized", "lora.rank_dropout", "lora.module_dropout"],
     "Tracking": ["output.log_with"],
 }
 # folders typed into the form: confined to the configured folders like the data set (AppState.read_path)
