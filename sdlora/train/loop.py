@@ -70,6 +70,7 @@ class TrainState:
     ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
     stages: Any = None  # sdlora.train.progress.Stages: stage reports and cancel between cached items
     validation: list = field(default_factory=list)  # sdlora.train.validation.ValidationInput per held-out image
+    noise: Any = None  # the forward-process schedule (loss_options.forward_process), DDPM whatever samples use
     _epochs: dict = field(default_factory=dict)
 
     @property
@@ -150,6 +151,7 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     state = TrainState(cfg, components, accelerator, network, optimizer, lr_scheduler, items, summary,
                        generator, output, prediction, train_text, weight_dtype, latent_cache, text_cache)
     state.params = list(network.parameters())
+    state.noise = loss_options.forward_process(components.scheduler)
     state.engine = engine
     state.unet = components.unet
     if cfg.optim.compile:  # after inject_lora: the hooks are traced into the graph
@@ -204,7 +206,7 @@ def _text(state: TrainState, captions: list[str]):
 
 def training_step(state: TrainState, micro: int) -> torch.Tensor:
     """Loss of one micro-batch (not yet divided by grad_accum)."""
-    cfg, scheduler = state.cfg, state.components.scheduler
+    cfg, scheduler = state.cfg, state.noise
     latents, captions, size_ids = prepare_batch(state, micro)
     # forward diffusion: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise (DDPM, Ho et al. 2020 eq. 4)
     noise = sample_noise(latents, state.generator, cfg.optim.noise_offset)

@@ -56,6 +56,17 @@ def noise_schedule(cfg, scheduler, prediction_type: str):
     return DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
 
+def forward_process(scheduler):
+    """The schedule the training step noises with: `scheduler` when it is a DDPM schedule, else a DDPM schedule
+    of the same config. A pipeline ships an inference scheduler, and some of them (DPM-Solver++, Euler) index
+    `add_noise` by their inference timesteps or add sigma-scaled noise: with them x_t would not be the
+    forward process q(x_t | x_0) at the timestep the UNet is told (measured: DPM-Solver++ gave t=0 the noise
+    of t=999). diffusers' training scripts do the same (`DDPMScheduler.from_pretrained(subfolder=...)`)."""
+    from diffusers import DDPMScheduler
+
+    return scheduler if isinstance(scheduler, DDPMScheduler) else DDPMScheduler.from_config(scheduler.config)
+
+
 def timestep_range(cfg, num_train_timesteps: int) -> tuple[int, int]:
     """[low, high) of the training timesteps; raises ConfigError when it is empty for this model."""
     low, high = cfg.optim.min_timestep, cfg.optim.max_timestep or num_train_timesteps

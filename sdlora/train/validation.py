@@ -68,7 +68,7 @@ def _text(state, caption: str):
 
 
 def _one(state, entry: ValidationInput) -> float:
-    scheduler, device, dtype = state.components.scheduler, state.device, state.weight_dtype
+    scheduler, device, dtype = state.noise, state.device, state.weight_dtype
     latents, noise = entry.latents.to(device), entry.noise.to(device)
     timesteps = entry.timesteps.to(device)
     noisy = scheduler.add_noise(latents, noise, timesteps)

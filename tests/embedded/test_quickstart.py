@@ -19,11 +19,9 @@ style's palette and texture brings it down. Two references:
 
 Strength 0 must give the base's images bit for bit. At strength 1 the LoRA must cut the raw distance by
 at least 45% (what every training seed reaches) and halve the distance to the round-tripped style set,
-keeping the prompted shapes. Measured with
-the embedded preset (locon-io, 600 steps) on the shipped weights (VAE widened by pretraining phase 4,
-README "Embedded model"), training seeds 0 / 1 / 2: raw 0.612 -> 0.299 / 0.302 / 0.307 (51.1% / 50.6% /
-49.9% less; the VAE's round trip itself scores 0.178). Before the VAE was widened its round trip scored
-0.247 and the cut was 50.3% / 45.1% (locon, seeds 0 / 1).
+keeping the prompted shapes. Measured with the embedded preset (locon-io, 600 steps, lr 8e-3) on the
+shipped weights, the trainer noising with the DDPM forward process: training seed 0: raw 0.612 -> 0.301
+(50.9% less), seed 1: 0.283 (53.7% less); the VAE's round trip itself scores 0.178.
 
 The distance is blind to content, so the LoRA's images must also still show the prompted shape (the rule-based
 judge of sdlora/embedded/judge.py, which finds the shape in 32/32 style images): the DPM++ 2M SDE sampler

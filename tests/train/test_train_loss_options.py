@@ -166,3 +166,25 @@ def test_zero_terminal_snr_trains_and_is_written(tmp_path):
     for name, expect in (("plain", "False"), ("ztsnr", "True")):
         with safe_open(str(runs[name].files[0]), "pt") as f:
             assert f.metadata()["ss_zero_terminal_snr"] == expect
+
+
+@pytest.mark.parametrize("folder", ["embedded", "sdxl", "sd15"])
+def test_the_forward_process_is_ddpm_whatever_scheduler_the_base_ships(folder):
+    """The embedded model ships DPM-Solver++ and SDXL Euler: their add_noise is not q(x_t | x_0) at the
+    training timestep (DPM-Solver++ gave t=0 the noise of t=999). Training noises with DDPM of the same
+    config: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, its noise share growing with t."""
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    from sdlora.configs import models_root
+    from sdlora.embedded import weights_dir
+
+    root = weights_dir() if folder == "embedded" else models_root() / folder
+    kind = {"embedded": DPMSolverMultistepScheduler, "sdxl": EulerDiscreteScheduler, "sd15": PNDMScheduler}[folder]
+    shipped = kind.from_pretrained(root / "scheduler")
+    forward = loss_options.forward_process(shipped)
+    t = torch.tensor([0, 10, 100, 500, 900, 999])
+    noisy = forward.add_noise(torch.zeros(6, 1), torch.ones(6, 1), t).flatten()
+    expected = (1 - forward.alphas_cumprod[t]).sqrt()
+    torch.testing.assert_close(noisy, expected)
+    assert bool((noisy[1:] > noisy[:-1]).all())
+    torch.testing.assert_close(forward.alphas_cumprod, shipped.alphas_cumprod)  # the same betas
