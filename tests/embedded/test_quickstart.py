@@ -21,7 +21,7 @@ Strength 0 must give the base's images bit for bit. At strength 1 the LoRA must 
 at least 45% (what every training seed reaches) and halve the distance to the round-tripped style set,
 keeping the prompted shapes. Measured with the embedded preset (locon-io, 600 steps, lr 8e-3) on the
 shipped weights, the trainer noising with the DDPM forward process: training seed 0: raw 0.612 -> 0.301
-(50.9% less), seed 1: 0.283 (53.7% less); the VAE's round trip itself scores 0.178.
+(50.9% less), seed 1: 0.283 (53.7% less), seed 2: 0.269 (56.1% less); the VAE's round trip itself scores 0.178.
 
 The distance is blind to content, so the LoRA's images must also still show the prompted shape (the rule-based
 judge of sdlora/embedded/judge.py, which finds the shape in 32/32 style images): the DPM++ 2M SDE sampler
