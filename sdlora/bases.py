@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sdlora.arch.family import FAMILY_NAMES, detect_checkpoint_family
 from sdlora.arch.tables import build_table_from_config_dir, family_table
-from sdlora.embedded import weights_dir
+from sdlora.base_ref import config_folder, parse_base
 from sdlora.errors import ConfigError, FormatError, SdloraError
 from sdlora.header import LORA_MARKERS, read_header
 
@@ -125,17 +125,6 @@ def checkpoint_family(path: Path) -> str | None:
     return family
 
 
-def config_folder(base: str) -> Path | None:
-    """The diffusers config folder of a custom-size base ("embedded", a folder, a file with <stem>.config/)."""
-    if base == EMBEDDED:
-        return weights_dir()
-    path = Path(base)
-    if path.is_dir():
-        return path
-    beside = path.with_suffix(".config")
-    return beside if (beside / "model_index.json").is_file() else None
-
-
 @functools.lru_cache(maxsize=16)
 def base_widths(base: str, family: str | None = None) -> dict[str, frozenset[tuple[str, int]]]:
     """{"unet"/"text": {("in"|"out", width)}} of a base's LoRA-targetable layers: the shipped table of
@@ -144,7 +133,7 @@ def base_widths(base: str, family: str | None = None) -> dict[str, frozenset[tup
     if family is not None:
         table = family_table(family)
     else:
-        folder = config_folder(base)
+        folder = config_folder(parse_base(base))  # the one meaning of a base (sdlora.base_ref)
         if folder is None:
             raise ConfigError(f"{base}: no diffusers configs to read its layer widths from")
         table = build_table_from_config_dir(folder)

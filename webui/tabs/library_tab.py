@@ -18,12 +18,12 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import SdloraError
+from sdlora.suffixes import IMAGE_SUFFIXES
 from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
 
 COLUMNS = ["name", "fits base", "family", "rank", "size", "date", "hash", "trigger words", "top tags", "notes"]
 SAMPLE_LIMIT = 24  # training samples offered as previews
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SORTS = {"name": "name (A-Z)", "date": "date (newest first)", "size": "size (largest first)"}
 
 
