@@ -73,8 +73,8 @@ def svd_of_matrix(matrix: Tensor, rank: int | None = None) -> Svd:
 
 
 def factors(module: Factors) -> tuple[Tensor, Tensor] | None:
-    """(a, b) in float64 with ΔW₂ = a @ b, the module's scale folded into a; None when the module has no
-    product structure here (a full diff, a DoRA magnitude, a LoKr whose first factor has a kernel)."""
+    """(a, b) in float64 with ΔW₂ = a @ b for a LoRA / LoCon / Tucker / LoHa module, the module's scale folded
+    into a; None for other kinds and for a module with a DoRA magnitude."""
     if "dora_scale" in module.tensors:
         return None
     t = {k: v.double() for k, v in module.tensors.items()}
@@ -82,12 +82,7 @@ def factors(module: Factors) -> tuple[Tensor, Tensor] | None:
         a, b = _lora_factors(t)
     elif module.kind == "loha":
         a, b = _loha_factors(t)
-    elif module.kind == "lokr":
-        svd = lokr_svd(module)
-        if svd is None:
-            return None
-        return svd.u * svd.s, svd.vh
-    else:
+    else:  # LoKr goes through lokr_svd; a full diff has no factors
         return None
     return a * module.scale, b
 
@@ -176,19 +171,42 @@ def choose_rank(svd: Svd, rank: int | None, energy: float | None) -> tuple[int, 
 
 
 def sum_svd(parts: list[tuple[Factors, float]], dense: Callable[[int], Tensor], rank: int | None) -> Svd:
-    """SVD of Σ weight·ΔW₂ over `parts`: the factors concatenated and one small QR/SVD when every part has
-    factors, else the dense sum (`dense(i)` gives part i's ΔW₂), decomposed with `svd_of_matrix`."""
-    if len(parts) == 1 and (svd := module_svd(parts[0][0])) is not None:
-        return _weighted(svd, parts[0][1])
-    pairs = [factors(module) for module, _ in parts]
-    if all(pair is not None for pair in pairs):
-        a = torch.cat([pair[0] * weight for pair, (_, weight) in zip(pairs, parts, strict=True)], 1)
-        return svd_of_product(a, torch.cat([pair[1] for pair in pairs], 0))
+    """SVD of Σ weight·ΔW₂ over `parts`, from the factors when every part has them, else of the dense sum
+    (`dense(i)` gives part i's ΔW₂), decomposed with `svd_of_matrix`. With factors, the part of highest
+    rank gives an exact SVD and the others are added to it by one small update (`add_to_svd`)."""
+    svds = [module_svd(module) for module, _ in parts]
+    if all(svd is not None for svd in svds):
+        order = sorted(range(len(parts)), key=lambda i: -svds[i].s.numel())
+        first = _weighted(svds[order[0]], parts[order[0]][1])
+        if len(parts) == 1:
+            return first
+        rest = [(svds[i].u * (svds[i].s * parts[i][1]), svds[i].vh) for i in order[1:]]
+        return add_to_svd(first, torch.cat([a for a, _ in rest], 1), torch.cat([b for _, b in rest], 0))
     total = None
-    for i, ((_, weight), pair) in enumerate(zip(parts, pairs, strict=True)):
-        delta = (pair[0] @ pair[1] if pair is not None else dense(i).double()) * weight
+    for i, ((_, weight), svd) in enumerate(zip(parts, svds, strict=True)):
+        delta = ((svd.u * svd.s) @ svd.vh if svd is not None else dense(i).double()) * weight
         total = delta if total is None else total + delta
     return svd_of_matrix(total, rank)
+
+
+def add_to_svd(svd: Svd, a: Tensor, b: Tensor) -> Svd:
+    """Exact SVD of u·diag(s)·vh + a @ b (u, vhᵀ orthonormal; a (out, k), b (k, in)).
+
+    Only the parts of a and bᵀ outside the known subspaces need a QR; the SVD is then that of a small
+    (r + k)² core. This costs O((out + in)·r·k + (r + k)³), against O((out + in)·(r + k)²) for a QR of the
+    concatenated factors.
+    """
+    r, k = svd.s.numel(), a.shape[1]
+    if r + k >= min(a.shape[0], b.shape[1]):
+        return svd_of_matrix((svd.u * svd.s) @ svd.vh + a @ b)
+    c, d = svd.u.T @ a, svd.vh @ b.T  # (r, k) each: a's and bᵀ's components inside the subspaces
+    q_a, r_a = torch.linalg.qr(a - svd.u @ c)
+    q_b, r_b = torch.linalg.qr(b.T - svd.vh.T @ d)
+    core = torch.cat([torch.cat([torch.diag(svd.s) + c @ d.T, c @ r_b.T], 1),
+                      torch.cat([r_a @ d.T, r_a @ r_b.T], 1)], 0)
+    u, s, vh = torch.linalg.svd(core)
+    left, right = torch.cat([svd.u, q_a], 1), torch.cat([svd.vh, q_b.T], 0)
+    return Svd(left @ u, s, vh @ right, float((s * s).sum()))
 
 
 def _weighted(svd: Svd, weight: float) -> Svd:
