@@ -87,10 +87,12 @@ def factors(module: Factors) -> tuple[Tensor, Tensor] | None:
     return a * module.scale, b
 
 
-def module_svd(module: Factors) -> Svd | None:
-    """Exact SVD of a module's scaled ΔW₂ from its factors; None where `factors` is None."""
+def module_svd(module: Factors, limit: int | None = None) -> Svd | None:
+    """Exact SVD of a module's scaled ΔW₂ from its factors; None where there are none (a full diff, DoRA,
+    a LoKr whose both factors have kernels). With `limit`, a LoKr's singular vectors are built for the
+    first `limit` values only (all of s is kept for the energy)."""
     if module.kind == "lokr" and "dora_scale" not in module.tensors:
-        return lokr_svd(module)
+        return lokr_svd(module, limit)
     pair = factors(module)
     return None if pair is None else svd_of_product(*pair)
 
@@ -122,7 +124,7 @@ def _loha_factors(t: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     return a, b
 
 
-def lokr_svd(module: Factors) -> Svd | None:
+def lokr_svd(module: Factors, limit: int | None = None) -> Svd | None:
     """SVD of scale·kron(W₁, W₂) as the Kronecker product of the factors' SVDs, pairs sorted by energy.
 
     kron(W₁, W₂₂) equals ΔW₂ when W₁ has no kernel (a 1x1 W₁ is unsqueezed to W₂'s rank, and a conv W₂ is
@@ -135,9 +137,10 @@ def lokr_svd(module: Factors) -> Svd | None:
         return None
     s = torch.outer(first.s, second.s).flatten() * abs(module.scale)
     order = torch.argsort(s, descending=True)
-    left, right = order // second.s.numel(), order % second.s.numel()
-    u = (first.u[:, left][:, None, :] * second.u[:, right][None, :, :]).reshape(-1, order.numel())
-    vh = (first.vh[left][:, :, None] * second.vh[right][:, None, :]).reshape(order.numel(), -1)
+    built = order[:limit]
+    left, right = built // second.s.numel(), built % second.s.numel()
+    u = (first.u[:, left][:, None, :] * second.u[:, right][None, :, :]).reshape(-1, built.numel())
+    vh = (first.vh[left][:, :, None] * second.vh[right][:, None, :]).reshape(built.numel(), -1)
     if module.scale < 0:
         u = -u
     return Svd(u, s[order], vh, float((s * s).sum()))
@@ -174,7 +177,7 @@ def sum_svd(parts: list[tuple[Factors, float]], dense: Callable[[int], Tensor], 
     """SVD of Σ weight·ΔW₂ over `parts`, from the factors when every part has them, else of the dense sum
     (`dense(i)` gives part i's ΔW₂), decomposed with `svd_of_matrix`. With factors, the part of highest
     rank gives an exact SVD and the others are added to it by one small update (`add_to_svd`)."""
-    svds = [module_svd(module) for module, _ in parts]
+    svds = [module_svd(module, rank if len(parts) == 1 else None) for module, _ in parts]
     if all(svd is not None for svd in svds):
         order = sorted(range(len(parts)), key=lambda i: -svds[i].s.numel())
         first = _weighted(svds[order[0]], parts[order[0]][1])

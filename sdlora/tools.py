@@ -146,7 +146,7 @@ def _without_dora(module: LoraModule) -> LoraModule:
 
 def _module_or_dense_svd(lora: LoraState, name: str, module: LoraModule, shape, rank, should_stop) -> Svd:
     """The module's SVD from its factors, or (a full diff) of its dense ΔW, randomized when large."""
-    svd = module_svd(module)
+    svd = module_svd(module, rank)
     if svd is not None:
         return svd
     delta = LoraState(modules={name: module}, family=lora.family).delta(name).reshape(shape[0], -1)
