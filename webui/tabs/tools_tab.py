@@ -372,7 +372,8 @@ def create_ui(app) -> dict[str, Any]:
     with gr.Tab("Resize"):
         with gr.Row():
             c["resize_src"] = _menu(app, c, "LoRA", "tools-resize-src")
-            c["resize_rank"] = gr.Number(8, label="Rank", precision=0, info="fixed rank; 0 = use energy")
+            c["resize_rank"] = gr.Number(8, label="Rank", precision=0, info="fixed rank; 0 = use energy",
+                                         elem_id="tools-resize-rank")
             c["resize_energy"] = gr.Number(0.9, label="Energy", info="fraction of singular-value energy kept")
             c["resize_dtype"] = gr.Dropdown(DTYPES, value="keep", label="dtype", info="keep: the input's")
             c["resize_out"] = gr.Textbox(label="New library name", elem_id="tools-resize-out")
@@ -384,7 +385,7 @@ def create_ui(app) -> dict[str, Any]:
                 c["merge_slots"] += [_menu(app, c, f"LoRA {i + 1}", f"tools-merge-{i}", scale=3),
                                      gr.Number(1.0, label="weight", scale=1, elem_id=f"tools-merge-{i}-weight")]
         with gr.Row():
-            c["merge_rank"] = gr.Number(0, label="Rank", precision=0,
+            c["merge_rank"] = gr.Number(0, label="Rank", precision=0, elem_id="tools-merge-rank",
                                         info="0 = exact (ranks concatenated); > 0 = SVD of the exact sum to this rank")
             c["merge_dtype"] = gr.Dropdown(DTYPES, value="keep", label="dtype", info="keep: the inputs'")
             c["merge_out"] = gr.Textbox(label="New library name")
