@@ -43,8 +43,9 @@ class Svd:
     randomized: bool = False
 
 
-def svd_of_product(a: Tensor, b: Tensor) -> Svd:
+def svd_of_product(a: Tensor, b: Tensor, limit: int | None = None) -> Svd:
     """Exact SVD of a @ b (a (out, k), b (k, in)) from the factors: QR of each, SVD of the k x k core.
+    With `limit`, the singular vectors are built for the first `limit` values only (s is all there).
 
     When k reaches the short side of the product there is nothing to gain: the product is decomposed.
     """
@@ -53,7 +54,7 @@ def svd_of_product(a: Tensor, b: Tensor) -> Svd:
     q_a, r_a = torch.linalg.qr(a)  # (out, k), (k, k)
     q_b, r_b = torch.linalg.qr(b.T)  # (in, k), (k, k)
     u, s, vh = torch.linalg.svd(r_a @ r_b.T)
-    return Svd(q_a @ u, s, vh @ q_b.T, float((s * s).sum()))
+    return Svd(q_a @ u[:, :limit], s, vh[:limit] @ q_b.T, float((s * s).sum()))
 
 
 def svd_of_matrix(matrix: Tensor, rank: int | None = None) -> Svd:
@@ -184,7 +185,7 @@ def sum_svd(parts: list[tuple[Factors, float]], dense: Callable[[int], Tensor], 
         if len(parts) == 1:
             return first
         rest = [(svds[i].u * (svds[i].s * parts[i][1]), svds[i].vh) for i in order[1:]]
-        return add_to_svd(first, torch.cat([a for a, _ in rest], 1), torch.cat([b for _, b in rest], 0))
+        return add_to_svd(first, torch.cat([a for a, _ in rest], 1), torch.cat([b for _, b in rest], 0), rank)
     total = None
     for i, ((_, weight), svd) in enumerate(zip(parts, svds, strict=True)):
         delta = ((svd.u * svd.s) @ svd.vh if svd is not None else dense(i).double()) * weight
@@ -192,8 +193,9 @@ def sum_svd(parts: list[tuple[Factors, float]], dense: Callable[[int], Tensor], 
     return svd_of_matrix(total, rank)
 
 
-def add_to_svd(svd: Svd, a: Tensor, b: Tensor) -> Svd:
-    """Exact SVD of u·diag(s)·vh + a @ b (u, vhᵀ orthonormal; a (out, k), b (k, in)).
+def add_to_svd(svd: Svd, a: Tensor, b: Tensor, limit: int | None = None) -> Svd:
+    """Exact SVD of u·diag(s)·vh + a @ b (u, vhᵀ orthonormal; a (out, k), b (k, in)); with `limit`, the
+    singular vectors of the first `limit` values only (building all of them was most of the cost).
 
     Only the parts of a and bᵀ outside the known subspaces need a QR; the SVD is then that of a small
     (r + k)² core. This costs O((out + in)·r·k + (r + k)³), against O((out + in)·(r + k)²) for a QR of the
@@ -209,7 +211,7 @@ def add_to_svd(svd: Svd, a: Tensor, b: Tensor) -> Svd:
                       torch.cat([r_a @ d.T, r_a @ r_b.T], 1)], 0)
     u, s, vh = torch.linalg.svd(core)
     left, right = torch.cat([svd.u, q_a], 1), torch.cat([svd.vh, q_b.T], 0)
-    return Svd(left @ u, s, vh @ right, float((s * s).sum()))
+    return Svd(left @ u[:, :limit], s, vh[:limit] @ right, float((s * s).sum()))
 
 
 def _weighted(svd: Svd, weight: float) -> Svd:

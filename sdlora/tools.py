@@ -123,7 +123,7 @@ def resize(lora: LoraState, rank=None, energy=None, on_progress: ProgressCallbac
         bare = _without_dora(module)
         if is_plain(bare):  # the scale stays outside, as alpha (sd-scripts' resize_lora.py does the same)
             up, down = factors_2d(bare)
-            svd, scale = svd_of_product(up, down), bare.scale
+            svd, scale = svd_of_product(up, down, rank), bare.scale
         else:
             svd, scale = _module_or_dense_svd(lora, name, bare, shape, rank, should_stop), 1.0
         keep, kept = choose_rank(svd, rank, energy)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import add_allow_pickle, energy_lines, progress_bar, refuse_existing
+from sdlora.cli.loraargs import add_allow_pickle, energy_lines, progress_bar, refuse_existing, stage
 
 DESCRIPTION = """\
 Extract a LoRA that turns BASE into TUNED: for every targeted module (UNet attention linears and 1x1
@@ -31,6 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    stage("extract", f"reading {args.base} and {args.tuned} (one module at a time)")
     from sdlora.extract import extract
     from sdlora.formats import save_lora
 

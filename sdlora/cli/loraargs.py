@@ -27,6 +27,12 @@ def lora_with_strength(text: str):
     return text, Strength()
 
 
+def stage(command: str, text: str) -> None:
+    """One line on stderr saying what the command does next, printed before any slow import or load, so
+    every command answers within a second (stdout stays the result, e.g. `verify --json`)."""
+    print(f"sdlora {command}: {text}", file=sys.stderr, flush=True)
+
+
 def progress_bar(description: str):
     """An `on_progress` callback drawing a tqdm bar on stderr (closed when done reaches total).
 

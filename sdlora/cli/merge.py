@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import energy_lines, lora_with_strength, progress_bar, refuse_existing
+from sdlora.cli.loraargs import energy_lines, lora_with_strength, progress_bar, refuse_existing, stage
 
 DESCRIPTION = """\
 Merge several LoRAs, each with a weight, into one file.
@@ -33,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    stage("merge", f"reading {len(args.loras)} LoRAs")
     from sdlora.errors import ConfigError
     from sdlora.formats import load_lora, save_lora
     from sdlora.tools import merge

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import energy_lines, progress_bar, refuse_existing
+from sdlora.cli.loraargs import energy_lines, progress_bar, refuse_existing, stage
 
 DESCRIPTION = """\
 Resize every module of a LoRA by SVD: to a fixed rank (--rank) or to the smallest rank that keeps a
@@ -31,6 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    stage("resize", f"reading {args.input}")
     from sdlora.formats import load_lora, save_lora
     from sdlora.tools import resize
 
