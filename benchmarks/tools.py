@@ -171,9 +171,9 @@ def resize_job(args) -> list[tuple]:
                 sample = names[: args.error_sample]
                 theirs = mean_error(original, load_lora(out), sample)
                 mine = mean_error(original, load_lora(Path(tmp) / "ours.safetensors"), sample)
-                rows.append(("", "kohya resize_lora.py (whole process)", seconds, None,
-                             f"mean error {theirs:.4f} (sdlora's file on the same {len(sample)}: {mine:.4f}); "
-                             f"sdlora {seconds / wall:.1f}x faster"))
+                note = (f"mean error {theirs:.4f} (sdlora's file on the same {len(sample)}: {mine:.4f}); "
+                        f"sdlora {seconds / wall:.1f}x faster")
+                rows.append(("", "kohya resize_lora.py (whole process)", seconds, None, note))
         else:
             rows.append(("", "kohya resize_lora.py", None, None, "not run: give --sd-scripts DIR"))
     return rows
@@ -191,9 +191,12 @@ def main() -> None:
     parser.add_argument("--dense-sample", type=int, default=3, help="modules the dense path is timed on")
     parser.add_argument("--error-sample", type=int, default=20, help="modules the kohya error is measured on")
     args = parser.parse_args()
+    from sdlora.threads import apply_threads
+
+    threads = apply_threads()  # as the CLI's resize / merge do
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; cores: {os.cpu_count()}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")
+          f"torch threads: {threads}")
     rows = merge_job(args) + resize_job(args)
     print("| job | contender | wall s | CPU s | notes |\n|---|---|---|---|---|")
     for job, who, wall, cpu, note in rows:

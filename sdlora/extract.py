@@ -28,11 +28,11 @@ from sdlora.atomic import atomic_folder, atomic_path
 from sdlora.configs import CONFIG_DIRS, models_root
 from sdlora.errors import ConfigError, FormatError, Interrupted
 from sdlora.generate import short_hash
+from sdlora.lowrank import choose_rank, svd_of_matrix
 from sdlora.models import family_from_unet, load_components, pipeline_from
 from sdlora.progress import ProgressCallback, report
 from sdlora.stack import LoraStack
 from sdlora.strength import Strength
-from sdlora.lowrank import choose_rank, svd_of_matrix
 from sdlora.tools import ModuleResult, ToolResult, rank_metadata, rebuild_module
 from sdlora.weights import LoraState
 

@@ -101,7 +101,7 @@ def _delta_shape(lora: LoraState, name: str, module: LoraModule) -> tuple[int, .
 # ----- resize ----------------------------------------------------------------------------------
 
 
-def resize(lora: LoraState, rank=None, energy=None, on_progress: ProgressCallback | None = None,  # noqa: PLR0913
+def resize(lora: LoraState, rank=None, energy=None, on_progress: ProgressCallback | None = None,
            dtype=None, should_stop: StopCheck | None = None) -> ToolResult:
     """Resize every module of `lora` by SVD to `rank`, or to the smallest rank keeping `energy`.
 
@@ -168,7 +168,7 @@ def _resize_note(rank, energy) -> str:
 
 
 def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: ProgressCallback | None = None,  # noqa: PLR0913
-          dtype=None, should_stop: StopCheck | None = None) -> ToolResult:
+          dtype=None, *, should_stop: StopCheck | None = None) -> ToolResult:
     """Merge weighted LoRAs into one.
 
     Args:

@@ -34,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
     stage("extract", f"reading {args.base} and {args.tuned} (one module at a time)")
     from sdlora.extract import extract
     from sdlora.formats import save_lora
+    from sdlora.threads import apply_threads
 
     refuse_existing(args.output, args.force)
+    apply_threads()  # small matrices: on a small or busy machine, OpenMP threads only wait on each other
     result = extract(args.base, args.tuned, args.rank, conv_rank=args.conv_rank, on_progress=progress_bar("extract"),
                      allow_pickle=args.allow_pickle)
     save_lora(result.lora, args.output, format="kohya", dtype=args.dtype)

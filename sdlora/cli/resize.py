@@ -33,9 +33,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     stage("resize", f"reading {args.input}")
     from sdlora.formats import load_lora, save_lora
+    from sdlora.threads import apply_threads
     from sdlora.tools import resize
 
     refuse_existing(args.output, args.force)
+    apply_threads()  # small matrices: on a small or busy machine, OpenMP threads only wait on each other
     result = resize(load_lora(args.input), rank=args.rank, energy=args.energy,
                     on_progress=progress_bar("resize"), dtype=args.dtype)
     save_lora(result.lora, args.output, format="kohya")

@@ -266,11 +266,11 @@ def test_cancel_stops_a_tool_run_before_the_next_module_and_writes_nothing(app, 
         return tools_tab.resize_lora(app, "style", 2, 0.9, "small", on_progress=report, should_stop=should_stop)
 
     stream = tools_tab.stream_run(runs, "resize", slow_resize, poll=0.01)
-    _, _, line, key = next(stream)
+    *_, key = next(stream)
     while not started:
-        _, _, line, key = next(stream)
+        *_, key = next(stream)
     assert tools_tab.cancel_run(runs, key).startswith("cancelling")
-    *_, (path, message, line, key) = list(stream)
+    *_, (path, message, _, key) = list(stream)
     assert path is None and "cancelled" in message and "after 1 of 2 modules" in message
     assert _library_files(app) == before
     assert tools_tab.cancel_run(runs, key) == "no tool is running in this page"

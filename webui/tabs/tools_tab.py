@@ -402,14 +402,18 @@ def create_ui(app) -> dict[str, Any]:
         _create_bake_ui(app, c)
     with gr.Tab("Metadata"):
         _create_metadata_ui(app, c)
-    with gr.Row():
-        c["progress"] = gr.Markdown(elem_id="tools-progress")
-        c["cancel"] = gr.Button("Cancel", variant="stop", size="sm", scale=0, elem_id="tools-cancel")
-    c["run_key"] = gr.State(None)  # this page's running resize / merge / extract, for Cancel
+    _create_run_ui(c)
     c["out_file"] = gr.File(label="Result", interactive=False)
     c["message"] = gr.Markdown(elem_id="tools-message")
     _wire(app, c)
     return c
+
+
+def _create_run_ui(c: dict[str, Any]) -> None:
+    with gr.Row():
+        c["progress"] = gr.Markdown(elem_id="tools-progress")
+        c["cancel"] = gr.Button("Cancel", variant="stop", size="sm", scale=0, elem_id="tools-cancel")
+    c["run_key"] = gr.State(None)  # this page's running resize / merge / extract, for Cancel
 
 
 def _menu(app, c: dict[str, Any], label: str, elem_id: str, **kwargs) -> gr.Dropdown:
