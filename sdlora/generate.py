@@ -18,7 +18,6 @@ from sdlora import __version__
 from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError, Interrupted
 from sdlora.header import tensor_data_sha256
-from sdlora.models import load_components, pipeline_from
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
 from sdlora.samplers import make_scheduler, resolve_sampler, sampler_name
@@ -251,12 +250,3 @@ def save_png(image, path, parameters: str) -> Path:
     with atomic_path(path, suffix=".png", fsync=False) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return path
-
-
-def load_base(base: str | None = None, allow_pickle: bool = False):
-    """(pipeline, model name) for `base`; None means sdlora's embedded model. `allow_pickle` lets a
-    .ckpt/.pt/.pth/.bin base be read (see `sdlora.models.load_components`)."""
-    name = base or "embedded"
-    components = load_components(name, allow_pickle=allow_pickle)
-    label = getattr(components, "name", "") or Path(str(name)).stem
-    return pipeline_from(components), label

@@ -43,6 +43,7 @@ import torch
 from sdlora import formats
 from sdlora.arch.blocks import block_names, block_of, check_strength, parse_block_strengths
 from sdlora.arch.components import canonical_name, components_of
+from sdlora.arch.family import unet_config_family
 from sdlora.arch.tables import table_for_model
 from sdlora.errors import CompatibilityError, ConfigError, SourceChangedError
 from sdlora.progress import Progress, report
@@ -840,6 +841,6 @@ def model_family_of(components) -> str | None:
     """
     family = table_for_model(SimpleNamespace(**components)).family
     if family is None:
-        cross = getattr(getattr(components.get("unet"), "config", None), "cross_attention_dim", None)
-        family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(cross)
+        config = getattr(components.get("unet"), "config", None)
+        family = unet_config_family(config) if config is not None else None
     return family

@@ -45,7 +45,7 @@ def _assert_same(loaded, expected):
 def test_single_file_bake_reads_back_in_diffusers_and_sdlora(pipe, components, lora_file, tmp_path, caplog):
     from diffusers import StableDiffusionPipeline
 
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
 
     caplog.set_level(logging.ERROR)
     base = _weights(pipe)
@@ -162,7 +162,7 @@ def test_tiny_sdxl_bakes_to_one_file_and_reads_back(tmp_path, caplog):
     from stack_helpers import tiny_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
 
     caplog.set_level(logging.ERROR)
     torch.manual_seed(0)

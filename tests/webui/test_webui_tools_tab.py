@@ -206,7 +206,7 @@ def test_bake_writes_a_new_base_model_into_the_bake_folder(tmp_path):
     (where base-model lists look: AppConfig.model_search_dirs), never over an existing model."""
     from tests_webui_models import random_lora, write_untrained_embedded
 
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
     from webui.state import AppConfig, AppState
 
     models = tmp_path / "models"

@@ -180,7 +180,7 @@ def default_size(app) -> int:
     """The image side the base model was trained at (embedded 32, SD1 512, SD2-v 768, SDXL 1024), read from
     its configs before it is loaded (the size `sdlora generate` uses); GenerateSettings' default when only
     loading the model would tell."""
-    from sdlora.base_ref import native_resolution
+    from sdlora.base.native import native_resolution
     from sdlora.generate import GenerateSettings
 
     try:
@@ -379,7 +379,7 @@ def _wire_base(app, c: dict[str, Any]) -> None:
 
 
 def _base_size(value: str) -> int | None:
-    from sdlora.base_ref import native_resolution
+    from sdlora.base.native import native_resolution
 
     try:
         return native_resolution(value)
