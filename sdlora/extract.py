@@ -30,7 +30,6 @@ from sdlora.errors import ConfigError, FormatError
 from sdlora.generate import short_hash
 from sdlora.progress import ProgressCallback, report
 from sdlora.stack import LoraStack
-from sdlora.strength import Strength
 from sdlora.tools import ModuleResult, ToolResult, choose_rank, rank_metadata, rebuild_module, svd_of_matrix
 from sdlora.weights import LoraState
 
@@ -212,7 +211,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
     try:
         with stack.batch():
             for lora, strength in loras:
-                stack.add(lora, **Strength.of(strength).stack_kwargs())
+                stack.add(lora, strength)
         if single:
             _save_single_file(components, out, _bake_record(stack), family, dtype)
         else:
@@ -224,7 +223,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
 
 def _bake_record(stack) -> dict:
     return {"baked_by": "sdlora", "loras": [
-        {"name": e.name, "strength": e.strength, "te_strength": e.te_strength, "unet_strength": e.unet_strength,
+        {"name": e.name, "strength": e.strength.overall, "te_strength": e.strength.te, "unet_strength": e.strength.unet,
          "path": e.lora.path, "hash": short_hash(e.lora.path)}
         for e in stack.entries]}
 

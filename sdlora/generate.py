@@ -21,7 +21,6 @@ from sdlora.header import tensor_data_sha256
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
 from sdlora.samplers import make_scheduler, resolve_sampler, sampler_name
-from sdlora.strength import Strength
 
 
 @dataclass
@@ -123,10 +122,10 @@ def _apply_requests(stack, requests, library: dict[str, str]) -> list[tuple]:
         entry = stacked.get(request.name)
         if entry is not None:
             # the tag's whole strength replaces the slot's (te included) for this image only
-            undo.append(("restore", entry.name, Strength.of_entry(entry)))
-            stack.set_strength(entry.name, **request.stack_kwargs())
+            undo.append(("restore", entry.name, entry.strength))
+            stack.set_strength(entry.name, request.strength)
             continue
-        stack.add(library[request.name], name=request.name, **request.stack_kwargs())
+        stack.add(library[request.name], request.strength, name=request.name)
         undo.append(("remove", request.name))
     return undo
 
@@ -145,7 +144,7 @@ def _undo(stack, undo) -> None:
             stack.remove(action[1])
         else:
             _, name, strength = action
-            stack.set_strength(name, **strength.stack_kwargs())
+            stack.set_strength(name, strength)
 
 
 class _StepWatch:
@@ -215,7 +214,7 @@ def _extra_tags(stack, requests) -> str:
     tags = []
     for entry in stack.entries:
         if entry.enabled and entry.name not in mentioned:
-            tags.append(f"<lora:{entry.name}:{Strength.of_entry(entry).text()}>")
+            tags.append(f"<lora:{entry.name}:{entry.strength.text()}>")
     return " ".join(tags)
 
 

@@ -209,10 +209,15 @@ def context_family(width) -> str | None:
 def unet_config_family(config) -> str | None:
     """sd1/sd2/sdxl from a UNet config (a dict, diffusers' FrozenDict or a config object): SDXL's added
     text-time embedding, else `context_family` of its cross-attention width; None for other sizes."""
-    get = config.get if isinstance(config, Mapping) else (lambda key: getattr(config, key, None))
-    if get("addition_embed_type") == "text_time":
+    if _config_value(config, "addition_embed_type") == "text_time":
         return "sdxl"
-    return context_family(get("cross_attention_dim"))
+    return context_family(_config_value(config, "cross_attention_dim"))
+
+
+def _config_value(config, key: str):
+    """A config field as an attribute (diffusers' configs and FrozenDict), else as a mapping key (a dict)."""
+    value = getattr(config, key, None)
+    return config.get(key) if value is None and isinstance(config, Mapping) else value
 
 
 def detect_checkpoint_family(shapes: Mapping[str, tuple[int, ...]]) -> str | None:

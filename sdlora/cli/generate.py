@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     stack = LoraStack(pipeline)
     with stack.batch():
         for path, strength in map(lora_with_strength, args.lora):
-            stack.add(path, **strength.stack_kwargs())
+            stack.add(path, strength)
     if args.grid_x:
         image, parameters = _grid(args, pipeline, settings, stack, library)
     else:

@@ -12,8 +12,8 @@ for folder in ("train", "stack"):
         sys.path.insert(0, str(TESTS / folder))
 
 
-import pytest  # noqa: E402 - after the sys.path lines, which the helper imports below need
-from stack_helpers import tiny_pipeline  # noqa: E402
+import pytest
+from stack_helpers import tiny_pipeline
 
 
 @pytest.fixture
