@@ -150,11 +150,11 @@ class AppState:
 
     # -- base models ----------------------------------------------------------------------
     def bases(self) -> list[Any]:
-        """The Base menu: the configured default first, "embedded", then every model in the model folders
-        (`sdlora.base.listing.BaseModel`s, read from configs and headers only)."""
+        """The Base menu: the configured default first, "embedded", then every model in the model folders and
+        the bake folder (`sdlora.base.listing.BaseModel`s, read from configs and headers only)."""
         from sdlora.base.listing import list_bases
 
-        return list_bases(self.config.model_dirs, default=self.base_model(self.config.base))
+        return list_bases(self.config.model_search_dirs, default=self.base_model(self.config.base))
 
     def base_info(self, base: str | None = None) -> Any:
         """The `BaseModel` of `base` (default: the current one), described once per path."""

@@ -81,11 +81,6 @@ class ModuleTable(Mapping):
         prefix = component + "."
         return ModuleTable({k: v for k, v in self._modules.items() if k.startswith(prefix)}, self.family)
 
-    def to_json(self) -> dict:
-        """A JSON-ready dict: {"family": ..., "modules": {name: [layer, shape]}}."""
-        modules = {name: [info.layer, list(info.shape)] for name, info in self._modules.items()}
-        return {"family": self.family, "modules": modules}
-
     @classmethod
     def from_json(cls, data: Mapping) -> ModuleTable:
         modules = {name: ModuleInfo(tuple(shape), layer) for name, (layer, shape) in data["modules"].items()}

@@ -49,10 +49,6 @@ class BaseModel:
     family: str | None
     kind: str
 
-    @property
-    def family_text(self) -> str:
-        return FAMILY_NAMES.get(self.family, "custom size") if self.family else "custom size"
-
 
 def list_bases(folders: Iterable[str | os.PathLike], default: str | None = EMBEDDED,
                embedded: bool = True) -> list[BaseModel]:
