@@ -242,7 +242,7 @@ def _part(components, name: str):
     return getattr(components, name, None)
 
 
-def _checkpoint_family(components, family: str | None) -> tuple[str, bool]:
+def _bake_family(components, family: str | None) -> tuple[str, bool]:
     """(layout family, whether the model has the size of sdlora's shipped configs for it) of the bake."""
     known = getattr(components, "family", None) or unet_config_family(_part(components, "unet").config)
     if family and known and family != known:
@@ -285,7 +285,7 @@ def _save_single_file(components, out: Path, record: dict, family: str | None, d
     missing = [k for k in ("unet", "vae", "text_encoder") if _part(components, k) is None]
     if missing:
         raise ConfigError(f"{out}: a single-file checkpoint needs the whole model; missing components {missing}")
-    family, standard = _checkpoint_family(components, family)
+    family, standard = _bake_family(components, family)
     state = models_to_ldm(_part(components, "unet"), _part(components, "vae"), _part(components, "text_encoder"),
                           _part(components, "text_encoder_2"), family=family)
     if dtype is not None:  # cast after merging: the merge itself ran in float32

@@ -287,17 +287,17 @@ def module_map_gaps(entries: dict[str, str], modules: dict[str, Path], package: 
     """The modules the map leaves out: a top-level `x.py` needs its own entry; a module `pkg.sub.name` needs
     `name` as a word in the text of the `sub/` entry (a package's `__init__` is its entry itself)."""
     gaps = []
-    for module in modules:
+    for module, path in modules.items():
         parts = module.split(".")[1:]
         if not parts:
             continue  # the package itself: its __init__.py entry is checked as `__init__.py`
-        if len(parts) == 1 and modules[module].name != "__init__.py":
+        if len(parts) == 1 and path.name != "__init__.py":
             if f"{parts[0]}.py" not in entries:
                 gaps.append(module)
-        elif len(parts) > 1 or modules[module].name == "__init__.py":
+        else:
             folder = f"{parts[0]}/"
             text = entries.get(folder)
-            named = modules[module].name == "__init__.py" or (text is not None and re.search(
+            named = path.name == "__init__.py" or (text is not None and re.search(
                 rf"(?<![\w.]){re.escape(parts[-1])}(?![\w])", text))
             if text is None or not named:
                 gaps.append(module)

@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdlora.arch.family import FAMILY_NAMES, detect_checkpoint_family, unet_config_family
+from sdlora.arch.family import FAMILY_NAMES, unet_config_family
 from sdlora.arch.tables import build_table_from_config_dir, family_table
-from sdlora.base.ref import EMBEDDED, config_folder, parse_base
+from sdlora.base.ref import EMBEDDED, checkpoint_family, config_folder, parse_base
 from sdlora.errors import ConfigError, FormatError, SdloraError
 from sdlora.header import LORA_MARKERS, read_header
 
@@ -97,16 +97,15 @@ def folder_family(folder: Path) -> str | None:
 
 
 def _checked_checkpoint_family(path: Path) -> str | None:
-    """The family of a single-file .safetensors checkpoint from its header (None: another size with a
-    `<stem>.config/` beside it). Unlike `sdlora.base.ref.checkpoint_family` it says why a file is no base:
-    raises ConfigError for a LoRA or an unknown file, FormatError for a damaged one."""
+    """`sdlora.base.ref.checkpoint_family` of a single-file .safetensors checkpoint (None: another size with a
+    `<stem>.config/` beside it), saying why a file is no base: ConfigError for a LoRA or an unknown file,
+    FormatError for a damaged one."""
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         raise ConfigError(f"{path}: not a .safetensors checkpoint or a model folder")
-    header = read_header(path)
-    keys = list(header.tensors)
+    keys = list(read_header(path).tensors)  # raises FormatError for a damaged file
     if any(marker in key for key in keys[:50] for marker in LORA_MARKERS):
         raise ConfigError(f"{path.name}: a LoRA, not a base model")
-    family = detect_checkpoint_family({k: v.shape for k, v in header.tensors.items()})
+    family = checkpoint_family(path)
     if family is None and not (path.with_suffix(".config") / "model_index.json").is_file():
         raise ConfigError(f"{path.name}: not an SD1/SD2/SDXL checkpoint (no cross-attention of width 768, 1024 "
                           "or 2048) and no <stem>.config/ folder beside it")
