@@ -35,7 +35,6 @@ from sdlora.suffixes import PICKLE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 RESUMES = 5  # connection cuts resumed within one download before giving up (the .part stays)
 PART = ".part"
 
@@ -200,7 +199,7 @@ def fetch(source: Source, part: Path, client: CivitaiClient, cancel, on_progress
                 length = int(response.headers.get("Content-Length") or 0)
                 meter.start(offset, offset + length if length else 0)
                 with open(part, "ab" if offset else "wb") as handle:
-                    for chunk in response.iter_bytes(CHUNK):
+                    for chunk in response.iter_bytes():  # as they arrive: a cut loses nothing received
                         if _cancelled(cancel):
                             raise Interrupted(f"download of {source.name} cancelled; {part.name} is kept, download "
                                               "again to resume")

@@ -90,9 +90,11 @@ def lookup_file(path, client: CivitaiClient, hashes: FileHashCache, misses: Miss
     path = Path(path)
     try:
         candidates = file_hashes(path, hashes)
+        asked = False
         for file_hash in candidates:
             if not refresh and misses.missed_on(file_hash):
                 continue
+            asked = True
             try:
                 version = client.version_by_hash(file_hash)
             except NotOnCivitai:
@@ -106,9 +108,8 @@ def lookup_file(path, client: CivitaiClient, hashes: FileHashCache, misses: Miss
         raise
     except (SdloraError, OSError) as err:
         return LookupResult(str(path), FAILED, str(err))
-    remembered = [misses.missed_on(h) for h in candidates]
-    if all(remembered) and not refresh:
-        day = min(remembered)
+    if not asked:
+        day = min(misses.missed_on(h) for h in candidates)
         return LookupResult(str(path), REMEMBERED, f"Civitai did not know it on {day.isoformat()}; --refresh asks again")
     return LookupResult(str(path), MISS, f"hash {autov2(candidates[0])} is not on Civitai")
 

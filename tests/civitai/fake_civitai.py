@@ -154,7 +154,9 @@ def _handler(fake: FakeCivitai):
                 return self._json({"error": "Unauthorized"}, 401)
             if info["early"]:
                 return self._json({"error": "Early access"}, 403)
-            self._send(307, b"", {"Location": f"{fake.url}/signed/{version_id}?sig=s3cr3t&expires=1"})
+            # storage on another host, as Civitai's signed URLs are: a client must not send the token there
+            storage = fake.url.replace("127.0.0.1", "localhost")
+            self._send(307, b"", {"Location": f"{storage}/signed/{version_id}?sig=s3cr3t&expires=1"})
 
         def _file(self, version_id: int):
             info = fake.files[version_id]
