@@ -130,6 +130,7 @@ def _download(args, client) -> int:
     from sdlora.filehash import FileHashCache, default_cache_path
 
     hashes = FileHashCache(default_cache_path())
+    args.lora_dir.mkdir(parents=True, exist_ok=True)  # a first download starts the library
     result = download(args.target, args.lora_dir, client, template=args.folder, hashes=hashes,
                       on_progress=_bytes_bar())
     hashes.save()
