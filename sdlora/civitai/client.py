@@ -57,7 +57,7 @@ class CivitaiClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> CivitaiClient:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

@@ -85,7 +85,7 @@ def parse_target(text: str, client: CivitaiClient) -> tuple[str, object]:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{text!r}: not a URL or an id; give a Civitai URL, a version id, model:ID or an https URL")
     host = parts.netloc.lower()
-    if host == client.settings.host or host == "civitai.com" or host.endswith(".civitai.com"):
+    if host in (client.settings.host, "civitai.com") or host.endswith(".civitai.com"):
         named = _civitai_page(parts)
         if named is not None:
             return named

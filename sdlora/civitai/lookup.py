@@ -223,7 +223,7 @@ def plain_text(html: str) -> str:
 
 
 class _Text(HTMLParser):
-    BREAKS = {"p", "br", "li", "div", "h1", "h2", "h3", "h4", "tr"}
+    BREAKS = frozenset({"p", "br", "li", "div", "h1", "h2", "h3", "h4", "tr"})
 
     def __init__(self):
         super().__init__()
@@ -237,7 +237,7 @@ class _Text(HTMLParser):
         self.parts.append(data)
 
 
-def scan(folder, client: CivitaiClient, hashes: FileHashCache, misses: MissMemory, refresh: bool = False,
+def scan(folder, client: CivitaiClient, hashes: FileHashCache, misses: MissMemory, *, refresh: bool = False,
          on_progress: Callable | None = None, workers: int = MAX_REQUESTS) -> list[LookupResult]:
     """Look up every `.safetensors` under `folder` with at most `workers` requests at a time.
 

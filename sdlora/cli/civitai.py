@@ -86,8 +86,8 @@ def _stores():
 
 
 def _scan(args, client) -> int:
-    from sdlora.cli.loraargs import progress_bar
     from sdlora.civitai.lookup import FAILED, FOUND, scan
+    from sdlora.cli.loraargs import progress_bar
 
     hashes, misses = _stores()
     results = scan(args.dir, client, hashes, misses, refresh=args.refresh, on_progress=progress_bar("civitai scan"))

@@ -105,7 +105,7 @@ def _handler(fake: FakeCivitai):
         def log_message(self, *args):  # keep pytest output clean
             pass
 
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self):
             with fake.lock:
                 fake.requests.append((self.path, dict(self.headers)))
                 scripted = fake.script.get(urlsplit(self.path).path)

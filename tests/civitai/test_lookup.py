@@ -10,7 +10,16 @@ import json
 import pytest
 
 from sdlora.civitai.errors import Offline
-from sdlora.civitai.lookup import FOUND, MISS, REMEMBERED, SKIPPED, first_allowed_image, info_path, lookup_file, scan
+from sdlora.civitai.lookup import (
+    FOUND,
+    MISS,
+    REMEMBERED,
+    SKIPPED,
+    first_allowed_image,
+    info_path,
+    lookup_file,
+    scan,
+)
 from sdlora.civitai.misses import MissMemory
 from sdlora.filehash import FileHashCache
 from sdlora.library import read_notes, write_notes

@@ -19,6 +19,7 @@ import gradio as gr
 
 from sdlora.errors import SdloraError
 from sdlora.suffixes import IMAGE_SUFFIXES
+from webui.tabs import civitai_panel
 from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
 
@@ -267,7 +268,9 @@ def create_ui(app) -> dict[str, Any]:
         c["table"] = gr.Dataframe(headers=COLUMNS, interactive=False, label="LoRAs", elem_id="lib-table")
     _create_details_ui(c)
     c["refresh_outputs"] = [c["table"], c["cards"], c["pick"], c["message"], c["names"]]
+    c["relist"] = refresh_outputs
     _wire(app, c)
+    c["civitai"] = civitai_panel.create_ui(app, c)
     return c
 
 
