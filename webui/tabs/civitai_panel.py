@@ -191,8 +191,10 @@ def _wire(app, c: dict[str, Any], library: dict[str, Any]) -> None:
     relist = bound(library["relist"], app)
     c["consent"].change(guarded(set_consent), c["consent"], c["message"], api_name="civitai_consent")
     library["pick"].change(bound(card, app), library["pick"], [c["card"], c["preview"]], api_name="civitai_card")
+    # the details panel shows the notes the lookup may have filled: reloaded, so a later "Save notes" keeps them
     c["fetch_one"].click(bound(fetch_one, app), library["shown"], [c["card"], c["preview"], c["message"]],
-                         api_name="civitai_fetch").success(relist, listing, library["refresh_outputs"])
+                         api_name="civitai_fetch").success(relist, listing, library["refresh_outputs"]).success(
+        bound(library["show_details"], app), library["shown"], library["details_outputs"])
     c["fetch_all"].click(bound(fetch_all, app), None, c["message"], api_name="civitai_fetch_all").success(
         relist, listing, library["refresh_outputs"])
 
