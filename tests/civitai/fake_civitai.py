@@ -53,6 +53,8 @@ class FakeCivitai:
         self.script: dict[str, list] = {}
         self.requests: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
+        self.delay = 0.0  # seconds each API answer takes (to see requests overlap)
+        self.in_flight = self.max_in_flight = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -112,7 +114,15 @@ def _handler(fake: FakeCivitai):
                 step = scripted.pop(0) if scripted else None
             if step is not None and self._scripted(step):
                 return
-            self._route(urlsplit(self.path).path)
+            with fake.lock:
+                fake.in_flight += 1
+                fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+            try:
+                time.sleep(fake.delay)
+                self._route(urlsplit(self.path).path)
+            finally:
+                with fake.lock:
+                    fake.in_flight -= 1
 
         def _scripted(self, step) -> bool:
             """Play one scripted answer; False when the step only changes how the normal answer is sent."""

@@ -113,3 +113,16 @@ def test_settings_come_from_flag_then_environment_then_the_0600_file(monkeypatch
     assert load_settings(token="from-flag", url="https://x.example").token == "from-flag"
     update_user_settings(token=None)
     assert "token" not in path.read_text()
+
+
+def test_the_token_is_in_no_log_record(fake, make_client, lora_bytes, caplog):
+    import logging
+
+    fake.add_version(16, 6, lora_bytes, token=True)
+    fake.script["/api/v1/model-versions/16"] = [(500, {}, b""), (401, {}, b"{}")]
+    with caplog.at_level(logging.DEBUG):
+        client = make_client(token=TOKEN)
+        with pytest.raises(TokenNeeded):
+            client.version(16)
+        client.get_bytes(f"{fake.url}/api/download/models/16", "download")  # redirected to another host
+    assert caplog.records and not [r for r in caplog.records if TOKEN in r.getMessage()]

@@ -119,3 +119,12 @@ def test_nsfw_levels_choose_the_preview():
     assert first_allowed_image(images, "pg13") == "old"
     assert first_allowed_image(images, "xxx") == "x"
     assert first_allowed_image([{"url": "unknown"}], "xxx") is None
+
+
+def test_a_scan_sends_at_most_4_requests_at_a_time(fake, make_client, library, lora_bytes):
+    for i in range(12):
+        (library / f"own{i}.safetensors").write_bytes(lora_bytes + bytes([i]))
+    fake.delay = 0.15
+    results = scan(library, make_client(), FileHashCache(None), MissMemory(None))
+    assert len(results) == 13 and {r.status for r in results} == {MISS}
+    assert 2 <= fake.max_in_flight <= 4
