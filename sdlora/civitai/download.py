@@ -153,7 +153,7 @@ def source_of_version(version: dict) -> Source:
                   version=version, fields=fields)
 
 
-def download(text: str, library: str | os.PathLike, client: CivitaiClient, *, template: str = DEFAULT_TEMPLATE,
+def download(text: str, library: str | os.PathLike, client: CivitaiClient, *, template: str = DEFAULT_TEMPLATE,  # noqa: PLR0913 - keyword-only options
              hashes: FileHashCache | None = None, cancel: threading.Event | Callable[[], bool] | None = None,
              on_progress: Callable[[DownloadProgress], None] | None = None, fetch_info: bool = True) -> Downloaded:
     """Download what `text` names into the library folder `library` (see the module text for the steps).

@@ -237,7 +237,7 @@ class _Text(HTMLParser):
         self.parts.append(data)
 
 
-def scan(folder, client: CivitaiClient, hashes: FileHashCache, misses: MissMemory, *, refresh: bool = False,
+def scan(folder, client: CivitaiClient, hashes: FileHashCache, misses: MissMemory, *, refresh: bool = False,  # noqa: PLR0913 - keyword-only options
          on_progress: Callable | None = None, workers: int = MAX_REQUESTS) -> list[LookupResult]:
     """Look up every `.safetensors` under `folder` with at most `workers` requests at a time.
 
