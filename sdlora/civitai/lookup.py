@@ -25,6 +25,7 @@ from pathlib import Path
 from sdlora.atomic import atomic_path
 from sdlora.civitai.client import CivitaiClient
 from sdlora.civitai.errors import CivitaiError, NotOnCivitai, Offline, TokenNeeded
+from sdlora.civitai.info import info_path, summary
 from sdlora.civitai.misses import MissMemory
 from sdlora.civitai.settings import NSFW_LEVELS
 from sdlora.errors import ConfigError, FormatError, SdloraError
@@ -35,7 +36,6 @@ from sdlora.progress import report
 
 log = logging.getLogger(__name__)
 
-INFO_SUFFIX = ".civitai.info"
 MAX_REQUESTS = 4  # a scan's requests in flight at once (Civitai rate-limits bursts)
 # Civitai's older `nsfw` image labels, as levels (docs/civitai.md §Images)
 _NSFW_LABELS = {"none": 1, "soft": 2, "mature": 4, "x": 8}
@@ -48,39 +48,6 @@ class LookupResult:
     status: str             # FOUND, MISS, REMEMBERED, SKIPPED or FAILED
     message: str = ""
     version: dict | None = None
-
-
-def info_path(lora_path) -> Path:
-    path = Path(lora_path)
-    return path.with_name(path.stem + INFO_SUFFIX)
-
-
-def read_info(lora_path) -> dict | None:
-    """The `<stem>.civitai.info` beside a LoRA (None when there is none or it is unreadable)."""
-    path = info_path(lora_path)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        log.warning("%s: unreadable Civitai info (%s); ignored", path, err)
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def summary(version: dict) -> dict:
-    """What a user wants from a version answer: names, ids, base model, trigger words, tags, page."""
-    model = version.get("model") if isinstance(version.get("model"), dict) else {}
-    return {
-        "model_name": str(model.get("name") or ""),
-        "version_name": str(version.get("name") or ""),
-        "model_id": version.get("modelId"),
-        "version_id": version.get("id"),
-        "base_model": str(version.get("baseModel") or ""),
-        "trained_words": [str(w).strip() for w in version.get("trainedWords") or [] if str(w).strip()],
-        "tags": [str(t) for t in model.get("tags") or []],
-        "type": str(model.get("type") or ""),
-    }
 
 
 def lookup_file(path, client: CivitaiClient, hashes: FileHashCache, misses: MissMemory,

@@ -101,7 +101,8 @@ def _scan(args, client) -> int:
 
 
 def _info(args, client) -> int:
-    from sdlora.civitai.lookup import FOUND, info_path, lookup_file, read_info, summary
+    from sdlora.civitai.info import info_path, read_info, summary
+    from sdlora.civitai.lookup import FOUND, lookup_file
 
     version = None if args.refresh else read_info(args.file)
     if version is None:

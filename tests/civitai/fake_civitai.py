@@ -65,7 +65,7 @@ class FakeCivitai:
         self.server.shutdown()
         self.server.server_close()
 
-    def add_version(self, version_id: int, model_id: int, data: bytes, *, name="style.safetensors",
+    def add_version(self, version_id: int, model_id: int, data: bytes, *, name="style.safetensors",  # noqa: PLR0913
                     model_name="Fancy Style", base="SD 1.5", words=("fancystyle",), listed_sha: str | None = None,
                     token=False, early=False, images=None, served_name: str | None = None, **version_fields) -> dict:
         """A model version whose one file is `data`; `listed_sha` overrides the SHA-256 the API lists."""
@@ -100,7 +100,7 @@ class FakeCivitai:
             return [path for path, _ in self.requests]
 
 
-def _handler(fake: FakeCivitai):
+def _handler(fake: FakeCivitai):  # noqa: C901 - one small server, its routes side by side
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -137,7 +137,7 @@ def _handler(fake: FakeCivitai):
             self._send(status, body, headers)
             return True
 
-        def _route(self, path: str):
+        def _route(self, path: str):  # noqa: PLR0911 - one answer per route
             parts = path.strip("/").split("/")
             if path.startswith("/api/v1/model-versions/by-hash/"):
                 found = fake.by_hash.get(parts[-1].lower())

@@ -30,7 +30,7 @@ def text_of(elem_id: str, words: str) -> str:
     return f"document.querySelector('#{elem_id}')?.innerText.includes({words!r})"
 
 
-def test_fetch_info_and_download_by_version_id(fake, tmp_path, monkeypatch, lora_bytes):
+def test_fetch_info_and_download_by_version_id(fake, tmp_path, monkeypatch, lora_bytes):  # noqa: PLR0915
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
     from playwright.sync_api import sync_playwright

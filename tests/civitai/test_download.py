@@ -11,7 +11,7 @@ import pytest
 
 from sdlora.civitai.download import download, parse_target
 from sdlora.civitai.errors import EarlyAccess, HashMismatch, TokenNeeded
-from sdlora.civitai.lookup import info_path
+from sdlora.civitai.info import info_path
 from sdlora.civitai.names import clean_name, folder_for
 from sdlora.errors import ConfigError, FormatError, Interrupted
 from sdlora.filehash import FileHashCache

@@ -10,16 +10,8 @@ import json
 import pytest
 
 from sdlora.civitai.errors import Offline
-from sdlora.civitai.lookup import (
-    FOUND,
-    MISS,
-    REMEMBERED,
-    SKIPPED,
-    first_allowed_image,
-    info_path,
-    lookup_file,
-    scan,
-)
+from sdlora.civitai.info import info_path
+from sdlora.civitai.lookup import FOUND, MISS, REMEMBERED, SKIPPED, first_allowed_image, lookup_file, scan
 from sdlora.civitai.misses import MissMemory
 from sdlora.filehash import FileHashCache
 from sdlora.library import read_notes, write_notes

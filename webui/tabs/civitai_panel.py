@@ -70,7 +70,7 @@ def _check_consent() -> None:
 
 def card(app, name: str) -> tuple[str, str | None]:
     """(markdown, preview path) of what Civitai said about library LoRA `name` ("" when nothing yet)."""
-    from sdlora.civitai.lookup import read_info, summary
+    from sdlora.civitai.info import read_info, summary
     from sdlora.library import find_preview
 
     if not (name or "").strip():
