@@ -155,8 +155,12 @@ def source_of_version(version: dict) -> Source:
 
 def download(text: str, library: str | os.PathLike, client: CivitaiClient, *, template: str = DEFAULT_TEMPLATE,  # noqa: PLR0913 - keyword-only options
              hashes: FileHashCache | None = None, cancel: threading.Event | Callable[[], bool] | None = None,
-             on_progress: Callable[[DownloadProgress], None] | None = None, fetch_info: bool = True) -> Downloaded:
+             on_progress: Callable[[DownloadProgress], None] | None = None, fetch_info: bool = True,
+             lookup_by_hash: bool = True) -> Downloaded:
     """Download what `text` names into the library folder `library` (see the module text for the steps).
+
+    With `fetch_info`, the version's info and preview are written beside the file; for a plain URL (no
+    version known) the file's SHA-256 is looked up on Civitai first, unless `lookup_by_hash` is False.
 
     Raises ConfigError (bad input, template), the `sdlora.civitai.errors` types, FormatError (not a LoRA,
     removed) and Interrupted (cancelled: the `.part` stays and a later call resumes it).
@@ -174,11 +178,14 @@ def download(text: str, library: str | os.PathLike, client: CivitaiClient, *, te
     if hashes is not None:
         hashes.remember(target, digest)
     result = Downloaded(target, digest, source.version)
-    if fetch_info and source.version is not None:
+    if fetch_info:
         try:
-            result.notes += save_version(target, source.version, client)
-        except (CivitaiError, OSError) as err:
-            result.notes.append(f"Civitai info not written: {err}")
+            if result.version is None and lookup_by_hash:
+                result.version = client.version_by_hash(digest)
+            if result.version is not None:
+                result.notes += save_version(target, result.version, client)
+        except (CivitaiError, OSError) as err:  # the file is in place and valid: only its info is missing
+            result.notes.append(f"no Civitai info: {err}")
     return result
 
 

@@ -167,3 +167,17 @@ def test_folder_templates_never_leave_the_library(library):
     (library / "link").symlink_to(library.parent / "elsewhere")
     with pytest.raises(ConfigError, match="outside the library"):
         folder_for(library, "link", {})
+
+
+def test_a_plain_url_is_downloaded_checked_and_looked_up_by_hash(fake, make_client, library, lora_bytes):
+    fake.add_version(44, 16, lora_bytes, served_name="")
+    url = f"{fake.url}/signed/44?sig=abc"
+    result = download(url, library, make_client())
+    assert result.path == library / "44.safetensors" and result.path.read_bytes() == lora_bytes
+    assert result.version["id"] == 44 and info_path(result.path).is_file()  # found by its SHA-256
+    page = b"<html><body>404</body></html>"
+    fake.add_version(45, 17, page)
+    with pytest.raises(FormatError, match="web page"):
+        download(f"{fake.url}/signed/45", library, make_client(), lookup_by_hash=False)
+    quiet = download(url, library, make_client(), lookup_by_hash=False)
+    assert quiet.version is None and not info_path(quiet.path).exists()

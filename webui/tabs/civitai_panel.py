@@ -127,10 +127,12 @@ def run_download(app, job: DownloadJob) -> str:
     def progress(p) -> None:
         job.done, job.total, job.speed, job.eta = p.done, p.total, p.speed, p.eta
 
+    from sdlora.civitai.settings import hash_consent
+
     hashes, _ = _stores(app)
-    with _client() as client:
+    with _client() as client:  # a plain URL's file is looked up by hash only with the user's consent
         result = download(job.target, app.config.lora_dir, client, template=job.folder or "", hashes=hashes,
-                          cancel=job.cancel, on_progress=progress)
+                          cancel=job.cancel, on_progress=progress, lookup_by_hash=hash_consent())
     hashes.save()
     where = result.path.relative_to(Path(app.config.lora_dir).resolve())
     return f"saved {where}" + "".join(f"; {note}" for note in result.notes)
