@@ -53,21 +53,23 @@ class LookupResult:
 def lookup_file(path, client: CivitaiClient, hashes: FileHashCache, misses: MissMemory,
                 refresh: bool = False) -> LookupResult:
     """Look one LoRA file up and write what was found beside it. Raises Offline/TokenNeeded (they would
-    fail every other file too); any other failure is the result's FAILED status."""
+    fail every other file too); any other failure is the result's FAILED status.
+
+    A miss is remembered under the whole-file SHA-256 (every hash of the file was asked), so a file Civitai
+    did not know is not even opened again for a week: its hash comes from the cache."""
     path = Path(path)
     try:
-        candidates = file_hashes(path, hashes)
-        asked = False
-        for file_hash in candidates:
-            if not refresh and misses.missed_on(file_hash):
-                continue
-            asked = True
+        sha256 = hashes.sha256(path)
+        day = None if refresh else misses.missed_on(sha256)
+        if day is not None:
+            return LookupResult(str(path), REMEMBERED, f"Civitai did not know it on {day.isoformat()}; --refresh "
+                                                      "asks again")
+        for file_hash in _candidates(path, sha256):
             try:
                 version = client.version_by_hash(file_hash)
             except NotOnCivitai:
-                misses.add(file_hash)
                 continue
-            misses.forget(file_hash)
+            misses.forget(sha256)
             save_version(path, version, client)
             name = summary(version)
             return LookupResult(str(path), FOUND, f"{name['model_name']} {name['version_name']}".strip(), version)
@@ -75,22 +77,23 @@ def lookup_file(path, client: CivitaiClient, hashes: FileHashCache, misses: Miss
         raise
     except (SdloraError, OSError) as err:
         return LookupResult(str(path), FAILED, str(err))
-    if not asked:
-        day = min(misses.missed_on(h) for h in candidates)
-        return LookupResult(str(path), REMEMBERED, f"Civitai did not know it on {day.isoformat()}; --refresh asks again")
-    return LookupResult(str(path), MISS, f"hash {autov2(candidates[0])} is not on Civitai")
+    misses.add(sha256)
+    return LookupResult(str(path), MISS, f"hash {autov2(sha256)} is not on Civitai")
 
 
-def file_hashes(path: Path, hashes: FileHashCache) -> list[str]:
-    """The hashes Civitai may know the file by: the whole-file SHA-256, then the header's tensor-data hash."""
-    found = [hashes.sha256(path)]
+def _candidates(path: Path, sha256: str):
+    """The hashes to ask for, in order; the header is read only when the whole-file hash missed."""
+    yield sha256
+    yield from tensor_hash(path, sha256)
+
+
+def tensor_hash(path: Path, sha256: str) -> list[str]:
+    """[the header's tensor-data hash (`sshs_model_hash`, Civitai's AutoV3)] when it holds one, else []."""
     try:
-        tensor_hash = stored_hash(read_header(path).metadata)
+        found = stored_hash(read_header(path).metadata)
     except FormatError:
-        tensor_hash = ""  # not a readable safetensors file: the whole-file hash still names it
-    if tensor_hash and tensor_hash not in found:
-        found.append(tensor_hash)
-    return found
+        return []  # not a readable safetensors file: the whole-file hash still names it
+    return [found] if found and found != sha256 else []
 
 
 def save_version(path: Path, version: dict, client: CivitaiClient) -> list[str]:
@@ -210,7 +213,7 @@ def scan(folder, client: CivitaiClient, hashes: FileHashCache, misses: MissMemor
 
     A file that already has a `<stem>.civitai.info` is skipped unless `refresh`: each result is written as it
     arrives, so a scan cut short goes on where it stopped when run again. Raises Offline or TokenNeeded (the
-    other requests would fail the same way); the hash cache is saved either way.
+    other requests would fail the same way); the hash cache and the miss list are saved either way.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -229,9 +232,11 @@ def scan(folder, client: CivitaiClient, hashes: FileHashCache, misses: MissMemor
             results.append(future.result())
             done += 1
             report(on_progress, done, len(files), Path(results[-1].path).name)
-            if done % 50 == 0:
-                hashes.save()  # a scan cut short keeps the hashes it computed
+            if done % 50 == 0:  # a scan cut short keeps the hashes it computed and the misses it heard
+                hashes.save()
+                misses.save()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         hashes.save()
+        misses.save()
     return sorted(results, key=lambda r: r.path)

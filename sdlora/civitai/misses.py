@@ -33,6 +33,7 @@ class MissMemory:
         self.today = today or datetime.date.today()
         self._lock = threading.Lock()
         self._misses = self._load()
+        self._changed = False
 
     def missed_on(self, sha256: str) -> datetime.date | None:
         """The date Civitai last answered 404 for `sha256`, when that is under a week ago."""
@@ -47,18 +48,19 @@ class MissMemory:
     def add(self, sha256: str) -> None:
         with self._lock:
             self._misses[sha256] = self.today.isoformat()
-        self._save()
+            self._changed = True
 
     def forget(self, sha256: str) -> None:
         with self._lock:
-            found = self._misses.pop(sha256, None)
-        if found is not None:
-            self._save()
+            if self._misses.pop(sha256, None) is not None:
+                self._changed = True
 
-    def _save(self) -> None:
-        if self.path is None:
-            return
+    def save(self) -> None:
+        """Write the list atomically when it changed (a scan calls this every few dozen files and at the end)."""
         with self._lock:
+            if self.path is None or not self._changed:
+                return
+            self._changed = False
             text = json.dumps(self._misses, indent=0)
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

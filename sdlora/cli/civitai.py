@@ -113,6 +113,7 @@ def _info(args, client) -> int:
         hashes, misses = _stores()
         result = lookup_file(args.file, client, hashes, misses, refresh=args.refresh)
         hashes.save()
+        misses.save()
         if result.status != FOUND:
             print(f"{args.file.name}: {result.status}: {result.message}")
             return 0

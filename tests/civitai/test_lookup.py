@@ -61,6 +61,7 @@ def test_a_miss_is_remembered_for_a_week(fake, make_client, library, tmp_path):
     misses = MissMemory(tmp_path / "misses.json", today=datetime.date(2026, 1, 1))
     client = make_client()
     assert lookup_file(path, client, FileHashCache(None), misses).status == MISS
+    misses.save()
     asked = len(fake.requests)
     again = MissMemory(tmp_path / "misses.json", today=datetime.date(2026, 1, 7))
     result = lookup_file(path, client, FileHashCache(None), again)
@@ -120,3 +121,31 @@ def test_a_scan_sends_at_most_4_requests_at_a_time(fake, make_client, library, l
     results = scan(library, make_client(), FileHashCache(None), MissMemory(None))
     assert len(results) == 13 and {r.status for r in results} == {MISS}
     assert 2 <= fake.max_in_flight <= 4
+
+
+def test_a_second_scan_of_1000_files_opens_none_of_them(fake, make_client, tmp_path, monkeypatch):
+    import builtins
+    import io
+    import os
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(1000):
+        (folder / f"lora{i:04d}.safetensors").write_bytes(b"not on civitai %d" % i)
+    hashes, misses = tmp_path / "h.json", tmp_path / "m.json"
+    first = scan(folder, make_client(), FileHashCache(hashes), MissMemory(misses))
+    assert {r.status for r in first} == {MISS}
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(os.fspath(file) if not isinstance(file, int) else "")
+        return real_open(file, *args, **kwargs)
+
+    asked = len(fake.requests)
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", spy)
+        patch.setattr(io, "open", spy)
+        second = scan(folder, make_client(), FileHashCache(hashes), MissMemory(misses))
+    assert {r.status for r in second} == {REMEMBERED} and len(fake.requests) == asked
+    assert not [p for p in opened if p.startswith(str(folder))]

@@ -102,6 +102,7 @@ def fetch_one(app, name: str) -> tuple[str, str | None, str]:
     with _client() as client:
         result = lookup_file(path, client, hashes, misses, refresh=True)  # the user asked: ask again
     hashes.save()
+    misses.save()
     text, preview = card(app, name)
     return text, preview, f"{name}: {result.status}" + (f": {result.message}" if result.message else "")
 
