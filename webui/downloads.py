@@ -72,6 +72,11 @@ class DownloadQueue:
                         self.finished += 1
         return count
 
+    def busy(self) -> bool:
+        """Whether a download is queued or running."""
+        with self._lock:
+            return any(job.status in (QUEUED, RUNNING) for job in self._jobs)
+
     def snapshot(self) -> list[DownloadJob]:
         with self._lock:
             return [replace(job) for job in self._jobs]

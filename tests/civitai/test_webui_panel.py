@@ -52,7 +52,9 @@ def test_the_queue_downloads_shows_progress_and_cancels(app, fake, lora_bytes):
     fake.add_version(62, 7, lora_bytes)
     queue = DownloadQueue(lambda job: run_download(app, job))
     queue.submit("62", "{base_model}/")
+    assert queue.busy()
     done = wait_for(queue, {"done", "failed"})
+    assert not queue.busy()
     assert done[0].status == "done" and done[0].message == "saved SD 1.5/style.safetensors"
     rows = queue_rows(queue)
     assert rows[0][2] == "done" and rows[0][3].endswith(f"/ {len(lora_bytes) / 1e6:.2f} MB")

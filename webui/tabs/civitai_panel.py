@@ -183,7 +183,7 @@ def create_ui(app, library: dict[str, Any]) -> dict[str, Any]:
             c["cancel"] = gr.Button("Cancel", elem_id="civ-cancel", scale=1)
         c["queue"] = gr.Dataframe(headers=QUEUE_COLUMNS, interactive=False, label="Downloads", elem_id="civ-queue")
         c["seen"] = gr.State(0)  # downloads finished when this page last refreshed the library
-        c["timer"] = gr.Timer(1.0)
+        c["timer"] = gr.Timer(1.0, active=False)  # ticks while downloads are queued or running
     _wire(app, c, library)
     return c
 
@@ -201,24 +201,26 @@ def _wire(app, c: dict[str, Any], library: dict[str, Any]) -> None:
     c["fetch_all"].click(bound(fetch_all, app), None, c["message"], api_name="civitai_fetch_all").success(
         relist, listing, library["refresh_outputs"])
 
-    def submit(target: str, folder: str) -> tuple[list[list], str]:
+    def submit(target: str, folder: str):
         job = queue.submit(target, folder)
-        return queue_rows(queue), f"download #{job.id} queued: {job.target}"
+        return queue_rows(queue), f"download #{job.id} queued: {job.target}", gr.Timer(active=True)
 
-    def cancel() -> tuple[list[list], str]:
+    def cancel():
         count = queue.cancel()
         return queue_rows(queue), (f"cancelling {count} download(s); a started one keeps its .part to resume"
-                                   if count else "nothing to cancel")
+                                   if count else "nothing to cancel"), gr.Timer(active=True)
 
     def tick(seen: int, query: str, sort: str):
-        """The queue's rows; the library list too when a download ended since the last tick."""
+        """The queue's rows, the library list too when a download ended since the last tick; the timer stops
+        once nothing is queued or running."""
         finished = queue.finished
-        if finished == seen:
-            return [queue_rows(queue), seen, *[gr.skip()] * len(library["refresh_outputs"])]
-        return [queue_rows(queue), finished, *library["relist"](app, query, sort)]
+        busy = queue.busy()
+        listing_update = ([gr.skip()] * len(library["refresh_outputs"]) if finished == seen
+                          else list(library["relist"](app, query, sort)))
+        return [queue_rows(queue), finished, gr.Timer(active=busy or finished != seen), *listing_update]
 
-    c["download"].click(guarded(submit), [c["target"], c["folder"]], [c["queue"], c["message"]],
-                        api_name="civitai_download")
-    c["cancel"].click(guarded(cancel), None, [c["queue"], c["message"]], api_name="civitai_cancel")
-    c["timer"].tick(guarded(tick), [c["seen"], *listing], [c["queue"], c["seen"], *library["refresh_outputs"]],
-                    show_progress="hidden")
+    queue_outputs = [c["queue"], c["message"], c["timer"]]
+    c["download"].click(guarded(submit), [c["target"], c["folder"]], queue_outputs, api_name="civitai_download")
+    c["cancel"].click(guarded(cancel), None, queue_outputs, api_name="civitai_cancel")
+    c["timer"].tick(guarded(tick), [c["seen"], *listing],
+                    [c["queue"], c["seen"], c["timer"], *library["refresh_outputs"]], show_progress="hidden")
