@@ -11,7 +11,6 @@ and removed); last, the Civitai info and preview are written beside it (`lookup.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import os
 import re
@@ -71,7 +70,8 @@ def parse_target(text: str, client: CivitaiClient) -> tuple[str, object]:
 
     A bare number is a version id (what a Civitai download link carries); `model:N` a model id (its newest
     version); `version:N` a version id. A Civitai page or download URL (on civitai.com or the configured
-    host) names its model or version; any other https URL is a plain file.
+    host) names its model or version; any other https URL is a plain file (plain http only on the configured
+    host, which the person running sdlora chose).
     """
     text = str(text or "").strip()
     if not text:
@@ -89,7 +89,7 @@ def parse_target(text: str, client: CivitaiClient) -> tuple[str, object]:
         named = _civitai_page(parts)
         if named is not None:
             return named
-    if parts.scheme != "https" and not _is_local(parts.hostname or "") and host != client.settings.host:
+    if parts.scheme != "https" and host != client.settings.host:  # the configured host: a mirror, a test server
         raise ConfigError(f"{where(text)}: plain http is not downloaded (anyone on the way could change the file); "
                           "use an https URL")
     return "url", text
@@ -106,13 +106,6 @@ def _civitai_page(parts) -> tuple[str, int] | None:
     if match := re.match(r"^/models/(\d+)", path):
         return ("version", int(version)) if version.isdigit() else ("model", int(match.group(1)))
     return None
-
-
-def _is_local(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def resolve_source(text: str, client: CivitaiClient) -> Source:
