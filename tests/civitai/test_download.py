@@ -181,3 +181,13 @@ def test_a_plain_url_is_downloaded_checked_and_looked_up_by_hash(fake, make_clie
         download(f"{fake.url}/signed/45", library, make_client(), lookup_by_hash=False)
     quiet = download(url, library, make_client(), lookup_by_hash=False)
     assert quiet.version is None and not info_path(quiet.path).exists()
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ("../../x.safetensors", "x.safetensors"), ("..\\..\\evil.safetensors", "evil.safetensors"),
+    (".hidden.safetensors", "hidden.safetensors"), ("a\x00b\x1fc.safetensors", "abc.safetensors"),
+    ('what?*:"<>|.safetensors', "what_______.safetensors"), ("   ", "download.safetensors"),
+    ("/etc/passwd", "passwd"), ("name. ", "name"),
+])
+def test_server_names_become_one_safe_file_name(raw, clean):
+    assert clean_name(raw) == clean
