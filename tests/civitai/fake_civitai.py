@@ -43,6 +43,15 @@ PNG_1PX = bytes.fromhex(
     "c9fe92ef0000000049454e44ae426082")
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client closing a kept-alive connection (or a test cutting one) is not a server error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FakeCivitai:
     def __init__(self):
         self.versions: dict[int, dict] = {}
@@ -55,7 +64,7 @@ class FakeCivitai:
         self.lock = threading.Lock()
         self.delay = 0.0  # seconds each API answer takes (to see requests overlap)
         self.in_flight = self.max_in_flight = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = _Server(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
