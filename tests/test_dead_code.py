@@ -28,6 +28,9 @@ ALLOWED: dict[str, str] = {
     "sdlora/stack.py::LoraStack.fallbacks": "public LoraStack API: why layers keep W0 copies (its docstring)",
     "sdlora/train/compiling.py::CompiledUNet.compiled": "public state of a compiled UNet (a caller can tell a "
                                                         "run fell back to eager)",
+    # hooks a base class of another library calls by name
+    "sdlora/civitai/lookup.py::_Text.handle_starttag": "html.parser.HTMLParser hook, called by feed()",
+    "sdlora/civitai/lookup.py::_Text.handle_data": "html.parser.HTMLParser hook, called by feed()",
 }
 
 
