@@ -6,7 +6,14 @@ writing them, for editors that show them first. `load_captioner(source)` picks t
 """
 
 from sdlora.caption.models import Captioner, load_captioner
-from sdlora.caption.run import CaptionOptions, CaptionResult, Proposal, apply_proposals, caption_folder, propose_captions
+from sdlora.caption.run import (
+           CaptionOptions,
+           CaptionResult,
+           Proposal,
+           apply_proposals,
+           caption_folder,
+           propose_captions,
+)
 from sdlora.caption.tagger import TaggerOptions
 
 __all__ = ["CaptionOptions", "CaptionResult", "Captioner", "Proposal", "TaggerOptions", "apply_proposals",

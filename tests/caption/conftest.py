@@ -48,20 +48,26 @@ def tagger_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def blip_dir(tmp_path_factory) -> Path:
     import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     folder = tmp_path_factory.mktemp("blip-tiny")
-    words = "a red blue circle square on the background style picture of".split()
+    words = ["a", "red", "blue", "circle", "square", "on", "the", "background", "style", "picture", "of"]
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *words]) + "\n")
     tokenizer = BertTokenizer(str(vocab), bos_token="[DEC]")
-    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
-    text = dict(vocab_size=6 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64, encoder_hidden_size=32, max_position_embeddings=64, bos_token_id=5,
-                sep_token_id=3, pad_token_id=0)
-    vision = dict(hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=64)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    text = {"vocab_size": 6 + len(words), "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64, "encoder_hidden_size": 32, "max_position_embeddings": 64,
+            "bos_token_id": 5, "sep_token_id": 3, "pad_token_id": 0}
+    vision = {"hidden_size": 32, "image_size": 32, "patch_size": 8, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "intermediate_size": 64}
     torch.manual_seed(0)
     model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision, projection_dim=32))
     model.save_pretrained(folder)

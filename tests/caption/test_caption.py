@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdlora.caption import (CaptionOptions, TaggerOptions, apply_proposals, caption_folder, load_captioner,
-                            propose_captions)
+from sdlora.caption import (
+    CaptionOptions,
+    TaggerOptions,
+    apply_proposals,
+    caption_folder,
+    load_captioner,
+    propose_captions,
+)
 from sdlora.caption.tagger import WD14Tagger
 from sdlora.cli import main
 from sdlora.errors import ConfigError
