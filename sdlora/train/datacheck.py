@@ -31,7 +31,7 @@ Signature = tuple[int, tuple[int, int, int]]
 def signature(image: Image.Image) -> Signature:
     """(difference hash, mean RGB) of an RGB image."""
     mean = np.asarray(image.resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32).mean(axis=(0, 1))
-    return difference_hash(image), tuple(int(round(v)) for v in mean)
+    return difference_hash(image), tuple(round(float(v)) for v in mean)
 
 
 def difference_hash(image: Image.Image) -> int:
@@ -53,7 +53,7 @@ def near_duplicates(signatures: dict[Path, Signature]) -> list[tuple[Path, Path,
         for second in paths[i + 1:]:
             hash_b, colour_b = signatures[second]
             bits = (hash_a ^ hash_b).bit_count()
-            if bits <= DUPLICATE_BITS and max(abs(a - b) for a, b in zip(colour_a, colour_b)) <= DUPLICATE_COLOUR:
+            if bits <= DUPLICATE_BITS and max(abs(a - b) for a, b in zip(colour_a, colour_b, strict=True)) <= DUPLICATE_COLOUR:
                 pairs.append((first, second, bits))
     return pairs
 

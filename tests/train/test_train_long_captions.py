@@ -10,10 +10,10 @@ from transformers import CLIPTokenizer
 
 from sdlora.configs import tokenizers_root
 from sdlora.train import train
-from sdlora.train.conditioning import encode_text, join_chunks, tokenize, tokenize_chunks, token_limit
+from sdlora.train.conditioning import encode_text, join_chunks, token_limit, tokenize, tokenize_chunks
 from sdlora.train.kohya_import import map_settings
 
-WORDS = "red blue green circle square triangle big small left right top bottom".split()
+WORDS = ["red", "blue", "green", "circle", "square", "triangle", "big", "small", "left", "right", "top", "bottom"]
 
 
 def _long_caption(words: int) -> str:
