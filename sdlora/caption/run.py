@@ -9,7 +9,6 @@ error, power) keeps what it did and a second run goes on where it stopped.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +17,11 @@ from pathlib import Path
 from sdlora.caption.models import Captioner
 from sdlora.errors import ConfigError
 from sdlora.progress import ProgressCallback, report
-from sdlora.train.captions import caption_path, check_caption, with_trigger, write_caption
+from sdlora.train.captions import BACKUP_SUFFIX, backup_caption, check_caption, with_trigger, write_caption
 from sdlora.train.data import CaptionedImage, caption_pairs
 from sdlora.train.images import ImageSkipped, open_image
 
 Cancel = threading.Event | Callable[[], bool] | None
-BACKUP_SUFFIX = ".txt.bak"
 
 
 @dataclass
@@ -102,12 +100,9 @@ def apply_proposals(proposals: list[Proposal], result: CaptionResult | None = No
     result = result or CaptionResult()
     for proposal in proposals:
         text = check_caption(proposal.new, proposal.name)
-        target = caption_path(proposal.image)
-        if target.exists():
-            backup = target.with_suffix(BACKUP_SUFFIX)
-            if not backup.exists():
-                shutil.copy2(target, backup)
-                result.backups.append(backup)
+        backup = backup_caption(proposal.image)
+        if backup is not None:
+            result.backups.append(backup)
         result.written.append(write_caption(proposal.image, text))
     return result
 

@@ -36,6 +36,7 @@ from sdlora.suffixes import IMAGE_SUFFIXES
 from sdlora.train import datacheck, masks
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
 from sdlora.train.captions import (
+    backup_caption,
     caption_path,
     check_caption,
     process_caption,
@@ -224,9 +225,10 @@ def caption_pairs(root: str | Path, repeats: int = 1) -> list[CaptionedImage]:
     return pairs
 
 
-def write_captions(root: str | Path, captions: Mapping[str, str | None]) -> list[Path]:
+def write_captions(root: str | Path, captions: Mapping[str, str | None], backup: bool = False) -> list[Path]:
     """Write captions of images in data set `root`, given as {image path relative to root: caption}; returns
-    the caption files written. Every entry is checked before any file is written.
+    the caption files written. Every entry is checked before any file is written. With `backup`, a caption
+    file whose caption changes is first kept as `<stem>.txt.bak` (`backup_caption`).
 
     Raises:
         DatasetError: `root` is not a folder; a name is not an image `caption_pairs` lists (outside `root`,
@@ -241,6 +243,10 @@ def write_captions(root: str | Path, captions: Mapping[str, str | None]) -> list
             raise DatasetError(f"{name!r} is not an image of the data set {root.name}/ (images sit in it or in "
                                "its N_name subfolders)")
         images.append((image, check_caption(caption, name)))
+    if backup:
+        for image, caption in images:
+            if caption_path(image).is_file() and read_caption(caption_path(image))[0] != caption:
+                backup_caption(image)
     return [write_caption(image, caption) for image, caption in images]
 
 
