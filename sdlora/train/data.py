@@ -310,6 +310,7 @@ def scan_dataset(cfg, on_progress: ProgressCallback | None = None, seed: int = 0
     Raises:
         DatasetError: a folder is missing or holds no usable image; the split would leave no training image.
     """
+    sized = cfg.resolution is not None  # else the size is a guess: no upscale check on it
     cfg = fill_data_sizes(cfg, None)
     root = _data_root(cfg.path or "")
     # every root is listed before any image is decoded, so a missing folder fails before the long part
@@ -336,11 +337,11 @@ def scan_dataset(cfg, on_progress: ProgressCallback | None = None, seed: int = 0
         items += balance_reg(items, reg_items)
     _assign_buckets(items, cfg, summary)
     _assign_buckets(summary.validation, cfg, DatasetSummary())  # the summary's buckets count trained images
-    _check(items, cfg, summary, base)
+    _check(items, cfg, summary, base, sized)
     return items, summary
 
 
-def _check(items: list[ImageItem], cfg, summary: DatasetSummary, base: str | None) -> None:
+def _check(items: list[ImageItem], cfg, summary: DatasetSummary, base: str | None, sized: bool) -> None:
     trained = [item for item in items if not item.is_reg]
     paths = {item.path for item in trained}
     tokenizer = datacheck.caption_tokenizer(base or "sd1")
@@ -348,7 +349,7 @@ def _check(items: list[ImageItem], cfg, summary: DatasetSummary, base: str | Non
         trained, tokenizer, token_limit(tokenizer, chunk_count(cfg.max_token_length)), cfg.max_token_length)
     summary.checks = [
         *datacheck.duplicate_lines({path: h for path, h in summary.hashes.items() if path in paths}),
-        *datacheck.upscale_lines(trained),
+        *(datacheck.upscale_lines(trained) if sized else []),
         *caption,
         *datacheck.uncaptioned_lines(summary.uncaptioned_as, cfg.trigger),
         *datacheck.alpha_lines(summary.transparent, cfg.alpha_mask, cfg.background),

@@ -66,7 +66,8 @@ def create_ui(c: dict[str, Any]) -> None:
                     "as .txt.bak).")
         with gr.Row():
             c["caption_model"] = gr.Textbox(label="Captioner folder or hub id", scale=3, elem_id="train-caption-model")
-            c["caption_trigger"] = gr.Textbox(label="Trigger (first in every caption)", scale=2)
+            c["caption_trigger"] = gr.Textbox(label="Trigger (first in every caption)", scale=2,
+                                              elem_id="train-caption-trigger")
         with gr.Row():
             c["caption_prefix"] = gr.Textbox(label="Prefix")
             c["caption_suffix"] = gr.Textbox(label="Suffix")

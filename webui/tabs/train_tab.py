@@ -644,7 +644,7 @@ def _create_dataset_ui(app, c: dict[str, Any]) -> None:
         with gr.Row():
             c["bulk_trigger"] = gr.Textbox(label="Trigger word to add to every caption", scale=3)
             c["add_trigger"] = gr.Button("Add to all captions", scale=1)
-            c["save_captions"] = gr.Button("Save captions", scale=1)
+            c["save_captions"] = gr.Button("Save captions", scale=1, elem_id="train-save-captions")
         caption_panel.create_ui(c)
 
 
