@@ -45,12 +45,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     stage("generate", "starting (loading torch and diffusers)")
-    from sdlora.base_ref import native_resolution_of
+    from sdlora.base.load import load_base
+    from sdlora.base.native import native_resolution_of
     from sdlora.generate import (
         GenerateSettings,
         check_prompt_loras,
         generate,
-        load_base,
         random_seed,
         save_png,
     )
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         stage("generate", f"applying {len(args.lora)} LoRA(s)")
     with stack.batch():
         for path, strength in map(lora_with_strength, args.lora):
-            stack.add(path, **strength.stack_kwargs())
+            stack.add(path, strength)
     if args.grid_x:
         image, parameters = _grid(args, pipeline, settings, stack, library)
     else:
