@@ -58,7 +58,7 @@ SETTINGS: dict[str, str] = {
     "output.sample_prompts": "Sample prompts (one per line)",
 }
 # The "Advanced settings" accordion: group title -> config keys. A field is added by naming it here; its
-# label, widget (dropdown for choices, checkbox, number, text) and help text come from the config field.
+# label, widget (dropdown for choices, checkbox, number, text) and help text come from its field_spec.
 ADVANCED: dict[str, list[str]] = {
     "Optimizer & schedule": ["optim.optimizer", "optim.optimizer_args", "optim.weight_decay", "optim.scheduler",
                              "optim.warmup_steps", "optim.lr_cycles", "optim.lr_power", "optim.loraplus_ratio",
