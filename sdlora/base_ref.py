@@ -31,9 +31,6 @@ from sdlora.suffixes import PICKLE_SUFFIXES
 EMBEDDED = "embedded"
 FAMILY_ALIASES = {"sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
                   "sdxl": "sdxl"}
-# a resolution this many times off the base's native pixel count (either way) is allowed but warned about:
-# the model was never trained near it (16x the pixels = 4x the side: 32 px embedded trained at 128 px)
-FAR_PIXEL_RATIO = 16
 # the base whose own recipe is a shipped preset of the same name (sdlora/configs/presets/<name>.yaml)
 PRESET_FOR_BASE = {EMBEDDED: "embedded"}
 
@@ -144,18 +141,6 @@ def native_resolution(base: str | Path, family: str | None = None) -> int | None
 def native_resolution_of(model) -> int:
     """The same, from a loaded model (`Components` or a diffusers pipeline: its unet and vae configs)."""
     return size_from_configs(model.unet.config, model.vae.config)
-
-
-def far_from_native(resolution: int, native: int | None) -> str | None:
-    """A warning when `resolution` is FAR_PIXEL_RATIO times off the native pixel count, else None."""
-    if not native or not resolution:
-        return None
-    ratio = (resolution / native) ** 2
-    if 1 / FAR_PIXEL_RATIO < ratio < FAR_PIXEL_RATIO:
-        return None
-    how = f"{ratio:.0f}x the pixels" if ratio > 1 else f"1/{1 / ratio:.0f} of the pixels"
-    return (f"data.resolution={resolution} is {how} of the base's native {native} px: allowed, but the base "
-            f"was never trained near it (slow, and poor results); leave data.resolution unset to use {native}")
 
 
 def default_preset(base: str | Path) -> str | None:
