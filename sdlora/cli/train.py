@@ -74,7 +74,7 @@ def _kohya_overrides(files: list[str]) -> list[str]:
     """The settings imported from kohya files; prints what was mapped and one line per ignored key."""
     if not files:
         return []
-    from sdlora.settings import read_kohya
+    from sdlora.settings.kohya_import import read_kohya
 
     imported = read_kohya(*files)
     print(f"kohya import: {len(imported.mapped)} keys mapped, {len(imported.ignored)} ignored")
@@ -144,7 +144,8 @@ def _config_source(args: argparse.Namespace, overrides: list[str]) -> tuple[str 
     --config was given)."""
     if args.config is not None:
         return args.config, ""
-    from sdlora.settings import base_preset, load_config
+    from sdlora.settings.config import load_config
+    from sdlora.settings.presets import base_preset
 
     preset = base_preset(load_config(None, overrides).model.base)
     if preset is None:
@@ -167,7 +168,7 @@ def _cancel_on_ctrl_c(cancel: threading.Event):
 
 def run(args: argparse.Namespace) -> int:
     # settings first, with no torch imported: a typo in --set fails in a fraction of a second
-    from sdlora.settings import load_config
+    from sdlora.settings.config import load_config
 
     overrides = [*_kohya_overrides(args.from_kohya), *_overrides(args)]
     config, source = _config_source(args, overrides)
@@ -202,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _dry_run(cfg) -> int:
     """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
-    from sdlora.settings import dump_config, resolve_base_settings
+    from sdlora.settings.config import dump_config
+    from sdlora.settings.resolution import resolve_base_settings
     from sdlora.train.data import scan_dataset
 
     cfg, notes, _ = resolve_base_settings(cfg)

@@ -17,17 +17,11 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import ConfigError, DatasetError, SdloraError
-from sdlora.settings import (
-    TrainConfig,
-    apply_values,
-    base_preset,
-    field_spec,
-    load_config,
-    preset_names,
-    preset_path,
-    read_kohya,
-    resolve_base_settings,
-)
+from sdlora.settings.config import TrainConfig, load_config
+from sdlora.settings.fields import apply_values, field_spec
+from sdlora.settings.kohya_import import read_kohya
+from sdlora.settings.presets import base_preset, preset_names, preset_path
+from sdlora.settings.resolution import resolve_base_settings
 from webui.jobs import DONE
 from webui.paths import safe_filename, unique_path
 from webui.tabs.common import bound, gather
