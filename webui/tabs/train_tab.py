@@ -2,8 +2,9 @@
 
 Handlers are plain functions: `app` (the AppState) first, then UI values; they return UI values.
 The settings form is gathered into one dict keyed by config keys ("lora.rank", ...) and turned into a
-`TrainConfig` once, by `config_from_form` (STYLE §8.8: no 289-parameter handlers). Training runs in
-the app's job queue; the page polls the job with a timer, so generation stays usable meanwhile.
+`TrainConfig` once, by `config_from_form` with `sdlora.settings.apply_values` (no 289-parameter handlers);
+each widget comes from its setting's `field_spec`. Training runs in the app's job queue as
+`webui.training_job.training_job`; the page polls the job with a timer, so generation stays usable meanwhile.
 """
 
 from __future__ import annotations
