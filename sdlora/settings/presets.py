@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdlora import configs
-from sdlora.base_ref import default_preset
+from sdlora.base.native import default_preset
 from sdlora.errors import ConfigError
 
 

@@ -7,13 +7,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from sdlora.base_ref import native_resolution, native_resolution_of
+from sdlora.base.native import far_from_native, native_resolution, native_resolution_of
 from sdlora.settings.config import DataConfig, TrainConfig, validate
 
 DEFAULT_NATIVE = 512  # the size assumed when nothing tells the base's own (SD1's; only before a base is known)
-# a resolution this many times off the base's native pixel count (either way) is allowed but warned about:
-# the model was never trained near it (16x the pixels = 4x the side: 32 px embedded trained at 128 px)
-FAR_PIXEL_RATIO = 16
 
 
 def fill_data_sizes(data: DataConfig, native: int | None) -> DataConfig:
@@ -23,18 +20,6 @@ def fill_data_sizes(data: DataConfig, native: int | None) -> DataConfig:
     resolution = data.resolution or native
     return dataclasses.replace(data, resolution=resolution, min_bucket=data.min_bucket or max(8, resolution // 2),
                                max_bucket=data.max_bucket or resolution * 2)
-
-
-def far_from_native(resolution: int, native: int | None) -> str | None:
-    """A warning when `resolution` is FAR_PIXEL_RATIO times off the native pixel count, else None."""
-    if not native or not resolution:
-        return None
-    ratio = (resolution / native) ** 2
-    if 1 / FAR_PIXEL_RATIO < ratio < FAR_PIXEL_RATIO:
-        return None
-    how = f"{ratio:.0f}x the pixels" if ratio > 1 else f"1/{1 / ratio:.0f} of the pixels"
-    return (f"data.resolution={resolution} is {how} of the base's native {native} px: allowed, but the base "
-            f"was never trained near it (slow, and poor results); leave data.resolution unset to use {native}")
 
 
 def resolve_for_base(cfg: TrainConfig, native: int | None) -> tuple[TrainConfig, list[str]]:
@@ -62,7 +47,7 @@ def resolve_for_base(cfg: TrainConfig, native: int | None) -> tuple[TrainConfig,
 def resolve_base_settings(cfg: TrainConfig, components=None) -> tuple[TrainConfig, list[str], int | None]:
     """`cfg` with the base-dependent defaults filled in (data.resolution, buckets) and notes about them.
 
-    The base's native size comes from `components` (a loaded `sdlora.models.Components`) when given, else
+    The base's native size comes from `components` (a loaded `sdlora.base.load.Components`) when given, else
     from the config files of `cfg.model.base` (no weights are read, so `--dry-run` and the web UI's form can
     show it); None only for a hub id, which must load first.
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import sdlora
+from sdlora.base.load import load_components
 from sdlora.errors import ConfigError, TrainingError
-from sdlora.models import load_components
 from sdlora.progress import ProgressCallback
 from sdlora.settings.resolution import resolve_base_settings
 from sdlora.threads import apply_threads
@@ -53,7 +53,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
 
     Args:
         cfg: a `sdlora.settings.TrainConfig` (see `load_config`); unset sizes are taken from the base.
-        components: a `sdlora.models.Components`; loaded from `cfg.model.base` when None.
+        components: a `sdlora.base.load.Components`; loaded from `cfg.model.base` when None.
         on_step: called after every optimizer step with a `StepInfo` (loss, lr, samples, checkpoint; main
             process only).
         on_progress: called in every other stage (loading the base, scanning images, caching latents i/N,

@@ -3,7 +3,6 @@
 import pytest
 
 from sdlora.settings import TrainConfig, apply_values, base_preset, preset_path, resolve_base_settings
-from sdlora.settings.resolution import far_from_native
 
 
 def test_an_unset_resolution_takes_the_bases_native_size_and_says_so():
@@ -31,8 +30,3 @@ def test_a_hub_id_has_no_size_before_it_loads():
 def test_a_base_with_a_recipe_names_its_preset():
     assert base_preset("embedded") == "embedded" and preset_path("embedded").is_file()
     assert base_preset("some/model.safetensors") is None and base_preset(None) is None
-
-
-def test_far_from_native_warns_only_far_off():
-    assert far_from_native(64, 32) is None and far_from_native(512, 512) is None
-    assert "16x the pixels" in far_from_native(128, 32) and "1/16 of the pixels" in far_from_native(128, 512)

@@ -15,7 +15,8 @@ import pytest
 from safetensors.torch import save_file
 from tests_train_helpers import save_tiny_pipeline, write_images
 
-from sdlora.base_ref import native_resolution, parse_base
+from sdlora.base.native import far_from_native, native_resolution
+from sdlora.base.ref import parse_base
 from sdlora.cli import main
 from sdlora.settings.config import load_config
 
@@ -33,6 +34,11 @@ def test_native_resolution_of_the_shipped_bases_without_weights():
     assert [native_resolution(b) for b in ("embedded", "sd1", "sd15", "sd2", "sdxl")] == [32, 512, 512, 768, 1024]
     assert load_config(None).data.resolution is None  # unset until the base is known
     assert load_config(None, ["data.resolution=auto"]).data.resolution is None
+
+
+def test_far_from_native_warns_only_far_off():
+    assert far_from_native(64, 32) is None and far_from_native(512, 512) is None
+    assert "16x the pixels" in far_from_native(128, 32) and "1/16 of the pixels" in far_from_native(128, 512)
 
 
 def test_embedded_base_trains_at_32_px_when_no_resolution_is_given(tmp_path):

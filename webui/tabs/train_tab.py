@@ -486,7 +486,7 @@ def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
 def create_ui(app) -> dict[str, Any]:
     """Build the Train tab inside the current gr.Blocks; returns its components for cross-tab wiring."""
     from webui.tabs.generate_runs import (
-        base_choices,  # the Base menu list (sdlora.bases), shared with Generate
+        base_choices,  # the Base menu list (sdlora.base.listing), shared with Generate
     )
 
     c: dict[str, Any] = {"job_id": gr.State(None), "dataset": gr.State("")}
