@@ -22,41 +22,30 @@ def fill_data_sizes(data: DataConfig, native: int | None) -> DataConfig:
                                max_bucket=data.max_bucket or resolution * 2)
 
 
-def resolve_for_base(cfg: TrainConfig, native: int | None) -> tuple[TrainConfig, list[str]]:
-    """A copy of `cfg` with every base-dependent default filled in, and notes for the run summary (where
-    each value came from, and a warning when an explicit resolution is far from the base's `native` size).
-
-    >>> cfg, notes = resolve_for_base(TrainConfig(), 32)
-    >>> cfg.data.resolution, cfg.data.min_bucket, cfg.data.max_bucket
-    (32, 16, 64)
-    """
-    notes = []
-    if cfg.data.resolution is None:
-        notes.append(f"data.resolution: {native or DEFAULT_NATIVE} px, the base's native size" if native else
-                     f"data.resolution: {DEFAULT_NATIVE} px (the base's native size is unknown until it loads)")
-    else:
-        warning = far_from_native(cfg.data.resolution, native)
-        if warning:
-            notes.append(f"warning: {warning}")
-    out = copy.deepcopy(cfg)  # the caller's config stays "unset", so it can be reused with another base
-    out.data = fill_data_sizes(cfg.data, native)
-    validate(out)
-    return out, notes
-
-
 def resolve_base_settings(cfg: TrainConfig, components=None) -> tuple[TrainConfig, list[str], int | None]:
-    """`cfg` with the base-dependent defaults filled in (data.resolution, buckets) and notes about them.
+    """A copy of `cfg` with the base-dependent defaults filled in (data.resolution, buckets), notes for the
+    run summary (where each value came from; a warning when an explicit resolution is far from the base's
+    native size) and that native size. The caller's config stays "unset", so it can be reused with another base.
 
-    The base's native size comes from `components` (a loaded `sdlora.base.load.Components`) when given, else
-    from the config files of `cfg.model.base` (no weights are read, so `--dry-run` and the web UI's form can
-    show it); None only for a hub id, which must load first.
+    The native size comes from `components` (a loaded `sdlora.base.load.Components`) when given, else from
+    the config files of `cfg.model.base` (no weights are read, so `--dry-run` and the web UI's form can show
+    it); None only for a hub id, which must load first.
 
-    Returns:
-        (resolved TrainConfig, notes for the summary, native size or None).
+    >>> cfg, notes, native = resolve_base_settings(TrainConfig())   # the embedded base
+    >>> native, cfg.data.resolution, cfg.data.min_bucket, cfg.data.max_bucket
+    (32, 32, 16, 64)
     """
     if components is not None:
         native = native_resolution_of(components)
     else:
         native = native_resolution(cfg.model.base, cfg.model.family)
-    resolved, notes = resolve_for_base(cfg, native)
-    return resolved, notes, native
+    warning = far_from_native(cfg.data.resolution, native) if cfg.data.resolution is not None else None
+    if cfg.data.resolution is None:
+        notes = [f"data.resolution: {native} px, the base's native size" if native else
+                 f"data.resolution: {DEFAULT_NATIVE} px (the base's native size is unknown until it loads)"]
+    else:
+        notes = [f"warning: {warning}"] if warning else []
+    out = copy.deepcopy(cfg)
+    out.data = fill_data_sizes(cfg.data, native)
+    validate(out)
+    return out, notes, native
