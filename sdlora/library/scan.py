@@ -1,4 +1,4 @@
-"""LoRA library: scan a folder tree of LoRA files, with a header cache. Never imports torch.
+"""LoRA library scan: one or several folder trees of LoRA files, with a header cache. Never imports torch.
 
 Per file: name (file stem, as A1111 shows it), family, rank, trigger words (`modelspec.trigger_phrase`,
 which sdlora's trainer writes from `data.trigger`), top tags (the most frequent `ss_tag_frequency` caption
@@ -11,7 +11,12 @@ A scan reads safetensors headers only: the hash is taken from `sshs_model_hash` 
 it (as A1111 does); otherwise `file_hash` computes it on demand (it reads the whole file) and caches it.
 The cache (JSON) maps each path to (size, mtime) and what was read from its header, plus the hash once
 known, so a rescan of an unchanged folder reads no file at all. A damaged file is reported in the scan
-result; the scan goes on.
+result; the scan goes on. Files under a root's `.trash/` folder (where `sdlora.library.dupes` puts the copies
+a user did not keep) are not listed.
+
+Organising data (docs/library.md): `tags` (the user's own from `<stem>.json` "tags", plus Civitai's from
+`<stem>.civitai.info`), `favourite` ("favourite" in `<stem>.json`), `base_model` (Civitai's `baseModel` when a
+`.civitai.info` is there, else the header's family), `folder` (the file's folder relative to its root).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ PREVIEW_SUFFIXES = tuple(f".preview{s}" for s in sorted(IMAGE_SUFFIXES)) + tuple
 PREVIEW_NAME = ".preview.png"  # what set_preview writes (A1111 looks for it first)
 PREVIEW_MAX_SIDE = 512  # A1111's cards are about 256 px wide; 512 stays sharp on a dense screen
 SORT_KEYS = ("name", "date", "size")
+TRASH = ".trash"  # where duplicates a user did not keep are moved, in each library root
 NOTE_FIELDS = ("activation text", "preferred weight", "notes", "description", "sd version", "negative text")
 TOP_TAGS = 5
 _RANK_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".hada_w1_b", ".lokr_w1_b", ".lokr_w2_b")
@@ -63,6 +69,11 @@ class LibraryEntry:
     sha256: str = ""
     title: str = ""
     error: str | None = None
+    root: str = ""    # the library root the file was found under
+    folder: str = ""  # its folder relative to that root ("" at the root; "/" separated)
+    tags: list[str] = field(default_factory=list)  # the user's tags, then Civitai's (no repeats)
+    base_model: str = ""  # Civitai's base model ("SD 1.5", "SDXL 1.0", "Pony", ...), else the family
+    favourite: bool = False
 
     @property
     def short_hash(self) -> str:
@@ -72,7 +83,8 @@ class LibraryEntry:
     def search_text(self) -> str:
         """What a library search looks in: name, title, trigger words, top tags and the notes' values, lower case."""
         notes = " ".join(str(v) for v in self.notes.values())
-        return " ".join([self.name, self.title, *self.trigger_words, *self.top_tags, notes]).lower()
+        return " ".join([self.name, self.title, self.folder, self.base_model, *self.trigger_words, *self.top_tags,
+                         *self.tags, notes]).lower()
 
 
 @dataclass
@@ -100,7 +112,7 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
     """Scan `folder` (recursively) for `.safetensors` LoRAs.
 
     Args:
-        folder: the LoRA folder.
+        folder: the LoRA folder, or a list of library roots (scanned in order).
         cache_path: the JSON header cache (default: ~/.cache/sdlora/library-cache.json); it is
             updated atomically after the scan. Pass False to use no cache.
         on_progress: called with `Progress(done, total, path)` per file.
@@ -108,21 +120,29 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
     Raises:
         ConfigError: `folder` is not a folder. Damaged files do not raise; they are in `.errors`.
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: not a folder; give the folder that holds your LoRA files")
+    roots = [Path(f) for f in folder] if isinstance(folder, list | tuple) else [Path(folder)]
+    for root in roots:
+        if not root.is_dir():
+            raise ConfigError(f"{root}: not a folder; give the folder that holds your LoRA files")
     cache_file = None if cache_path is False else Path(cache_path or default_cache_path())
     cache = _read_cache(cache_file)
-    files = sorted(p for p in root.rglob("*.safetensors") if p.is_file())
+    files = [(root, path) for root in roots for path in library_files(root)]
     result = ScanResult()
-    for done, path in enumerate(files, 1):
+    for done, (root, path) in enumerate(files, 1):
         entry = _scan_file(path, cache, result)
+        entry.root, entry.folder = str(root), path.parent.relative_to(root).as_posix().strip(".")
         (result.errors if entry.error else result.entries).append(entry)
         report(on_progress, done, len(files), str(path))
     result.entries.sort(key=lambda e: e.name.lower())
     if cache_file is not None and result.files_read:
         _write_cache(cache_file, cache)
     return result
+
+
+def library_files(root: Path) -> list[Path]:
+    """The `.safetensors` files under `root`, sorted, those in its `.trash/` folder left out."""
+    trash = root / TRASH
+    return sorted(p for p in root.rglob("*.safetensors") if p.is_file() and not p.is_relative_to(trash))
 
 
 def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
@@ -148,7 +168,55 @@ def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
         entry.trigger_words, entry.top_tags = [], []
     entry.preview = find_preview(path)
     entry.notes = read_notes(path)
+    civitai = read_civitai_info(path)
+    entry.tags = _unique([*note_tags(entry.notes), *civitai_tags(civitai)])
+    entry.favourite = entry.notes.get("favourite") is True
+    entry.base_model = str(civitai.get("baseModel") or "") or (entry.family or "").split(":")[0]
     return entry
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(item for item in items if item))
+
+
+def note_tags(notes: dict) -> list[str]:
+    """The user's tags in a notes dict ("tags": a list of strings, or one comma-separated string)."""
+    tags = notes.get("tags")
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    if not isinstance(tags, list):
+        return []
+    return _unique([tag.strip() for tag in tags if isinstance(tag, str)])
+
+
+def civitai_info_path(path) -> Path:
+    """Civitai Helper's `<stem>.civitai.info` beside a LoRA (the model-version answer of Civitai's API)."""
+    return Path(path).with_suffix(".civitai.info")
+
+
+def read_civitai_info(path) -> dict:
+    """The `<stem>.civitai.info` beside a LoRA; {} when none or unreadable (a log line)."""
+    info = civitai_info_path(path)
+    if not info.is_file():
+        return {}
+    try:
+        data = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("%s: unreadable Civitai info (%s); ignored", info, err)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def civitai_tags(info: dict) -> list[str]:
+    """Civitai's tags in a `.civitai.info`: `tags` or `model.tags` (strings, or objects with a "name")."""
+    model = info.get("model") if isinstance(info.get("model"), dict) else {}
+    found = []
+    for tags in (info.get("tags"), model.get("tags")):
+        for tag in tags if isinstance(tags, list) else []:
+            name = tag.get("name") if isinstance(tag, dict) else tag
+            if isinstance(name, str) and name.strip():
+                found.append(name.strip())
+    return _unique(found)
 
 
 def _cached(cache: dict, path: Path, stat) -> dict | None:
