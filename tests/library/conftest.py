@@ -42,3 +42,25 @@ def library_root(tmp_path):
     (root / "copies" / "b.txt").write_text("b's notes")
     write_tiny_lora(root / "styles" / "ink" / "c.safetensors", seed=2)
     return root
+
+
+def embedded_lora(path, seed: int = 1, rank: int = 4):
+    """A Kohya LoRA with random factors on the embedded model's UNet attention q/v projections (a visible effect)."""
+    import torch
+
+    import sdlora
+    from sdlora.arch.components import canonical_name
+    from sdlora.models import load_components
+    from sdlora.weights import LoraModule, LoraState
+
+    gen = torch.Generator().manual_seed(seed)
+    modules = {}
+    for live, module in load_components("embedded").unet.named_modules():
+        if live.endswith(("attn1.to_q", "attn1.to_v", "attn2.to_q", "attn2.to_v")):
+            out_f, in_f = module.weight.shape
+            down = torch.randn(rank, in_f, generator=gen) / in_f**0.5
+            up = torch.randn(out_f, rank, generator=gen)
+            modules[canonical_name("unet", live)] = LoraModule("lora", {"down": down, "up": up}, alpha=float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sdlora.save_lora(LoraState(modules=modules, metadata={}), path)
+    return path
