@@ -87,8 +87,8 @@ def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict
         return [message, gr.Dropdown(choices=choices, value=name), *generate_tab.slot_updates(slots)]
 
     train["add_to_stack"].click(
-        bound(add_result), {train["job_id"], *generate_tab.slot_inputs(generate)},
-        [train["status"], generate["pick"], *generate["slot_widgets"]], api_name="train_add_to_stack",
+        bound(add_result), {train["job_id"], generate["stack"]},
+        [train["status"], generate["pick"], *generate_tab.stack_outputs(generate)], api_name="train_add_to_stack",
     ).then(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
            library["refresh_outputs"])
 
@@ -121,15 +121,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def default_state(lora_dir: str | Path = "loras", output_dir: str | Path = "outputs",
+def default_state(lora_dir: str | Path | list = "loras", output_dir: str | Path = "outputs",
                   base: str = "embedded", data_dirs: tuple[Path, ...] | None = None,
                   model_dirs: tuple[Path, ...] = (), **options) -> AppState:
     """An AppState with the repository's sample_data/ as a readable data folder when present; `options` are
-    further `AppConfig` fields (allow_pickle, max_work)."""
+    further `AppConfig` fields (allow_pickle, max_work). `lora_dir` may be a list of library roots."""
     if data_dirs is None:
         sample = Path(__file__).resolve().parent.parent / "sample_data"
         data_dirs = (sample,) if sample.is_dir() else ()
-    return AppState(AppConfig(lora_dir=Path(lora_dir).resolve(), output_dir=Path(output_dir).resolve(),
+    lora_dirs = [Path(d).resolve() for d in (lora_dir if isinstance(lora_dir, list | tuple) else [lora_dir])]
+    return AppState(AppConfig(lora_dir=lora_dirs[0], extra_lora_dirs=tuple(lora_dirs[1:]),
+                              output_dir=Path(output_dir).resolve(),
                               base=base, data_dirs=tuple(Path(d).resolve() for d in data_dirs),
                               model_dirs=tuple(Path(d).resolve() for d in model_dirs), **options))
 

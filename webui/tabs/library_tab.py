@@ -36,7 +36,7 @@ def scan(app):
     """The library scan (sdlora.library), with its header cache kept in the output folder."""
     from sdlora.library import scan as scan_library
 
-    return scan_library(app.config.lora_dir, cache_path=cache_path(app))
+    return scan_library(app.config.lora_dirs, cache_path=cache_path(app))
 
 
 def list_entries(app) -> list:
