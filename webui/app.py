@@ -47,7 +47,7 @@ def build_app(state: AppState) -> gr.Blocks:
                 tools = tools_tab.create_ui(state)
         _wire_cross_tabs(state, train, library, generate)
         for event in tools["library_writes"]:  # tool results go into the library: show them there
-            event.success(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
+            event.success(bound(library_tab.refresh_outputs, state), library_tab.listing(library),
                           library["refresh_outputs"]).then(
                 bound(lambda: gr.Dropdown(choices=generate_tab.library_choices(state))), None, generate["pick"])
         # fill the lists when a page opens (not at build time: the library may change between visits)
@@ -89,7 +89,7 @@ def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict
     train["add_to_stack"].click(
         bound(add_result), {train["job_id"], generate["stack"]},
         [train["status"], generate["pick"], *generate_tab.stack_outputs(generate)], api_name="train_add_to_stack",
-    ).then(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
+    ).then(bound(library_tab.refresh_outputs, state), library_tab.listing(library),
            library["refresh_outputs"])
 
 
