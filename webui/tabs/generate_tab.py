@@ -294,13 +294,16 @@ def _create_stack(app, c: dict[str, Any]) -> None:
 
 
 def _create_row(app, c: dict[str, Any], i: int, slot: Slot) -> None:
-    """One stack row: its widgets write their value back into the stack state; ids carry the row's index."""
-    with gr.Group(elem_id=f"gen-slot-{i}", elem_classes=["gen-slot"]):
+    """One stack row: its widgets write their value back into the stack state; ids carry the row's index.
+    (Widgets drawn by gr.render are not made interactive by their listeners: `interactive=True` says so.)"""
+    # a Group repeats its elem_id on two nested elements (the duplicate ids of issue 22): a class names the row
+    with gr.Group(elem_classes=["gen-slot", f"gen-slot-{i}"]):
         with gr.Row():
             gr.Textbox(slot.name, label=f"LoRA {i + 1}", interactive=False, scale=3, elem_id=f"gen-slot-{i}-name")
-            strength = gr.Slider(-2, 2, value=slot.strength, step=0.05, label="Strength", scale=4,
+            strength = gr.Slider(-2, 2, value=slot.strength, step=0.05, label="Strength", scale=4, interactive=True,
                                  elem_id=f"gen-slot-{i}-strength")
-            enabled = gr.Checkbox(value=bool(slot.enabled), label="Enabled", scale=1, elem_id=f"gen-slot-{i}-enabled")
+            enabled = gr.Checkbox(value=bool(slot.enabled), label="Enabled", scale=1, interactive=True,
+                                  elem_id=f"gen-slot-{i}-enabled")
             remove = gr.Button("Remove", scale=0, size="sm", min_width=90, elem_id=f"gen-slot-{i}-remove")
         words = trigger_words(app, slot.name)
         if words:
@@ -315,9 +318,11 @@ def _create_row(app, c: dict[str, Any], i: int, slot: Slot) -> None:
                                  queue=False)
         with gr.Accordion("advanced", open=bool(slot.separate)):
             separate = gr.Checkbox(value=bool(slot.separate), label="Separate text-encoder and UNet strengths",
-                                   elem_id=f"gen-slot-{i}-separate")
-            te = gr.Slider(-2, 2, value=slot.te, step=0.05, label="Text-encoder strength", elem_id=f"gen-slot-{i}-te")
-            unet = gr.Slider(-2, 2, value=slot.unet, step=0.05, label="UNet strength", elem_id=f"gen-slot-{i}-unet")
+                                   interactive=True, elem_id=f"gen-slot-{i}-separate")
+            te = gr.Slider(-2, 2, value=slot.te, step=0.05, label="Text-encoder strength", interactive=True,
+                           elem_id=f"gen-slot-{i}-te")
+            unet = gr.Slider(-2, 2, value=slot.unet, step=0.05, label="UNet strength", interactive=True,
+                             elem_id=f"gen-slot-{i}-unet")
     for key, widget in (("strength", strength), ("enabled", enabled), ("separate", separate), ("te", te),
                         ("unet", unet)):
         widget.change(lambda value, new, key=key: set_slot_field(value, i, key, new), [c["stack"], widget],
@@ -328,7 +333,7 @@ def _create_row(app, c: dict[str, Any], i: int, slot: Slot) -> None:
                 c["redraw_fn"], c["draw_inputs"], c["draw_outputs"], show_progress="hidden",
                 trigger_mode="always_last")
     remove.click(lambda value: slot_updates(remove_slot(slots_of(value), i)), c["stack"],
-                 [c["stack"], c["stack_version"]], queue=False)
+                 [c["stack"], c["stack_version"]])
 
 
 MAX_WORD_BUTTONS = 12  # trigger words shown as buttons per LoRA ("insert trigger words" adds them all)
