@@ -39,7 +39,7 @@ from sdlora.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: header info per file, the hash optional (1 hashed every file)
+CACHE_VERSION = 3  # 3: keyed by absolute path, links not followed; 2: header info per file, the hash optional
 # A1111 looks for `<stem>.preview.<ext>` first, then `<stem>.<ext>`
 PREVIEW_SUFFIXES = tuple(f".preview{s}" for s in sorted(IMAGE_SUFFIXES)) + tuple(sorted(IMAGE_SUFFIXES))
 PREVIEW_NAME = ".preview.png"  # what set_preview writes (A1111 looks for it first)
@@ -126,10 +126,13 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
             raise ConfigError(f"{root}: not a folder; give the folder that holds your LoRA files")
     cache_file = None if cache_path is False else Path(cache_path or default_cache_path())
     cache = _read_cache(cache_file)
-    files = [(root, path) for root in roots for path in library_files(root)]
+    files = [(root, path, names) for root in roots for path, names in _walk(root)]
     result = ScanResult()
-    for done, (root, path) in enumerate(files, 1):
-        entry = _scan_file(path, cache, result)
+    for done, (root, path, names) in enumerate(files, 1):
+        try:
+            entry = _scan_file(path, cache, result, names)
+        except OSError:  # gone since the listing, or a link to nothing: not a file to list
+            continue
         entry.root, entry.folder = str(root), path.parent.relative_to(root).as_posix().strip(".")
         (result.errors if entry.error else result.entries).append(entry)
         report(on_progress, done, len(files), str(path))
@@ -141,11 +144,23 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
 
 def library_files(root: Path) -> list[Path]:
     """The `.safetensors` files under `root`, sorted, those in its `.trash/` folder left out."""
-    trash = root / TRASH
-    return sorted(p for p in root.rglob("*.safetensors") if p.is_file() and not p.is_relative_to(trash))
+    return [path for path, _ in _walk(Path(root))]
 
 
-def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
+def _walk(root: Path) -> list[tuple[Path, set[str]]]:
+    """(file, the names in its folder) of every `.safetensors` file under `root` but in `root/.trash/`, sorted by
+    path. The names let a scan find side files without one file-system call per candidate name (a warm scan of
+    1,000 files is mostly such look-ups: benchmarks/library.py)."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        if Path(folder) == root and TRASH in subfolders:
+            subfolders.remove(TRASH)
+        names = set(files)
+        found += [(Path(folder) / name, names) for name in files if name.endswith(".safetensors")]
+    return sorted(found, key=lambda item: item[0])
+
+
+def _scan_file(path: Path, cache: dict, result: ScanResult, names: set[str] | None = None) -> LibraryEntry:
     stat = path.stat()
     entry = LibraryEntry(name=path.stem, path=str(path), size=stat.st_size, mtime=stat.st_mtime)
     known = _cached(cache, path, stat)
@@ -157,7 +172,7 @@ def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
             entry.error = str(err)
             return entry
         known = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "info": info}
-        cache["files"][str(path.resolve())] = known
+        cache["files"][_key(path)] = known
     info = known["info"]
     for name in ("family", "rank", "ranks", "trigger_words", "title"):
         setattr(entry, name, info[name])
@@ -166,9 +181,9 @@ def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
         entry.top_tags = info["top_tags"]
     else:  # a cache written before top tags were kept apart: its trigger words mixed both in
         entry.trigger_words, entry.top_tags = [], []
-    entry.preview = find_preview(path)
-    entry.notes = read_notes(path)
-    civitai = read_civitai_info(path)
+    entry.preview = find_preview(path, names)
+    entry.notes = read_notes(path) if names is None or notes_path(path).name in names else {}
+    civitai = read_civitai_info(path) if names is None or civitai_info_path(path).name in names else {}
     entry.tags = _unique([*note_tags(entry.notes), *civitai_tags(civitai)])
     entry.favourite = entry.notes.get("favourite") is True
     entry.base_model = str(civitai.get("baseModel") or "") or (entry.family or "").split(":")[0]
@@ -219,9 +234,14 @@ def civitai_tags(info: dict) -> list[str]:
     return _unique(found)
 
 
+def _key(path: Path) -> str:
+    """A file's cache key: its absolute path (links not followed: size and mtime are the target's anyway)."""
+    return os.path.abspath(path)
+
+
 def _cached(cache: dict, path: Path, stat) -> dict | None:
     """The cache record of `path` when its size and mtime are unchanged, else None."""
-    known = cache["files"].get(str(path.resolve()))
+    known = cache["files"].get(_key(path))
     if known and known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
         return known
     return None
@@ -347,13 +367,14 @@ def top_tags(metadata: dict[str, str], top: int = TOP_TAGS) -> list[str]:
     return [tag for tag in ranked if tag and tag not in triggers][:top]
 
 
-def find_preview(path) -> str | None:
-    """The preview image beside a LoRA file (A1111 naming), or None."""
+def find_preview(path, names: set[str] | None = None) -> str | None:
+    """The preview image beside a LoRA file (A1111 naming), or None; `names`: the folder's file names when
+    known (no file-system call then)."""
     path = Path(path)
     stem = path.with_suffix("")
     for suffix in PREVIEW_SUFFIXES:
         candidate = Path(f"{stem}{suffix}")
-        if candidate.is_file():
+        if candidate.name in names if names is not None else candidate.is_file():
             return str(candidate)
     return None
 

@@ -459,6 +459,9 @@ def _wire_base(app, c: dict[str, Any]) -> None:
 
     def switch(values: dict):
         value = values[c["base"]]
+        if _is_current_base(app, value):  # the menu reports its value again when the stack rows are drawn anew
+            yield [gr.skip()] * len(outputs)
+            return
 
         def work(on_status, on_preview) -> list[Any]:
             message, kept = switch_base_slots(app, value, current_slots(values, c))
@@ -469,6 +472,13 @@ def _wire_base(app, c: dict[str, Any]) -> None:
         yield from stream(app, work, waiting, len(outputs) - 1)
 
     c["base"].input(switch, {c["base"], c["stack"]}, outputs, api_name="gen_switch_base", show_progress="hidden")
+
+
+def _is_current_base(app, value: str) -> bool:
+    try:
+        return bool(value) and app.base_model(value) == app.base_model(None)
+    except SdloraError:
+        return False  # switch_base says why
 
 
 def _base_size(value: str) -> int | None:
