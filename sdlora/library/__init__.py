@@ -11,7 +11,6 @@ from sdlora.library.scan import (
     TRASH,
     LibraryEntry,
     ScanResult,
-    civitai_info_path,
     civitai_tags,
     default_cache_path,
     entry_dict,
@@ -21,7 +20,6 @@ from sdlora.library.scan import (
     note_tags,
     notes_path,
     preview_path,
-    read_civitai_info,
     read_file_info,
     read_notes,
     scan,
@@ -35,8 +33,8 @@ from sdlora.library.scan import (
 
 __all__ = [
     "CACHE_VERSION", "NOTE_FIELDS", "PREVIEW_NAME", "PREVIEW_SUFFIXES", "SORT_KEYS", "TRASH", "LibraryEntry",
-    "ScanResult", "civitai_info_path", "civitai_tags", "default_cache_path", "entry_dict", "file_hash",
-    "find_preview", "library_files", "note_tags", "notes_path", "preview_path", "read_civitai_info",
+    "ScanResult", "civitai_tags", "default_cache_path", "entry_dict", "file_hash",
+    "find_preview", "library_files", "note_tags", "notes_path", "preview_path",
     "read_file_info", "read_notes", "scan", "search", "set_preview", "stored_hash", "top_tags", "trigger_words",
     "write_notes",
 ]

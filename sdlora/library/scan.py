@@ -32,6 +32,7 @@ from pathlib import Path
 from sdlora.arch.blocks import check_strength
 from sdlora.arch.family import detect_family
 from sdlora.atomic import atomic_path
+from sdlora.civitai.info import info_path, read_info
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.header import check_is_lora, read_header, tensor_data_sha256
 from sdlora.progress import report
@@ -183,7 +184,7 @@ def _scan_file(path: Path, cache: dict, result: ScanResult, names: set[str] | No
         entry.trigger_words, entry.top_tags = [], []
     entry.preview = find_preview(path, names)
     entry.notes = read_notes(path) if names is None or notes_path(path).name in names else {}
-    civitai = read_civitai_info(path) if names is None or civitai_info_path(path).name in names else {}
+    civitai = (read_info(path) or {}) if names is None or info_path(path).name in names else {}
     entry.tags = _unique([*note_tags(entry.notes), *civitai_tags(civitai)])
     entry.favourite = entry.notes.get("favourite") is True
     entry.base_model = str(civitai.get("baseModel") or "") or (entry.family or "").split(":")[0]
@@ -204,26 +205,9 @@ def note_tags(notes: dict) -> list[str]:
     return _unique([tag.strip() for tag in tags if isinstance(tag, str)])
 
 
-def civitai_info_path(path) -> Path:
-    """Civitai Helper's `<stem>.civitai.info` beside a LoRA (the model-version answer of Civitai's API)."""
-    return Path(path).with_suffix(".civitai.info")
-
-
-def read_civitai_info(path) -> dict:
-    """The `<stem>.civitai.info` beside a LoRA; {} when none or unreadable (a log line)."""
-    info = civitai_info_path(path)
-    if not info.is_file():
-        return {}
-    try:
-        data = json.loads(info.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        log.warning("%s: unreadable Civitai info (%s); ignored", info, err)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def civitai_tags(info: dict) -> list[str]:
-    """Civitai's tags in a `.civitai.info`: `tags` or `model.tags` (strings, or objects with a "name")."""
+    """Civitai's tags in a `.civitai.info` (`sdlora.civitai.info`): `tags` or `model.tags` (strings, or objects
+    with a "name", as Civitai's model answers give them)."""
     model = info.get("model") if isinstance(info.get("model"), dict) else {}
     found = []
     for tags in (info.get("tags"), model.get("tags")):
