@@ -20,7 +20,7 @@ import gradio as gr
 
 from sdlora.quiet import quiet_third_party
 from webui.state import AppConfig, AppState
-from webui.tabs import generate_tab, library_tab, tools_tab, train_tab
+from webui.tabs import civitai_panel, generate_tab, library_tab, tools_tab, train_tab
 from webui.tabs.common import bound
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,13 @@ def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict
     """Train's "Add to library and stack" fills a Generate slot and refreshes the library list; the
     Library's "Use the Generate tab's image" sets a preview from the Generate tab's image."""
     library_tab.wire_generated_preview(state, library, generate["image"])
+    civitai = library["civitai"]
+
+    def download_missing(hashes: list[str]):
+        return civitai_panel.queue_by_hash(state, civitai["queue_state"], hashes), gr.Timer(active=True)
+
+    generate["recipe_download"].click(bound(download_missing), generate["recipe_missing"],
+                                      [generate["status"], civitai["timer"]], api_name="recipe_download_missing")
 
     def add_result(values: dict) -> list[Any]:
         slots = generate_tab.current_slots(values, generate)

@@ -54,6 +54,6 @@ def test_missing_loras_are_named_with_their_hash(gen_app):
                               'Lora hashes: "a: 000000000000, gone: 0123456789ab"')
     values = recipe_panel.apply_recipe(gen_app, recipe, "the image")
     assert [s.name for s in generate_tab.slots_of(values[len(FIELDS)])] == ["a"]  # a: by name (hash unknown)
-    assert "not in the library: gone (hash 0123456789ab)" in values[-1]
+    assert "not in the library: gone (hash 0123456789ab)" in values[-1] and values[-2] == ["0123456789ab"]
     with pytest.raises(SdloraError, match="generate an image first"):
         recipe_panel.save_current(gen_app, "x", "", None)

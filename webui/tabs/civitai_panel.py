@@ -139,6 +139,29 @@ def run_download(app, job: DownloadJob) -> str:
     return f"saved {where}" + "".join(f"; {note}" for note in result.notes)
 
 
+def queue_by_hash(app, queue: DownloadQueue, hashes: list[str]) -> str:
+    """Queue the Civitai versions of `hashes` (a recipe's missing LoRAs: A1111's short tensor hashes, which
+    Civitai knows as AutoV3) for download into the library, by base-model folder. Asks Civitai about each hash,
+    so it needs the user's consent like any hash lookup."""
+    from sdlora.civitai.errors import CivitaiError
+    from sdlora.civitai.names import DEFAULT_TEMPLATE
+
+    if not hashes:
+        raise SdloraError("no missing LoRA with a hash: rebuild from an image first")
+    _check_consent()
+    queued, notes = [], []
+    with _client() as client:
+        for digest in hashes:
+            try:
+                version = client.version_by_hash(digest)
+            except CivitaiError as err:
+                notes.append(f"{digest}: {err}")
+                continue
+            queued.append(f"#{queue.submit(str(version.get('id')), DEFAULT_TEMPLATE).id} {digest}")
+    text = f"queued {len(queued)} download(s) by hash ({', '.join(queued)}); the Library tab's Civitai panel shows them"
+    return text + ("; " + "; ".join(notes) if notes else "")
+
+
 def queue_rows(queue: DownloadQueue) -> list[list]:
     rows = []
     for job in queue.snapshot():

@@ -3,7 +3,8 @@ saved recipes (save the current image's parameters under a name, load one back).
 reading and matching; this module turns a recipe into the tab's values.
 
 LoRAs are matched against the library by hash, then by name; a LoRA the library lacks is left out of the stack
-and named with its hash in the status line (docs/library.md "Recipes": a Civitai download by hash takes it).
+and named with its hash in the status line; "Download missing by hash" queues them in the Library tab's
+Civitai panel (wired by the app, which holds both tabs: webui/app.py).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ def recipes_dir(app) -> Path:
     return app.write_path("recipes")
 
 
-def slots_for(app, recipe) -> tuple[list, str]:
-    """(stack slots, note) for a recipe's LoRAs found in the library; the note names the missing ones."""
-    from sdlora.recipes import match_loras, missing_text
+def slots_for(app, recipe) -> tuple[list, str, list[str]]:
+    """(stack slots, note, hashes of the missing LoRAs) for a recipe's LoRAs; the note names the missing ones."""
+    from sdlora.recipes import match_loras, missing, missing_text
     from webui.tabs.generate_tab import Slot
     from webui.tabs.library_tab import cache_path, scan
 
@@ -51,23 +52,23 @@ def slots_for(app, recipe) -> tuple[list, str]:
             notes.append(f"{match.lora.name}: block weights are not kept by the stack rows")
     gone = missing_text(matches)
     if gone:
-        notes.append(gone + " (get them by hash, e.g. from Civitai, into the library, then rebuild again)")
-    return slots, "; ".join(notes)
+        notes.append(gone + " (\"Download missing by hash\" gets them from Civitai; then rebuild again)")
+    return slots, "; ".join(notes), [m.hash for m in missing(matches) if m.hash]
 
 
 def apply_recipe(app, recipe, source: str) -> list[Any]:
-    """The tab's new values (RECIPE_FIELDS, stack, stack version, status) for `recipe`; a value the recipe
-    lacks is left as it is."""
+    """The tab's new values (RECIPE_FIELDS, stack, stack version, missing hashes, status) for `recipe`; a value
+    the recipe lacks is left as it is."""
     from webui.tabs.generate_tab import MODEL_SAMPLER, slot_updates
 
-    slots, note = slots_for(app, recipe)
+    slots, note, hashes = slots_for(app, recipe)
     sampler = recipe.sampler if recipe.sampler in SAMPLERS else (MODEL_SAMPLER if recipe.sampler else None)
     values = [recipe.prompt, recipe.negative_prompt, recipe.seed, recipe.steps, recipe.cfg, sampler,
               recipe.width, recipe.height]
     status = f"rebuilt from {source}: {len(slots)} LoRA(s) in the stack"
     if recipe.model:
         status += f"; it was drawn on {recipe.model}"
-    return [gr.skip() if v is None else v for v in values] + [*slot_updates(slots),
+    return [gr.skip() if v is None else v for v in values] + [*slot_updates(slots), hashes,
                                                              f"{status}; {note}" if note else status]
 
 
@@ -109,7 +110,10 @@ def create_ui(c: dict[str, Any]) -> None:
         with gr.Row():
             c["recipe_image"] = gr.File(label="Image with parameters (PNG, JPEG, WebP)", file_types=IMAGE_TYPES,
                                         elem_id="gen-recipe-image", scale=2)
-            c["recipe_rebuild"] = gr.Button("Rebuild from image", elem_id="gen-recipe-rebuild", scale=1)
+            with gr.Column(scale=1):
+                c["recipe_rebuild"] = gr.Button("Rebuild from image", elem_id="gen-recipe-rebuild")
+                c["recipe_download"] = gr.Button("Download missing by hash (Civitai)", elem_id="gen-recipe-download")
+        c["recipe_missing"] = gr.State([])  # the short hashes of the last rebuild's missing LoRAs
         with gr.Row():
             c["recipe_pick"] = gr.Dropdown([], label="Saved recipes", elem_id="gen-recipe-pick", scale=2)
             c["recipe_load"] = gr.Button("Load", elem_id="gen-recipe-load", scale=1)
@@ -118,7 +122,7 @@ def create_ui(c: dict[str, Any]) -> None:
 
 
 def wire(app, c: dict[str, Any]) -> None:
-    outputs = [*(c[k] for k in RECIPE_FIELDS), c["stack"], c["stack_version"], c["status"]]
+    outputs = [*(c[k] for k in RECIPE_FIELDS), c["stack"], c["stack_version"], c["recipe_missing"], c["status"]]
     c["recipe_rebuild"].click(bound(rebuild_from_image, app), c["recipe_image"], outputs, api_name="recipe_rebuild")
     c["recipe_load"].click(bound(load_saved, app), c["recipe_pick"], outputs, api_name="recipe_load")
     c["recipe_save"].click(bound(save_current, app), [c["recipe_name"], c["parameters"], c["image"]],
