@@ -16,13 +16,13 @@ def test_bulk_tag_favourite_move_and_filters(gen_app, tmp_path):
     loras = tmp_path / "loras"
     assert "2 of 2" in library_tab.tag_selected(gen_app, ["a", "b"], "ink, portrait", "")
     assert library_tab.favourite_selected(gen_app, ["b"], True) == "marked 1 LoRA(s) as favourite"
-    assert library_tab.refresh(gen_app, tag="ink")[2] == ["a", "b"]
-    assert library_tab.refresh(gen_app, favourites=True)[2] == ["b"]
+    assert library_tab.refresh(gen_app, filters=library_tab.Filters(tag="ink"))[2] == ["a", "b"]
+    assert library_tab.refresh(gen_app, filters=library_tab.Filters(favourites=True))[2] == ["b"]
     (loras / "a.civitai.info").write_text('{"baseModel": "Pony"}')
-    assert library_tab.refresh(gen_app, base_model="Pony")[2] == ["a"]
+    assert library_tab.refresh(gen_app, filters=library_tab.Filters(base_model="Pony"))[2] == ["a"]
     assert library_tab.move_selected(gen_app, ["a"], "styles/ink") == "moved 1 LoRA(s)"
     assert (loras / "styles" / "ink" / "a.json").is_file() and (loras / "styles" / "ink" / "a.civitai.info").is_file()
-    assert library_tab.refresh(gen_app, folder="styles")[2] == ["a"]
+    assert library_tab.refresh(gen_app, filters=library_tab.Filters(folder="styles"))[2] == ["a"]
     assert library_tab.filter_choices(gen_app)[0] == [library_tab.ALL, "styles", "styles/ink"]
     assert read_notes(loras / "styles" / "ink" / "a.safetensors")["tags"] == ["ink", "portrait"]
     with pytest.raises(SdloraError, match="outside the folders"):
@@ -36,7 +36,7 @@ def test_duplicates_keep_one_moves_the_other_to_the_trash(gen_app, tmp_path):
     (loras / "copies").mkdir()
     shutil.copy(loras / "a.safetensors", loras / "copies" / "a-copy.safetensors")
     (loras / "copies" / "a-copy.preview.png").write_bytes(b"\x89PNG fake")
-    rows, choices, message = library_tab.find_dupes(gen_app)
+    rows, _, message = library_tab.find_dupes(gen_app)
     assert message == "1 group(s) of duplicates (2 files)"
     assert [row[2] for row in rows] == ["loras/a.safetensors", "loras/copies/a-copy.safetensors"]
     message = library_tab.keep_duplicate(gen_app, str(loras / "a.safetensors"))

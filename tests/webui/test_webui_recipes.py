@@ -26,7 +26,7 @@ def test_rebuild_from_a_generated_png_draws_the_same_image(gen_app, tmp_path):
     form = {"prompt": "a red circle", "negative": "blue", "seed": 5, "steps": 3, "cfg": 6.0, "sampler": "Euler a",
             "width": 32, "height": 24, "stack": stack}
     image, parameters, _ = generate_tab.generate(gen_app, form)
-    png = sorted((tmp_path / "out").rglob("*.png"))[-1]
+    png = max((tmp_path / "out").rglob("*.png"))
     with Image.open(png) as saved:
         assert saved.text["parameters"] == parameters
     gen_app.pipeline_and_stack()[1].clear()  # another session: nothing stacked

@@ -392,24 +392,6 @@ def _status_only(fn: Callable, outputs: int) -> Callable:
 
 
 def add_checked(app, slots: list[Slot], name: str) -> list[Slot]:
-    """`add_slot` after the header-only check that `name` fits the current base (one line if not)."""
-    if not (name or "").strip():
-        raise ConfigError("pick a LoRA from the library to add")
-    check_addable(app, name)
-    return add_slot(slots, name, preferred_weight(app, name))
-
-
-def switch_base_slots(app, value: str, slots: list[Slot]) -> tuple[str, list[Slot]]:
-    """Switch the app's base to `value`, re-apply the fitting slots; (message, kept slots)."""
-    library = app.library()
-
-    def sync(stack, kept) -> None:
-        sync_stack(stack, kept, lambda name: _resolve(app, library, name))
-
-    return switch_base(app, value, slots, sync)
-
-
-def add_checked(app, slots: list[Slot], name: str) -> list[Slot]:
     """`add_slot` after the header-only check that `name` fits the current base (one line if not), at the LoRA's
     preferred weight."""
     if not (name or "").strip():

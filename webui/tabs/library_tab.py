@@ -14,6 +14,7 @@ pick is cancelled, so nothing of the previous LoRA can be left on screen.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +51,40 @@ def list_entries(app) -> list:
     return list(scan(app).entries)
 
 
-def refresh(app, query: str = "", sort: str = "name", folder: str = "", tag: str = "", base_model: str = "",
-            favourites: bool = False) -> tuple[list[list], list, list[str], str]:
-    """(table rows, card gallery items, names, message) of the library entries matching `query` and the filters
-    (folder with its subfolders, tag, base model, favourites only; "" or ALL: any), sorted by `sort` (name, date,
-    size); the message counts them and names damaged files."""
+@dataclass(frozen=True)
+class Filters:
+    """The list's filters, as the filter widgets give them (folder with its subfolders, tag, base model,
+    favourites only; "" or ALL: any)."""
+
+    folder: str = ""
+    tag: str = ""
+    base_model: str = ""
+    favourites: bool = False
+
+    @property
+    def active(self) -> bool:
+        return any(_any(v) for v in (self.folder, self.tag, self.base_model)) or bool(self.favourites)
+
+    def apply(self, entries) -> list:
+        from sdlora.library.organise import filter_entries
+
+        return filter_entries(entries, _any(self.folder), _any(self.tag), _any(self.base_model), bool(self.favourites))
+
+
+def refresh(app, query: str = "", sort: str = "name",
+            filters: Filters = Filters()) -> tuple[list[list], list, list[str], str]:
+    """(table rows, card gallery items, names, message) of the library entries matching `query` and `filters`,
+    sorted by `sort` (name, date, size); the message counts them and names damaged files."""
     from sdlora.library import search
-    from sdlora.library.organise import filter_entries
 
     result = scan(app)
-    entries = filter_entries(search(result.entries, query, sort), _any(folder), _any(tag), _any(base_model),
-                             bool(favourites))
+    entries = filters.apply(search(result.entries, query, sort))
     fits = {name: fit.short for name, fit in app.library_fits().items()}  # headers only, against the current base
     rows = [_row(e, fits.get(e.name, "?")) for e in entries]
     placeholder = no_preview_image(app)
     cards = [(str(e.preview or placeholder), _caption(e, fits.get(e.name, "?"))) for e in entries]
     shown = len(entries)
-    filtered = query.strip() or any(_any(v) for v in (folder, tag, base_model)) or favourites
+    filtered = query.strip() or filters.active
     message = f"{len(result.entries)} LoRA(s) in the library" + (f", {shown} match" if filtered else "")
     if result.errors:
         message += "; not readable: " + "; ".join(f"{Path(e.path).name} ({e.error})" for e in result.errors[:5])
@@ -442,9 +460,9 @@ def _create_details_ui(c: dict[str, Any]) -> None:
                             c["preview"], c["report_summary"], c["report"], c["samples"], c["sample_paths"]]
 
 
-def refresh_outputs(app, query: str = "", sort: str = "name", folder: str = ALL, tag: str = ALL,
-                    base_model: str = ALL, favourites: bool = False):
-    rows, cards, names, message = refresh(app, query or "", sort or "name", folder, tag, base_model, favourites)
+def refresh_outputs(app, query: str = "", sort: str = "name", *filters):
+    """Every output of a list refresh; `filters` are the filter widgets' values (see `listing`)."""
+    rows, cards, names, message = refresh(app, query or "", sort or "name", Filters(*filters))
     folders, tags, bases = filter_choices(app)
     return (rows, cards, gr.Dropdown(choices=names), message, names, gr.Dropdown(choices=names),
             gr.Dropdown(choices=folders), gr.Dropdown(choices=tags), gr.Dropdown(choices=bases))
