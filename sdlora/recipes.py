@@ -275,11 +275,6 @@ def list_recipes(folder) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
-def recipe_thumbnail(folder, name: str) -> Path | None:
-    path = Path(folder) / f"{check_recipe_name(name)}.png"
-    return path if path.is_file() else None
-
-
 def load_recipe(folder, name: str) -> Recipe:
     """Saved recipe `name`; ConfigError when there is none (with the saved names)."""
     path = Path(folder) / f"{check_recipe_name(name)}.json"

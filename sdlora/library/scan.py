@@ -429,7 +429,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def entry_dict(entry: LibraryEntry) -> dict:
-    """A JSON-friendly dict of an entry (for the web UI and `--json` outputs)."""
+    """A JSON-friendly dict of an entry (`sdlora library list --json`)."""
     data = asdict(entry)
     data["short_hash"] = entry.short_hash
     return data

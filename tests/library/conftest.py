@@ -50,7 +50,7 @@ def embedded_lora(path, seed: int = 1, rank: int = 4):
 
     import sdlora
     from sdlora.arch.components import canonical_name
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
     from sdlora.weights import LoraModule, LoraState
 
     gen = torch.Generator().manual_seed(seed)

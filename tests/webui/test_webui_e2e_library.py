@@ -26,7 +26,7 @@ def served(tmp_path_factory):
     """The app on the embedded base with six LoRAs (l1 with notes) and a copy of l1 in copies/."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
     from webui.app import build_app, launch
     from webui.state import AppConfig, AppState
 

@@ -47,7 +47,7 @@ def test_slots_round_trip_through_the_stack_state():
     assert generate_tab.slot_updates(slots)[1] != version  # a new version: the rows are drawn again
     moved = generate_tab.set_slot_field(value, 1, "strength", 0.25)
     assert generate_tab.slots_of(moved)[1].strength == 0.25 and value[1]["strength"] == -1.5  # a new list
-    assert slots[1].te_strength == 0.2 and slots[0].te_strength is None
+    assert slots[1].value.te == 0.2 and slots[0].value.te is None
 
 
 def test_insert_trigger_words_into_the_prompt():
