@@ -56,7 +56,7 @@ def pick(page, elem_id: str, name: str) -> None:
     menu = page.locator(f"#{elem_id} input").first
     menu.click()
     menu.fill(name)
-    page.get_by_role("option", name=name, exact=True).click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=name, exact=True).click()
 
 
 def fill(page, elem_id: str, value) -> None:
