@@ -30,7 +30,7 @@ from sdlora.suffixes import PICKLE_SUFFIXES
 
 EMBEDDED = "embedded"
 FAMILY_ALIASES = {"sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
-                  "sdxl": "sdxl"}
+                  "sdxl": "sdxl", "flux": "flux", "flux1": "flux", "flux-dev": "flux", "flux-schnell": "flux"}
 
 
 @dataclass(frozen=True)
