@@ -207,7 +207,7 @@ def kohya_name(canonical: str, family: str | None) -> str:
 
     SD1/SD2 (and None): `lora_unet_` + diffusers path with `.` -> `_`, `lora_te_text_model_...`.
     SDXL: `lora_unet_` + SGM path as sd-scripts writes (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`),
-    `lora_te1_...` / `lora_te2_...`. A UNet module without an SGM name keeps its diffusers-style name.
+    `lora_te1_...` / `lora_te2_...` (FLUX: `lora_te1_` for CLIP-L). A UNet module without an SGM name keeps its diffusers-style name.
     FLUX: `lora_unet_` + the original layer's path as sd-scripts writes (`lora_unet_double_blocks_0_img_attn_qkv`);
     the parts of a fused layer (q, k, v) share its name, so a writer joins them first (`flux_fused_name`).
     """
@@ -220,7 +220,7 @@ def kohya_name(canonical: str, family: str | None) -> str:
         if family == "sdxl":
             path = _family_ldm("sdxl").get(path, path)
         return "lora_unet_" + path.replace(".", "_")
-    return _te_prefix(component, family == "sdxl") + "_" + path.replace(".", "_")
+    return _te_prefix(component, family in ("sdxl", "flux")) + "_" + path.replace(".", "_")
 
 
 @cache

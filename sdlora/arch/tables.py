@@ -111,6 +111,10 @@ def config_dir(family: str) -> Path:
     return path
 
 
+# modules a family's variants may lack: FLUX.1 schnell has no guidance embedder (the shipped table is dev's)
+_OPTIONAL_MODULES = {"flux": "transformer.time_text_embed.guidance_embedder."}
+
+
 def match_family(table: Mapping[str, ModuleInfo]) -> str | None:
     """The family whose shipped table equals `table` on the components `table` has, else None."""
     components = {name.split(".", 1)[0] for name in table}
@@ -125,6 +129,9 @@ def match_family(table: Mapping[str, ModuleInfo]) -> str | None:
             continue
         subset = {k: v for k, v in shipped.items() if k.split(".", 1)[0] in components}
         if subset == dict(table.items()):
+            return family
+        optional = _OPTIONAL_MODULES.get(family)
+        if optional and {k: v for k, v in subset.items() if not k.startswith(optional)} == dict(table.items()):
             return family
     return None
 

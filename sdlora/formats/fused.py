@@ -38,7 +38,8 @@ def split(module: LoraModule, parts: tuple[str, ...], rule: str, where: str) -> 
     result = {}
     for name, ranges in zip(parts, slices):
         rows = torch.cat([up[start:stop] for start, stop in ranges])
-        result[name] = LoraModule("lora", {"down": down, "up": rows.contiguous()}, alpha=module.alpha)
+        # own copies: tensors that share memory cannot be written to one safetensors file
+        result[name] = LoraModule("lora", {"down": down.clone(), "up": rows.contiguous()}, alpha=module.alpha)
     return result
 
 
