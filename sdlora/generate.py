@@ -260,3 +260,8 @@ def load_base(base: str | None = None, allow_pickle: bool = False):
     components = load_components(name, allow_pickle=allow_pickle)
     label = getattr(components, "name", "") or Path(str(name)).stem
     return pipeline_from(components), label
+
+
+def dtype_name(pipeline) -> str:
+    """The dtype the pipeline's UNet computes in, as a user reads it ("float32", "float16")."""
+    return str(pipeline.unet.dtype).removeprefix("torch.")

@@ -96,7 +96,8 @@ def default_cache_path() -> Path:
     return Path(root) / "sdlora" / "library-cache.json"
 
 
-def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanResult:
+def scan(folder, cache_path=None, on_progress: Callable | None = None,
+         keep: Callable[[Path], bool] | None = None) -> ScanResult:
     """Scan `folder` (recursively) for `.safetensors` LoRAs.
 
     Args:
@@ -104,6 +105,8 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
         cache_path: the JSON header cache (default: ~/.cache/sdlora/library-cache.json); it is
             updated atomically after the scan. Pass False to use no cache.
         on_progress: called with `Progress(done, total, path)` per file.
+        keep: which files to scan at all (default: every `.safetensors` file); the web UI leaves out files
+            that link outside its allowed folders, whose header it must not read.
 
     Raises:
         ConfigError: `folder` is not a folder. Damaged files do not raise; they are in `.errors`.
@@ -113,7 +116,7 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
         raise ConfigError(f"{root}: not a folder; give the folder that holds your LoRA files")
     cache_file = None if cache_path is False else Path(cache_path or default_cache_path())
     cache = _read_cache(cache_file)
-    files = sorted(p for p in root.rglob("*.safetensors") if p.is_file())
+    files = sorted(p for p in root.rglob("*.safetensors") if p.is_file() and (keep is None or keep(p)))
     result = ScanResult()
     for done, path in enumerate(files, 1):
         entry = _scan_file(path, cache, result)

@@ -112,6 +112,19 @@ class AppState:
                 log.warning("library: %s left out: %s", path.name, err)
         return found
 
+    @property
+    def library_cache(self) -> Path:
+        """The library's header cache, kept in the output folder (one per app)."""
+        return Path(self.config.output_dir) / ".cache" / "library-cache.json"
+
+    def library_scan(self) -> Any:
+        """The `sdlora.library` scan of the library (headers, cached), less the files `library()` leaves out:
+        a file linking outside the allowed folders is never read, listed or offered."""
+        from sdlora.library import scan
+
+        allowed = {str(path) for path in self.library().values()}
+        return scan(self.config.lora_dir, cache_path=self.library_cache, keep=lambda p: str(p.resolve()) in allowed)
+
     def library_path(self, name: str) -> Path:
         """The file of the library LoRA `name`, resolved and confined like a typed path; raises AccessError."""
         name = (name or "").strip()
@@ -150,11 +163,11 @@ class AppState:
 
     # -- base models ----------------------------------------------------------------------
     def bases(self) -> list[Any]:
-        """The Base menu: the configured default first, "embedded", then every model in the model folders
-        (`sdlora.bases.BaseModel`s, read from configs and headers only)."""
+        """The Base menu: the configured default first, "embedded", then every model in the model folders and
+        the baked models (`model_search_dirs`; `sdlora.bases.BaseModel`s, read from configs and headers only)."""
         from sdlora.bases import list_bases
 
-        return list_bases(self.config.model_dirs, default=self.base_model(self.config.base))
+        return list_bases(self.config.model_search_dirs, default=self.base_model(self.config.base))
 
     def base_info(self, base: str | None = None) -> Any:
         """The `BaseModel` of `base` (default: the current one), described once per path."""

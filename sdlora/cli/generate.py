@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from sdlora.generate import (
         GenerateSettings,
         check_prompt_loras,
+        dtype_name,
         generate,
         load_base,
         random_seed,
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from sdlora.stack import LoraStack
 
     pipeline, model_name = load_base(args.base, allow_pickle=args.allow_pickle)
+    print(f"base: {model_name} ({dtype_name(pipeline)})")
     size = native_resolution_of(pipeline)
     seed = random_seed() if args.seed == -1 else args.seed
     settings = GenerateSettings(args.prompt, args.negative_prompt, seed, args.steps, args.cfg,

@@ -223,19 +223,21 @@ def switch_base(app, value: str, slots: list, sync) -> tuple[str, list]:
 
     `sync(stack, slots)` applies slots to the new stack. Returns (message, kept slots). On a load error the
     previous base stays selected."""
+    from sdlora.generate import dtype_name  # torch: loaded with the first model, not at import
+
     previous = app.current_base
     started = time.perf_counter()
     with app.generate_lock:
         value = app.select_base(value)
         kept, dropped = _split_by_fit(app, slots)
         try:
-            _, stack = app.pipeline_and_stack()
+            pipeline, stack = app.pipeline_and_stack()
         except Exception:
             app.current_base = previous
             raise
         sync(stack, kept)
     label = app.base_info(value).label
-    message = f"base: {label}, loaded in {time.perf_counter() - started:.1f} s; {len(kept)} LoRA(s) re-applied"
+    message = f"base: {label} ({dtype_name(pipeline)}), loaded in {time.perf_counter() - started:.1f} s; {len(kept)} LoRA(s) re-applied"
     if dropped:
         message += "; taken off the stack (they do not fit): " + "; ".join(dropped)
     return message, kept

@@ -203,7 +203,8 @@ def preferred_weight(app, name: str) -> float:
 
 
 def library_choices(app) -> list[str]:
-    return list(app.library())
+    """The LoRA menu: the library's readable files (a damaged one is named in the Library tab, not offered)."""
+    return [entry.name for entry in app.library_scan().entries]
 
 
 # ---------------------------------------------------------------- layout and wiring ----------

@@ -28,15 +28,13 @@ SORTS = {"name": "name (A-Z)", "date": "date (newest first)", "size": "size (lar
 
 
 def cache_path(app) -> Path:
-    """The library's header cache, kept in the output folder (one per app)."""
-    return Path(app.config.output_dir) / ".cache" / "library-cache.json"
+    """The library's header cache (`AppState.library_cache`)."""
+    return app.library_cache
 
 
 def scan(app):
-    """The library scan (sdlora.library), with its header cache kept in the output folder."""
-    from sdlora.library import scan as scan_library
-
-    return scan_library(app.config.lora_dir, cache_path=cache_path(app))
+    """The library scan (`AppState.library_scan`)."""
+    return app.library_scan()
 
 
 def list_entries(app) -> list:

@@ -353,6 +353,13 @@ def dataset_report(folder: Path) -> list[str]:
     return [line for line in report.lines() if not line.startswith("buckets:")]
 
 
+def drop_vanished(uploads: list | None) -> list | None:
+    """The upload box's files that still exist: a refused upload is deleted at once (webui.uploads), and a box
+    still naming it would fail every later load, even of a typed folder."""
+    kept = [file for file in uploads or [] if upload_name(file)[0].is_file()]
+    return kept or None
+
+
 def data_root(app) -> Path:
     """Where relative data set paths start: the first data folder, else the output folder."""
     return Path(app.config.data_dirs[0]) if app.config.data_dirs else Path(app.config.output_dir)
@@ -730,7 +737,8 @@ def _wire(app, c: dict[str, Any]) -> None:
     resolution.change(bound(resolution_note, app), [c["base"], resolution], c["resolution_note"],
                       api_name="train_resolution_note", show_progress="hidden")
     c["load"].click(bound(load_dataset, app), [c["data_path"], c["upload"]],
-                    [c["dataset"], c["thumbs"], c["captions"], c["data_summary"]], api_name="train_load_data")
+                    [c["dataset"], c["thumbs"], c["captions"], c["data_summary"]], api_name="train_load_data"
+                    ).failure(drop_vanished, c["upload"], c["upload"])
     c["add_trigger"].click(bound(add_trigger), [c["captions"], c["bulk_trigger"]], c["captions"],
                            api_name="train_add_trigger")
     c["save_captions"].click(bound(save_captions, app), [c["dataset"], c["captions"]],
