@@ -205,10 +205,12 @@ def _dry_run(cfg) -> int:
     """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
     from sdlora.config import dump_config
     from sdlora.train import resolve_base_settings
+    from sdlora.train.auto_settings import fill_from_captions
     from sdlora.train.data import scan_dataset
 
     cfg, notes, _ = resolve_base_settings(cfg)
-    _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed)
-    print("\n".join([*summary.lines(), *notes]))
+    items, summary = scan_dataset(cfg.data, seed=cfg.optim.seed)
+    cfg, filled = fill_from_captions(cfg, [item.caption for item in items if not item.is_reg])
+    print("\n".join([*summary.lines(), *notes, *filled]))
     print(dump_config(cfg), end="")
     return 0

@@ -182,6 +182,7 @@ def _check_settings(cfg) -> None:
 
 def _train(cfg, components, stages: Stages, notes: list[str], on_step, resume) -> TrainResult:
     from sdlora.train import tracking
+    from sdlora.train.auto_settings import fill_from_captions
     from sdlora.train.checkpoint import prepare_output
     from sdlora.train.data import scan_dataset
     from sdlora.train.session import run_training
@@ -193,7 +194,9 @@ def _train(cfg, components, stages: Stages, notes: list[str], on_step, resume) -
         stages.start("scanning images")
         items, summary = scan_dataset(cfg.data, on_progress=lambda p: stages.advance(p.done, p.total),
                                       seed=cfg.optim.seed)
-        for line in summary.lines():
+        cfg, filled = fill_from_captions(cfg, [item.caption for item in items if not item.is_reg])
+        notes = [*notes, *filled]
+        for line in [*summary.lines(), *filled]:
             log.info("%s", line)
         accelerator = make_accelerator(cfg)
         # before the model loads (minutes for a big base): a wrong output folder fails at once

@@ -25,6 +25,7 @@ from sdlora.train.optimizers import eval_weights
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
 from sdlora.train.progress import LossLog, Stages, StepInfo
 from sdlora.train.result import TrainResult, TrainRun
+from sdlora.train.auto_settings import samples_due
 from sdlora.train.samples import render_samples
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _checkpoint(state, run: TrainRun) -> Path:
 
 def _samples(state, step: int) -> list[Path]:
     out = state.cfg.output
-    if not (out.sample_prompts and out.sample_every and step % out.sample_every == 0):
+    if not (out.sample_prompts and samples_due(out, step, state.cfg.optim.steps)):
         return []
     if not state.accelerator.is_main_process:
         return []

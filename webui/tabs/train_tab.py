@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ PATH_KEYS = frozenset({"data.reg_path", "data.validation_path"})
 KOHYA_SKIPPED = frozenset({"model.base", "data.path", "output.dir"})
 DEFAULT_PRESET = "(defaults)"  # the base's own recipe when it has one (embedded: the 'embedded' preset)
 MAX_CAPTION_ROWS = 500
+_KOHYA_NAME = re.compile(r"^\d+_")  # a Kohya image folder (N_name), as sdlora.train.data reads them
 
 
 # ---------------------------------------------------------------- presets and config ---------
@@ -353,6 +355,37 @@ def dataset_report(folder: Path) -> list[str]:
     return [line for line in report.lines() if not line.startswith("buckets:")]
 
 
+DATASET_DEPTH = 2  # how deep under a data folder the data set menu looks
+
+
+def find_datasets(app) -> list[tuple[str, str]]:
+    """(label, path) of the data sets under the data folders and the uploaded ones (output/datasets/): the
+    folders holding images, or Kohya `N_name` subfolders of images, `DATASET_DEPTH` levels deep. The data set
+    box offers them, so a first Start needs no typed path."""
+    roots = [*map(Path, app.config.data_dirs), Path(app.config.output_dir) / "datasets"]
+    found: list[tuple[str, str]] = []
+    for root in roots:
+        for folder in _dataset_folders(root, DATASET_DEPTH):
+            label = folder.name if folder == root else f"{root.name}/{folder.relative_to(root)}"
+            found.append((label, str(folder)))
+    return found
+
+
+def _dataset_folders(folder: Path, depth: int) -> list[Path]:
+    if not folder.is_dir() or folder.name.startswith("."):
+        return []
+    children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if _holds_images(folder) or any(_KOHYA_NAME.match(c.name) and _holds_images(c) for c in children):
+        return [folder]
+    if depth == 0:
+        return []
+    return [found for child in children for found in _dataset_folders(child, depth - 1)]
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+
+
 def drop_vanished(uploads: list | None) -> list | None:
     """The upload box's files that still exist: a refused upload is deleted at once (webui.uploads), and a box
     still naming it would fail every later load, even of a typed folder."""
@@ -632,11 +665,13 @@ def create_ui(app) -> dict[str, Any]:
 
 
 def _create_dataset_ui(app, c: dict[str, Any]) -> None:
-    default_data = str(app.config.data_dirs[0]) if app.config.data_dirs else ""
+    datasets = find_datasets(app)
+    default_data = datasets[0][1] if datasets else (str(app.config.data_dirs[0]) if app.config.data_dirs else "")
     with gr.Row():
-        c["data_path"] = gr.Textbox(default_data, label="Data set folder", elem_id="train-data-path",
-                                    info="a folder of images with same-stem .txt captions, or Kohya N_name "
-                                         "subfolders, inside the configured folders")
+        c["data_path"] = gr.Dropdown(datasets, value=default_data, label="Data set folder", elem_id="train-data-path",
+                                     allow_custom_value=True,  # a typed folder inside the configured folders
+                                     info="the data sets found in the data folders, or a typed folder of images "
+                                          "with same-stem .txt captions, or of Kohya N_name subfolders")
         c["upload"] = gr.File(label="...or upload images and captions", file_count="multiple",
                               file_types=sorted(IMAGE_SUFFIXES | {".txt"}), elem_id="train-upload")
     c["load"] = gr.Button("Load data set", elem_id="train-load-data")
