@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdlora.arch.blocks import check_strength
-from sdlora.arch.family import detect_family
+from sdlora.arch.family import describe_family
 from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.header import check_is_lora, read_header, tensor_data_sha256
@@ -34,7 +34,7 @@ from sdlora.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: header info per file, the hash optional (1 hashed every file)
+CACHE_VERSION = 3  # 3: the embedded family named; 2: header info per file, the hash optional (1 hashed every file)
 # A1111 looks for `<stem>.preview.<ext>` first, then `<stem>.<ext>`
 PREVIEW_SUFFIXES = tuple(f".preview{s}" for s in sorted(IMAGE_SUFFIXES)) + tuple(sorted(IMAGE_SUFFIXES))
 PREVIEW_NAME = ".preview.png"  # what set_preview writes (A1111 looks for it first)
@@ -169,7 +169,7 @@ def read_file_info(path) -> dict:
     check_is_lora(header)
     shapes = {key: tuple(info.shape) for key, info in header.tensors.items()}
     try:
-        family = detect_family(shapes, header.metadata)
+        family = describe_family(shapes, header.metadata)
     except SdloraError as err:  # another architecture (FLUX, SD3, ...): listed, flagged
         family = f"unsupported: {err}"
     ranks = Counter(shape[0] for key, shape in shapes.items() if key.endswith(_RANK_SUFFIXES) and shape)

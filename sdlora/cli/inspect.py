@@ -55,7 +55,7 @@ def format_text(info: dict) -> str:
     lines = [
         f"file:        {info['file']}",
         f"format:      {info['format']}",
-        f"family:      {info['family'] or 'unknown (not SD1/SD2/SDXL shaped)'}",
+        f"family:      {info['family'] or 'unknown (not SD1/SD2/SDXL or embedded shaped)'}",
         f"components:  {', '.join(info['components']) or '-'}",
         f"modules:     {info['modules']} ({_join(info['kinds'])})",
         f"ranks:       {_join(info['ranks'])}",
