@@ -57,8 +57,9 @@ def test_base_menu_switch_refuses_and_reapplies(app, two_bases):
     old = weakref.ref(app.pipeline_and_stack()[0])
     slots = generate_tab.add_checked(app, [], "a")  # fits the embedded model
     assert app.library_fits()["a"].short == "fits" and app.library_fits(str(wide))["a"].short == "needs its own base"
-    message, kept = generate_tab.switch_base_slots(app, str(wide), slots)
+    message, kept, left = generate_tab.switch_base_slots(app, str(wide), slots)
     assert kept == [] and "taken off the stack" in message and "a (needs its own base" in message
+    assert [s.name for s in left] == ["a"]
     pipe, stack = app.pipeline_and_stack()
     assert app.model_name == "wide" and stack.entries == [] and pipe.unet.config.block_out_channels[0] == 48
     gc.collect()
@@ -67,8 +68,8 @@ def test_base_menu_switch_refuses_and_reapplies(app, two_bases):
         generate_tab.add_checked(app, [], "a")
     line = str(refused.value)
     assert "\n" not in line and "does not fit the base wide" in line and "Switch the Base menu to embedded" in line
-    message, kept = generate_tab.switch_base_slots(app, "embedded", slots)
-    assert [s.name for s in kept] == ["a"] and "1 LoRA(s) re-applied" in message
+    message, kept, left = generate_tab.switch_base_slots(app, "embedded", slots)
+    assert [s.name for s in kept] == ["a"] and "1 LoRA(s) re-applied" in message and left == []
     assert [e.name for e in app.pipeline_and_stack()[1].entries] == ["a"]  # re-applied at the switch
 
 
@@ -151,3 +152,25 @@ def test_strength_sliders_redraw_on_release(app):
     released = {ids[target[0]] for dep in demo.config["dependencies"] for target in dep["targets"]
                 if target[1] == "release"}
     assert {f"gen-slot-{i}-strength" for i in range(generate_tab.MAX_SLOTS)} <= released
+
+
+def test_lora_taken_off_by_a_switch_goes_back_when_switching_back(app, two_bases):
+    """Issue 22 item 15: embedded -> wide takes "a" off; wide -> embedded puts it back (the session keeps it)."""
+    _, wide = two_bases
+    slots = generate_tab.add_checked(app, [], "a")
+    _, kept, left = generate_tab.switch_base_slots(app, str(wide), slots)
+    assert kept == [] and [s.name for s in left] == ["a"]
+    message, kept, left = generate_tab.switch_base_slots(app, "embedded", kept, left)
+    assert [s.name for s in kept] == ["a"] and left == []
+    assert "put back on the stack (taken off at an earlier switch, they fit this base): a" in message
+    assert [e.name for e in app.pipeline_and_stack()[1].entries] == ["a"]
+
+
+def test_a_waiting_request_says_so_at_once(app):
+    """Issue 22 item 15: while another request holds the model, the status says this one waits (an old error
+    stayed on screen until the new request got the model)."""
+    with app.generate_lock:
+        updates = generate_runs.stream(app, lambda s, p: app.generate_lock.acquire() and app.generate_lock.release(),
+                                       [None, "waiting for the model..."], 1)
+        assert next(updates) == [None, "waiting for the model..."]
+    list(updates)

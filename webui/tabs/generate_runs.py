@@ -218,43 +218,52 @@ def check_addable(app, name: str) -> None:
         raise CompatibilityError(refusal(app, name, fit))
 
 
-def switch_base(app, value: str, slots: list, sync) -> tuple[str, list]:
-    """Load base `value` (freeing the old pipeline), keep the slots that fit it and re-apply them.
+def switch_base(app, value: str, slots: list, sync, left: list | tuple = ()) -> tuple[str, list, list]:
+    """Load base `value` (freeing the old pipeline), keep the slots that fit it and re-apply them; the slots
+    an earlier switch took off (`left`) go back on when they fit this base.
 
-    `sync(stack, slots)` applies slots to the new stack. Returns (message, kept slots). On a load error the
-    previous base stays selected."""
+    `sync(stack, slots)` applies slots to the new stack. Returns (message, kept slots, slots taken off now or
+    still left). On a load error the previous base stays selected."""
     from sdlora.generate import dtype_name  # torch: loaded with the first model, not at import
 
     previous = app.current_base
     started = time.perf_counter()
+    on_stack = {slot.name for slot in slots}
+    returning = [slot for slot in left if slot.name not in on_stack]
     with app.generate_lock:
         value = app.select_base(value)
         kept, dropped = _split_by_fit(app, slots)
+        back, still_left = _split_by_fit(app, returning)
         try:
             pipeline, stack = app.pipeline_and_stack()
         except Exception:
             app.current_base = previous
             raise
-        sync(stack, kept)
+        sync(stack, kept + back)
     label = app.base_info(value).label
     message = f"base: {label} ({dtype_name(pipeline)}), loaded in {time.perf_counter() - started:.1f} s; {len(kept)} LoRA(s) re-applied"
+    if back:
+        message += ("; put back on the stack (taken off at an earlier switch, they fit this base): "
+                    + ", ".join(slot.name for slot in back))
     if dropped:
-        message += "; taken off the stack (they do not fit): " + "; ".join(dropped)
-    return message, kept
+        message += "; taken off the stack (they do not fit; switching back puts them back): " + "; ".join(
+            reason for _, reason in dropped)
+    return message, kept + back, [slot for slot, _ in dropped + still_left]
 
 
-def _split_by_fit(app, slots: list) -> tuple[list, list[str]]:
+def _split_by_fit(app, slots: list) -> tuple[list, list[tuple]]:
+    """(slots that fit the current base, [(slot, why not)] for the rest)."""
     kept, dropped = [], []
     for slot in slots:
         try:
             fit = app.fit(slot.name)
         except SdloraError as err:
-            dropped.append(f"{slot.name} ({err})")
+            dropped.append((slot, f"{slot.name} ({err})"))
             continue
         if fit.fits:
             kept.append(slot)
         else:
-            dropped.append(f"{slot.name} ({fit.short}: {fit.reason})")
+            dropped.append((slot, f"{slot.name} ({fit.short}: {fit.reason})"))
     return kept, dropped
 
 
@@ -291,6 +300,7 @@ def stream(app, work: Callable[[StatusFn, PreviewFn], list], waiting: list, stat
     threading.Thread(target=run, name="sdlora-generate", daemon=True).start()
     finished = False
     try:
+        yield list(waiting)  # at once: the status says this request waits, not what the last one said
         while not finished:
             latest = _drain(events)
             finished = "done" in latest

@@ -328,14 +328,15 @@ def add_checked(app, slots: list[Slot], name: str) -> list[Slot]:
     return add_slot(slots, name, preferred_weight(app, name))
 
 
-def switch_base_slots(app, value: str, slots: list[Slot]) -> tuple[str, list[Slot]]:
-    """Switch the app's base to `value`, re-apply the fitting slots; (message, kept slots)."""
+def switch_base_slots(app, value: str, slots: list[Slot], left: list[Slot] = ()) -> tuple[str, list[Slot], list[Slot]]:
+    """Switch the app's base to `value`, re-apply the fitting slots and put back the `left` ones (taken off at
+    an earlier switch) that fit; (message, slots now on the stack, slots left off)."""
     library = app.library()
 
     def sync(stack, kept) -> None:
         sync_stack(stack, kept, lambda name: _resolve(app, library, name))
 
-    return switch_base(app, value, slots, sync)
+    return switch_base(app, value, slots, sync, left)
 
 
 def _wire(app, c: dict[str, Any]) -> None:
@@ -361,21 +362,22 @@ def _wire(app, c: dict[str, Any]) -> None:
 
 
 def _wire_base(app, c: dict[str, Any]) -> None:
-    outputs = [*c["slot_widgets"], c["width"], c["height"], c["status"]]
+    c["left"] = gr.State([])  # this session's slots a base switch took off (they return when they fit again)
+    outputs = [*c["slot_widgets"], c["width"], c["height"], c["left"], c["status"]]
     waiting = [gr.skip()] * len(outputs)
 
     def switch(values: dict):
         value = values[c["base"]]
 
         def work(on_status, on_preview) -> list[Any]:
-            message, kept = switch_base_slots(app, value, current_slots(values, c))
+            message, kept, left = switch_base_slots(app, value, current_slots(values, c), values[c["left"]])
             size = _base_size(value)
-            return [*slot_updates(kept), *([size, size] if size else [gr.skip(), gr.skip()]), message]
+            return [*slot_updates(kept), *([size, size] if size else [gr.skip(), gr.skip()]), left, message]
 
         waiting[-1] = "loading the base model..."
         yield from stream(app, work, waiting, len(outputs) - 1)
 
-    c["base"].input(switch, {c["base"], *slot_inputs(c)}, outputs, api_name="gen_switch_base",
+    c["base"].input(switch, {c["base"], c["left"], *slot_inputs(c)}, outputs, api_name="gen_switch_base",
                     show_progress="hidden")
 
 
