@@ -123,7 +123,7 @@ def no_link_out_of_the_library_is_listed(page) -> None:
     assert "outside-link" not in page.locator("#lib-table").inner_text()
     assert "1 LoRA(s)" in page.locator("#lib-message").inner_text()
     page.get_by_role("tab", name="Generate").click()
-    page.click("#gen-refresh")
+    page.get_by_role("button", name="Refresh lists").click()
     menu = page.locator("#gen-pick input").first
     menu.click()
     page.get_by_role("option", name="random-shapes").wait_for()

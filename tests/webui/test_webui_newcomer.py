@@ -59,3 +59,32 @@ def test_a_baked_model_is_in_the_base_menu(gen_app, tmp_path):
     write_untrained_embedded(gen_app.config.bake_dir / "baked")
     labels = [base.value for base in gen_app.bases()]
     assert str(gen_app.config.bake_dir / "baked") in labels
+
+
+def test_a_user_saves_the_form_as_a_preset_and_uses_it(app):
+    """Issue 22 item 15: the form's settings saved as a preset come back from the Preset menu, and Start uses
+    them; where things are (base, data set, output folder) is not kept; shipped names are refused."""
+    import yaml
+
+    from sdlora.errors import ConfigError
+
+    form = {**train_tab.preset_values(train_tab.DEFAULT_PRESET, base="embedded"), "model.base": "embedded",
+            "data.path": "shapes", "preset": train_tab.DEFAULT_PRESET, "lora.rank": 12, "optim.lr": 0.002}
+    message, menu = train_tab.save_preset(app, "mine", form)
+    path = Path(app.config.output_dir) / "presets" / "mine.yaml"
+    assert f"saved the settings as preset 'mine' ({path})" == message and path.is_file()
+    assert "mine" in menu.choices[-1] or ("mine", "mine") in menu.choices
+    saved = yaml.safe_load(path.read_text())
+    assert saved["lora"]["rank"] == 12 and "base" not in saved["model"] and "path" not in saved["data"]
+    assert "dir" not in saved["output"]
+    user = train_tab.user_presets_dir(app)
+    assert "mine" in train_tab.list_presets(user=user)
+    values = train_tab.preset_values("mine", base="embedded", user=user)
+    assert values["lora.rank"] == 12 and values["optim.lr"] == 0.002
+    cfg = train_tab.config_from_form(app, {**values, "model.base": "embedded", "data.path": "shapes",
+                                           "preset": "mine"})
+    assert cfg.lora.rank == 12 and cfg.optim.scheduler == "cosine"  # the embedded recipe it was saved over
+    with pytest.raises(ConfigError, match="'quick' is a shipped preset"):
+        train_tab.save_preset(app, "quick", form)
+    with pytest.raises(ConfigError, match="type a name"):
+        train_tab.save_preset(app, "  ", form)

@@ -79,18 +79,25 @@ def presets_dir() -> Path:
     return configs.presets_dir()
 
 
-def list_presets(folder: Path | None = None) -> list[str]:
+def user_presets_dir(app) -> Path:
+    """The presets a user saved from the form (`<output>/presets/`), listed after the shipped ones."""
+    return Path(app.config.output_dir) / "presets"
+
+
+def list_presets(folder: Path | None = None, user: Path | None = None) -> list[str]:
     folder = folder or presets_dir()
     names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-    return [DEFAULT_PRESET, *names]
+    saved = sorted(p.stem for p in user.glob("*.yaml")) if user is not None and user.is_dir() else []
+    return [DEFAULT_PRESET, *names, *(name for name in saved if name not in names)]
 
 
-def preset_values(preset: str, folder: Path | None = None, base: str | None = None) -> dict[str, Any]:
+def preset_values(preset: str, folder: Path | None = None, base: str | None = None,
+                  user: Path | None = None) -> dict[str, Any]:
     """The shown settings' values under `preset` for `base` (what the form is filled with): the default
     preset is the base's own recipe when it has one, and an unset resolution shows the base's native size."""
     from sdlora.config import load_config
 
-    cfg = load_config(_preset_path(preset, folder, base))
+    cfg = load_config(_preset_path(preset, folder, base, user))
     if base and cfg.data.resolution is None:
         cfg.data.resolution = native_size(base)
     return {key: _form_value(key, _get(cfg, key)) for key in form_keys()}
@@ -150,7 +157,7 @@ def base_changed(app, base: str, preset: str) -> list[Any]:
         resolved = app.base_model(base)
     except SdloraError:
         return [gr.update() for _ in form_keys()]
-    return list(preset_values(preset or DEFAULT_PRESET, base=resolved).values())
+    return list(preset_values(preset or DEFAULT_PRESET, base=resolved, user=user_presets_dir(app)).values())
 
 
 def resolution_note(app, base: str, resolution) -> str:
@@ -187,7 +194,8 @@ def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
             value = _confined(app, key, form[key])
             overrides.append(f"{key}={_yaml_value(key, value)}")
     base = app.base_model(form.get("model.base"))
-    cfg = load_config(_preset_path(form.get("preset") or DEFAULT_PRESET, folder, base), overrides)
+    cfg = load_config(_preset_path(form.get("preset") or DEFAULT_PRESET, folder, base, user_presets_dir(app)),
+                      overrides)
     name = safe_filename(cfg.output.name, default="lora")
     cfg.output.name = name
     cfg.output.dir = str(unique_path(Path(app.config.output_dir) / "runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -201,17 +209,51 @@ def _confined(app, key: str, value):
     return str(app.read_path(str(value).strip(), default_root=data_root(app)))
 
 
-def _preset_path(preset: str, folder: Path | None, base: str | None = None) -> Path | None:
+def _preset_path(preset: str, folder: Path | None, base: str | None = None, user: Path | None = None) -> Path | None:
     if not preset or preset == DEFAULT_PRESET:
         from sdlora.base_ref import default_preset
 
         own = default_preset(base) if base else None
         return configs.preset_path(own) if own else None
     folder = folder or presets_dir()
-    path = folder / f"{safe_filename(preset)}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no preset {preset!r} in {folder}; pick one of {', '.join(list_presets(folder))}")
-    return path
+    for place in (folder, user):
+        path = place / f"{safe_filename(preset)}.yaml" if place is not None else None
+        if path is not None and path.is_file():
+            return path
+    raise ConfigError(f"no preset {preset!r} in {folder}; pick one of {', '.join(list_presets(folder, user))}")
+
+
+# what a saved preset leaves out: where things are on this machine, which the form chooses each time
+PRESET_SKIPPED = frozenset({"model.base", "model.allow_pickle", "data.path", "output.dir"})
+
+
+def save_preset(app, name: str, form: dict[str, Any]) -> tuple[str, Any]:
+    """Save the form's settings (over the chosen preset, with a loaded kohya config's extra values) as preset
+    `name` in `user_presets_dir`; returns (message, the preset menu's new choices and value)."""
+    import yaml
+
+    from sdlora.atomic import write_bytes_atomic
+    from sdlora.config import config_to_dict, load_config
+
+    stem = safe_filename((name or "").strip(), default="")
+    if not stem or stem == DEFAULT_PRESET:
+        raise ConfigError("type a name for the preset")
+    if stem in list_presets():
+        raise ConfigError(f"{stem!r} is a shipped preset; choose another name")
+    user = user_presets_dir(app)
+    base = app.base_model(form.get("model.base"))
+    overrides = [f"{key}={json.dumps(value)}" for key, value in (form.get("kohya") or {}).items()
+                 if key not in form_keys() and key not in KOHYA_SKIPPED and key not in PATH_KEYS]
+    overrides += [f"{key}={_yaml_value(key, form[key])}" for key in form_keys()
+                  if key in form and form[key] is not None and key not in PATH_KEYS]
+    cfg = load_config(_preset_path(form.get("preset") or DEFAULT_PRESET, None, base, user), overrides)
+    data = {section: {key: value for key, value in fields.items() if f"{section}.{key}" not in PRESET_SKIPPED}
+            for section, fields in config_to_dict(cfg).items()}
+    user.mkdir(parents=True, exist_ok=True)
+    path = user / f"{stem}.yaml"
+    text = f"# saved from the web UI's Train tab on {time.strftime('%Y-%m-%d %H:%M')}\n"
+    write_bytes_atomic(path, (text + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)).encode("utf-8"))
+    return f"saved the settings as preset '{stem}' ({path})", gr.Dropdown(choices=list_presets(user=user), value=stem)
 
 
 def _get(cfg, key: str):
@@ -467,7 +509,7 @@ def start_training(app, form: dict[str, Any]) -> tuple[int, str]:
     ahead = sum(1 for j in app.jobs.snapshot() if j["status"] in ("queued", "running") and j["id"] != job.id)
     where = f"queued behind {ahead} job(s)" if ahead else "starting"
     warnings = "".join(f"\n\n⚠️ {n.removeprefix('warning: ')}" for n in notes if n.startswith("warning"))
-    own = _preset_path(form.get("preset") or DEFAULT_PRESET, None, cfg.model.base)
+    own = _preset_path(form.get("preset") or DEFAULT_PRESET, None, cfg.model.base, user_presets_dir(app))
     recipe = f"; settings: the '{own.stem}' preset (this base's recipe) and the form" if (
         own is not None and (form.get("preset") or DEFAULT_PRESET) == DEFAULT_PRESET) else ""
     return job.id, f"job {job.id} ({cfg.output.name}): {where}{recipe}{warnings}"
@@ -644,9 +686,10 @@ def create_ui(app) -> dict[str, Any]:
         c["base"] = gr.Dropdown(base_choices(app), value=app.base_model(app.config.base), label="Base model",
                                 allow_custom_value=True,  # a typed path inside the configured folders still works
                                 info="the Generate tab's Base menu list, or a model path inside the folders")
-        c["preset"] = gr.Dropdown(list_presets(), value=DEFAULT_PRESET, label="Preset",
-                                  info=f"a shipped preset; the fields below show its values. {DEFAULT_PRESET}: "
-                                       "the base's own recipe when it has one (embedded: the quickstart's)")
+        c["preset"] = gr.Dropdown(list_presets(user=user_presets_dir(app)), value=DEFAULT_PRESET, label="Preset",
+                                  info=f"a shipped preset, or one you saved; the fields below show its values. "
+                                       f"{DEFAULT_PRESET}: the base's own recipe when it has one (embedded: the "
+                                       "quickstart's)")
     _create_dataset_ui(app, c)
     with gr.Group():
         values = _initial_values(app)
@@ -654,6 +697,11 @@ def create_ui(app) -> dict[str, Any]:
         c["resolution_note"] = gr.Markdown(elem_id="train-resolution-note")
     c["settings"].update(_create_advanced_ui(values))
     _create_kohya_ui(c)
+    with gr.Row():
+        c["preset_name"] = gr.Textbox(label="Save these settings as a preset named", scale=3,
+                                      elem_id="train-preset-name",
+                                      info="listed in the Preset menu from then on (kept in the output folder)")
+        c["save_preset"] = gr.Button("Save preset", scale=1, elem_id="train-save-preset")
     with gr.Row():
         c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
         c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -778,7 +826,8 @@ def _poll_outputs(app, job_id):
 def _wire(app, c: dict[str, Any]) -> None:
     settings = list(c["settings"])
     # a preset starts the form over: a kohya config loaded before no longer adds its field-less values
-    c["preset"].change(bound(lambda preset, base: [*preset_values(preset, base=app.base_model(base)).values(), {}]),
+    c["preset"].change(bound(lambda preset, base: [*preset_values(preset, base=app.base_model(base),
+                                                                  user=user_presets_dir(app)).values(), {}]),
                        [c["preset"], c["base"]], [*settings, c["kohya_extra"]], api_name="train_preset")
     c["base"].change(bound(base_changed, app), [c["base"], c["preset"]], settings, api_name="train_base")
     resolution = next(w for w, key in c["settings"].items() if key == "data.resolution")
@@ -796,6 +845,9 @@ def _wire(app, c: dict[str, Any]) -> None:
     c["start"].click(start, form_inputs, [c["job_id"], c["status"]], api_name="train_start").success(
         lambda: gr.Timer(active=True), None, c["timer"])
     c["cancel"].click(bound(cancel_training, app), c["job_id"], c["status"], api_name="train_cancel")
+    save = bound(lambda values: save_preset(app, values[c["preset_name"]], _form(values, c)))
+    c["save_preset"].click(save, {*form_inputs, c["preset_name"]}, [c["status"], c["preset"]],
+                           api_name="train_save_preset")
     c["kohya_load"].click(bound(load_kohya, app), [c["kohya_path"], c["kohya_upload"]],
                           [*settings, c["kohya_status"], c["kohya_extra"]], api_name="train_load_kohya")
     poll_outputs = [c["progress"], c["loss_plot"], c["samples"], c["queue"], c["result"], c["status"], c["timer"]]
