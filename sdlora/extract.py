@@ -282,7 +282,7 @@ def _shapes(model) -> dict[str, tuple[int, ...]]:
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def _save_single_file(components, out: Path, record: dict, family: str | None, dtype: str | None,  # noqa: PLR0913
+def _save_single_file(components, out: Path, record: dict, family: str | None, dtype: str | None,
                       replace: bool = False) -> None:
     """One original-layout checkpoint (plus `<stem>.config/` for models of no standard size), atomically."""
     missing = [k for k in ("unet", "vae", "text_encoder") if _part(components, k) is None]

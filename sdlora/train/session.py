@@ -9,6 +9,7 @@ from pathlib import Path
 import sdlora
 from sdlora.errors import TrainingError
 from sdlora.train import ema, validation
+from sdlora.train.auto_settings import samples_due
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -25,7 +26,6 @@ from sdlora.train.optimizers import eval_weights
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
 from sdlora.train.progress import LossLog, Stages, StepInfo
 from sdlora.train.result import TrainResult, TrainRun
-from sdlora.train.auto_settings import samples_due
 from sdlora.train.samples import render_samples
 
 log = logging.getLogger(__name__)

@@ -116,11 +116,21 @@ def test_interrupt_stops_the_stream_and_says_so(app):
     assert int(seen[-1].split("after step ")[1].split()[0]) < 400
 
 
-def test_errors_go_to_the_status_not_a_popup(app):
-    outputs = generate_tab._status_only(lambda: generate_tab.add_checked(app, [], ""), 3)()
-    assert outputs[-1].startswith("Error: pick a LoRA") and len(outputs) == 3
-    updates = list(generate_runs.stream(app, lambda s, p: generate_runs.settings_from({"seed": -5}), [1, 2], 1))
-    assert updates[-1][1].startswith("Error: seed must be -1")
+def test_errors_are_shown_as_in_every_tab(app):
+    """Issue 22 item 15: one way of showing errors in all tabs (a gradio error message, as Train, Library and
+    Tools show them); the status line says the request stopped."""
+    import gradio as gr
+
+    from webui.tabs.common import bound
+
+    with pytest.raises(gr.Error, match="pick a LoRA"):
+        bound(generate_tab.add_checked, app)([], "")
+    updates = generate_runs.stream(app, lambda s, p: generate_runs.settings_from({"seed": -5}), [1, 2], 1)
+    seen = []
+    with pytest.raises(gr.Error, match="seed must be -1"):
+        for update in updates:
+            seen.append(update[1])
+    assert seen[-1] == "stopped by an error (see the message)"
 
 
 def test_slot_value_is_the_strength_type():

@@ -41,8 +41,8 @@ class _Collect(logging.Handler):
 def test_deepspeed_and_httpx_notices_are_dropped_and_others_kept():
     quiet_third_party()
     for name, noise, kept in (
-        ("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to "
-                      "detect it.", "ZeRO stage 2 enabled"),
+        ("DeepSpeed", ("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to "
+                       "detect it."), "ZeRO stage 2 enabled"),
         ("httpx", 'HTTP Request: GET http://127.0.0.1:7860/gradio_api/startup-events "HTTP/1.1 200 OK"',
          "connection reset"),
     ):

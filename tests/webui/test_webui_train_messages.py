@@ -70,7 +70,6 @@ def test_jobs_keep_a_cancelled_jobs_own_line(app):
     def body(ctx):
         release.wait(5)
         ctx.message("cancelled at step 3; checkpoint step-000003 kept (Resume continues from it)")
-        return None
 
     job = app.jobs.submit("x", body)
     while app.jobs.get(job.id).status != "running":

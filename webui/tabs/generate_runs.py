@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sdlora.errors import CompatibilityError, ConfigError, SdloraError
+from sdlora.errors import CompatibilityError, ConfigError, Interrupted, SdloraError
+from webui.tabs.common import user_error
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 16
@@ -292,7 +293,7 @@ def stream(app, work: Callable[[StatusFn, PreviewFn], list], waiting: list, stat
         try:
             box["result"] = work(lambda text: events.put(("status", text)),
                                  lambda image: events.put(("preview", image)))
-        except Exception as err:  # noqa: BLE001 -- shown in the status area (error_text logs bugs), never raised into gradio
+        except Exception as err:  # noqa: BLE001 -- raised to the page after the stream (user_error logs bugs)
             box["error"] = err
         finally:
             events.put(("done", None))
@@ -309,8 +310,11 @@ def stream(app, work: Callable[[StatusFn, PreviewFn], list], waiting: list, stat
     finally:
         if not finished:
             app.stop_requested.set()
-    if "error" in box:
-        yield _fill(waiting, status_at, error_text(box["error"]), None, None)
+    if isinstance(box.get("error"), Interrupted):  # asked for: a status, not an error
+        yield _fill(waiting, status_at, f"Interrupted: {box['error']}", None, None)
+    elif "error" in box:
+        yield _fill(waiting, status_at, "stopped by an error (see the message)", None, None)
+        raise user_error(box["error"], "generation")  # shown as every tab shows errors
     else:
         yield box["result"]
 
@@ -335,14 +339,3 @@ def _fill(waiting: list, status_at: int, status, preview_at, preview) -> list:
         out[preview_at] = preview
     return out
 
-
-def error_text(err: BaseException) -> str:
-    """The status line for a failed job: the user error's message, or one line naming a bug."""
-    from sdlora.errors import Interrupted
-
-    if isinstance(err, Interrupted):
-        return f"Interrupted: {err}"
-    if isinstance(err, SdloraError):
-        return f"Error: {err}"
-    log.error("generation failed", exc_info=err)
-    return f"Error: internal error ({type(err).__name__}: {err}); see the server log"

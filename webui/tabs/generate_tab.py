@@ -15,7 +15,6 @@ the work, this module builds and wires the widgets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from webui.tabs.generate_runs import (
     check_addable,
     draw_grid,
     draw_images,
-    error_text,
     stream,
     switch_base,
 )
@@ -227,7 +225,7 @@ def create_ui(app) -> dict[str, Any]:
     with gr.Row():
         c["generate"] = gr.Button("Generate", variant="primary", elem_id="gen-generate", scale=3)
         c["interrupt"] = gr.Button("Interrupt", variant="stop", elem_id="gen-interrupt", scale=1)
-    c["status"] = gr.Markdown(elem_id="gen-status")  # the tab's one message area (progress, results, errors)
+    c["status"] = gr.Markdown(elem_id="gen-status")  # progress and results; errors are toasts, as in every tab
     with gr.Row():
         c["image"] = gr.Image(label="Image", type="pil", format="png", interactive=False, elem_id="gen-image",
                               height=384)
@@ -307,17 +305,6 @@ def _form_keys(c: dict[str, Any]) -> dict[Any, str]:
                                                    "grid_x_values", "grid_y", "grid_y_values")}}
 
 
-def _status_only(fn: Callable, outputs: int) -> Callable:
-    """A handler whose user errors go to the status area (the last output) instead of gradio's error labels."""
-
-    def call(*args):
-        try:
-            return fn(*args)
-        except Exception as err:  # noqa: BLE001 -- error_text logs anything that is not a user error
-            return [*[gr.skip()] * (outputs - 1), error_text(err)]
-
-    call.__name__ = fn.__name__
-    return call
 
 
 def add_checked(app, slots: list[Slot], name: str) -> list[Slot]:
@@ -352,7 +339,7 @@ def _wire(app, c: dict[str, Any]) -> None:
         slots = add_checked(app, current_slots(values, c), values[c["pick"]])
         return [*slot_updates(slots), f"added {values[c['pick']]} (it fits the base {app.base_info().label})"]
 
-    c["add"].click(_status_only(add, len(slot_outputs)), {*slot_inputs(c), c["pick"]}, slot_outputs,
+    c["add"].click(bound(add), {*slot_inputs(c), c["pick"]}, slot_outputs,
                    api_name="gen_add")
     for i, button in enumerate(c["remove"]):
         remove = bound(lambda values, i=i: slot_updates(remove_slot(current_slots(values, c), i)))
