@@ -209,7 +209,7 @@ def _dry_run(cfg) -> int:
     from sdlora.train.data import scan_dataset
 
     cfg, notes, _ = resolve_base_settings(cfg)
-    items, summary = scan_dataset(cfg.data, seed=cfg.optim.seed)
+    items, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
     cfg, filled = fill_from_captions(cfg, [item.caption for item in items if not item.is_reg])
     print("\n".join([*summary.lines(), *notes, *filled]))
     print(dump_config(cfg), end="")
