@@ -32,7 +32,7 @@ def test_the_constant_is_the_embedded_models_width():
 
 
 def test_a_lora_on_the_embedded_model_is_family_embedded(tmp_path, capsys):
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
 
     base = load_components("embedded")
     path = _lora_on(base.unet, tmp_path / "style.safetensors", base.text_encoder)

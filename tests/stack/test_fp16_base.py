@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sdlora.generate import GenerateSettings, generate, load_base
-from sdlora.models import load_components
+from sdlora.base.load import load_base
+from sdlora.generate import GenerateSettings, generate
+from sdlora.base.load import load_components
 
 
 def _fp16_folder(pipe, folder):

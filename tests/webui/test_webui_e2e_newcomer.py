@@ -35,7 +35,7 @@ def served(tmp_path_factory):
     a LoRA and a symlink to a LoRA outside every folder; yields (url, state)."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
     from webui.app import build_app, launch
     from webui.state import AppConfig, AppState
 
