@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sdlora.base.load import load_base
+from sdlora.base.load import load_base, load_components
 from sdlora.generate import GenerateSettings, generate
-from sdlora.base.load import load_components
 
 
 def _fp16_folder(pipe, folder):
