@@ -10,7 +10,7 @@ from safetensors import safe_open
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
 from sdlora.cli import main
-from sdlora.config import load_config
+from sdlora.settings.config import load_config
 from sdlora.train import train
 from sdlora.train.auto_settings import common_leading_tag, fill_from_captions, samples_due
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdlora.config import load_config
+from sdlora.settings.config import load_config
 from sdlora.train import runs as runs_mod
-from webui.tabs import train_tab
+from webui.training_job import training_job
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def test_a_cancel_before_the_first_step_says_nothing_was_kept(app):
 
     def body(ctx):
         ctx.cancel_event.set()  # pressed before the run began
-        return train_tab.run_training(cfg, ctx)
+        return training_job(cfg, ctx)
 
     job = app.jobs.wait(app.jobs.submit("early", body).id, 120)
     assert job.status == "cancelled"
@@ -46,7 +46,7 @@ def test_a_cancel_before_the_first_step_says_nothing_was_kept(app):
 
 def test_the_end_of_a_run_says_its_time_and_path(app):
     cfg = _cfg(app, "whole")
-    job = app.jobs.wait(app.jobs.submit("whole", lambda ctx: train_tab.run_training(cfg, ctx)).id, 600)
+    job = app.jobs.wait(app.jobs.submit("whole", lambda ctx: training_job(cfg, ctx)).id, 600)
     assert job.status == "done", job.error
     saved = Path(cfg.output.dir) / "whole.safetensors"
     assert job.message.startswith("finished in ") and job.message.endswith(f"; saved {saved}")
