@@ -49,9 +49,9 @@ def test_sample_points_spread_over_the_run_and_end_at_its_end():
 
 
 def test_the_embedded_recipe_samples_by_default():
-    from sdlora import configs
+    from sdlora.settings.presets import preset_path
 
-    assert load_config(configs.preset_path("embedded")).output.sample_points == 4
+    assert load_config(preset_path("embedded")).output.sample_points == 4
 
 
 def test_a_run_with_sample_points_draws_caption_samples_and_stores_the_trigger(tmp_path):
