@@ -208,8 +208,10 @@ def _dry_run(cfg) -> int:
     from sdlora.config import dump_config
     from sdlora.train import resolve_base_settings
     from sdlora.train.data import scan_dataset
+    from sdlora.train.preflight import check_base_settings
 
     cfg, notes, _ = resolve_base_settings(cfg)
+    check_base_settings(cfg)  # where the real run would stop before training: a rank, a bucket step, ...
     _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed)
     print("\n".join([*summary.lines(), *notes]))
     print(dump_config(cfg), end="")

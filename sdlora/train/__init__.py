@@ -139,7 +139,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
     """
     # both import torch; `from sdlora.train import StepInfo, TrainResult` (the web UI, the CLI parser) needs none
     from sdlora.threads import apply_threads
-    from sdlora.train import runs
+    from sdlora.train import memory, preflight, runs
     from sdlora.train.checkpoint import prepare_output
 
     _check_settings(cfg)  # before the data and the model load
@@ -153,10 +153,12 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
             return _cancelled_result(resolved, stages, None, notes)
         resolved, notes, _ = resolve_base_settings(cfg, components)
     cfg = resolved
+    preflight.check_base_settings(cfg, components)  # from the config files: before the base loads
     prepare_output(Path(cfg.output.dir), clean=False)  # a folder that cannot be written fails before anything
     runs.start_run(cfg)  # run.yaml + run.json: the run can be listed, and resumed, whatever happens next
     try:
-        result = _train(cfg, components, stages, notes, on_step, resume)
+        with memory.allocation_errors(cfg, lambda: stages.reached[-1] if stages.reached else "setting up"):
+            result = _train(cfg, components, stages, notes, on_step, resume)
     except StageCancelled as err:
         log.info("cancelled during %s", stages.reached[-1] if stages.reached else "setup")
         result = _cancelled_result(cfg, stages, getattr(err, "summary", None), notes)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sdlora
 from sdlora.errors import TrainingError
-from sdlora.train import ema, validation
+from sdlora.train import ema, memory, validation
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -161,7 +161,8 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     park(state)
     log_file = LossLog(state.output, state.step) if accelerator.is_main_process else None
     try:
-        cancelled, last_ckpt, samples = _step_loop(state, run, log_file, on_step, should_stop, now())
+        with memory.allocation_errors(state.cfg, "training"):
+            cancelled, last_ckpt, samples = _step_loop(state, run, log_file, on_step, should_stop, now())
         if not cancelled:
             state.stages.start("saving", check=False)
         files = [] if cancelled else _export(state, run)
