@@ -1,6 +1,6 @@
 """DoRA files every loader applies alike (docs/formats.md §2.9): sdlora trains and writes the per-input-column
 magnitude by default, and a file trained with defaults and exported to Kohya is applied by A1111's and ComfyUI's
-rules (transcribed below in our own words from their DoRA code) to within 1e-5 of sdlora's ΔW."""
+rules (transcribed below in our own words from their DoRA code), and LyCORIS', to within 1e-5 of sdlora's ΔW."""
 
 import pytest
 import torch
@@ -44,6 +44,21 @@ def comfyui_dora(weight, up, down, alpha, magnitude):
         norm = norm.reshape(merged.shape[1], *ones).transpose(0, 1)
     norm = norm + torch.finfo(weight.dtype).eps
     return merged * (magnitude / norm) - weight
+
+
+def lycoris_dora(weight, up, down, alpha, magnitude, wd_on_output):
+    """LyCORIS (lycoris/modules, apply_weight_decompose): the merged weight's norm per output row when the
+    network argument wd_on_output is true, else per input column, plus float eps; the merged weight times
+    dora_scale over that norm replaces the weight."""
+    rank = down.shape[0]
+    merged = weight + (up.flatten(1) @ down.flatten(1)).reshape(weight.shape) * (alpha / rank)
+    ones = [1] * (weight.dim() - 1)
+    if wd_on_output:
+        norm = merged.reshape(merged.shape[0], -1).norm(dim=1).reshape(merged.shape[0], *ones)
+    else:
+        norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)
+        norm = norm.reshape(merged.shape[1], *ones).transpose(0, 1)
+    return merged * (magnitude / (norm + torch.finfo(weight.dtype).eps)) - weight
 
 
 def _relative(a, b):
@@ -117,6 +132,9 @@ def test_default_dora_export_is_applied_alike_by_a1111_and_comfyui(tmp_path):
         for rule in (a1111_dora, comfyui_dora):
             theirs = rule(weight, t["up"].float(), t["down"].float(), module.alpha, t["dora_scale"].float())
             assert _relative(theirs, ours) < 1e-5, (rule.__name__, name)
+        theirs = lycoris_dora(weight, t["up"].float(), t["down"].float(), module.alpha, t["dora_scale"].float(),
+                              wd_on_output=False)
+        assert _relative(theirs, ours) < 1e-5, ("lycoris", name)
         checked += 1
     assert checked > 10  # attention linears, 1x1 and 3x3 convs
 
@@ -136,6 +154,9 @@ def test_per_output_layout_is_an_option_and_peers_differ_on_it(tmp_path):
     ours = module_delta(module, base_weight=weight, name=name)
     theirs = a1111_dora(weight, t["up"].float(), t["down"].float(), module.alpha, t["dora_scale"].float())
     assert _relative(theirs, ours) > 1e-2
+    lycoris = lycoris_dora(weight, t["up"].float(), t["down"].float(), module.alpha, t["dora_scale"].float(),
+                           wd_on_output=True)
+    assert _relative(lycoris, ours) < 1e-5  # LyCORIS reads the layout from wd_on_output: exact
 
 
 def test_both_formats_need_per_output_dora(tmp_path):
