@@ -38,6 +38,7 @@ from torch import nn
 from sdlora.arch.blocks import block_of
 from sdlora.arch.components import canonical_name
 from sdlora.arch.targets import match_targets
+from sdlora.errors import ConfigError
 from sdlora.weights import LoraModule, LoraState
 
 
@@ -65,7 +66,7 @@ class LoraLayer(nn.Module):
                  dora_axis: str = "in"):
         super().__init__()
         if dora_axis not in DORA_AXES:
-            raise ValueError(f"dora_axis must be one of {DORA_AXES}, got {dora_axis!r}")
+            raise ConfigError(f"lora.dora_axis: {dora_axis!r} is not a DoRA layout; use one of {', '.join(DORA_AXES)}")
         self.rank, self.alpha = rank, float(alpha)
         self.rank_dropout, self.module_dropout = float(rank_dropout), float(module_dropout)
         self.is_conv = isinstance(base, nn.Conv2d)
@@ -151,11 +152,11 @@ class LoraLayer(nn.Module):
         if (self.magnitude is None and not self.is_conv and not self.drops_ranks
                 and x.dtype == output.dtype == self.up.weight.dtype):
             return self._linear_added(x, output)
+        if self.dora_axis == "in":
+            return self._dora_in(module, x, output)
         delta = self.lora_output(x)
         if self.magnitude is None:
             return output + delta.to(output.dtype)
-        if self.dora_axis == "in":
-            return self._dora_in(module, x, output)
         bias = module.bias
         base_out = output if bias is None else output - _bias_shape(bias, output, self.is_conv)
         merged = module.weight.float() + self.delta_weight()
