@@ -19,6 +19,7 @@ import gradio as gr
 
 from sdlora.errors import SdloraError
 from sdlora.suffixes import IMAGE_SUFFIXES
+from webui.tabs import civitai_panel
 from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
 
@@ -267,7 +268,9 @@ def create_ui(app) -> dict[str, Any]:
         c["table"] = gr.Dataframe(headers=COLUMNS, interactive=False, label="LoRAs", elem_id="lib-table")
     _create_details_ui(c)
     c["refresh_outputs"] = [c["table"], c["cards"], c["pick"], c["message"], c["names"]]
+    c["relist"], c["show_details"] = refresh_outputs, details  # for the Civitai panel, which updates both
     _wire(app, c)
+    c["civitai"] = civitai_panel.create_ui(app, c)
     return c
 
 
@@ -299,7 +302,8 @@ def _create_details_ui(c: dict[str, Any]) -> None:
             c["report"] = gr.Dataframe(headers=["key", "verdict", "detail"], interactive=False,
                                        label="Load report")
     with gr.Group():
-        c["activation"] = gr.Textbox(label="Activation text", info="words to add to the prompt with this LoRA")
+        c["activation"] = gr.Textbox(label="Activation text", info="words to add to the prompt with this LoRA",
+                                     elem_id="lib-activation")
         c["weight"] = gr.Number(1.0, label="Preferred weight")
         c["notes"] = gr.Textbox(label="Notes", lines=3)
         c["save_notes"] = gr.Button("Save notes")
