@@ -212,7 +212,7 @@ def _dry_run(cfg) -> int:
 
     cfg, notes, _ = resolve_base_settings(cfg)
     check_base_settings(cfg)  # where the real run would stop before training: a rank, a bucket step, ...
-    _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed)
+    _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
     print("\n".join([*summary.lines(), *notes]))
     print(dump_config(cfg), end="")
     return 0
