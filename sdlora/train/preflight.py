@@ -1,7 +1,7 @@
 """Settings checked against the base before it loads: each mistake that would otherwise surface minutes later
 (a LoRA rank above a targeted layer's sides or above any base's widest layer, a bucket size the UNet cannot
 halve, a per-block vector of the wrong length)
-is one `ConfigError` line, at `--dry-run` time too. Depends on sdlora.base_ref, sdlora.arch and
+is one `ConfigError` line, at `--dry-run` time too. Depends on sdlora.base.ref, sdlora.arch and
 sdlora.train.block_options.
 
 The base's shape comes from its diffusers config files (the shipped tables for a standard family, a
@@ -21,7 +21,7 @@ from pathlib import Path
 from sdlora.arch.blocks import block_names, block_of
 from sdlora.arch.tables import ModuleTable, build_table_from_config_dir, family_table, scan_module
 from sdlora.arch.targets import rules_for
-from sdlora.base_ref import config_folder, parse_base
+from sdlora.base.ref import config_folder, parse_base
 from sdlora.configs import CONFIG_DIRS, models_root
 from sdlora.errors import ConfigError
 from sdlora.train import block_options
@@ -51,7 +51,7 @@ def check_base_settings(cfg, components=None) -> None:
 
     Args:
         cfg: a resolved TrainConfig.
-        components: the loaded base (`sdlora.models.Components`), or None to read its config files.
+        components: the loaded base (`sdlora.base.load.Components`), or None to read its config files.
     """
     _check_bound(cfg)
     shape = shape_of_components(components) if components is not None else shape_of_base(cfg)

@@ -135,7 +135,7 @@ def _field_types(key: str) -> set:
 
 def native_size(base: str) -> int | None:
     """The base's native image side from its config files (no weights read); None when unknown."""
-    from sdlora.base_ref import native_resolution
+    from sdlora.base.native import native_resolution
 
     try:
         return native_resolution(base)
@@ -155,7 +155,7 @@ def base_changed(app, base: str, preset: str) -> list[Any]:
 
 def resolution_note(app, base: str, resolution) -> str:
     """A warning under the settings when the resolution is far from the base's native size ('' otherwise)."""
-    from sdlora.base_ref import far_from_native
+    from sdlora.base.native import far_from_native
 
     try:
         native = native_size(app.base_model(base))
@@ -203,7 +203,7 @@ def _confined(app, key: str, value):
 
 def _preset_path(preset: str, folder: Path | None, base: str | None = None) -> Path | None:
     if not preset or preset == DEFAULT_PRESET:
-        from sdlora.base_ref import default_preset
+        from sdlora.base.native import default_preset
 
         own = default_preset(base) if base else None
         return configs.preset_path(own) if own else None
@@ -585,7 +585,7 @@ def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
 def create_ui(app) -> dict[str, Any]:
     """Build the Train tab inside the current gr.Blocks; returns its components for cross-tab wiring."""
     from webui.tabs.generate_runs import (
-        base_choices,  # the Base menu list (sdlora.bases), shared with Generate
+        base_choices,  # the Base menu list (sdlora.base.listing), shared with Generate
     )
 
     c: dict[str, Any] = {"job_id": gr.State(None), "dataset": gr.State("")}
