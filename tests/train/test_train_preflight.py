@@ -5,9 +5,9 @@ import pytest
 import torch
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
-import sdlora.train
+import sdlora.train.session
 from sdlora.cli import main
-from sdlora.config import load_config
+from sdlora.settings.config import load_config
 from sdlora.errors import ConfigError, TrainingError
 from sdlora.train import train
 from sdlora.train.preflight import check_base_settings
@@ -60,7 +60,7 @@ def test_the_real_run_stops_before_the_base_loads(monkeypatch, tmp_path, data):
     def load(*args, **kwargs):
         raise AssertionError("the base was loaded")
 
-    monkeypatch.setattr(sdlora.train, "_load_base", load)
+    monkeypatch.setattr(sdlora.train.session, "_load_base", load)
     cfg = load_config(None, ["model.base=embedded", f"data.path={data}", f"output.dir={tmp_path / 'out'}",
                              "lora.rank=300"])
     with pytest.raises(ConfigError, match="lora.rank: rank 300"):

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdlora.config import load_config
 from sdlora.errors import SdloraError
+from sdlora.settings.config import load_config
 from sdlora.train import runs as runs_mod
 from sdlora.train import train
 from webui.state import AppConfig, AppState

@@ -68,14 +68,14 @@ def open_run(app, name: str) -> tuple[str | None, str, list[str], list[str], str
 def resume_run(app, name: str) -> tuple[int, str]:
     """Queue the run's continuation: `sdlora train --config <run>/run.yaml --resume`. Returns (job id, status)."""
     from sdlora.train.runs import resume_config
-    from webui.tabs.train_tab import run_training
+    from webui.training_job import training_job
 
     run = find_run(app, name)
     if not run.resumable:
         raise SdloraError(f"{run.name} is {run.status}" + ("" if run.checkpoints else " with no checkpoint")
                           + "; only a cancelled, failed or crashed run with a checkpoint can be resumed")
     cfg = resume_config(run)
-    job = app.jobs.submit(f"{run.name} (resumed)", lambda ctx: run_training(cfg, ctx, resume=True))
+    job = app.jobs.submit(f"{run.name} (resumed)", lambda ctx: training_job(cfg, ctx, resume=True))
     return job.id, f"job {job.id}: resuming {run.name} from {run.checkpoints[-1].name}"
 
 
