@@ -268,6 +268,13 @@ def test_block_options_map_from_network_args_and_gui_keys(tmp_path):
 
 # ---------------------------------------------------------------- faults found with real configs (issue 23) ---------
 
+def _one_image(tmp_path) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (64, 64), (200, 40, 90)).save(data / "img0.png")
+    return data
+
+
 def _file(tmp_path, name: str, content) -> Path:
     path = tmp_path / name
     path.write_text(json.dumps(content) if name.endswith(".json") else content, encoding="utf-8")
@@ -351,7 +358,7 @@ def test_configs_that_are_not_sd_lora_recipes_are_refused_unless_forced(tmp_path
 def test_cli_refuses_a_flux_finetune_in_one_line_and_force_imports_it(capsys, tmp_path):
     from sdlora.cli import main
 
-    path, data = _file(tmp_path, "flux.toml", _FLUX_FINETUNE), write_images(tmp_path / "data", count=1)
+    path, data = _file(tmp_path, "flux.toml", _FLUX_FINETUNE), _one_image(tmp_path)
     assert main(["train", "--from-kohya", str(path), "--data", str(data), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "FLUX.1 full fine-tune" in err
@@ -380,7 +387,7 @@ def test_bucket_steps_sd_scripts_refuses_are_refused(tmp_path, content, ok):
 def test_cli_dry_run_fails_in_one_line_on_a_bucket_step_sd_scripts_refuses(capsys, tmp_path):
     from sdlora.cli import main
 
-    path, data = _file(tmp_path, "t.toml", "bucket_reso_steps = 1\n"), write_images(tmp_path / "data", count=1)
+    path, data = _file(tmp_path, "t.toml", "bucket_reso_steps = 1\n"), _one_image(tmp_path)
     assert main(["train", "--from-kohya", str(path), "--data", str(data), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bucket_reso_steps = 1" in err
