@@ -235,9 +235,11 @@ def _options_only(line: str) -> bool:
 def _prompt_lines_left_out(key: str, value: Any) -> list[tuple[str, str]]:
     if key != "sample_prompts" or not isinstance(value, str) or "\n" not in value:
         return []
-    return [(f"{key} line {i}", "options with no prompt before them (kohya would render this text as a prompt "
-             "of its own): put the options after their prompt on one line")
-            for i, line in enumerate(value.splitlines(), 1) if _options_only(line)]
+    return [(f"{key} line {i}", _OPTIONS_LINE) for i, line in enumerate(value.splitlines(), 1) if _options_only(line)]
+
+
+_OPTIONS_LINE = ("options with no prompt before them (kohya would render this text as a prompt of its own): put the "
+                 "options after their prompt on one line")
 
 
 # ----------------------------------------------------------- converters needing the whole file ---------

@@ -339,13 +339,12 @@ _FLUX_FINETUNE = ('[model]\npretrained_model_name_or_path = "flux1-dev.safetenso
 
 @pytest.mark.parametrize(("name", "content", "what"), [
     ("flux.toml", _FLUX_FINETUNE, "a FLUX.1 full fine-tune or DreamBooth config (ae, discrete_flow_shift)"),
-    ("sd3.toml", 'pretrained_model_name_or_path = "sd3.safetensors"\nnetwork_module = "networks.lora_sd3"\n'
-                 'network_dim = 16\n', "a SD3 LoRA config (network_module networks.lora_sd3)"),
+    ("sd3.toml", ('pretrained_model_name_or_path = "sd3.safetensors"\nnetwork_module = "networks.lora_sd3"\n'
+                 'network_dim = 16\n'), "a SD3 LoRA config (network_module networks.lora_sd3)"),
     ("db.toml", 'pretrained_model_name_or_path = "v1-5.safetensors"\nlearning_rate = 1e-6\n',
      "a full fine-tune or DreamBooth config (a model but no network_module, LoRA_type or network_dim)"),
     ("flux.json", {"LoRA_type": "Flux1", "flux1_checkbox": True, "network_dim": 16, "learning_rate": 1e-4},
-     "a FLUX.1 LoRA config "
-     "(flux1_checkbox)"),
+     "a FLUX.1 LoRA config (flux1_checkbox)"),
 ])
 def test_configs_that_are_not_sd_lora_recipes_are_refused_unless_forced(tmp_path, name, content, what):
     path = _file(tmp_path, name, content)

@@ -5,8 +5,8 @@ rules (transcribed below in our own words from their DoRA code), and LyCORIS', t
 import pytest
 import torch
 from safetensors import safe_open
-from torch import nn
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
+from torch import nn
 
 import sdlora
 from sdlora.delta import module_delta

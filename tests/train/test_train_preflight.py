@@ -7,8 +7,8 @@ from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
 import sdlora.train.session
 from sdlora.cli import main
-from sdlora.settings.config import load_config
 from sdlora.errors import ConfigError, TrainingError
+from sdlora.settings.config import load_config
 from sdlora.train import train
 from sdlora.train.preflight import check_base_settings
 
