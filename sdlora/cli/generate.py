@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import add_allow_pickle, lora_with_strength, progress_bar
+from sdlora.cli.loraargs import add_allow_pickle, lora_with_strength, progress_bar, stage
 from sdlora.samplers import SAMPLERS
 
 DESCRIPTION = """\
@@ -55,6 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    stage("generate", "starting (loading torch and diffusers)")
     from sdlora.base.load import load_base
     from sdlora.base.native import native_resolution_of
     from sdlora.generate import (
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     check_prompt_loras(args.prompt, [path for path, _ in loras], library)
     from sdlora.stack import LoraStack
 
+    stage("generate", f"loading the base model {args.base or 'embedded'}")
     pipeline, model_name = load_base(args.base, allow_pickle=args.allow_pickle)
     size = native_resolution_of(pipeline)
     seed = random_seed() if args.seed == -1 else args.seed
@@ -80,12 +82,15 @@ def run(args: argparse.Namespace) -> int:
                                 args.width or size, args.height or size, model_name, sampler)
     settings.check()
     stack = LoraStack(pipeline)
+    if loras:
+        stage("generate", f"applying {len(loras)} LoRA(s)")
     with stack.batch():
         for path, strength in loras:
             stack.add(path, strength)
     if args.grid_x:
         image, parameters = _grid(args, pipeline, settings, stack, library)
     else:
+        stage("generate", f"drawing {settings.width} x {settings.height}, {settings.steps} steps")
         result = generate(pipeline, settings, stack=stack, library=library, on_progress=progress_bar("generate"))
         image, parameters = result.image, result.parameters
     save_png(image, args.out, parameters)

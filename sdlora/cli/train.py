@@ -169,6 +169,8 @@ def _cancel_on_ctrl_c(cancel: threading.Event):
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdlora.cli.loraargs import stage
+
     # settings first, with no torch imported: a typo in --set fails in a fraction of a second
     from sdlora.settings.config import load_config
 
@@ -178,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
     if source:
         print(source)
     if args.dry_run:
+        stage("train", "dry run: scanning the data set (no weights loaded)")
         return _dry_run(cfg)
+    stage("train", "starting (loading torch and diffusers; the trainer's stages follow)")
     from sdlora.train import train
 
     bar, cancel = _Bar(), threading.Event()

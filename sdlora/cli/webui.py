@@ -41,6 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdlora.cli.loraargs import stage
+
+    stage("webui", "starting the web UI (loading gradio and torch)")
     from webui.app import build_app, default_state, launch
 
     data_dirs = tuple(args.data_dir) if args.data_dir else None

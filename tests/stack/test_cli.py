@@ -45,7 +45,7 @@ def test_resize_command(lora_path, tmp_path, components, capsys):
     out = tmp_path / "small.safetensors"
     assert main(["resize", str(lora_path), str(out), "--rank", "4"]) == 0
     text = capsys.readouterr().out
-    assert "lowest energy kept 100.0000%" in text and "rank    4 -> 4" in text
+    assert "lowest energy kept 100.0000%" in text and "rank 4 -> 4" in text
     table = _table(components)
     before, after = load_lora(lora_path, table=table), load_lora(out, table=table)
     for name in before.modules:

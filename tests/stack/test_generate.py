@@ -146,3 +146,11 @@ def test_tag_text_encoder_strength_replaces_a_separate_slot_strength(pipe, lora_
     zero = generate(pipe, _settings("a dog <lora:style:0>"), stack=stack)
     assert np.array_equal(_pixels(base.image), _pixels(zero.image)), "the tag's te strength was dropped"
     assert stack.entries[0].strength == Strength(1.0, te=1.0, unet=1.0)  # exact restore
+
+
+def test_generate_draws_no_bar_of_its_own(pipe, capsys):
+    """Progress goes through on_progress only: diffusers' own tqdm bar (a second bar in the CLI) is off."""
+    seen = []
+    generate(pipe, _settings("a cat"), on_progress=seen.append)
+    assert seen and seen[-1].done == seen[-1].total
+    assert "it/s" not in capsys.readouterr().err

@@ -5,20 +5,28 @@ a typed name or path) or paths inside the configured folders (confined by `AppSt
 results are written into the library folder under a safe name no library LoRA has yet, so they appear in
 the Library (refreshed after each tool); Bake writes a model into `AppConfig.bake_dir` (`<output>/models`),
 where the base-model lists look. Each handler is one library call between UI values.
+
+Resize, Merge and Extract run in a worker thread (`ToolRuns`): the page shows "module i/N" with the
+elapsed time and an ETA while they run, and Cancel stops the run before the next module (the library's
+`should_stop`); a cancelled run writes nothing, since the file is written only after the last module.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from sdlora.errors import ConfigError
+from sdlora.errors import ConfigError, Interrupted
 from webui.paths import display_path, safe_filename
 from webui.state import NotInLibrary
-from webui.tabs.common import bound
+from webui.tabs.common import bound, guarded
 
 
 def resolve_lora(app, text: str) -> Path:
@@ -112,10 +120,10 @@ def convert_lora(app, text: str, to_format: str, dtype: str, out_name: str) -> t
     return str(target), f"added {target.stem} ({to_format}) to the library"
 
 
-def resize_lora(app, text: str, rank: float, energy: float, out_name: str,
-                dtype: str = "keep") -> tuple[str, str]:
+def resize_lora(app, text: str, rank: float, energy: float, out_name: str,  # noqa: PLR0913
+                dtype: str = "keep", *, on_progress=None, should_stop=None) -> tuple[str, str]:
     """SVD to a fixed rank (rank > 0) or to a retained-energy threshold (0 < energy < 1), written in the
-    input's dtype unless `dtype` says otherwise."""
+    input's dtype unless `dtype` says otherwise. `on_progress` / `should_stop` go to the library call."""
     import sdlora
     from sdlora import tools
 
@@ -123,40 +131,46 @@ def resize_lora(app, text: str, rank: float, energy: float, out_name: str,
     kwargs = {"rank": int(rank)} if rank and rank > 0 else {"energy": float(energy)}
     if "energy" in kwargs and not 0 < kwargs["energy"] <= 1:
         raise ConfigError("give a rank > 0, or an energy between 0 and 1")
-    result = tools.resize(sdlora.load_lora(source), dtype=_dtype(dtype), **kwargs)
+    result = tools.resize(sdlora.load_lora(source), dtype=_dtype(dtype), on_progress=on_progress,
+                          should_stop=should_stop, **kwargs)
     target = output_path(app, out_name, f"{source.stem}-resized")
     sdlora.save_lora(result.lora, target)
     return str(target), (f"added {target.stem} to the library; least energy kept in a module: "
                          f"{result.min_energy():.1%}")
 
 
-def merge_loras(app, rows: list[list], rank: float, out_name: str, dtype: str = "keep") -> tuple[str, str]:
+def merge_loras(app, rows: list[list], rank: float, out_name: str, dtype: str = "keep", *,  # noqa: PLR0913
+                on_progress=None, should_stop=None) -> tuple[str, str]:
     """Merge [[name, weight], ...] into one LoRA: exact concatenation (rank 0) or SVD to `rank`; in the
-    inputs' dtype unless `dtype` says otherwise."""
+    inputs' dtype unless `dtype` says otherwise. Rows with an empty name (an unused slot) are skipped."""
     import sdlora
     from sdlora import tools
 
-    pairs = [(resolve_lora(app, str(r[0])), float(r[1])) for r in _table(rows) if str(r[0]).strip()]
+    pairs = [(resolve_lora(app, str(r[0])), _weight(r[1])) for r in _table(rows) if _filled(r[0])]
     if len(pairs) < 2:
         raise ConfigError("list at least two LoRAs (name, weight) to merge")
     loras = [(sdlora.load_lora(p), w) for p, w in pairs]
     if rank and rank > 0:
-        merged = tools.merge(loras, mode="svd", rank=int(rank), dtype=_dtype(dtype))
+        merged = tools.merge(loras, mode="svd", rank=int(rank), dtype=_dtype(dtype), on_progress=on_progress,
+                             should_stop=should_stop)
     else:
-        merged = tools.merge(loras, mode="concat", dtype=_dtype(dtype))
+        merged = tools.merge(loras, mode="concat", dtype=_dtype(dtype), on_progress=on_progress,
+                             should_stop=should_stop)
     target = output_path(app, out_name, "merged")
     sdlora.save_lora(merged.lora, target)
     return str(target), f"merged {len(pairs)} LoRAs into {target.stem}, added to the library"
 
 
-def extract_lora(app, base: str, tuned: str, rank: float, out_name: str) -> tuple[str, str]:
+def extract_lora(app, base: str, tuned: str, rank: float, out_name: str, *,  # noqa: PLR0913
+                 on_progress=None, should_stop=None) -> tuple[str, str]:
     """A LoRA from the difference between a fine-tuned model and its base (SVD to `rank`)."""
     import sdlora
     from sdlora.extract import extract
 
     base_path = app.base_model(base)  # 'embedded' by name, any other base inside the configured folders
     tuned_path = app.read_path(tuned)
-    result = extract(base_path, str(tuned_path), rank=int(rank), allow_pickle=app.config.allow_pickle)
+    result = extract(base_path, str(tuned_path), rank=int(rank), allow_pickle=app.config.allow_pickle,
+                     on_progress=on_progress, should_stop=should_stop)
     target = output_path(app, out_name, f"{tuned_path.stem}-extracted")
     sdlora.save_lora(result.lora, target)
     return str(target), f"added {target.stem} to the library"
@@ -208,6 +222,108 @@ def load_metadata_fields(app, text: str) -> tuple[str, str, str]:
     return meta.get(TITLE, ""), meta.get(TRIGGER, ""), meta.get(DESCRIPTION, "")
 
 
+def _filled(name) -> bool:
+    """Whether a slot names a LoRA: an empty menu gives None (which must not become the name "None")."""
+    return name is not None and bool(str(name).strip())
+
+
+def _weight(value) -> float:
+    if value is None or value == "":
+        return 1.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"weight {value!r}: give a number, e.g. 0.5") from None
+
+
+# ---------------------------------------------------------------- runs: progress and cancel --
+
+class ToolRuns:
+    """The tool runs in progress, by key: a Cancel click sets the run's stop event."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> tuple[str, threading.Event]:
+        key, event = uuid.uuid4().hex, threading.Event()
+        with self._lock:
+            self._events[key] = event
+        return key, event
+
+    def cancel(self, key: str | None) -> bool:
+        with self._lock:
+            event = self._events.get(key or "")
+        if event is not None:
+            event.set()
+        return event is not None
+
+    def finish(self, key: str) -> None:
+        with self._lock:
+            self._events.pop(key, None)
+
+
+def progress_line(label: str, progress, elapsed: float) -> str:
+    """'resize: module 12/350 · 3 s · ETA 1 min 05 s' (the ETA from the pace so far)."""
+    if progress is None:
+        return f"{label}: reading the files · {elapsed:.0f} s"
+    done, total = progress.done, progress.total
+    if done >= total:
+        return f"{label}: module {done}/{total} · done in {elapsed:.1f} s"
+    eta = elapsed / done * (total - done) if done else None
+    return (f"{label}: module {done}/{total} · {elapsed:.0f} s · ETA "
+            + (_duration(eta) if eta is not None else "…"))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def stream_run(runs: ToolRuns, label: str, work: Callable, poll: float = 0.3) -> Iterator[tuple]:
+    """Run `work(on_progress=..., should_stop=...)` -> (path, message) in a thread, yielding
+    (file, message, progress line, run key) while it runs and once at the end. A cancel (Interrupted)
+    ends with a message, not an error; other errors are raised as the guarded handlers raise them."""
+    key, stop = runs.start()
+    box: dict[str, Any] = {"progress": None}
+    started = time.monotonic()
+
+    def body() -> None:
+        try:
+            box["value"] = work(on_progress=lambda p: box.__setitem__("progress", p), should_stop=stop.is_set)
+        except Interrupted as err:
+            box["cancelled"] = str(err)
+        except Exception as err:  # noqa: BLE001 - raised in the handler's thread below, through guarded
+            box["error"] = err
+
+    thread = threading.Thread(target=body, name=f"tools-{label}", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            yield gr.skip(), gr.skip(), progress_line(label, box["progress"], time.monotonic() - started), key
+            thread.join(poll)
+    finally:
+        runs.finish(key)
+    line = progress_line(label, box["progress"], time.monotonic() - started)
+    if "cancelled" in box:
+        yield None, f"{label} cancelled: {box['cancelled']}", f"{label}: cancelled", None
+        return
+    if "error" in box:
+        guarded(_reraise)(box["error"])  # a user error becomes its one-line message, a bug a logged one
+    path, message = box["value"]
+    yield path, message, line, None
+
+
+def _reraise(err: BaseException) -> None:
+    raise err
+
+
+def cancel_run(runs: ToolRuns, key: str | None) -> str:
+    if not runs.cancel(key):
+        return "no tool is running in this page"
+    return "cancelling: the tool stops before its next module and writes nothing"
+
+
 def _counts(counter) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
 
@@ -256,7 +372,8 @@ def create_ui(app) -> dict[str, Any]:
     with gr.Tab("Resize"):
         with gr.Row():
             c["resize_src"] = _menu(app, c, "LoRA", "tools-resize-src")
-            c["resize_rank"] = gr.Number(8, label="Rank", precision=0, info="fixed rank; 0 = use energy")
+            c["resize_rank"] = gr.Number(8, label="Rank", precision=0, info="fixed rank; 0 = use energy",
+                                         elem_id="tools-resize-rank")
             c["resize_energy"] = gr.Number(0.9, label="Energy", info="fraction of singular-value energy kept")
             c["resize_dtype"] = gr.Dropdown(DTYPES, value="keep", label="dtype", info="keep: the input's")
             c["resize_out"] = gr.Textbox(label="New library name", elem_id="tools-resize-out")
@@ -268,7 +385,7 @@ def create_ui(app) -> dict[str, Any]:
                 c["merge_slots"] += [_menu(app, c, f"LoRA {i + 1}", f"tools-merge-{i}", scale=3),
                                      gr.Number(1.0, label="weight", scale=1, elem_id=f"tools-merge-{i}-weight")]
         with gr.Row():
-            c["merge_rank"] = gr.Number(0, label="Rank", precision=0,
+            c["merge_rank"] = gr.Number(0, label="Rank", precision=0, elem_id="tools-merge-rank",
                                         info="0 = exact (ranks concatenated); > 0 = SVD of the exact sum to this rank")
             c["merge_dtype"] = gr.Dropdown(DTYPES, value="keep", label="dtype", info="keep: the inputs'")
             c["merge_out"] = gr.Textbox(label="New library name")
@@ -285,10 +402,18 @@ def create_ui(app) -> dict[str, Any]:
         _create_bake_ui(app, c)
     with gr.Tab("Metadata"):
         _create_metadata_ui(app, c)
+    _create_run_ui(c)
     c["out_file"] = gr.File(label="Result", interactive=False)
     c["message"] = gr.Markdown(elem_id="tools-message")
     _wire(app, c)
     return c
+
+
+def _create_run_ui(c: dict[str, Any]) -> None:
+    with gr.Row():
+        c["progress"] = gr.Markdown(elem_id="tools-progress")
+        c["cancel"] = gr.Button("Cancel", variant="stop", size="sm", scale=0, elem_id="tools-cancel")
+    c["run_key"] = gr.State(None)  # this page's running resize / merge / extract, for Cancel
 
 
 def _menu(app, c: dict[str, Any], label: str, elem_id: str, **kwargs) -> gr.Dropdown:
@@ -340,8 +465,21 @@ def _rows(values: list) -> list[list]:
     return [[values[i], values[i + 1]] for i in range(0, len(values), 2)]
 
 
+def _streamed(runs: ToolRuns, label: str, handler: Callable) -> Callable:
+    """A gradio generator running `handler(*values, on_progress=, should_stop=)` through `stream_run`."""
+
+    def run(*values):
+        yield from stream_run(runs, label, lambda **hooks: handler(*values, **hooks))
+
+    run.__name__ = f"tools_{label}"
+    return run
+
+
 def _wire(app, c: dict[str, Any]) -> None:
     out = [c["out_file"], c["message"]]
+    runs = ToolRuns()
+    streamed = [c["out_file"], c["message"], c["progress"], c["run_key"]]
+    c["cancel"].click(lambda key: cancel_run(runs, key), c["run_key"], c["progress"], api_name="tools_cancel")
     menus = bound(lambda: refresh_menus(app, c))
     c["refresh"].click(menus, None, c["menus"], api_name="tools_refresh")
     c["inspect_go"].click(bound(inspect_lora, app), c["inspect_src"], [c["inspect_summary"], c["inspect_meta"]],
@@ -350,13 +488,15 @@ def _wire(app, c: dict[str, Any]) -> None:
     c["library_writes"] = [
         c["conv_go"].click(bound(convert_lora, app), [c["conv_src"], c["conv_to"], c["conv_dtype"], c["conv_out"]],
                            out, api_name="tools_convert"),
-        c["resize_go"].click(bound(resize_lora, app), [c["resize_src"], c["resize_rank"], c["resize_energy"],
-                                                       c["resize_out"], c["resize_dtype"]], out, api_name="tools_resize"),
-        c["merge_go"].click(bound(lambda *v: merge_loras(app, _rows(list(v[:-3])), *v[-3:])),
-                            [*c["merge_slots"], c["merge_rank"], c["merge_out"], c["merge_dtype"]], out,
+        c["resize_go"].click(_streamed(runs, "resize", lambda *v, **h: resize_lora(app, *v, **h)),
+                             [c["resize_src"], c["resize_rank"], c["resize_energy"], c["resize_out"],
+                              c["resize_dtype"]], streamed, api_name="tools_resize"),
+        c["merge_go"].click(_streamed(runs, "merge", lambda *v, **h: merge_loras(app, _rows(list(v[:-3])), *v[-3:], **h)),
+                            [*c["merge_slots"], c["merge_rank"], c["merge_out"], c["merge_dtype"]], streamed,
                             api_name="tools_merge"),
-        c["extract_go"].click(bound(extract_lora, app), [c["extract_base"], c["extract_tuned"], c["extract_rank"],
-                                                         c["extract_out"]], out, api_name="tools_extract"),
+        c["extract_go"].click(_streamed(runs, "extract", lambda *v, **h: extract_lora(app, *v, **h)),
+                              [c["extract_base"], c["extract_tuned"], c["extract_rank"], c["extract_out"]], streamed,
+                              api_name="tools_extract"),
         _wire_metadata(app, c),
     ]
     for event in c["library_writes"]:
