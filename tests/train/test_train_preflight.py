@@ -19,9 +19,12 @@ def data(tmp_path_factory):
 
 
 def _dry_run(capsys, data, *args):
+    """The exit code and the error: one line, the last on stderr (after the CLI's stage line)."""
     code = main(["train", "--base", "embedded", "--data", str(data), "--dry-run", *args])
-    captured = capsys.readouterr()
-    return code, captured.err.strip()
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("sdlora train: error: ")]
+    assert errors in ([], lines[-1:]), lines
+    return code, "\n".join(errors)
 
 
 @pytest.mark.parametrize(("setting", "message"), [
