@@ -22,6 +22,7 @@ from sdlora.quiet import quiet_third_party
 from webui.state import AppConfig, AppState
 from webui.tabs import generate_tab, library_tab, tools_tab, train_tab
 from webui.tabs.common import bound
+from webui.tabs.generate_runs import refusal
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,6 @@ def add_training_result(state: AppState, job_id: int | None, slots: list) -> tup
     name, message = train_tab.add_result_to_library(state, job_id)
     fit = state.fit(name)
     if not fit.fits and fit.needs is not None:  # made for another base than the Generate tab's: library only
-        from webui.tabs.generate_runs import refusal
-
         return f"{message}; not added to the stack: {refusal(state, name, fit)}", name, slots
     slots = generate_tab.add_slot(slots, name)
     return f"{message} and to the stack (Generate tab)", name, slots

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdlora.bases import describe_base, list_bases
+from sdlora.compat import Fit, check_fit, fit_shape, read_lora_shape
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.generate import load_base
 from webui.jobs import JobQueue
 from webui.paths import AccessError, check_name_lengths, resolve_within
 from webui.uploads import UploadLimits
@@ -152,14 +155,10 @@ class AppState:
     def bases(self) -> list[Any]:
         """The Base menu: the configured default first, "embedded", then every model in the model folders
         (`sdlora.bases.BaseModel`s, read from configs and headers only)."""
-        from sdlora.bases import list_bases
-
         return list_bases(self.config.model_dirs, default=self.base_model(self.config.base))
 
     def base_info(self, base: str | None = None) -> Any:
         """The `BaseModel` of `base` (default: the current one), described once per path."""
-        from sdlora.bases import describe_base
-
         value = self.base_model(base)
         if value not in self._base_info:
             self._base_info[value] = describe_base(value)
@@ -168,15 +167,11 @@ class AppState:
     def fit(self, name: str, base: str | None = None) -> Any:
         """Whether library LoRA `name` fits `base` (default: the current one): a `sdlora.compat.Fit`, from
         headers only (for a Library column and the stack's add check)."""
-        from sdlora.compat import check_fit
-
         return check_fit(self.library_path(name), self.base_info(base))
 
     def library_fits(self, base: str | None = None) -> dict[str, Any]:
         """{library name: `sdlora.compat.Fit`} against `base` (default: the current one), headers only: for a
         Library "fits" column (`fit.short` is the cell, `fit.reason` the tooltip/detail)."""
-        from sdlora.compat import Fit, fit_shape, read_lora_shape
-
         info = self.base_info(base)
         fits = {}
         for name, path in self.library().items():
@@ -235,6 +230,4 @@ class AppState:
 
 
 def _default_pipeline(base: str, allow_pickle: bool) -> Any:
-    from sdlora.generate import load_base
-
     return load_base(base, allow_pickle=allow_pickle)[0]

@@ -22,7 +22,10 @@ from typing import Any
 
 import gradio as gr
 
+from sdlora.base_ref import native_resolution
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.generate import GenerateSettings
+from sdlora.library import read_notes
 from sdlora.samplers import SAMPLERS
 from sdlora.strength import Strength
 from webui.state import NotInLibrary
@@ -180,9 +183,6 @@ def default_size(app) -> int:
     """The image side the base model was trained at (embedded 32, SD1 512, SD2-v 768, SDXL 1024), read from
     its configs before it is loaded (the size `sdlora generate` uses); GenerateSettings' default when only
     loading the model would tell."""
-    from sdlora.base_ref import native_resolution
-    from sdlora.generate import GenerateSettings
-
     try:
         size = native_resolution(app.config.base)
     except SdloraError:  # a base that cannot load: Generate reports why; the slider needs a value now
@@ -192,8 +192,6 @@ def default_size(app) -> int:
 
 def preferred_weight(app, name: str) -> float:
     """The "preferred weight" from the LoRA's notes (A1111 <stem>.json), else 1."""
-    from sdlora.library import read_notes
-
     path = app.library().get(name)
     try:
         weight = float(read_notes(path).get("preferred weight", 1.0)) if path else 1.0
@@ -379,8 +377,6 @@ def _wire_base(app, c: dict[str, Any]) -> None:
 
 
 def _base_size(value: str) -> int | None:
-    from sdlora.base_ref import native_resolution
-
     try:
         return native_resolution(value)
     except SdloraError:

@@ -17,7 +17,14 @@ from typing import Any
 
 import gradio as gr
 
+import sdlora
+from sdlora.arch.tables import table_for_model
+from sdlora.atomic import atomic_path
 from sdlora.errors import SdloraError
+from sdlora.header import read_header
+from sdlora.library import file_hash, preview_path, search, set_preview, write_notes
+from sdlora.library import scan as scan_library
+from sdlora.report import check_lora
 from sdlora.suffixes import IMAGE_SUFFIXES
 from webui.tabs.common import bound, guarded
 from webui.uploads import check_lora_upload, store_upload, upload_name
@@ -34,8 +41,6 @@ def cache_path(app) -> Path:
 
 def scan(app):
     """The library scan (sdlora.library), with its header cache kept in the output folder."""
-    from sdlora.library import scan as scan_library
-
     return scan_library(app.config.lora_dir, cache_path=cache_path(app))
 
 
@@ -47,8 +52,6 @@ def list_entries(app) -> list:
 def refresh(app, query: str = "", sort: str = "name") -> tuple[list[list], list, list[str], str]:
     """(table rows, card gallery items, names, message) of the library entries matching `query`, sorted by
     `sort` (name, date, size); the message counts them and names damaged files."""
-    from sdlora.library import search
-
     result = scan(app)
     entries = search(result.entries, query, sort)
     fits = {name: fit.short for name, fit in app.library_fits().items()}  # headers only, against the current base
@@ -96,7 +99,6 @@ def no_preview_image(app) -> Path:
         from PIL import Image
 
         target.parent.mkdir(parents=True, exist_ok=True)
-        from sdlora.atomic import atomic_path
 
         with atomic_path(target, fsync=False) as tmp:
             Image.new("RGB", (64, 64), (72, 72, 80)).save(tmp, format="PNG")
@@ -123,8 +125,6 @@ def details(app, name: str) -> tuple[str, dict, str, str, float, str, str | None
     if not name:
         raise SdloraError("pick a LoRA in the list first")
     entry = find_entry(app, name)
-    from sdlora.header import read_header
-    from sdlora.library import file_hash
 
     app.library_path(entry.name)  # confined like any path: a link leading outside the folders is refused
     header = read_header(entry.path)
@@ -165,8 +165,6 @@ def set_preview_from_image(app, name: str, image) -> tuple[str, str]:
     Written as `<stem>.preview.png` beside the LoRA's file (A1111 naming), downscaled. Returns
     (preview path, message). The Generate tab may call this too.
     """
-    from sdlora.library import preview_path, set_preview
-
     if not name:
         raise SdloraError("pick a LoRA in the list first")
     if image is None:
@@ -188,10 +186,6 @@ def set_preview_from_path(app, name: str, text: str) -> tuple[str, str]:
 def load_report(app, name: str) -> tuple[str, list[list]]:
     """The load report of LoRA `name` against the current base: (summary line naming the LoRA, rows
     problems first)."""
-    import sdlora
-    from sdlora.arch.tables import table_for_model
-    from sdlora.report import check_lora
-
     entry = find_entry(app, name)
     lora = sdlora.load_lora(entry.path)
     with app.generate_lock:
@@ -212,8 +206,6 @@ def report_view(report, limit: int = 500) -> tuple[str, list[list]]:
 
 
 def save_notes(app, name: str, activation: str, weight: float, notes: str) -> str:
-    from sdlora.library import write_notes
-
     entry = find_entry(app, name)
     write_notes(entry.path, {"activation text": activation or "", "preferred weight": weight,
                              "notes": notes or ""})
@@ -226,7 +218,6 @@ def upload_lora(app, file) -> str:
         raise SdloraError("choose a .safetensors file to upload")
     path, name = upload_name(file)
     check_lora_upload(path, app.config.limits)
-    import sdlora
 
     sdlora.load_lora(path)  # refuse files that are safetensors but not a LoRA sdlora can read
     target = store_upload(path, Path(app.config.lora_dir), name)

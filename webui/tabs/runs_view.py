@@ -9,12 +9,14 @@ Handlers take `app` first and run names (folder names under `<output>/runs/`), n
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from sdlora.errors import SdloraError
+from sdlora.train.runs import list_runs, loss_plot, read_run, resume_config
 from webui.paths import safe_filename, unique_path
 from webui.tabs.common import bound
 
@@ -28,16 +30,12 @@ def runs_root(app) -> Path:
 
 def run_rows(app) -> list[list]:
     """One row per run, newest first: [name, status, steps done/planned, start date, newest LoRA file]."""
-    from sdlora.train.runs import list_runs
-
     return [[r.name, r.status, f"{r.steps}/{r.total}", r.date, r.last_file.name if r.last_file else ""]
             for r in list_runs(runs_root(app))]
 
 
 def find_run(app, name: str | None):
     """The RunInfo of run `name` (a folder directly under the runs folder; nothing else is reachable)."""
-    from sdlora.train.runs import read_run
-
     name = str(name or "").strip()
     root = runs_root(app).resolve()
     folder = (root / name).resolve()
@@ -51,8 +49,6 @@ def find_run(app, name: str | None):
 
 def open_run(app, name: str) -> tuple[str | None, str, list[str], list[str], str]:
     """(loss plot, resolved config text, sample images, LoRA files, summary line) of run `name`."""
-    from sdlora.train.runs import loss_plot
-
     run = find_run(app, name)
     plot = loss_plot(run)
     config = run.config.read_text(encoding="utf-8") if run.config else "(no run.yaml)"
@@ -65,17 +61,16 @@ def open_run(app, name: str) -> tuple[str | None, str, list[str], list[str], str
             summary)
 
 
-def resume_run(app, name: str) -> tuple[int, str]:
-    """Queue the run's continuation: `sdlora train --config <run>/run.yaml --resume`. Returns (job id, status)."""
-    from sdlora.train.runs import resume_config
-    from webui.tabs.train_tab import run_training
-
+def resume_run(app, job_body: Callable, name: str) -> tuple[int, str]:
+    """Queue the run's continuation: `sdlora train --config <run>/run.yaml --resume`, as `job_body(cfg, ctx,
+    resume=True)` (the Train tab's job body, passed in by the tab: this view sits below it). Returns (job id,
+    status)."""
     run = find_run(app, name)
     if not run.resumable:
         raise SdloraError(f"{run.name} is {run.status}" + ("" if run.checkpoints else " with no checkpoint")
                           + "; only a cancelled, failed or crashed run with a checkpoint can be resumed")
     cfg = resume_config(run)
-    job = app.jobs.submit(f"{run.name} (resumed)", lambda ctx: run_training(cfg, ctx, resume=True))
+    job = app.jobs.submit(f"{run.name} (resumed)", lambda ctx: job_body(cfg, ctx, resume=True))
     return job.id, f"job {job.id}: resuming {run.name} from {run.checkpoints[-1].name}"
 
 
@@ -118,11 +113,12 @@ def _refresh(app):
     return rows, gr.Dropdown(choices=[r[0] for r in rows], value=rows[0][0] if rows else None)
 
 
-def wire(app, c: dict[str, Any]) -> None:
+def wire(app, c: dict[str, Any], job_body: Callable) -> None:
+    """Wire the runs view; `job_body` is the Train tab's job body (see resume_run)."""
     c["runs_refresh"].click(bound(_refresh, app), None, [c["runs_table"], c["run_pick"]], api_name="runs_refresh")
     c["run_open"].click(bound(open_run, app), c["run_pick"],
                         [c["run_plot"], c["run_config"], c["run_samples"], c["run_files"], c["run_summary"]],
                         api_name="runs_open")
-    c["run_resume"].click(bound(resume_run, app), c["run_pick"], [c["job_id"], c["status"]],
+    c["run_resume"].click(bound(resume_run, app, job_body), c["run_pick"], [c["job_id"], c["status"]],
                           api_name="runs_resume").success(lambda: gr.Timer(active=True), None, c["timer"])
     c["run_add"].click(bound(add_run_to_library, app), c["run_pick"], c["run_summary"], api_name="runs_add")

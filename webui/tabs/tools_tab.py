@@ -15,7 +15,12 @@ from typing import Any
 
 import gradio as gr
 
+import sdlora
+from sdlora.arch.blocks import check_strength
 from sdlora.errors import ConfigError
+from sdlora.formats.metaedit import DESCRIPTION, TITLE, TRIGGER, Edits, read_metadata
+from sdlora.formats.metaedit import edit_metadata as write_edited
+from sdlora.header import read_header, tensor_data_sha256
 from webui.paths import display_path, safe_filename
 from webui.state import NotInLibrary
 from webui.tabs.common import bound
@@ -80,9 +85,6 @@ def library_names(app) -> list[str]:
 
 def inspect_lora(app, text: str) -> tuple[str, dict]:
     """(summary markdown, metadata) of one LoRA file."""
-    import sdlora
-    from sdlora.header import read_header, tensor_data_sha256
-
     path = resolve_lora(app, text)
     header = read_header(path)
     lora = sdlora.load_lora(path)
@@ -102,8 +104,6 @@ def inspect_lora(app, text: str) -> tuple[str, dict]:
 
 def convert_lora(app, text: str, to_format: str, dtype: str, out_name: str) -> tuple[str, str]:
     """Write the LoRA in another dialect; returns (output path, message)."""
-    import sdlora
-
     if to_format not in ("kohya", "diffusers"):
         raise ConfigError(f"format {to_format!r}: choose kohya or diffusers")
     source = resolve_lora(app, text)
@@ -116,7 +116,6 @@ def resize_lora(app, text: str, rank: float, energy: float, out_name: str,
                 dtype: str = "keep") -> tuple[str, str]:
     """SVD to a fixed rank (rank > 0) or to a retained-energy threshold (0 < energy < 1), written in the
     input's dtype unless `dtype` says otherwise."""
-    import sdlora
     from sdlora import tools
 
     source = resolve_lora(app, text)
@@ -133,7 +132,6 @@ def resize_lora(app, text: str, rank: float, energy: float, out_name: str,
 def merge_loras(app, rows: list[list], rank: float, out_name: str, dtype: str = "keep") -> tuple[str, str]:
     """Merge [[name, weight], ...] into one LoRA: exact concatenation (rank 0) or SVD to `rank`; in the
     inputs' dtype unless `dtype` says otherwise."""
-    import sdlora
     from sdlora import tools
 
     pairs = [(resolve_lora(app, str(r[0])), float(r[1])) for r in _table(rows) if str(r[0]).strip()]
@@ -151,7 +149,6 @@ def merge_loras(app, rows: list[list], rank: float, out_name: str, dtype: str = 
 
 def extract_lora(app, base: str, tuned: str, rank: float, out_name: str) -> tuple[str, str]:
     """A LoRA from the difference between a fine-tuned model and its base (SVD to `rank`)."""
-    import sdlora
     from sdlora.extract import extract
 
     base_path = app.base_model(base)  # 'embedded' by name, any other base inside the configured folders
@@ -181,16 +178,11 @@ def bake_model(app, base: str, rows: list[list], kind: str, dtype: str,
 
 
 def _strength(value) -> float:
-    from sdlora.arch.blocks import check_strength
-
     return check_strength(1.0 if value is None or value == "" else value, "strength")
 
 
 def edit_metadata(app, text: str, form: dict[str, Any]) -> tuple[str, str, dict]:
     """Write a copy with edited metadata; the tensor hash stays the same. Returns (path, message, metadata)."""
-    from sdlora.formats.metaedit import Edits
-    from sdlora.formats.metaedit import edit_metadata as write_edited
-
     source = resolve_lora(app, text)
     target = output_path(app, form.get("out_name") or "", f"{source.stem}-edited")  # a copy: into the library
     edits = Edits(strip=bool(form.get("strip")), title=form.get("title"), trigger_words=form.get("trigger"),
@@ -202,8 +194,6 @@ def edit_metadata(app, text: str, form: dict[str, Any]) -> tuple[str, str, dict]
 
 
 def load_metadata_fields(app, text: str) -> tuple[str, str, str]:
-    from sdlora.formats.metaedit import DESCRIPTION, TITLE, TRIGGER, read_metadata
-
     meta = read_metadata(resolve_lora(app, text))
     return meta.get(TITLE, ""), meta.get(TRIGGER, ""), meta.get(DESCRIPTION, "")
 

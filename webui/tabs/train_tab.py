@@ -19,10 +19,17 @@ from typing import Any
 import gradio as gr
 
 from sdlora import configs
+from sdlora.base_ref import default_preset, far_from_native, native_resolution
+from sdlora.config import DataConfig, TrainConfig, field_help, load_config
 from sdlora.errors import ConfigError, DatasetError, SdloraError
+from sdlora.train import resolve_base_settings, train
+from sdlora.train.kohya_import import read_kohya
+from sdlora.train.progress import format_seconds
 from webui.jobs import DONE, JobContext
 from webui.paths import safe_filename, unique_path
+from webui.tabs import runs_view
 from webui.tabs.common import bound, gather
+from webui.tabs.generate_runs import base_choices
 from webui.uploads import (
     IMAGE_SUFFIXES,
     KOHYA_SUFFIXES,
@@ -86,8 +93,6 @@ def list_presets(folder: Path | None = None) -> list[str]:
 def preset_values(preset: str, folder: Path | None = None, base: str | None = None) -> dict[str, Any]:
     """The shown settings' values under `preset` for `base` (what the form is filled with): the default
     preset is the base's own recipe when it has one, and an unset resolution shows the base's native size."""
-    from sdlora.config import load_config
-
     cfg = load_config(_preset_path(preset, folder, base))
     if base and cfg.data.resolution is None:
         cfg.data.resolution = native_size(base)
@@ -123,8 +128,6 @@ def _field_types(key: str) -> set:
     import types
     import typing
 
-    from sdlora.config import TrainConfig
-
     section, _, name = key.partition(".")
     hint = typing.get_type_hints(type(getattr(TrainConfig(), section)))[name]
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
@@ -133,8 +136,6 @@ def _field_types(key: str) -> set:
 
 def native_size(base: str) -> int | None:
     """The base's native image side from its config files (no weights read); None when unknown."""
-    from sdlora.base_ref import native_resolution
-
     try:
         return native_resolution(base)
     except SdloraError:
@@ -153,8 +154,6 @@ def base_changed(app, base: str, preset: str) -> list[Any]:
 
 def resolution_note(app, base: str, resolution) -> str:
     """A warning under the settings when the resolution is far from the base's native size ('' otherwise)."""
-    from sdlora.base_ref import far_from_native
-
     try:
         native = native_size(app.base_model(base))
         warning = far_from_native(int(resolution), native) if resolution else None
@@ -169,8 +168,6 @@ def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
     Paths are confined: the base and the data set must lie in the configured folders, and the
     output always goes under the app's output folder.
     """
-    from sdlora.config import load_config
-
     overrides = [f"model.base={json.dumps(app.base_model(form.get('model.base')))}",
                  f"model.allow_pickle={json.dumps(app.config.allow_pickle)}"]
     data_path = str(form.get("data.path") or "").strip()
@@ -201,8 +198,6 @@ def _confined(app, key: str, value):
 
 def _preset_path(preset: str, folder: Path | None, base: str | None = None) -> Path | None:
     if not preset or preset == DEFAULT_PRESET:
-        from sdlora.base_ref import default_preset
-
         own = default_preset(base) if base else None
         return configs.preset_path(own) if own else None
     folder = folder or presets_dir()
@@ -238,15 +233,11 @@ def _yaml_value(key: str, value) -> str:
 
 
 def setting_help(key: str) -> str:
-    from sdlora.config import field_help
-
     return field_help(key)
 
 
 def setting_choices(key: str) -> list[str]:
     import dataclasses
-
-    from sdlora.config import TrainConfig
 
     section, _, name = key.partition(".")
     sub = getattr(TrainConfig(), section)
@@ -262,8 +253,6 @@ def load_kohya(app, path_text: str, upload) -> list[Any]:
     """Fill the form from a kohya_ss GUI preset (.json) or sd-scripts config (.toml): an upload or a file in
     the configured folders. Returns a value per form key (gr.update() where the file has none), the status,
     and the mapped values that have no field here (kept for Start, see `kohya_extras`)."""
-    from sdlora.train.kohya_import import read_kohya
-
     path = _kohya_file(app, path_text, upload)
     try:
         imported = read_kohya(path)
@@ -346,7 +335,6 @@ def dataset_report(folder: Path) -> list[str]:
 
     Buckets depend on the resolution chosen later, so that line is left out here.
     """
-    from sdlora.config import DataConfig
     from sdlora.train.data import scan_dataset
 
     _, report = scan_dataset(DataConfig(path=str(folder)))
@@ -419,8 +407,6 @@ def _rows(rows) -> list[tuple[str, str]]:
 
 def start_training(app, form: dict[str, Any]) -> tuple[int, str]:
     """Validate the form, queue a training job; returns (job id, status line)."""
-    from sdlora.train import resolve_base_settings
-
     cfg = config_from_form(app, form)
     _, notes, _ = resolve_base_settings(cfg)  # from the base's config files: a far-off size is said up front
     job = app.jobs.submit(cfg.output.name, lambda ctx: run_training(cfg, ctx))
@@ -436,8 +422,6 @@ def start_training(app, form: dict[str, Any]) -> tuple[int, str]:
 def run_training(cfg, ctx: JobContext, resume: bool = False) -> str | None:
     """The job body: call the trainer with progress and cancel wired to the job; return the LoRA path.
     `resume=True` continues from the newest checkpoint in cfg.output.dir (the CLI's `--resume`)."""
-    from sdlora.train import train
-
     ctx.progress(0, cfg.optim.steps, "starting")
     result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps),
                    on_stage=lambda info: ctx.message(info.line(), info.stage), cancel=ctx.cancel_event,
@@ -468,8 +452,6 @@ def record_step(ctx: JobContext, info, total: int) -> None:
 
 def step_line(info, step: int, total: int) -> str:
     """`loss 0.1234 · 2.10 steps/s · 12 s elapsed · ETA 40 s` (what the status shows during steps)."""
-    from sdlora.train.progress import format_seconds
-
     loss, elapsed = getattr(info, "loss", None), getattr(info, "elapsed", None)
     parts = [f"loss {float(loss):.4f}"] if loss is not None else []
     if elapsed:
@@ -582,10 +564,6 @@ def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
 
 def create_ui(app) -> dict[str, Any]:
     """Build the Train tab inside the current gr.Blocks; returns its components for cross-tab wiring."""
-    from webui.tabs.generate_runs import (
-        base_choices,  # the Base menu list (sdlora.bases), shared with Generate
-    )
-
     c: dict[str, Any] = {"job_id": gr.State(None), "dataset": gr.State("")}
     with gr.Row():
         c["base"] = gr.Dropdown(base_choices(app), value=app.base_model(app.config.base), label="Base model",
@@ -615,7 +593,6 @@ def create_ui(app) -> dict[str, Any]:
     with gr.Row():
         c["result"] = gr.File(label="Trained LoRA (.safetensors)", interactive=False, elem_id="train-result")
         c["add_to_stack"] = gr.Button("Add to library and stack", elem_id="train-add-to-stack")
-    from webui.tabs import runs_view
 
     runs_view.create_ui(app, c)
     c["timer"] = gr.Timer(0.5, active=False)  # this session's job: progress, loss, samples
@@ -747,6 +724,5 @@ def _wire(app, c: dict[str, Any]) -> None:
                     show_progress="hidden")
     c["queue_timer"].tick(bound(queue_rows, app), None, c["queue"], api_name="train_queue",
                           show_progress="hidden")
-    from webui.tabs import runs_view
 
-    runs_view.wire(app, c)
+    runs_view.wire(app, c, run_training)
