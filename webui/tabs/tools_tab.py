@@ -9,7 +9,6 @@ where the base-model lists look. Each handler is one library call between UI val
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from sdlora.arch.blocks import check_strength
 from sdlora.errors import ConfigError
 from sdlora.formats.metaedit import DESCRIPTION, TITLE, TRIGGER, Edits, read_metadata
 from sdlora.formats.metaedit import edit_metadata as write_edited
-from sdlora.header import read_header, tensor_data_sha256
+from sdlora.formats.summary import summarise
 from webui.paths import display_path, safe_filename
 from webui.state import NotInLibrary
 from webui.tabs.common import bound
@@ -84,22 +83,19 @@ def library_names(app) -> list[str]:
 # ---------------------------------------------------------------- handlers ------------------
 
 def inspect_lora(app, text: str) -> tuple[str, dict]:
-    """(summary markdown, metadata) of one LoRA file."""
-    path = resolve_lora(app, text)
-    header = read_header(path)
-    lora = sdlora.load_lora(path)
-    kinds = Counter(m.kind for m in lora.modules.values())
-    ranks = sorted({m.rank for m in lora.modules.values() if m.rank is not None})
-    alphas = sorted({m.alpha for m in lora.modules.values() if m.alpha is not None})
-    components = Counter(name.split(".", 1)[0] for name in lora.modules)
+    """(summary markdown, metadata) of one LoRA file: `sdlora inspect`'s summary (sdlora.formats.summary,
+    from the header alone)."""
+    info = summarise(resolve_lora(app, text))
     lines = [
-        f"**{path.name}** · format `{lora.format}` · family `{lora.family or 'unknown'}`",
-        (f"- modules: {len(lora.modules)} ({_counts(components)}); kinds: {_counts(kinds)}"),
-        (f"- ranks: {_short_list(ranks)} · alphas: {_short_list(alphas)} · dtypes: {_counts(header.dtypes())}"),
-        f"- tensor hash (sshs_model_hash): `{tensor_data_sha256(path, header.data_offset)}`",
-        f"- keys that could not be read: {len(lora.issues)}",
+        f"**{Path(info['file']).name}** · format `{info['format']}` · family `{info['family'] or 'unknown'}`",
+        f"- modules: {info['modules']} ({', '.join(info['components']) or '-'}); kinds: {_join(info['kinds'])}",
+        f"- ranks: {_join(info['ranks'])} · alphas: {_join(info['alphas'])} · dtypes: {_join(info['dtypes'])}",
+        f"- trigger words: {', '.join(info['trigger_words']) or '-'}",
+        f"- tensor hash (sshs_model_hash): `{info['hashes']['tensor_sha256']}`",
+        f"- keys not recognised: {len(info['unrecognised_keys'])}",
     ]
-    return "\n".join(lines), dict(header.metadata)
+    lines += [f"- warning: {text}" for text in info["warnings"]]
+    return "\n".join(lines), dict(info["metadata"])
 
 
 def convert_lora(app, text: str, to_format: str, dtype: str, out_name: str) -> tuple[str, str]:
@@ -198,15 +194,9 @@ def load_metadata_fields(app, text: str) -> tuple[str, str, str]:
     return meta.get(TITLE, ""), meta.get(TRIGGER, ""), meta.get(DESCRIPTION, "")
 
 
-def _counts(counter) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
-
-
-def _short_list(values: list, limit: int = 6) -> str:
-    if not values:
-        return "-"
-    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:limit])
-    return shown + (" …" if len(values) > limit else "")
+def _join(counts: dict) -> str:
+    """A summary's {value: how many modules} as "4 (12), 8 (3)"."""
+    return ", ".join(f"{value} ({n})" for value, n in counts.items()) or "-"
 
 
 def _table(rows) -> list[list]:
