@@ -30,8 +30,8 @@ def free_port() -> int:
 def take(out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    from webui.app import build_app, launch
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.app import build_app, launch
+    from sdlora_webui.state import AppConfig, AppState
 
     with tempfile.TemporaryDirectory(prefix="sdlora-shot-") as tmp:
         data = Path(tmp) / "data"

@@ -6,7 +6,7 @@ functions alike, with relative imports resolved:
 (b) no module imports another module's private name (`from x import _name`, or `x._name`);
 (c) the layers listed in docs/ARCHITECTURE.md: a module imports only modules of its own or a lower layer;
 (d) in the web UI, an import inside a function only of a module whose import loads torch & co.
-All of it for `sdlora/` and for `webui/` (which may import sdlora's modules, never the other way round).
+All of it for `sdlora/` and for `sdlora_webui/` (which may import sdlora's modules, never the other way round).
 The checker functions are tested on synthetic packages too, to show that each check can fail.
 """
 
@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY_FILES = sorted((ROOT / "sdlora").rglob("*.py"))
-FORBIDDEN_IN_LIBRARY = ("gradio", "webui", "sdlora.cli")
+FORBIDDEN_IN_LIBRARY = ("gradio", "sdlora_webui", "sdlora.cli")
 
 
 def _imported_modules(path: Path) -> list[str]:
@@ -51,9 +51,9 @@ def test_library_never_imports_ui_or_cli(path):
         if any(name == f or name.startswith(f + ".") for f in FORBIDDEN_IN_LIBRARY)
         and not name.startswith(allowed or ("\0",))
     ]
-    # the CLI may import webui lazily inside `sdlora webui`'s run(); nothing else may
+    # the CLI may import the web UI lazily inside `sdlora webui`'s run(); nothing else may
     if path.name == "webui.py" and _is_cli(path):
-        bad = [name for name in bad if not name.startswith("webui")]
+        bad = [name for name in bad if not name.startswith("sdlora_webui")]
     assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
 
 
@@ -343,7 +343,7 @@ def light_late_imports(root: Path, package: str, below: tuple[str, ...] = (),
 
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
 # (package, the packages below it that it imports, the heading of its layer table in DOC)
-PACKAGES = [("sdlora", (), "Layers"), ("webui", ("sdlora",), "Web UI layers")]
+PACKAGES = [("sdlora", (), "Layers"), ("sdlora_webui", ("sdlora",), "Web UI layers")]
 # modules that import project modules inside functions for another reason than a heavy import: the CLI
 # command modules import their library modules inside `run`, because building the parser imports them all
 LATE_IMPORTS_ALLOWED = ("sdlora.cli.*", "sdlora.__main__")
@@ -379,7 +379,7 @@ def test_every_module_has_exactly_one_layer_in_the_doc(package, heading):
 def test_webui_imports_project_modules_inside_functions_only_when_heavy():
     """docs/ARCHITECTURE.md "Import rules": an import inside a function only for a module whose import loads
     torch & co.; every other project module is imported at the top, where the layer check sees it plainly."""
-    assert light_late_imports(ROOT, "webui", ("sdlora",), LATE_IMPORTS_ALLOWED) == []
+    assert light_late_imports(ROOT, "sdlora_webui", ("sdlora",), LATE_IMPORTS_ALLOWED) == []
 
 
 def test_modules_found_light_load_no_heavy_library():
@@ -448,13 +448,13 @@ def test_checker_finds_an_import_of_a_higher_layer(tmp_path):
 
 def test_checker_finds_an_injected_webui_cycle(tmp_path):
     """The web UI's own tree with the cycle it once had (runs_view importing train_tab inside a function)."""
-    shutil.copytree(ROOT / "webui", tmp_path / "webui", ignore=shutil.ignore_patterns("__pycache__"))
-    assert find_cycles(import_graph(import_edges(tmp_path, "webui"))) == []
-    view = tmp_path / "webui" / "tabs" / "runs_view.py"
-    view.write_text(view.read_text(encoding="utf-8") + "\n\ndef _resume():\n    from webui.tabs import train_tab\n",
-                    encoding="utf-8")
-    assert find_cycles(import_graph(import_edges(tmp_path, "webui"))) == [["webui.tabs.runs_view",
-                                                                           "webui.tabs.train_tab"]]
+    shutil.copytree(ROOT / "sdlora_webui", tmp_path / "sdlora_webui", ignore=shutil.ignore_patterns("__pycache__"))
+    assert find_cycles(import_graph(import_edges(tmp_path, "sdlora_webui"))) == []
+    view = tmp_path / "sdlora_webui" / "tabs" / "runs_view.py"
+    injected = "\n\ndef _resume():\n    from sdlora_webui.tabs import train_tab\n"
+    view.write_text(view.read_text(encoding="utf-8") + injected, encoding="utf-8")
+    assert find_cycles(import_graph(import_edges(tmp_path, "sdlora_webui"))) == [
+        ["sdlora_webui.tabs.runs_view", "sdlora_webui.tabs.train_tab"]]
 
 
 def test_checker_finds_late_imports_of_light_modules(tmp_path):

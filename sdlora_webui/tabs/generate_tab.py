@@ -9,7 +9,7 @@ lock, never the training queue, so it works while a training job runs.
 
 Above the stack, the Base menu switches the shared pipeline (LoRAs that do not fit the new base leave the
 stack); adding a LoRA checks it against the base from its header first. Drawing (images, strength grids)
-streams its progress into the one status line and stops on Interrupt; webui/tabs/generate_runs.py does
+streams its progress into the one status line and stops on Interrupt; sdlora_webui/tabs/generate_runs.py does
 the work, this module builds and wires the widgets.
 """
 
@@ -28,9 +28,9 @@ from sdlora.generate import GenerateSettings
 from sdlora.library import read_notes
 from sdlora.samplers import SAMPLERS
 from sdlora.strength import Strength
-from webui.state import NotInLibrary
-from webui.tabs.common import bound, gather
-from webui.tabs.generate_runs import (
+from sdlora_webui.state import NotInLibrary
+from sdlora_webui.tabs.common import bound, gather
+from sdlora_webui.tabs.generate_runs import (
     MAX_BATCH,
     base_choices,
     check_addable,

@@ -20,9 +20,9 @@ from sdlora.bases import describe_base, list_bases
 from sdlora.compat import Fit, check_fit, fit_shape, read_lora_shape
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.generate import load_base
-from webui.jobs import JobQueue
-from webui.paths import AccessError, check_name_lengths, resolve_within
-from webui.uploads import UploadLimits
+from sdlora_webui.jobs import JobQueue
+from sdlora_webui.paths import AccessError, check_name_lengths, resolve_within
+from sdlora_webui.uploads import UploadLimits
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_WORK = 1024 * 1024 * 100  # a 1024x1024 image at 100 steps (or 512x512 at 400)

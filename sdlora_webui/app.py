@@ -1,12 +1,12 @@
 """The sdlora web UI: `build_app(state) -> gr.Blocks` and `launch(...)`.
 
->>> from webui.app import build_app, launch
->>> from webui.state import AppConfig, AppState
+>>> from sdlora_webui.app import build_app, launch
+>>> from sdlora_webui.state import AppConfig, AppState
 >>> state = AppState(AppConfig(lora_dir=Path("loras"), output_dir=Path("outputs")))
 >>> demo = build_app(state)          # builds, does not launch; tests call the handlers directly
 >>> launch(demo, state)              # binds 127.0.0.1 unless told otherwise
 
-Running `python -m webui.app` is the same as `sdlora webui`.
+Running `python -m sdlora_webui.app` is the same as `sdlora webui`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 import gradio as gr
 
 from sdlora.quiet import quiet_third_party
-from webui.state import AppConfig, AppState
-from webui.tabs import generate_tab, library_tab, tools_tab, train_tab
-from webui.tabs.common import bound
-from webui.tabs.generate_runs import refusal
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.tabs import generate_tab, library_tab, tools_tab, train_tab
+from sdlora_webui.tabs.common import bound
+from sdlora_webui.tabs.generate_runs import refusal
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import gradio as gr
 
 from sdlora.errors import SdloraError
 from sdlora.train.runs import list_runs, loss_plot, read_run, resume_config
-from webui.paths import safe_filename, unique_path
-from webui.tabs.common import bound
+from sdlora_webui.paths import safe_filename, unique_path
+from sdlora_webui.tabs.common import bound
 
 COLUMNS = ["run", "status", "steps", "started", "newest file"]
 

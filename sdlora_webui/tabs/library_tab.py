@@ -26,8 +26,8 @@ from sdlora.library import file_hash, preview_path, search, set_preview, write_n
 from sdlora.library import scan as scan_library
 from sdlora.report import check_lora
 from sdlora.suffixes import IMAGE_SUFFIXES
-from webui.tabs.common import bound, guarded
-from webui.uploads import check_lora_upload, store_upload, upload_name
+from sdlora_webui.tabs.common import bound, guarded
+from sdlora_webui.uploads import check_lora_upload, store_upload, upload_name
 
 COLUMNS = ["name", "fits base", "family", "rank", "size", "date", "hash", "trigger words", "top tags", "notes"]
 SAMPLE_LIMIT = 24  # training samples offered as previews

@@ -20,9 +20,9 @@ from sdlora.errors import ConfigError
 from sdlora.formats.metaedit import DESCRIPTION, TITLE, TRIGGER, Edits, read_metadata
 from sdlora.formats.metaedit import edit_metadata as write_edited
 from sdlora.formats.summary import summarise
-from webui.paths import display_path, safe_filename
-from webui.state import NotInLibrary
-from webui.tabs.common import bound
+from sdlora_webui.paths import display_path, safe_filename
+from sdlora_webui.state import NotInLibrary
+from sdlora_webui.tabs.common import bound
 
 
 def resolve_lora(app, text: str) -> Path:

@@ -25,12 +25,12 @@ from sdlora.errors import ConfigError, DatasetError, SdloraError
 from sdlora.train import resolve_base_settings, train
 from sdlora.train.kohya_import import read_kohya
 from sdlora.train.progress import format_seconds
-from webui.jobs import DONE, JobContext
-from webui.paths import safe_filename, unique_path
-from webui.tabs import runs_view
-from webui.tabs.common import bound, gather
-from webui.tabs.generate_runs import base_choices
-from webui.uploads import (
+from sdlora_webui.jobs import DONE, JobContext
+from sdlora_webui.paths import safe_filename, unique_path
+from sdlora_webui.tabs import runs_view
+from sdlora_webui.tabs.common import bound, gather
+from sdlora_webui.tabs.generate_runs import base_choices
+from sdlora_webui.uploads import (
     IMAGE_SUFFIXES,
     KOHYA_SUFFIXES,
     check_config_upload,
