@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "merge": "merge",
     "extract": "extract",
     "bake": "bake",
+    "civitai": "civitai",
     "webui": "webui",
 }
 

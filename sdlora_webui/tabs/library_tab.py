@@ -26,6 +26,7 @@ from sdlora.library import file_hash, preview_path, search, set_preview, write_n
 from sdlora.library import scan as scan_library
 from sdlora.report import check_lora
 from sdlora.suffixes import IMAGE_SUFFIXES
+from sdlora_webui.tabs import civitai_panel
 from sdlora_webui.tabs.common import bound, guarded
 from sdlora_webui.uploads import check_lora_upload, store_upload, upload_name
 
@@ -258,7 +259,9 @@ def create_ui(app) -> dict[str, Any]:
         c["table"] = gr.Dataframe(headers=COLUMNS, interactive=False, label="LoRAs", elem_id="lib-table")
     _create_details_ui(c)
     c["refresh_outputs"] = [c["table"], c["cards"], c["pick"], c["message"], c["names"]]
+    c["relist"], c["show_details"] = refresh_outputs, details  # for the Civitai panel, which updates both
     _wire(app, c)
+    c["civitai"] = civitai_panel.create_ui(app, c)
     return c
 
 
@@ -290,7 +293,8 @@ def _create_details_ui(c: dict[str, Any]) -> None:
             c["report"] = gr.Dataframe(headers=["key", "verdict", "detail"], interactive=False,
                                        label="Load report")
     with gr.Group():
-        c["activation"] = gr.Textbox(label="Activation text", info="words to add to the prompt with this LoRA")
+        c["activation"] = gr.Textbox(label="Activation text", info="words to add to the prompt with this LoRA",
+                                     elem_id="lib-activation")
         c["weight"] = gr.Number(1.0, label="Preferred weight")
         c["notes"] = gr.Textbox(label="Notes", lines=3)
         c["save_notes"] = gr.Button("Save notes")
