@@ -187,10 +187,14 @@ def random_seed() -> int:
 def _run(pipeline, prompt: str, settings: GenerateSettings, step_end):
     import torch
 
+    from sdlora.long_prompt import prompt_embedding_kwargs
+
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     with torch.inference_mode():
+        embeds = prompt_embedding_kwargs(pipeline, prompt, settings.negative_prompt, pipeline.device)
+        texts = {} if embeds else {"prompt": prompt, "negative_prompt": settings.negative_prompt or None}
         output = pipeline(
-            prompt=prompt, negative_prompt=settings.negative_prompt or None,
+            **texts, **embeds,
             num_inference_steps=settings.steps, guidance_scale=settings.cfg,
             width=settings.width, height=settings.height, generator=generator,
             callback_on_step_end=step_end,

@@ -208,7 +208,7 @@ def _dry_run(cfg) -> int:
     from sdlora.train.data import scan_dataset
 
     cfg, notes, _ = resolve_base_settings(cfg)
-    _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed)
+    _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
     print("\n".join([*summary.lines(), *notes]))
     print(dump_config(cfg), end="")
     return 0

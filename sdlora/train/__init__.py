@@ -192,7 +192,7 @@ def _train(cfg, components, stages: Stages, notes: list[str], on_step, resume) -
             (log.warning if note.startswith("warning") else log.info)("%s", note)
         stages.start("scanning images")
         items, summary = scan_dataset(cfg.data, on_progress=lambda p: stages.advance(p.done, p.total),
-                                      seed=cfg.optim.seed)
+                                      seed=cfg.optim.seed, base=str(cfg.model.base))
         for line in summary.lines():
             log.info("%s", line)
         accelerator = make_accelerator(cfg)

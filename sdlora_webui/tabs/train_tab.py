@@ -27,7 +27,7 @@ from sdlora.train.kohya_import import read_kohya
 from sdlora.train.progress import format_seconds
 from sdlora_webui.jobs import DONE, JobContext
 from sdlora_webui.paths import safe_filename, unique_path
-from sdlora_webui.tabs import runs_view
+from sdlora_webui.tabs import caption_panel, runs_view
 from sdlora_webui.tabs.common import bound, gather
 from sdlora_webui.tabs.generate_runs import base_choices
 from sdlora_webui.uploads import (
@@ -67,10 +67,11 @@ ADVANCED: dict[str, list[str]] = {
                      "optim.multires_noise_iterations", "optim.multires_noise_discount",
                      "optim.debiased_estimation", "optim.zero_terminal_snr"],
     "LoRA variants": ["lora.rank_stabilized", "lora.rank_dropout", "lora.module_dropout"],
+    "Captions & masks": ["data.max_token_length", "data.alpha_mask", "data.mask_path"],
     "Tracking": ["output.log_with"],
 }
 # folders typed into the form: confined to the configured folders like the data set (AppState.read_path)
-PATH_KEYS = frozenset({"data.reg_path", "data.validation_path"})
+PATH_KEYS = frozenset({"data.reg_path", "data.validation_path", "data.mask_path"})
 # where a kohya config points on the machine it was written on: this tab chooses them itself
 KOHYA_SKIPPED = frozenset({"model.base", "data.path", "output.dir"})
 DEFAULT_PRESET = "(defaults)"  # the base's own recipe when it has one (embedded: the 'embedded' preset)
@@ -223,7 +224,7 @@ def _yaml_value(key: str, value) -> str:
     kind = setting_kind(key)
     if kind == "lines":
         return json.dumps([line.strip() for line in str(value).splitlines() if line.strip()])
-    if kind == "int":
+    if kind == "int" or (kind == "choice" and int in _field_types(key)):  # data.max_token_length: 75/150/225
         if float(value) != int(float(value)):
             raise ConfigError(f"{key}: expected a whole number, got {value}")
         return str(int(float(value)))
@@ -391,7 +392,7 @@ def save_captions(app, dataset: str, rows: list[list[str]] | None) -> tuple[str,
         folder, copied = target, f" (copied to {target.name}/ first: the original folder is read-only)"
     from sdlora.train.data import write_captions
 
-    written = write_captions(folder, dict(_rows(rows)))
+    written = write_captions(folder, dict(_rows(rows)), backup=True)
     return str(folder), f"saved {len(written)} captions{copied}"
 
 
@@ -619,7 +620,8 @@ def _create_dataset_ui(app, c: dict[str, Any]) -> None:
         with gr.Row():
             c["bulk_trigger"] = gr.Textbox(label="Trigger word to add to every caption", scale=3)
             c["add_trigger"] = gr.Button("Add to all captions", scale=1)
-            c["save_captions"] = gr.Button("Save captions", scale=1)
+            c["save_captions"] = gr.Button("Save captions", scale=1, elem_id="train-save-captions")
+        caption_panel.create_ui(c)
 
 
 def _initial_values(app) -> dict[str, Any]:
@@ -724,5 +726,5 @@ def _wire(app, c: dict[str, Any]) -> None:
                     show_progress="hidden")
     c["queue_timer"].tick(bound(queue_rows, app), None, c["queue"], api_name="train_queue",
                           show_progress="hidden")
-
     runs_view.wire(app, c, run_training)
+    caption_panel.wire(app, c)
