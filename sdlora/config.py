@@ -485,7 +485,7 @@ def resolve_for_base(cfg: TrainConfig, native: int | None) -> tuple[TrainConfig,
     >>> cfg.data.resolution, cfg.data.min_bucket, cfg.data.max_bucket
     (32, 16, 64)
     """
-    from sdlora.base_ref import far_from_native
+    from sdlora.base.native import far_from_native
 
     notes = []
     if cfg.data.resolution is None:

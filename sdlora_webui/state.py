@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlora.bases import describe_base, list_bases
-from sdlora.compat import Fit, check_fit, fit_shape, read_lora_shape
+from sdlora.base.fit import Fit, check_fit, fit_shape, read_lora_shape
+from sdlora.base.listing import describe_base, list_bases
+from sdlora.base.load import load_base
 from sdlora.errors import ConfigError, SdloraError
-from sdlora.generate import load_base
 from sdlora_webui.jobs import JobQueue
 from sdlora_webui.paths import AccessError, check_name_lengths, resolve_within
 from sdlora_webui.uploads import UploadLimits
@@ -153,9 +153,9 @@ class AppState:
 
     # -- base models ----------------------------------------------------------------------
     def bases(self) -> list[Any]:
-        """The Base menu: the configured default first, "embedded", then every model in the model folders
-        (`sdlora.bases.BaseModel`s, read from configs and headers only)."""
-        return list_bases(self.config.model_dirs, default=self.base_model(self.config.base))
+        """The Base menu: the configured default first, "embedded", then every model in the model folders and
+        the bake folder (`sdlora.base.listing.BaseModel`s, read from configs and headers only)."""
+        return list_bases(self.config.model_search_dirs, default=self.base_model(self.config.base))
 
     def base_info(self, base: str | None = None) -> Any:
         """The `BaseModel` of `base` (default: the current one), described once per path."""
@@ -165,12 +165,12 @@ class AppState:
         return self._base_info[value]
 
     def fit(self, name: str, base: str | None = None) -> Any:
-        """Whether library LoRA `name` fits `base` (default: the current one): a `sdlora.compat.Fit`, from
+        """Whether library LoRA `name` fits `base` (default: the current one): a `sdlora.base.fit.Fit`, from
         headers only (for a Library column and the stack's add check)."""
         return check_fit(self.library_path(name), self.base_info(base))
 
     def library_fits(self, base: str | None = None) -> dict[str, Any]:
-        """{library name: `sdlora.compat.Fit`} against `base` (default: the current one), headers only: for a
+        """{library name: `sdlora.base.fit.Fit`} against `base` (default: the current one), headers only: for a
         Library "fits" column (`fit.short` is the cell, `fit.reason` the tooltip/detail)."""
         info = self.base_info(base)
         fits = {}

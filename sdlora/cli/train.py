@@ -144,7 +144,7 @@ def _config_source(args: argparse.Namespace, overrides: list[str]) -> tuple[str 
     --config was given)."""
     if args.config is not None:
         return args.config, ""
-    from sdlora.base_ref import default_preset
+    from sdlora.base.native import default_preset
     from sdlora.config import load_config
 
     preset = default_preset(load_config(None, overrides).model.base)

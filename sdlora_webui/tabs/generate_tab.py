@@ -22,7 +22,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdlora.base_ref import native_resolution
+from sdlora.base.native import native_resolution
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.generate import GenerateSettings
 from sdlora.library import read_notes
@@ -58,17 +58,11 @@ class Slot:
     unet: float = 1.0
 
     @property
-    def te_strength(self) -> float | None:
-        return float(self.te) if self.separate else None
-
-    @property
-    def unet_strength(self) -> float | None:
-        return float(self.unet) if self.separate else None
-
-    @property
     def value(self) -> Strength:
-        """The slot's strength as the library's one strength type."""
-        return Strength(float(self.strength), self.te_strength, self.unet_strength)
+        """The slot's strength as the library's one strength type (te/unet only when `separate`)."""
+        if not self.separate:
+            return Strength(float(self.strength))
+        return Strength(float(self.strength), float(self.te), float(self.unet))
 
 
 # ---------------------------------------------------------------- slots -----------------------
@@ -127,11 +121,11 @@ def sync_stack(stack, wanted: list[Slot], resolve) -> dict[str, int]:
         for slot in wanted:
             entry = current.get(slot.name)
             if entry is None:
-                stack.add(resolve(slot.name), name=slot.name, **slot.value.stack_kwargs())
+                stack.add(resolve(slot.name), slot.value, name=slot.name)
                 counts["loaded"] += 1
                 entry = next(e for e in stack.entries if e.name == slot.name)
-            elif Strength.of_entry(entry) != slot.value:
-                stack.set_strength(slot.name, **slot.value.stack_kwargs())
+            elif entry.strength != slot.value:
+                stack.set_strength(slot.name, slot.value)
                 counts["changed"] += 1
             if bool(slot.enabled) != entry.enabled:
                 (stack.enable if slot.enabled else stack.disable)(slot.name)

@@ -19,7 +19,7 @@ from typing import Any
 import gradio as gr
 
 from sdlora import configs
-from sdlora.base_ref import default_preset, far_from_native, native_resolution
+from sdlora.base.native import default_preset, far_from_native, native_resolution
 from sdlora.config import DataConfig, TrainConfig, field_help, load_config
 from sdlora.errors import ConfigError, DatasetError, SdloraError
 from sdlora.train import resolve_base_settings, train
