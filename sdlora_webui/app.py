@@ -20,7 +20,7 @@ import gradio as gr
 
 from sdlora.quiet import quiet_third_party
 from sdlora_webui.state import AppConfig, AppState
-from sdlora_webui.tabs import generate_tab, library_tab, tools_tab, train_tab
+from sdlora_webui.tabs import civitai_panel, generate_tab, library_tab, recipe_panel, tools_tab, train_tab
 from sdlora_webui.tabs.common import bound
 from sdlora_webui.tabs.generate_runs import refusal
 
@@ -44,11 +44,14 @@ def build_app(state: AppState) -> gr.Blocks:
                 library = library_tab.create_ui(state)
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 generate = generate_tab.create_ui(state)
+                with generate["recipe_box"]:  # a part of the Generate tab that builds on the tab's own code
+                    recipe_panel.create_ui(generate)
+                recipe_panel.wire(state, generate)
             with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
                 tools = tools_tab.create_ui(state)
         _wire_cross_tabs(state, train, library, generate)
         for event in tools["library_writes"]:  # tool results go into the library: show them there
-            event.success(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
+            event.success(bound(library_tab.refresh_outputs, state), library_tab.listing(library),
                           library["refresh_outputs"]).then(
                 bound(lambda: gr.Dropdown(choices=generate_tab.library_choices(state))), None, generate["pick"])
         # fill the lists when a page opens (not at build time: the library may change between visits)
@@ -78,6 +81,13 @@ def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict
     """Train's "Add to library and stack" fills a Generate slot and refreshes the library list; the
     Library's "Use the Generate tab's image" sets a preview from the Generate tab's image."""
     library_tab.wire_generated_preview(state, library, generate["image"])
+    civitai = library["civitai"]
+
+    def download_missing(hashes: list[str]):
+        return civitai_panel.queue_by_hash(state, civitai["queue_state"], hashes), gr.Timer(active=True)
+
+    generate["recipe_download"].click(bound(download_missing), generate["recipe_missing"],
+                                      [generate["status"], civitai["timer"]], api_name="recipe_download_missing")
 
     def add_result(values: dict) -> list[Any]:
         slots = generate_tab.current_slots(values, generate)
@@ -86,9 +96,9 @@ def _wire_cross_tabs(state: AppState, train: dict, library: dict, generate: dict
         return [message, gr.Dropdown(choices=choices, value=name), *generate_tab.slot_updates(slots)]
 
     train["add_to_stack"].click(
-        bound(add_result), {train["job_id"], *generate_tab.slot_inputs(generate)},
-        [train["status"], generate["pick"], *generate["slot_widgets"]], api_name="train_add_to_stack",
-    ).then(bound(library_tab.refresh_outputs, state), [library["search"], library["sort"]],
+        bound(add_result), {train["job_id"], generate["stack"]},
+        [train["status"], generate["pick"], *generate_tab.stack_outputs(generate)], api_name="train_add_to_stack",
+    ).then(bound(library_tab.refresh_outputs, state), library_tab.listing(library),
            library["refresh_outputs"])
 
 
@@ -120,15 +130,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def default_state(lora_dir: str | Path = "loras", output_dir: str | Path = "outputs",
+def default_state(lora_dir: str | Path | list = "loras", output_dir: str | Path = "outputs",
                   base: str = "embedded", data_dirs: tuple[Path, ...] | None = None,
                   model_dirs: tuple[Path, ...] = (), **options) -> AppState:
     """An AppState with the repository's sample_data/ as a readable data folder when present; `options` are
-    further `AppConfig` fields (allow_pickle, max_work)."""
+    further `AppConfig` fields (allow_pickle, max_work). `lora_dir` may be a list of library roots."""
     if data_dirs is None:
         sample = Path(__file__).resolve().parent.parent / "sample_data"
         data_dirs = (sample,) if sample.is_dir() else ()
-    return AppState(AppConfig(lora_dir=Path(lora_dir).resolve(), output_dir=Path(output_dir).resolve(),
+    lora_dirs = [Path(d).resolve() for d in (lora_dir if isinstance(lora_dir, list | tuple) else [lora_dir])]
+    return AppState(AppConfig(lora_dir=lora_dirs[0], extra_lora_dirs=tuple(lora_dirs[1:]),
+                              output_dir=Path(output_dir).resolve(),
                               base=base, data_dirs=tuple(Path(d).resolve() for d in data_dirs),
                               model_dirs=tuple(Path(d).resolve() for d in model_dirs), **options))
 

@@ -20,6 +20,7 @@ from sdlora.base.fit import Fit, check_fit, fit_shape, read_lora_shape
 from sdlora.base.listing import describe_base, list_bases
 from sdlora.base.load import load_base
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.library import TRASH, library_files
 from sdlora_webui.jobs import JobQueue
 from sdlora_webui.paths import AccessError, check_name_lengths, resolve_within
 from sdlora_webui.uploads import UploadLimits
@@ -37,6 +38,8 @@ class AppConfig:
     """Where the app may read and write, and which base model it uses.
 
     lora_dir: the LoRA library (read and write: uploads, results added to the library).
+    extra_lora_dirs: more library roots (`sdlora webui --lora-dir A --lora-dir B`: B onwards), read and write
+        (moves between roots, duplicates to each root's .trash/); uploads go to lora_dir.
     output_dir: training runs, tool outputs, uploaded data sets (read and write).
     data_dirs: extra folders the user may train from (read only; e.g. the repository's sample_data/).
     model_dirs: extra folders holding base models (read only).
@@ -48,6 +51,7 @@ class AppConfig:
 
     lora_dir: Path
     output_dir: Path
+    extra_lora_dirs: tuple[Path, ...] = ()
     base: str = "embedded"
     data_dirs: tuple[Path, ...] = ()
     model_dirs: tuple[Path, ...] = ()
@@ -56,8 +60,13 @@ class AppConfig:
     max_work: int = DEFAULT_MAX_WORK
 
     @property
+    def lora_dirs(self) -> list[Path]:
+        """Every library root, lora_dir first."""
+        return [Path(self.lora_dir), *map(Path, self.extra_lora_dirs)]
+
+    @property
     def write_roots(self) -> list[Path]:
-        return [Path(self.lora_dir), Path(self.output_dir)]
+        return [*self.lora_dirs, Path(self.output_dir)]
 
     @property
     def bake_dir(self) -> Path:
@@ -108,7 +117,9 @@ class AppState:
         """{name (file stem): resolved path} of the library's LoRAs; names whose file resolves outside the
         allowed folders (a symlink pointing elsewhere) are left out, with a log line."""
         found = {}
-        for path in sorted(Path(self.config.lora_dir).rglob("*.safetensors")):
+        for path in [p for root in self.config.lora_dirs for p in library_files(root)]:
+            if path.stem in found:
+                continue  # the first root wins, as in the Library tab
             try:
                 found[path.stem] = self.read_path(str(path))
             except AccessError as err:
@@ -121,8 +132,9 @@ class AppState:
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise NotInLibrary(f"{name!r} is not a library name (a file stem in the LoRA folder)")
         check_name_lengths(f"{name}.safetensors")
-        found = [p for p in sorted(Path(self.config.lora_dir).rglob(f"{glob.escape(name)}.safetensors"))
-                 if p.stem == name]
+        found = [p for root in self.config.lora_dirs
+                 for p in sorted(root.rglob(f"{glob.escape(name)}.safetensors"))
+                 if p.stem == name and not p.is_relative_to(root / TRASH)]
         if not found:
             raise NotInLibrary(f"no LoRA named {name!r} in the library")
         return self.read_path(str(found[0]))

@@ -18,8 +18,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; anything else exposes the UI, with a warning)")
     parser.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free)")
-    parser.add_argument("--lora-dir", type=Path, default=Path("loras"),
-                        help="the LoRA library folder (read and write; default ./loras)")
+    parser.add_argument("--lora-dir", type=Path, action="append", default=None,
+                        help="a LoRA library folder (read and write; repeat for several, uploads go to the first; "
+                             "default ./loras)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"),
                         help="training runs, tool outputs and uploads (read and write; default ./outputs)")
     parser.add_argument("--data-dir", type=Path, action="append", default=None,
@@ -54,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--max-work must be 0 (no limit) or more, got {args.max_work}")
         options["max_work"] = args.max_work
-    state = default_state(args.lora_dir, args.output_dir, args.base, data_dirs, model_dirs, **options)
+    state = default_state(args.lora_dir or [Path("loras")], args.output_dir, args.base, data_dirs, model_dirs, **options)
     launch(build_app(state), state, host=args.host, port=args.port)
     return 0

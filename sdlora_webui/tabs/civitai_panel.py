@@ -16,6 +16,7 @@ import gradio as gr
 
 from sdlora.civitai.client import CivitaiClient
 from sdlora.civitai.download import download
+from sdlora.civitai.errors import CivitaiError
 from sdlora.civitai.info import read_info, summary
 from sdlora.civitai.lookup import lookup_file, scan
 from sdlora.civitai.misses import MissMemory
@@ -127,6 +128,26 @@ def run_download(app, job: DownloadJob) -> str:
     return f"saved {where}" + "".join(f"; {note}" for note in result.notes)
 
 
+def queue_by_hash(app, queue: DownloadQueue, hashes: list[str]) -> str:
+    """Queue the Civitai versions of `hashes` (a recipe's missing LoRAs: A1111's short tensor hashes, which
+    Civitai knows as AutoV3) for download into the library, by base-model folder. Asks Civitai about each hash,
+    so it needs the user's consent like any hash lookup."""
+    if not hashes:
+        raise SdloraError("no missing LoRA with a hash: rebuild from an image first")
+    _check_consent()
+    queued, notes = [], []
+    with _client() as client:
+        for digest in hashes:
+            try:
+                version = client.version_by_hash(digest)
+            except CivitaiError as err:
+                notes.append(f"{digest}: {err}")
+                continue
+            queued.append(f"#{queue.submit(str(version.get('id')), DEFAULT_TEMPLATE).id} {digest}")
+    text = f"queued {len(queued)} download(s) by hash ({', '.join(queued)}); the Library tab's Civitai panel shows them"
+    return text + ("; " + "; ".join(notes) if notes else "")
+
+
 def queue_rows(queue: DownloadQueue) -> list[list]:
     rows = []
     for job in queue.snapshot():
@@ -175,7 +196,7 @@ def create_ui(app, library: dict[str, Any]) -> dict[str, Any]:
 
 def _wire(app, c: dict[str, Any], library: dict[str, Any]) -> None:
     queue: DownloadQueue = c["queue_state"]
-    listing = [library["search"], library["sort"]]
+    listing = library["listing"]  # search, sort and the filters
     relist = bound(library["relist"], app)
     c["consent"].change(guarded(set_consent), c["consent"], c["message"], api_name="civitai_consent")
     library["pick"].change(bound(card, app), library["pick"], [c["card"], c["preview"]], api_name="civitai_card")
@@ -195,13 +216,13 @@ def _wire(app, c: dict[str, Any], library: dict[str, Any]) -> None:
         return queue_rows(queue), (f"cancelling {count} download(s); a started one keeps its .part to resume"
                                    if count else "nothing to cancel"), gr.Timer(active=True)
 
-    def tick(seen: int, query: str, sort: str):
+    def tick(seen: int, *listed):
         """The queue's rows, the library list too when a download ended since the last tick; the timer stops
         once nothing is queued or running."""
         finished = queue.finished
         busy = queue.busy()
         listing_update = ([gr.skip()] * len(library["refresh_outputs"]) if finished == seen
-                          else list(library["relist"](app, query, sort)))
+                          else list(library["relist"](app, *listed)))
         return [queue_rows(queue), finished, gr.Timer(active=busy or finished != seen), *listing_update]
 
     queue_outputs = [c["queue"], c["message"], c["timer"]]

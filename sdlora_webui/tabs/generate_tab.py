@@ -1,7 +1,13 @@
 """Generate tab: a stack of LoRAs with strength sliders, prompt settings, Generate, image + parameters.
 
-The stack a user sets up is per session: MAX_SLOTS slot widgets (name, strength, enable box, and
-separate text-encoder/UNet strengths under "advanced"). The pipeline and its `LoraStack` are shared
+The stack a user sets up is per session and has no size limit: a `gr.State` list of slots (name, strength,
+enable box, separate text-encoder/UNet strengths under "advanced"), drawn as one row per LoRA by `gr.render`
+(rows come and go with the stack; every row's ids carry its index, so no id repeats). A widget a user moves
+writes its slot back into the state. Each row shows the LoRA's trigger words: a click on one adds it to the
+prompt, "insert trigger words" adds them all. A LoRA starts at its preferred weight (A1111 `<stem>.json`).
+The prompt and the image stay at the top of the tab (as in A1111); settings and the stack sit in the left
+column. "Rebuild from image" (sdlora_webui/tabs/recipe_panel.py) fills prompt, settings and stack from an image's
+parameters. The pipeline and its `LoraStack` are shared
 by the app; on Generate, `sync_stack` brings the shared stack to this session's slots with the
 fewest changes (a moved slider is one `set_strength`, which re-patches only that LoRA's layers;
 nothing is reloaded from disk), then the image is generated. Generation holds the app's generate
@@ -15,6 +21,7 @@ the work, this module builds and wires the widgets.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +32,9 @@ import gradio as gr
 from sdlora.base.native import native_resolution
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.generate import GenerateSettings
+from sdlora.header import read_header
 from sdlora.library import read_notes
+from sdlora.library import trigger_words as header_words
 from sdlora.samplers import SAMPLERS
 from sdlora.strength import Strength
 from sdlora_webui.state import NotInLibrary
@@ -41,7 +50,6 @@ from sdlora_webui.tabs.generate_runs import (
     switch_base,
 )
 
-MAX_SLOTS = 4
 MODEL_SAMPLER = "model default"  # the sampler dropdown's first choice: the base model's own scheduler
 SLOT_FIELDS = ("name", "strength", "enabled", "separate", "te", "unet")
 
@@ -68,14 +76,12 @@ class Slot:
 # ---------------------------------------------------------------- slots -----------------------
 
 def add_slot(slots: list[Slot], name: str, strength: float = 1.0) -> list[Slot]:
-    """The slots with LoRA `name` appended at `strength`."""
+    """The slots with LoRA `name` appended at `strength` (the stack has no size limit)."""
     name = (name or "").strip()
     if not name:
         raise ConfigError("pick a LoRA from the library to add")
     if any(s.name == name for s in slots):
         raise ConfigError(f"{name!r} is already in the stack; move its slider instead")
-    if len(slots) >= MAX_SLOTS:
-        raise ConfigError(f"the stack holds at most {MAX_SLOTS} LoRAs here; remove one first")
     return [*slots, Slot(name=name, strength=float(strength))]
 
 
@@ -83,24 +89,28 @@ def remove_slot(slots: list[Slot], index: int) -> list[Slot]:
     return [s for i, s in enumerate(slots) if i != index]
 
 
+def slots_of(value) -> list[Slot]:
+    """Slots from the stack state (a list of dicts with SLOT_FIELDS); rows without a name are skipped."""
+    return [Slot(**{k: v for k, v in item.items() if k in SLOT_FIELDS and v is not None})
+            for item in value or [] if item.get("name")]
+
+
 def slots_from_values(values: dict[str, Any]) -> list[Slot]:
-    """Slots from the flat form {"slot0.name": ..., "slot0.strength": ...}; empty names are skipped."""
-    slots = []
-    for i in range(MAX_SLOTS):
-        fields = {f: values.get(f"slot{i}.{f}") for f in SLOT_FIELDS}
-        if fields["name"]:
-            slots.append(Slot(**{k: v for k, v in fields.items() if v is not None}))
-    return slots
+    """The slots of a gathered form ({"stack": [slot dicts], ...})."""
+    return slots_of(values.get("stack"))
 
 
 def slot_updates(slots: list[Slot]) -> list[Any]:
-    """Values for every slot widget, in create_ui's order (group visibility first, then SLOT_FIELDS)."""
-    out: list[Any] = []
-    for i in range(MAX_SLOTS):
-        slot = slots[i] if i < len(slots) else Slot()
-        out.append(gr.Group(visible=bool(slot.name)))
-        out.extend(asdict(slot)[f] for f in SLOT_FIELDS)
-    return out
+    """New values for the stack state and its version (a new version draws the rows again)."""
+    return [[asdict(slot) for slot in slots], time.monotonic_ns()]
+
+
+def set_slot_field(value: list[dict], index: int, key: str, new) -> list[dict]:
+    """The stack state with one field of one row changed (what a moved widget writes back)."""
+    items = [dict(item) for item in value or []]
+    if 0 <= index < len(items):
+        items[index][key] = new
+    return items
 
 
 # ---------------------------------------------------------------- stack sync ----------------
@@ -201,31 +211,28 @@ def library_choices(app) -> list[str]:
 # ---------------------------------------------------------------- layout and wiring ----------
 
 def create_ui(app) -> dict[str, Any]:
-    """Build the Generate tab; returns its components (slot widgets in c["slot_widgets"])."""
-    c: dict[str, Any] = {}
-    with gr.Row():
-        c["base"] = gr.Dropdown(base_choices(app), value=app.base_model(None), label="Base model",
-                                elem_id="gen-base", scale=3,
-                                info="switches without a restart; LoRAs that do not fit it leave the stack")
-        c["pick"] = gr.Dropdown(library_choices(app), label="LoRA from the library", elem_id="gen-pick",
-                                allow_custom_value=False, scale=3)
-        c["refresh"] = gr.Button("Refresh lists", scale=1)
-        c["add"] = gr.Button("Add to stack", scale=1, elem_id="gen-add")
-    c["groups"], c["slot_widgets"], c["slot_keys"], c["remove"] = [], [], {}, []
-    for i in range(MAX_SLOTS):
-        _create_slot(c, i)
-    _create_settings(app, c)
-    with gr.Row():
-        c["generate"] = gr.Button("Generate", variant="primary", elem_id="gen-generate", scale=3)
-        c["interrupt"] = gr.Button("Interrupt", variant="stop", elem_id="gen-interrupt", scale=1)
+    """Build the Generate tab; returns its components (the stack is c["stack"], its rows drawn by gr.render)."""
+    c: dict[str, Any] = {"stack": gr.State([]), "stack_version": gr.State(0)}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt",
+                                     info="A1111 tags work too: <lora:name:0.8> or <lora:name:te=0.5:unet=1>")
+            c["negative"] = gr.Textbox(label="Negative prompt", lines=1, elem_id="gen-negative")
+        with gr.Column(scale=1, min_width=160):
+            c["generate"] = gr.Button("Generate", variant="primary", elem_id="gen-generate")
+            c["interrupt"] = gr.Button("Interrupt", variant="stop", elem_id="gen-interrupt")
     c["status"] = gr.Markdown(elem_id="gen-status")  # the tab's one message area (progress, results, errors)
-    with gr.Row():
-        c["image"] = gr.Image(label="Image", type="pil", format="png", interactive=False, elem_id="gen-image",
-                              height=384)
-        with gr.Column():
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            _create_settings(app, c)
+            _create_stack(app, c)
+            c["recipe_box"] = gr.Column()  # the recipe panel goes here (the app adds it: it uses this tab)
+        with gr.Column(scale=2):
+            c["image"] = gr.Image(label="Image", type="pil", format="png", interactive=False, elem_id="gen-image",
+                                  height=384)
+            c["parameters"] = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="gen-parameters")
             c["preview"] = gr.Image(label="Live preview", type="pil", interactive=False, elem_id="gen-preview",
                                     height=128)
-            c["parameters"] = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="gen-parameters")
     c["gallery"] = gr.Gallery(label="Batch", visible=False, elem_id="gen-gallery", columns=4, height=256)
     _create_grid(c)
     _wire(app, c)
@@ -233,24 +240,19 @@ def create_ui(app) -> dict[str, Any]:
 
 
 def _create_settings(app, c: dict[str, Any]) -> None:
-    with gr.Row():
-        with gr.Column(scale=3):
-            c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt",
-                                     info="A1111 tags work too: <lora:name:0.8> or <lora:name:te=0.5:unet=1>")
-            c["negative"] = gr.Textbox(label="Negative prompt", lines=1, elem_id="gen-negative")
-        with gr.Column(scale=2), gr.Row():
-            c["seed"] = gr.Number(0, label="Seed (-1: random)", precision=0, elem_id="gen-seed")
-            c["steps"] = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="gen-steps")
-            c["cfg"] = gr.Slider(1, 20, value=7.0, step=0.5, label="CFG", elem_id="gen-cfg")
-            c["sampler"] = gr.Dropdown([MODEL_SAMPLER, *SAMPLERS], value=MODEL_SAMPLER, label="Sampler",
-                                       elem_id="gen-sampler")
-            size = default_size(app)
-            c["width"] = gr.Slider(8, 2048, value=size, step=8, label="Width", elem_id="gen-width")
-            c["height"] = gr.Slider(8, 2048, value=size, step=8, label="Height", elem_id="gen-height")
-            c["batch_count"] = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count",
-                                         elem_id="gen-batch-count")
-            c["redraw"] = gr.Checkbox(False, label="Redraw when a strength slider is released", elem_id="gen-redraw")
-            c["live_preview"] = gr.Checkbox(False, label="Live preview", elem_id="gen-live-preview")
+    with gr.Accordion("Settings", open=True, elem_id="gen-settings"), gr.Row():
+        c["seed"] = gr.Number(0, label="Seed (-1: random)", precision=0, elem_id="gen-seed")
+        c["steps"] = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="gen-steps")
+        c["cfg"] = gr.Slider(1, 20, value=7.0, step=0.5, label="CFG", elem_id="gen-cfg")
+        c["sampler"] = gr.Dropdown([MODEL_SAMPLER, *SAMPLERS], value=MODEL_SAMPLER, label="Sampler",
+                                   elem_id="gen-sampler")
+        size = default_size(app)
+        c["width"] = gr.Slider(8, 2048, value=size, step=8, label="Width", elem_id="gen-width")
+        c["height"] = gr.Slider(8, 2048, value=size, step=8, label="Height", elem_id="gen-height")
+        c["batch_count"] = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count",
+                                     elem_id="gen-batch-count")
+        c["redraw"] = gr.Checkbox(False, label="Redraw when a strength slider is released", elem_id="gen-redraw")
+        c["live_preview"] = gr.Checkbox(False, label="Live preview", elem_id="gen-live-preview")
 
 
 def _create_grid(c: dict[str, Any]) -> None:
@@ -265,37 +267,102 @@ def _create_grid(c: dict[str, Any]) -> None:
         c["grid_draw"] = gr.Button("Draw grid", elem_id="gen-grid-draw")
 
 
-def _create_slot(c: dict[str, Any], i: int) -> None:
-    with gr.Group(visible=False, elem_id=f"gen-slot-{i}") as group:
+def _create_stack(app, c: dict[str, Any]) -> None:
+    with gr.Row():
+        c["base"] = gr.Dropdown(base_choices(app), value=app.base_model(None), label="Base model",
+                                elem_id="gen-base", scale=3,
+                                info="switches without a restart; LoRAs that do not fit it leave the stack")
+        c["pick"] = gr.Dropdown(library_choices(app), label="LoRA from the library", elem_id="gen-pick",
+                                allow_custom_value=False, scale=3)
+        with gr.Column(scale=1, min_width=120):
+            c["add"] = gr.Button("Add to stack", elem_id="gen-add")
+            c["refresh"] = gr.Button("Refresh lists", size="sm")
+
+    @gr.render(inputs=[c["stack"]], triggers=[c["stack_version"].change])
+    def rows(value):
+        for i, slot in enumerate(slots_of(value)):
+            _create_row(app, c, i, slot)
+
+
+def _create_row(app, c: dict[str, Any], i: int, slot: Slot) -> None:
+    """One stack row: its widgets write their value back into the stack state; ids carry the row's index.
+    (Widgets drawn by gr.render are not made interactive by their listeners: `interactive=True` says so.)"""
+    # a Group repeats its elem_id on two nested elements (the duplicate ids of issue 22): a class names the row
+    with gr.Group(elem_classes=["gen-slot", f"gen-slot-{i}"]):
         with gr.Row():
-            name = gr.Textbox(label=f"LoRA {i + 1}", interactive=False, scale=3, elem_id=f"gen-slot-{i}-name")
-            strength = gr.Slider(-2, 2, value=1.0, step=0.05, label="Strength", scale=4,
+            gr.Textbox(slot.name, label=f"LoRA {i + 1}", interactive=False, scale=3, elem_id=f"gen-slot-{i}-name")
+            strength = gr.Slider(-2, 2, value=slot.strength, step=0.05, label="Strength", scale=4, interactive=True,
                                  elem_id=f"gen-slot-{i}-strength")
-            enabled = gr.Checkbox(value=True, label="Enabled", scale=1, elem_id=f"gen-slot-{i}-enabled")
+            enabled = gr.Checkbox(value=bool(slot.enabled), label="Enabled", scale=1, interactive=True,
+                                  elem_id=f"gen-slot-{i}-enabled")
             remove = gr.Button("Remove", scale=0, size="sm", min_width=90, elem_id=f"gen-slot-{i}-remove")
-        with gr.Accordion("advanced", open=False):
-            separate = gr.Checkbox(value=False, label="Separate text-encoder and UNet strengths")
-            te = gr.Slider(-2, 2, value=1.0, step=0.05, label="Text-encoder strength")
-            unet = gr.Slider(-2, 2, value=1.0, step=0.05, label="UNet strength")
-    widgets = [name, strength, enabled, separate, te, unet]
-    c["groups"].append(group)
-    c["slot_widgets"].extend([group, *widgets])
-    c["slot_keys"].update({w: f"slot{i}.{f}" for w, f in zip(widgets, SLOT_FIELDS, strict=True)})
-    c["remove"].append(remove)
+        words = trigger_words(app, slot.name)
+        if words:
+            with gr.Row(elem_id=f"gen-slot-{i}-words"):
+                insert = gr.Button("insert trigger words", size="sm", scale=0, min_width=150,
+                                   elem_id=f"gen-slot-{i}-insert")
+                insert.click(lambda prompt, words=words: insert_words(prompt, words), c["prompt"], c["prompt"],
+                             queue=False)
+                for n, word in enumerate(words[:MAX_WORD_BUTTONS]):
+                    button = gr.Button(word, size="sm", scale=0, min_width=60, elem_id=f"gen-slot-{i}-word-{n}")
+                    button.click(lambda prompt, word=word: insert_words(prompt, [word]), c["prompt"], c["prompt"],
+                                 queue=False)
+        with gr.Accordion("advanced", open=bool(slot.separate)):
+            separate = gr.Checkbox(value=bool(slot.separate), label="Separate text-encoder and UNet strengths",
+                                   interactive=True, elem_id=f"gen-slot-{i}-separate")
+            te = gr.Slider(-2, 2, value=slot.te, step=0.05, label="Text-encoder strength", interactive=True,
+                           elem_id=f"gen-slot-{i}-te")
+            unet = gr.Slider(-2, 2, value=slot.unet, step=0.05, label="UNet strength", interactive=True,
+                             elem_id=f"gen-slot-{i}-unet")
+    for key, widget in (("strength", strength), ("enabled", enabled), ("separate", separate), ("te", te),
+                        ("unet", unet)):
+        widget.change(lambda value, new, key=key: set_slot_field(value, i, key, new), [c["stack"], widget],
+                      c["stack"], queue=False, show_progress="hidden")
+        if key in ("strength", "te", "unet"):  # "redraw when released", once the value is in the state
+            widget.release(lambda value, new, key=key: set_slot_field(value, i, key, new), [c["stack"], widget],
+                           c["stack"], queue=False, show_progress="hidden").then(
+                c["redraw_fn"], c["draw_inputs"], c["draw_outputs"], show_progress="hidden",
+                trigger_mode="always_last")
+    remove.click(lambda value: slot_updates(remove_slot(slots_of(value), i)), c["stack"],
+                 [c["stack"], c["stack_version"]])
 
 
-def slot_inputs(c: dict[str, Any]) -> set:
-    return set(c["slot_keys"])
+MAX_WORD_BUTTONS = 12  # trigger words shown as buttons per LoRA ("insert trigger words" adds them all)
+
+
+def trigger_words(app, name: str) -> list[str]:
+    """A LoRA's trigger words: its notes' "activation text" (A1111, or Civitai's trainedWords merged there),
+    else the header's; [] when the file cannot be read."""
+    path = app.library().get(name)
+    if path is None:
+        return []
+    activation = str(read_notes(path).get("activation text") or "")
+    words = [w.strip() for w in activation.split(",") if w.strip()]
+    if words:
+        return words
+    try:
+        return header_words(read_header(path).metadata)
+    except (SdloraError, OSError):
+        return []
+
+
+def insert_words(prompt: str, words: list[str]) -> str:
+    """`prompt` with each of `words` appended (comma-separated) unless it is in it already."""
+    prompt = (prompt or "").rstrip()
+    for word in words:
+        if word.lower() not in prompt.lower():
+            prompt = f"{prompt}, {word}" if prompt else word
+    return prompt
 
 
 def current_slots(values: dict, c: dict[str, Any]) -> list[Slot]:
-    return slots_from_values(gather(values, c["slot_keys"]))
+    return slots_of(values[c["stack"]])
 
 
 def _form_keys(c: dict[str, Any]) -> dict[Any, str]:
-    return {**c["slot_keys"], **{c[k]: k for k in ("prompt", "negative", "seed", "steps", "cfg", "sampler", "width",
-                                                   "height", "batch_count", "redraw", "live_preview", "grid_x",
-                                                   "grid_x_values", "grid_y", "grid_y_values")}}
+    return {c[k]: k for k in ("stack", "prompt", "negative", "seed", "steps", "cfg", "sampler", "width", "height",
+                              "batch_count", "redraw", "live_preview", "grid_x", "grid_x_values", "grid_y",
+                              "grid_y_values")}
 
 
 def _status_only(fn: Callable, outputs: int) -> Callable:
@@ -312,7 +379,8 @@ def _status_only(fn: Callable, outputs: int) -> Callable:
 
 
 def add_checked(app, slots: list[Slot], name: str) -> list[Slot]:
-    """`add_slot` after the header-only check that `name` fits the current base (one line if not)."""
+    """`add_slot` after the header-only check that `name` fits the current base (one line if not), at the LoRA's
+    preferred weight."""
     if not (name or "").strip():
         raise ConfigError("pick a LoRA from the library to add")
     check_addable(app, name)
@@ -329,9 +397,16 @@ def switch_base_slots(app, value: str, slots: list[Slot]) -> tuple[str, list[Slo
     return switch_base(app, value, slots, sync)
 
 
+STACK_OUTPUTS = ("stack", "stack_version")
+
+
+def stack_outputs(c: dict[str, Any]) -> list[Any]:
+    return [c[k] for k in STACK_OUTPUTS]
+
+
 def _wire(app, c: dict[str, Any]) -> None:
     keys = _form_keys(c)
-    slot_outputs = [*c["slot_widgets"], c["status"]]
+    slot_outputs = [*stack_outputs(c), c["status"]]
 
     def refresh() -> list[Any]:
         return [gr.Dropdown(choices=library_choices(app)), gr.Dropdown(choices=base_choices(app))]
@@ -342,21 +417,20 @@ def _wire(app, c: dict[str, Any]) -> None:
         slots = add_checked(app, current_slots(values, c), values[c["pick"]])
         return [*slot_updates(slots), f"added {values[c['pick']]} (it fits the base {app.base_info().label})"]
 
-    c["add"].click(_status_only(add, len(slot_outputs)), {*slot_inputs(c), c["pick"]}, slot_outputs,
-                   api_name="gen_add")
-    for i, button in enumerate(c["remove"]):
-        remove = bound(lambda values, i=i: slot_updates(remove_slot(current_slots(values, c), i)))
-        button.click(remove, slot_inputs(c), c["slot_widgets"], api_name=f"gen_remove_{i}")
+    c["add"].click(_status_only(add, len(slot_outputs)), {c["stack"], c["pick"]}, slot_outputs, api_name="gen_add")
     _wire_base(app, c)
     _wire_drawing(app, c, keys)
 
 
 def _wire_base(app, c: dict[str, Any]) -> None:
-    outputs = [*c["slot_widgets"], c["width"], c["height"], c["status"]]
+    outputs = [*stack_outputs(c), c["width"], c["height"], c["status"]]
     waiting = [gr.skip()] * len(outputs)
 
     def switch(values: dict):
         value = values[c["base"]]
+        if _is_current_base(app, value):  # the menu reports its value again when the stack rows are drawn anew
+            yield [gr.skip()] * len(outputs)
+            return
 
         def work(on_status, on_preview) -> list[Any]:
             message, kept = switch_base_slots(app, value, current_slots(values, c))
@@ -366,8 +440,14 @@ def _wire_base(app, c: dict[str, Any]) -> None:
         waiting[-1] = "loading the base model..."
         yield from stream(app, work, waiting, len(outputs) - 1)
 
-    c["base"].input(switch, {c["base"], *slot_inputs(c)}, outputs, api_name="gen_switch_base",
-                    show_progress="hidden")
+    c["base"].input(switch, {c["base"], c["stack"]}, outputs, api_name="gen_switch_base", show_progress="hidden")
+
+
+def _is_current_base(app, value: str) -> bool:
+    try:
+        return bool(value) and app.base_model(value) == app.base_model(None)
+    except SdloraError:
+        return False  # switch_base says why
 
 
 def _base_size(value: str) -> int | None:
@@ -414,8 +494,7 @@ def _wire_drawing(app, c: dict[str, Any], keys: dict[Any, str]) -> None:
     inputs = set(keys)
     c["generate"].click(draw, inputs, outputs, api_name="generate", show_progress="hidden")
     c["grid_draw"].click(grid, inputs, outputs, api_name="generate_grid", show_progress="hidden")
-    sliders = [w for w, key in c["slot_keys"].items() if key.endswith((".strength", ".te", ".unet"))]
-    for slider in sliders:
-        slider.release(redraw, inputs, outputs, show_progress="hidden", trigger_mode="always_last")
+    # the stack rows (drawn later by gr.render) chain this after a released slider
+    c["redraw_fn"], c["draw_inputs"], c["draw_outputs"] = redraw, inputs, outputs
     c["interrupt"].click(lambda: app.stop_requested.set(), None, None, api_name="generate_interrupt",
                          concurrency_limit=None, queue=False)

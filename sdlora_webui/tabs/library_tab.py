@@ -1,5 +1,7 @@
-"""Library tab: the LoRAs in the library folder as cards (thumbnails) and a table, search and sort, their
-details, previews, load report, uploads, user notes.
+"""Library tab: the LoRAs in the library folders as cards (thumbnails) and a table, search and sort, filters
+(folder, tag, base model, favourites), their details, previews, load report, uploads, user notes; bulk
+actions on the LoRAs picked in "Selected" (move with side files, add/remove tags, favourite); duplicates
+(files with equal tensor hashes: keep one, the others go to `.trash/` in their library folder).
 
 Listing, search, sort, previews and notes come from `sdlora.library` (header-only scan, cached, so a
 refresh of hundreds of files is fast); the load report comes from `sdlora.report.check_lora` against the
@@ -12,6 +14,7 @@ pick is cancelled, so nothing of the previous LoRA can be left on screen.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,19 @@ from sdlora.errors import SdloraError
 from sdlora.header import read_header
 from sdlora.library import file_hash, preview_path, search, set_preview, write_notes
 from sdlora.library import scan as scan_library
+from sdlora.library.dupes import find_duplicates, keep_one
+from sdlora.library.organise import facets, filter_entries, move_loras, parse_tags, set_favourite, tag_files
 from sdlora.report import check_lora
 from sdlora.suffixes import IMAGE_SUFFIXES
+from sdlora_webui.paths import display_path
 from sdlora_webui.tabs import civitai_panel
 from sdlora_webui.tabs.common import bound, guarded
 from sdlora_webui.uploads import check_lora_upload, store_upload, upload_name
 
-COLUMNS = ["name", "fits base", "family", "rank", "size", "date", "hash", "trigger words", "top tags", "notes"]
+COLUMNS = ["name", "fits base", "family", "rank", "size", "date", "hash", "trigger words", "top tags", "notes",
+           "folder", "base model", "tags", "favourite"]
+ALL = "(all)"  # the filter menus' "no filter" choice
+MESSAGE_AT = 3  # the message's place in refresh_outputs
 SAMPLE_LIMIT = 24  # training samples offered as previews
 SORTS = {"name": "name (A-Z)", "date": "date (newest first)", "size": "size (largest first)"}
 
@@ -42,7 +51,7 @@ def cache_path(app) -> Path:
 
 def scan(app):
     """The library scan (sdlora.library), with its header cache kept in the output folder."""
-    return scan_library(app.config.lora_dir, cache_path=cache_path(app))
+    return scan_library(app.config.lora_dirs, cache_path=cache_path(app))
 
 
 def list_entries(app) -> list:
@@ -50,31 +59,63 @@ def list_entries(app) -> list:
     return list(scan(app).entries)
 
 
-def refresh(app, query: str = "", sort: str = "name") -> tuple[list[list], list, list[str], str]:
-    """(table rows, card gallery items, names, message) of the library entries matching `query`, sorted by
-    `sort` (name, date, size); the message counts them and names damaged files."""
+@dataclass(frozen=True)
+class Filters:
+    """The list's filters, as the filter widgets give them (folder with its subfolders, tag, base model,
+    favourites only; "" or ALL: any)."""
+
+    folder: str = ""
+    tag: str = ""
+    base_model: str = ""
+    favourites: bool = False
+
+    @property
+    def active(self) -> bool:
+        return any(_any(v) for v in (self.folder, self.tag, self.base_model)) or bool(self.favourites)
+
+    def apply(self, entries) -> list:
+        return filter_entries(entries, _any(self.folder), _any(self.tag), _any(self.base_model), bool(self.favourites))
+
+
+def refresh(app, query: str = "", sort: str = "name",
+            filters: Filters = Filters()) -> tuple[list[list], list, list[str], str]:
+    """(table rows, card gallery items, names, message) of the library entries matching `query` and `filters`,
+    sorted by `sort` (name, date, size); the message counts them and names damaged files."""
     result = scan(app)
-    entries = search(result.entries, query, sort)
+    entries = filters.apply(search(result.entries, query, sort))
     fits = {name: fit.short for name, fit in app.library_fits().items()}  # headers only, against the current base
     rows = [_row(e, fits.get(e.name, "?")) for e in entries]
     placeholder = no_preview_image(app)
     cards = [(str(e.preview or placeholder), _caption(e, fits.get(e.name, "?"))) for e in entries]
     shown = len(entries)
-    message = f"{len(result.entries)} LoRA(s) in the library" + (f", {shown} match" if query.strip() else "")
+    filtered = query.strip() or filters.active
+    message = f"{len(result.entries)} LoRA(s) in the library" + (f", {shown} match" if filtered else "")
     if result.errors:
         message += "; not readable: " + "; ".join(f"{Path(e.path).name} ({e.error})" for e in result.errors[:5])
     return rows, cards, [e.name for e in entries], message
 
 
+def _any(value) -> str:
+    return "" if value in (None, ALL) else str(value)
+
+
+def filter_choices(app) -> tuple[list[str], list[str], list[str]]:
+    """The folder, tag and base-model menus' choices (ALL first)."""
+    found = facets(scan(app).entries)
+    return ([ALL, *[f for f in found["folders"] if f]], [ALL, *found["tags"]], [ALL, *found["base_models"]])
+
+
 def _row(entry, fits: str) -> list:
     return [entry.name, fits, entry.family or "?", entry.rank if entry.rank is not None else "?", human_size(entry.size),
             _date(entry.mtime), entry.short_hash or "-", ", ".join(entry.trigger_words[:8]), ", ".join(entry.top_tags[:5]),
-            _short(entry.notes.get("notes") or entry.notes.get("activation text"))]
+            _short(entry.notes.get("notes") or entry.notes.get("activation text")), entry.folder or "/",
+            entry.base_model or "?", ", ".join(entry.tags[:8]), "★" if entry.favourite else ""]
 
 
 def _caption(entry, fits: str) -> str:
     family = (entry.family or "?").split(":")[0]
-    caption = f"{entry.name} · {family} · r{entry.rank if entry.rank is not None else '?'}"
+    star = "★ " if entry.favourite else ""
+    caption = f"{star}{entry.name} · {entry.base_model or family} · r{entry.rank if entry.rank is not None else '?'}"
     return caption if fits == "fits" else f"{caption} · {fits}"
 
 
@@ -237,6 +278,61 @@ def _short(text, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# ---------------------------------------------------------------- organising ----------------
+
+def selected_paths(app, names: list[str]) -> list[Path]:
+    """The confined files of the LoRAs picked in "Selected"."""
+    if not names:
+        raise SdloraError("pick one or more LoRAs in \"Selected\" first")
+    return [app.library_path(name) for name in names]
+
+
+def move_selected(app, names: list[str], folder: str) -> str:
+    """Move the selected LoRAs, with their side files, into `folder` (relative to the first library folder, or
+    a path inside any library folder)."""
+    if not (folder or "").strip():
+        raise SdloraError("type the folder to move them to (inside a library folder, e.g. styles/ink)")
+    target = app.write_path(folder, default_root=Path(app.config.lora_dir))
+    return move_loras(selected_paths(app, names), target, app.config.lora_dirs).message()
+
+
+def tag_selected(app, names: list[str], add: str, remove: str) -> str:
+    changed = tag_files(selected_paths(app, names), parse_tags(add), parse_tags(remove))
+    return f"tags changed on {changed} of {len(names)} LoRA(s)"
+
+
+def favourite_selected(app, names: list[str], favourite: bool) -> str:
+    for path in selected_paths(app, names):
+        set_favourite(path, favourite)
+    return f"{'marked' if favourite else 'unmarked'} {len(names)} LoRA(s) as favourite"
+
+
+def find_dupes(app) -> tuple[list[list], list, str]:
+    """(rows [group, hash, file], the group menu's choices, message) of the library's duplicates."""
+    groups = find_duplicates(scan(app).entries, cache_path=cache_path(app))
+    rows = [[n, g.short_hash, _shown_path(app, e.path)] for n, g in enumerate(groups, 1) for e in g.entries]
+    choices = [(_shown_path(app, e.path), e.path) for g in groups for e in g.entries]
+    message = (f"{len(groups)} group(s) of duplicates ({sum(len(g.entries) for g in groups)} files)" if groups
+               else "no duplicates: no two files hold the same tensors")
+    return rows, choices, message
+
+
+def keep_duplicate(app, keep: str) -> str:
+    """Keep the file `keep`; the others of its group go, with their side files, to `.trash/` in their library
+    folder (nothing is deleted)."""
+    if not keep:
+        raise SdloraError("pick the file to keep first (Find duplicates, then a file of a group)")
+    app.read_path(keep)  # confined like any path
+    for group in find_duplicates(scan(app).entries, cache_path=cache_path(app)):
+        if keep in [e.path for e in group.entries]:
+            return keep_one(group, keep, app.config.lora_dirs).message() + f"; kept {_shown_path(app, keep)}"
+    raise SdloraError(f"{keep} has no duplicate now; press Find duplicates again")
+
+
+def _shown_path(app, path: str) -> str:
+    return display_path(Path(path), app.config.lora_dirs)
+
+
 # ---------------------------------------------------------------- layout and wiring ----------
 
 def create_ui(app) -> dict[str, Any]:
@@ -249,6 +345,13 @@ def create_ui(app) -> dict[str, Any]:
                                 scale=1, elem_id="lib-sort")
         c["upload"] = gr.File(label="Upload a LoRA (.safetensors)", file_types=[".safetensors"], scale=2,
                               elem_id="lib-upload")
+    with gr.Row():
+        c["folder"] = gr.Dropdown([ALL], value=ALL, label="Folder", elem_id="lib-folder", scale=2,
+                                  info="with its subfolders")
+        c["tag"] = gr.Dropdown([ALL], value=ALL, label="Tag", elem_id="lib-tag", scale=2)
+        c["base_model"] = gr.Dropdown([ALL], value=ALL, label="Base model", elem_id="lib-base-model", scale=2,
+                                      info="Civitai's, else the file's family")
+        c["favourites"] = gr.Checkbox(False, label="Favourites only", elem_id="lib-favourites", scale=1)
     c["message"] = gr.Markdown(elem_id="lib-message")
     c["names"] = gr.State([])  # the names in the order the cards and rows show them
     with gr.Tab("Cards"):
@@ -257,12 +360,45 @@ def create_ui(app) -> dict[str, Any]:
                                 elem_id="lib-cards")
     with gr.Tab("Table"):
         c["table"] = gr.Dataframe(headers=COLUMNS, interactive=False, label="LoRAs", elem_id="lib-table")
+    with gr.Tab("Duplicates", elem_id="lib-dupes-tab"):
+        _create_dupes_ui(c)
+    _create_bulk_ui(c)
     _create_details_ui(c)
-    c["refresh_outputs"] = [c["table"], c["cards"], c["pick"], c["message"], c["names"]]
+    c["refresh_outputs"] = [c["table"], c["cards"], c["pick"], c["message"], c["names"], c["selected"],
+                            c["folder"], c["tag"], c["base_model"]]
+    c["listing"] = listing(c)  # the inputs of a list refresh (search, sort, filters), for the Civitai panel too
     c["relist"], c["show_details"] = refresh_outputs, details  # for the Civitai panel, which updates both
     _wire(app, c)
+    _wire_organising(app, c)
     c["civitai"] = civitai_panel.create_ui(app, c)
     return c
+
+
+def _create_dupes_ui(c: dict[str, Any]) -> None:
+    c["dupes_find"] = gr.Button("Find duplicates (same tensors, any name)", elem_id="lib-dupes-find")
+    c["dupes"] = gr.Dataframe(headers=["group", "hash", "file"], interactive=False, elem_id="lib-dupes")
+    with gr.Row():
+        c["dupes_keep"] = gr.Dropdown([], label="File to keep", elem_id="lib-dupes-keep", scale=3)
+        c["dupes_keep_button"] = gr.Button("Keep it, move the others to .trash/", elem_id="lib-dupes-keep-button",
+                                           scale=1)
+
+
+def _create_bulk_ui(c: dict[str, Any]) -> None:
+    with gr.Accordion("Organise: move, tag, favourite several LoRAs", open=False, elem_id="lib-bulk"):
+        c["selected"] = gr.Dropdown([], multiselect=True, label="Selected", elem_id="lib-selected",
+                                    info="the LoRAs the buttons below act on")
+        with gr.Row():
+            c["move_to"] = gr.Textbox(label="Move to folder", placeholder="styles/ink", elem_id="lib-move-to",
+                                      info="inside a library folder; side files (.json, .civitai.info, previews) "
+                                           "move too; a name taken there is never overwritten")
+            c["move"] = gr.Button("Move", elem_id="lib-move")
+        with gr.Row():
+            c["tags_add"] = gr.Textbox(label="Add tags", placeholder="style, ink", elem_id="lib-tags-add")
+            c["tags_remove"] = gr.Textbox(label="Remove tags", elem_id="lib-tags-remove")
+            c["tag_button"] = gr.Button("Apply tags", elem_id="lib-tag-button")
+        with gr.Row():
+            c["favourite"] = gr.Button("★ Favourite", elem_id="lib-favourite")
+            c["unfavourite"] = gr.Button("Not favourite", elem_id="lib-unfavourite")
 
 
 def _create_details_ui(c: dict[str, Any]) -> None:
@@ -302,9 +438,12 @@ def _create_details_ui(c: dict[str, Any]) -> None:
                             c["preview"], c["report_summary"], c["report"], c["samples"], c["sample_paths"]]
 
 
-def refresh_outputs(app, query: str = "", sort: str = "name"):
-    rows, cards, names, message = refresh(app, query or "", sort or "name")
-    return rows, cards, gr.Dropdown(choices=names), message, names
+def refresh_outputs(app, query: str = "", sort: str = "name", *filters):
+    """Every output of a list refresh; `filters` are the filter widgets' values (see `listing`)."""
+    rows, cards, names, message = refresh(app, query or "", sort or "name", Filters(*filters))
+    folders, tags, bases = filter_choices(app)
+    return (rows, cards, gr.Dropdown(choices=names), message, names, gr.Dropdown(choices=names),
+            gr.Dropdown(choices=folders), gr.Dropdown(choices=tags), gr.Dropdown(choices=bases))
 
 
 def pick_from_table(evt: gr.SelectData):
@@ -319,17 +458,49 @@ def pick_from_cards(names: list[str], evt: gr.SelectData):
     return gr.Dropdown(value=names[index]) if index is not None and 0 <= index < len(names or []) else gr.Dropdown()
 
 
+def listing(c: dict[str, Any]) -> list[Any]:
+    """The inputs of a list refresh: search, sort and the filters."""
+    return [c["search"], c["sort"], c["folder"], c["tag"], c["base_model"], c["favourites"]]
+
+
+def _wire_organising(app, c: dict[str, Any]) -> None:
+    """Filters, bulk actions and duplicates; after an action the list is refreshed and its message kept."""
+    relist = bound(refresh_outputs, app)
+    quiet = bound(lambda *values: [v for n, v in enumerate(refresh_outputs(app, *values)) if n != MESSAGE_AT])
+    c["quiet_outputs"] = [o for n, o in enumerate(c["refresh_outputs"]) if n != MESSAGE_AT]
+    for widget in (c["folder"], c["tag"], c["base_model"], c["favourites"]):
+        widget.input(relist, listing(c), c["refresh_outputs"])
+    actions = [(c["move"], move_selected, [c["selected"], c["move_to"]], "library_move"),
+               (c["tag_button"], tag_selected, [c["selected"], c["tags_add"], c["tags_remove"]], "library_tag"),
+               (c["favourite"], lambda app, names: favourite_selected(app, names, True), [c["selected"]],
+                "library_favourite"),
+               (c["unfavourite"], lambda app, names: favourite_selected(app, names, False), [c["selected"]],
+                "library_unfavourite")]
+    for button, fn, inputs, name in actions:
+        button.click(bound(fn, app), inputs, c["message"], api_name=name).then(quiet, listing(c), c["quiet_outputs"])
+
+    def found() -> tuple[list[list], Any, str]:
+        rows, choices, message = find_dupes(app)
+        return rows, gr.Dropdown(choices=choices, value=None), message
+
+    c["dupes_find"].click(bound(found), None, [c["dupes"], c["dupes_keep"], c["message"]], api_name="library_dupes")
+    c["dupes_keep_button"].click(bound(keep_duplicate, app), c["dupes_keep"], c["message"],
+                                 api_name="library_keep_duplicate").then(
+        bound(lambda: found()[:2]), None, [c["dupes"], c["dupes_keep"]]).then(
+        quiet, listing(c), c["quiet_outputs"])
+
+
 def _wire(app, c: dict[str, Any]) -> None:
-    listing = [c["search"], c["sort"]]
+    listed = listing(c)
     relist = bound(refresh_outputs, app)
     c["table"].select(guarded(pick_from_table), None, c["pick"], api_name="library_pick_row")
     c["cards"].select(guarded(pick_from_cards), c["names"], c["pick"], api_name="library_pick_card")
-    c["refresh"].click(relist, listing, c["refresh_outputs"], api_name="library_refresh")
-    c["search"].change(relist, listing, c["refresh_outputs"], trigger_mode="always_last",
+    c["refresh"].click(relist, listed, c["refresh_outputs"], api_name="library_refresh")
+    c["search"].change(relist, listed, c["refresh_outputs"], trigger_mode="always_last",
                        api_name="library_search")
-    c["sort"].change(relist, listing, c["refresh_outputs"], api_name="library_sort")
+    c["sort"].change(relist, listed, c["refresh_outputs"], api_name="library_sort")
     c["upload"].upload(bound(upload_lora, app), c["upload"], c["message"], api_name="library_upload").then(
-        relist, listing, c["refresh_outputs"])
+        relist, listed, c["refresh_outputs"])
     report = c["report_button"].click(bound(load_report, app), c["shown"], [c["report_summary"], c["report"]],
                                       api_name="library_report")
     # a report still running for the previous pick is cancelled: it must not land under the new LoRA
@@ -340,9 +511,9 @@ def _wire(app, c: dict[str, Any]) -> None:
     preview_outputs = [c["preview"], c["message"]]
     c["set_preview"].click(bound(set_preview_from_upload_or_path, app),
                            [c["shown"], c["new_preview"], c["preview_path"]], preview_outputs,
-                           api_name="library_set_preview").then(relist, listing, c["refresh_outputs"])
+                           api_name="library_set_preview").then(relist, listed, c["refresh_outputs"])
     c["samples"].select(bound(preview_from_sample, app), [c["shown"], c["sample_paths"]], preview_outputs,
-                        api_name="library_preview_from_sample").then(relist, listing, c["refresh_outputs"])
+                        api_name="library_preview_from_sample").then(relist, listed, c["refresh_outputs"])
 
 
 def wire_generated_preview(app, c: dict[str, Any], generated_image) -> None:
@@ -350,7 +521,7 @@ def wire_generated_preview(app, c: dict[str, Any], generated_image) -> None:
     (wired by the app, which holds both tabs)."""
     c["use_generated"].click(bound(set_preview_from_image, app), [c["shown"], generated_image],
                              [c["preview"], c["message"]], api_name="library_use_generated").then(
-        bound(refresh_outputs, app), [c["search"], c["sort"]], c["refresh_outputs"])
+        bound(refresh_outputs, app), listing(c), c["refresh_outputs"])
 
 
 def set_preview_from_upload_or_path(app, name: str, image, text: str) -> tuple[str, str]:

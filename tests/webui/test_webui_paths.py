@@ -109,8 +109,7 @@ def test_unique_path_never_overwrites(tmp_path):
 
 def _form(name, **settings):
     values = {"prompt": "a red circle", "negative": "", "seed": 3, "steps": 2, "cfg": 5.0, "width": 32, "height": 32,
-              "slot0.name": name, "slot0.strength": 1.0, "slot0.enabled": True, "slot0.separate": False,
-              "slot0.te": 1.0, "slot0.unet": 1.0}
+              "stack": [{"name": name, "strength": 1.0, "enabled": True, "separate": False, "te": 1.0, "unet": 1.0}]}
     return values | settings
 
 

@@ -1,4 +1,4 @@
-"""LoRA library: scan a folder tree of LoRA files, with a header cache. Never imports torch.
+"""LoRA library scan: one or several folder trees of LoRA files, with a header cache. Never imports torch.
 
 Per file: name (file stem, as A1111 shows it), family, rank, trigger words (`modelspec.trigger_phrase`,
 which sdlora's trainer writes from `data.trigger`), top tags (the most frequent `ss_tag_frequency` caption
@@ -11,7 +11,12 @@ A scan reads safetensors headers only: the hash is taken from `sshs_model_hash` 
 it (as A1111 does); otherwise `file_hash` computes it on demand (it reads the whole file) and caches it.
 The cache (JSON) maps each path to (size, mtime) and what was read from its header, plus the hash once
 known, so a rescan of an unchanged folder reads no file at all. A damaged file is reported in the scan
-result; the scan goes on.
+result; the scan goes on. Files under a root's `.trash/` folder (where `sdlora.library.dupes` puts the copies
+a user did not keep) are not listed.
+
+Organising data (docs/library.md): `tags` (the user's own from `<stem>.json` "tags", plus Civitai's from
+`<stem>.civitai.info`), `favourite` ("favourite" in `<stem>.json`), `base_model` (Civitai's `baseModel` when a
+`.civitai.info` is there, else the header's family), `folder` (the file's folder relative to its root).
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdlora.arch.blocks import check_strength
 from sdlora.arch.family import detect_family
 from sdlora.atomic import atomic_path
+from sdlora.civitai.info import info_path, read_info
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.header import check_is_lora, read_header, tensor_data_sha256
 from sdlora.progress import report
@@ -34,12 +40,13 @@ from sdlora.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: header info per file, the hash optional (1 hashed every file)
+CACHE_VERSION = 3  # 3: keyed by absolute path, links not followed; 2: header info per file, the hash optional
 # A1111 looks for `<stem>.preview.<ext>` first, then `<stem>.<ext>`
 PREVIEW_SUFFIXES = tuple(f".preview{s}" for s in sorted(IMAGE_SUFFIXES)) + tuple(sorted(IMAGE_SUFFIXES))
 PREVIEW_NAME = ".preview.png"  # what set_preview writes (A1111 looks for it first)
 PREVIEW_MAX_SIDE = 512  # A1111's cards are about 256 px wide; 512 stays sharp on a dense screen
 SORT_KEYS = ("name", "date", "size")
+TRASH = ".trash"  # where duplicates a user did not keep are moved, in each library root
 NOTE_FIELDS = ("activation text", "preferred weight", "notes", "description", "sd version", "negative text")
 TOP_TAGS = 5
 _RANK_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".hada_w1_b", ".lokr_w1_b", ".lokr_w2_b")
@@ -63,6 +70,11 @@ class LibraryEntry:
     sha256: str = ""
     title: str = ""
     error: str | None = None
+    root: str = ""    # the library root the file was found under
+    folder: str = ""  # its folder relative to that root ("" at the root; "/" separated)
+    tags: list[str] = field(default_factory=list)  # the user's tags, then Civitai's (no repeats)
+    base_model: str = ""  # Civitai's base model ("SD 1.5", "SDXL 1.0", "Pony", ...), else the family
+    favourite: bool = False
 
     @property
     def short_hash(self) -> str:
@@ -72,7 +84,8 @@ class LibraryEntry:
     def search_text(self) -> str:
         """What a library search looks in: name, title, trigger words, top tags and the notes' values, lower case."""
         notes = " ".join(str(v) for v in self.notes.values())
-        return " ".join([self.name, self.title, *self.trigger_words, *self.top_tags, notes]).lower()
+        return " ".join([self.name, self.title, self.folder, self.base_model, *self.trigger_words, *self.top_tags,
+                         *self.tags, notes]).lower()
 
 
 @dataclass
@@ -100,7 +113,7 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
     """Scan `folder` (recursively) for `.safetensors` LoRAs.
 
     Args:
-        folder: the LoRA folder.
+        folder: the LoRA folder, or a list of library roots (scanned in order).
         cache_path: the JSON header cache (default: ~/.cache/sdlora/library-cache.json); it is
             updated atomically after the scan. Pass False to use no cache.
         on_progress: called with `Progress(done, total, path)` per file.
@@ -108,15 +121,20 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
     Raises:
         ConfigError: `folder` is not a folder. Damaged files do not raise; they are in `.errors`.
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: not a folder; give the folder that holds your LoRA files")
+    roots = [Path(f) for f in folder] if isinstance(folder, list | tuple) else [Path(folder)]
+    for root in roots:
+        if not root.is_dir():
+            raise ConfigError(f"{root}: not a folder; give the folder that holds your LoRA files")
     cache_file = None if cache_path is False else Path(cache_path or default_cache_path())
     cache = _read_cache(cache_file)
-    files = sorted(p for p in root.rglob("*.safetensors") if p.is_file())
+    files = [(root, path, names) for root in roots for path, names in _walk(root)]
     result = ScanResult()
-    for done, path in enumerate(files, 1):
-        entry = _scan_file(path, cache, result)
+    for done, (root, path, names) in enumerate(files, 1):
+        try:
+            entry = _scan_file(path, cache, result, names)
+        except OSError:  # gone since the listing, or a link to nothing: not a file to list
+            continue
+        entry.root, entry.folder = str(root), path.parent.relative_to(root).as_posix().strip(".")
         (result.errors if entry.error else result.entries).append(entry)
         report(on_progress, done, len(files), str(path))
     result.entries.sort(key=lambda e: e.name.lower())
@@ -125,7 +143,25 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
     return result
 
 
-def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
+def library_files(root: Path) -> list[Path]:
+    """The `.safetensors` files under `root`, sorted, those in its `.trash/` folder left out."""
+    return [path for path, _ in _walk(Path(root))]
+
+
+def _walk(root: Path) -> list[tuple[Path, set[str]]]:
+    """(file, the names in its folder) of every `.safetensors` file under `root` but in `root/.trash/`, sorted by
+    path. The names let a scan find side files without one file-system call per candidate name (a warm scan of
+    1,000 files is mostly such look-ups: benchmarks/library.py)."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        if Path(folder) == root and TRASH in subfolders:
+            subfolders.remove(TRASH)
+        names = set(files)
+        found += [(Path(folder) / name, names) for name in files if name.endswith(".safetensors")]
+    return sorted(found, key=lambda item: item[0])
+
+
+def _scan_file(path: Path, cache: dict, result: ScanResult, names: set[str] | None = None) -> LibraryEntry:
     stat = path.stat()
     entry = LibraryEntry(name=path.stem, path=str(path), size=stat.st_size, mtime=stat.st_mtime)
     known = _cached(cache, path, stat)
@@ -137,7 +173,7 @@ def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
             entry.error = str(err)
             return entry
         known = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "info": info}
-        cache["files"][str(path.resolve())] = known
+        cache["files"][_key(path)] = known
     info = known["info"]
     for name in ("family", "rank", "ranks", "trigger_words", "title"):
         setattr(entry, name, info[name])
@@ -146,14 +182,50 @@ def _scan_file(path: Path, cache: dict, result: ScanResult) -> LibraryEntry:
         entry.top_tags = info["top_tags"]
     else:  # a cache written before top tags were kept apart: its trigger words mixed both in
         entry.trigger_words, entry.top_tags = [], []
-    entry.preview = find_preview(path)
-    entry.notes = read_notes(path)
+    entry.preview = find_preview(path, names)
+    entry.notes = read_notes(path) if names is None or notes_path(path).name in names else {}
+    civitai = (read_info(path) or {}) if names is None or info_path(path).name in names else {}
+    entry.tags = _unique([*note_tags(entry.notes), *civitai_tags(civitai)])
+    entry.favourite = entry.notes.get("favourite") is True
+    entry.base_model = str(civitai.get("baseModel") or "") or (entry.family or "").split(":")[0]
     return entry
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(item for item in items if item))
+
+
+def note_tags(notes: dict) -> list[str]:
+    """The user's tags in a notes dict ("tags": a list of strings, or one comma-separated string)."""
+    tags = notes.get("tags")
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    if not isinstance(tags, list):
+        return []
+    return _unique([tag.strip() for tag in tags if isinstance(tag, str)])
+
+
+def civitai_tags(info: dict) -> list[str]:
+    """Civitai's tags in a `.civitai.info` (`sdlora.civitai.info`): `tags` or `model.tags` (strings, or objects
+    with a "name", as Civitai's model answers give them)."""
+    model = info.get("model") if isinstance(info.get("model"), dict) else {}
+    found = []
+    for tags in (info.get("tags"), model.get("tags")):
+        for tag in tags if isinstance(tags, list) else []:
+            name = tag.get("name") if isinstance(tag, dict) else tag
+            if isinstance(name, str) and name.strip():
+                found.append(name.strip())
+    return _unique(found)
+
+
+def _key(path: Path) -> str:
+    """A file's cache key: its absolute path (links not followed: size and mtime are the target's anyway)."""
+    return os.path.abspath(path)
 
 
 def _cached(cache: dict, path: Path, stat) -> dict | None:
     """The cache record of `path` when its size and mtime are unchanged, else None."""
-    known = cache["files"].get(str(path.resolve()))
+    known = cache["files"].get(_key(path))
     if known and known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
         return known
     return None
@@ -279,13 +351,14 @@ def top_tags(metadata: dict[str, str], top: int = TOP_TAGS) -> list[str]:
     return [tag for tag in ranked if tag and tag not in triggers][:top]
 
 
-def find_preview(path) -> str | None:
-    """The preview image beside a LoRA file (A1111 naming), or None."""
+def find_preview(path, names: set[str] | None = None) -> str | None:
+    """The preview image beside a LoRA file (A1111 naming), or None; `names`: the folder's file names when
+    known (no file-system call then)."""
     path = Path(path)
     stem = path.with_suffix("")
     for suffix in PREVIEW_SUFFIXES:
         candidate = Path(f"{stem}{suffix}")
-        if candidate.is_file():
+        if candidate.name in names if names is not None else candidate.is_file():
             return str(candidate)
     return None
 
@@ -353,3 +426,10 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, fsync=False) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def entry_dict(entry: LibraryEntry) -> dict:
+    """A JSON-friendly dict of an entry (`sdlora library list --json`)."""
+    data = asdict(entry)
+    data["short_hash"] = entry.short_hash
+    return data
