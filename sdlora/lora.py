@@ -6,7 +6,7 @@ forward-patch idea, done with ``register_forward_hook``), not PEFT's wrapper mod
 ``LoraNetwork`` (an ``nn.Module`` you can save, load and hand to an optimizer), and ``remove()`` takes the
 hooks off. Base parameters are frozen (``requires_grad_(False)``) by the trainer, not here.
 
-Decision 2, name clash: ``sdlora.config.LoraConfig`` is sdlora's; this module needs no peft.
+Decision 2, name clash: ``sdlora.settings.config.LoraConfig`` is sdlora's; this module needs no peft.
 
 Math (Hu et al. 2021, https://arxiv.org/abs/2106.09685 §4.1): ``y = W x + scale * up(down(dropout(x)))``,
 ``scale = alpha / rank``; ``down`` is Kaiming-uniform initialised and ``up`` zero, so a fresh LoRA changes

@@ -74,7 +74,7 @@ def _kohya_overrides(files: list[str]) -> list[str]:
     """The settings imported from kohya files; prints what was mapped and one line per ignored key."""
     if not files:
         return []
-    from sdlora.train.kohya_import import read_kohya
+    from sdlora.settings.kohya_import import read_kohya
 
     imported = read_kohya(*files)
     print(f"kohya import: {len(imported.mapped)} keys mapped, {len(imported.ignored)} ignored")
@@ -120,17 +120,17 @@ class _StageLines:
     def __call__(self, info) -> None:
         import time
 
-        new_stage, finished = info.stage != self.stage, bool(info.total) and info.done >= info.total
+        new_stage, finished = info.message != self.stage, bool(info.total) and info.done >= info.total
         if self.bar.bar is not None:  # steps have begun: one line per stage, above the step bar
             if new_stage:
-                self.stage = info.stage
+                self.stage = info.message
                 self.bar.bar.write(info.line(), file=self.stream)
             return
         if not (new_stage or finished or self.tty or time.monotonic() - self.last > 5):
             return
         if new_stage and self.stage and self.tty:
             self.stream.write("\n")
-        self.stage, self.last = info.stage, time.monotonic()
+        self.stage, self.last = info.message, time.monotonic()
         self.stream.write(("\r" + info.line() + "\033[K") if self.tty else info.line() + "\n")
         self.stream.flush()
 
@@ -144,10 +144,10 @@ def _config_source(args: argparse.Namespace, overrides: list[str]) -> tuple[str 
     --config was given)."""
     if args.config is not None:
         return args.config, ""
-    from sdlora.base.native import default_preset
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
+    from sdlora.settings.presets import base_preset
 
-    preset = default_preset(load_config(None, overrides).model.base)
+    preset = base_preset(load_config(None, overrides).model.base)
     if preset is None:
         return None, ""
     return preset, f"settings: the '{preset}' preset (the recipe for this base; give --config to choose another)"
@@ -168,7 +168,7 @@ def _cancel_on_ctrl_c(cancel: threading.Event):
 
 def run(args: argparse.Namespace) -> int:
     # settings first, with no torch imported: a typo in --set fails in a fraction of a second
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
 
     overrides = [*_kohya_overrides(args.from_kohya), *_overrides(args)]
     config, source = _config_source(args, overrides)
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     stages = _StageLines(bar)
     previous = _cancel_on_ctrl_c(cancel)
     try:
-        result = train(cfg, on_step=bar, on_stage=stages, cancel=cancel, resume=args.resume)
+        result = train(cfg, on_step=bar, on_progress=stages, cancel=cancel, resume=args.resume)
     finally:
         stages.close()
         bar.close()
@@ -203,8 +203,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _dry_run(cfg) -> int:
     """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
-    from sdlora.config import dump_config
-    from sdlora.train import resolve_base_settings
+    from sdlora.settings.config import dump_config
+    from sdlora.settings.resolution import resolve_base_settings
     from sdlora.train.data import scan_dataset
 
     cfg, notes, _ = resolve_base_settings(cfg)

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from sdlora.atomic import atomic_path
-from sdlora.config import dump_config
 from sdlora.errors import ConfigError, TrainingError
+from sdlora.settings.config import dump_config
 from sdlora.train import deepspeed_run, ema
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from sdlora.config import dump_config
 from sdlora.formats import save_lora
+from sdlora.settings.config import dump_config
 from sdlora.train import block_options, optimizers
 from sdlora.train.checkpoint import writing
 

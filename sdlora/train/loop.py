@@ -1,6 +1,6 @@
 """The training loop: `setup_training` (freeze, inject, optimizer, caches), `training_step` (one micro-batch:
 encode -> noise -> timesteps -> predict -> loss) and `optimizer_step` (reduce, clip, step). The loop over
-steps (logging, samples, checkpoints, export) is `sdlora.train.session.run_training`.
+steps (logging, samples, checkpoints, export) is `sdlora.train.session`.
 
 Reads top to bottom like diffusers' `train_text_to_image_lora.py`, but each stage is a function.
 Multi-process (``accelerate launch``): every process computes its own micro-batches of the same global
@@ -71,7 +71,7 @@ class TrainState:
     parked: bool = False  # VAE and text encoder(s) moved off the accelerator (sdlora.train.parking)
     engine: Any = None  # DeepSpeed's engine over the LoRA network, when launched with DeepSpeed
     ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
-    stages: Any = None  # sdlora.train.progress.Stages: stage reports and cancel between cached items
+    stages: Any = None  # sdlora.train.monitor.Stages: stage reports and cancel between cached items
     validation: list = field(default_factory=list)  # sdlora.train.validation.ValidationInput per held-out image
     noise: Any = None  # the forward-process schedule (loss_options.forward_process), DDPM whatever samples use
     masks: dict = field(default_factory=dict)  # (image, bucket, crop, flip) -> latent-grid loss mask or None
@@ -347,7 +347,7 @@ def _apply_update(state: TrainState) -> None:
 def precompute_latents(state: TrainState, stages=None) -> None:
     """Fill the latent cache for every image this run can draw (both flips when flipping).
 
-    `stages` (a `sdlora.train.progress.Stages`) reports i/N and stops between images on cancel."""
+    `stages` (a `sdlora.train.monitor.Stages`) reports i/N and stops between images on cancel."""
     if state.latent_cache is None:
         return
     flips = (False, True) if state.cfg.data.flip else (False,)

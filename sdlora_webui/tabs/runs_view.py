@@ -9,7 +9,6 @@ Handlers take `app` first and run names (folder names under `<output>/runs/`), n
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from sdlora.errors import SdloraError
 from sdlora.train.runs import list_runs, loss_plot, read_run, resume_config
 from sdlora_webui.paths import safe_filename, unique_path
 from sdlora_webui.tabs.common import bound
+from sdlora_webui.training_job import training_job
 
 COLUMNS = ["run", "status", "steps", "started", "newest file"]
 
@@ -61,16 +61,14 @@ def open_run(app, name: str) -> tuple[str | None, str, list[str], list[str], str
             summary)
 
 
-def resume_run(app, job_body: Callable, name: str) -> tuple[int, str]:
-    """Queue the run's continuation: `sdlora train --config <run>/run.yaml --resume`, as `job_body(cfg, ctx,
-    resume=True)` (the Train tab's job body, passed in by the tab: this view sits below it). Returns (job id,
-    status)."""
+def resume_run(app, name: str) -> tuple[int, str]:
+    """Queue the run's continuation: `sdlora train --config <run>/run.yaml --resume`. Returns (job id, status)."""
     run = find_run(app, name)
     if not run.resumable:
         raise SdloraError(f"{run.name} is {run.status}" + ("" if run.checkpoints else " with no checkpoint")
                           + "; only a cancelled, failed or crashed run with a checkpoint can be resumed")
     cfg = resume_config(run)
-    job = app.jobs.submit(f"{run.name} (resumed)", lambda ctx: job_body(cfg, ctx, resume=True))
+    job = app.jobs.submit(f"{run.name} (resumed)", lambda ctx: training_job(cfg, ctx, resume=True))
     return job.id, f"job {job.id}: resuming {run.name} from {run.checkpoints[-1].name}"
 
 
@@ -113,12 +111,11 @@ def _refresh(app):
     return rows, gr.Dropdown(choices=[r[0] for r in rows], value=rows[0][0] if rows else None)
 
 
-def wire(app, c: dict[str, Any], job_body: Callable) -> None:
-    """Wire the runs view; `job_body` is the Train tab's job body (see resume_run)."""
+def wire(app, c: dict[str, Any]) -> None:
     c["runs_refresh"].click(bound(_refresh, app), None, [c["runs_table"], c["run_pick"]], api_name="runs_refresh")
     c["run_open"].click(bound(open_run, app), c["run_pick"],
                         [c["run_plot"], c["run_config"], c["run_samples"], c["run_files"], c["run_summary"]],
                         api_name="runs_open")
-    c["run_resume"].click(bound(resume_run, app, job_body), c["run_pick"], [c["job_id"], c["status"]],
+    c["run_resume"].click(bound(resume_run, app), c["run_pick"], [c["job_id"], c["status"]],
                           api_name="runs_resume").success(lambda: gr.Timer(active=True), None, c["timer"])
     c["run_add"].click(bound(add_run_to_library, app), c["run_pick"], c["run_summary"], api_name="runs_add")

@@ -2,15 +2,14 @@
 
 Handlers are plain functions: `app` (the AppState) first, then UI values; they return UI values.
 The settings form is gathered into one dict keyed by config keys ("lora.rank", ...) and turned into a
-`TrainConfig` once, by `config_from_form` (STYLE §8.8: no 289-parameter handlers). Training runs in
-the app's job queue; the page polls the job with a timer, so generation stays usable meanwhile.
+`TrainConfig` once, by `config_from_form` with `sdlora.settings.apply_values` (no 289-parameter handlers);
+each widget comes from its setting's `field_spec`. Training runs in the app's job queue as
+`sdlora_webui.training_job.training_job`; the page polls the job with a timer, so generation stays usable meanwhile.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -18,18 +17,18 @@ from typing import Any
 
 import gradio as gr
 
-from sdlora import configs
-from sdlora.base.native import default_preset, far_from_native, native_resolution
-from sdlora.config import DataConfig, TrainConfig, field_help, load_config
 from sdlora.errors import ConfigError, DatasetError, SdloraError
-from sdlora.train import resolve_base_settings, train
-from sdlora.train.kohya_import import read_kohya
-from sdlora.train.progress import format_seconds
-from sdlora_webui.jobs import DONE, JobContext
+from sdlora.settings.config import DataConfig, TrainConfig, load_config
+from sdlora.settings.fields import apply_values, field_spec
+from sdlora.settings.kohya_import import read_kohya
+from sdlora.settings.presets import base_preset, preset_names, preset_path
+from sdlora.settings.resolution import resolve_base_settings
+from sdlora_webui.jobs import DONE
 from sdlora_webui.paths import safe_filename, unique_path
 from sdlora_webui.tabs import caption_panel, runs_view
 from sdlora_webui.tabs.common import bound, gather
 from sdlora_webui.tabs.generate_runs import base_choices
+from sdlora_webui.training_job import training_job
 from sdlora_webui.uploads import (
     IMAGE_SUFFIXES,
     KOHYA_SUFFIXES,
@@ -40,22 +39,23 @@ from sdlora_webui.uploads import (
     upload_name,
 )
 
-# the settings the tab shows, in order: config key -> (label, widget kind)
-SETTINGS: dict[str, tuple[str, str]] = {
-    "lora.targets": ("Targets", "choice"),
-    "lora.rank": ("Rank", "int"),
-    "lora.alpha": ("Alpha", "float"),
-    "optim.steps": ("Steps", "int"),
-    "optim.lr": ("Learning rate", "float"),
-    "data.resolution": ("Resolution", "int"),
-    "lora.train_text_encoder": ("Train the text encoder", "bool"),
-    "data.trigger": ("Trigger word", "text"),
-    "output.name": ("Output name", "text"),
-    "output.sample_every": ("Sample every N steps", "int"),
-    "output.sample_prompts": ("Sample prompts (one per line)", "lines"),
+# the settings the tab shows, in order: config key -> label (the widget, its help and choices come from the
+# field's spec, sdlora.settings.field_spec)
+SETTINGS: dict[str, str] = {
+    "lora.targets": "Targets",
+    "lora.rank": "Rank",
+    "lora.alpha": "Alpha",
+    "optim.steps": "Steps",
+    "optim.lr": "Learning rate",
+    "data.resolution": "Resolution",
+    "lora.train_text_encoder": "Train the text encoder",
+    "data.trigger": "Trigger word",
+    "output.name": "Output name",
+    "output.sample_every": "Sample every N steps",
+    "output.sample_prompts": "Sample prompts (one per line)",
 }
 # The "Advanced settings" accordion: group title -> config keys. A field is added by naming it here; its
-# label, widget (dropdown for choices, checkbox, number, text) and help text come from the config field.
+# label, widget (dropdown for choices, checkbox, number, text) and help text come from its field_spec.
 ADVANCED: dict[str, list[str]] = {
     "Optimizer & schedule": ["optim.optimizer", "optim.optimizer_args", "optim.weight_decay", "optim.scheduler",
                              "optim.warmup_steps", "optim.lr_cycles", "optim.lr_power", "optim.loraplus_ratio",
@@ -80,23 +80,17 @@ MAX_CAPTION_ROWS = 500
 
 # ---------------------------------------------------------------- presets and config ---------
 
-def presets_dir() -> Path:
-    """The presets that ship inside the package (sdlora/configs/presets/)."""
-    return configs.presets_dir()
+def list_presets() -> list[str]:
+    return [DEFAULT_PRESET, *preset_names()]
 
 
-def list_presets(folder: Path | None = None) -> list[str]:
-    folder = folder or presets_dir()
-    names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-    return [DEFAULT_PRESET, *names]
-
-
-def preset_values(preset: str, folder: Path | None = None, base: str | None = None) -> dict[str, Any]:
+def preset_values(preset: str, base: str | None = None) -> dict[str, Any]:
     """The shown settings' values under `preset` for `base` (what the form is filled with): the default
-    preset is the base's own recipe when it has one, and an unset resolution shows the base's native size."""
-    cfg = load_config(_preset_path(preset, folder, base))
-    if base and cfg.data.resolution is None:
-        cfg.data.resolution = native_size(base)
+    preset is the base's own recipe when it has one, and an unset resolution shows the size the trainer
+    takes for the base (sdlora.settings.resolve_base_settings), when it is known before the base loads."""
+    cfg = load_config(_preset_file(preset, base))
+    if base:
+        cfg = _for_base(cfg, base)[0] or cfg
     return {key: _form_value(key, _get(cfg, key)) for key in form_keys()}
 
 
@@ -106,41 +100,35 @@ def form_keys() -> list[str]:
 
 
 def setting_kind(key: str) -> str:
-    """The widget kind of a form key: SETTINGS' own, else from the config field (choices, then its type)."""
-    if key in SETTINGS:
-        return SETTINGS[key][1]
-    if key in PATH_KEYS:
-        return "path"
-    if setting_choices(key):
-        return "choice"
-    kinds = {bool: "bool", int: "int", float: "float", list: "lines"}
-    return next((kind for typ, kind in kinds.items() if typ in _field_types(key)), "text")
+    """The widget kind of a form key: "path" for a folder, else the field's kind (choice, bool, int, float,
+    text, list)."""
+    return "path" if key in PATH_KEYS else field_spec(key).kind
 
 
 def setting_label(key: str) -> str:
     if key in SETTINGS:
-        return SETTINGS[key][0]
+        return SETTINGS[key]
     # the config key itself: the name the docs, the CLI's --set and the kohya import report use
-    return f"{key} (one per line)" if setting_kind(key) == "lines" else key
+    return f"{key} (one per line)" if setting_kind(key) == "list" else key
 
 
-def _field_types(key: str) -> set:
-    """The plain types a field accepts: `int | None` -> {int, NoneType}; `list[str]` -> {list}."""
-    import types
-    import typing
-
-    section, _, name = key.partition(".")
-    hint = typing.get_type_hints(type(getattr(TrainConfig(), section)))[name]
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    return {typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,))}
+def setting_help(key: str) -> str:
+    return field_spec(key).help
 
 
-def native_size(base: str) -> int | None:
-    """The base's native image side from its config files (no weights read); None when unknown."""
+def setting_choices(key: str) -> list[str]:
+    return list(field_spec(key).choices)
+
+
+def _for_base(cfg, base: str) -> tuple[Any, list[str]]:
+    """`cfg` with `base`'s sizes filled in as the trainer fills them, and the notes on them (a far-off size's
+    warning); (None, []) when the base's size is unknown until it loads, or the base is unusable (Start
+    says why)."""
     try:
-        return native_resolution(base)
+        resolved, notes, native = resolve_base_settings(apply_values(cfg, {"model.base": base}))
     except SdloraError:
-        return None
+        return None, []
+    return (resolved if native else None), notes
 
 
 def base_changed(app, base: str, preset: str) -> list[Any]:
@@ -156,34 +144,30 @@ def base_changed(app, base: str, preset: str) -> list[Any]:
 def resolution_note(app, base: str, resolution) -> str:
     """A warning under the settings when the resolution is far from the base's native size ('' otherwise)."""
     try:
-        native = native_size(app.base_model(base))
-        warning = far_from_native(int(resolution), native) if resolution else None
-    except (SdloraError, ValueError, TypeError):
+        cfg = apply_values(TrainConfig(), {"data.resolution": _typed("data.resolution", resolution)})
+        notes = _for_base(cfg, app.base_model(base))[1] if resolution else []
+    except SdloraError:
         return ""
-    return f"⚠️ {warning}" if warning else ""
+    return "".join(f"⚠️ {n.removeprefix('warning: ')}" for n in notes if n.startswith("warning"))
 
 
-def config_from_form(app, form: dict[str, Any], folder: Path | None = None):
+def config_from_form(app, form: dict[str, Any]):
     """Turn the form (config keys -> values, plus 'preset', 'model.base', 'data.path') into a TrainConfig.
 
     Paths are confined: the base and the data set must lie in the configured folders, and the
     output always goes under the app's output folder.
     """
-    overrides = [f"model.base={json.dumps(app.base_model(form.get('model.base')))}",
-                 f"model.allow_pickle={json.dumps(app.config.allow_pickle)}"]
+    base = app.base_model(form.get("model.base"))
     data_path = str(form.get("data.path") or "").strip()
     if not data_path:
         raise DatasetError("no data set: type a folder and press 'Load data set', or upload images")
-    overrides.append(f"data.path={json.dumps(str(app.read_path(data_path, default_root=data_root(app))))}")
+    values = {"model.base": base, "model.allow_pickle": app.config.allow_pickle,
+              "data.path": str(app.read_path(data_path, default_root=data_root(app)))}
     # a loaded kohya config's keys that have no field here (batch size, conv rank, ...); the form's own win
-    overrides += [f"{key}={json.dumps(value)}" for key, value in (form.get("kohya") or {}).items()
-                  if key not in form_keys() and key not in KOHYA_SKIPPED and key not in PATH_KEYS]
-    for key in form_keys():
-        if key in form and form[key] is not None:
-            value = _confined(app, key, form[key])
-            overrides.append(f"{key}={_yaml_value(key, value)}")
-    base = app.base_model(form.get("model.base"))
-    cfg = load_config(_preset_path(form.get("preset") or DEFAULT_PRESET, folder, base), overrides)
+    values.update(_fieldless(form.get("kohya") or {}))
+    values.update({key: _typed(key, _confined(app, key, form[key])) for key in form_keys()
+                   if form.get(key) is not None})
+    cfg = apply_values(load_config(_preset_file(form.get("preset"), base)), values)
     name = safe_filename(cfg.output.name, default="lora")
     cfg.output.name = name
     cfg.output.dir = str(unique_path(Path(app.config.output_dir) / "runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -197,15 +181,12 @@ def _confined(app, key: str, value):
     return str(app.read_path(str(value).strip(), default_root=data_root(app)))
 
 
-def _preset_path(preset: str, folder: Path | None, base: str | None = None) -> Path | None:
+def _preset_file(preset: str | None, base: str | None) -> Path | None:
+    """The YAML file of `preset`; for DEFAULT_PRESET the base's own recipe (None: the defaults)."""
     if not preset or preset == DEFAULT_PRESET:
-        own = default_preset(base) if base else None
-        return configs.preset_path(own) if own else None
-    folder = folder or presets_dir()
-    path = folder / f"{safe_filename(preset)}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no preset {preset!r} in {folder}; pick one of {', '.join(list_presets(folder))}")
-    return path
+        own = base_preset(base)
+        return preset_path(own) if own else None
+    return preset_path(preset)
 
 
 def _get(cfg, key: str):
@@ -214,38 +195,23 @@ def _get(cfg, key: str):
 
 
 def _form_value(key: str, value):
-    if setting_kind(key) == "lines":
+    """A setting's value as its widget shows it (a list: one item per line)."""
+    if setting_kind(key) == "list":
         return "\n".join(value or [])
     return value
 
 
-def _yaml_value(key: str, value) -> str:
-    """A form value as the YAML text `load_config`'s overrides expect."""
+def _typed(key: str, value):
+    """A widget's value as the setting's own type (what `apply_values` checks): a box of lines -> a list of
+    the non-empty lines; a whole number typed into a number box (a float) -> an int."""
     kind = setting_kind(key)
-    if kind == "lines":
-        return json.dumps([line.strip() for line in str(value).splitlines() if line.strip()])
-    if kind == "int" or (kind == "choice" and int in _field_types(key)):  # data.max_token_length: 75/150/225
-        if float(value) != int(float(value)):
+    if kind == "list":
+        return [line.strip() for line in str(value).splitlines() if line.strip()]
+    if field_spec(key).type is int and isinstance(value, float):  # data.max_token_length's 75/150/225 too
+        if not value.is_integer():
             raise ConfigError(f"{key}: expected a whole number, got {value}")
-        return str(int(float(value)))
-    if kind in ("text", "path", "choice"):
-        return json.dumps(str(value))  # JSON strings are valid YAML and keep ':' and '#' literal
-    return json.dumps(value)
-
-
-def setting_help(key: str) -> str:
-    return field_help(key)
-
-
-def setting_choices(key: str) -> list[str]:
-    import dataclasses
-
-    section, _, name = key.partition(".")
-    sub = getattr(TrainConfig(), section)
-    for f in dataclasses.fields(sub):
-        if f.name == name:
-            return list(f.metadata.get("choices") or [])
-    return []
+        return int(value)
+    return value
 
 
 # ---------------------------------------------------------------- kohya configs --------------
@@ -268,8 +234,12 @@ def load_kohya(app, path_text: str, upload) -> list[Any]:
 
 def kohya_extras(imported) -> dict[str, Any]:
     """The imported values with no field in this tab, which Start applies (the machine-specific paths aside)."""
+    return _fieldless(imported.values)
+
+
+def _fieldless(values: dict[str, Any]) -> dict[str, Any]:
     shown = set(form_keys())
-    return {key: value for key, value in imported.values.items()
+    return {key: value for key, value in values.items()
             if key not in shown and key not in KOHYA_SKIPPED and key not in PATH_KEYS}
 
 
@@ -410,64 +380,14 @@ def start_training(app, form: dict[str, Any]) -> tuple[int, str]:
     """Validate the form, queue a training job; returns (job id, status line)."""
     cfg = config_from_form(app, form)
     _, notes, _ = resolve_base_settings(cfg)  # from the base's config files: a far-off size is said up front
-    job = app.jobs.submit(cfg.output.name, lambda ctx: run_training(cfg, ctx))
+    job = app.jobs.submit(cfg.output.name, lambda ctx: training_job(cfg, ctx))
     ahead = sum(1 for j in app.jobs.snapshot() if j["status"] in ("queued", "running") and j["id"] != job.id)
     where = f"queued behind {ahead} job(s)" if ahead else "starting"
     warnings = "".join(f"\n\n⚠️ {n.removeprefix('warning: ')}" for n in notes if n.startswith("warning"))
-    own = _preset_path(form.get("preset") or DEFAULT_PRESET, None, cfg.model.base)
+    own = _preset_file(form.get("preset"), cfg.model.base)
     recipe = f"; settings: the '{own.stem}' preset (this base's recipe) and the form" if (
         own is not None and (form.get("preset") or DEFAULT_PRESET) == DEFAULT_PRESET) else ""
     return job.id, f"job {job.id} ({cfg.output.name}): {where}{recipe}{warnings}"
-
-
-def run_training(cfg, ctx: JobContext, resume: bool = False) -> str | None:
-    """The job body: call the trainer with progress and cancel wired to the job; return the LoRA path.
-    `resume=True` continues from the newest checkpoint in cfg.output.dir (the CLI's `--resume`)."""
-    ctx.progress(0, cfg.optim.steps, "starting")
-    result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps),
-                   on_stage=lambda info: ctx.message(info.line(), info.stage), cancel=ctx.cancel_event,
-                   resume=resume)
-    if getattr(result, "cancelled", False):
-        stage = f" during {result.stages[-1]}" if result.stages and not result.history else ""
-        ctx.progress(result.steps, cfg.optim.steps, f"cancelled at step {result.steps}{stage}; checkpoint "
-                     f"{getattr(result, 'checkpoint', None) or 'none'} kept")
-    return _result_path(result, cfg)
-
-
-def record_step(ctx: JobContext, info, total: int) -> None:
-    """Map the trainer's StepInfo onto the job (progress, loss history, new sample images)."""
-    step = int(getattr(info, "step", 0))
-    total = int(getattr(info, "total", None) or getattr(info, "total_steps", None) or total)
-    loss = getattr(info, "loss", None)
-    # Progress first: a poller that sees the step's loss must also see the step's progress bar.
-    ctx.progress(step, total, step_line(info, step, total))
-    if loss is not None and math.isfinite(float(loss)):
-        ctx.add_loss(step, float(loss))
-    val_loss = getattr(info, "val_loss", None)
-    if val_loss is not None and math.isfinite(float(val_loss)):
-        ctx.add_val_loss(step, float(val_loss))
-    samples = getattr(info, "samples", None) or getattr(info, "sample_paths", None) or []
-    if samples:
-        ctx.add_samples([str(s) for s in samples])
-
-
-def step_line(info, step: int, total: int) -> str:
-    """`loss 0.1234 · 2.10 steps/s · 12 s elapsed · ETA 40 s` (what the status shows during steps)."""
-    loss, elapsed = getattr(info, "loss", None), getattr(info, "elapsed", None)
-    parts = [f"loss {float(loss):.4f}"] if loss is not None else []
-    if elapsed:
-        done = step - int(getattr(info, "first_step", 1)) + 1  # a resumed run's clock starts at its first step
-        parts.append(f"{max(done, 1) / elapsed:.2f} steps/s")
-        parts.append(f"{format_seconds(elapsed)} elapsed")
-        parts.append(f"ETA {format_seconds(elapsed / max(done, 1) * (total - step))}")
-    return " · ".join(parts)
-
-
-def _result_path(result, cfg) -> str | None:
-    """The exported LoRA file (the trainer's TrainResult lists it first), or None after a cancel."""
-    files = [Path(f) for f in getattr(result, "files", None) or []]
-    lora_files = [f for f in files if f.suffix == ".safetensors"]
-    return str(lora_files[0]) if lora_files else None
 
 
 def cancel_training(app, job_id: int | None) -> str:
@@ -679,7 +599,7 @@ def _setting_widget(key: str, label: str, kind: str, value):
     if kind in ("int", "float"):
         return gr.Number(value=value, label=label, info=info, precision=0 if kind == "int" else None,
                          elem_id=elem_id, min_width=140)
-    lines = 3 if kind == "lines" else 1
+    lines = 3 if kind == "list" else 1
     return gr.Textbox(value=value, label=label, info=info, lines=lines, elem_id=elem_id)
 
 
@@ -726,5 +646,5 @@ def _wire(app, c: dict[str, Any]) -> None:
                     show_progress="hidden")
     c["queue_timer"].tick(bound(queue_rows, app), None, c["queue"], api_name="train_queue",
                           show_progress="hidden")
-    runs_view.wire(app, c, run_training)
+    runs_view.wire(app, c)
     caption_panel.wire(app, c)

@@ -243,7 +243,7 @@ def test_rank_stabilized_scale_is_alpha_over_sqrt_rank_and_exports_as_a_plain_al
 
 
 def test_rank_stabilized_is_named_in_the_network_args():
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
     from sdlora.train import export
 
     assert "rs_lora" not in export._network_args(load_config(None))

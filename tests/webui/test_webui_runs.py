@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdlora.config import load_config
 from sdlora.errors import SdloraError
+from sdlora.settings.config import load_config
 from sdlora.train import runs as runs_mod
 from sdlora.train import train
 from sdlora_webui.state import AppConfig, AppState
-from sdlora_webui.tabs import runs_view, train_tab
+from sdlora_webui.tabs import runs_view
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +75,7 @@ def test_resume_from_the_web_ui_equals_the_cli_resume(cancelled_run):
     app, folder = cancelled_run
     twin = folder.parent.parent / "twin"
     shutil.copytree(folder, twin)
-    job_id, status = runs_view.resume_run(app, train_tab.run_training, "style-1")
+    job_id, status = runs_view.resume_run(app, "style-1")
     assert "resuming style-1 from step-000002" in status
     job = app.jobs.wait(job_id, 600)
     assert job.status == "done", job.error
@@ -86,7 +86,7 @@ def test_resume_from_the_web_ui_equals_the_cli_resume(cancelled_run):
     assert sorted(ui) == sorted(cli) and all(torch.equal(ui[k], cli[k]) for k in ui)
     assert runs_view.run_rows(app)[0][1:3] == ["done", "4/4"]
     with pytest.raises(SdloraError, match="only a cancelled, failed or crashed run"):
-        runs_view.resume_run(app, train_tab.run_training, "style-1")
+        runs_view.resume_run(app, "style-1")
 
 
 def test_a_run_whose_process_is_gone_is_crashed(tmp_path):

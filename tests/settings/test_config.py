@@ -3,9 +3,9 @@
 
 import pytest
 
-from sdlora.config import TrainConfig, dump_config, field_help, load_config
-from sdlora.configs import preset_names, preset_path, presets_dir
 from sdlora.errors import ConfigError
+from sdlora.settings import TrainConfig, dump_config, field_spec, load_config, preset_names, preset_path
+from sdlora.settings.presets import presets_dir
 
 PRESETS = sorted(presets_dir().glob("*.yaml"))
 
@@ -84,7 +84,7 @@ def test_dump_then_load_round_trip(tmp_path):
 
 def test_every_field_has_help():
     for key in ("optim.lr", "data.keep_tokens", "lora.dora", "model.base", "output.save_every"):
-        assert len(field_help(key)) > 10
+        assert len(field_spec(key).help) > 10
 
 
 @pytest.mark.parametrize("key", ["lora.rank_dropout", "lora.module_dropout"])

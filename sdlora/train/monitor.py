@@ -1,7 +1,10 @@
-"""Progress reporting: `StepInfo` for the `on_step` callback, and the loss history (CSV + PNG plot).
+"""What a training run reports as it goes: `StepInfo` after every optimizer step (`on_step`), `StageInfo` in
+the stages around the steps (`on_progress`; a `sdlora.progress.Progress`), `Stages` that sends them and checks
+for cancel, and the loss history (`LossLog`: loss.csv, val_loss.csv, the loss.png plot).
 
-The library never prints; the CLI draws a tqdm bar from `StepInfo` and the web UI maps it to its own
-progress widget. `plot_history` draws the loss chart with Pillow (no display, no matplotlib).
+The library never prints; the CLI draws a tqdm bar from `StepInfo` and stage lines from `StageInfo`, and the
+web UI maps both to its own progress widget. `plot_history` draws the loss chart with Pillow (no display, no
+matplotlib).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdlora.atomic import atomic_path
+from sdlora.progress import Progress, ProgressCallback
 
 
 @dataclass
@@ -42,13 +46,12 @@ STAGES = ("loading the base", "scanning images", "caching latents", "caching tex
 
 
 @dataclass
-class StageInfo:
-    """What the trainer reports while it is in a stage that is not an optimizer step (`on_stage`)."""
+class StageInfo(Progress):
+    """What the trainer reports to `on_progress` while it is in a stage that is not an optimizer step: `done`
+    of `total` items (images, captions, prompts; total 0 when the stage has no count: loading, compiling),
+    `message` the stage, one of STAGES."""
 
-    stage: str                 # one of STAGES
-    done: int                  # items finished in this stage (images, captions, prompts)
-    total: int                 # items planned; 0 when the stage has no count (loading, compiling)
-    elapsed: float             # seconds since the stage began
+    elapsed: float = 0.0       # seconds since the stage began
 
     @property
     def eta(self) -> float | None:
@@ -61,7 +64,7 @@ class StageInfo:
         """One status line: `caching latents 12/50 · 3 s elapsed · ETA 9 s`."""
         count = f" {self.done}/{self.total}" if self.total else ""
         eta = f" · ETA {format_seconds(self.eta)}" if self.eta is not None else ""
-        return f"{self.stage}{count} · {format_seconds(self.elapsed)} elapsed{eta}"
+        return f"{self.message}{count} · {format_seconds(self.elapsed)} elapsed{eta}"
 
 
 def format_seconds(seconds: float) -> str:
@@ -81,14 +84,13 @@ class StageCancelled(Exception):  # a signal between trainer functions, never sh
 
 
 class Stages:
-    """Reports stage progress to `on_stage` and checks `should_stop` between items, so that Cancel and
+    """Reports stage progress to `on_progress` and checks `should_stop` between items, so that Cancel and
     Ctrl-C stop any stage within one item (one image, one caption batch) rather than at the next step.
 
     `reached` lists every stage entered, in order (what tests and the result read)."""
 
-    def __init__(self, on_stage: Callable[[StageInfo], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None):
-        self.on_stage, self.should_stop = on_stage, should_stop or (lambda: False)
+    def __init__(self, on_progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None):
+        self.on_progress, self.should_stop = on_progress, should_stop or (lambda: False)
         self.reached: list[str] = []
         self._name, self._total, self._started = "", 0, 0.0
 
@@ -117,8 +119,8 @@ class Stages:
             raise StageCancelled(self._name or "setup")
 
     def _report(self, done: int) -> None:
-        if self.on_stage is not None:
-            self.on_stage(StageInfo(self._name, done, self._total, time.perf_counter() - self._started))
+        if self.on_progress is not None:
+            self.on_progress(StageInfo(done, self._total, self._name, time.perf_counter() - self._started))
 
 
 class LossLog:

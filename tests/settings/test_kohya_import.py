@@ -5,12 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
-from tests_train_helpers import write_images
+from PIL import Image
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError
+from sdlora.settings.config import load_config
+from sdlora.settings.kohya_import import read_kohya
 from sdlora.train import optimizers
-from sdlora.train.kohya_import import read_kohya
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kohya"
 
@@ -232,7 +232,10 @@ def test_unreadable_files_are_config_errors(tmp_path, name, text, match):
 def test_cli_prints_ignored_keys_and_applies_the_rest(capsys, tmp_path):
     from sdlora.cli import main
 
-    data = write_images(tmp_path / "data", count=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (64, 64), (200, 40, 90)).save(data / "img0.png")
+    (data / "img0.txt").write_text("shape, red", encoding="utf-8")
     code = main(["train", "--from-kohya", str(FIXTURES / "SDXL - LoRA AI_Now prodigy v1.0.json"), "--data",
                  str(data), "--set", "data.batch_size=2", "--dry-run"])
     out = capsys.readouterr().out

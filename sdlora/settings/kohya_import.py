@@ -1,5 +1,6 @@
 """Import kohya settings: a kohya_ss GUI JSON preset, an sd-scripts training TOML (`--config_file`) or an
-sd-scripts dataset TOML (`[general]`, `[[datasets]]`, `[[datasets.subsets]]`). Stdlib only (tomllib).
+sd-scripts dataset TOML (`[general]`, `[[datasets]]`, `[[datasets.subsets]]`), with tomllib and the config's own
+checks (`sdlora.settings.config`).
 
 Every key of the file ends up in exactly one of two lists: `mapped` (kohya key -> sdlora key and value)
 or `ignored` (kohya key and the reason: not set, sdlora's behaviour already, or not supported). The
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.errors import ConfigError
+from sdlora.settings.config import load_config
 
 
 class _Skip(Exception):
@@ -505,8 +507,6 @@ _LR_KEYS = ("learning_rate", "unet_lr", "text_encoder_lr")
 
 def _check_value(target: str, value: Any) -> str | None:
     """The ConfigError sdlora's config would raise for this value, or None."""
-    from sdlora.config import load_config
-
     try:
         load_config(None, [f"{target}={json.dumps(value)}"])
     except ConfigError as err:

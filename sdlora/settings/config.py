@@ -5,9 +5,10 @@ comments (a preset explains *why* a value differs), `null` expresses "not set" w
 `--set key=value` values are parsed with the same `yaml.safe_load`, so `--set optim.lr=1e-4`,
 `--set data.flip=true` and `--set output.sample_prompts=[a cat, a dog]` need no extra syntax.
 
-Presets in `sdlora/configs/presets/*.yaml` (name them by stem: `--config style`) hold only what differs from the defaults here (nanoGPT style).
+Presets in `sdlora/configs/presets/*.yaml` (name them by stem: `--config style`; found by
+`sdlora.settings.presets`) hold only what differs from the defaults here (nanoGPT style).
 Every field carries `metadata={"help": ...}` (and `choices` where the values are a closed set); the CLI and
-the web UI reuse them for help text and tooltips.
+the web UI read them through `sdlora.settings.fields.field_spec` for help text, widgets and tooltips.
 
 >>> cfg = load_config(None, ["optim.steps=10", "data.path=sample_data"])
 >>> cfg.optim.steps
@@ -16,7 +17,6 @@ the web UI reuse them for help text and tooltips.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import types
@@ -27,8 +27,9 @@ from typing import Any
 
 import yaml
 
-from sdlora.configs import preset_path
+from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError
+from sdlora.settings.presets import preset_path
 
 
 def _opt(default, help: str, choices: tuple | None = None):
@@ -222,6 +223,7 @@ class TrainConfig:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+_SECTION_TYPES = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}  # section -> its dataclass
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -261,7 +263,8 @@ def _check_scalar(where: str, value: Any, tp: type) -> Any:
     return value
 
 
-def _check_choices(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError, naming the key, for a value outside its choices or its range."""
     for section in SECTIONS:
         sub = getattr(cfg, section)
         for f in dataclasses.fields(sub):
@@ -320,20 +323,29 @@ def _check_ranges(cfg: TrainConfig) -> None:
 AUTO_KEYS = ("data.resolution", "data.min_bucket", "data.max_bucket", "optim.threads")
 
 
-def _set(cfg: TrainConfig, key: str, value: Any, source: str) -> None:
+def set_key(cfg: TrainConfig, key: str, value: Any, source: str = "") -> None:
+    """Set `section.key` on `cfg` to `value`, type-checked against the field; errors name `source` and the key."""
     if key in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
         value = None  # `auto` reads better than `null` on a command line: --set data.resolution=auto
-    section, _, name = key.partition(".")
-    if section not in SECTIONS:
-        raise ConfigError(f"{source}: unknown section '{section}'{_suggest(section, list(SECTIONS))}")
-    sub = getattr(cfg, section)
-    types_ = _field_types(type(sub))
-    if name not in types_:
-        valid = [f"{section}.{n}" for n in types_]
-        raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key, valid)}")
+    _, hint = lookup_field(key, source)
     if key == "optim.optimizer_args":
         value = _key_value_list(value)
-    setattr(sub, name, _check_type(f"{source}: {key}", value, types_[name]))
+    section, _, name = key.partition(".")
+    setattr(getattr(cfg, section), name, _check_type(f"{source}: {key}" if source else key, value, hint))
+
+
+def lookup_field(key: str, source: str = "") -> tuple[dataclasses.Field, Any]:
+    """The dataclass field of `section.key` and its type hint; ConfigError with the nearest valid key."""
+    where = f"{source}: " if source else ""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"{where}unknown section '{section}'{_suggest(section, list(SECTIONS))}")
+    cls = _SECTION_TYPES[section]
+    types_ = _field_types(cls)
+    if name not in types_:
+        valid = [f"{section}.{n}" for n in types_]
+        raise ConfigError(f"{where}unknown key '{key}'{_suggest(key, valid)}")
+    return next(f for f in dataclasses.fields(cls) if f.name == name), types_[name]
 
 
 def _key_value_list(value: Any) -> Any:
@@ -355,7 +367,7 @@ def apply_dict(cfg: TrainConfig, data: dict, source: str) -> TrainConfig:
             raise ConfigError(f"{source}: section '{section}' must be a mapping"
                               f"{_suggest(str(section), list(SECTIONS)) if section not in SECTIONS else ''}")
         for name, value in values.items():
-            _set(cfg, f"{section}.{str(name).replace('-', '_')}", value, source)
+            set_key(cfg, f"{section}.{str(name).replace('-', '_')}", value, source)
     return cfg
 
 
@@ -432,8 +444,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, value = parse_override(text)
         if isinstance(value, (bool, int, float)) and _is_str_field(key):
             value = text.partition("=")[2].strip()  # --set data.trigger=1girl / optim.mixed_precision=no
-        _set(cfg, key, value, f"--set {text}")
-    _check_choices(cfg)
+        set_key(cfg, key, value, f"--set {text}")
+    validate(cfg)
     return cfg
 
 
@@ -445,57 +457,6 @@ def dump_config(cfg: TrainConfig, path: str | Path | None = None) -> str:
     """Return the full resolved config as YAML; also write it atomically to `path` when given."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        with atomic_path(Path(path), fsync=False) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     return text
-
-
-def field_help(key: str) -> str:
-    """Help text of `section.key` (used by the CLI and the web UI)."""
-    section, _, name = key.partition(".")
-    sub = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    if section not in sub:
-        raise ConfigError(f"unknown section '{section}'{_suggest(section, list(SECTIONS))}")
-    cls = type(getattr(TrainConfig(), section))
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f.metadata["help"]
-    raise ConfigError(f"unknown key '{key}'")
-
-
-DEFAULT_NATIVE = 512  # the size assumed when nothing tells the base's own (SD1's; only before a base is known)
-
-
-def fill_data_sizes(data: DataConfig, native: int | None) -> DataConfig:
-    """A copy of `data` with the unset sizes taken from the base's native side `native`: resolution =
-    native, buckets from half to twice it (SD1: 256..1024, sd-scripts' usual range)."""
-    native = native or DEFAULT_NATIVE
-    resolution = data.resolution or native
-    return dataclasses.replace(data, resolution=resolution, min_bucket=data.min_bucket or max(8, resolution // 2),
-                               max_bucket=data.max_bucket or resolution * 2)
-
-
-def resolve_for_base(cfg: TrainConfig, native: int | None) -> tuple[TrainConfig, list[str]]:
-    """A copy of `cfg` with every base-dependent default filled in, and notes for the run summary (where
-    each value came from, and a warning when an explicit resolution is far from the base's `native` size).
-
-    >>> cfg, notes = resolve_for_base(load_config(None), 32)
-    >>> cfg.data.resolution, cfg.data.min_bucket, cfg.data.max_bucket
-    (32, 16, 64)
-    """
-    from sdlora.base.native import far_from_native
-
-    notes = []
-    if cfg.data.resolution is None:
-        notes.append(f"data.resolution: {native or DEFAULT_NATIVE} px, the base's native size" if native else
-                     f"data.resolution: {DEFAULT_NATIVE} px (the base's native size is unknown until it loads)")
-    else:
-        warning = far_from_native(cfg.data.resolution, native)
-        if warning:
-            notes.append(f"warning: {warning}")
-    out = copy.deepcopy(cfg)  # the caller's config stays "unset", so it can be reused with another base
-    out.data = fill_data_sizes(cfg.data, native)
-    _check_choices(out)
-    return out, notes
