@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sdlora.cli import main
-from sdlora.config import load_config
+from sdlora.settings import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
