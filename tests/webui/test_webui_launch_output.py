@@ -8,7 +8,7 @@ import logging
 import socket
 
 from sdlora.quiet import quiet_third_party
-from webui import app as webapp
+from sdlora_webui import app as webapp
 
 
 def _port() -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from webui.tabs import generate_tab, library_tab, train_tab
-from webui.uploads import UploadError
+from sdlora_webui.tabs import generate_tab, library_tab, train_tab
+from sdlora_webui.uploads import UploadError
 
 
 def test_a_refused_upload_leaves_the_box_and_a_typed_folder_loads(app, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 
 from sdlora.settings.config import load_config
 from sdlora.train import runs as runs_mod
-from webui.training_job import training_job
+from sdlora_webui.training_job import training_job
 
 
 @pytest.fixture(autouse=True)

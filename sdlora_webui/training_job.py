@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from sdlora.train.monitor import format_seconds
-from webui.jobs import JobContext
+from sdlora_webui.jobs import JobContext
 
 
 def training_job(cfg, ctx: JobContext, resume: bool = False) -> str | None:
@@ -18,7 +18,7 @@ def training_job(cfg, ctx: JobContext, resume: bool = False) -> str | None:
     `resume=True` continues from the newest checkpoint in cfg.output.dir (the CLI's `--resume`)."""
     import time
 
-    from sdlora.train import train
+    from sdlora.train.session import train  # imports torch: loaded when a job runs, not with the app
 
     started = time.monotonic()
     ctx.progress(0, cfg.optim.steps, "starting")
