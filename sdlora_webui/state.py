@@ -21,6 +21,7 @@ from sdlora.base.listing import describe_base, list_bases
 from sdlora.base.load import load_base
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.library import TRASH, library_files
+from sdlora.library import scan as scan_library
 from sdlora_webui.jobs import JobQueue
 from sdlora_webui.paths import AccessError, check_name_lengths, resolve_within
 from sdlora_webui.uploads import UploadLimits
@@ -134,9 +135,7 @@ class AppState:
     def library_scan(self) -> Any:
         """The `sdlora.library` scan of the library roots (headers, cached), less the files `library()` leaves
         out: a file linking outside the allowed folders is never read, listed or offered."""
-        from sdlora.library import scan
-
-        return scan(self.config.lora_dirs, cache_path=self.library_cache, keep=self._inside)
+        return scan_library(self.config.lora_dirs, cache_path=self.library_cache, keep=self._inside)
 
     def _inside(self, path: Path) -> bool:
         """Whether a library file resolves inside the allowed folders (a symlink may point elsewhere)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.errors import CompatibilityError, ConfigError, Interrupted, SdloraError
-from sdlora.generate import GenerateSettings, generate, random_seed, save_png
+from sdlora.generate import GenerateSettings, dtype_name, generate, random_seed, save_png
 from sdlora.grid import SEED, Axis, parse_values, strength_grid
 from sdlora_webui.tabs.common import user_error
 
@@ -216,8 +216,6 @@ def switch_base(app, value: str, slots: list, sync, left: list | tuple = ()) -> 
 
     `sync(stack, slots)` applies slots to the new stack. Returns (message, kept slots, slots taken off now or
     still left). On a load error the previous base stays selected."""
-    from sdlora.generate import dtype_name  # torch: loaded with the first model, not at import
-
     previous = app.current_base
     started = time.perf_counter()
     on_stack = {slot.name for slot in slots}

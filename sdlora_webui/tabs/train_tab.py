@@ -19,7 +19,8 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import ConfigError, DatasetError, SdloraError
-from sdlora.settings.config import DataConfig, TrainConfig, load_config
+from sdlora.atomic import write_bytes_atomic
+from sdlora.settings.config import DataConfig, TrainConfig, config_to_dict, load_config
 from sdlora.settings.fields import apply_values, field_spec
 from sdlora.settings.kohya_import import read_kohya
 from sdlora.settings.presets import base_preset, preset_names, preset_path
@@ -210,9 +211,6 @@ def save_preset(app, name: str, form: dict[str, Any]) -> tuple[str, Any]:
     """Save the form's settings (over the chosen preset, with a loaded kohya config's extra values) as preset
     `name` in `user_presets_dir`; returns (message, the preset menu's new choices and value)."""
     import yaml
-
-    from sdlora.atomic import write_bytes_atomic
-    from sdlora.settings.config import config_to_dict
 
     stem = safe_filename((name or "").strip(), default="")
     if not stem or stem == DEFAULT_PRESET:
