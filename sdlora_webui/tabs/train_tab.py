@@ -18,8 +18,8 @@ from typing import Any
 
 import gradio as gr
 
-from sdlora.errors import ConfigError, DatasetError, SdloraError
 from sdlora.atomic import write_bytes_atomic
+from sdlora.errors import ConfigError, DatasetError, SdloraError
 from sdlora.settings.config import DataConfig, TrainConfig, config_to_dict, load_config
 from sdlora.settings.fields import apply_values, field_spec
 from sdlora.settings.kohya_import import read_kohya
