@@ -211,12 +211,14 @@ def _dry_run(cfg) -> int:
     """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
     from sdlora.settings.config import dump_config
     from sdlora.settings.resolution import resolve_base_settings
+    from sdlora.train.auto_settings import fill_from_captions
     from sdlora.train.data import scan_dataset
     from sdlora.train.preflight import check_base_settings
 
     cfg, notes, _ = resolve_base_settings(cfg)
     check_base_settings(cfg)  # where the real run would stop before training: a rank, a bucket step, ...
-    _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
-    print("\n".join([*summary.lines(), *notes]))
+    items, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
+    cfg, filled = fill_from_captions(cfg, [item.caption for item in items if not item.is_reg])
+    print("\n".join([*summary.lines(), *notes, *filled]))
     print(dump_config(cfg), end="")
     return 0

@@ -205,8 +205,11 @@ class OutputConfig:
     keep_last: int = _opt(3, "checkpoints kept (older ones are deleted)")
     validate_every: int = _opt(0, "measure the validation loss (data.validation_path or data.validation_split) "
                                "every N steps into val_loss.csv, loss.png and the trackers (0 = off)")
-    sample_every: int = _opt(0, "render sample_prompts every N steps into a grid (0 = off)")
-    sample_prompts: list[str] = _opt([], "prompts for sample images")  # noqa: RUF009 - _opt returns a field
+    sample_every: int = _opt(0, "render sample_prompts every N steps into a grid (0 = off, or see sample_points)")
+    sample_points: int = _opt(0, "when sample_every is 0: render samples at this many evenly spaced points of the "
+                              "run, the last one at its end (0 = off; the embedded base's recipe sets 4)")
+    sample_prompts: list[str] = _opt([], "prompts for sample images; empty while sampling is on: two of the data "  # noqa: RUF009 - _opt returns a field
+                                     "set's captions, with the trigger")
     sample_steps: int = _opt(20, "denoising steps per sample image")
     sample_size: int | None = _opt(None, "sample image side (default: data.resolution)")
     comment: str = _opt("", "free text stored as ss_training_comment")

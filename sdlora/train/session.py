@@ -21,6 +21,7 @@ from sdlora.progress import ProgressCallback
 from sdlora.settings.resolution import resolve_base_settings
 from sdlora.threads import apply_threads
 from sdlora.train import ema, export, loss_options, memory, optimizers, preflight, runs, tracking, validation
+from sdlora.train.auto_settings import fill_from_captions, samples_due
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -134,7 +135,9 @@ def _run(cfg, components, stages: Stages, notes: list[str], on_step, resume) -> 
         stages.start("scanning images")
         items, summary = scan_dataset(cfg.data, on_progress=lambda p: stages.advance(p.done, p.total),
                                       seed=cfg.optim.seed, base=str(cfg.model.base))
-        for line in summary.lines():
+        cfg, filled = fill_from_captions(cfg, [item.caption for item in items if not item.is_reg])
+        notes = [*notes, *filled]
+        for line in [*summary.lines(), *filled]:
             log.info("%s", line)
         accelerator = make_accelerator(cfg)
         # before the model loads (minutes for a big base): a wrong output folder fails at once
@@ -249,7 +252,7 @@ def _checkpoint(state, run: TrainRun) -> Path:
 
 def _samples(state, step: int) -> list[Path]:
     out = state.cfg.output
-    if not (out.sample_prompts and out.sample_every and step % out.sample_every == 0):
+    if not (out.sample_prompts and samples_due(out, step, state.cfg.optim.steps)):
         return []
     if not state.accelerator.is_main_process:
         return []
