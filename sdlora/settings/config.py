@@ -111,7 +111,11 @@ class LoraConfig:
                                "output per sample, the rest scaled up (sd-scripts' rank_dropout; 0 = off)")
     module_dropout: float = _opt(0.0, "training only: probability of skipping a module's LoRA for a whole step "
                                  "(sd-scripts' module_dropout; 0 = off)")
-    dora: bool = _opt(False, "DoRA: learn a per-output-channel magnitude as well")
+    dora: bool = _opt(False, "DoRA: learn a magnitude per input column (or per output row, lora.dora_axis) as well")
+    dora_axis: str = _opt("auto", "DoRA magnitude layout: in (one per input column: A1111, ComfyUI and LyCORIS "
+                          "apply it exactly; Kohya files), out (one per output row: PEFT's, the only one a "
+                          "diffusers file holds), auto (out when output.format is diffusers, else in)",
+                          ("auto", "in", "out"))
     block_dims: list[int] | None = _opt(None, "rank per UNet block in sd-scripts' order (SD1/SD2: 25 values IN00.."  # noqa: RUF009
                                         "IN11, MID, OUT00..OUT11; SDXL: 19); 0 = no LoRA in that block")
     block_alphas: list[float] | None = _opt(None, "alpha per UNet block, like block_dims (default: lora.alpha)")  # noqa: RUF009
@@ -201,8 +205,11 @@ class OutputConfig:
     keep_last: int = _opt(3, "checkpoints kept (older ones are deleted)")
     validate_every: int = _opt(0, "measure the validation loss (data.validation_path or data.validation_split) "
                                "every N steps into val_loss.csv, loss.png and the trackers (0 = off)")
-    sample_every: int = _opt(0, "render sample_prompts every N steps into a grid (0 = off)")
-    sample_prompts: list[str] = _opt([], "prompts for sample images")  # noqa: RUF009 - _opt returns a field
+    sample_every: int = _opt(0, "render sample_prompts every N steps into a grid (0 = off, or see sample_points)")
+    sample_points: int = _opt(0, "when sample_every is 0: render samples at this many evenly spaced points of the "
+                              "run, the last one at its end (0 = off; the embedded base's recipe sets 4)")
+    sample_prompts: list[str] = _opt([], "prompts for sample images; empty while sampling is on: two of the data "  # noqa: RUF009 - _opt returns a field
+                                     "set's captions, with the trigger")
     sample_steps: int = _opt(20, "denoising steps per sample image")
     sample_size: int | None = _opt(None, "sample image side (default: data.resolution)")
     comment: str = _opt("", "free text stored as ss_training_comment")

@@ -45,8 +45,8 @@ def served(tmp_path_factory):
     """The app over tmp folders, launched on loopback; yields (url, state, base)."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from webui.app import build_app, launch
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.app import build_app, launch
+    from sdlora_webui.state import AppConfig, AppState
 
     tmp = tmp_path_factory.mktemp("webui-e2e")
     base = None if embedded_available() else write_untrained_embedded(tmp / "models" / "untrained")
@@ -82,8 +82,10 @@ def page(served):
 
 
 def fill(page, elem_id: str, value) -> None:
-    """Type into a gradio Textbox/Number/Slider by its elem_id and commit the value."""
-    box = page.locator(f"#{elem_id} textarea, #{elem_id} input[type=number], #{elem_id} input[type=text]").first
+    """Type into a gradio Textbox/Number/Slider, or a Dropdown that takes typed values, by its elem_id and
+    commit the value."""
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input[type=number], #{elem_id} input[type=text], "
+                       f"#{elem_id} input[role=combobox]").first
     box.fill(str(value))
     box.press("Enter")
     box.blur()

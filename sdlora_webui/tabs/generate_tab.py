@@ -6,7 +6,7 @@ enable box, separate text-encoder/UNet strengths under "advanced"), drawn as one
 writes its slot back into the state. Each row shows the LoRA's trigger words: a click on one adds it to the
 prompt, "insert trigger words" adds them all. A LoRA starts at its preferred weight (A1111 `<stem>.json`).
 The prompt and the image stay at the top of the tab (as in A1111); settings and the stack sit in the left
-column. "Rebuild from image" (webui/tabs/recipe_panel.py) fills prompt, settings and stack from an image's
+column. "Rebuild from image" (sdlora_webui/tabs/recipe_panel.py) fills prompt, settings and stack from an image's
 parameters. The pipeline and its `LoraStack` are shared
 by the app; on Generate, `sync_stack` brings the shared stack to this session's slots with the
 fewest changes (a moved slider is one `set_strength`, which re-patches only that LoRA's layers;
@@ -15,32 +15,35 @@ lock, never the training queue, so it works while a training job runs.
 
 Above the stack, the Base menu switches the shared pipeline (LoRAs that do not fit the new base leave the
 stack); adding a LoRA checks it against the base from its header first. Drawing (images, strength grids)
-streams its progress into the one status line and stops on Interrupt; webui/tabs/generate_runs.py does
+streams its progress into the one status line and stops on Interrupt; sdlora_webui/tabs/generate_runs.py does
 the work, this module builds and wires the widgets.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from sdlora.base.native import native_resolution
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.generate import GenerateSettings
+from sdlora.header import read_header
+from sdlora.library import read_notes
+from sdlora.library import trigger_words as header_words
 from sdlora.samplers import SAMPLERS
 from sdlora.strength import Strength
-from webui.state import NotInLibrary
-from webui.tabs.common import bound, gather
-from webui.tabs.generate_runs import (
+from sdlora_webui.state import NotInLibrary
+from sdlora_webui.tabs.common import bound, gather
+from sdlora_webui.tabs.generate_runs import (
     MAX_BATCH,
     base_choices,
     check_addable,
     draw_grid,
     draw_images,
-    error_text,
     stream,
     switch_base,
 )
@@ -182,9 +185,6 @@ def default_size(app) -> int:
     """The image side the base model was trained at (embedded 32, SD1 512, SD2-v 768, SDXL 1024), read from
     its configs before it is loaded (the size `sdlora generate` uses); GenerateSettings' default when only
     loading the model would tell."""
-    from sdlora.base.native import native_resolution
-    from sdlora.generate import GenerateSettings
-
     try:
         size = native_resolution(app.config.base)
     except SdloraError:  # a base that cannot load: Generate reports why; the slider needs a value now
@@ -194,8 +194,6 @@ def default_size(app) -> int:
 
 def preferred_weight(app, name: str) -> float:
     """The "preferred weight" from the LoRA's notes (A1111 <stem>.json), else 1."""
-    from sdlora.library import read_notes
-
     path = app.library().get(name)
     try:
         weight = float(read_notes(path).get("preferred weight", 1.0)) if path else 1.0
@@ -205,15 +203,14 @@ def preferred_weight(app, name: str) -> float:
 
 
 def library_choices(app) -> list[str]:
-    return list(app.library())
+    """The LoRA menu: the library's readable files (a damaged one is named in the Library tab, not offered)."""
+    return [entry.name for entry in app.library_scan().entries]
 
 
 # ---------------------------------------------------------------- layout and wiring ----------
 
 def create_ui(app) -> dict[str, Any]:
     """Build the Generate tab; returns its components (the stack is c["stack"], its rows drawn by gr.render)."""
-    from webui.tabs import recipe_panel
-
     c: dict[str, Any] = {"stack": gr.State([]), "stack_version": gr.State(0)}
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
@@ -223,12 +220,12 @@ def create_ui(app) -> dict[str, Any]:
         with gr.Column(scale=1, min_width=160):
             c["generate"] = gr.Button("Generate", variant="primary", elem_id="gen-generate")
             c["interrupt"] = gr.Button("Interrupt", variant="stop", elem_id="gen-interrupt")
-    c["status"] = gr.Markdown(elem_id="gen-status")  # the tab's one message area (progress, results, errors)
+    c["status"] = gr.Markdown(elem_id="gen-status")  # progress and results; errors are toasts, as in every tab
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             _create_settings(app, c)
             _create_stack(app, c)
-            recipe_panel.create_ui(c)
+            c["recipe_box"] = gr.Column()  # the recipe panel goes here (the app adds it: it uses this tab)
         with gr.Column(scale=2):
             c["image"] = gr.Image(label="Image", type="pil", format="png", interactive=False, elem_id="gen-image",
                                   height=384)
@@ -238,7 +235,6 @@ def create_ui(app) -> dict[str, Any]:
     c["gallery"] = gr.Gallery(label="Batch", visible=False, elem_id="gen-gallery", columns=4, height=256)
     _create_grid(c)
     _wire(app, c)
-    recipe_panel.wire(app, c)
     return c
 
 
@@ -336,10 +332,6 @@ MAX_WORD_BUTTONS = 12  # trigger words shown as buttons per LoRA ("insert trigge
 def trigger_words(app, name: str) -> list[str]:
     """A LoRA's trigger words: its notes' "activation text" (A1111, or Civitai's trainedWords merged there),
     else the header's; [] when the file cannot be read."""
-    from sdlora.header import read_header
-    from sdlora.library import read_notes
-    from sdlora.library import trigger_words as header_words
-
     path = app.library().get(name)
     if path is None:
         return []
@@ -372,17 +364,6 @@ def _form_keys(c: dict[str, Any]) -> dict[Any, str]:
                               "grid_y_values")}
 
 
-def _status_only(fn: Callable, outputs: int) -> Callable:
-    """A handler whose user errors go to the status area (the last output) instead of gradio's error labels."""
-
-    def call(*args):
-        try:
-            return fn(*args)
-        except Exception as err:  # noqa: BLE001 -- error_text logs anything that is not a user error
-            return [*[gr.skip()] * (outputs - 1), error_text(err)]
-
-    call.__name__ = fn.__name__
-    return call
 
 
 def add_checked(app, slots: list[Slot], name: str) -> list[Slot]:
@@ -394,14 +375,15 @@ def add_checked(app, slots: list[Slot], name: str) -> list[Slot]:
     return add_slot(slots, name, preferred_weight(app, name))
 
 
-def switch_base_slots(app, value: str, slots: list[Slot]) -> tuple[str, list[Slot]]:
-    """Switch the app's base to `value`, re-apply the fitting slots; (message, kept slots)."""
+def switch_base_slots(app, value: str, slots: list[Slot], left: list[Slot] = ()) -> tuple[str, list[Slot], list[Slot]]:
+    """Switch the app's base to `value`, re-apply the fitting slots and put back the `left` ones (taken off at
+    an earlier switch) that fit; (message, slots now on the stack, slots left off)."""
     library = app.library()
 
     def sync(stack, kept) -> None:
         sync_stack(stack, kept, lambda name: _resolve(app, library, name))
 
-    return switch_base(app, value, slots, sync)
+    return switch_base(app, value, slots, sync, left)
 
 
 STACK_OUTPUTS = ("stack", "stack_version")
@@ -424,13 +406,14 @@ def _wire(app, c: dict[str, Any]) -> None:
         slots = add_checked(app, current_slots(values, c), values[c["pick"]])
         return [*slot_updates(slots), f"added {values[c['pick']]} (it fits the base {app.base_info().label})"]
 
-    c["add"].click(_status_only(add, len(slot_outputs)), {c["stack"], c["pick"]}, slot_outputs, api_name="gen_add")
+    c["add"].click(bound(add), {c["stack"], c["pick"]}, slot_outputs, api_name="gen_add")
     _wire_base(app, c)
     _wire_drawing(app, c, keys)
 
 
 def _wire_base(app, c: dict[str, Any]) -> None:
-    outputs = [*stack_outputs(c), c["width"], c["height"], c["status"]]
+    c["left"] = gr.State([])  # this session's slots a base switch took off (they return when they fit again)
+    outputs = [*stack_outputs(c), c["width"], c["height"], c["left"], c["status"]]
     waiting = [gr.skip()] * len(outputs)
 
     def switch(values: dict):
@@ -440,14 +423,14 @@ def _wire_base(app, c: dict[str, Any]) -> None:
             return
 
         def work(on_status, on_preview) -> list[Any]:
-            message, kept = switch_base_slots(app, value, current_slots(values, c))
+            message, kept, left = switch_base_slots(app, value, current_slots(values, c), values[c["left"]])
             size = _base_size(value)
-            return [*slot_updates(kept), *([size, size] if size else [gr.skip(), gr.skip()]), message]
+            return [*slot_updates(kept), *([size, size] if size else [gr.skip(), gr.skip()]), left, message]
 
         waiting[-1] = "loading the base model..."
         yield from stream(app, work, waiting, len(outputs) - 1)
 
-    c["base"].input(switch, {c["base"], c["stack"]}, outputs, api_name="gen_switch_base", show_progress="hidden")
+    c["base"].input(switch, {c["base"], c["left"], c["stack"]}, outputs, api_name="gen_switch_base", show_progress="hidden")
 
 
 def _is_current_base(app, value: str) -> bool:
@@ -458,8 +441,6 @@ def _is_current_base(app, value: str) -> bool:
 
 
 def _base_size(value: str) -> int | None:
-    from sdlora.base.native import native_resolution
-
     try:
         return native_resolution(value)
     except SdloraError:

@@ -1,12 +1,12 @@
 """The sdlora web UI: `build_app(state) -> gr.Blocks` and `launch(...)`.
 
->>> from webui.app import build_app, launch
->>> from webui.state import AppConfig, AppState
+>>> from sdlora_webui.app import build_app, launch
+>>> from sdlora_webui.state import AppConfig, AppState
 >>> state = AppState(AppConfig(lora_dir=Path("loras"), output_dir=Path("outputs")))
 >>> demo = build_app(state)          # builds, does not launch; tests call the handlers directly
 >>> launch(demo, state)              # binds 127.0.0.1 unless told otherwise
 
-Running `python -m webui.app` is the same as `sdlora webui`.
+Running `python -m sdlora_webui.app` is the same as `sdlora webui`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,16 @@ from typing import Any
 import gradio as gr
 
 from sdlora.quiet import quiet_third_party
-from webui.state import AppConfig, AppState
-from webui.tabs import civitai_panel, generate_tab, library_tab, tools_tab, train_tab
-from webui.tabs.common import bound
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.tabs import civitai_panel, generate_tab, library_tab, recipe_panel, tools_tab, train_tab
+from sdlora_webui.tabs.common import bound
+from sdlora_webui.tabs.generate_runs import refusal
 
 log = logging.getLogger(__name__)
 
+# gradio copies every image it serves into its temp folder and never deletes the copies unless asked: this app's
+# copies older than 2 hours go every 30 minutes, and all of them when the server stops (gradio's delete_cache)
+DELETE_CACHE = (1800, 7200)
 CSS = """
 .sdlora-progress progress { width: 60%; height: 1.2em; vertical-align: middle; }
 #gen-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
@@ -34,7 +38,7 @@ CSS = """
 def build_app(state: AppState) -> gr.Blocks:
     """Build the four tabs over `state` (nothing is launched or loaded yet)."""
     quiet_third_party()
-    with gr.Blocks(title="sdlora") as demo:
+    with gr.Blocks(title="sdlora", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# sdlora\nTrain a LoRA, manage a library, stack LoRAs with sliders and generate.")
         with gr.Tabs():
             with gr.Tab("Train", id="train", elem_id="tab-train"):
@@ -43,6 +47,9 @@ def build_app(state: AppState) -> gr.Blocks:
                 library = library_tab.create_ui(state)
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 generate = generate_tab.create_ui(state)
+                with generate["recipe_box"]:  # a part of the Generate tab that builds on the tab's own code
+                    recipe_panel.create_ui(generate)
+                recipe_panel.wire(state, generate)
             with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
                 tools = tools_tab.create_ui(state)
         _wire_cross_tabs(state, train, library, generate)
@@ -68,8 +75,6 @@ def add_training_result(state: AppState, job_id: int | None, slots: list) -> tup
     name, message = train_tab.add_result_to_library(state, job_id)
     fit = state.fit(name)
     if not fit.fits and fit.needs is not None:  # made for another base than the Generate tab's: library only
-        from webui.tabs.generate_runs import refusal
-
         return f"{message}; not added to the stack: {refusal(state, name, fit)}", name, slots
     slots = generate_tab.add_slot(slots, name)
     return f"{message} and to the stack (Generate tab)", name, slots
@@ -107,16 +112,21 @@ def launch(demo: gr.Blocks, state: AppState, *, host: str = "127.0.0.1", port: i
         log.warning("the web UI is bound to %s: anyone who can reach this address can read and write the "
                     "configured folders and run training. Use 127.0.0.1 unless you mean it.", host)
     demo.queue(default_concurrency_limit=1)
-    return demo.launch(
+    result = demo.launch(
         server_name=host,
         server_port=port,
-        prevent_thread_lock=prevent_thread_lock,
-        quiet=quiet,
+        prevent_thread_lock=True,
+        quiet=True,  # gradio's lines end with a hint to set share=True, which this app never does
         show_error=True,
         allowed_paths=[str(p) for p in state.config.read_roots],
         max_file_size=state.config.limits.largest,
         css=CSS,
     )
+    if not quiet:
+        print(f"sdlora web UI running on {result[1]} (Ctrl+C stops it)", flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return result
 
 
 def is_loopback(host: str) -> bool:
