@@ -36,7 +36,7 @@ def split(module: LoraModule, parts: tuple[str, ...], rule: str, where: str) -> 
     import torch  # only when a fused layer is read
 
     result = {}
-    for name, ranges in zip(parts, slices):
+    for name, ranges in zip(parts, slices, strict=True):
         rows = torch.cat([up[start:stop] for start, stop in ranges])
         # own copies: tensors that share memory cannot be written to one safetensors file
         result[name] = LoraModule("lora", {"down": down.clone(), "up": rows.contiguous()}, alpha=module.alpha)
@@ -71,7 +71,7 @@ def join(modules: dict[str, LoraModule], parts: tuple[str, ...], rule: str, size
     dtype = first.tensors["up"].dtype
     up = torch.zeros(out_rows, rank, dtype=dtype)
     column = 0
-    for part, ranges in zip(parts, slices):
+    for part, ranges in zip(parts, slices, strict=True):
         module = present.get(part)
         if module is None:
             continue

@@ -347,3 +347,23 @@ def test_verify_against_a_tiny_flux_folder(tmp_path, tiny_dir, capsys):
     assert main(["verify", str(path), "--base", str(tiny_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["lora_family"] == "flux"
+
+
+def test_every_kohya_name_written_for_flux_is_one_comfyui_maps():
+    """ComfyUI maps `lora_unet_` + an original-layout module path (dots as underscores) of the FLUX state dict,
+    and `lora_te1_` + a CLIP-L path; every name sdlora writes for the shipped FLUX table must be one of those.
+    The original paths are listed here from the published model: 19 double, 38 single blocks."""
+    from sdlora.arch.naming import kohya_name
+
+    double = ("img_attn.qkv", "img_attn.proj", "img_mlp.0", "img_mlp.2", "img_mod.lin",
+              "txt_attn.qkv", "txt_attn.proj", "txt_mlp.0", "txt_mlp.2", "txt_mod.lin")  # fmt: skip
+    original = {f"double_blocks.{i}.{leaf}" for i in range(19) for leaf in double}
+    original |= {f"single_blocks.{i}.{leaf}" for i in range(38) for leaf in ("linear1", "linear2", "modulation.lin")}
+    original |= {"img_in", "txt_in", "final_layer.linear", "final_layer.adaLN_modulation.1"}
+    original |= {f"{e}.{l}" for e in ("time_in", "vector_in", "guidance_in") for l in ("in_layer", "out_layer")}
+    known = {"lora_unet_" + path.replace(".", "_") for path in original}
+    table = family_table("flux")
+    written = {kohya_name(name, "flux") for name in table if name.startswith("transformer.")}
+    assert written == known  # every original layer is reachable, and nothing else is written
+    clip = {kohya_name(name, "flux") for name in table if name.startswith("text_encoder.")}
+    assert all(n.startswith("lora_te1_text_model_encoder_layers_") for n in clip)
