@@ -21,7 +21,7 @@ import torch
 
 from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
-from sdlora.train import block_options, deepspeed_run, loss_options
+from sdlora.train import block_options, deepspeed_run, fused, loss_options
 from sdlora.train import data as data_mod
 from sdlora.train.compiling import compile_unet
 from sdlora.train.conditioning import (
@@ -70,6 +70,7 @@ class TrainState:
     ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
     stages: Any = None  # sdlora.train.progress.Stages: stage reports and cancel between cached items
     validation: list = field(default_factory=list)  # sdlora.train.validation.ValidationInput per held-out image
+    fused: Any = None  # sdlora.train.fused.FusedSteps when optim.fused_backward is on
     noise: Any = None  # the forward-process schedule (loss_options.forward_process), DDPM whatever samples use
     _epochs: dict = field(default_factory=dict)
 
@@ -137,6 +138,8 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     optimizer = make_optimizer(param_groups(network, cfg, lr_weights), cfg, accelerator.device)
     lr_scheduler = make_scheduler(optimizer, cfg)
     engine = None
+    if cfg.optim.fused_backward:
+        fused.check_launch(accelerator, deepspeed_run.uses_deepspeed(accelerator))
     if deepspeed_run.uses_deepspeed(accelerator):
         engine, optimizer = deepspeed_run.prepare(accelerator, network, optimizer, cfg)
     else:
@@ -153,6 +156,8 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     state.params = list(network.parameters())
     state.noise = loss_options.forward_process(components.scheduler)
     state.engine = engine
+    if cfg.optim.fused_backward:  # hooks on the optimizer accelerate wraps: its state is what checkpoints hold
+        state.fused = fused.FusedSteps(getattr(optimizer, "optimizer", optimizer), cfg.optim.max_grad_norm)
     state.unet = components.unet
     if cfg.optim.compile:  # after inject_lora: the hooks are traced into the graph
         state.unet = compile_unet(components.unet, accelerator.device)
@@ -254,6 +259,8 @@ def sync_gradients(state: TrainState) -> None:
 
 def optimizer_step(state: TrainState) -> float:
     """One optimizer step over grad_accum micro-batches; returns the mean loss (over processes)."""
+    if state.fused is not None:
+        return _fused_step(state)
     cfg, acc = state.cfg, state.accelerator
     accum, total = cfg.optim.grad_accum, torch.zeros((), device=state.device)
     for k in range(accum):
@@ -264,15 +271,31 @@ def optimizer_step(state: TrainState) -> float:
     if state.engine is None:
         sync_gradients(state)
     mean_loss = float(acc.reduce(total, reduction="mean")) if acc.num_processes > 1 else float(total)
-    if not torch.isfinite(torch.tensor(mean_loss)):
-        state.optimizer.zero_grad(set_to_none=True)
-        raise TrainingError(f"loss became {mean_loss} at step {state.step + 1}; training stopped and nothing "
-                            "from this step was saved. Lower optim.lr, or use bf16 instead of fp16")
+    _check_finite(state, mean_loss)
     if state.engine is not None:
         state.engine.step()  # DeepSpeed's accumulation boundary: reduce, clip, AdamW, zero the gradients
         state.lr_scheduler.step()
     else:
         _apply_update(state)
+    state.step += 1
+    return mean_loss
+
+
+def _check_finite(state: TrainState, mean_loss: float) -> None:
+    if not torch.isfinite(torch.tensor(mean_loss)):
+        state.optimizer.zero_grad(set_to_none=True)
+        raise TrainingError(f"loss became {mean_loss} at step {state.step + 1}; training stopped and nothing "
+                            "from this step was saved. Lower optim.lr, or use bf16 instead of fp16")
+
+
+def _fused_step(state: TrainState) -> float:
+    """optim.fused_backward (one process, grad_accum 1): the loss is checked first, then backward runs the
+    hooks that update each LoRA tensor (sdlora.train.fused); the schedule steps after all of them."""
+    loss = training_step(state, state.step)
+    mean_loss = float(loss.detach())
+    _check_finite(state, mean_loss)
+    state.accelerator.backward(loss)
+    state.lr_scheduler.step()
     state.step += 1
     return mean_loss
 

@@ -141,6 +141,8 @@ def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
         return _run(state, on_step, should_stop, resume, started)
     finally:
         unpark(state)
+        if state.fused is not None:
+            state.fused.remove()
         state.network.remove()  # the caller's models are left exactly as they came in
 
 
