@@ -170,7 +170,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
 def _check_settings(cfg) -> None:
     """What can fail without data or a model fails first: a missing optimizer package, bad optimizer_args,
     a bad --w/--s/... in a sample prompt, a tracker whose package is missing, loss and EMA options."""
-    from sdlora.train import ema, fused, loss_options, optimizers, tracking
+    from sdlora.train import ema, fp8, fused, loss_options, optimizers, tracking
     from sdlora.train.samples import check_sample_prompts
 
     optimizers.check(cfg)
@@ -179,6 +179,7 @@ def _check_settings(cfg) -> None:
     loss_options.check(cfg)
     ema.check(cfg)
     fused.check(cfg)
+    fp8.check(cfg)
 
 
 def _train(cfg, components, stages: Stages, notes: list[str], on_step, resume) -> TrainResult:

@@ -21,7 +21,7 @@ import torch
 
 from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
-from sdlora.train import block_options, deepspeed_run, fused, loss_options
+from sdlora.train import block_options, deepspeed_run, fp8, fused, loss_options
 from sdlora.train import data as data_mod
 from sdlora.train.compiling import compile_unet
 from sdlora.train.conditioning import (
@@ -71,6 +71,7 @@ class TrainState:
     stages: Any = None  # sdlora.train.progress.Stages: stage reports and cancel between cached items
     validation: list = field(default_factory=list)  # sdlora.train.validation.ValidationInput per held-out image
     fused: Any = None  # sdlora.train.fused.FusedSteps when optim.fused_backward is on
+    fp8_layers: list = field(default_factory=list)  # layers whose weights are float8 (optim.fp8_base)
     noise: Any = None  # the forward-process schedule (loss_options.forward_process), DDPM whatever samples use
     _epochs: dict = field(default_factory=dict)
 
@@ -127,6 +128,7 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     """Freeze the base, inject LoRA, build optimizer, schedule, caches and the noise generator."""
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.optim.mixed_precision, torch.float32)
     _freeze_and_place(components, accelerator, weight_dtype)
+    fp8_layers = fp8.apply(cfg, components, weight_dtype, accelerator.device)  # before inject: DoRA reads W
     torch.manual_seed(cfg.optim.seed)  # LoRA init (down) is the same on every process
     network = _inject(cfg, components)
     if cfg.optim.gradient_checkpointing:
@@ -155,7 +157,7 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
                        generator, output, prediction, train_text, weight_dtype, latent_cache, text_cache)
     state.params = list(network.parameters())
     state.noise = loss_options.forward_process(components.scheduler)
-    state.engine = engine
+    state.engine, state.fp8_layers = engine, fp8_layers
     if cfg.optim.fused_backward:  # hooks on the optimizer accelerate wraps: its state is what checkpoints hold
         state.fused = fused.FusedSteps(getattr(optimizer, "optimizer", optimizer), cfg.optim.max_grad_norm)
     state.unet = components.unet

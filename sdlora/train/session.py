@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sdlora
 from sdlora.errors import TrainingError
-from sdlora.train import ema, validation
+from sdlora.train import ema, fp8, validation
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -143,6 +143,7 @@ def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
         unpark(state)
         if state.fused is not None:
             state.fused.remove()
+        fp8.restore(state.fp8_layers)
         state.network.remove()  # the caller's models are left exactly as they came in
 
 
