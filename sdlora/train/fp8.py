@@ -83,7 +83,7 @@ def _conv_forward(module: nn.Conv2d, compute: torch.dtype, x: torch.Tensor) -> t
     return _Fp8Conv2d.apply(x, module.weight, module.bias, compute, module)
 
 
-def _convertible(module: nn.Module) -> bool:
+def convertible(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
     return (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
@@ -95,7 +95,7 @@ def store_fp8(model: nn.Module, compute: torch.dtype) -> list[nn.Module]:
     Returns the converted layers (for `restore`)."""
     converted = []
     for module in model.modules():
-        if not _convertible(module) or module.weight.requires_grad:
+        if not convertible(module) or module.weight.requires_grad:
             continue
         module.weight.data = module.weight.data.to(STORAGE)
         if module.bias is not None and module.bias.dtype != compute:

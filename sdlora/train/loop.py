@@ -99,7 +99,8 @@ def _freeze_and_place(components, accelerator, weight_dtype) -> None:
         components.vae.to(dtype=torch.float32)  # fp16 VAE encodes overflow (diffusers keeps it fp32 too)
 
 
-def _inject(cfg, components):
+def inject_network(cfg, components):
+    """The LoRA network `cfg.lora` describes, hooked into the UNet (and the text encoders when trained)."""
     targets = {"unet": components.unet}
     if cfg.lora.train_text_encoder:
         targets.update(components.text_encoders)
@@ -130,7 +131,7 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     _freeze_and_place(components, accelerator, weight_dtype)
     fp8_layers = fp8.apply(cfg, components, weight_dtype, accelerator.device)  # before inject: DoRA reads W
     torch.manual_seed(cfg.optim.seed)  # LoRA init (down) is the same on every process
-    network = _inject(cfg, components)
+    network = inject_network(cfg, components)
     if cfg.optim.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         if cfg.lora.train_text_encoder:
