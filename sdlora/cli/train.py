@@ -212,9 +212,11 @@ def run(args: argparse.Namespace) -> int:
 def _dry_run(cfg) -> int:
     """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
     from sdlora.config import dump_config
-    from sdlora.train import resolve_base_settings
+    from sdlora.train import fp8, fused, resolve_base_settings
     from sdlora.train.data import scan_dataset
 
+    fused.check(cfg)
+    fp8.check(cfg)
     cfg, notes, _ = resolve_base_settings(cfg)
     _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed)
     print("\n".join([*summary.lines(), *notes]))

@@ -119,3 +119,18 @@ def test_cli_estimate_and_vram():
     for part in ("frozen weights", "LoRA parameters", "gradients", "optimizer states", "activations",
                  "budget 8.00 GiB", "low-memory preset"):
         assert part in run.stdout
+
+
+def test_dry_run_prints_the_estimate_and_refuses_fused_with_lion(tmp_path, capsys):
+    from tests_train_helpers import write_images
+
+    from sdlora.cli import main
+
+    data = write_images(tmp_path / "data", count=2)
+    assert main(["train", "--data", str(data), "--base", "embedded", "--dry-run"]) == 0
+    assert "estimated peak accelerator memory: " in capsys.readouterr().out
+    assert main(["train", "--data", str(data), "--dry-run", "--set", "optim.fused_backward=true",
+                 "--set", "optim.optimizer=lion"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.fused_backward: works with adamw or adafactor, not lion" in err
+    assert len(err.strip().splitlines()) == 1
