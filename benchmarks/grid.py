@@ -44,7 +44,7 @@ def _timed(fn) -> float:
 def run(steps: int, repeat: int) -> list[tuple[str, float]]:
     from tests_webui_models import random_lora, write_wide_base
 
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
     from webui.state import AppConfig, AppState
     from webui.tabs import generate_runs, generate_tab
 

@@ -51,7 +51,7 @@ def random_components(family: str):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from sdlora.configs import CONFIG_DIRS, models_root, tokenizers_root
-    from sdlora.models import Components
+    from sdlora.base.load import Components
 
     root = models_root() / CONFIG_DIRS[family]
     torch.manual_seed(0)

@@ -104,7 +104,7 @@ def available(names: list[str], device: torch.device) -> tuple[list[str], dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
     from sdlora.train import optimizers
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -49,8 +49,8 @@ def build_components(shape: str, device: str, folder: Path):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from sdlora.base.load import Components, load_components
     from sdlora.configs import models_root, tokenizers_root
-    from sdlora.models import Components, load_components
 
     if shape == "embedded":
         return load_components("embedded")

@@ -78,6 +78,14 @@ class DataConfig:
     keep_tokens: int = _opt(0, "number of leading tags never shuffled or dropped (the trigger counts as one)")
     caption_dropout: float = _opt(0.0, "probability of training a sample with an empty caption")
     tag_dropout: float = _opt(0.0, "probability of dropping each tag (after keep_tokens)")
+    alpha_mask: bool = _opt(False, "masked training: learn only where images are opaque (their alpha channel; "
+                            "images without one train everywhere)")
+    mask_path: str = _opt("", "masked training: a folder of grey masks named like the images (white = train, black "
+                          "= ignore); images without a mask train everywhere. Empty = none")
+    max_token_length: int = _opt(75, "caption tokens the text encoder sees: 75 (CLIP's window) or 150/225 (long "
+                                 "captions as sd-scripts does: windows of 75 tokens, each with its own "
+                                 "start/end token, concatenated); longer captions are cut and counted in the "
+                                 "data set summary", (75, 150, 225))
     batch_size: int = _opt(1, "images per step per process")
     cache_latents: str = _opt("memory", "encode images with the VAE once: off, in memory, or on disk",
                               ("off", "memory", "disk"))
@@ -266,7 +274,7 @@ def _check_choices(cfg: TrainConfig) -> None:
             choices = f.metadata.get("choices")
             value = getattr(sub, f.name)
             if choices and value is not None and value not in choices:
-                raise ConfigError(f"{section}.{f.name}: {value!r} is not one of {', '.join(choices)}")
+                raise ConfigError(f"{section}.{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
     _check_ranges(cfg)
 
 
@@ -278,6 +286,8 @@ def _check_validation(cfg: TrainConfig) -> None:
         raise ConfigError("data.validation_path and data.validation_split are both set; use one of them")
     if cfg.output.validate_every < 0:
         raise ConfigError(f"output.validate_every: must be 0 (off) or more, got {cfg.output.validate_every}")
+    if data.alpha_mask and data.mask_path:
+        raise ConfigError("data.alpha_mask and data.mask_path are both set; masks come from one of them")
 
 
 def _check_lora_dropouts(cfg: TrainConfig) -> None:
@@ -481,7 +491,7 @@ def resolve_for_base(cfg: TrainConfig, native: int | None) -> tuple[TrainConfig,
     >>> cfg.data.resolution, cfg.data.min_bucket, cfg.data.max_bucket
     (32, 16, 64)
     """
-    from sdlora.base_ref import far_from_native
+    from sdlora.base.native import far_from_native
 
     notes = []
     if cfg.data.resolution is None:

@@ -166,11 +166,18 @@ def dora_axis_from_shape(magnitude_shape: tuple[int, ...], base_shape: tuple[int
     return "in"
 
 
+def shape_fits(delta_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a ΔW of `delta_shape` can be a weight of `shape`: the same, or the same outputs and size (a
+    flattened conv, a 1x1 conv stored 2-D). The one rule: `_fit_shape` reshapes by it, the stack checks by it."""
+    delta_shape, shape = tuple(delta_shape), tuple(shape)
+    return delta_shape == shape or (prod(delta_shape) == prod(shape) and delta_shape[0] == shape[0])
+
+
 def _fit_shape(delta: Tensor, shape: tuple[int, ...], name: str) -> Tensor:
     """Reshape ΔW to the base shape (flattened convs, 1x1 convs stored 2-D); refuse a real mismatch."""
     if tuple(delta.shape) == shape:
         return delta
-    if prod(delta.shape) == prod(shape) and delta.shape[0] == shape[0]:
+    if shape_fits(tuple(delta.shape), shape):
         return delta.reshape(shape)
     raise CompatibilityError(
         f"{name}: LoRA delta has shape {tuple(delta.shape)} but the base weight is {shape}; "

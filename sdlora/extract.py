@@ -21,15 +21,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from sdlora.arch.components import canonical_name, components_of
+from sdlora.arch.family import unet_config_family
 from sdlora.arch.ldm_keys import models_to_ldm
 from sdlora.atomic import atomic_folder, atomic_path
+from sdlora.base.load import load_components, pipeline_from
 from sdlora.configs import CONFIG_DIRS, models_root
 from sdlora.errors import ConfigError, FormatError
 from sdlora.generate import short_hash
-from sdlora.models import family_from_unet, load_components, pipeline_from
 from sdlora.progress import ProgressCallback, report
 from sdlora.stack import LoraStack
-from sdlora.strength import Strength
 from sdlora.tools import ModuleResult, ToolResult, choose_rank, rank_metadata, rebuild_module, svd_of_matrix
 from sdlora.weights import LoraState
 
@@ -123,10 +123,10 @@ def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: floa
 
     Args:
         base, tuned: diffusers folders, UNet `.safetensors` files (diffusers names), single-file
-            checkpoints or "embedded" (through sdlora.models), or in-memory components/pipelines.
+            checkpoints or "embedded" (through sdlora.base.load), or in-memory components/pipelines.
         rank: rank for Linear and 1x1 modules; conv_rank: rank for 3x3 convs (None: convs skipped).
         min_diff: modules whose largest |ΔW| is at most min_diff · max|W| are left out (unchanged).
-        allow_pickle: let a .ckpt/.pt/.pth/.bin model be read (see `sdlora.models.load_components`).
+        allow_pickle: let a .ckpt/.pt/.pth/.bin model be read (see `sdlora.base.load.load_components`).
 
     Returns:
         ToolResult with the LoRA (alpha = rank) and per-module energy kept.
@@ -183,7 +183,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
     """Merge LoRAs into a base model and write it as a diffusers folder or one single-file checkpoint.
 
     Args:
-        base: what `sdlora.models.load_components` takes ("embedded", a folder, a checkpoint), or
+        base: what `sdlora.base.load.load_components` takes ("embedded", a folder, a checkpoint), or
             loaded components / a pipeline (restored to their original weights afterwards).
         loras: [(path or LoraState, strength), ...]; a strength is a number or a `sdlora.strength.Strength`
             (text-encoder / UNet / block strengths).
@@ -194,7 +194,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
             the base; models of no standard size, like the embedded one, are written in the SD1/SDXL layout
             and get a `<name>.config/` folder beside the file, which `load_components` uses to read it back).
         dtype: "fp16", "bf16" or "fp32" for a single file's weights (default: the model's own dtype).
-        allow_pickle: let a .ckpt/.pt/.pth/.bin base be read (see `sdlora.models.load_components`).
+        allow_pickle: let a .ckpt/.pt/.pth/.bin base be read (see `sdlora.base.load.load_components`).
     """
     out = Path(out)
     single = out.suffix.lower() == ".safetensors"
@@ -211,7 +211,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
     try:
         with stack.batch():
             for lora, strength in loras:
-                stack.add(lora, **Strength.of(strength).stack_kwargs())
+                stack.add(lora, strength)
         if single:
             _save_single_file(components, out, _bake_record(stack), family, dtype)
         else:
@@ -223,7 +223,7 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
 
 def _bake_record(stack) -> dict:
     return {"baked_by": "sdlora", "loras": [
-        {"name": e.name, "strength": e.strength, "te_strength": e.te_strength, "unet_strength": e.unet_strength,
+        {"name": e.name, "strength": e.strength.overall, "te_strength": e.strength.te, "unet_strength": e.strength.unet,
          "path": e.lora.path, "hash": short_hash(e.lora.path)}
         for e in stack.entries]}
 
@@ -242,9 +242,9 @@ def _part(components, name: str):
     return getattr(components, name, None)
 
 
-def _checkpoint_family(components, family: str | None) -> tuple[str, bool]:
+def _bake_family(components, family: str | None) -> tuple[str, bool]:
     """(layout family, whether the model has the size of sdlora's shipped configs for it) of the bake."""
-    known = getattr(components, "family", None) or family_from_unet(_part(components, "unet"))
+    known = getattr(components, "family", None) or unet_config_family(_part(components, "unet").config)
     if family and known and family != known:
         raise ConfigError(f"family {family!r} given, but the base model is {known}")
     fallback = "sdxl" if _part(components, "text_encoder_2") is not None else "sd1"
@@ -285,7 +285,7 @@ def _save_single_file(components, out: Path, record: dict, family: str | None, d
     missing = [k for k in ("unet", "vae", "text_encoder") if _part(components, k) is None]
     if missing:
         raise ConfigError(f"{out}: a single-file checkpoint needs the whole model; missing components {missing}")
-    family, standard = _checkpoint_family(components, family)
+    family, standard = _bake_family(components, family)
     state = models_to_ldm(_part(components, "unet"), _part(components, "vae"), _part(components, "text_encoder"),
                           _part(components, "text_encoder_2"), family=family)
     if dtype is not None:  # cast after merging: the merge itself ran in float32

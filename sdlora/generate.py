@@ -18,11 +18,9 @@ from sdlora import __version__
 from sdlora.atomic import atomic_path
 from sdlora.errors import ConfigError, Interrupted
 from sdlora.header import tensor_data_sha256
-from sdlora.models import load_components, pipeline_from
 from sdlora.progress import ProgressCallback, report
 from sdlora.prompt import parse_prompt, resolve_name
 from sdlora.samplers import make_scheduler, resolve_sampler, sampler_name
-from sdlora.strength import Strength
 
 
 @dataclass
@@ -124,10 +122,10 @@ def _apply_requests(stack, requests, library: dict[str, str]) -> list[tuple]:
         entry = stacked.get(request.name)
         if entry is not None:
             # the tag's whole strength replaces the slot's (te included) for this image only
-            undo.append(("restore", entry.name, Strength.of_entry(entry)))
-            stack.set_strength(entry.name, **request.stack_kwargs())
+            undo.append(("restore", entry.name, entry.strength))
+            stack.set_strength(entry.name, request.strength)
             continue
-        stack.add(library[request.name], name=request.name, **request.stack_kwargs())
+        stack.add(library[request.name], request.strength, name=request.name)
         undo.append(("remove", request.name))
     return undo
 
@@ -146,7 +144,7 @@ def _undo(stack, undo) -> None:
             stack.remove(action[1])
         else:
             _, name, strength = action
-            stack.set_strength(name, **strength.stack_kwargs())
+            stack.set_strength(name, strength)
 
 
 class _StepWatch:
@@ -187,10 +185,14 @@ def random_seed() -> int:
 def _run(pipeline, prompt: str, settings: GenerateSettings, step_end):
     import torch
 
+    from sdlora.long_prompt import prompt_embedding_kwargs
+
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     with torch.inference_mode():
+        embeds = prompt_embedding_kwargs(pipeline, prompt, settings.negative_prompt, pipeline.device)
+        texts = {} if embeds else {"prompt": prompt, "negative_prompt": settings.negative_prompt or None}
         output = pipeline(
-            prompt=prompt, negative_prompt=settings.negative_prompt or None,
+            **texts, **embeds,
             num_inference_steps=settings.steps, guidance_scale=settings.cfg,
             width=settings.width, height=settings.height, generator=generator,
             callback_on_step_end=step_end,
@@ -216,7 +218,7 @@ def _extra_tags(stack, requests) -> str:
     tags = []
     for entry in stack.entries:
         if entry.enabled and entry.name not in mentioned:
-            tags.append(f"<lora:{entry.name}:{Strength.of_entry(entry).text()}>")
+            tags.append(f"<lora:{entry.name}:{entry.strength.text()}>")
     return " ".join(tags)
 
 
@@ -251,12 +253,3 @@ def save_png(image, path, parameters: str) -> Path:
     with atomic_path(path, suffix=".png", fsync=False) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return path
-
-
-def load_base(base: str | None = None, allow_pickle: bool = False):
-    """(pipeline, model name) for `base`; None means sdlora's embedded model. `allow_pickle` lets a
-    .ckpt/.pt/.pth/.bin base be read (see `sdlora.models.load_components`)."""
-    name = base or "embedded"
-    components = load_components(name, allow_pickle=allow_pickle)
-    label = getattr(components, "name", "") or Path(str(name)).stem
-    return pipeline_from(components), label

@@ -84,7 +84,7 @@ def strength_grid(stack, draw: Callable[[int], Any], columns: Axis, rows: Axis, 
         ConfigError: an axis names a LoRA not in the stack, both axes are the same, or too many cells.
     """
     _check_axes(stack, columns, rows)
-    saved = {e.name: Strength.of_entry(e) for e in stack.entries if e.name in (columns.name, rows.name)}
+    saved = {e.name: e.strength for e in stack.entries if e.name in (columns.name, rows.name)}
     exact, stack.exact = stack.exact, True  # every cell recomputed from W0: independent of the cell before
     cells: list[list[Any]] = [[None] * len(columns.values) for _ in rows.values]
     seeds: list[list[int]] = [[seed] * len(columns.values) for _ in rows.values]
@@ -102,7 +102,7 @@ def strength_grid(stack, draw: Callable[[int], Any], columns: Axis, rows: Axis, 
     finally:
         with stack.batch():
             for name, strength in saved.items():
-                stack.set_strength(name, **strength.stack_kwargs())
+                stack.set_strength(name, strength)
         stack.exact = exact
     image, boxes = assemble(cells, [columns.label(v) for v in columns.values],
                             [rows.label(v) for v in rows.values])
@@ -142,7 +142,7 @@ def _set_cell(stack, saved: dict[str, Strength], pairs, current: dict[str, Any],
             if axis.is_seed:
                 seed = int(value)
             elif current.get(axis.name) != value:
-                stack.set_strength(axis.name, **saved[axis.name].with_overall(value).stack_kwargs())
+                stack.set_strength(axis.name, saved[axis.name].with_overall(value))
                 current[axis.name] = value
     return seed
 

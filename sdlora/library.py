@@ -21,7 +21,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdlora.arch.blocks import check_strength
@@ -353,10 +353,3 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, fsync=False) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-
-
-def entry_dict(entry: LibraryEntry) -> dict:
-    """A JSON-friendly dict of an entry (for the web UI and `--json` outputs)."""
-    data = asdict(entry)
-    data["short_hash"] = entry.short_hash
-    return data

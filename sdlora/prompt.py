@@ -27,15 +27,11 @@ _TAG = re.compile(r"<(lora|lyco):([^<>]+)>", re.IGNORECASE)
 
 @dataclass
 class LoraRequest:
-    """One `<lora:...>` tag: which LoRA and how strong. Feed it to `LoraStack.add(..., **strength.stack_kwargs())`."""
+    """One `<lora:...>` tag: which LoRA and how strong. Feed it to `LoraStack.add(path, request.strength)`."""
 
     name: str
     strength: Strength = field(default_factory=Strength)
     tag: str = ""  # the tag as written
-
-    def stack_kwargs(self) -> dict:
-        """Keyword arguments for `LoraStack.add` / `set_strength` (besides the LoRA itself)."""
-        return self.strength.stack_kwargs()
 
 
 def parse_prompt(prompt: str, known: Iterable[str] | None = None) -> tuple[str, list[LoraRequest]]:

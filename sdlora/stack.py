@@ -31,9 +31,8 @@ import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import accumulate
-from math import prod
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -41,12 +40,15 @@ from typing import NamedTuple
 import torch
 
 from sdlora import formats
-from sdlora.arch.blocks import block_names, block_of, check_strength, parse_block_strengths
+from sdlora.arch.blocks import block_names, parse_block_strengths
 from sdlora.arch.components import canonical_name, components_of
+from sdlora.arch.family import unet_config_family
 from sdlora.arch.tables import table_for_model
+from sdlora.delta import shape_fits
 from sdlora.errors import CompatibilityError, ConfigError, SourceChangedError
 from sdlora.progress import Progress, report
 from sdlora.report import check_lora
+from sdlora.strength import Strength
 from sdlora.weight_source import file_mapped_ranges, is_file_mapped, release_mapped, source_of
 
 log = logging.getLogger(__name__)
@@ -58,29 +60,20 @@ _UNSET = object()
 
 @dataclass
 class StackEntry:
-    """One LoRA in the stack with its strengths. Read it from `LoraStack.entries`; change it through
+    """One LoRA in the stack with its strength. Read it from `LoraStack.entries`; change it through
     the stack's methods (the stack must re-patch the weights)."""
 
     name: str
     lora: object  # LoraState
-    strength: float = 1.0
-    te_strength: float | None = None  # None: follow `strength`
-    unet_strength: float | None = None  # None: follow `strength`
-    block_strengths: dict[str, float] = field(default_factory=dict)
+    strength: Strength = field(default_factory=Strength)  # its blocks named (a vector parsed by the stack)
     enabled: bool = True
     modules: list[str] = field(default_factory=list)  # canonical names applied to the model
     skipped: list[str] = field(default_factory=list)  # canonical names with no module in the model
 
-    def module_strength(self, canonical: str) -> float:
-        """The multiplier this LoRA's module `canonical` gets (0 when disabled)."""
-        if not self.enabled:
-            return 0.0
-        if canonical.startswith("unet."):
-            base = self.strength if self.unet_strength is None else self.unet_strength
-        else:
-            base = self.strength if self.te_strength is None else self.te_strength
-        block = block_of(canonical)
-        return base * self.block_strengths.get(block, 1.0) if block else base
+
+def _multiplier(entry: StackEntry, canonical: str) -> float:
+    """What entry's module `canonical` is scaled by: its strength's rule (`Strength.for_module`), 0 when off."""
+    return entry.strength.for_module(canonical) if entry.enabled else 0.0
 
 
 class _Factors(NamedTuple):
@@ -382,8 +375,8 @@ class LoraStack:
     """Several LoRAs applied in place to a pipeline's UNet and text encoders.
 
     >>> stack = LoraStack(pipe)                       # diffusers pipeline or {"unet": ..., ...}
-    >>> stack.add("style.safetensors", strength=0.8)  # patched now
-    >>> stack.set_strength("style", 0.5)              # recomputes only that LoRA's layers
+    >>> stack.add("style.safetensors", 0.8)           # patched now (a number or a sdlora.strength.Strength)
+    >>> stack.set_strength("style", Strength(0.5, te=0.2))  # recomputes only that LoRA's layers
     >>> stack.clear()                                 # every weight bit-identical to before
 
     Args:
@@ -459,16 +452,16 @@ class LoraStack:
         return list(self._entries.values())
 
     @_operation
-    def add(self, lora, strength=1.0, te_strength=None, unet_strength=None, block_strengths=None, name=None):
-        """Add a LoRA (path or LoraState) and patch its layers. Returns its name in the stack.
+    def add(self, lora, strength: Strength | float = 1.0, name=None):
+        """Add a LoRA (path or LoraState) at `strength` and patch its layers. Returns its name in the stack.
 
         Raises CompatibilityError (nothing changed) when the LoRA was made for another base family,
-        when its shapes do not fit, or when none of its modules exist in the model.
+        when its shapes do not fit, or when none of its modules exist in the model; ConfigError for a
+        strength out of range or a block this model does not have.
         """
         state = _load(lora, self._custom_table())
         name = self._new_name(name, state)
-        entry = StackEntry(name, state, check_strength(strength))
-        self._set_fields(entry, te_strength, unet_strength, block_strengths)
+        entry = StackEntry(name, state, self._named_blocks(strength))
         plan = self._plan(state, entry)
         entry.modules = [canonical for canonical, _, _ in plan]
         self._entries[name] = entry
@@ -478,17 +471,11 @@ class LoraStack:
         return name
 
     @_operation
-    def set_strength(
-        self, name, strength=_UNSET, te_strength=_UNSET, unet_strength=_UNSET, block_strengths=_UNSET
-    ):
-        """Change any of a LoRA's strengths; only the layers that LoRA touches are recomputed.
-
-        Pass `te_strength=None` / `unet_strength=None` to make them follow `strength` again.
-        """
+    def set_strength(self, name, strength: Strength | float) -> None:
+        """Replace a LoRA's whole strength (a number: the same for text encoder and UNet, no blocks); only
+        the layers that LoRA touches are recomputed."""
         entry = self._entry(name)
-        if strength is not _UNSET:
-            entry.strength = check_strength(strength)
-        self._set_fields(entry, te_strength, unet_strength, block_strengths)
+        entry.strength = self._named_blocks(strength)
         self._changed(name, entry.modules)
 
     @_operation
@@ -593,7 +580,7 @@ class LoraStack:
     def strengths(self, canonical: str) -> dict[str, float]:
         """{entry: multiplier} for one patched layer (what the weight should hold)."""
         layer = self._layers[canonical]
-        return {n: self._entries[n].module_strength(canonical) for n in layer.entries}
+        return {n: _multiplier(self._entries[n], canonical) for n in layer.entries}
 
     # ----- internals --------------------------------------------------------------------------
 
@@ -611,15 +598,14 @@ class LoraStack:
             raise ConfigError(f"a LoRA named {name!r} is already in the stack; pass name= to add it again")
         return name
 
-    def _set_fields(self, entry, te_strength, unet_strength, block_strengths) -> None:
-        if te_strength is not _UNSET:
-            entry.te_strength = None if te_strength is None else check_strength(te_strength, "te_strength")
-        if unet_strength is not _UNSET:
-            entry.unet_strength = (
-                None if unet_strength is None else check_strength(unet_strength, "unet_strength")
-            )
-        if block_strengths is not _UNSET:
-            entry.block_strengths = parse_block_strengths(block_strengths, self.block_names())
+    def _named_blocks(self, strength: Strength | float) -> Strength:
+        """`strength` as a Strength whose block factors are checked and named for this model (an A1111
+        vector becomes (name, factor) pairs), so `Strength.for_module` applies it without the model."""
+        value = Strength.of(strength)
+        if value.blocks is None:
+            return value
+        blocks = dict(value.blocks) if isinstance(value.blocks, tuple) else value.blocks
+        return replace(value, blocks=tuple(parse_block_strengths(blocks, self.block_names()).items()) or None)
 
     def _custom_table(self):
         """The live module table when the model is no SD family (so a file's names can be resolved
@@ -784,7 +770,7 @@ class LoraStack:
         shift's rounding."""
         if not layer.can_shift():
             return False
-        target = self._entries[entry].module_strength(canonical)
+        target = _multiplier(self._entries[entry], canonical)
         if target == 0.0 and not any(v != 0.0 for n, v in layer.applied.items() if n != entry):
             return False
         step = target - layer.applied.get(entry, 0.0)
@@ -806,14 +792,12 @@ def _load(lora, table=None):
 
 
 def _fits(module, weight_shape: tuple[int, ...]) -> bool:
-    """Whether a module's ΔW can be shaped like the weight (same rule as delta._fit_shape)."""
+    """Whether a module's ΔW can be shaped like the weight (`sdlora.delta.shape_fits`, the delta math's rule)."""
     try:
         shape = module.raw_delta_shape()
     except (KeyError, IndexError, ValueError, RuntimeError):  # malformed factors: the delta math says why
         return True
-    if tuple(shape) == weight_shape:
-        return True
-    return prod(shape) == prod(weight_shape) and shape[0] == weight_shape[0]
+    return shape_fits(shape, weight_shape)
 
 
 def _bias_fits(module, target: torch.nn.Module) -> bool:
@@ -840,6 +824,6 @@ def model_family_of(components) -> str | None:
     """
     family = table_for_model(SimpleNamespace(**components)).family
     if family is None:
-        cross = getattr(getattr(components.get("unet"), "config", None), "cross_attention_dim", None)
-        family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(cross)
+        config = getattr(components.get("unet"), "config", None)
+        family = unet_config_family(config) if config is not None else None
     return family

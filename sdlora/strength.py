@@ -98,12 +98,6 @@ class Strength:
                    unet=None if unet is None else check_strength(unet, f"{what}: unet strength"),
                    blocks=named.get("lbw"))
 
-    @classmethod
-    def of_entry(cls, entry) -> Strength:
-        """The strength a `LoraStack` entry holds now (for an exact restore)."""
-        return cls(entry.strength, entry.te_strength, entry.unet_strength,
-                   dict(entry.block_strengths) or None)
-
     # ----- reading ------------------------------------------------------------------------------
 
     @property
@@ -120,17 +114,11 @@ class Strength:
         """This strength with another overall value (te/unet/blocks kept): a grid cell, a moved slider."""
         return replace(self, overall=overall)
 
-    def stack_kwargs(self) -> dict:
-        """Keyword arguments for `LoraStack.add` / `set_strength`. Every field is given, so a set_strength
-        replaces the whole strength (a tag's te value is not hidden by an earlier separate te)."""
-        blocks = dict(self.blocks) if isinstance(self.blocks, tuple) else self.blocks
-        return {"strength": self.overall, "te_strength": self.te, "unet_strength": self.unet,
-                "block_strengths": blocks}
-
     def for_module(self, canonical: str) -> float:
-        """The multiplier of canonical module `canonical` (for code that has no model: merge).
+        """The multiplier of canonical module `canonical`: the one rule (the stack, merge).
 
-        Raises ConfigError for a block vector, whose block names only a model's UNet can tell."""
+        Raises ConfigError for a block vector, whose block names only a model's UNet can tell (the stack
+        names them when a strength is set)."""
         base = self.unet_value if canonical.startswith("unet.") else self.te_value
         if self.blocks is None:
             return base

@@ -4,7 +4,7 @@ instead of keeping a copy of every patched weight.
 Depends on torch and safetensors; sdlora.arch.ldm_keys names the keys of single-file checkpoints.
 
 A component (UNet, text encoder) gets a `ComponentSource` in one of two ways:
-* `record_folder` / `record_single_file`, called by `sdlora.models` right after it loaded the weights: the
+* `record_folder` / `record_single_file`, called by `sdlora.base.load` right after it loaded the weights: the
   file's identity is taken then, so a file changed between load and the first patch is noticed;
 * `source_of` finds it for a pipeline loaded elsewhere (`diffusers` `from_pretrained` of a local folder):
   the component's `config._name_or_path` names its folder. The identity is then taken at the first patch.

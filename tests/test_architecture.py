@@ -4,7 +4,8 @@ The import rules are checked on the parsed source (`ast`), counting imports at m
 functions alike, with relative imports resolved:
 (a) no import cycle among sdlora's modules;
 (b) no module imports another module's private name (`from x import _name`, or `x._name`);
-(c) the layers listed in docs/ARCHITECTURE.md: a module imports only modules of its own or a lower layer.
+(c) the layers listed in docs/ARCHITECTURE.md: a module imports only modules of its own or a lower layer;
+(d) the module map in docs/ARCHITECTURE.md lists every module.
 The checker functions are tested on synthetic packages too, to show that each check can fail.
 """
 
@@ -264,6 +265,47 @@ def layer_violations(edges: list[ImportEdge], layers: list[tuple[str, list[str]]
     return sorted(set(bad))
 
 
+def read_module_map(doc: Path) -> dict[str, str]:
+    """{entry: its text} of the code block under "## Module map": an entry is a line indented two spaces,
+    `name.py` (a module of the package's top level) or `name/` (a subpackage or a data folder), then its
+    description; deeper-indented lines go on with the entry above."""
+    section = doc.read_text(encoding="utf-8").split("\n## Module map", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    entries: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        match = re.match(r"^  (\S+)\s*(.*)$", line)
+        if match:
+            current = match.group(1)
+            entries[current] = match.group(2)
+        elif current is not None and line.strip():
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def module_map_gaps(entries: dict[str, str], modules: dict[str, Path], package: str) -> list[str]:
+    """The modules the map leaves out: a top-level `x.py` needs its own entry; a module `pkg.sub.name` needs
+    `name` as a word in the text of the `sub/` entry (a package's `__init__` is its entry itself)."""
+    gaps = []
+    for module, path in modules.items():
+        parts = module.split(".")[1:]
+        if not parts:
+            continue  # the package itself: its __init__.py entry is checked as `__init__.py`
+        if len(parts) == 1 and path.name != "__init__.py":
+            if f"{parts[0]}.py" not in entries:
+                gaps.append(module)
+        else:
+            folder = f"{parts[0]}/"
+            text = entries.get(folder)
+            named = path.name == "__init__.py" or (text is not None and re.search(
+                rf"(?<![\w.]){re.escape(parts[-1])}(?![\w])", text))
+            if text is None or not named:
+                gaps.append(module)
+    if "__init__.py" not in entries:
+        gaps.insert(0, package)
+    return gaps
+
+
 # ----------------------------------------------------------------------------------------------------------
 # import rules: the project
 
@@ -291,6 +333,11 @@ def test_every_module_has_exactly_one_layer_in_the_doc():
     patterns = [p for _, ps in layers for p in ps]
     assert [p for p in patterns if not any(_matches(m, p) for m in modules)] == []
     assert len(patterns) == len(set(patterns)), "a pattern is listed twice"
+
+
+def test_module_map_lists_every_module():
+    """docs/ARCHITECTURE.md's module map leaves no module out (a new module must be described there)."""
+    assert module_map_gaps(read_module_map(DOC), module_names(ROOT, "sdlora"), "sdlora") == []
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -337,3 +384,16 @@ def test_checker_finds_an_import_of_a_higher_layer(tmp_path):
     layers = read_layers(doc)
     assert layers == [("bottom", ["pkg", "pkg.low"]), ("top", ["pkg.high"])]
     assert layer_violations(import_edges(root, "pkg"), layers) == ["pkg.low:2 (bottom) imports pkg.high (top)"]
+
+
+def test_checker_finds_modules_the_map_leaves_out(tmp_path):
+    root = _package(tmp_path, {"__init__.py": "", "listed.py": "", "forgotten.py": "", "sub/__init__.py": "",
+                               "sub/named.py": "", "sub/unnamed.py": "", "other/__init__.py": "",
+                               "other/x.py": ""})
+    doc = tmp_path / "map.md"
+    doc.write_text("# x\n\n## Module map\n\n```\npkg/\n  __init__.py  the face\n  listed.py    listed\n"
+                   "  sub/         holds named, and\n               not.unnamed\n```\n\n## Next\n  forgotten.py\n")
+    entries = read_module_map(doc)
+    assert entries["sub/"] == "holds named, and not.unnamed"
+    assert module_map_gaps(entries, module_names(root, "pkg"), "pkg") == [
+        "pkg.forgotten", "pkg.other", "pkg.other.x", "pkg.sub.unnamed"]

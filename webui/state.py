@@ -150,15 +150,15 @@ class AppState:
 
     # -- base models ----------------------------------------------------------------------
     def bases(self) -> list[Any]:
-        """The Base menu: the configured default first, "embedded", then every model in the model folders
-        (`sdlora.bases.BaseModel`s, read from configs and headers only)."""
-        from sdlora.bases import list_bases
+        """The Base menu: the configured default first, "embedded", then every model in the model folders and
+        the bake folder (`sdlora.base.listing.BaseModel`s, read from configs and headers only)."""
+        from sdlora.base.listing import list_bases
 
-        return list_bases(self.config.model_dirs, default=self.base_model(self.config.base))
+        return list_bases(self.config.model_search_dirs, default=self.base_model(self.config.base))
 
     def base_info(self, base: str | None = None) -> Any:
         """The `BaseModel` of `base` (default: the current one), described once per path."""
-        from sdlora.bases import describe_base
+        from sdlora.base.listing import describe_base
 
         value = self.base_model(base)
         if value not in self._base_info:
@@ -166,16 +166,16 @@ class AppState:
         return self._base_info[value]
 
     def fit(self, name: str, base: str | None = None) -> Any:
-        """Whether library LoRA `name` fits `base` (default: the current one): a `sdlora.compat.Fit`, from
+        """Whether library LoRA `name` fits `base` (default: the current one): a `sdlora.base.fit.Fit`, from
         headers only (for a Library column and the stack's add check)."""
-        from sdlora.compat import check_fit
+        from sdlora.base.fit import check_fit
 
         return check_fit(self.library_path(name), self.base_info(base))
 
     def library_fits(self, base: str | None = None) -> dict[str, Any]:
-        """{library name: `sdlora.compat.Fit`} against `base` (default: the current one), headers only: for a
+        """{library name: `sdlora.base.fit.Fit`} against `base` (default: the current one), headers only: for a
         Library "fits" column (`fit.short` is the cell, `fit.reason` the tooltip/detail)."""
-        from sdlora.compat import Fit, fit_shape, read_lora_shape
+        from sdlora.base.fit import Fit, fit_shape, read_lora_shape
 
         info = self.base_info(base)
         fits = {}
@@ -235,6 +235,6 @@ class AppState:
 
 
 def _default_pipeline(base: str, allow_pickle: bool) -> Any:
-    from sdlora.generate import load_base
+    from sdlora.base.load import load_base
 
     return load_base(base, allow_pickle=allow_pickle)[0]

@@ -84,12 +84,6 @@ def _foreign_match(keys: Iterable[str]) -> tuple[str, str] | None:
     return None
 
 
-def foreign_architecture(keys: Iterable[str]) -> str | None:
-    """The name of a non-SD architecture whose key pattern appears in `keys`, else None."""
-    found = _foreign_match(keys)
-    return found[0] if found else None
-
-
 def _input_widths(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
     """{raw key: input width} for down-side tensors and LoKr pairs, linear layers (2-D tensors) only."""
     widths = {}
@@ -204,6 +198,26 @@ def _vote_dit(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """Name a diffusers-style DiT by its hidden width (input width of an attention to_q)."""
     widths = [w for k, w in _input_widths(shapes).items() if re.search(r"attn1?[._]to_q", k)]
     return _vote(widths, _DIT_WIDTHS)
+
+
+def context_family(width) -> str | None:
+    """The family whose cross-attention context width is `width` (768 / 1024 / 2048), else None: the one
+    family rule every base-model reader uses (checkpoint headers, UNet configs, live models)."""
+    return CONTEXT_WIDTHS.get(width)
+
+
+def unet_config_family(config) -> str | None:
+    """sd1/sd2/sdxl from a UNet config (a dict, diffusers' FrozenDict or a config object): SDXL's added
+    text-time embedding, else `context_family` of its cross-attention width; None for other sizes."""
+    if _config_value(config, "addition_embed_type") == "text_time":
+        return "sdxl"
+    return context_family(_config_value(config, "cross_attention_dim"))
+
+
+def _config_value(config, key: str):
+    """A config field as an attribute (diffusers' configs and FrozenDict), else as a mapping key (a dict)."""
+    value = getattr(config, key, None)
+    return config.get(key) if value is None and isinstance(config, Mapping) else value
 
 
 def detect_checkpoint_family(shapes: Mapping[str, tuple[int, ...]]) -> str | None:

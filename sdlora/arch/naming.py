@@ -19,7 +19,7 @@ from functools import cache, lru_cache
 
 from sdlora.arch.components import COMPONENTS, canonical_name, model_components, split_name
 from sdlora.arch.family import FAMILIES
-from sdlora.arch.tables import ModuleInfo, ModuleTable, family_table
+from sdlora.arch.tables import ModuleInfo, family_table
 from sdlora.errors import CompatibilityError, ConfigError
 
 # LDM/SGM names of the layers inside a diffusers ResnetBlock2D / Downsample2D (docs/formats.md §2.2)
@@ -349,8 +349,3 @@ def kohya_lookup(family: str | None, table: Mapping[str, ModuleInfo] | None = No
     if family not in FAMILIES:
         raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
     return _family_lookup(family)
-
-
-def kohya_names(table: ModuleTable | Mapping[str, ModuleInfo], family: str | None) -> dict[str, str]:
-    """{canonical name: Kohya name sdlora writes} for every module of `table`."""
-    return {name: kohya_name(name, family) for name in table}

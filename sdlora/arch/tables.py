@@ -17,10 +17,9 @@ from importlib import resources
 from pathlib import Path
 
 from sdlora.arch.components import COMPONENTS, canonical_name, model_components
-from sdlora.arch.family import FAMILIES, check_family, detect_checkpoint_family
+from sdlora.arch.family import FAMILIES, check_family
 from sdlora.configs import CONFIG_DIRS, models_root
 from sdlora.errors import ConfigError
-from sdlora.header import read_header
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,6 @@ class ModuleTable(Mapping):
         """The sub-table of one component (same family)."""
         prefix = component + "."
         return ModuleTable({k: v for k, v in self._modules.items() if k.startswith(prefix)}, self.family)
-
-    def to_json(self) -> dict:
-        """A JSON-ready dict: {"family": ..., "modules": {name: [layer, shape]}}."""
-        modules = {name: [info.layer, list(info.shape)] for name, info in self._modules.items()}
-        return {"family": self.family, "modules": modules}
 
     @classmethod
     def from_json(cls, data: Mapping) -> ModuleTable:
@@ -269,35 +263,3 @@ def build_table_from_config_dir(path: str | Path) -> ModuleTable:
     table = ModuleTable(modules)
     table.family = match_family(table)
     return table
-
-
-def _checkpoint_family(path: Path) -> str:
-    """The family of a single-file .safetensors checkpoint, read from its header only (no weights loaded)."""
-    header = read_header(path)
-    family = detect_checkpoint_family({key: info.shape for key, info in header.tensors.items()})
-    if family is None:
-        raise ConfigError(
-            f"{path}: not an SD1/SD2/SDXL checkpoint (no cross-attention weights of width 768, 1024 or 2048); "
-            "give a diffusers model folder or a family name (sd1, sd2, sdxl)"
-        )
-    return family
-
-
-def resolve_base(base: str | Path) -> str | ModuleTable:
-    """A `--base` value as a check target: a family name ("sd1", "sd2", "sdxl"; also "sd15", "sd21") stays a
-    string, a diffusers model folder becomes its meta-built module table, and a single-file .safetensors
-    checkpoint becomes the family its header's shapes show (its weights are not read).
-
-    Raises:
-        ConfigError: neither a family name nor a folder.
-    """
-    text = str(base)
-    aliases = {"sd15": "sd1", "sd1.5": "sd1", "sd21": "sd2", "sd2.1": "sd2"}
-    if text.lower() in FAMILIES or text.lower() in aliases:
-        return aliases.get(text.lower(), text.lower())
-    path = Path(base)
-    if path.is_dir():
-        return build_table_from_config_dir(path)
-    if path.is_file():
-        return _checkpoint_family(path)
-    raise ConfigError(f"--base {text!r}: not a family name (sd1, sd2, sdxl) and no such folder")

@@ -23,6 +23,7 @@ from sdlora.quiet import quiet_third_party
 # command name -> module under sdlora.cli; the order is the order in --help
 COMMANDS: dict[str, str] = {
     "train": "train",
+    "caption": "caption",
     "inspect": "inspect",
     "meta": "meta",
     "convert": "convert",

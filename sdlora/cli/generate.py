@@ -44,12 +44,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.base_ref import native_resolution_of
+    from sdlora.base.load import load_base
+    from sdlora.base.native import native_resolution_of
     from sdlora.generate import (
         GenerateSettings,
         check_prompt_loras,
         generate,
-        load_base,
         random_seed,
         save_png,
     )
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     stack = LoraStack(pipeline)
     with stack.batch():
         for path, strength in map(lora_with_strength, args.lora):
-            stack.add(path, **strength.stack_kwargs())
+            stack.add(path, strength)
     if args.grid_x:
         image, parameters = _grid(args, pipeline, settings, stack, library)
     else:

@@ -150,7 +150,7 @@ def _config_source(args: argparse.Namespace, overrides: list[str]) -> tuple[str 
     --config was given)."""
     if args.config is not None:
         return args.config, ""
-    from sdlora.base_ref import default_preset
+    from sdlora.base.native import default_preset
     from sdlora.config import load_config
 
     preset = default_preset(load_config(None, overrides).model.base)
@@ -218,7 +218,7 @@ def _dry_run(cfg) -> int:
     fused.check(cfg)
     fp8.check(cfg)
     cfg, notes, _ = resolve_base_settings(cfg)
-    _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed)
+    _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
     print("\n".join([*summary.lines(), *notes]))
     print(_estimate_line(cfg))
     print(dump_config(cfg), end="")

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdlora.base_ref import check_target
+    from sdlora.base.ref import check_target
     from sdlora.formats import load_lora
     from sdlora.report import check_lora
 

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sdlora.base.load import load_components
 from sdlora.errors import ConfigError
-from sdlora.models import load_components
 from sdlora.train.progress import StageCancelled, StageInfo, Stages, StepInfo
 from sdlora.train.result import TrainResult
 
@@ -92,7 +92,7 @@ def resolve_base_settings(cfg, components=None):
     Returns:
         (resolved TrainConfig, notes for the summary, native size or None).
     """
-    from sdlora.base_ref import native_resolution, native_resolution_of
+    from sdlora.base.native import native_resolution, native_resolution_of
     from sdlora.config import resolve_for_base
 
     if components is not None:
@@ -121,7 +121,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
 
     Args:
         cfg: a `sdlora.config.TrainConfig` (see `load_config`); unset sizes are taken from the base.
-        components: a `sdlora.models.Components`; loaded from `cfg.model.base` when None.
+        components: a `sdlora.base.load.Components`; loaded from `cfg.model.base` when None.
         on_step: called after every optimizer step with a `StepInfo` (main process only).
         on_stage: called in every other stage (loading the base, scanning images, caching latents i/N,
             caching text i/N, compiling, sampling, saving) with a `StageInfo` (counts, elapsed, ETA).
@@ -194,7 +194,7 @@ def _train(cfg, components, stages: Stages, notes: list[str], on_step, resume) -
             (log.warning if note.startswith("warning") else log.info)("%s", note)
         stages.start("scanning images")
         items, summary = scan_dataset(cfg.data, on_progress=lambda p: stages.advance(p.done, p.total),
-                                      seed=cfg.optim.seed)
+                                      seed=cfg.optim.seed, base=str(cfg.model.base))
         for line in summary.lines():
             log.info("%s", line)
         accelerator = make_accelerator(cfg)

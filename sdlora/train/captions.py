@@ -68,6 +68,19 @@ def write_caption(image: Path, caption: str | None) -> Path:
     return target
 
 
+BACKUP_SUFFIX = ".txt.bak"
+
+
+def backup_caption(image: Path) -> Path | None:
+    """Keep the image's caption file as `<stem>.txt.bak` before it is replaced; returns the backup made, or
+    None when there is no caption file or a backup exists already (it holds the oldest caption)."""
+    source, backup = caption_path(image), Path(image).with_suffix(BACKUP_SUFFIX)
+    if not source.is_file() or backup.exists():
+        return None
+    write_bytes_atomic(backup, source.read_bytes())
+    return backup
+
+
 def split_tags(caption: str) -> list[str]:
     return [tag.strip() for tag in caption.split(",") if tag.strip()]
 

@@ -29,18 +29,70 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def encode_text(components, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(encoder_hidden_states (B, 77, D), pooled (B, D2) or None)."""
-    ids = tokenize(components.tokenizer, captions).to(device)
+def chunk_count(max_token_length: int) -> int:
+    """Text-encoder windows per caption for `data.max_token_length` (75 -> 1, 150 -> 2, 225 -> 3)."""
+    return max(1, max_token_length // 75)
+
+
+def token_limit(tokenizer, chunks: int) -> int:
+    """Caption tokens that fit in `chunks` windows (each window keeps two places for its BOS and EOS)."""
+    return chunks * (tokenizer.model_max_length - 2)
+
+
+def tokenize_chunks(tokenizer, captions: list[str], chunks: int) -> torch.Tensor:
+    """Token ids (B, chunks, window) for long captions, as sd-scripts' max_token_length builds them
+    (docs/training.md, "Long captions"): the caption is tokenized to chunks x (window - 2) tokens, cut into
+    pieces of window - 2, and each piece gets the caption's BOS in front and its last token (EOS, or padding)
+    behind. A tokenizer that pads with another token than EOS (SD2, SDXL's second) gets an EOS after a
+    piece that ends mid-text and one right after BOS in an empty piece, so every window has an EOS to pool."""
+    window = tokenizer.model_max_length
+    body = window - 2
+    ids = tokenizer(captions, padding="max_length", max_length=chunks * body + 2, truncation=True,
+                    return_tensors="pt").input_ids
+    pieces = [torch.cat([ids[:, :1], ids[:, 1 + k * body: 1 + (k + 1) * body], ids[:, -1:]], dim=1)
+              for k in range(chunks)]
+    out = torch.stack(pieces, dim=1)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if pad != eos:
+        mid_text = (out[:, :, -2] != eos) & (out[:, :, -2] != pad)
+        out[:, :, -1] = torch.where(mid_text, torch.full_like(out[:, :, -1], eos), out[:, :, -1])
+        empty = out[:, :, 1] == pad
+        out[:, :, 1] = torch.where(empty, torch.full_like(out[:, :, 1], eos), out[:, :, 1])
+    return out
+
+
+def join_chunks(hidden: torch.Tensor, batch: int, chunks: int) -> torch.Tensor:
+    """(B * chunks, window, D) -> (B, chunks * (window - 2) + 2, D): the first BOS, every window's inner
+    states, the last window's final state; the inner windows' BOS/EOS states are dropped."""
+    if chunks == 1:
+        return hidden
+    window = hidden.shape[1]
+    flat = hidden.reshape(batch, chunks * window, hidden.shape[-1])
+    inner = [flat[:, k * window + 1: (k + 1) * window - 1] for k in range(chunks)]
+    return torch.cat([flat[:, :1], *inner, flat[:, -1:]], dim=1)
+
+
+def _ids(tokenizer, captions: list[str], chunks: int, device) -> torch.Tensor:
+    if chunks == 1:
+        return tokenize(tokenizer, captions).to(device)
+    return tokenize_chunks(tokenizer, captions, chunks).flatten(0, 1).to(device)
+
+
+def encode_text(components, captions: list[str], device, chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(encoder_hidden_states (B, 77, D), pooled (B, D2) or None); with `chunks` > 1 the hidden states are
+    (B, chunks * 75 + 2, D) and SDXL's pooled embedding is the first window's, as sd-scripts does."""
+    batch = len(captions)
+    ids = _ids(components.tokenizer, captions, chunks, device)
     if not components.is_sdxl:
-        return components.text_encoder(ids)[0], None
+        return join_chunks(components.text_encoder(ids)[0], batch, chunks), None
     # SDXL: penultimate hidden states of both encoders, concatenated; pooled projection of the second
     # (diffusers StableDiffusionXLPipeline.encode_prompt)
     first = components.text_encoder(ids, output_hidden_states=True)
-    ids_2 = tokenize(components.tokenizer_2, captions).to(device)
+    ids_2 = _ids(components.tokenizer_2, captions, chunks, device)
     second = components.text_encoder_2(ids_2, output_hidden_states=True)
-    hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
-    return hidden, second[0]
+    hidden = torch.cat([join_chunks(first.hidden_states[-2], batch, chunks),
+                        join_chunks(second.hidden_states[-2], batch, chunks)], dim=-1)
+    return hidden, second[0][::chunks]
 
 
 def unet_kwargs(components, pooled, size_ids: list[tuple[int, ...]], dtype) -> dict:
@@ -113,7 +165,8 @@ class LatentCache:
 class TextCache:
     """Text-encoder outputs per caption (frozen text encoder and fixed captions only)."""
 
-    def __init__(self):
+    def __init__(self, chunks: int = 1):
+        self.chunks = chunks
         self._memory: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def encode(self, components, captions: list[str], device):
@@ -121,7 +174,7 @@ class TextCache:
         if missing:
             # on the encoder's own device: it may be parked on the CPU (sdlora.train.parking)
             with torch.no_grad():
-                hidden, pooled = encode_text(components, missing, components.text_encoder.device)
+                hidden, pooled = encode_text(components, missing, components.text_encoder.device, self.chunks)
             for i, caption in enumerate(missing):
                 self._memory[caption] = (hidden[i].detach().to(device),
                                          None if pooled is None else pooled[i].detach().to(device))

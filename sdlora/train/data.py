@@ -21,6 +21,7 @@ import os
 import random
 import re
 import stat
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,10 @@ from sdlora.config import fill_data_sizes
 from sdlora.errors import DatasetError
 from sdlora.progress import ProgressCallback, report
 from sdlora.suffixes import IMAGE_SUFFIXES
+from sdlora.train import datacheck, masks
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
 from sdlora.train.captions import (
+    backup_caption,
     caption_path,
     check_caption,
     process_caption,
@@ -42,6 +45,7 @@ from sdlora.train.captions import (
     with_trigger,
     write_caption,
 )
+from sdlora.train.conditioning import chunk_count, token_limit
 from sdlora.train.images import ImageSkipped, open_image
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,11 @@ class DatasetSummary:
     tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)
     reg_folders: dict[str, dict] = field(default_factory=dict)    # as `folders`, for data.reg_path
     validation: list[ImageItem] = field(default_factory=list)     # held out or from data.validation_path
+    checks: list[str] = field(default_factory=list)               # the data set check's findings (datacheck)
+    cut_captions: int = 0                                         # training images whose caption is cut
+    uncaptioned_as: Counter = field(default_factory=Counter)      # class token -> images without a caption
+    transparent: list[str] = field(default_factory=list)          # images whose alpha was composited
+    hashes: dict[Path, tuple] = field(default_factory=dict)       # image -> datacheck.signature
 
     @property
     def reg_image_count(self) -> int:
@@ -94,6 +103,7 @@ class DatasetSummary:
                        (", ..." if len(self.validation) > 5 else "") + ")")
         out.append(f"captions: {self.captioned}/{total} images have a .txt caption")
         out.append("buckets: " + ", ".join(f"{k} ({v})" for k, v in self.buckets.items()))
+        out += self.checks
         for name, tags in self.tag_frequency.items():
             top = ", ".join(f"{t} ({c})" for t, c in list(tags.items())[:10])
             out.append(f"top tags in {name}: {top}")
@@ -215,9 +225,10 @@ def caption_pairs(root: str | Path, repeats: int = 1) -> list[CaptionedImage]:
     return pairs
 
 
-def write_captions(root: str | Path, captions: Mapping[str, str | None]) -> list[Path]:
+def write_captions(root: str | Path, captions: Mapping[str, str | None], backup: bool = False) -> list[Path]:
     """Write captions of images in data set `root`, given as {image path relative to root: caption}; returns
-    the caption files written. Every entry is checked before any file is written.
+    the caption files written. Every entry is checked before any file is written. With `backup`, a caption
+    file whose caption changes is first kept as `<stem>.txt.bak` (`backup_caption`).
 
     Raises:
         DatasetError: `root` is not a folder; a name is not an image `caption_pairs` lists (outside `root`,
@@ -232,6 +243,10 @@ def write_captions(root: str | Path, captions: Mapping[str, str | None]) -> list
             raise DatasetError(f"{name!r} is not an image of the data set {root.name}/ (images sit in it or in "
                                "its N_name subfolders)")
         images.append((image, check_caption(caption, name)))
+    if backup:
+        for image, caption in images:
+            if caption_path(image).is_file() and read_caption(caption_path(image))[0] != caption:
+                backup_caption(image)
     return [write_caption(image, caption) for image, caption in images]
 
 
@@ -249,6 +264,7 @@ def _caption_for(image: Path, class_token: str, summary: DatasetSummary) -> str 
     caption_file = caption_path(image)
     if not os.path.lexists(caption_file):
         summary.uncaptioned += 1
+        summary.uncaptioned_as[class_token] += 1
         return class_token
     problem = entry_problem(caption_file)
     if problem is None:
@@ -272,28 +288,34 @@ def _scan_image(path: Path, cfg, summary: DatasetSummary) -> tuple[int, int] | N
     except ImageSkipped as err:
         _skip(summary, path, str(err))
         return None
+    summary.hashes[path] = datacheck.signature(img)
     for note in notes:
         summary.converted.append((str(path), note))
+        if "transparency" in note:  # open_image's note for a composited alpha channel
+            summary.transparent.append(str(path))
     if max(img.size) > 2 * cfg.max_bucket:
         summary.converted.append((str(path), f"oversized {img.size[0]}x{img.size[1]}: scaled down to its bucket"))
     return img.size
 
 
-def scan_dataset(cfg, on_progress: ProgressCallback | None = None,
-                 seed: int = 0) -> tuple[list[ImageItem], DatasetSummary]:
+def scan_dataset(cfg, on_progress: ProgressCallback | None = None, seed: int = 0,
+                 base: str | None = None) -> tuple[list[ImageItem], DatasetSummary]:
     """Find, validate and caption every image under `cfg.path` (a `DataConfig`; unset sizes are filled as
     `sdlora.config.fill_data_sizes` does without a base), plus the regularization images of `cfg.reg_path`.
     Validation images (`cfg.validation_path`, or `cfg.validation_split` of the training images, chosen by
     `seed`) go to `summary.validation`, not into the returned items. `on_progress` gets (images decoded,
-    images found).
+    images found). The data set check (`sdlora.train.datacheck`) fills `summary.checks`; caption lengths
+    are counted with `base`'s tokenizer (CLIP's when None).
 
     Raises:
         DatasetError: a folder is missing or holds no usable image; the split would leave no training image.
     """
+    sized = cfg.resolution is not None  # else the size is a guess: no upscale check on it
     cfg = fill_data_sizes(cfg, None)
     root = _data_root(cfg.path or "")
     # every root is listed before any image is decoded, so a missing folder fails before the long part
     reg_root = _data_root(cfg.reg_path, "data.reg_path") if cfg.reg_path else None
+    masks.check_mask_folder(cfg)
     val_root = _data_root(cfg.validation_path, "data.validation_path") if cfg.validation_path else None
     summary, seen = DatasetSummary(), {}
     folders = _listed_folders(root, cfg.repeats, summary, seen)
@@ -315,7 +337,25 @@ def scan_dataset(cfg, on_progress: ProgressCallback | None = None,
         items += balance_reg(items, reg_items)
     _assign_buckets(items, cfg, summary)
     _assign_buckets(summary.validation, cfg, DatasetSummary())  # the summary's buckets count trained images
+    _check(items, cfg, summary, base, sized)
     return items, summary
+
+
+def _check(items: list[ImageItem], cfg, summary: DatasetSummary, base: str | None, sized: bool) -> None:
+    trained = [item for item in items if not item.is_reg]
+    paths = {item.path for item in trained}
+    tokenizer = datacheck.caption_tokenizer(base or "sd1")
+    caption, summary.cut_captions = datacheck.caption_lines(
+        trained, tokenizer, token_limit(tokenizer, chunk_count(cfg.max_token_length)), cfg.max_token_length)
+    summary.checks = [
+        *datacheck.duplicate_lines({path: h for path, h in summary.hashes.items() if path in paths}),
+        *(datacheck.upscale_lines(trained) if sized else []),
+        *caption,
+        *datacheck.uncaptioned_lines(summary.uncaptioned_as, cfg.trigger),
+        *datacheck.alpha_lines(summary.transparent, cfg.alpha_mask, cfg.background),
+        *datacheck.mask_lines([item.path for item in trained if cfg.mask_path and masks.mask_file(item.path, cfg) is None],
+                              cfg.mask_path),
+    ]
 
 
 def split_validation(items: list[ImageItem], fraction: float, seed: int,

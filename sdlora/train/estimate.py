@@ -40,7 +40,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from sdlora.base_ref import config_folder, parse_base
+from sdlora.base.ref import config_folder, parse_base
 from sdlora.config import apply_dict, read_yaml
 from sdlora.configs import preset_path
 from sdlora.errors import ConfigError

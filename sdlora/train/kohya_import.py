@@ -175,6 +175,13 @@ def _cache_latents(value: Any, data: dict) -> str:
     return "disk" if _bool(data.get("cache_latents_to_disk") or False) else "memory"
 
 
+def _max_token_length(value: Any) -> int:
+    length = _int(value)
+    if length not in (75, 150, 225):
+        raise _Skip(f"max_token_length {length}: sd-scripts takes 75, 150 or 225")
+    return length
+
+
 def _lora_type(value: Any, data: dict) -> str:
     kind = str(value).strip()
     if kind == "Standard":
@@ -319,6 +326,9 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "shuffle_caption": ("data.shuffle_captions", _plain(_bool)),
     "keep_tokens": ("data.keep_tokens", _plain(_int)),
     "caption_dropout_rate": ("data.caption_dropout", _plain(_float)),
+    "max_token_length": ("data.max_token_length", _plain(_max_token_length)),
+    "alpha_mask": ("data.alpha_mask", _plain(_bool)),
+    "conditioning_data_dir": ("data.mask_path", _plain(_text)),
     "caption_tag_dropout_rate": ("data.tag_dropout", _plain(_float)),
     "train_batch_size": ("data.batch_size", _plain(_int)),
     "batch_size": ("data.batch_size", _plain(_int)),
@@ -407,7 +417,6 @@ _NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
     "no_token_padding": ((False,), "unpadded tokens are " + _LATER),
     "full_fp16": ((False,), "sdlora keeps LoRA parameters in float32 (optim.mixed_precision autocasts)"),
     "full_bf16": ((False,), "sdlora keeps LoRA parameters in float32 (optim.mixed_precision autocasts)"),
-    "max_token_length": ((75, "75"), "sdlora uses CLIP's 75-token window"),
     "lora_network_weights": (("",), "starting from an existing LoRA file is " + _LATER),
     "loraplus_unet_lr_ratio": ((0, 0.0, "0"), "separate LoRA+ ratios are " + _LATER + " (optim.loraplus_ratio "
                                "applies to both parts)"),
@@ -444,6 +453,8 @@ _NOT_NEEDED: dict[str, str] = {
     "model_list": "kohya_ss GUI's model menu",
     "additional_parameters": "free-form command-line text is not parsed; set its options with --set",
     "sample_sampler": "sdlora samples with DDIM",
+    "masked_loss": "sdlora trains masked whenever masks are given: data.alpha_mask (mapped from alpha_mask) or "
+                   "data.mask_path (mapped from a subset's conditioning_data_dir)",
     "unit": "LyCORIS option", "factor": "LyCORIS option", "decompose_both": "LyCORIS option",
     "use_cp": "LyCORIS option", "train_on_input": "LyCORIS option",
 }

@@ -23,10 +23,12 @@ from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
 from sdlora.train import block_options, deepspeed_run, fp8, fused, loss_options
 from sdlora.train import data as data_mod
+from sdlora.train import masks as masks_mod
 from sdlora.train.compiling import compile_unet
 from sdlora.train.conditioning import (
     LatentCache,
     TextCache,
+    chunk_count,
     encode_text,
     posterior,
     unet_kwargs,
@@ -34,6 +36,7 @@ from sdlora.train.conditioning import (
 )
 from sdlora.train.loss import (
     diffusion_loss,
+    masked_loss,
     noise_target,
     perturb_noise,
     sample_noise,
@@ -73,6 +76,7 @@ class TrainState:
     fused: Any = None  # sdlora.train.fused.FusedSteps when optim.fused_backward is on
     fp8_layers: list = field(default_factory=list)  # layers whose weights are float8 (optim.fp8_base)
     noise: Any = None  # the forward-process schedule (loss_options.forward_process), DDPM whatever samples use
+    masks: dict = field(default_factory=dict)  # (image, bucket, crop, flip) -> latent-grid loss mask or None
     _epochs: dict = field(default_factory=dict)
 
     @property
@@ -121,7 +125,8 @@ def _caches(cfg, components, output: Path, train_text: bool):
         else:
             folder = output / "cache" / "latents" if cfg.data.cache_latents == "disk" else None
             latent_cache = LatentCache(folder, f"{vae_identity(components.vae)}|{cfg.data.background}")
-    text_cache = TextCache() if cfg.data.cache_text and not train_text and data_mod.captions_fixed(cfg.data) else None
+    cached = cfg.data.cache_text and not train_text and data_mod.captions_fixed(cfg.data)
+    text_cache = TextCache(chunk_count(cfg.data.max_token_length)) if cached else None
     return latent_cache, text_cache
 
 
@@ -183,13 +188,31 @@ def _latent_stats(state: TrainState, item, box, flip: bool):
     return mean[0], std[0]
 
 
-def prepare_batch(state: TrainState, micro: int) -> tuple[torch.Tensor, list[str], list]:
-    """(latents (B, 4, h, w), captions, size ids) of a micro-batch; latents sampled from the VAE posterior.
+def _mask(state: TrainState, item, box, flip: bool, latent_size) -> torch.Tensor | None:
+    """The sample's loss mask on the latent grid (computed once per image, crop and flip; masks are small)."""
+    key = (item.path, item.bucket, box, flip)
+    if key not in state.masks:
+        state.masks[key] = masks_mod.load_mask(item, state.cfg.data, box, flip, tuple(latent_size))
+    return state.masks[key]
+
+
+def _batch_mask(state: TrainState, found: list, shape) -> torch.Tensor | None:
+    """(B, 1, h, w) masks, white where a sample has none; None when no sample of the batch is masked, so an
+    unmasked batch computes exactly the unmasked loss."""
+    if all(mask is None for mask in found):
+        return None
+    white = torch.ones(1, *shape[-2:])
+    return torch.stack([white if mask is None else mask for mask in found]).to(state.device)
+
+
+def prepare_batch(state: TrainState, micro: int) -> tuple[torch.Tensor, list[str], list, torch.Tensor | None]:
+    """(latents (B, 4, h, w), captions, size ids, loss mask (B, 1, h, w) or None) of a micro-batch; latents
+    sampled from the VAE posterior.
 
     Size ids are SDXL's micro-conditioning per sample: (original h, w, crop top, left, target h, w).
     """
     epoch, position, indices = state.batch(micro)
-    means, stds, captions, size_ids = [], [], [], []
+    means, stds, captions, size_ids, found = [], [], [], [], []
     for offset, index in enumerate(indices):
         item = state.items[index]
         rng = data_mod.sample_rng(state.cfg.optim.seed, epoch, position * state.cfg.data.batch_size + offset)
@@ -198,24 +221,27 @@ def prepare_batch(state: TrainState, micro: int) -> tuple[torch.Tensor, list[str
         mean, std = _latent_stats(state, item, box, flip)
         means.append(mean)
         stds.append(std)
+        if masks_mod.masking(state.cfg.data):
+            found.append(_mask(state, item, box, flip, mean.shape[-2:]))
         captions.append(data_mod.caption_for_step(item, state.cfg.data, rng))
         size_ids.append((item.size[1], item.size[0], box[1], box[0], item.bucket[1], item.bucket[0]))
     mean, std = torch.stack(means).to(state.device), torch.stack(stds).to(state.device)
     noise = torch.randn(mean.shape, generator=state.generator, device=state.device)
-    return mean + std * noise, captions, size_ids
+    return mean + std * noise, captions, size_ids, _batch_mask(state, found, mean.shape)
 
 
 def _text(state: TrainState, captions: list[str]):
     if state.text_cache is not None:
         return state.text_cache.encode(state.components, captions, state.device)
     with torch.set_grad_enabled(state.train_text):
-        return encode_text(state.components, captions, state.device)
+        chunks = chunk_count(state.cfg.data.max_token_length)
+        return encode_text(state.components, captions, state.device, chunks)
 
 
 def training_step(state: TrainState, micro: int) -> torch.Tensor:
     """Loss of one micro-batch (not yet divided by grad_accum)."""
     cfg, scheduler = state.cfg, state.noise
-    latents, captions, size_ids = prepare_batch(state, micro)
+    latents, captions, size_ids, mask = prepare_batch(state, micro)
     # forward diffusion: x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise (DDPM, Ho et al. 2020 eq. 4)
     noise = sample_noise(latents, state.generator, cfg.optim.noise_offset)
     noise = loss_options.training_noise(cfg, noise, state.generator)
@@ -231,7 +257,10 @@ def training_step(state: TrainState, micro: int) -> torch.Tensor:
                           **extra).sample
     target = noise_target(scheduler, latents, noise, timesteps, state.prediction_type)
     weights = _prior_weights(state, micro, loss_options.loss_weights(cfg, scheduler, timesteps, state.prediction_type))
-    return diffusion_loss(pred, target, weights, cfg.optim.loss_type, loss_options.threshold(cfg, scheduler, timesteps))
+    threshold = loss_options.threshold(cfg, scheduler, timesteps)
+    if mask is not None:
+        return masked_loss(pred, target, mask, weights, cfg.optim.loss_type, threshold)
+    return diffusion_loss(pred, target, weights, cfg.optim.loss_type, threshold)
 
 
 def _prior_weights(state: TrainState, micro: int, weights: torch.Tensor | None) -> torch.Tensor | None:

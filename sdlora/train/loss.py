@@ -133,3 +133,16 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tens
     if weights is not None:
         per_sample = per_sample * weights
     return per_sample.mean()
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None,
+                loss_type: str = "l2", c: torch.Tensor | None = None) -> torch.Tensor:
+    """`diffusion_loss` where each sample's loss is averaged over its mask (B, 1, h, w) instead of every
+    latent: sum(mask x loss) / (channels x sum(mask)). A sample masked out entirely adds 0 (no gradient)."""
+    elementwise = elementwise_loss(pred, target, loss_type, c) * mask
+    dims = tuple(range(1, pred.dim()))
+    area = mask.sum(dim=dims) * pred.shape[1]
+    per_sample = elementwise.sum(dim=dims) / area.clamp_min(1e-8)
+    if weights is not None:
+        per_sample = per_sample * weights
+    return per_sample.mean()

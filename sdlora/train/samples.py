@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from sdlora.errors import ConfigError
+from sdlora.long_prompt import prompt_embedding_kwargs
 
 
 @dataclass
@@ -127,8 +128,12 @@ def render_samples(  # noqa: PLR0913 - keyword-only sampling settings
     samples = check_sample_prompts(prompts)
     images = []
     for i, sample in enumerate(samples):
-        images.append(pipe(**_pipeline_kwargs(sample, i, size=size, steps=steps, seed=seed, device=device)
-                           ).images[0])
+        kwargs = _pipeline_kwargs(sample, i, size=size, steps=steps, seed=seed, device=device)
+        with torch.no_grad():
+            embeds = prompt_embedding_kwargs(pipe, sample.prompt, sample.negative, device)
+        if embeds:
+            kwargs = {key: value for key, value in kwargs.items() if key not in ("prompt", "negative_prompt")}
+        images.append(pipe(**kwargs, **embeds).images[0])
         if on_image is not None:
             on_image(i + 1)
     paths = []

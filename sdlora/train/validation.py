@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from sdlora.train import data as data_mod
-from sdlora.train.conditioning import encode_text, posterior, unet_kwargs
+from sdlora.train.conditioning import chunk_count, encode_text, posterior, unet_kwargs
 from sdlora.train.loss import diffusion_loss, noise_target
 from sdlora.train.optimizers import eval_weights
 
@@ -64,7 +64,8 @@ def prepare(state) -> None:
 def _text(state, caption: str):
     if state.text_cache is not None:
         return state.text_cache.encode(state.components, [caption], state.device)
-    return encode_text(state.components, [caption], state.device)
+    chunks = chunk_count(state.cfg.data.max_token_length)
+    return encode_text(state.components, [caption], state.device, chunks)
 
 
 def _one(state, entry: ValidationInput) -> float:

@@ -14,7 +14,6 @@ from sdlora.arch.tables import (
     config_dir,
     family_table,
     match_family,
-    resolve_base,
     table_for_model,
 )
 from sdlora.errors import ConfigError
@@ -149,31 +148,6 @@ def test_build_from_single_component_folder_and_errors(tmp_path):
     (tmp_path / "model_index.json").write_text('{"unet": ["diffusers", "UNet2DConditionModel"]}')
     with pytest.raises(ConfigError, match="lists unet but"):
         build_table_from_config_dir(tmp_path)
-
-
-def test_resolve_base():
-    assert resolve_base("SDXL") == "sdxl"
-    assert resolve_base("sd15") == "sd1"
-    assert resolve_base(config_dir("sd2")).family == "sd2"
-    with pytest.raises(ConfigError, match="not a family name"):
-        resolve_base("flux")
-
-
-def test_resolve_base_reads_a_checkpoint_header(tmp_path):
-    import torch
-    from safetensors.torch import save_file
-
-    from sdlora.errors import SdloraError
-
-    key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-    save_file({key: torch.zeros(320, 1024, dtype=torch.float16)}, str(tmp_path / "v2.safetensors"))
-    assert resolve_base(tmp_path / "v2.safetensors") == "sd2"
-    save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 4)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ConfigError, match="not an SD1/SD2/SDXL checkpoint"):
-        resolve_base(tmp_path / "other.safetensors")
-    (tmp_path / "model.ckpt").write_bytes(b"PK\x03\x04" + bytes(100))
-    with pytest.raises(SdloraError):
-        resolve_base(tmp_path / "model.ckpt")
 
 
 def test_importing_naming_and_tables_does_not_import_torch():

@@ -119,7 +119,7 @@ def test_generate_without_allow_pickle_names_the_flag(tmp_path, capsys):
 
 
 def test_diffusers_folder_of_bin_files_needs_allow_pickle(tmp_path):
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
 
     folder = tmp_path / "model"
     (folder / "unet").mkdir(parents=True)

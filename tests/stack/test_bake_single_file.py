@@ -45,7 +45,7 @@ def _assert_same(loaded, expected):
 def test_single_file_bake_reads_back_in_diffusers_and_sdlora(pipe, components, lora_file, tmp_path, caplog):
     from diffusers import StableDiffusionPipeline
 
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
 
     caplog.set_level(logging.ERROR)
     base = _weights(pipe)
@@ -145,15 +145,15 @@ def _meta_components(folder):
 
 
 def test_only_models_of_the_shipped_sizes_go_without_a_config_folder(components, tiny_vae):
-    from sdlora.extract import _checkpoint_family
+    from sdlora.extract import _bake_family
 
     sd15 = _meta_components("sd15")
-    assert _checkpoint_family(sd15, None) == ("sd1", True)
-    assert _checkpoint_family({**sd15, "vae": tiny_vae}, None) == ("sd1", False)
-    assert _checkpoint_family({**components, "vae": tiny_vae}, None) == ("sd1", False)  # tiny: no family
-    assert _checkpoint_family(_meta_components("sd21"), None) == ("sd2", True)
+    assert _bake_family(sd15, None) == ("sd1", True)
+    assert _bake_family({**sd15, "vae": tiny_vae}, None) == ("sd1", False)
+    assert _bake_family({**components, "vae": tiny_vae}, None) == ("sd1", False)  # tiny: no family
+    assert _bake_family(_meta_components("sd21"), None) == ("sd2", True)
     with pytest.raises(ConfigError, match="family 'sdxl' given, but the base model is sd1"):
-        _checkpoint_family(sd15, "sdxl")
+        _bake_family(sd15, "sdxl")
 
 
 def test_tiny_sdxl_bakes_to_one_file_and_reads_back(tmp_path, caplog):
@@ -162,7 +162,7 @@ def test_tiny_sdxl_bakes_to_one_file_and_reads_back(tmp_path, caplog):
     from stack_helpers import tiny_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
 
     caplog.set_level(logging.ERROR)
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ from stack_helpers import assert_bit_identical, snapshot
 from sdlora.errors import ConfigError
 from sdlora.generate import GenerateSettings, generate, save_png
 from sdlora.stack import LoraStack
+from sdlora.strength import Strength
 
 
 def _tensor_sha(path) -> str:
@@ -54,10 +55,10 @@ def test_strength_zero_tag_gives_the_base_image(pipe, lora_file):
 
 def test_stacked_lora_is_listed_as_a_tag(pipe, lora_file):
     stack = LoraStack(pipe)
-    stack.add(lora_file, 0.5, unet_strength=0.25)
+    stack.add(lora_file, Strength(0.5, unet=0.25))
     result = generate(pipe, _settings("a dog"), stack=stack)
     assert result.parameters.split("\n")[0] == "a dog <lora:style:0.5:0.25>"
-    assert stack.entries[0].strength == 0.5  # still stacked afterwards
+    assert stack.entries[0].strength == Strength(0.5, unet=0.25)  # still stacked afterwards
 
 
 def test_png_carries_parameters(pipe, tmp_path):
@@ -134,15 +135,14 @@ def test_tag_strength_applies_to_a_stacked_lora_named_in_another_case(pipe, lora
     stack.add(lora_file, 1.0, name="Style")
     zero = generate(pipe, _settings("a dog <lora:style:0>"), stack=stack)
     assert np.array_equal(_pixels(base.image), _pixels(zero.image)), "the tag's strength 0 was ignored"
-    assert stack.entries[0].strength == 1.0  # restored after the image
+    assert stack.entries[0].strength == Strength(1.0)  # restored after the image
 
 
 def test_tag_text_encoder_strength_replaces_a_separate_slot_strength(pipe, lora_file):
     """Bug (issue 14): a slot with its own te strength kept it when a tag set the strength."""
     base = generate(pipe, _settings("a dog"))
     stack = LoraStack(pipe)
-    stack.add(lora_file, 1.0, te_strength=1.0, unet_strength=1.0, name="style")
+    stack.add(lora_file, Strength(1.0, te=1.0, unet=1.0), name="style")
     zero = generate(pipe, _settings("a dog <lora:style:0>"), stack=stack)
     assert np.array_equal(_pixels(base.image), _pixels(zero.image)), "the tag's te strength was dropped"
-    entry = stack.entries[0]
-    assert (entry.strength, entry.te_strength, entry.unet_strength) == (1.0, 1.0, 1.0)  # exact restore
+    assert stack.entries[0].strength == Strength(1.0, te=1.0, unet=1.0)  # exact restore

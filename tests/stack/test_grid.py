@@ -11,6 +11,7 @@ from sdlora.errors import ConfigError, Interrupted
 from sdlora.generate import GenerateSettings, generate
 from sdlora.grid import SEED, Axis, parse_values, strength_grid
 from sdlora.stack import LoraStack
+from sdlora.strength import Strength
 
 
 def _settings(seed=3):
@@ -44,7 +45,7 @@ def test_strength_by_seed_cells_equal_single_images(pipe, lora_file, monkeypatch
     result = strength_grid(stack, _draw(pipe, stack), Axis("style", (0.0, 0.5, 1.0)), Axis(SEED, (3, 4)), seed=3)
     monkeypatch.undo()
     assert len(result.cells) == 2 and len(result.cells[0]) == 3
-    assert stack.entries[0].strength == 0.7  # put back
+    assert stack.entries[0].strength == Strength(0.7)  # put back
     for i, seed in enumerate((3, 4)):
         for j, strength in enumerate((0.0, 0.5, 1.0)):
             fresh = LoraStack(pipe)  # a single image on a fresh stack at that strength and seed
@@ -63,17 +64,17 @@ def test_two_loras_against_each_other_and_exact_restore(pipe, components, lora_f
     before = snapshot(components)
     stack = LoraStack(pipe)
     stack.add(lora_file, 1.0, name="style")
-    stack.add(second_lora, -0.5, te_strength=0.25, name="other")
+    stack.add(second_lora, Strength(-0.5, te=0.25), name="other")
     reference = LoraStack(pipe)
     result = strength_grid(stack, _draw(pipe, stack), Axis("style", (0.0, 1.0)), Axis("other", (0.5, -1.0)), seed=5)
-    assert [(e.name, e.strength, e.te_strength) for e in stack.entries] == [("style", 1.0, None), ("other", -0.5, 0.25)]
+    assert [(e.name, e.strength) for e in stack.entries] == [("style", Strength(1.0)), ("other", Strength(-0.5, te=0.25))]
     stack.clear()
     assert_bit_identical(components, before)
     for i, b in enumerate((0.5, -1.0)):
         for j, a in enumerate((0.0, 1.0)):
             with reference.batch():
                 reference.add(lora_file, a, name="style")
-                reference.add(second_lora, b, te_strength=0.25, name="other")
+                reference.add(second_lora, Strength(b, te=0.25), name="other")
             assert _same(result.cells[i][j], generate(pipe, _settings(5), stack=reference).image), (a, b)
             reference.clear()
 
@@ -97,7 +98,7 @@ def test_grid_stops_between_cells_and_restores(pipe, lora_file):
     with pytest.raises(Interrupted, match="1 of 4"):
         strength_grid(stack, _draw(pipe, stack), Axis("style", (0.0, 1.0)), Axis(SEED, (1, 2)),
                       should_stop=lambda: asked.append(1) or len(asked) > 1)
-    assert stack.entries[0].strength == 0.3 and not stack.exact
+    assert stack.entries[0].strength == Strength(0.3) and not stack.exact
 
 
 def test_generation_stops_within_a_step_and_previews(pipe, components, lora_file):

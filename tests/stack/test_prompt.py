@@ -33,7 +33,6 @@ def test_lbw_and_lyco_and_negative():
     _, reqs = parse_prompt("x <lyco:old:-0.5> <lora:b:1:lbw=1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1>")
     assert reqs[0].name == "old" and reqs[0].strength == Strength(-0.5)
     assert reqs[1].strength.blocks == "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1"
-    assert reqs[1].stack_kwargs()["block_strengths"] == reqs[1].strength.blocks
 
 
 def test_known_names_resolve_case_and_suggest():

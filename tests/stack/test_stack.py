@@ -17,6 +17,7 @@ from stack_helpers import (
 
 from sdlora.errors import CompatibilityError, ConfigError
 from sdlora.stack import LoraStack
+from sdlora.strength import Strength
 
 CONVS = (torch.nn.Conv2d,)
 
@@ -48,7 +49,7 @@ def test_stack_equals_hand_merged_float64(components):
     expected = _hand_merged(components, [(a, 0.7, 0.7), (b, -0.4, 1.3)])
     stack = LoraStack(components)
     stack.add(a, 0.7)
-    stack.add(b, strength=-0.4, unet_strength=1.3)
+    stack.add(b, Strength(-0.4, unet=1.3))
     live = live_modules(components)
     for name, want in expected.items():
         got = live[name].weight.detach()
@@ -93,13 +94,13 @@ def test_te_and_unet_strengths_act_separately(components):
     names = _mixed_names(components)
     before = snapshot(components)
     stack = LoraStack(components)
-    name = stack.add(random_lora(components, names), te_strength=0.0, unet_strength=1.0)
+    name = stack.add(random_lora(components, names), Strength(1.0, te=0.0, unet=1.0))
     after = snapshot(components)
     te_keys = [k for k in before if k.startswith("text_encoder.")]
     unet_keys = [k for k in before if k.startswith("unet.")]
     assert all(torch.equal(before[k], after[k]) for k in te_keys)
     assert any(not torch.equal(before[k], after[k]) for k in unet_keys)
-    stack.set_strength(name, te_strength=1.0, unet_strength=0.0)
+    stack.set_strength(name, Strength(1.0, te=1.0, unet=0.0))
     stack.refresh()
     after = snapshot(components)
     assert all(torch.equal(before[k], after[k]) for k in unet_keys)
@@ -120,7 +121,7 @@ def _play(stack, names, rng, move, added):
         lora = random_lora(stack.components, subset, seed=step)
         added.append(stack.add(lora, rng.uniform(-2, 2), name=f"l{step}"))
     elif action == "strength":
-        stack.set_strength(rng.choice(added), rng.uniform(-2, 2), te_strength=rng.choice([None, 0.3]))
+        stack.set_strength(rng.choice(added), Strength(rng.uniform(-2, 2), te=rng.choice([None, 0.3])))
     elif action == "remove":
         stack.remove(added.pop(rng.randrange(len(added))))
     elif action == "toggle":
@@ -203,7 +204,7 @@ def test_block_strengths_zero_a_block(components):
     before = {n: live[n].weight.detach().clone() for n in in_block + other}
     stack = LoraStack(components)
     # tiny UNet: down_blocks.1.attentions.0 is input_blocks.4 -> IN04
-    stack.add(random_lora(components, in_block + other), 1.0, block_strengths={"IN04": 0.0})
+    stack.add(random_lora(components, in_block + other), Strength(1.0, blocks={"IN04": 0.0}))
     assert all(torch.equal(before[n], live[n].weight) for n in in_block)
     assert all(not torch.equal(before[n], live[n].weight) for n in other)
 
@@ -211,7 +212,7 @@ def test_block_strengths_zero_a_block(components):
 def test_block_strengths_bad_name_is_refused(components):
     stack = LoraStack(components)
     with pytest.raises(ConfigError, match="IN99"):
-        stack.add(random_lora(components, _mixed_names(components)), block_strengths={"IN99": 0.5})
+        stack.add(random_lora(components, _mixed_names(components)), Strength(1.0, blocks={"IN99": 0.5}))
     assert stack.entries == []
 
 
@@ -311,3 +312,16 @@ def test_half_precision_weights_are_recomputed_from_w0(components, dtype):
         assert (got - expected).abs().max() <= torch.finfo(dtype).eps * expected.abs().max(), name
     stack.clear()
     assert_bit_identical(components, before)
+
+
+def test_entry_holds_one_strength_with_named_blocks_and_set_strength_replaces_it(components):
+    """StackEntry.strength is a Strength; a block vector is named for the model; a number replaces all."""
+    stack = LoraStack(components)
+    names = stack.block_names()
+    vector = ",".join("0.5" if n == "IN04" else "1" for n in names)
+    name = stack.add(random_lora(components, _mixed_names(components)), Strength(0.8, te=0.2, blocks=vector))
+    held = stack.entries[0].strength
+    assert isinstance(held, Strength) and (held.overall, held.te) == (0.8, 0.2)
+    assert dict(held.blocks)["IN04"] == 0.5 and len(held.blocks) == len(names)
+    stack.set_strength(name, 0.3)
+    assert stack.entries[0].strength == Strength(0.3)  # te and blocks follow the number again

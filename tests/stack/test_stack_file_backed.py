@@ -133,7 +133,7 @@ def test_in_memory_model_keeps_a_copy(components):
 
 def test_file_changed_before_the_first_patch_falls_back_to_a_copy(folder, caplog):
     components = load_folder(folder)
-    record_folder(components["unet"], folder / "unet")  # as sdlora.models does: identity at load time
+    record_folder(components["unet"], folder / "unet")  # as sdlora.base.load does: identity at load time
     record_folder(components["text_encoder"], folder / "text_encoder")
     before = snapshot(components)
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
@@ -246,7 +246,7 @@ def test_cuda_reads_w0_straight_to_the_device(folder, monkeypatch):
 
 def test_load_components_records_the_folder_it_read():
     """sdlora's loader records each component's file with its identity at load time."""
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
 
     loaded = load_components("embedded")
     components = {"unet": loaded.unet, "text_encoder": loaded.text_encoder}

@@ -7,6 +7,7 @@ import torch
 from stack_helpers import assert_bit_identical, live_modules, random_lora, snapshot
 
 from sdlora.stack import LoraStack
+from sdlora.strength import Strength
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_sdxl_block_names_and_12_value_vector(sdxl_components):
     lora = random_lora(sdxl_components, names, seed=5)
     #         BASE IN04 IN05 IN07 IN08 MID  OUT00 OUT01 OUT02 OUT03 OUT04 OUT05
     vector = [0.0, 1.0, 1.0, 0.5, 0.0, 1.0, 1.0, 1.0, 0.25, 2.0, 1.0, 1.0]
-    stack.add(lora, 1.0, block_strengths=vector, name="lbw")
+    stack.add(lora, Strength(1.0, blocks=",".join(map(str, vector))), name="lbw")
     for n in names:
         m = lora.modules[n]
         full[n] = m.scale * (m.tensors["up"].double() @ m.tensors["down"].double())
@@ -75,7 +76,7 @@ def test_sdxl_second_text_encoder_is_patched_and_restored(sdxl_components):
     names = _attention_linears(live, "text_encoder_2.")[:4] + _attention_linears(live, "unet.down_blocks.1.")[:2]
     before = snapshot(sdxl_components)
     stack = LoraStack(sdxl_components)
-    stack.add(random_lora(sdxl_components, names, seed=2), 0.7, te_strength=0.3)
+    stack.add(random_lora(sdxl_components, names, seed=2), Strength(0.7, te=0.3))
     changed = [n for n in names if not torch.equal(live[n].weight.detach(), before[_state_key(n)])]
     assert changed == names
     stack.clear()

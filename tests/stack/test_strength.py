@@ -13,8 +13,7 @@ from sdlora.strength import Strength
 def test_plain_number_means_both_encoders():
     s = Strength(0.8)
     assert (s.te_value, s.unet_value) == (0.8, 0.8)
-    assert s.stack_kwargs() == {"strength": 0.8, "te_strength": None, "unet_strength": None,
-                                "block_strengths": None}
+    assert (s.te, s.unet, s.blocks) == (None, None, None) and Strength.of(0.8) == s
     assert str(s) == "0.8"
 
 
@@ -42,7 +41,6 @@ def test_immutable_and_hashable():
         s.overall = 2.0  # type: ignore[misc]
     assert s.blocks == (("IN04", 0.5),)
     assert hash(s) == hash(Strength(1.0, blocks="IN04=0.5"))
-    assert s.stack_kwargs()["block_strengths"] == {"IN04": 0.5}
 
 
 def test_for_module_uses_te_unet_and_named_blocks():

@@ -19,7 +19,7 @@ _GUI_IGNORED = {
     "additional_parameters", "block_alphas", "block_dims", "block_lr_zero_threshold", "bucket_no_upscale",
     "caption_dropout_every_n_epochs", "caption_extension", "clip_skip", "color_aug", "conv_alpha", "conv_dim",
     "down_lr_weight", "epoch", "full_fp16", "lora_network_weights", "lr_scheduler_power",
-    "max_data_loader_n_workers", "max_token_length", "max_train_epochs", "mem_eff_attn", "mid_lr_weight",
+    "max_data_loader_n_workers", "max_train_epochs", "mem_eff_attn", "mid_lr_weight",
     "num_cpu_threads_per_process", "persistent_data_loader_workers", "save_every_n_epochs",
     "up_lr_weight", "v2", "v_parameterization", "vae_batch_size", "xformers",
 }
@@ -45,6 +45,7 @@ _SDXL_MAPPED = {
     "multires_noise_discount": ("optim.multires_noise_discount", 0.0),
     "prior_loss_weight": ("optim.prior_loss_weight", 1.0),
     "rank_dropout": ("lora.rank_dropout", 0.0), "module_dropout": ("lora.module_dropout", 0.0),
+    "max_token_length": ("data.max_token_length", 75),
 }
 
 EXPECTED = {
@@ -83,6 +84,7 @@ EXPECTED = {
         "seed": ("optim.seed", 1234), "shuffle_caption": ("data.shuffle_captions", False),
         "text_encoder_lr": ("optim.text_encoder_lr", 5e-5), "train_batch_size": ("data.batch_size", 3),
         "unet_lr": ("optim.unet_lr", 1e-4), "prior_loss_weight": ("optim.prior_loss_weight", 1.0),
+        "max_token_length": ("data.max_token_length", 75),
     }, _GUI_IGNORED | {"conv_alphas", "conv_dims", "lr_scheduler_num_cycles", "no_token_padding", "optimizer_args",
                        "stop_text_encoder_training", "training_comment"}),
     "lion_optimizer.json": ({
@@ -98,6 +100,7 @@ EXPECTED = {
         "unet_lr": ("optim.unet_lr", 3.333e-05), "network_dim": ("lora.rank", 128),
         "flip_aug": ("data.flip", False), "gradient_accumulation_steps": ("optim.grad_accum", 1),
         "output_name": ("output.name", "mrtmcfl_v2.0"), "network_alpha": ("lora.alpha", 128.0),
+        "max_token_length": ("data.max_token_length", 75),
         "keep_tokens": ("data.keep_tokens", 0), "random_crop": ("data.crop", "random"),
         "bucket_reso_steps": ("data.bucket_step", 64), "caption_dropout_rate": ("data.caption_dropout", 0.1),
         "prior_loss_weight": ("optim.prior_loss_weight", 1.0),
@@ -105,7 +108,7 @@ EXPECTED = {
         "num_cpu_threads_per_process", "caption_extension", "full_fp16", "no_token_padding",
         "stop_text_encoder_training", "use_8bit_adam", "xformers", "save_model_as", "save_state", "resume",
         "lora_network_weights", "color_aug", "clip_skip", "mem_eff_attn", "model_list",
-        "max_token_length", "max_train_epochs", "max_data_loader_n_workers", "training_comment",
+        "max_train_epochs", "max_data_loader_n_workers", "training_comment",
         "lr_scheduler_num_cycles", "lr_scheduler_power", "persistent_data_loader_workers", "bucket_no_upscale",
         "caption_dropout_every_n_epochs"}),
 }
@@ -234,7 +237,7 @@ def test_cli_prints_ignored_keys_and_applies_the_rest(capsys, tmp_path):
                  str(data), "--set", "data.batch_size=2", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "kohya import: 40 keys mapped, 52 ignored" in out
+    assert "kohya import: 41 keys mapped, 51 ignored" in out
     assert "  ignored epoch: sdlora counts optimizer steps" in out
     assert "optimizer: prodigy" in out and "batch_size: 2" in out  # --set wins over the import
 

@@ -15,7 +15,8 @@ import pytest
 from safetensors.torch import save_file
 from tests_train_helpers import save_tiny_pipeline, write_images
 
-from sdlora.base_ref import far_from_native, native_resolution, parse_base
+from sdlora.base.native import far_from_native, native_resolution
+from sdlora.base.ref import parse_base
 from sdlora.cli import main
 from sdlora.config import load_config
 

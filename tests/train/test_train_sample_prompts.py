@@ -49,11 +49,21 @@ def test_bad_prompt_fails_before_the_model_loads(tmp_path, monkeypatch):
         train_mod.train(cfg)
 
 
+class _WordTokenizer:
+    """One token per word, a 77-token window: enough for the long-prompt check to see short prompts."""
+
+    model_max_length = 77
+
+    def __call__(self, text, **kwargs):
+        return type("Ids", (), {"input_ids": text.split()})()
+
+
 class _FakePipe:
     """Records each call; returns an image of the requested size (no diffusion needed to test the wiring)."""
 
     def __init__(self):
         self.calls = []
+        self.tokenizer = _WordTokenizer()
 
     def set_progress_bar_config(self, **kwargs):
         pass

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from tests_train_helpers import save_tiny_pipeline, tiny_config, write_images
 
 from sdlora.arch.ldm_keys import models_to_ldm
+from sdlora.base.load import load_components
 from sdlora.errors import ConfigError
-from sdlora.models import load_components
 
 PARTS = ("unet", "vae", "text_encoder")
 

@@ -40,7 +40,7 @@ def make_tiny_components(tmp_path: Path, prediction_type: str = "epsilon"):
     from diffusers import DDPMScheduler
     from transformers import CLIPTokenizer
 
-    from sdlora.models import Components
+    from sdlora.base.load import Components
 
     tokenizer = CLIPTokenizer.from_pretrained(write_tiny_tokenizer(tmp_path / "tokenizer"))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,

@@ -53,7 +53,7 @@ def served(tmp_path_factory):
     data = sample_dataset(tmp / "data" / "style")
     lora_dir = tmp / "loras"
     lora_dir.mkdir()
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
 
     random_lora(lora_dir / "random-shapes.safetensors", load_components(str(base or "embedded")).unet)
     state = AppState(AppConfig(lora_dir=lora_dir, output_dir=tmp / "out", base=str(base) if base else "embedded",

@@ -22,7 +22,7 @@ def served(tmp_path_factory):
     """The app on the embedded base with a second tiny base in a model folder; yields (url, state, wide)."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
     from webui.app import build_app, launch
     from webui.state import AppConfig, AppState
 

@@ -19,7 +19,7 @@ def two_bases(tmp_path_factory):
     """(embedded pipeline, wide base folder, LoRA folder with "a" made for the embedded model)."""
     from tests_webui_models import random_lora, write_wide_base
 
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
 
     tmp = tmp_path_factory.mktemp("bases")
     wide = write_wide_base(tmp / "models" / "wide")

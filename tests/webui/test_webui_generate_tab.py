@@ -51,7 +51,7 @@ def test_slots_round_trip_through_flat_values():
         for j, field in enumerate(generate_tab.SLOT_FIELDS):
             values[f"slot{i}.{field}"] = updates[i * per_slot + 1 + j]
     assert generate_tab.slots_from_values(values) == slots
-    assert slots[1].te_strength == 0.2 and slots[0].te_strength is None
+    assert slots[1].value.te == 0.2 and slots[0].value.te is None
 
 
 def form(prompt="a red circle", **slots):

@@ -206,7 +206,7 @@ def test_bake_writes_a_new_base_model_into_the_bake_folder(tmp_path):
     (where base-model lists look: AppConfig.model_search_dirs), never over an existing model."""
     from tests_webui_models import random_lora, write_untrained_embedded
 
-    from sdlora.models import load_components
+    from sdlora.base.load import load_components
     from webui.state import AppConfig, AppState
 
     models = tmp_path / "models"
@@ -216,7 +216,7 @@ def test_bake_writes_a_new_base_model_into_the_bake_folder(tmp_path):
     path, message = tools_tab.bake_model(state, str(base), [["shapes", 0.5], ["", 1.0]], "single", "keep",
                                          "../baked")
     assert Path(path) == state.config.bake_dir / "baked.safetensors" and "baked 1 LoRA" in message
-    assert state.config.bake_dir in state.config.model_search_dirs
+    assert str(Path(path).resolve()) in [b.value for b in state.bases()]  # the Base menu offers it
     before, after = load_components(str(base)).unet, load_components(path).unet
     changed = [n for n, p in after.named_parameters() if not torch.equal(p, before.get_parameter(n))]
     assert changed and all(".attn" in n for n in changed)

@@ -55,17 +55,11 @@ class Slot:
     unet: float = 1.0
 
     @property
-    def te_strength(self) -> float | None:
-        return float(self.te) if self.separate else None
-
-    @property
-    def unet_strength(self) -> float | None:
-        return float(self.unet) if self.separate else None
-
-    @property
     def value(self) -> Strength:
-        """The slot's strength as the library's one strength type."""
-        return Strength(float(self.strength), self.te_strength, self.unet_strength)
+        """The slot's strength as the library's one strength type (te/unet only when `separate`)."""
+        if not self.separate:
+            return Strength(float(self.strength))
+        return Strength(float(self.strength), float(self.te), float(self.unet))
 
 
 # ---------------------------------------------------------------- slots -----------------------
@@ -124,11 +118,11 @@ def sync_stack(stack, wanted: list[Slot], resolve) -> dict[str, int]:
         for slot in wanted:
             entry = current.get(slot.name)
             if entry is None:
-                stack.add(resolve(slot.name), name=slot.name, **slot.value.stack_kwargs())
+                stack.add(resolve(slot.name), slot.value, name=slot.name)
                 counts["loaded"] += 1
                 entry = next(e for e in stack.entries if e.name == slot.name)
-            elif Strength.of_entry(entry) != slot.value:
-                stack.set_strength(slot.name, **slot.value.stack_kwargs())
+            elif entry.strength != slot.value:
+                stack.set_strength(slot.name, slot.value)
                 counts["changed"] += 1
             if bool(slot.enabled) != entry.enabled:
                 (stack.enable if slot.enabled else stack.disable)(slot.name)
@@ -180,7 +174,7 @@ def default_size(app) -> int:
     """The image side the base model was trained at (embedded 32, SD1 512, SD2-v 768, SDXL 1024), read from
     its configs before it is loaded (the size `sdlora generate` uses); GenerateSettings' default when only
     loading the model would tell."""
-    from sdlora.base_ref import native_resolution
+    from sdlora.base.native import native_resolution
     from sdlora.generate import GenerateSettings
 
     try:
@@ -379,7 +373,7 @@ def _wire_base(app, c: dict[str, Any]) -> None:
 
 
 def _base_size(value: str) -> int | None:
-    from sdlora.base_ref import native_resolution
+    from sdlora.base.native import native_resolution
 
     try:
         return native_resolution(value)

@@ -22,6 +22,7 @@ from sdlora import configs
 from sdlora.errors import ConfigError, DatasetError, SdloraError
 from webui.jobs import DONE, JobContext
 from webui.paths import safe_filename, unique_path
+from webui.tabs import caption_panel
 from webui.tabs.common import bound, gather
 from webui.uploads import (
     IMAGE_SUFFIXES,
@@ -60,10 +61,11 @@ ADVANCED: dict[str, list[str]] = {
                      "optim.multires_noise_iterations", "optim.multires_noise_discount",
                      "optim.debiased_estimation", "optim.zero_terminal_snr"],
     "LoRA variants": ["lora.rank_stabilized", "lora.rank_dropout", "lora.module_dropout"],
+    "Captions & masks": ["data.max_token_length", "data.alpha_mask", "data.mask_path"],
     "Tracking": ["output.log_with"],
 }
 # folders typed into the form: confined to the configured folders like the data set (AppState.read_path)
-PATH_KEYS = frozenset({"data.reg_path", "data.validation_path"})
+PATH_KEYS = frozenset({"data.reg_path", "data.validation_path", "data.mask_path"})
 # where a kohya config points on the machine it was written on: this tab chooses them itself
 KOHYA_SKIPPED = frozenset({"model.base", "data.path", "output.dir"})
 DEFAULT_PRESET = "(defaults)"  # the base's own recipe when it has one (embedded: the 'embedded' preset)
@@ -133,7 +135,7 @@ def _field_types(key: str) -> set:
 
 def native_size(base: str) -> int | None:
     """The base's native image side from its config files (no weights read); None when unknown."""
-    from sdlora.base_ref import native_resolution
+    from sdlora.base.native import native_resolution
 
     try:
         return native_resolution(base)
@@ -153,7 +155,7 @@ def base_changed(app, base: str, preset: str) -> list[Any]:
 
 def resolution_note(app, base: str, resolution) -> str:
     """A warning under the settings when the resolution is far from the base's native size ('' otherwise)."""
-    from sdlora.base_ref import far_from_native
+    from sdlora.base.native import far_from_native
 
     try:
         native = native_size(app.base_model(base))
@@ -201,7 +203,7 @@ def _confined(app, key: str, value):
 
 def _preset_path(preset: str, folder: Path | None, base: str | None = None) -> Path | None:
     if not preset or preset == DEFAULT_PRESET:
-        from sdlora.base_ref import default_preset
+        from sdlora.base.native import default_preset
 
         own = default_preset(base) if base else None
         return configs.preset_path(own) if own else None
@@ -228,7 +230,7 @@ def _yaml_value(key: str, value) -> str:
     kind = setting_kind(key)
     if kind == "lines":
         return json.dumps([line.strip() for line in str(value).splitlines() if line.strip()])
-    if kind == "int":
+    if kind == "int" or (kind == "choice" and int in _field_types(key)):  # data.max_token_length: 75/150/225
         if float(value) != int(float(value)):
             raise ConfigError(f"{key}: expected a whole number, got {value}")
         return str(int(float(value)))
@@ -403,7 +405,7 @@ def save_captions(app, dataset: str, rows: list[list[str]] | None) -> tuple[str,
         folder, copied = target, f" (copied to {target.name}/ first: the original folder is read-only)"
     from sdlora.train.data import write_captions
 
-    written = write_captions(folder, dict(_rows(rows)))
+    written = write_captions(folder, dict(_rows(rows)), backup=True)
     return str(folder), f"saved {len(written)} captions{copied}"
 
 
@@ -583,7 +585,7 @@ def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
 def create_ui(app) -> dict[str, Any]:
     """Build the Train tab inside the current gr.Blocks; returns its components for cross-tab wiring."""
     from webui.tabs.generate_runs import (
-        base_choices,  # the Base menu list (sdlora.bases), shared with Generate
+        base_choices,  # the Base menu list (sdlora.base.listing), shared with Generate
     )
 
     c: dict[str, Any] = {"job_id": gr.State(None), "dataset": gr.State("")}
@@ -642,7 +644,8 @@ def _create_dataset_ui(app, c: dict[str, Any]) -> None:
         with gr.Row():
             c["bulk_trigger"] = gr.Textbox(label="Trigger word to add to every caption", scale=3)
             c["add_trigger"] = gr.Button("Add to all captions", scale=1)
-            c["save_captions"] = gr.Button("Save captions", scale=1)
+            c["save_captions"] = gr.Button("Save captions", scale=1, elem_id="train-save-captions")
+        caption_panel.create_ui(c)
 
 
 def _initial_values(app) -> dict[str, Any]:
@@ -750,3 +753,4 @@ def _wire(app, c: dict[str, Any]) -> None:
     from webui.tabs import runs_view
 
     runs_view.wire(app, c)
+    caption_panel.wire(app, c)

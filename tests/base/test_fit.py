@@ -1,4 +1,4 @@
-"""Header-only compatibility (sdlora.compat) and the base list (sdlora.bases), on SD1/SD2/SDXL/embedded headers."""
+"""Header-only compatibility (sdlora.base.fit) and the base list (sdlora.base.listing), on SD1/SD2/SDXL/embedded headers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdlora.bases import EMBEDDED, describe_base, list_bases
-from sdlora.compat import CUSTOM, check_fit, read_lora_shape
+from sdlora.base.fit import CUSTOM, check_fit, read_lora_shape
+from sdlora.base.listing import EMBEDDED, describe_base, list_bases
 from sdlora.errors import ConfigError
 
 # (block key, context width, output width): one attn2.to_k LoRA module per family

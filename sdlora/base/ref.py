@@ -1,5 +1,5 @@
-"""What a `--base` value means, the same for every command, and what follows from the base without
-loading its weights (native image size, default preset). Standard library only at module level.
+"""What a `--base` value means, the same for every command, without loading its weights. Standard library
+only at module level (torch only inside `check_target`'s meta build).
 
 A base is one of:
 * ``embedded``: sdlora's small shipped model (a diffusers folder inside the package);
@@ -9,19 +9,19 @@ A base is one of:
 * a single-file checkpoint (``.safetensors``; pickles with allow_pickle);
 * a Hugging Face hub id (``org/name``), only where weights are loaded.
 
-`parse_base` classifies a value once (`sdlora.bases` lists and describes the bases found in model folders
-for menus); `sdlora.models.load_components` (weights) and `check_target`
-(verify's architecture) both start from it, so `--base embedded` works wherever `--base` is taken.
+`parse_base` classifies a value once (`sdlora.base.listing` lists and describes the bases found in model
+folders for menus); `sdlora.base.load.load_components` (weights), `sdlora.base.native` (image size) and
+`check_target` (verify's architecture) all start from it, so `--base embedded` works wherever `--base` is
+taken.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdlora.arch.family import detect_checkpoint_family
-from sdlora.arch.tables import resolve_base
+from sdlora.arch.tables import ModuleTable, build_table_from_config_dir
 from sdlora.configs import CONFIG_DIRS, models_root
 from sdlora.embedded import weights_dir
 from sdlora.errors import ConfigError, SdloraError
@@ -31,11 +31,6 @@ from sdlora.suffixes import PICKLE_SUFFIXES
 EMBEDDED = "embedded"
 FAMILY_ALIASES = {"sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
                   "sdxl": "sdxl"}
-# a resolution this many times off the base's native pixel count (either way) is allowed but warned about:
-# the model was never trained near it (16x the pixels = 4x the side: 32 px embedded trained at 128 px)
-FAR_PIXEL_RATIO = 16
-# the base whose own recipe is a shipped preset of the same name (sdlora/configs/presets/<name>.yaml)
-PRESET_FOR_BASE = {EMBEDDED: "embedded"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +79,7 @@ def config_folder(ref: BaseRef, family: str | None = None) -> Path | None:
         custom = single_file_config(ref.path)
         if custom is not None:
             return custom
-        layout = family or _file_family(ref.path)
+        layout = family or checkpoint_family(ref.path)
         return models_root() / CONFIG_DIRS[layout] if layout else None
     return None
 
@@ -103,9 +98,10 @@ def single_file_config(path: Path, config=None) -> Path | None:
     return beside if (beside / "model_index.json").is_file() else None
 
 
-def _file_family(path: Path) -> str | None:
-    """sd1/sd2/sdxl of a .safetensors checkpoint from its header's shapes; None when it cannot be told
-    (the loader reports what is wrong with the file, in its own words)."""
+def checkpoint_family(path: Path) -> str | None:
+    """sd1/sd2/sdxl of a single-file checkpoint from its .safetensors header's shapes (the rule:
+    `sdlora.arch.family.detect_checkpoint_family`); None when it cannot be told (a pickle, a damaged file,
+    another size: the loader or the caller says what is wrong, in its own words)."""
     if path.suffix.lower() != ".safetensors":
         return None
     try:
@@ -115,58 +111,24 @@ def _file_family(path: Path) -> str | None:
     return detect_checkpoint_family({key: info.shape for key, info in header.tensors.items()})
 
 
-def size_from_configs(unet_config, vae_config) -> int:
-    """UNet sample_size x the VAE's scale factor (2 ** (VAE blocks - 1)), from the two configs (dicts or
-    diffusers' FrozenDict)."""
-    size = unet_config["sample_size"]
-    if isinstance(size, (list, tuple)):
-        size = size[0]
-    return int(size) * 2 ** (len(vae_config["block_out_channels"]) - 1)
+def check_target(base: str | Path) -> str | ModuleTable:
+    """What `sdlora verify` checks a LoRA against: a family name stays a string ("sd1", "sd2", "sdxl"; also
+    "sd15", "sd21"), a diffusers folder (and `embedded`) becomes its module table built on the meta device,
+    and a single-file .safetensors checkpoint becomes the family its header's shapes show (no weights read).
 
-
-def native_resolution_of_folder(folder: Path) -> int | None:
-    """`size_from_configs` of a diffusers folder's config files; None when they are missing or unreadable."""
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
-        return size_from_configs(unet, vae)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def native_resolution(base: str | Path, family: str | None = None) -> int | None:
-    """The image side the base was trained at (embedded 32, SD1 512, SD2-v 768, SDXL 1024), read from its
-    configs without loading weights; None when that needs the weights (a hub id)."""
-    folder = config_folder(parse_base(base), family)
-    return native_resolution_of_folder(folder) if folder is not None else None
-
-
-def native_resolution_of(model) -> int:
-    """The same, from a loaded model (`Components` or a diffusers pipeline: its unet and vae configs)."""
-    return size_from_configs(model.unet.config, model.vae.config)
-
-
-def far_from_native(resolution: int, native: int | None) -> str | None:
-    """A warning when `resolution` is FAR_PIXEL_RATIO times off the native pixel count, else None."""
-    if not native or not resolution:
-        return None
-    ratio = (resolution / native) ** 2
-    if 1 / FAR_PIXEL_RATIO < ratio < FAR_PIXEL_RATIO:
-        return None
-    how = f"{ratio:.0f}x the pixels" if ratio > 1 else f"1/{1 / ratio:.0f} of the pixels"
-    return (f"data.resolution={resolution} is {how} of the base's native {native} px: allowed, but the base "
-            f"was never trained near it (slow, and poor results); leave data.resolution unset to use {native}")
-
-
-def default_preset(base: str | Path) -> str | None:
-    """The shipped preset that is this base's working recipe (used when no preset or config is given)."""
-    return PRESET_FOR_BASE.get(str(base).strip())
-
-
-def check_target(base: str | Path):
-    """What `sdlora verify` checks a LoRA against: a family name (str) or a module table.
-
-    `embedded` is its shipped diffusers folder; the rest as `sdlora.arch.tables.resolve_base`.
+    Raises:
+        ConfigError: not a base (`parse_base`), a hub id, or a checkpoint of no SD family.
     """
-    ref = parse_base(base) if str(base).strip() == EMBEDDED else None
-    return resolve_base(ref.path if ref is not None else base)
+    ref = parse_base(base)
+    if ref.kind == "family":
+        return ref.value
+    if ref.kind in ("embedded", "folder"):
+        return build_table_from_config_dir(ref.path)
+    if ref.kind == "file":
+        family = checkpoint_family(ref.path)
+        if family is None:
+            raise ConfigError(f"{ref.path}: not an SD1/SD2/SDXL checkpoint (no cross-attention weights of width "
+                              "768, 1024 or 2048); give a diffusers model folder or a family name (sd1, sd2, sdxl)")
+        return family
+    raise ConfigError(f"--base {ref.value!r}: a hub id; give a family name (sd1, sd2, sdxl), a diffusers folder "
+                      "or a .safetensors checkpoint")

@@ -23,15 +23,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdlora.arch.family import FAMILY_NAMES, detect_checkpoint_family
+from sdlora.arch.family import FAMILY_NAMES, unet_config_family
 from sdlora.arch.tables import build_table_from_config_dir, family_table
-from sdlora.base_ref import config_folder, parse_base
+from sdlora.base.ref import EMBEDDED, checkpoint_family, config_folder, parse_base
 from sdlora.errors import ConfigError, FormatError, SdloraError
 from sdlora.header import LORA_MARKERS, read_header
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = "embedded"
 MAX_DEPTH = 4  # folder levels searched below each model folder (a model zoo is seldom deeper)
 
 
@@ -39,7 +38,7 @@ MAX_DEPTH = 4  # folder levels searched below each model folder (a model zoo is 
 class BaseModel:
     """One base model a UI can switch to.
 
-    value: what `sdlora.generate.load_base` takes ("embedded" or a path).
+    value: what `sdlora.base.load.load_base` takes ("embedded" or a path).
     label: the menu text (the file or folder name with its family).
     family: "sd1", "sd2", "sdxl", or None for a model of another size (the embedded one).
     kind: "embedded", "diffusers" or "checkpoint".
@@ -49,10 +48,6 @@ class BaseModel:
     label: str
     family: str | None
     kind: str
-
-    @property
-    def family_text(self) -> str:
-        return FAMILY_NAMES.get(self.family, "custom size") if self.family else "custom size"
 
 
 def list_bases(folders: Iterable[str | os.PathLike], default: str | None = EMBEDDED,
@@ -90,7 +85,7 @@ def describe_base(base: str | os.PathLike) -> BaseModel:
     if path.is_dir():
         family = folder_family(path)
         return BaseModel(str(path), f"{path.name} ({_family_label(family)}, diffusers)", family, "diffusers")
-    family = checkpoint_family(path)
+    family = _checked_checkpoint_family(path)
     return BaseModel(str(path), f"{path.name} ({_family_label(family)})", family, "checkpoint")
 
 
@@ -98,27 +93,19 @@ def folder_family(folder: Path) -> str | None:
     """The family of a diffusers model folder from unet/config.json (None: another size)."""
     if not (folder / "model_index.json").is_file():
         raise ConfigError(f"{folder}: not a diffusers model folder (no model_index.json)")
-    unet = _json(folder / "unet" / "config.json")
-    return config_family(unet)
+    return unet_config_family(_json(folder / "unet" / "config.json"))
 
 
-def config_family(unet_config: dict) -> str | None:
-    """sd1/sd2/sdxl from a UNet config: SDXL's added text-time embedding, else the cross-attention width."""
-    if unet_config.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    return {768: "sd1", 1024: "sd2"}.get(unet_config.get("cross_attention_dim"))
-
-
-def checkpoint_family(path: Path) -> str | None:
-    """The family of a single-file .safetensors checkpoint from its header (None: another size with a
-    `<stem>.config/` beside it). Raises ConfigError for a LoRA or an unknown file."""
+def _checked_checkpoint_family(path: Path) -> str | None:
+    """`sdlora.base.ref.checkpoint_family` of a single-file .safetensors checkpoint (None: another size with a
+    `<stem>.config/` beside it), saying why a file is no base: ConfigError for a LoRA or an unknown file,
+    FormatError for a damaged one."""
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         raise ConfigError(f"{path}: not a .safetensors checkpoint or a model folder")
-    header = read_header(path)
-    keys = list(header.tensors)
+    keys = list(read_header(path).tensors)  # raises FormatError for a damaged file
     if any(marker in key for key in keys[:50] for marker in LORA_MARKERS):
         raise ConfigError(f"{path.name}: a LoRA, not a base model")
-    family = detect_checkpoint_family({k: v.shape for k, v in header.tensors.items()})
+    family = checkpoint_family(path)
     if family is None and not (path.with_suffix(".config") / "model_index.json").is_file():
         raise ConfigError(f"{path.name}: not an SD1/SD2/SDXL checkpoint (no cross-attention of width 768, 1024 "
                           "or 2048) and no <stem>.config/ folder beside it")
@@ -133,7 +120,7 @@ def base_widths(base: str, family: str | None = None) -> dict[str, frozenset[tup
     if family is not None:
         table = family_table(family)
     else:
-        folder = config_folder(parse_base(base))  # the one meaning of a base (sdlora.base_ref)
+        folder = config_folder(parse_base(base))  # the one meaning of a base (sdlora.base.ref)
         if folder is None:
             raise ConfigError(f"{base}: no diffusers configs to read its layer widths from")
         table = build_table_from_config_dir(folder)

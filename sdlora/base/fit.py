@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdlora.arch.family import FAMILY_NAMES, detect_family
-from sdlora.bases import EMBEDDED, BaseModel, base_widths, describe_base
+from sdlora.base.listing import BaseModel, base_widths, describe_base
+from sdlora.base.ref import EMBEDDED
 from sdlora.errors import SdloraError
 from sdlora.formats import resolve_paths
 from sdlora.header import check_is_lora, read_header

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import save_file
 from tests_train_helpers import save_tiny_pipeline
 
+from sdlora.base.load import checkpoint_layout, load_components
 from sdlora.configs import models_root, tokenizers_root
 from sdlora.errors import CompatibilityError, ConfigError, FormatError
-from sdlora.models import detect_checkpoint_family, load_components
 
 
 def test_diffusers_folder_loads_with_family_and_name(tmp_path):
@@ -53,13 +53,13 @@ def test_allowed_pickle_never_runs_code(tmp_path):
     assert not marker.exists(), "unpickling ran code from the checkpoint"
 
 
-def test_checkpoint_family_detection():
-    assert detect_checkpoint_family(["model.diffusion_model.out.2.weight",
+def test_checkpoint_layout_detection():
+    assert checkpoint_layout(["model.diffusion_model.out.2.weight",
                                      "cond_stage_model.transformer.text_model.final_layer_norm.weight"]) == "sd1"
-    assert detect_checkpoint_family(["cond_stage_model.model.ln_final.weight"]) == "sd2"
-    assert detect_checkpoint_family(["conditioner.embedders.1.model.ln_final.weight"]) == "sdxl"
+    assert checkpoint_layout(["cond_stage_model.model.ln_final.weight"]) == "sd2"
+    assert checkpoint_layout(["conditioner.embedders.1.model.ln_final.weight"]) == "sdxl"
     with pytest.raises(FormatError, match="not a Stable Diffusion checkpoint"):
-        detect_checkpoint_family(["lora_unet_x.lora_down.weight"])
+        checkpoint_layout(["lora_unet_x.lora_down.weight"])
 
 
 def test_lora_file_as_base_is_refused(tmp_path):

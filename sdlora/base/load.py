@@ -1,5 +1,5 @@
-"""Base-model loading: `load_components(base)` -> `Components`. The only module that calls
-`from_pretrained` / `from_single_file`. Imports diffusers and transformers lazily (inside functions).
+"""Base-model loading: `load_components(base)` -> `Components`, `load_base(base)` -> (pipeline, name). The
+only module that calls `from_pretrained` / `from_single_file`. Imports diffusers and transformers lazily (inside functions).
 
 A base is one of:
 * ``"embedded"``: sdlora's small shipped SD1-architecture model (`sdlora.embedded.weights_dir()`);
@@ -23,7 +23,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sdlora.base_ref import parse_base, single_file_config
+from sdlora.arch.family import unet_config_family
+from sdlora.base.ref import parse_base, single_file_config
 from sdlora.configs import CONFIG_DIRS, models_root, tokenizers_root
 from sdlora.errors import CompatibilityError, ConfigError, FormatError
 from sdlora.suffixes import PICKLE_SUFFIXES
@@ -56,8 +57,10 @@ class Components:
 
 
 
-def detect_checkpoint_family(keys) -> str:
-    """sd1/sd2/sdxl from the key names of an original (LDM/SGM) single-file checkpoint."""
+def checkpoint_layout(keys) -> str:
+    """The key layout (sd1/sd2/sdxl prefixes) of an original (LDM/SGM) single-file checkpoint, from its key
+    names: which pipeline class and per-component prefixes load it. Not its family: a model of another size
+    in SD1's layout is "sd1" here (its family comes from its shapes, `sdlora.arch.family`)."""
     keys = list(keys)
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         return "sdxl"
@@ -70,18 +73,11 @@ def detect_checkpoint_family(keys) -> str:
                       "/ conditioner.* keys")
 
 
-def family_from_unet(unet) -> str | None:
-    """sd1/sd2/sdxl by the UNet's conditioning; None for other sizes (the embedded model, tiny test models)."""
-    if getattr(unet.config, "addition_embed_type", None) == "text_time":
-        return "sdxl"
-    return {768: "sd1", 1024: "sd2"}.get(unet.config.cross_attention_dim)
-
-
 def _from_pipeline(pipe, name: str, family: str | None = None) -> Components:
     return Components(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                       scheduler=pipe.scheduler, text_encoder_2=getattr(pipe, "text_encoder_2", None),
                       tokenizer_2=getattr(pipe, "tokenizer_2", None),
-                      family=family or family_from_unet(pipe.unet), name=name)
+                      family=family or unet_config_family(pipe.unet.config), name=name)
 
 
 def _pipeline_class(family: str):
@@ -214,7 +210,7 @@ def load_single_file(path: Path, family: str | None = None, dtype=None, config=N
     `single_file_config`, for models of other sizes)."""
     custom = single_file_config(path, config)
     if path.suffix.lower() == ".safetensors":
-        layout = family or detect_checkpoint_family(_checkpoint_keys(path))
+        layout = family or checkpoint_layout(_checkpoint_keys(path))
     elif family is None and custom is None:
         raise ConfigError(f"{path}: set model.family (sd1, sd2 or sdxl) for a pickle checkpoint")
     else:
@@ -274,7 +270,7 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
     path = Path(str(base)).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:  # said before "does not exist"
         raise ConfigError(_pickle_message(f"{path}: pickle checkpoints"))
-    ref = parse_base(base)  # one meaning of a base for every command (sdlora.base_ref)
+    ref = parse_base(base)  # one meaning of a base for every command (sdlora.base.ref)
     if ref.kind == "embedded":
         return _load_folder(ref.path, dtype)
     if ref.kind == "folder":
@@ -304,3 +300,12 @@ def pipeline_from(components):
     kwargs = {k: v for k, v in vars(parts).items() if k not in ("text_encoder_2", "tokenizer_2")}
     return StableDiffusionPipeline(**kwargs, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+def load_base(base: str | None = None, allow_pickle: bool = False):
+    """(pipeline, model name) for `base`; None means sdlora's embedded model. `allow_pickle` lets a
+    .ckpt/.pt/.pth/.bin base be read (see `load_components`)."""
+    name = base or "embedded"
+    components = load_components(name, allow_pickle=allow_pickle)
+    label = getattr(components, "name", "") or Path(str(name)).stem
+    return pipeline_from(components), label

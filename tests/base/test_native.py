@@ -1,4 +1,4 @@
-"""The default image side of a base model (sdlora.base_ref): UNet sample_size x VAE scale factor, from the
+"""The default image side of a base model (sdlora.base.native): UNet sample_size x VAE scale factor, from the
 loaded model (`sdlora generate`) or from its config files alone (the web UI and the trainer, before loading)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sdlora.base_ref import native_resolution, native_resolution_of, size_from_configs
+from sdlora.base.native import native_resolution, native_resolution_of, size_from_configs
 from sdlora.configs import models_root
 from sdlora.embedded import IMAGE_SIZE, weights_dir
 from sdlora.errors import ConfigError
