@@ -13,6 +13,7 @@ s/step is the median over the steps after the first.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -57,7 +58,7 @@ def child(args) -> None:
             torch.cuda.reset_peak_memory_stats()
 
     train(cfg, build_components("sd15", args.device, work), on_step=on_step)
-    steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    steps = [b - a for a, b in itertools.pairwise(stamps)]
     print(json.dumps({"s_per_step": statistics.median(steps), "peak_mb": peak_memory_mb(args.device)}))
 
 

@@ -50,8 +50,8 @@ def random_components(family: str):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from sdlora.configs import CONFIG_DIRS, models_root, tokenizers_root
     from sdlora.base.load import Components
+    from sdlora.configs import CONFIG_DIRS, models_root, tokenizers_root
 
     root = models_root() / CONFIG_DIRS[family]
     torch.manual_seed(0)

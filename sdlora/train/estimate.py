@@ -84,8 +84,8 @@ class MemoryEstimate:
         rows = [f"  {name:<{width}}  {gib(size):>10}" for name, size in self.parts().items()]
         models = ", ".join(f"{name} {gib(size)}" for name, size in self.models.items())
         return ["estimated peak accelerator memory:", *rows, f"  {'total':<{width}}  {gib(self.total):>10}",
-                f"  (frozen weights on the accelerator: {models or 'none'}; activations are a model, see "
-                "docs/training.md)"]
+                (f"  (frozen weights on the accelerator: {models or 'none'}; activations are a model, see "
+                 "docs/training.md)")]
 
 
 def gib(size: int) -> str:
@@ -354,8 +354,8 @@ class Fit:
         if self.current.total <= self.budget:
             lines = [f"{head} fits with the current settings ({gib(self.current.total)})"]
         elif self.fitted is None:
-            lines = [f"{head} does not fit even with all memory options ({', '.join(self.changes)}); lower "
-                     "data.resolution or data.batch_size"]
+            lines = [(f"{head} does not fit even with all memory options ({', '.join(self.changes)}); lower "
+                      "data.resolution or data.batch_size")]
         else:
             lines = [f"{head} fits ({gib(self.fitted.total)}) with: " + " ".join(f"--set {c}" for c in self.changes)]
         for name, est in self.presets.items():

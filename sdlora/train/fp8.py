@@ -124,8 +124,3 @@ def apply(cfg, components, compute: torch.dtype, device: torch.device) -> list[n
         models += list(components.text_encoders.values())
     return [layer for model in models for layer in store_fp8(model, compute)]
 
-
-def frozen_bytes(model: nn.Module) -> int:
-    """Bytes of `model`'s parameters and buffers as stored (what fp8 storage halves against bf16)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)

@@ -18,6 +18,11 @@ from sdlora.train.loop import inject_network
 from sdlora.train.optim import make_optimizer, param_groups
 
 
+def _stored(model) -> int:
+    """Bytes of a model's parameters and buffers as stored."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
 def _components(device=None):
     with torch.device(device or "cpu"):
         return SimpleNamespace(unet=make_tiny_unet(), vae=make_tiny_vae(),
@@ -48,8 +53,8 @@ def _real_run(cfg):
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                 if isinstance(t, torch.Tensor))
     lora = sum(p.numel() * p.element_size() for p in network.parameters())
-    models = {"unet": fp8.frozen_bytes(c.unet), "vae": fp8.frozen_bytes(c.vae),
-              "text_encoder": fp8.frozen_bytes(c.text_encoder if hasattr(c, "text_encoder")
+    models = {"unet": _stored(c.unet), "vae": _stored(c.vae),
+              "text_encoder": _stored(c.text_encoder if hasattr(c, "text_encoder")
                                                else c.text_encoders["text_encoder"])}
     largest = max(p.numel() * p.element_size() for p in network.parameters())
     return models, lora, grads, state, largest
