@@ -112,3 +112,13 @@ def test_refused_launches():
         check_launch(one, uses_deepspeed=True)
     with pytest.raises(ConfigError, match="one process"):
         check_launch(SimpleNamespace(num_processes=2), uses_deepspeed=False)
+
+
+def test_sd_scripts_flags_are_imported(tmp_path):
+    from sdlora.train.kohya_import import read_kohya
+
+    toml = tmp_path / "config.toml"
+    toml.write_text("fused_backward_pass = true\nfp8_base = true\noptimizer_type = \"Adafactor\"\n")
+    cfg = load_config(None, read_kohya(toml).overrides())
+    assert (cfg.optim.fused_backward, cfg.optim.fp8_base, cfg.optim.optimizer) == (True, True, "adafactor")
+    check(cfg)
