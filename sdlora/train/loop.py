@@ -133,6 +133,8 @@ def _caches(cfg, components, output: Path, train_text: bool):
 def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     """Freeze the base, inject LoRA, build optimizer, schedule, caches and the noise generator."""
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.optim.mixed_precision, torch.float32)
+    if cfg.optim.fused_backward:  # before anything changes the caller's models
+        fused.check_launch(accelerator, deepspeed_run.uses_deepspeed(accelerator))
     _freeze_and_place(components, accelerator, weight_dtype)
     fp8_layers = fp8.apply(cfg, components, weight_dtype, accelerator.device)  # before inject: DoRA reads W
     torch.manual_seed(cfg.optim.seed)  # LoRA init (down) is the same on every process
@@ -146,8 +148,6 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     optimizer = make_optimizer(param_groups(network, cfg, lr_weights), cfg, accelerator.device)
     lr_scheduler = make_scheduler(optimizer, cfg)
     engine = None
-    if cfg.optim.fused_backward:
-        fused.check_launch(accelerator, deepspeed_run.uses_deepspeed(accelerator))
     if deepspeed_run.uses_deepspeed(accelerator):
         engine, optimizer = deepspeed_run.prepare(accelerator, network, optimizer, cfg)
     else:
