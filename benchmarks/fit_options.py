@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="bf16", choices=("no", "fp16", "bf16"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="which variants, in this order (a name may repeat: runs alternate on a busy machine)")
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -80,9 +82,11 @@ def main(argv=None) -> int:
           f"batch 1, attn LoRA rank 16, {args.precision}, {args.threads} thread(s), load average "
           f"{os.getloadavg()[0]:.2f}\n")
     print(f"| variant | s/step | {memory} |\n|---|---|---|")
-    for name in VARIANTS:
+    for name in args.variants:
         with tempfile.TemporaryDirectory() as work:
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", name, "--work", work]
+            cmd = [sys.executable, __file__, f"--resolution={args.resolution}", f"--steps={args.steps}",
+                   f"--precision={args.precision}", f"--threads={args.threads}", f"--device={args.device}",
+                   "--variant", name, "--work", work]
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
