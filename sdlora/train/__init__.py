@@ -142,7 +142,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
     from sdlora.train import runs
     from sdlora.train.checkpoint import prepare_output
 
-    check_settings(cfg)  # before the data and the model load
+    _check_settings(cfg)  # before the data and the model load
     stages = Stages(on_stage, lambda: _cancelled(cancel))
     apply_threads(cfg.optim.threads)
     resolved, notes, native = resolve_base_settings(cfg, components)
@@ -167,7 +167,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
     return result
 
 
-def check_settings(cfg) -> None:
+def _check_settings(cfg) -> None:
     """What can fail without data or a model fails first: a missing optimizer package, bad optimizer_args,
     a bad --w/--s/... in a sample prompt, a tracker whose package is missing, loss and EMA options."""
     from sdlora.train import ema, fp8, fused, loss_options, optimizers, tracking
