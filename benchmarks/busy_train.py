@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 DRIVER = """
 import json, sys, time
-from sdlora.config import load_config
+from sdlora.settings.config import load_config
 from sdlora.train import train
 import torch
 started = time.perf_counter()

@@ -39,7 +39,7 @@ VARIANTS = {
 def child(args) -> None:
     from train import build_components, peak_memory_mb, write_data
 
-    from sdlora.config import load_config
+    from sdlora.settings import load_config
     from sdlora.train import train
 
     torch.set_num_threads(args.threads)

@@ -38,7 +38,7 @@ COMMON = ["lora.train_text_encoder=false", "data.cache_latents=memory", "data.ca
 
 
 def config(family: str, resolution: int, settings: list[str], data: Path, out: Path, steps: int):
-    from sdlora.config import load_config
+    from sdlora.settings import load_config
 
     return load_config(None, [f"model.base={family}", f"data.path={data}", f"output.dir={out}",
                               f"data.resolution={resolution}", f"data.min_bucket={resolution}",

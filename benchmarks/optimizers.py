@@ -29,7 +29,7 @@ LRS = {"prodigy": 1.0}  # Prodigy's lr is a multiplier of its own step size; oth
 
 
 def _config(name: str, steps: int, out: Path, device_steps: list[str]):
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
 
     return load_config(None, [f"data.path={ROOT / 'sample_data'}", f"output.dir={out}", "model.base=embedded",
                               "data.resolution=32", "data.min_bucket=32", "data.max_bucket=64",
@@ -75,8 +75,8 @@ def time_step(name: str, params: list[torch.Tensor], device: torch.device, micro
 
 def lora_parameters(components, device: torch.device) -> list[torch.Tensor]:
     """The LoRA parameters sdlora's default targets give the embedded model (as the training runs have)."""
-    from sdlora.config import load_config
     from sdlora.lora import inject_lora
+    from sdlora.settings.config import load_config
 
     lc = load_config(None).lora
     network = inject_lora({"unet": components.unet, **components.text_encoders}, lc.targets, rank=lc.rank,

@@ -90,7 +90,7 @@ def write_data(folder: Path, count: int, resolution: int) -> Path:
 
 
 def run_sdlora(args, components, data: Path, out: Path, on_step=None) -> dict:
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
     from sdlora.train import train
 
     cfg = load_config(None, [f"data.path={data}", f"output.dir={out}", f"data.resolution={args.resolution}",

@@ -2,7 +2,8 @@
 
 Depends on torch, safetensors and sdlora (tools, stack, models, naming); diffusers only inside bake.
 * extract (docs/formats.md §4, sd-scripts extract_lora_from_models.py): per targeted Linear / Conv2d,
-  ΔW = tuned - base, SVD, keep `rank` (alpha = rank, so scale 1). Weights are read one module at a
+  ΔW = tuned - base, SVD (randomized with oversampling for a large one, sdlora.lowrank), keep `rank`
+  (alpha = rank, so scale 1). Weights are read one module at a
   time, so two diffusers folders or UNet files are never fully in memory.
 * bake: a LoraStack patches the base in place, then the pipeline is written as a diffusers folder
   (safetensors) or, for an `out` ending in `.safetensors`, as one original-layout ("single-file", A1111 /
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,11 +28,12 @@ from sdlora.arch.ldm_keys import models_to_ldm
 from sdlora.atomic import atomic_folder, atomic_path
 from sdlora.base.load import load_components, pipeline_from
 from sdlora.configs import CONFIG_DIRS, models_root
-from sdlora.errors import ConfigError, FormatError
+from sdlora.errors import ConfigError, FormatError, Interrupted
 from sdlora.generate import short_hash
+from sdlora.lowrank import choose_rank, svd_of_matrix
 from sdlora.progress import ProgressCallback, report
 from sdlora.stack import LoraStack
-from sdlora.tools import ModuleResult, ToolResult, choose_rank, rank_metadata, rebuild_module, svd_of_matrix
+from sdlora.tools import ModuleResult, ToolResult, rank_metadata, rebuild_module
 from sdlora.weights import LoraState
 
 UNET_LEAVES = ("proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
@@ -118,7 +121,8 @@ def _open_safetensors(file: Path):
 
 
 def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: float = 1e-7,  # noqa: PLR0913
-            on_progress: ProgressCallback | None = None, *, allow_pickle: bool = False) -> ToolResult:
+            on_progress: ProgressCallback | None = None, *, allow_pickle: bool = False,
+            should_stop: Callable[[], bool] | None = None) -> ToolResult:
     """A LoRA that turns `base` into (approximately) `tuned`, by SVD of each targeted weight's difference.
 
     Args:
@@ -127,6 +131,7 @@ def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: floa
         rank: rank for Linear and 1x1 modules; conv_rank: rank for 3x3 convs (None: convs skipped).
         min_diff: modules whose largest |ΔW| is at most min_diff · max|W| are left out (unchanged).
         allow_pickle: let a .ckpt/.pt/.pth/.bin model be read (see `sdlora.base.load.load_components`).
+        should_stop: asked before each module; True raises Interrupted.
 
     Returns:
         ToolResult with the LoRA (alpha = rank) and per-module energy kept.
@@ -140,6 +145,8 @@ def extract(base, tuned, rank: int, conv_rank: int | None = None, min_diff: floa
         lora = LoraState(format="sdlora", metadata={"ss_training_comment": "extracted by sdlora"})
         result = ToolResult(lora)
         for done, name in enumerate(names, 1):
+            if should_stop is not None and should_stop():
+                raise Interrupted(f"stopped after {done - 1} of {len(names)} modules; nothing was written")
             _extract_one(name, (before, after), (rank, conv_rank), min_diff, result)
             report(on_progress, done, len(names), name)
     if not lora.modules:
@@ -169,10 +176,11 @@ def _extract_one(name, models, ranks, min_diff, result) -> None:
     diff = after.get(name).float() - w0
     if diff.abs().max() <= min_diff * max(float(w0.abs().max()), 1e-12):
         return
-    u, s, vh = svd_of_matrix(diff.reshape(diff.shape[0], -1))
-    keep, kept = choose_rank(s, conv_rank if diff.dim() == 4 and diff.shape[-1] > 1 else rank, None)
-    result.lora.modules[name] = rebuild_module((u, s, vh), keep, tuple(diff.shape), float(keep))
-    result.modules[name] = ModuleResult(None, keep, kept)
+    target = conv_rank if diff.dim() == 4 and diff.shape[-1] > 1 else rank
+    svd = svd_of_matrix(diff.reshape(diff.shape[0], -1), target)  # no structure: randomized when large
+    keep, kept = choose_rank(svd, target, None)
+    result.lora.modules[name] = rebuild_module(svd, keep, tuple(diff.shape), float(keep))
+    result.modules[name] = ModuleResult(None, keep, kept, svd.randomized)
 
 
 # ----- bake ------------------------------------------------------------------------------------

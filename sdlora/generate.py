@@ -188,6 +188,8 @@ def _run(pipeline, prompt: str, settings: GenerateSettings, step_end):
     from sdlora.long_prompt import prompt_embedding_kwargs
 
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    if hasattr(pipeline, "set_progress_bar_config"):  # progress goes through on_progress: no second bar
+        pipeline.set_progress_bar_config(disable=True)
     with torch.inference_mode():
         embeds = prompt_embedding_kwargs(pipeline, prompt, settings.negative_prompt, pipeline.device)
         texts = {} if embeds else {"prompt": prompt, "negative_prompt": settings.negative_prompt or None}

@@ -1,9 +1,9 @@
 """LoRA tools on LoraState objects: resize (SVD to a rank or an energy) and merge (SVD or concat).
 
-Depends on torch and sdlora.weights / sdlora.delta. Algorithms and the field's caveats: docs/formats.md §4.
-* The SVD of a plain LoRA's up @ down is taken exactly from the factors (QR of each, SVD of the
-  small r x r core), so no full ΔW is built for it; other kinds (LoHa, LoKr, Tucker, full) are
-  decomposed from their full ΔW, one module at a time.
+Depends on torch and sdlora.weights / sdlora.lowrank. Algorithms and the field's caveats: docs/formats.md §4.
+* Every SVD is taken in the factors' space (sdlora.lowrank, docs/formats.md §4.1): exact, and no dense
+  ΔW is built for LoRA, LoCon, Tucker, LoHa or LoKr modules; merging concatenates the parts' factors and
+  takes one small QR/SVD. Only a full diff goes dense (randomized when large and the rank is known).
 * Effective scale is kept: a resized plain LoRA gets alpha = scale · new_rank (as sd-scripts'
   resize_lora.py); a module rebuilt from a full ΔW (scale already inside) gets alpha = rank.
 * The result keeps the inputs' dtype unless told otherwise (`dtype="fp16"|"bf16"|"fp32"`): the SVD runs
@@ -12,17 +12,22 @@ Depends on torch and sdlora.weights / sdlora.delta. Algorithms and the field's c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import prod
 from pathlib import Path
 
 import torch
 
-from sdlora.errors import CompatibilityError, ConfigError
+from sdlora.errors import CompatibilityError, ConfigError, Interrupted
+from sdlora.lowrank import Svd, choose_rank, module_svd, sum_svd, svd_of_matrix, svd_of_product
 from sdlora.progress import ProgressCallback, report
 from sdlora.strength import Strength
 from sdlora.weights import LoraModule, LoraState
 
 _HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
+
+StopCheck = Callable[[], bool]
 
 
 @dataclass
@@ -32,6 +37,12 @@ class ModuleResult:
     old_rank: int | None
     new_rank: int
     energy: float
+    randomized: bool = False  # a large dense ΔW cut by randomized SVD (sdlora.lowrank.svd_of_matrix)
+
+    @property
+    def error(self) -> float:
+        """Relative error ‖ΔW - ΔW_kept‖ / ‖ΔW‖ (measured for every method: the kept part is a projection)."""
+        return max(0.0, 1.0 - self.energy) ** 0.5
 
 
 @dataclass
@@ -60,39 +71,9 @@ def factors_2d(module: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
     return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
 
 
-def svd_of_product(up: torch.Tensor, down: torch.Tensor):
-    """Exact SVD of up @ down (up (out, r), down (r, in)) from the factors: U, S, Vh with r columns."""
-    q_up, r_up = torch.linalg.qr(up)  # (out, r), (r, r)
-    q_down, r_down = torch.linalg.qr(down.T)  # (in, r), (r, r)
-    u, s, vh = torch.linalg.svd(r_up @ r_down.T)
-    return q_up @ u, s, vh @ q_down.T
-
-
-def svd_of_matrix(delta: torch.Tensor):
-    """SVD of a full (out, in) ΔW; float64 for small matrices, float32 for large ones (speed)."""
-    dtype = torch.float64 if delta.numel() <= 4_000_000 else torch.float32
-    u, s, vh = torch.linalg.svd(delta.to(dtype), full_matrices=False)
-    return u.double(), s.double(), vh.double()
-
-
-def choose_rank(s: torch.Tensor, rank: int | None, energy: float | None) -> tuple[int, float]:
-    """(rank to keep, energy kept) for singular values `s` (descending)."""
-    power = s.double() ** 2
-    total = float(power.sum())
-    if total == 0.0:
-        return 1, 1.0
-    cumulative = torch.cumsum(power, 0) / total
-    if energy is not None:
-        keep = int(torch.searchsorted(cumulative, torch.tensor(energy - 1e-12, dtype=cumulative.dtype))) + 1
-    else:
-        keep = rank
-    keep = max(1, min(keep, int(s.numel())))
-    return keep, float(cumulative[keep - 1])
-
-
-def rebuild_module(svd, keep: int, shape: tuple[int, ...], alpha: float, dora=None) -> LoraModule:
+def rebuild_module(svd: Svd, keep: int, shape: tuple[int, ...], alpha: float, dora=None) -> LoraModule:
     """Plain LoRA from an SVD (U, S, Vh): up = U·S, down = Vh, reshaped for convs (docs/formats.md §2.3)."""
-    u, s, vh = svd
+    u, s, vh = svd.u, svd.s, svd.vh
     up = (u[:, :keep] * s[:keep]).float().contiguous()
     down = vh[:keep].float().contiguous()
     if len(shape) == 4:
@@ -121,44 +102,62 @@ def _delta_shape(lora: LoraState, name: str, module: LoraModule) -> tuple[int, .
 
 
 def resize(lora: LoraState, rank=None, energy=None, on_progress: ProgressCallback | None = None,
-           dtype=None) -> ToolResult:
+           dtype=None, should_stop: StopCheck | None = None) -> ToolResult:
     """Resize every module of `lora` by SVD to `rank`, or to the smallest rank keeping `energy`.
 
-    The effective scale is kept (new alpha = scale · new rank). A DoRA magnitude is carried over
-    unchanged. `dtype` ("fp16", "bf16", "fp32"; None: the input's) is the result's tensor dtype.
+    The SVD is taken in the factors' space (sdlora.lowrank), exactly; a full diff goes dense. The
+    effective scale is kept (new alpha = scale · new rank for a plain LoRA, whose scale stays outside;
+    = new rank for the other kinds, whose scale is folded in). A DoRA magnitude is carried over unchanged.
+    `dtype` ("fp16", "bf16", "fp32"; None: the input's) is the result's tensor dtype. `should_stop` is
+    asked before each module and inside a dense one; True raises Interrupted (nothing is returned).
     Returns the new LoRA and, per module, the ranks and the energy kept.
     """
     _check_target(rank, energy)
     out_dtype = output_dtype(dtype, [lora])
     result = ToolResult(LoraState(metadata=_tool_metadata(lora.metadata), format="sdlora", family=lora.family))
     total = len(lora.modules)
-    for done, (name, module) in enumerate(lora.modules.items(), 1):
+    for done, (name, module) in enumerate(lora.modules.items()):
+        _check_stop(should_stop, done, total)
         shape = _delta_shape(lora, name, module)
-        if module.kind == "lora" and "mid" not in module.tensors:  # plain or DoRA: factors are enough
-            u, s, vh = svd_of_product(*factors_2d(module))
-            scale = module.scale
-        else:
-            u, s, vh = svd_of_matrix(_plain_delta(lora, name).reshape(shape[0], -1))
-            scale = 1.0
-        keep, kept = choose_rank(s, rank, energy)
         dora = (module.tensors["dora_scale"], module.dora_axis) if "dora_scale" in module.tensors else None
-        result.lora.modules[name] = rebuild_module((u, s, vh), keep, shape, scale * keep, dora)
-        result.modules[name] = ModuleResult(module.rank, keep, kept)
-        report(on_progress, done, total, name)
+        bare = _without_dora(module)
+        if is_plain(bare):  # the scale stays outside, as alpha (sd-scripts' resize_lora.py does the same)
+            up, down = factors_2d(bare)
+            svd, scale = svd_of_product(up, down, rank), bare.scale
+        else:
+            svd, scale = _module_or_dense_svd(lora, name, bare, shape, rank, should_stop), 1.0
+        keep, kept = choose_rank(svd, rank, energy)
+        result.lora.modules[name] = rebuild_module(svd, keep, shape, scale * keep, dora)
+        result.modules[name] = ModuleResult(module.rank, keep, kept, svd.randomized)
+        report(on_progress, done + 1, total, name)
     result.lora.metadata.update(rank_metadata(result.lora))
     result.lora.metadata["ss_training_comment"] = _comment(lora.metadata, _resize_note(rank, energy))
     cast_lora(result.lora, out_dtype)
     return result
 
 
-def _plain_delta(lora: LoraState, name: str) -> torch.Tensor:
-    """ΔW of a module without its DoRA magnitude (the magnitude is carried separately)."""
-    module = lora.modules[name]
+def _without_dora(module: LoraModule) -> LoraModule:
+    """The module without its DoRA magnitude (carried separately): its ΔW is the direction's update."""
     if "dora_scale" not in module.tensors:
-        return lora.delta(name)
-    bare = LoraModule(module.kind, {k: v for k, v in module.tensors.items() if k != "dora_scale"},
+        return module
+    return LoraModule(module.kind, {k: v for k, v in module.tensors.items() if k != "dora_scale"},
                       alpha=module.alpha, shape=module.shape)
-    return LoraState(modules={name: bare}, family=lora.family).delta(name)
+
+
+def _module_or_dense_svd(lora: LoraState, name: str, module: LoraModule, shape, rank, should_stop) -> Svd:
+    """The module's SVD from its factors, or (a full diff) of its dense ΔW, randomized when large."""
+    svd = module_svd(module, rank)
+    if svd is not None:
+        return svd
+    delta = LoraState(modules={name: module}, family=lora.family).delta(name).reshape(shape[0], -1)
+    _check_stop(should_stop, None, None)
+    return svd_of_matrix(delta, rank)
+
+
+def _check_stop(should_stop: StopCheck | None, done: int | None, total: int | None) -> None:
+    if should_stop is not None and should_stop():
+        where = f" after {done} of {total} modules" if done is not None else ""
+        raise Interrupted(f"stopped{where}; nothing was written")
 
 
 def _resize_note(rank, energy) -> str:
@@ -168,17 +167,18 @@ def _resize_note(rank, energy) -> str:
 # ----- merge -----------------------------------------------------------------------------------
 
 
-def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: ProgressCallback | None = None,
-          dtype=None) -> ToolResult:
+def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: ProgressCallback | None = None,  # noqa: PLR0913
+          dtype=None, *, should_stop: StopCheck | None = None) -> ToolResult:
     """Merge weighted LoRAs into one.
 
     Args:
         items: [(LoraState, weight), ...]; a weight is a number or a `sdlora.strength.Strength` (its
             text-encoder / UNet values weigh those modules).
         mode: "svd": the exact weighted sum of ΔW, then SVD to `rank` / `energy` (default: the largest
-            input rank of each module); "concat": exact, the factors concatenated along rank with
+            input rank of each module), taken in the factors' space (sdlora.lowrank); "concat": exact, the factors concatenated along rank with
             each part's weight·scale folded into its up (alpha = total rank, so scale 1).
         dtype: "fp16", "bf16", "fp32", or None: the inputs' dtype (float32 when they differ).
+        should_stop: asked before each module (and inside a dense one); True raises Interrupted.
     """
     if mode not in ("svd", "concat"):
         raise ConfigError(f"merge mode must be 'svd' or 'concat', got {mode!r}")
@@ -192,11 +192,12 @@ def merge(items, mode: str = "svd", rank=None, energy=None, on_progress: Progres
     merged = LoraState(metadata=_merge_metadata(items), format="sdlora", family=family)
     result = ToolResult(merged)
     for done, name in enumerate(names, 1):
+        _check_stop(should_stop, done - 1, len(names))
         parts = [(lora, Strength.of(weight).for_module(name)) for lora, weight in items if name in lora.modules]
         if mode == "concat":
             merged.modules[name], result.modules[name] = _concat_module(name, parts)
         else:
-            merged.modules[name], result.modules[name] = _svd_module(name, parts, rank, energy)
+            merged.modules[name], result.modules[name] = _svd_module(name, parts, rank, energy, should_stop)
         report(on_progress, done, len(names), name)
     merged.metadata.update(rank_metadata(merged))
     cast_lora(merged, out_dtype)
@@ -228,22 +229,23 @@ def _concat_module(name: str, parts) -> tuple[LoraModule, ModuleResult]:
     return module, ModuleResult(None, total, 1.0)
 
 
-def _svd_module(name: str, parts, rank, energy) -> tuple[LoraModule, ModuleResult]:
+def _svd_module(name: str, parts, rank, energy, should_stop) -> tuple[LoraModule, ModuleResult]:
+    """The weighted sum of the parts' ΔW in factor space (sdlora.lowrank.sum_svd), cut to the target."""
     modules = [lora.modules[name] for lora, _ in parts]
-    shape = _delta_shape(parts[0][0], name, modules[0])
-    if all(is_plain(m) for m in modules):
-        ups = [factors_2d(m)[0] * (w * m.scale) for m, (_, w) in zip(modules, parts, strict=True)]
-        downs = [factors_2d(m)[1] for m in modules]
-        u, s, vh = svd_of_product(torch.cat(ups, 1), torch.cat(downs, 0))
-    else:
-        total = None
-        for lora, weight in parts:
-            delta = lora.delta(name).double().reshape(shape[0], -1) * weight
-            total = delta if total is None else total + delta
-        u, s, vh = svd_of_matrix(total)
+    shapes = [_delta_shape(lora, name, m) for (lora, _), m in zip(parts, modules, strict=True)]
+    if len({(shape[0], prod(shape)) for shape in shapes}) > 1:
+        raise CompatibilityError(f"module {name}: the LoRAs have different shapes there; they were made for different models")
+    shape = shapes[0]
     target = rank if rank is not None or energy is not None else max(m.rank or 1 for m in modules)
-    keep, kept = choose_rank(s, target, energy)
-    return rebuild_module((u, s, vh), keep, shape, float(keep)), ModuleResult(None, keep, kept)
+
+    def dense(i: int) -> torch.Tensor:
+        _check_stop(should_stop, None, None)
+        return parts[i][0].delta(name).double().reshape(shape[0], -1)
+
+    svd = sum_svd([(m, float(w)) for m, (_, w) in zip(modules, parts, strict=True)], dense,
+                  None if energy is not None else target)
+    keep, kept = choose_rank(svd, target, energy)
+    return rebuild_module(svd, keep, shape, float(keep)), ModuleResult(None, keep, kept, svd.randomized)
 
 
 def _kind_label(module: LoraModule) -> str:

@@ -60,14 +60,14 @@ def test_config_reference_check_mode(tmp_path):
 def test_config_reference_lists_every_key():
     import dataclasses
 
-    from sdlora.config import TrainConfig, field_help
+    from sdlora.settings import TrainConfig, field_spec
 
     text = (ROOT / "docs" / "config-reference.md").read_text(encoding="utf-8")
     for section in dataclasses.fields(TrainConfig):
         for f in dataclasses.fields(section.default_factory()):
             key = f"{section.name}.{f.name}"
             assert f"| `{key}` |" in text, key
-            assert " ".join(field_help(key).split()).replace("|", "\\|") in text, key
+            assert " ".join(field_spec(key).help.split()).replace("|", "\\|") in text, key
 
 
 def test_readme_is_short():

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "merge": "merge",
     "extract": "extract",
     "bake": "bake",
+    "library": "library",
     "civitai": "civitai",
     "webui": "webui",
 }

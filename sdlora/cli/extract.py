@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import add_allow_pickle, energy_lines, progress_bar, refuse_existing
+from sdlora.cli.loraargs import add_allow_pickle, energy_lines, progress_bar, refuse_existing, stage
 
 DESCRIPTION = """\
 Extract a LoRA that turns BASE into TUNED: for every targeted module (UNet attention linears and 1x1
@@ -31,10 +31,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    stage("extract", f"reading {args.base} and {args.tuned} (one module at a time)")
     from sdlora.extract import extract
     from sdlora.formats import save_lora
+    from sdlora.threads import apply_threads
 
     refuse_existing(args.output, args.force)
+    apply_threads()  # small matrices: on a small or busy machine, OpenMP threads only wait on each other
     result = extract(args.base, args.tuned, args.rank, conv_rank=args.conv_rank, on_progress=progress_bar("extract"),
                      allow_pickle=args.allow_pickle)
     save_lora(result.lora, args.output, format="kohya", dtype=args.dtype)

@@ -27,8 +27,17 @@ def lora_with_strength(text: str):
     return text, Strength()
 
 
+def stage(command: str, text: str) -> None:
+    """One line on stderr saying what the command does next, printed before any slow import or load, so
+    every command answers within a second (stdout stays the result, e.g. `verify --json`)."""
+    print(f"sdlora {command}: {text}", file=sys.stderr, flush=True)
+
+
 def progress_bar(description: str):
-    """An `on_progress` callback drawing a tqdm bar on stderr (closed when done reaches total)."""
+    """An `on_progress` callback drawing a tqdm bar on stderr (closed when done reaches total).
+
+    The bar starts at the first report's count (`initial`), so its first rate is measured between two
+    reports, not from a bar made an instant before (which showed "104857.60it/s")."""
     state = {"bar": None}
 
     def update(progress) -> None:
@@ -36,9 +45,10 @@ def progress_bar(description: str):
 
         bar = state["bar"]
         if bar is None:
-            bar = state["bar"] = tqdm(total=progress.total, desc=description, file=sys.stderr, leave=False)
-        bar.n = progress.done
-        bar.refresh()
+            bar = state["bar"] = tqdm(total=progress.total, initial=progress.done, desc=description,
+                                      file=sys.stderr, leave=False)
+        else:
+            bar.update(progress.done - bar.n)
         if progress.done >= progress.total:
             bar.close()
             state["bar"] = None
@@ -61,10 +71,24 @@ def refuse_existing(path, force: bool) -> None:
 
 
 def energy_lines(result, limit: int | None = None) -> list[str]:
-    """Per-module 'rank old -> new, energy kept' lines, lowest energy first."""
+    """Per-module 'energy kept, rank [old ->] new' lines, lowest energy first, and a note on the rest and
+    on modules cut by randomized SVD (their error is measured, sdlora.lowrank)."""
     rows = sorted(result.modules.items(), key=lambda item: item[1].energy)
-    lines = [f"  {m.energy * 100:8.4f}%  rank {m.old_rank if m.old_rank is not None else '-':>4} -> {m.new_rank:<4} {name}"
-             for name, m in rows[:limit]]
-    if limit is not None and len(rows) > limit:
-        lines.append(f"  ... {len(rows) - limit} more modules (all keep more energy)")
+    lines = [f"  {m.energy * 100:8.4f}%  {_ranks(m):<14} {name}" for name, m in rows[:limit]]
+    rest = rows[limit:] if limit is not None else []
+    if rest:
+        least = rest[0][1].energy
+        kept = "all keep 100%" if least >= 1.0 - 5e-7 else f"each keeps at least {least * 100:.4f}%"
+        lines.append(f"  ... {len(rest)} more modules ({kept})")
+    randomized = [m for _, m in rows if m.randomized]
+    if randomized:
+        worst = max(m.error for m in randomized)
+        lines.append(f"  {len(randomized)} large modules without factors were cut by randomized SVD; "
+                     f"largest relative error |dW - kept| / |dW| = {worst:.2e}")
     return lines
+
+
+def _ranks(module) -> str:
+    if module.old_rank is None:
+        return f"rank {module.new_rank}"
+    return f"rank {module.old_rank} -> {module.new_rank}"

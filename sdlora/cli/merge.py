@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import energy_lines, lora_with_strength, progress_bar, refuse_existing
+from sdlora.cli.loraargs import energy_lines, lora_with_strength, progress_bar, refuse_existing, stage
 
 DESCRIPTION = """\
 Merge several LoRAs, each with a weight, into one file.
@@ -33,11 +33,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    stage("merge", f"reading {len(args.loras)} LoRAs")
     from sdlora.errors import ConfigError
     from sdlora.formats import load_lora, save_lora
+    from sdlora.threads import apply_threads
     from sdlora.tools import merge
 
     refuse_existing(args.output, args.force)
+    apply_threads()  # small matrices: on a small or busy machine, OpenMP threads only wait on each other
     if args.mode == "concat" and (args.rank or args.energy):
         raise ConfigError("--rank/--energy apply to --mode svd; concat keeps every rank exactly")
     items = [(load_lora(path), weight) for path, weight in map(lora_with_strength, args.loras)]

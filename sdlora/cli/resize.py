@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdlora.cli.loraargs import energy_lines, progress_bar, refuse_existing
+from sdlora.cli.loraargs import energy_lines, progress_bar, refuse_existing, stage
 
 DESCRIPTION = """\
 Resize every module of a LoRA by SVD: to a fixed rank (--rank) or to the smallest rank that keeps a
@@ -31,10 +31,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    stage("resize", f"reading {args.input}")
     from sdlora.formats import load_lora, save_lora
+    from sdlora.threads import apply_threads
     from sdlora.tools import resize
 
     refuse_existing(args.output, args.force)
+    apply_threads()  # small matrices: on a small or busy machine, OpenMP threads only wait on each other
     result = resize(load_lora(args.input), rank=args.rank, energy=args.energy,
                     on_progress=progress_bar("resize"), dtype=args.dtype)
     save_lora(result.lora, args.output, format="kohya")

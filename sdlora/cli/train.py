@@ -53,6 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--from-kohya", dest="from_kohya", action="append", default=[], metavar="FILE",
                         help="import a kohya_ss GUI preset (.json) or sd-scripts config / dataset config "
                         "(.toml) (repeatable); applied after --config, before --set; prints each key it ignores")
+    parser.add_argument("--force", action="store_true", help="--from-kohya: import a config that is not an "
+                        "SD/SDXL LoRA recipe (a FLUX.1 or SD3 config, a full fine-tune) instead of refusing it")
     parser.add_argument("--dry-run", action="store_true", help="print the data set summary, the memory estimate "
                         "and the resolved config, then stop")
     parser.add_argument("--estimate", action="store_true", help="print the expected peak accelerator memory "
@@ -76,13 +78,13 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
-def _kohya_overrides(files: list[str]) -> list[str]:
+def _kohya_overrides(files: list[str], force: bool = False) -> list[str]:
     """The settings imported from kohya files; prints what was mapped and one line per ignored key."""
     if not files:
         return []
-    from sdlora.train.kohya_import import read_kohya
+    from sdlora.settings.kohya_import import read_kohya
 
-    imported = read_kohya(*files)
+    imported = read_kohya(*files, force=force)
     print(f"kohya import: {len(imported.mapped)} keys mapped, {len(imported.ignored)} ignored")
     for kohya_key, key, value in imported.mapped:
         print(f"  {kohya_key} -> {key} = {value!r}")
@@ -126,17 +128,17 @@ class _StageLines:
     def __call__(self, info) -> None:
         import time
 
-        new_stage, finished = info.stage != self.stage, bool(info.total) and info.done >= info.total
+        new_stage, finished = info.message != self.stage, bool(info.total) and info.done >= info.total
         if self.bar.bar is not None:  # steps have begun: one line per stage, above the step bar
             if new_stage:
-                self.stage = info.stage
+                self.stage = info.message
                 self.bar.bar.write(info.line(), file=self.stream)
             return
         if not (new_stage or finished or self.tty or time.monotonic() - self.last > 5):
             return
         if new_stage and self.stage and self.tty:
             self.stream.write("\n")
-        self.stage, self.last = info.stage, time.monotonic()
+        self.stage, self.last = info.message, time.monotonic()
         self.stream.write(("\r" + info.line() + "\033[K") if self.tty else info.line() + "\n")
         self.stream.flush()
 
@@ -150,10 +152,10 @@ def _config_source(args: argparse.Namespace, overrides: list[str]) -> tuple[str 
     --config was given)."""
     if args.config is not None:
         return args.config, ""
-    from sdlora.base.native import default_preset
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
+    from sdlora.settings.presets import base_preset
 
-    preset = default_preset(load_config(None, overrides).model.base)
+    preset = base_preset(load_config(None, overrides).model.base)
     if preset is None:
         return None, ""
     return preset, f"settings: the '{preset}' preset (the recipe for this base; give --config to choose another)"
@@ -173,10 +175,12 @@ def _cancel_on_ctrl_c(cancel: threading.Event):
 
 
 def run(args: argparse.Namespace) -> int:
-    # settings first, with no torch imported: a typo in --set fails in a fraction of a second
-    from sdlora.config import load_config
+    from sdlora.cli.loraargs import stage
 
-    overrides = [*_kohya_overrides(args.from_kohya), *_overrides(args)]
+    # settings first, with no torch imported: a typo in --set fails in a fraction of a second
+    from sdlora.settings.config import load_config
+
+    overrides = [*_kohya_overrides(args.from_kohya, args.force), *_overrides(args)]
     config, source = _config_source(args, overrides)
     cfg = load_config(config, overrides)
     if source:
@@ -184,14 +188,16 @@ def run(args: argparse.Namespace) -> int:
     if args.estimate or args.vram:
         return _estimate(cfg, args.vram)
     if args.dry_run:
+        stage("train", "dry run: scanning the data set (no weights loaded)")
         return _dry_run(cfg)
+    stage("train", "starting (loading torch and diffusers; the trainer's stages follow)")
     from sdlora.train import train
 
     bar, cancel = _Bar(), threading.Event()
     stages = _StageLines(bar)
     previous = _cancel_on_ctrl_c(cancel)
     try:
-        result = train(cfg, on_step=bar, on_stage=stages, cancel=cancel, resume=args.resume)
+        result = train(cfg, on_step=bar, on_progress=stages, cancel=cancel, resume=args.resume)
     finally:
         stages.close()
         bar.close()
@@ -211,13 +217,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _dry_run(cfg) -> int:
     """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
-    from sdlora.config import dump_config
-    from sdlora.train import fp8, fused, resolve_base_settings
+    from sdlora.settings.config import dump_config
+    from sdlora.settings.resolution import resolve_base_settings
+    from sdlora.train import fp8, fused
     from sdlora.train.data import scan_dataset
+    from sdlora.train.preflight import check_base_settings
 
     fused.check(cfg)
     fp8.check(cfg)
     cfg, notes, _ = resolve_base_settings(cfg)
+    check_base_settings(cfg)  # where the real run would stop before training: a rank, a bucket step, ...
     _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
     print("\n".join([*summary.lines(), *notes]))
     print(_estimate_line(cfg))
@@ -238,7 +247,8 @@ def _estimate_line(cfg) -> str:
 
 def _estimate(cfg, vram: str | None) -> int:
     """--estimate [--vram SIZE]: the peak-memory split, and what fits the budget."""
-    from sdlora.train import fused, resolve_base_settings
+    from sdlora.settings.resolution import resolve_base_settings
+    from sdlora.train import fused
     from sdlora.train.estimate import estimate, fit, parse_size
 
     fused.check(cfg)  # settings that cannot run at all; a missing optimizer package does not stop an estimate

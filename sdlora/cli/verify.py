@@ -44,6 +44,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdlora.cli.loraargs import stage
+
+    stage("verify", f"checking {args.file} against {args.base}")
     from sdlora.base.ref import check_target
     from sdlora.formats import load_lora
     from sdlora.report import check_lora

@@ -1,4 +1,4 @@
-"""`sdlora webui`: launch the Gradio web UI (webui/ in the repository).
+"""`sdlora webui`: launch the Gradio web UI (sdlora_webui/ in the repository).
 
 Gradio is imported inside `run`, never at module level, so `sdlora --help` and the other commands
 stay fast and the library never depends on it.
@@ -18,8 +18,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; anything else exposes the UI, with a warning)")
     parser.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free)")
-    parser.add_argument("--lora-dir", type=Path, default=Path("loras"),
-                        help="the LoRA library folder (read and write; default ./loras)")
+    parser.add_argument("--lora-dir", type=Path, action="append", default=None,
+                        help="a LoRA library folder (read and write; repeat for several, uploads go to the first; "
+                             "default ./loras)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"),
                         help="training runs, tool outputs and uploads (read and write; default ./outputs)")
     parser.add_argument("--data-dir", type=Path, action="append", default=None,
@@ -40,7 +41,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from webui.app import build_app, default_state, launch
+    from sdlora.cli.loraargs import stage
+
+    stage("webui", "starting the web UI (loading gradio and torch)")
+    from sdlora_webui.app import build_app, default_state, launch
 
     data_dirs = tuple(args.data_dir) if args.data_dir else None
     # the base given on the command line is trusted (the person starting the server typed it)
@@ -54,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--max-work must be 0 (no limit) or more, got {args.max_work}")
         options["max_work"] = args.max_work
-    state = default_state(args.lora_dir, args.output_dir, args.base, data_dirs, model_dirs, **options)
+    state = default_state(args.lora_dir or [Path("loras")], args.output_dir, args.base, data_dirs, model_dirs, **options)
     launch(build_app(state), state, host=args.host, port=args.port)
     return 0

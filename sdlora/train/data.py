@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdlora.config import fill_data_sizes
 from sdlora.errors import DatasetError
 from sdlora.progress import ProgressCallback, report
+from sdlora.settings.resolution import fill_data_sizes
 from sdlora.suffixes import IMAGE_SUFFIXES
 from sdlora.train import datacheck, masks
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
@@ -301,7 +301,7 @@ def _scan_image(path: Path, cfg, summary: DatasetSummary) -> tuple[int, int] | N
 def scan_dataset(cfg, on_progress: ProgressCallback | None = None, seed: int = 0,
                  base: str | None = None) -> tuple[list[ImageItem], DatasetSummary]:
     """Find, validate and caption every image under `cfg.path` (a `DataConfig`; unset sizes are filled as
-    `sdlora.config.fill_data_sizes` does without a base), plus the regularization images of `cfg.reg_path`.
+    `sdlora.settings.resolution.fill_data_sizes` does without a base), plus the regularization images of `cfg.reg_path`.
     Validation images (`cfg.validation_path`, or `cfg.validation_split` of the training images, chosen by
     `seed`) go to `summary.validation`, not into the returned items. `on_progress` gets (images decoded,
     images found). The data set check (`sdlora.train.datacheck`) fills `summary.checks`; caption lengths

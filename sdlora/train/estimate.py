@@ -41,9 +41,9 @@ import torch
 from torch import nn
 
 from sdlora.base.ref import config_folder, parse_base
-from sdlora.config import apply_dict, read_yaml
-from sdlora.configs import preset_path
 from sdlora.errors import ConfigError
+from sdlora.settings.config import apply_dict, read_yaml
+from sdlora.settings.presets import preset_path
 from sdlora.train import data as data_mod
 from sdlora.train import fp8
 from sdlora.train.loop import inject_network

@@ -1,6 +1,6 @@
 """The training loop: `setup_training` (freeze, inject, optimizer, caches), `training_step` (one micro-batch:
 encode -> noise -> timesteps -> predict -> loss) and `optimizer_step` (reduce, clip, step). The loop over
-steps (logging, samples, checkpoints, export) is `sdlora.train.session.run_training`.
+steps (logging, samples, checkpoints, export) is `sdlora.train.session`.
 
 Reads top to bottom like diffusers' `train_text_to_image_lora.py`, but each stage is a function.
 Multi-process (``accelerate launch``): every process computes its own micro-batches of the same global
@@ -21,7 +21,7 @@ import torch
 
 from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
-from sdlora.train import block_options, deepspeed_run, fp8, fused, loss_options
+from sdlora.train import block_options, deepspeed_run, export, fp8, fused, loss_options, memory
 from sdlora.train import data as data_mod
 from sdlora.train import masks as masks_mod
 from sdlora.train.compiling import compile_unet
@@ -71,7 +71,7 @@ class TrainState:
     parked: bool = False  # VAE and text encoder(s) moved off the accelerator (sdlora.train.parking)
     engine: Any = None  # DeepSpeed's engine over the LoRA network, when launched with DeepSpeed
     ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
-    stages: Any = None  # sdlora.train.progress.Stages: stage reports and cancel between cached items
+    stages: Any = None  # sdlora.train.monitor.Stages: stage reports and cancel between cached items
     validation: list = field(default_factory=list)  # sdlora.train.validation.ValidationInput per held-out image
     fused: Any = None  # sdlora.train.fused.FusedSteps when optim.fused_backward is on
     fp8_layers: list = field(default_factory=list)  # layers whose weights are float8 (optim.fp8_base)
@@ -110,11 +110,13 @@ def inject_network(cfg, components):
         targets.update(components.text_encoders)
     lc = cfg.lora
     block_ranks, conv_block_ranks = block_options.rank_tables(cfg, block_options.unet_blocks(components.unet))
-    return inject_lora(targets, lc.targets, rank=lc.rank, alpha=lc.alpha, conv_rank=lc.conv_rank,
-                       conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora,
-                       rank_dropout=lc.rank_dropout, module_dropout=lc.module_dropout,
-                       block_ranks=block_ranks, conv_block_ranks=conv_block_ranks,
-                       rank_stabilized=lc.rank_stabilized)
+    with memory.allocation_errors(cfg, "adding the LoRA layers", memory.LAYERS):
+        return inject_lora(targets, lc.targets, rank=lc.rank, alpha=lc.alpha, conv_rank=lc.conv_rank,
+                           conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora,
+                           dora_axis=export.dora_axis(cfg),
+                           rank_dropout=lc.rank_dropout, module_dropout=lc.module_dropout,
+                           block_ranks=block_ranks, conv_block_ranks=conv_block_ranks,
+                           rank_stabilized=lc.rank_stabilized)
 
 
 def _caches(cfg, components, output: Path, train_text: bool):
@@ -373,7 +375,7 @@ def _apply_update(state: TrainState) -> None:
 def precompute_latents(state: TrainState, stages=None) -> None:
     """Fill the latent cache for every image this run can draw (both flips when flipping).
 
-    `stages` (a `sdlora.train.progress.Stages`) reports i/N and stops between images on cancel."""
+    `stages` (a `sdlora.train.monitor.Stages`) reports i/N and stops between images on cancel."""
     if state.latent_cache is None:
         return
     flips = (False, True) if state.cfg.data.flip else (False,)

@@ -28,7 +28,7 @@ PARK_DEVICE = torch.device("cpu")
 def precompute_text(state, stages=None) -> None:
     """Fill the text cache with every caption the run can draw (fixed captions: one per image).
 
-    `stages` (a `sdlora.train.progress.Stages`) reports i/N captions and stops between batches on cancel."""
+    `stages` (a `sdlora.train.monitor.Stages`) reports i/N captions and stops between batches on cancel."""
     if state.text_cache is None:
         return
     captions = list(dict.fromkeys(data_mod.caption_for_step(item, state.cfg.data, random.Random(0))

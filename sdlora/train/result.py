@@ -23,7 +23,7 @@ class TrainResult:
     loss_plot: Path | None = None
     samples: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # where base-dependent settings came from, warnings
-    stages: list[str] = field(default_factory=list)  # stages entered, in order (sdlora.train.progress.STAGES)
+    stages: list[str] = field(default_factory=list)  # stages entered, in order (sdlora.train.monitor.STAGES)
     config: object = None             # the resolved TrainConfig the run used
     validation: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
 

@@ -74,7 +74,7 @@ def write_status(folder: Path, status: str, **fields) -> None:
 
 def start_run(cfg) -> None:
     """Mark `cfg.output.dir` as a running run and save its resolved config (`run.yaml`)."""
-    from sdlora.config import dump_config
+    from sdlora.settings.config import dump_config
 
     if not _main_process():
         return
@@ -143,7 +143,7 @@ def list_runs(root: Path) -> list[RunInfo]:
 
 def loss_plot(run: RunInfo) -> Path | None:
     """The run's loss.png, drawn from loss.csv when missing or older (a cancelled or crashed run)."""
-    from sdlora.train.progress import plot_history
+    from sdlora.train.monitor import plot_history
 
     csv_path, png = run.folder / "loss.csv", run.folder / "loss.png"
     if not csv_path.is_file():
@@ -162,7 +162,7 @@ def resume_config(run: RunInfo):
     Raises:
         ConfigError: the run has no run.yaml or no checkpoint to resume from.
     """
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
 
     if run.config is None:
         raise ConfigError(f"{run.folder}: no {CONFIG_FILE}; this run cannot be resumed from here")

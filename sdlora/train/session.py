@@ -1,33 +1,223 @@
-"""One training run from setup to export: resume, the step loop, logging, checkpoints, samples, cancel."""
+"""One training run, from the settings to the exported LoRA: `train(cfg, ...)`, the entry that the CLI, the web
+UI and the Python API call (re-exported by `sdlora.train`).
+
+`train` checks what needs no data, fills in the base's sizes, keeps the run's status file (run.json) and turns
+a cancel into a result; `_run` scans the data, loads the base, sets the network up and resumes; `_fit` caches,
+loops (`_step_loop`: a step, the logs, checkpoints, samples, cancel) and exports.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import sdlora
-from sdlora.errors import TrainingError
-from sdlora.train import ema, fp8, validation
+from sdlora.base.load import load_components
+from sdlora.errors import ConfigError, TrainingError
+from sdlora.progress import ProgressCallback
+from sdlora.settings.resolution import resolve_base_settings
+from sdlora.threads import apply_threads
+from sdlora.train import (
+    ema,
+    export,
+    fp8,
+    fused,
+    loss_options,
+    memory,
+    optimizers,
+    preflight,
+    runs,
+    tracking,
+    validation,
+)
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
     load_checkpoint,
+    prepare_output,
     prune_checkpoints,
     repair_loss_log,
     resolve_resume,
     save_checkpoint,
 )
+from sdlora.train.data import scan_dataset
 from sdlora.train.deepspeed_run import full_precision
 from sdlora.train.export import build_metadata, export_lora, new_session_id, output_paths
 from sdlora.train.loop import now, optimizer_step, precompute_latents, setup_training
+from sdlora.train.monitor import LossLog, StageCancelled, Stages, StepInfo
 from sdlora.train.optimizers import eval_weights
 from sdlora.train.parking import encoders_on_device, park, precompute_text, unpark
-from sdlora.train.progress import LossLog, Stages, StepInfo
 from sdlora.train.result import TrainResult, TrainRun
-from sdlora.train.samples import render_samples
+from sdlora.train.samples import check_sample_prompts, render_samples
 
 log = logging.getLogger(__name__)
+LOAD_POLL_S = 0.2  # how often a base load in progress reports and checks for cancel
+
+
+def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = None,
+          on_progress: ProgressCallback | None = None,
+          cancel: threading.Event | Callable[[], bool] | None = None, resume: bool | str | Path = False
+          ) -> TrainResult:
+    """Train a LoRA as `cfg` says and export it.
+
+    Args:
+        cfg: a `sdlora.settings.TrainConfig` (see `load_config`); unset sizes are taken from the base.
+        components: a `sdlora.base.load.Components`; loaded from `cfg.model.base` when None.
+        on_step: called after every optimizer step with a `StepInfo` (loss, lr, samples, checkpoint; main
+            process only).
+        on_progress: called in every other stage (loading the base, scanning images, caching latents i/N,
+            caching text i/N, compiling, sampling, saving) with a `StageInfo`, a `sdlora.progress.Progress`
+            whose message is the stage (plus elapsed, ETA).
+        cancel: a threading.Event or a callable; checked before every step and between the items of every
+            stage before the steps. When set, the run saves a checkpoint (or keeps the newest one when it
+            stopped before the first step) and returns with `cancelled=True` (resume with `resume=True`).
+        resume: True = continue from the newest checkpoint in `cfg.output.dir`; or a checkpoint folder.
+
+    Returns:
+        TrainResult with the exported files, history, data set summary and notes on the settings.
+
+    Raises:
+        DatasetError, ConfigError: bad data or settings (before any training).
+        TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
+    """
+    _check_settings(cfg)  # before the data and the model load
+    stages = Stages(on_progress, lambda: _cancelled(cancel))
+    apply_threads(cfg.optim.threads)
+    resolved, notes, native = resolve_base_settings(cfg, components)
+    if native is None and components is None:  # a hub id: its size is known once it is loaded
+        try:
+            components = _load_base(cfg, stages)
+        except StageCancelled:
+            return _cancelled_result(resolved, stages, None, notes)
+        resolved, notes, _ = resolve_base_settings(cfg, components)
+    cfg = resolved
+    preflight.check_base_settings(cfg, components)  # from the config files: before the base loads
+    prepare_output(Path(cfg.output.dir), clean=False)  # a folder that cannot be written fails before anything
+    runs.start_run(cfg)  # run.yaml + run.json: the run can be listed, and resumed, whatever happens next
+    try:
+        with memory.allocation_errors(cfg, lambda: stages.reached[-1] if stages.reached else "setting up"):
+            result = _run(cfg, components, stages, notes, on_step, resume)
+    except StageCancelled as err:
+        log.info("cancelled during %s", stages.reached[-1] if stages.reached else "setup")
+        result = _cancelled_result(cfg, stages, getattr(err, "summary", None), notes)
+    except BaseException as err:  # also KeyboardInterrupt (second Ctrl-C): the status says it did not finish
+        runs.write_status(Path(cfg.output.dir), runs.FAILED, error=f"{type(err).__name__}: {err}")
+        raise
+    runs.write_status(Path(cfg.output.dir), runs.CANCELLED if result.cancelled else runs.DONE, steps=result.steps)
+    return result
+
+
+def _check_settings(cfg) -> None:
+    """What can fail without data or a model fails first: a missing optimizer package, bad optimizer_args,
+    a bad --w/--s/... in a sample prompt, a tracker whose package is missing, loss and EMA options, a DoRA
+    layout the output format cannot hold, fused backward and fp8 combinations that cannot run."""
+    optimizers.check(cfg)
+    check_sample_prompts(cfg.output.sample_prompts)
+    tracking.resolve(cfg)
+    loss_options.check(cfg)
+    ema.check(cfg)
+    export.check(cfg)
+    fused.check(cfg)
+    fp8.check(cfg)
+
+
+def _cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
+
+
+def _cancelled_result(cfg, stages: Stages, summary, notes: list[str]) -> TrainResult:
+    """A run cancelled before its first step: nothing new was saved; name the newest checkpoint kept."""
+    kept = list_checkpoints(Path(cfg.output.dir))
+    step = int(kept[-1].name.rpartition("-")[2]) if kept else 0
+    return TrainResult(files=[], steps=step, loss=None, history=[], summary=summary, cancelled=True,
+                       checkpoint=kept[-1] if kept else None, notes=notes, stages=list(stages.reached), config=cfg)
+
+
+def _run(cfg, components, stages: Stages, notes: list[str], on_step, resume) -> TrainResult:
+    """Scan the data, load the base, set the LoRA up on it, then `_fit`; the caller's models are left
+    exactly as they came in. A cancel raises StageCancelled carrying the data set summary when there is one."""
+    summary = None
+    try:
+        for note in notes:
+            (log.warning if note.startswith("warning") else log.info)("%s", note)
+        stages.start("scanning images")
+        items, summary = scan_dataset(cfg.data, on_progress=lambda p: stages.advance(p.done, p.total),
+                                      seed=cfg.optim.seed, base=str(cfg.model.base))
+        for line in summary.lines():
+            log.info("%s", line)
+        accelerator = make_accelerator(cfg)
+        # before the model loads (minutes for a big base): a wrong output folder fails at once
+        prepare_output(Path(cfg.output.dir), clean=accelerator.is_main_process)
+        components = components if components is not None else _load_base(cfg, stages)
+        started = time.time()
+        tracking.start(accelerator, cfg)
+        try:
+            state = setup_training(cfg, components, accelerator, items, summary)
+            ema.attach(state)
+            state.stages = stages
+            try:
+                result = _fit(state, tracking.wrap(on_step, accelerator), resume, started)
+            finally:
+                unpark(state)
+                if state.fused is not None:
+                    state.fused.remove()
+                fp8.restore(state.fp8_layers)
+                state.network.remove()
+        finally:
+            tracking.end(accelerator)
+    except StageCancelled as err:
+        err.summary = summary  # the scan's summary, when it got that far
+        raise
+    result.notes, result.stages, result.config = notes, list(stages.reached), cfg
+    return result
+
+
+def make_accelerator(cfg):
+    """An Accelerator for this run. In a single process, a previous run's precision setting is reset
+    (accelerate keeps it in a process-wide singleton; the web UI trains several times per process)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    kwargs = tracking.accelerator_kwargs(cfg)  # output.log_with
+    try:
+        return Accelerator(mixed_precision=cfg.optim.mixed_precision, **kwargs)
+    except ValueError as err:
+        if "already been initialized" in str(err) and PartialState().num_processes == 1:
+            AcceleratorState._reset_state()
+            return Accelerator(mixed_precision=cfg.optim.mixed_precision, **kwargs)
+        raise ConfigError(f"optim.mixed_precision={cfg.optim.mixed_precision}: {err}") from err
+
+
+def _load_base(cfg, stages: Stages):
+    """Load the base in a helper thread while this one reports the elapsed time and watches for cancel.
+
+    diffusers loads every component in one call that cannot be interrupted (an SDXL base: a minute on a
+    slow disk); waiting here instead lets Cancel and Ctrl-C return within LOAD_POLL_S. A cancelled load's
+    thread finishes in the background and its result is dropped (a daemon thread: it never holds the
+    process open)."""
+    stages.start("loading the base")
+    box: dict = {}
+
+    def work():
+        try:
+            box["components"] = load_components(cfg.model.base, family=cfg.model.family,
+                                                allow_pickle=cfg.model.allow_pickle)
+        except BaseException as err:  # noqa: BLE001 - re-raised as it is in the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=work, name="sdlora-load-base", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(LOAD_POLL_S)
+        stages.advance(0)  # the elapsed time goes on showing; raises StageCancelled on cancel
+    if "error" in box:
+        raise box["error"]
+    return box["components"]
 
 
 def _run_facts(state, started: float) -> TrainRun:
@@ -101,11 +291,11 @@ def _any_process(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum") > 0)
 
 
-def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tuple[bool, Path | None, list]:
+def _step_loop(state, run, log_file, on_step, started_loop) -> tuple[bool, Path | None, list]:
     cfg, acc = state.cfg, state.accelerator
     last_ckpt, samples, loss, first = None, [], None, state.step + 1
     while state.step < cfg.optim.steps:
-        if _any_process(acc, should_stop()):
+        if _any_process(acc, state.stages.should_stop()):
             return True, _checkpoint(state, run), samples
         if cfg.optim.compile and loss is None:  # torch.compile traces and compiles on the first call
             state.stages.start("compiling", check=False)
@@ -128,26 +318,8 @@ def _step_loop(state, run, log_file, on_step, should_stop, started_loop) -> tupl
     return False, last_ckpt, samples
 
 
-def run_training(  # noqa: PLR0913 - called once, by train(); keyword-only hooks
-        cfg, components, accelerator, items, summary, *, on_step, should_stop, resume,
-                 started: float, stages: Stages | None = None) -> TrainResult:
-    """Set up, optionally resume, loop, export. Returns the TrainResult (see `sdlora.train.train`).
-
-    Raises StageCancelled when cancel is set before the first step (while caching)."""
-    state = setup_training(cfg, components, accelerator, items, summary)
-    ema.attach(state)
-    state.stages = stages or Stages(should_stop=should_stop)
-    try:
-        return _run(state, on_step, should_stop, resume, started)
-    finally:
-        unpark(state)
-        if state.fused is not None:
-            state.fused.remove()
-        fp8.restore(state.fp8_layers)
-        state.network.remove()  # the caller's models are left exactly as they came in
-
-
-def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
+def _fit(state, on_step, resume, started: float) -> TrainResult:
+    """Resume, cache, run the steps and export; the TrainResult of the run."""
     accelerator, summary = state.accelerator, state.summary
     state.output.mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_resume(state.output, resume)
@@ -164,7 +336,8 @@ def _run(state, on_step, should_stop, resume, started: float) -> TrainResult:
     park(state)
     log_file = LossLog(state.output, state.step) if accelerator.is_main_process else None
     try:
-        cancelled, last_ckpt, samples = _step_loop(state, run, log_file, on_step, should_stop, now())
+        with memory.allocation_errors(state.cfg, "training"):
+            cancelled, last_ckpt, samples = _step_loop(state, run, log_file, on_step, now())
         if not cancelled:
             state.stages.start("saving", check=False)
         files = [] if cancelled else _export(state, run)

@@ -62,7 +62,7 @@ def accelerator_kwargs(cfg) -> dict[str, Any]:
 
 def _hyperparameters(cfg) -> dict[str, Any]:
     """The config as flat `section.key` -> bool/int/float/str (what TensorBoard's hparams accept)."""
-    from sdlora.config import config_to_dict
+    from sdlora.settings.config import config_to_dict
 
     flat = {}
     for section, values in config_to_dict(cfg).items():

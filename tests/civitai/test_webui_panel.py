@@ -8,14 +8,14 @@ import time
 import pytest
 
 from sdlora.errors import SdloraError
-from webui.downloads import DownloadQueue
-from webui.tabs import civitai_panel
-from webui.tabs.civitai_panel import card, fetch_all, fetch_one, queue_rows, run_download, set_consent
+from sdlora_webui.downloads import DownloadQueue
+from sdlora_webui.tabs import civitai_panel
+from sdlora_webui.tabs.civitai_panel import card, fetch_all, fetch_one, queue_rows, run_download, set_consent
 
 
 @pytest.fixture
 def app(tmp_path, fake, monkeypatch, lora_bytes):
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.state import AppConfig, AppState
 
     monkeypatch.setenv("SDLORA_CIVITAI_URL", fake.url)
     state = AppState(AppConfig(lora_dir=tmp_path / "loras", output_dir=tmp_path / "out"))
@@ -67,3 +67,28 @@ def test_the_queue_downloads_shows_progress_and_cancels(app, fake, lora_bytes):
     assert [job.status for job in ended[1:]] == ["cancelled", "cancelled"]
     assert ".part is kept" in ended[1].message and ended[2].message == "cancelled before it started"
     assert queue.finished == 3
+
+
+def test_a_recipes_missing_loras_are_queued_by_their_hash(app, fake, lora_bytes, tmp_path):
+    """Rebuild from an image names a LoRA the library lacks with its short tensor hash (AutoV3 on Civitai);
+    "Download missing by hash" asks Civitai for its version and queues it (after the consent, like any lookup)."""
+    from sdlora.header import tensor_data_sha256
+    from sdlora.recipes import parse_parameters
+    from sdlora_webui.tabs import recipe_panel
+
+    short = tensor_data_sha256(tmp_path / "loras" / "style.safetensors")[:12]
+    (tmp_path / "loras" / "style.safetensors").unlink()
+    fake.add_version(63, 8, lora_bytes)
+    fake.by_hash[short] = 63  # Civitai answers AutoV3 hashes too
+    recipe = parse_parameters(f'a cat <lora:style:0.8>\nSteps: 2, Sampler: Euler, Seed: 1, Lora hashes: "style: {short}"')
+    *_, hashes, status = recipe_panel.apply_recipe(app, recipe, "the image")
+    assert hashes == [short] and f"style (hash {short})" in status
+    queue = DownloadQueue(lambda job: run_download(app, job))
+    with pytest.raises(SdloraError, match="tick"):
+        civitai_panel.queue_by_hash(app, queue, hashes)
+    set_consent(True)
+    message = civitai_panel.queue_by_hash(app, queue, [*hashes, "0123456789ab"])
+    done = wait_for(queue, {"done", "failed"})
+    assert message.startswith(f"queued 1 download(s) by hash (#1 {short})") and "0123456789ab: " in message
+    assert "not on Civitai" in message and done[0].message == "saved SD 1.5/style.safetensors"
+    assert [s.name for s in recipe_panel.slots_for(app, recipe)[0]] == ["style"]  # found by hash now

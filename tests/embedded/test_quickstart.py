@@ -57,7 +57,7 @@ class Drawn:
 
 @pytest.fixture(scope="module")
 def trained_lora(tmp_path_factory, one_thread):
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
     from sdlora.train import train
 
     out = tmp_path_factory.mktemp("quickstart")

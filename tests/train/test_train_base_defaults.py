@@ -18,7 +18,7 @@ from tests_train_helpers import save_tiny_pipeline, write_images
 from sdlora.base.native import far_from_native, native_resolution
 from sdlora.base.ref import parse_base
 from sdlora.cli import main
-from sdlora.config import load_config
+from sdlora.settings.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,13 +114,13 @@ def test_every_stage_is_reported_in_order(tiny_components, tmp_path):
     seen = []
     cfg = _cfg(write_images(tmp_path / "data", count=3), tmp_path / "out", "lora.train_text_encoder=false",
                "output.sample_every=1", "output.sample_prompts=[a b]", "output.sample_steps=1")
-    result = train(cfg, tiny_components, on_stage=seen.append)
-    names = list(dict.fromkeys(i.stage for i in seen))
+    result = train(cfg, tiny_components, on_progress=seen.append)
+    names = list(dict.fromkeys(i.message for i in seen))
     assert names == ["scanning images", "caching latents", "caching text", "sampling", "saving"], names
-    latents = [(i.done, i.total) for i in seen if i.stage == "caching latents"]
+    latents = [(i.done, i.total) for i in seen if i.message == "caching latents"]
     assert latents == [(0, 3), (1, 3), (2, 3), (3, 3)]
-    assert [(i.done, i.total) for i in seen if i.stage == "sampling"] == [(0, 1), (1, 1)]
-    assert all(i.line().startswith(i.stage) and "elapsed" in i.line() for i in seen)
+    assert [(i.done, i.total) for i in seen if i.message == "sampling"] == [(0, 1), (1, 1)]
+    assert all(i.line().startswith(i.message) and "elapsed" in i.line() for i in seen)
     assert result.stages == names
 
 
@@ -129,13 +129,13 @@ def test_cancel_during_latent_caching_stops_within_an_image(tiny_components, tmp
 
     cancel, seen = threading.Event(), []
 
-    def on_stage(info):
-        seen.append((info.stage, info.done))
-        if info.stage == "caching latents" and info.done == 3:
+    def on_progress(info):
+        seen.append((info.message, info.done))
+        if info.message == "caching latents" and info.done == 3:
             cancel.set()  # as the web UI's Cancel or the first Ctrl-C would, while images are encoded
 
     cfg = _cfg(write_images(tmp_path / "data", count=40), tmp_path / "out", "optim.steps=5")
-    result = train(cfg, tiny_components, on_stage=on_stage, cancel=cancel)
+    result = train(cfg, tiny_components, on_progress=on_progress, cancel=cancel)
     assert result.cancelled and result.steps == 0 and result.checkpoint is None and not result.files
     assert max(done for stage, done in seen if stage == "caching latents") == 3  # not one image more
     assert result.stages[-1] == "caching latents" and "caching text" not in result.stages
@@ -150,7 +150,7 @@ def test_cancel_while_caching_a_resumed_run_keeps_its_checkpoint(tiny_components
     assert first.steps == 2
     cancel = threading.Event()
     resumed = train(_cfg(data, out, "optim.steps=4"), tiny_components, resume=True, cancel=cancel,
-                    on_stage=lambda i: cancel.set() if i.stage == "caching latents" and i.done == 1 else None)
+                    on_progress=lambda i: cancel.set() if i.message == "caching latents" and i.done == 1 else None)
     # save_every=1 checkpoints every step but the last (which is the export): the newest is step 1
     assert resumed.cancelled and resumed.checkpoint is not None and resumed.checkpoint.name == "step-000001"
     assert resumed.steps == 1 and resumed.checkpoint.is_dir()
@@ -229,7 +229,7 @@ def test_threads_follow_the_cgroup_quota_and_the_request(tmp_path):
 
 def test_cancel_while_the_base_loads_returns_before_the_load_ends(tmp_path, monkeypatch):
     """diffusers' load cannot be interrupted: train() waits for it in another thread and returns on cancel."""
-    import sdlora.train as train_module
+    import sdlora.train.session as train_module
     from sdlora.train import train
 
     release, started = threading.Event(), threading.Event()
@@ -242,12 +242,12 @@ def test_cancel_while_the_base_loads_returns_before_the_load_ends(tmp_path, monk
     monkeypatch.setattr(train_module, "load_components", slow_load)
     cancel = threading.Event()
 
-    def on_stage(info):
-        if info.stage == "loading the base" and started.is_set():
+    def on_progress(info):
+        if info.message == "loading the base" and started.is_set():
             cancel.set()  # Cancel pressed while the load runs
 
     cfg = _cfg(write_images(tmp_path / "data", count=2), tmp_path / "out")
-    result = train(cfg, on_stage=on_stage, cancel=cancel)
+    result = train(cfg, on_progress=on_progress, cancel=cancel)
     assert not release.is_set()  # returned while the load was still blocked
     release.set()
     assert result.cancelled and result.stages == ["scanning images", "loading the base"]
@@ -265,8 +265,8 @@ def test_first_ctrl_c_in_the_cli_stops_latent_caching(tmp_path, monkeypatch, cap
     seen = []
 
     def pressing_ctrl_c(self, info):
-        seen.append((info.stage, info.done))
-        if info.stage == "caching latents" and info.done == 3:
+        seen.append((info.message, info.done))
+        if info.message == "caching latents" and info.done == 3:
             os.kill(os.getpid(), signal.SIGINT)  # delivered to the CLI's handler in this (main) thread
         draw(self, info)
 

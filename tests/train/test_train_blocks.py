@@ -8,9 +8,9 @@ from safetensors import safe_open
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
 from sdlora.arch.blocks import block_of
-from sdlora.config import load_config
 from sdlora.errors import ConfigError
 from sdlora.lora import inject_lora
+from sdlora.settings.config import load_config
 from sdlora.train import train
 from sdlora.train.block_options import lr_weights, rank_tables, unet_blocks
 from sdlora.train.export import _network_args

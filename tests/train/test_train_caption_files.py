@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from sdlora.config import load_config
 from sdlora.errors import DatasetError
+from sdlora.settings.config import load_config
 from sdlora.train.captions import write_caption
 from sdlora.train.data import caption_pairs, scan_dataset, write_captions
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError, TrainingError
+from sdlora.settings.config import load_config
 from sdlora.train import compiling, train
 
 # Eager and traced runs do the same float32 operations; AOTAutograd may order the backward's sums

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdlora.config import load_config
 from sdlora.errors import DatasetError
+from sdlora.settings.config import load_config
 from sdlora.train.buckets import choose_bucket, crop_box, make_buckets
 from sdlora.train.captions import process_caption, with_trigger
 from sdlora.train.data import epoch_batches, load_pixels, sample_crop, scan_dataset

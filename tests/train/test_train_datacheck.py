@@ -8,7 +8,7 @@ from PIL import Image
 from tests_train_helpers import write_images
 
 from sdlora.cli import main
-from sdlora.config import load_config
+from sdlora.settings.config import load_config
 from sdlora.train.data import scan_dataset
 from sdlora.train.datacheck import difference_hash, near_duplicates, signature
 

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 from tests_train_helpers import save_tiny_pipeline, write_images
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError, TrainingError
+from sdlora.settings.config import load_config
 from sdlora.train import deepspeed_run, train
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError
+from sdlora.settings.config import load_config
 from sdlora.train import ema, train
 from sdlora.train.checkpoint import list_checkpoints
 

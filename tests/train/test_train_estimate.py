@@ -10,8 +10,8 @@ import pytest
 import torch
 from tests_train_helpers import make_tiny_text_encoder, make_tiny_unet, make_tiny_vae
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError
+from sdlora.settings import load_config
 from sdlora.train import estimate as est
 from sdlora.train import fp8
 from sdlora.train.loop import inject_network

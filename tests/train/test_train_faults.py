@@ -95,7 +95,7 @@ def test_folder_linked_to_itself_does_not_double_the_data_set(tmp_path):
 
 
 def test_unwritable_output_fails_before_the_model_loads(tmp_path, monkeypatch):
-    import sdlora.train as train_module
+    import sdlora.train.session as train_module
 
     folder = write_images(tmp_path / "data", count=1)
     blocker = tmp_path / "a-file"

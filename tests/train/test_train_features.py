@@ -73,7 +73,7 @@ def test_dora_and_locon_export(tmp_path):
     assert '"conv_dim": "2"' in meta["ss_network_args"] and '"dora_wd": "True"' in meta["ss_network_args"]
     lora = sdlora.load_lora(result.files[0])
     module = lora.modules["unet.down_blocks.0.resnets.0.conv1"]
-    assert module.rank == 2 and module.alpha == 1.0 and module.dora_axis == "out"
+    assert module.rank == 2 and module.alpha == 1.0 and module.dora_axis == "in"
 
 
 def test_bf16_autocast_keeps_lora_float32(tmp_path):
@@ -156,7 +156,7 @@ def test_random_crop_varies_and_disables_latent_cache(tmp_path, caplog):
 
 def test_loss_plot_draws_both_curves_where_the_loss_is(tmp_path):
     # the chart is drawn with Pillow: check the pixels, not only that a file exists
-    from sdlora.train.progress import _BOX, _RAW, _SMOOTH, plot_history
+    from sdlora.train.monitor import _BOX, _RAW, _SMOOTH, plot_history
 
     # high loss for 20 steps, then low; the zigzag keeps the raw curve off its moving average
     rows = [(step, (1.0 if step <= 20 else 0.1) + 0.1 * (step % 2), 1e-4) for step in range(1, 41)]
@@ -179,9 +179,9 @@ def test_update_clips_steps_and_zeroes_without_accelerate_wrappers():
     # max_grad_norm before the step, the schedule must advance and the gradients must be cleared
     from types import SimpleNamespace
 
-    from sdlora.config import load_config
-    from sdlora.train import make_accelerator
+    from sdlora.settings.config import load_config
     from sdlora.train.loop import _apply_update
+    from sdlora.train.session import make_accelerator
 
     cfg = load_config(None, ["optim.max_grad_norm=0.5"])
     acc = make_accelerator(cfg)

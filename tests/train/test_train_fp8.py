@@ -110,8 +110,8 @@ def test_training_with_fp8_base_exports_the_same_kind_of_lora(tmp_path):
 
 
 def test_refused_where_torch_has_no_float8(monkeypatch):
-    from sdlora.config import load_config
     from sdlora.errors import ConfigError
+    from sdlora.settings import load_config
 
     monkeypatch.setattr(fp8, "STORAGE", None)
     with pytest.raises(ConfigError, match="optim.fp8_base: torch .* has no float8_e4m3fn"):

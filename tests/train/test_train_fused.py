@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError
+from sdlora.settings import load_config
 from sdlora.train import train
 from sdlora.train.checkpoint import list_checkpoints
 from sdlora.train.fused import FusedSteps, check, check_launch
@@ -115,7 +115,7 @@ def test_refused_launches():
 
 
 def test_sd_scripts_flags_are_imported(tmp_path):
-    from sdlora.train.kohya_import import read_kohya
+    from sdlora.settings.kohya_import import read_kohya
 
     toml = tmp_path / "config.toml"
     toml.write_text("fused_backward_pass = true\nfp8_base = true\noptimizer_type = \"Adafactor\"\n")

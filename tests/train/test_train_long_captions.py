@@ -9,9 +9,9 @@ from tests_train_helpers import make_tiny_components, tiny_config, write_images
 from transformers import CLIPTokenizer
 
 from sdlora.configs import tokenizers_root
+from sdlora.settings.kohya_import import map_settings
 from sdlora.train import train
 from sdlora.train.conditioning import encode_text, join_chunks, token_limit, tokenize, tokenize_chunks
-from sdlora.train.kohya_import import map_settings
 
 WORDS = ["red", "blue", "green", "circle", "square", "triangle", "big", "small", "left", "right", "top", "bottom"]
 

@@ -60,7 +60,7 @@ def test_schedules():
 
 def test_cpu_optimizer_is_fused_adamw_with_the_same_updates():
     # the fused kernel is a speed choice only: five steps must match torch's plain (for-loop) AdamW
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
 
     cfg = load_config(None, ["optim.lr=1e-2", "optim.weight_decay=0.05"])
     torch.manual_seed(0)

@@ -9,8 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError
+from sdlora.settings.config import load_config
 from sdlora.train import loss_options, train
 from sdlora.train.loss import (
     compute_snr,

@@ -10,13 +10,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
-from sdlora.config import OptimConfig, load_config
 from sdlora.errors import ConfigError
-from sdlora.train import make_accelerator, optimizers, train
+from sdlora.settings.config import OptimConfig, load_config
+from sdlora.train import optimizers, train
 from sdlora.train.checkpoint import list_checkpoints
 from sdlora.train.data import scan_dataset
 from sdlora.train.loop import optimizer_step, setup_training, training_step
 from sdlora.train.optimizers import eval_weights
+from sdlora.train.session import make_accelerator
 
 # (optimizer, lr, extra settings): lrs each optimizer trains the tiny LoRA with in 10 steps; Prodigy starts
 # from d0=1e-4 instead of 1e-6 so that its step-size estimate grows within those steps
@@ -124,7 +125,7 @@ def test_schedule_free_exports_the_averaged_weights_and_training_continues_uncha
 ])
 def test_optimizer_args_accept_kohya_lists_strings_and_mappings(value, expected):
     cfg = load_config(None)
-    from sdlora.config import apply_dict
+    from sdlora.settings.config import apply_dict
 
     apply_dict(cfg, {"optim": {"optimizer_args": value}}, "test")
     assert optimizers.parse_optimizer_args(cfg.optim.optimizer_args) == expected
@@ -156,7 +157,7 @@ def test_config_offers_exactly_the_registry():
 
 
 def test_missing_package_is_a_config_error_naming_the_extra_before_anything_loads(tmp_path, monkeypatch):
-    import sdlora.train as train_mod
+    import sdlora.train.session as train_mod
 
     real = optimizers.importlib.util.find_spec
     monkeypatch.setattr(optimizers.importlib.util, "find_spec",

@@ -40,8 +40,8 @@ def test_bad_options_are_config_errors_naming_the_prompt(text, match):
 
 
 def test_bad_prompt_fails_before_the_model_loads(tmp_path, monkeypatch):
-    import sdlora.train as train_mod
-    from sdlora.config import load_config
+    import sdlora.train.session as train_mod
+    from sdlora.settings.config import load_config
 
     monkeypatch.setattr(train_mod, "_load_base", lambda cfg: pytest.fail("the model must not load"))
     cfg = load_config(None, [f"data.path={tmp_path}", "output.sample_prompts=[a cat --x 1]"])

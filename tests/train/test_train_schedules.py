@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError
+from sdlora.settings.config import load_config
 from sdlora.train.optim import SCHEDULES, lr_factor, make_scheduler
 
 
@@ -58,7 +58,7 @@ def test_schedule_free_keeps_the_lr_constant():
 def test_every_configurable_schedule_is_computed():
     from dataclasses import fields
 
-    from sdlora.config import OptimConfig
+    from sdlora.settings.config import OptimConfig
 
     choices = next(f.metadata["choices"] for f in fields(OptimConfig) if f.name == "scheduler")
     assert set(choices) == set(SCHEDULES)

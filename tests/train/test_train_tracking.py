@@ -4,8 +4,8 @@ TensorBoard's own reader; missing packages are ConfigErrors naming the extra."""
 import pytest
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError
+from sdlora.settings.config import load_config
 from sdlora.train import tracking, train
 
 
@@ -53,7 +53,7 @@ def test_none_writes_no_logs(tmp_path):
 
 @pytest.mark.parametrize(("tracker", "extra"), [("wandb", "wandb"), ("tensorboard", "tensorboard")])
 def test_missing_tracker_package_is_a_config_error_before_anything_loads(tmp_path, monkeypatch, tracker, extra):
-    import sdlora.train as train_mod
+    import sdlora.train.session as train_mod
 
     monkeypatch.setattr(tracking, "_installed", lambda name: False)
     monkeypatch.setattr(train_mod, "_load_base", lambda cfg: pytest.fail("the model must not load"))

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 from tests_train_helpers import make_tiny_components, tiny_config, write_images
 
-from sdlora.config import load_config
 from sdlora.errors import ConfigError, DatasetError
+from sdlora.settings.config import load_config
 from sdlora.train import train
 from sdlora.train.data import scan_dataset
 

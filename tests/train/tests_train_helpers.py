@@ -66,7 +66,7 @@ def write_images(folder: Path, count: int = 4, size=(64, 64), captions: bool = T
 
 
 def tiny_config(data: Path, output: Path, *extra: str):
-    from sdlora.config import load_config
+    from sdlora.settings.config import load_config
 
     return load_config(None, [f"data.path={data}", f"output.dir={output}", "data.resolution=32",
                               "data.min_bucket=32", "data.max_bucket=64", "data.bucket_step=32", "optim.steps=3",

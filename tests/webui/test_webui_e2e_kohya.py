@@ -29,7 +29,7 @@ def free_port() -> int:
 def served(app):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from webui.app import build_app, launch
+    from sdlora_webui.app import build_app, launch
 
     demo = build_app(app)
     _, url, _ = launch(demo, app, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
@@ -56,7 +56,7 @@ def test_an_uploaded_kohya_config_fills_the_advanced_fields(served):
         scheduler = page.locator("#train-optim-scheduler input").first.input_value()
         cycles = page.locator("#train-optim-lr-cycles input[type=number]").first.input_value()
         browser.close()
-    from sdlora.train.kohya_import import read_kohya
+    from sdlora.settings.kohya_import import read_kohya
 
     imported = read_kohya(FIXTURE)  # the importer's own counts: the test follows new mappings
     assert f"{len(imported.mapped)} keys mapped, {len(imported.ignored)} ignored" in status

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from sdlora.errors import CompatibilityError
-from webui.state import AppConfig, AppState
-from webui.tabs import generate_runs, generate_tab
-from webui.tabs.generate_tab import Slot
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.tabs import generate_runs, generate_tab
+from sdlora_webui.tabs.generate_tab import Slot
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,8 @@ def app(two_bases, tmp_path):
 
 def form(seed=3, steps=2, **extra):
     values = {"prompt": "a red circle", "negative": "", "seed": seed, "steps": steps, "cfg": 5.0, "width": 32,
-              "height": 32, "slot0.name": "a", "slot0.strength": 1.0, "slot0.enabled": True,
-              "slot0.separate": False, "slot0.te": 1.0, "slot0.unet": 1.0}
+              "height": 32, "stack": [{"name": "a", "strength": 1.0, "enabled": True, "separate": False, "te": 1.0,
+                                       "unet": 1.0}]}
     return {**values, **extra}
 
 
@@ -89,7 +89,7 @@ def test_grid_cells_equal_single_generations(app):
     for i, seed in enumerate((3, 4)):
         for j, strength in enumerate((0.0, 0.5, 1.0)):
             single = form(seed=seed)
-            single["slot0.strength"] = strength
+            single["stack"][0]["strength"] = strength
             app.pipeline_and_stack()[1].clear()  # a fresh stack: the single image is drawn from W0
             image, _, _ = generate_tab.generate(app, single)
             x, y = grid.boxes[i][j]
@@ -129,7 +129,7 @@ def test_slot_value_is_the_strength_type():
 def test_training_result_for_another_base_goes_to_the_library_only(app, two_bases, tmp_path):
     import shutil
 
-    from webui import app as webapp
+    from sdlora_webui import app as webapp
 
     _, wide = two_bases
     trained = tmp_path / "trained.safetensors"
@@ -143,11 +143,15 @@ def test_training_result_for_another_base_goes_to_the_library_only(app, two_base
 
 
 def test_strength_sliders_redraw_on_release(app):
-    """Each strength slider has a release event (the redraw option decides at run time whether it draws)."""
-    from webui.app import build_app
+    """A stack row's strength sliders write their value into the stack state on release, then ask for a redraw
+    (the redraw option decides at run time whether it draws)."""
+    import gradio as gr
 
-    demo = build_app(app)
-    ids = {block._id: getattr(block, "elem_id", None) for block in demo.blocks.values()}
-    released = {ids[target[0]] for dep in demo.config["dependencies"] for target in dep["targets"]
-                if target[1] == "release"}
-    assert {f"gen-slot-{i}-strength" for i in range(generate_tab.MAX_SLOTS)} <= released
+    with gr.Blocks():
+        c = {"stack": gr.State([]), "stack_version": gr.State(0), "prompt": gr.Textbox(), "redraw_fn": lambda v: None,
+             "draw_inputs": set(), "draw_outputs": []}
+        generate_tab._create_row(app, c, 0, generate_tab.Slot("a"))
+        blocks = gr.context.get_blocks_context()
+        ids = {block._id: getattr(block, "elem_id", None) for block in blocks.blocks.values()}
+        released = [ids[target[0]] for dep in blocks.fns.values() for target in dep.targets if target[1] == "release"]
+    assert sorted(released) == ["gen-slot-0-strength", "gen-slot-0-te", "gen-slot-0-unet"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sdlora.errors import ConfigError, SdloraError
-from webui.tabs import generate_tab
-from webui.tabs.generate_tab import Slot
+from sdlora_webui.tabs import generate_tab
+from sdlora_webui.tabs.generate_tab import Slot
 
 TO_Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 
@@ -34,31 +34,32 @@ def test_add_and_remove_slots():
     with pytest.raises(ConfigError, match="pick"):
         generate_tab.add_slot(slots, "")
     full = slots
-    for i in range(generate_tab.MAX_SLOTS - 2):
+    for i in range(10):  # no slot limit
         full = generate_tab.add_slot(full, f"x{i}")
-    with pytest.raises(ConfigError, match="at most"):
-        generate_tab.add_slot(full, "one too many")
+    assert len(full) == 12
     assert [s.name for s in generate_tab.remove_slot(slots, 0)] == ["other"]
 
 
-def test_slots_round_trip_through_flat_values():
+def test_slots_round_trip_through_the_stack_state():
     slots = [Slot("a", 0.5, True, False, 1.0, 1.0), Slot("b", -1.5, False, True, 0.2, 0.7)]
-    updates = generate_tab.slot_updates(slots)
-    per_slot = 1 + len(generate_tab.SLOT_FIELDS)
-    assert len(updates) == generate_tab.MAX_SLOTS * per_slot
-    values = {}
-    for i in range(generate_tab.MAX_SLOTS):
-        for j, field in enumerate(generate_tab.SLOT_FIELDS):
-            values[f"slot{i}.{field}"] = updates[i * per_slot + 1 + j]
-    assert generate_tab.slots_from_values(values) == slots
+    value, version = generate_tab.slot_updates(slots)
+    assert generate_tab.slots_from_values({"stack": value}) == slots
+    assert generate_tab.slot_updates(slots)[1] != version  # a new version: the rows are drawn again
+    moved = generate_tab.set_slot_field(value, 1, "strength", 0.25)
+    assert generate_tab.slots_of(moved)[1].strength == 0.25 and value[1]["strength"] == -1.5  # a new list
     assert slots[1].value.te == 0.2 and slots[0].value.te is None
+
+
+def test_insert_trigger_words_into_the_prompt():
+    assert generate_tab.insert_words("", ["zqx"]) == "zqx"
+    assert generate_tab.insert_words("a cat", ["zqx", "ink style"]) == "a cat, zqx, ink style"
+    assert generate_tab.insert_words("a cat, ZQX", ["zqx"]) == "a cat, ZQX"  # already there: not twice
 
 
 def form(prompt="a red circle", **slots):
     values = {"prompt": prompt, "negative": "", "seed": 3, "steps": 2, "cfg": 5.0, "width": 32, "height": 32}
-    for i, (name, strength) in enumerate(slots.items()):
-        values.update({f"slot{i}.name": name, f"slot{i}.strength": strength, f"slot{i}.enabled": True,
-                       f"slot{i}.separate": False, f"slot{i}.te": 1.0, f"slot{i}.unet": 1.0})
+    values["stack"] = [{"name": name, "strength": strength, "enabled": True, "separate": False, "te": 1.0,
+                        "unet": 1.0} for name, strength in slots.items()]
     return values
 
 
@@ -91,7 +92,7 @@ def test_prompt_tags_apply_for_one_image(gen_app):
 
 def test_generate_errors_are_clear(gen_app):
     with pytest.raises(SdloraError, match="did you mean"):
-        generate_tab.generate(gen_app, form(nope=1.0) | {"slot0.name": "aa"})
+        generate_tab.generate(gen_app, form(aa=1.0))
     with pytest.raises(ConfigError, match="multiple of 8"):
         generate_tab.generate(gen_app, form(a=1.0) | {"width": 30})
 

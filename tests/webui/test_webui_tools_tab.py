@@ -3,6 +3,7 @@ results written into the library, confinement."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,8 @@ import torch
 
 from sdlora.errors import ConfigError
 from sdlora.header import read_header, tensor_data_sha256
-from webui.paths import AccessError
-from webui.tabs import tools_tab
+from sdlora_webui.paths import AccessError
+from sdlora_webui.tabs import tools_tab
 
 TO_Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 TE_Q = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
@@ -93,7 +94,7 @@ def test_metadata_edit_without_strip_keeps_other_keys(app, lora_file):
 def test_tool_results_appear_in_the_library_under_unique_names(app, lora_file):
     """Every LoRA tool writes into the library folder; a name already used by a library LoRA (also in a
     subfolder: library names are file stems) gets -2, -3, ..., and the Library lists the results."""
-    from webui.tabs import library_tab
+    from sdlora_webui.tabs import library_tab
 
     sub = Path(app.config.lora_dir) / "sub"
     sub.mkdir()
@@ -117,7 +118,7 @@ def test_tool_results_appear_in_the_library_under_unique_names(app, lora_file):
 def test_every_lora_field_is_a_library_menu_that_takes_typed_names(app, lora_file):
     import gradio as gr
 
-    from webui.app import build_app
+    from sdlora_webui.app import build_app
 
     with gr.Blocks():
         c = tools_tab.create_ui(app)
@@ -178,7 +179,7 @@ def test_extract_recovers_a_planted_change(tmp_path):
     from tests_webui_models import write_untrained_embedded
 
     import sdlora
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.state import AppConfig, AppState
 
     models = tmp_path / "models"
     base = write_untrained_embedded(models / "base")
@@ -207,7 +208,7 @@ def test_bake_writes_a_new_base_model_into_the_bake_folder(tmp_path):
     from tests_webui_models import random_lora, write_untrained_embedded
 
     from sdlora.base.load import load_components
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.state import AppConfig, AppState
 
     models = tmp_path / "models"
     base = write_untrained_embedded(models / "base")
@@ -227,3 +228,56 @@ def test_bake_writes_a_new_base_model_into_the_bake_folder(tmp_path):
     with pytest.raises(AccessError):
         tools_tab.bake_model(state, "/etc", [["shapes", 1.0]], "single", "keep", "x")
     state.close()
+
+
+def test_merge_skips_empty_slots(app, lora_file):
+    """The page sends None for an unused slot (and its weight): it is skipped, not read as the name "None"."""
+    import sdlora
+
+    path, _ = tools_tab.merge_loras(app, [["style", 1.0], [None, 1.0], [str(lora_file), 0.5], ["", None]], 0, "")
+    assert torch.allclose(sdlora.load_lora(path).delta(TO_Q), 1.5 * sdlora.load_lora(lora_file).delta(TO_Q),
+                          atol=1e-2)
+
+
+def _library_files(app) -> set[str]:
+    return {p.name for p in Path(app.config.lora_dir).rglob("*.safetensors")}
+
+
+def test_a_tool_run_streams_module_progress_and_finishes(app, lora_file):
+    runs = tools_tab.ToolRuns()
+    updates = list(tools_tab.stream_run(runs, "resize", lambda **hooks: tools_tab.resize_lora(
+        app, "style", 2, 0.9, "small", **hooks), poll=0.01))
+    path, message, line, key = updates[-1]
+    assert Path(path).is_file() and "added small" in message and key is None
+    assert line.startswith("resize: module 2/2 · done in")
+
+
+def test_cancel_stops_a_tool_run_before_the_next_module_and_writes_nothing(app, lora_file):
+    runs = tools_tab.ToolRuns()
+    before = _library_files(app)
+    started = []
+
+    def slow_resize(on_progress, should_stop):
+        def report(progress):  # one module a second: the cancel lands while the first module is reported
+            on_progress(progress)
+            started.append(progress)
+            time.sleep(1.0)
+
+        return tools_tab.resize_lora(app, "style", 2, 0.9, "small", on_progress=report, should_stop=should_stop)
+
+    stream = tools_tab.stream_run(runs, "resize", slow_resize, poll=0.01)
+    *_, key = next(stream)
+    while not started:
+        *_, key = next(stream)
+    assert tools_tab.cancel_run(runs, key).startswith("cancelling")
+    *_, (path, message, _, key) = list(stream)
+    assert path is None and "cancelled" in message and "after 1 of 2 modules" in message
+    assert _library_files(app) == before
+    assert tools_tab.cancel_run(runs, key) == "no tool is running in this page"
+
+
+def test_progress_line_gives_module_count_and_eta():
+    from sdlora.progress import Progress
+
+    assert tools_tab.progress_line("merge", Progress(10, 40), 20.0) == "merge: module 10/40 · 20 s · ETA 1 min 00 s"
+    assert tools_tab.progress_line("merge", None, 1.2).startswith("merge: reading")

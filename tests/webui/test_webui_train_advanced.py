@@ -8,12 +8,12 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from sdlora.config import field_help
 from sdlora.errors import ConfigError
-from sdlora.train.kohya_import import read_kohya
-from webui.paths import AccessError
-from webui.tabs import train_tab
-from webui.uploads import UploadError
+from sdlora.settings import field_spec
+from sdlora.settings.kohya_import import read_kohya
+from sdlora_webui.paths import AccessError
+from sdlora_webui.tabs import train_tab
+from sdlora_webui.uploads import UploadError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kohya"
 # the keys issue 18 added that a user sets per run; each must have a widget in the accordion
@@ -35,7 +35,7 @@ def test_every_new_key_has_a_widget_with_the_fields_help_and_choices(app):
     assert list(by_key) == train_tab.form_keys()  # the order the preset/base handlers fill them in
     for key in NEW_KEYS:
         widget = by_key[key]
-        assert widget.info == field_help(key), key
+        assert widget.info == field_spec(key).help, key
         choices = train_tab.setting_choices(key)
         if choices:
             assert isinstance(widget, gr.Dropdown) and [ch[0] for ch in widget.choices] == choices, key
@@ -57,12 +57,12 @@ def capture_config(monkeypatch) -> dict:
     def run(cfg, ctx):
         seen["cfg"] = cfg
 
-    monkeypatch.setattr(train_tab, "run_training", run)
+    monkeypatch.setattr(train_tab, "training_job", run)
     return seen
 
 
 def test_a_start_with_advanced_values_puts_them_in_the_jobs_config(app, monkeypatch):
-    from sdlora.config import dump_config
+    from sdlora.settings.config import dump_config
 
     seen = capture_config(monkeypatch)
     form = {**train_tab.preset_values(train_tab.DEFAULT_PRESET), "model.base": "embedded", "data.path": "shapes",
@@ -161,7 +161,7 @@ def test_a_bad_kohya_file_is_a_one_line_error_and_a_refused_upload_is_deleted(ap
 
 
 def test_the_kohya_loader_is_wired(app):
-    from webui import app as webapp
+    from sdlora_webui import app as webapp
 
     demo = webapp.build_app(app)
     fn = next(fn for fn in demo.fns.values() if fn.api_name == "train_load_kohya")

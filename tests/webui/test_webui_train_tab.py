@@ -9,10 +9,11 @@ import gradio as gr
 import pytest
 
 from sdlora.errors import ConfigError, DatasetError, SdloraError
-from webui.paths import AccessError
-from webui.tabs import train_tab
-from webui.tabs.common import guarded
-from webui.uploads import UploadError
+from sdlora_webui import training_job
+from sdlora_webui.paths import AccessError
+from sdlora_webui.tabs import train_tab
+from sdlora_webui.tabs.common import guarded
+from sdlora_webui.uploads import UploadError
 
 
 def test_load_dataset_lists_images_and_captions(app):
@@ -124,10 +125,10 @@ def test_bad_form_values_are_refused(app, change, error):
 
 
 def test_help_text_comes_from_the_config_fields():
-    from sdlora.config import field_help
+    from sdlora.settings import field_spec
 
     for key in train_tab.SETTINGS:
-        assert train_tab.setting_help(key) == field_help(key) and field_help(key)
+        assert train_tab.setting_help(key) == field_spec(key).help and field_spec(key).help
     assert "qv" in train_tab.setting_choices("lora.targets")
 
 
@@ -141,7 +142,7 @@ def fake_train(release: threading.Event, out: Path):
         for step in range(1, 5):
             if ctx.cancelled():
                 return None
-            train_tab.record_step(ctx, FakeStep(step, 1.0 / step, [str(out / "s.png")] if step == 2 else []), 4)
+            training_job.record_step(ctx, FakeStep(step, 1.0 / step, [str(out / "s.png")] if step == 2 else []), 4)
             release.wait(5)
         path = out / "trained.safetensors"
         path.write_bytes(b"weights")
@@ -152,7 +153,7 @@ def fake_train(release: threading.Event, out: Path):
 
 def test_start_poll_finish_and_add_to_library(app, monkeypatch, tmp_path):
     release = threading.Event()
-    monkeypatch.setattr(train_tab, "run_training", fake_train(release, tmp_path))
+    monkeypatch.setattr(train_tab, "training_job", fake_train(release, tmp_path))
     form = {**train_tab.preset_values(train_tab.DEFAULT_PRESET), "model.base": "embedded", "data.path": "shapes"}
     job_id, status = train_tab.start_training(app, form)
     assert f"job {job_id}" in status
@@ -176,7 +177,7 @@ def test_start_poll_finish_and_add_to_library(app, monkeypatch, tmp_path):
 
 def test_second_job_waits_in_the_queue_and_cancel_works(app, monkeypatch, tmp_path):
     release = threading.Event()
-    monkeypatch.setattr(train_tab, "run_training", fake_train(release, tmp_path))
+    monkeypatch.setattr(train_tab, "training_job", fake_train(release, tmp_path))
     form = {**train_tab.preset_values(train_tab.DEFAULT_PRESET), "model.base": "embedded", "data.path": "shapes"}
     first, _ = train_tab.start_training(app, form)
     second, status = train_tab.start_training(app, form)
@@ -220,9 +221,9 @@ def test_the_empty_loss_plot_already_names_both_series():
 
 
 def test_loss_plot_has_a_validation_series_at_the_measured_steps(app, tmp_path):
-    from sdlora.train.progress import StepInfo
+    from sdlora.train.monitor import StepInfo
 
-    job_id = app.jobs.submit("v", lambda ctx: [train_tab.record_step(
+    job_id = app.jobs.submit("v", lambda ctx: [training_job.record_step(
         ctx, StepInfo(step, 4, 1.0 / step, 0.0, 0.0, val_loss=2.0 / step if step % 2 == 0 else None), 4)
         for step in range(1, 5)]).id
     app.jobs.wait(job_id, 5)
@@ -246,7 +247,7 @@ def test_step_line_shows_speed_elapsed_and_eta():
     class Info:
         loss, elapsed, first_step = 0.25, 10.0, 1
 
-    assert train_tab.step_line(Info(), 20, 100) == "loss 0.2500 · 2.00 steps/s · 10 s elapsed · ETA 40 s"
+    assert training_job.step_line(Info(), 20, 100) == "loss 0.2500 · 2.00 steps/s · 10 s elapsed · ETA 40 s"
 
 
 def test_queue_shows_jobs_of_every_session(app):
