@@ -190,6 +190,12 @@ class OptimConfig:
     ema_every: int = _opt(1, "update the EMA every N optimizer steps")
     loraplus_ratio: float = _opt(0.0, "LoRA+: the LoRA up matrices train at lr x this ratio (0 = off; the paper "
                                  "suggests 16; written to ss_network_args as loraplus_lr_ratio)")
+    # fitting a small GPU (docs/training.md, "Fitting your GPU")
+    fused_backward: bool = _opt(False, "fused backward pass: each LoRA parameter is updated as soon as its "
+                                "gradient is ready and the gradient freed (adamw or adafactor; grad_accum 1; "
+                                "max_grad_norm clips each tensor on its own, as sd-scripts does)")
+    fp8_base: bool = _opt(False, "store the frozen UNet (and text encoders when not trained) in float8_e4m3fn, "
+                          "upcast layer by layer in forward; LoRA stays in the training precision")
     threads: int | None = _opt(None, "CPU threads for torch (unset or 0: chosen from the CPUs this process may "
                                "use, its affinity and cgroup quota, leaving one free on small machines so "
                                "that a competing process does not stall every step)")
