@@ -1,4 +1,4 @@
-"""Regenerate sdlora/data/modules_<family>.json and tests/golden/kohya_keys_<name>.txt from sdlora/configs/models/
+"""Regenerate sdlora/data/modules_<family>.json (sd1, sd2, sdxl, flux) and tests/golden/kohya_keys_<name>.txt from sdlora/configs/models/
 (and tests/golden/kohya_keys_tiny.txt from the tests' tiny live models).
 
 Usage: .venv/bin/python scripts/gen_module_tables.py [--check]
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from sdlora.arch.family import FAMILIES
+from sdlora.arch.family import ALL_FAMILIES
 from sdlora.arch.naming import kohya_name
 from sdlora.arch.tables import build_table_from_config_dir, config_dir, family_table
 from sdlora.configs import CONFIG_DIRS
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
     args = parser.parse_args(argv)
     stale: list[Path] = []
-    tables = {family: build_table_from_config_dir(config_dir(family)) for family in FAMILIES}
+    tables = {family: build_table_from_config_dir(config_dir(family)) for family in ALL_FAMILIES}
     for family, table in tables.items():
         _update(DATA / f"modules_{family}.json", table_json(table, family), args.check, stale)
     family_table.cache_clear()  # kohya_name reads the (new) shipped tables

@@ -268,11 +268,14 @@ def check_lora(lora, target, target_family: str | None = None) -> LoadReport:
     target_family = target_family or table_family
     if target_family == EMBEDDED:
         description = description.replace("model with", "the embedded model with", 1)
-    verdicts = []
+    by_key: dict[str, KeyVerdict] = {}
     for name, module in lora.modules.items():
         verdict = module_verdict(name, module, table)
         for key in lora.source_keys.get(name) or [name]:
-            verdicts.append(replace(verdict, key=key))
+            # a key of a fused FLUX layer feeds several modules (q, k, v): one verdict, the worst of them
+            if key not in by_key or by_key[key].verdict == "applied":
+                by_key[key] = replace(verdict, key=key)
+    verdicts = list(by_key.values())
     for issue in lora.issues:
         verdicts.append(KeyVerdict(issue.key, issue.verdict, None, issue.detail))
     for group, items in (lora.extras or {}).items():

@@ -1,7 +1,8 @@
 """Model components and canonical module names. Standard library only.
 
 Canonical module names are component-qualified paths (docs/ARCHITECTURE.md):
-`unet.<diffusers path>`, `text_encoder.<HF path with text_model.>`, `text_encoder_2.<HF path with text_model.>`.
+`unet.<diffusers path>`, `transformer.<diffusers path>` (FLUX.1), `text_encoder.<HF path with text_model.>`,
+`text_encoder_2.<HF path with text_model.>`.
 transformers 5's `CLIPTextModel` has no `text_model.` level, while `CLIPTextModelWithProjection` and every
 file keep it; `canonical_name` maps live paths of both layouts onto the canonical form.
 """
@@ -12,7 +13,7 @@ import sys
 
 from sdlora.errors import CompatibilityError, ConfigError
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
 
 # children of transformers' CLIPTextTransformer: a live path starting with one of them lacks `text_model.`
@@ -41,7 +42,8 @@ def canonical_name(component: str, live_path: str) -> str:
 
 
 def guess_component(module) -> str:
-    """ "unet" for a diffusers UNet, "text_encoder_2" for a CLIPTextModelWithProjection, else "text_encoder".
+    """ "unet" for a diffusers UNet, "transformer" for a FLUX transformer, "text_encoder_2" for a
+    CLIPTextModelWithProjection, else "text_encoder".
 
     A library that is not imported yet cannot have made `module`, so it is not imported here (that would
     cost seconds).
@@ -49,6 +51,8 @@ def guess_component(module) -> str:
     diffusers = sys.modules.get("diffusers")
     if diffusers is not None and isinstance(module, diffusers.UNet2DConditionModel):
         return "unet"
+    if diffusers is not None and isinstance(module, diffusers.FluxTransformer2DModel):
+        return "transformer"
     transformers = sys.modules.get("transformers")
     if transformers is not None and isinstance(module, transformers.CLIPTextModelWithProjection):
         return "text_encoder_2"

@@ -1,8 +1,10 @@
-"""Base-family detection (sd1 / sd2 / sdxl) from tensor shapes in any dialect's raw keys. Standard library only.
+"""Base-family detection (sd1 / sd2 / sdxl / flux) from tensor shapes in any dialect's raw keys. Standard library only.
 
 Shapes decide; metadata (`ss_base_model_version`, `modelspec.architecture`, `ss_v2`) is only a tie-break hint,
-because files carry copied or wrong metadata. LoRAs for other architectures (FLUX, SD3, AuraFlow, PixArt,
-Stable Cascade, Hunyuan-DiT) are refused by name with a FormatError.
+because files carry copied or wrong metadata. FLUX.1 LoRAs are told by their layer names (original double/single
+blocks, or diffusers' single_transformer_blocks) or, for diffusers transformer keys alone, by the hidden width
+3072 (docs/formats.md §2.14). LoRAs for other architectures (SD3, AuraFlow, PixArt, Stable Cascade,
+Hunyuan-DiT) are refused by name with a FormatError.
 
 Evidence used, strongest first (numbers from the public SD1.5 / SD2.1 / SDXL configs in sdlora/configs/models/):
 - the cross-attention context width: the input width of attn2 to_k / to_v (768 / 1024 / 2048). No SD UNet
@@ -21,8 +23,11 @@ from collections.abc import Iterable, Mapping
 
 from sdlora.errors import ConfigError, FormatError
 
+# the UNet families (everything that needs a UNet iterates FAMILIES) and the DiT families sdlora reads
 FAMILIES = ("sd1", "sd2", "sdxl")
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+DIT_FAMILIES = ("flux",)
+ALL_FAMILIES = FAMILIES + DIT_FAMILIES
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1"}
 
 CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 TEXT_WIDTHS = {768: "sd1", 1024: "sd2", 1280: "sdxl"}
@@ -38,7 +43,7 @@ _FOREIGN = (
     (re.compile(r"lora_prior_(unet|te)_|(^|[._])prior[._]", _M), "Stable Cascade"),
     (re.compile(r"joint_transformer_blocks|double_layers|single_layers|register_tokens", _M), "AuraFlow"),
     (re.compile(r"joint_blocks|context_block|x_block[._]", _M), "SD3 / SD3.5"),
-    (re.compile(r"double_blocks|single_blocks|single_transformer_blocks|img_attn|txt_attn", _M), "FLUX"),
+    (re.compile(r"double_blocks|single_blocks|single_transformer_blocks|img_attn|txt_attn", _M), "flux"),
     (re.compile(r"adaln_single|caption_projection|caption_embedder", _M), "PixArt"),
     (
         re.compile(
@@ -70,9 +75,9 @@ _PROJ_IN_DOWN = re.compile(r"proj_in[._](lora_down|lora\.down|lora_A)")
 
 
 def check_family(family: str) -> str:
-    """Return `family` if it is one of FAMILIES, else raise ConfigError listing them."""
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+    """Return `family` if it is one of ALL_FAMILIES, else raise ConfigError listing them."""
+    if family not in ALL_FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(ALL_FAMILIES)}")
     return family
 
 
@@ -168,13 +173,15 @@ def detect_family(
         metadata: file metadata; used only when the shapes say nothing.
 
     Returns:
-        "sd1", "sd2", "sdxl", or None for an SD-shaped LoRA of another size (e.g. a tiny test model).
+        "sd1", "sd2", "sdxl", "flux", or None for an SD-shaped LoRA of another size (e.g. a tiny test model).
 
     Raises:
-        FormatError: the keys belong to another architecture (FLUX, SD3, ...), which sdlora does not support.
+        FormatError: the keys belong to another architecture (SD3, ...), which sdlora does not support.
     """
     keys = list(shapes)
-    _refuse_foreign(shapes)
+    dit = _dit_family(shapes)
+    if dit is not None:
+        return dit
     widths = _input_widths(shapes)
     found = _context_vote(widths) or _text_vote(keys, widths) or _structure_vote(keys, shapes)
     if found is not None:
@@ -203,17 +210,19 @@ def embedded_shaped(shapes: Mapping[str, tuple[int, ...]]) -> bool:
     return bool(text) and text <= {EMBEDDED_TEXT_WIDTH, 4 * EMBEDDED_TEXT_WIDTH}
 
 
-def _refuse_foreign(shapes: Mapping[str, tuple[int, ...]]) -> None:
+def _dit_family(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """"flux" for a FLUX.1 LoRA, None for a UNet LoRA; a FormatError for another architecture."""
     found = _foreign_match(shapes)
     if found is None:
-        return
+        return None
     foreign, example = found
     if foreign == "a DiT transformer model":
-        width = _vote_dit(shapes)
-        foreign = width or foreign
+        foreign = _vote_dit(shapes) or foreign
+    if foreign in ("flux", "FLUX"):
+        return "flux"
     raise FormatError(
         f"this LoRA is for {foreign} (keys such as {example!r}), not Stable Diffusion 1.x/2.x/XL; "
-        "sdlora supports SD1, SD2 and SDXL LoRAs only"
+        "sdlora supports SD1, SD2, SDXL and FLUX.1 LoRAs only"
     )
 
 

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping
 from functools import cache, lru_cache
 
 from sdlora.arch.components import COMPONENTS, canonical_name, model_components, split_name
-from sdlora.arch.family import FAMILIES
+from sdlora.arch.family import ALL_FAMILIES, FAMILIES
+from sdlora.arch.flux import original_parts
 from sdlora.arch.tables import ModuleInfo, family_table
 from sdlora.errors import CompatibilityError, ConfigError
 
@@ -206,22 +207,72 @@ def kohya_name(canonical: str, family: str | None) -> str:
 
     SD1/SD2 (and None): `lora_unet_` + diffusers path with `.` -> `_`, `lora_te_text_model_...`.
     SDXL: `lora_unet_` + SGM path as sd-scripts writes (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`),
-    `lora_te1_...` / `lora_te2_...`. A UNet module without an SGM name keeps its diffusers-style name.
+    `lora_te1_...` / `lora_te2_...` (FLUX: `lora_te1_` for CLIP-L). A UNet module without an SGM name keeps its diffusers-style name.
+    FLUX: `lora_unet_` + the original layer's path as sd-scripts writes (`lora_unet_double_blocks_0_img_attn_qkv`);
+    the parts of a fused layer (q, k, v) share its name, so a writer joins them first (`flux_fused_name`).
     """
     component, path = split_name(canonical)
-    if family is not None and family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+    if family is not None and family not in ALL_FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(ALL_FAMILIES)}")
+    if component == "transformer":
+        return "lora_unet_" + _flux_original(family).get(path, path).replace(".", "_")
     if component == "unet":
         if family == "sdxl":
             path = _family_ldm("sdxl").get(path, path)
         return "lora_unet_" + path.replace(".", "_")
-    return _te_prefix(component, family == "sdxl") + "_" + path.replace(".", "_")
+    return _te_prefix(component, family in ("sdxl", "flux")) + "_" + path.replace(".", "_")
+
+
+@cache
+def _flux_original(family: str | None) -> dict[str, str]:
+    """{diffusers transformer path: the original layer it is (part of)} of the shipped FLUX table."""
+    if family != "flux":
+        return {}
+    paths = [split_name(n)[1] for n in family_table("flux") if n.startswith("transformer.")]
+    return {part: name for name, (parts, _) in original_parts(paths).items() for part in parts}
+
+
+def flux_fused_name(original: str) -> str:
+    """The Kohya name of a FLUX original-layout layer path (`double_blocks.0.img_attn.qkv`)."""
+    return "lora_unet_" + original.replace(".", "_")
+
+
+def kohya_fused_lookup(table: Mapping[str, ModuleInfo]) -> dict[str, tuple[tuple[str, ...], str]]:
+    """{Kohya name of a fused FLUX layer: (canonical names of its parts, split rule)} for `table`'s transformer
+    (docs/formats.md §2.14): the layers whose rows must be split (q/k/v, linear1, the swapped adaLN)."""
+    paths = [split_name(n)[1] for n in table if n.startswith("transformer.")]
+    return {
+        flux_fused_name(name): (tuple(f"transformer.{p}" for p in parts), rule)
+        for name, (parts, rule) in original_parts(paths).items()
+        if rule != "same"
+    }
+
+
+def original_lookup(table: Mapping[str, ModuleInfo]) -> dict[str, tuple[tuple[str, ...], str]]:
+    """{original FLUX layer path (`double_blocks.0.img_attn.qkv`): (canonical parts, split rule)} for every
+    original layer of `table`'s transformer, fused or not (the `diffusion_model.` dialect, §2.14)."""
+    paths = [split_name(n)[1] for n in table if n.startswith("transformer.")]
+    return {
+        name: (tuple(f"transformer.{p}" for p in parts), rule) for name, (parts, rule) in original_parts(paths).items()
+    }
+
+
+def _transformer_spellings(path: str, original: Mapping[str, str]) -> list[str]:
+    """Kohya spellings of a FLUX transformer module: diffusers-style (`lora_transformer_`, `lycoris_`) and,
+    for a layer that is not fused, sd-scripts' original-layout name."""
+    flat = path.replace(".", "_")
+    names = ["lora_transformer_" + flat, "lycoris_" + flat]
+    if path in original:
+        names.append("lora_unet_" + original[path].replace(".", "_"))
+    return names
 
 
 def _spellings(canonical: str, ldm: Mapping[str, str], two_encoders: bool) -> list[str]:
     """Every Kohya spelling accepted for one module."""
     component, path = split_name(canonical)
     flat = path.replace(".", "_")
+    if component == "transformer":
+        return _transformer_spellings(path, ldm)
     if component != "unet":
         return [_te_prefix(component, two_encoders) + "_" + flat]
     names = ["lora_unet_" + flat, "lycoris_" + flat]
@@ -238,8 +289,14 @@ def lookup_for_table(table: Mapping[str, ModuleInfo]) -> dict[str, str]:
     """
     unet_paths = [split_name(n)[1] for n in table if n.startswith("unet.")]
     ldm = ldm_unet_names(unet_paths)
+    transformer_paths = [split_name(n)[1] for n in table if n.startswith("transformer.")]
+    # FLUX: the original name of each layer that is not fused (one diffusers module, rows unchanged)
+    ldm.update(
+        {parts[0]: name for name, (parts, rule) in original_parts(transformer_paths).items() if rule == "same"}
+    )
     two_encoders = (
-        any(n.startswith("text_encoder_2.") for n in table) or getattr(table, "family", None) == "sdxl"
+        any(n.startswith(("text_encoder_2.", "transformer.")) for n in table)
+        or getattr(table, "family", None) in ("sdxl", "flux")
     )
     lookup: dict[str, str] = {}
     for canonical in table:
@@ -346,6 +403,6 @@ def kohya_lookup(family: str | None, table: Mapping[str, ModuleInfo] | None = No
         return lookup_for_table(table)
     if family is None:
         return _union_lookup()
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+    if family not in ALL_FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; use one of {', '.join(ALL_FAMILIES)}")
     return _family_lookup(family)

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from sdlora.arch.components import COMPONENTS, canonical_name, model_components
-from sdlora.arch.family import FAMILIES, check_family
+from sdlora.arch.family import ALL_FAMILIES, check_family
 from sdlora.configs import CONFIG_DIRS, models_root
 from sdlora.errors import ConfigError
 
@@ -89,7 +89,8 @@ class ModuleTable(Mapping):
 
 @cache
 def family_table(family: str) -> ModuleTable:
-    """The shipped module table of `family` ("sd1", "sd2" or "sdxl"): unet, text encoder(s). Cached.
+    """The shipped module table of `family` ("sd1", "sd2", "sdxl" or "flux"): unet or transformer, text
+    encoder(s). Cached.
 
     Raises:
         ConfigError: unknown family name.
@@ -110,12 +111,16 @@ def config_dir(family: str) -> Path:
     return path
 
 
+# modules a family's variants may lack: FLUX.1 schnell has no guidance embedder (the shipped table is dev's)
+_OPTIONAL_MODULES = {"flux": "transformer.time_text_embed.guidance_embedder."}
+
+
 def match_family(table: Mapping[str, ModuleInfo]) -> str | None:
     """The family whose shipped table equals `table` on the components `table` has, else None."""
     components = {name.split(".", 1)[0] for name in table}
     if not components:
         return None
-    for family in FAMILIES:
+    for family in ALL_FAMILIES:
         try:
             shipped = family_table(family)
         except FileNotFoundError:  # only while scripts/gen_module_tables.py writes the tables
@@ -124,6 +129,9 @@ def match_family(table: Mapping[str, ModuleInfo]) -> str | None:
             continue
         subset = {k: v for k, v in shipped.items() if k.split(".", 1)[0] in components}
         if subset == dict(table.items()):
+            return family
+        optional = _OPTIONAL_MODULES.get(family)
+        if optional and {k: v for k, v in subset.items() if not k.startswith(optional)} == dict(table.items()):
             return family
     return None
 
@@ -188,17 +196,22 @@ def _read_json(path: Path) -> dict:
         raise ConfigError(f"{path}: cannot read this JSON config ({err})") from err
 
 
+# diffusers classes of a component folder's config.json -> component name (a lone component folder)
+_CLASS_COMPONENTS = {"UNet2DConditionModel": "unet", "FluxTransformer2DModel": "transformer"}
+# text encoders whose LoRA modules are not tabled yet (FLUX's T5): skipped, not refused
+_UNTABLED = frozenset({"T5EncoderModel"})
+
+
 def _component_dirs(root: Path) -> list[tuple[str, Path]]:
     """[(component, folder)] of the LoRA-targetable components in a diffusers model folder."""
     if (root / "config.json").is_file() and not (root / "model_index.json").is_file():
         config = _read_json(root / "config.json")
-        name = "unet" if config.get("_class_name") == "UNet2DConditionModel" else "text_encoder"
-        return [(name, root)]
+        return [(_CLASS_COMPONENTS.get(config.get("_class_name"), "text_encoder"), root)]
     index = _read_json(root / "model_index.json") if (root / "model_index.json").is_file() else {}
     found = []
     for name in COMPONENTS:
         listed = index.get(name)
-        if index and (not listed or listed[0] is None):
+        if index and (not listed or listed[0] is None or listed[-1] in _UNTABLED):
             continue
         if (root / name / "config.json").is_file():
             found.append((name, root / name))
@@ -227,6 +240,17 @@ def _meta_unet(folder: Path):
         return UNet2DConditionModel.from_config(config)
 
 
+def _meta_transformer(folder: Path):
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    config = _read_json(folder / "config.json")
+    if config.get("_class_name", "FluxTransformer2DModel") != "FluxTransformer2DModel":
+        raise ConfigError(f"{folder}: {config['_class_name']} is not supported; sdlora reads FLUX.1 transformers")
+    with torch.device("meta"):
+        return FluxTransformer2DModel.from_config(config)
+
+
 def _meta_text_encoder(folder: Path):
     import torch
     import transformers
@@ -242,10 +266,11 @@ def _meta_text_encoder(folder: Path):
 
 
 def build_table_from_config_dir(path: str | Path) -> ModuleTable:
-    """Build the unet / text encoder(s) of a diffusers model folder on the meta device (no weights) and scan them.
+    """Build the unet or FLUX transformer and the CLIP text encoder(s) of a diffusers model folder on the meta
+    device (no weights) and scan them. A T5 text encoder is skipped (its LoRA modules are not tabled yet).
 
-    `path` is a diffusers folder (model_index.json + unet/, text_encoder/, text_encoder_2/ with config.json;
-    weight files are not read) or a single component folder holding a config.json.
+    `path` is a diffusers folder (model_index.json + unet/ or transformer/, text_encoder/, text_encoder_2/ with
+    config.json; weight files are not read) or a single component folder holding a config.json.
 
     Raises:
         ConfigError: the folder or its configs are missing or not an SD architecture.
@@ -258,7 +283,8 @@ def build_table_from_config_dir(path: str | Path) -> ModuleTable:
     modules: dict[str, ModuleInfo] = {}
     for name, folder in _component_dirs(root):
         log.debug("building %s from %s on the meta device", name, folder)
-        model = _meta_unet(folder) if name == "unet" else _meta_text_encoder(folder)
+        builder = {"unet": _meta_unet, "transformer": _meta_transformer}.get(name, _meta_text_encoder)
+        model = builder(folder)
         modules.update(scan_module(name, model))
     table = ModuleTable(modules)
     table.family = match_family(table)

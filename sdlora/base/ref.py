@@ -31,6 +31,8 @@ from sdlora.suffixes import PICKLE_SUFFIXES
 EMBEDDED = "embedded"
 FAMILY_ALIASES = {"sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
                   "sdxl": "sdxl"}
+# families sdlora reads LoRAs of but cannot load as a base yet: `verify --base` only (docs/formats.md §2.14)
+CHECK_ONLY_FAMILIES = {"flux": "flux", "flux1": "flux", "flux-dev": "flux", "flux-schnell": "flux"}
 
 
 @dataclass(frozen=True)
@@ -112,13 +114,16 @@ def checkpoint_family(path: Path) -> str | None:
 
 
 def check_target(base: str | Path) -> str | ModuleTable:
-    """What `sdlora verify` checks a LoRA against: a family name stays a string ("sd1", "sd2", "sdxl"; also
-    "sd15", "sd21"), a diffusers folder (and `embedded`) becomes its module table built on the meta device,
-    and a single-file .safetensors checkpoint becomes the family its header's shapes show (no weights read).
+    """What `sdlora verify` checks a LoRA against: a family name stays a string ("sd1", "sd2", "sdxl", "flux";
+    also "sd15", "sd21", "flux1", "flux-dev", "flux-schnell"), a diffusers folder (and `embedded`) becomes its
+    module table built on the meta device, and a single-file .safetensors checkpoint becomes the family its header's shapes show (no weights read).
 
     Raises:
         ConfigError: not a base (`parse_base`), a hub id, or a checkpoint of no SD family.
     """
+    name = str(base).strip().lower()
+    if name in CHECK_ONLY_FAMILIES and not Path(str(base)).expanduser().exists():  # a folder named flux wins
+        return CHECK_ONLY_FAMILIES[name]
     ref = parse_base(base)
     if ref.kind == "family":
         return ref.value

@@ -1,4 +1,4 @@
-"""`sdlora verify FILE [--base embedded|sd1|sd2|sdxl|MODEL_PATH]`: the load report, a verdict for every key of a LoRA.
+"""`sdlora verify FILE [--base embedded|sd1|sd2|sdxl|flux|MODEL_PATH]`: the load report, a verdict for every key of a LoRA.
 
 Standard library only at module level; the library is imported inside `run`.
 """
@@ -13,7 +13,7 @@ DESCRIPTION = """\
 Check a LoRA against a base model and give every key of the file a verdict: applied,
 unknown_module (with the nearest module name), shape_mismatch (both shapes) or unsupported_kind.
 Keys the reader skipped and bundled embeddings are listed too; nothing is left out.
-The base is `embedded` (sdlora's shipped model), a family (sd1, sd2, sdxl: the architectures built from the configs shipped in
+The base is `embedded` (sdlora's shipped model), a family (sd1, sd2, sdxl, flux: the architectures built from the configs shipped in
 sdlora/configs/models/, no weights), a diffusers model folder (only its config.json files are read; the
 model is built on the meta device) or a single-file .safetensors checkpoint (only its header is read,
 to tell its family).
@@ -32,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--base",
         default="embedded",
-        metavar="embedded|sd1|sd2|sdxl|MODEL_PATH",
+        metavar="embedded|sd1|sd2|sdxl|flux|MODEL_PATH",
         help="'embedded' (the default, as for every command), a family name, a diffusers model folder or a "
         ".safetensors checkpoint to check against",
     )

@@ -111,7 +111,7 @@ def _read_dialect(dialect, tensors, header: SafetensorsHeader, family, config, t
         return kohya.read(tensors, header.metadata, family, table=table, name=name, dialect=dialect)
     if dialect == "cloneofsimo":
         return cloneofsimo.read(tensors, header.metadata, name=name)
-    return diffusers.read(tensors, header.metadata, dialect=dialect, config=config, name=name)
+    return diffusers.read(tensors, header.metadata, dialect=dialect, config=config, name=name, table=table)
 
 
 def resolve_paths(path: Path) -> tuple[Path, Path | None]:

@@ -16,7 +16,10 @@ import re
 from collections import Counter
 
 from sdlora.arch.components import COMPONENTS
+from sdlora.arch.naming import original_lookup
+from sdlora.arch.tables import family_table
 from sdlora.errors import FormatError
+from sdlora.formats import fused
 from sdlora.formats.metadata import carried_metadata
 from sdlora.weights import KeyIssue, LoraModule, LoraState
 
@@ -40,17 +43,55 @@ _PEFT_CLASSES = {"CLIPTextModel": "text_encoder", "CLIPTextModelWithProjection":
 
 
 def read(tensors: dict, metadata: dict[str, str], *, dialect: str, config: dict | None = None,
-         name: str = "") -> LoraState:  # fmt: skip
-    """A diffusers / PEFT state dict -> LoraState (alpha from `.alpha` keys, the config or metadata)."""
+         name: str = "", table=None) -> LoraState:  # fmt: skip
+    """A diffusers / PEFT state dict -> LoraState (alpha from `.alpha` keys, the config or metadata).
+
+    FLUX files in the original layout (`diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight`) are mapped
+    onto diffusers names, fused layers split by rows (docs/formats.md §2.14); `table` (a model's module table)
+    names a reduced FLUX model's layers, else the shipped FLUX table does.
+    """
     state = LoraState(metadata=dict(metadata), format=dialect)
     configs = _configs(metadata, config)
     groups = _group(tensors, state, config)
+    originals = _originals(groups, table)
     for canonical, parts in groups.items():
         module = _module(canonical, parts, configs, state)
-        if module is not None:
+        if module is None:
+            continue
+        keys = [key for key, _ in parts.values()]
+        layer = originals.get(_original_path(canonical))
+        if layer is None:
             state.modules[canonical] = module
-            state.source_keys[canonical] = [key for key, _ in parts.values()]
+            state.source_keys[canonical] = keys
+        elif fused.splittable(module):
+            for part_name, part in fused.split(module, *layer, where=f"{name}: {canonical}").items():
+                state.modules[part_name] = part
+                state.source_keys[part_name] = keys
+        else:
+            state.issues.extend(KeyIssue(key, "unsupported_kind", "DoRA on a fused FLUX layer cannot be split yet")
+                                for key in keys)  # fmt: skip
     return state
+
+
+_ORIGINAL_ROOTS = ("double_blocks.", "single_blocks.", "final_layer.", "img_in", "txt_in", "time_in.",
+                   "vector_in.", "guidance_in.")  # fmt: skip
+
+
+def _original_path(canonical: str) -> str:
+    """The FLUX original-layout path a grouped key names (`unet.diffusion_model.double_blocks...` or
+    `transformer.double_blocks...` -> `double_blocks...`), or "" for any other key."""
+    path = canonical.split(".", 1)[1] if "." in canonical else canonical
+    path = path.removeprefix("diffusion_model.")
+    return path if path.startswith(_ORIGINAL_ROOTS) else ""
+
+
+def _originals(groups: dict, table) -> dict:
+    """{original FLUX layer path: (parts, rule)} when some key uses the original layout, else {}."""
+    if not any(_original_path(canonical) for canonical in groups):
+        return {}
+    if table is None or not any(n.startswith("transformer.") for n in table):
+        table = family_table("flux")
+    return original_lookup(table)
 
 
 def _group(tensors: dict, state: LoraState, config: dict | None) -> dict[str, dict]:

@@ -13,7 +13,9 @@ import re
 
 from sdlora import validate
 from sdlora.arch import naming
+from sdlora.arch.tables import family_table
 from sdlora.errors import FormatError
+from sdlora.formats import fused
 from sdlora.formats.metadata import kohya_metadata
 from sdlora.weights import KeyIssue, LoraModule, LoraState
 
@@ -65,9 +67,13 @@ def read(tensors: dict, metadata: dict[str, str], family: str | None, *, table=N
     state = LoraState(metadata=dict(metadata), format=dialect, family=family)
     groups = _group(tensors, state)
     lookup = _lookup(family, table)
+    fused_layers = _fused_lookup(family, table)
     unknown = []
     for lora_name, parts in groups.items():
         canonical = lookup.get(lora_name)
+        if canonical is None and lora_name in fused_layers:
+            _read_fused(lora_name, parts, fused_layers[lora_name], state, name)
+            continue
         if canonical is None:
             unknown.append((lora_name, parts))
             continue
@@ -110,6 +116,29 @@ def _lookup(family: str | None, table) -> dict[str, str]:
     if table is not None:
         return naming.kohya_lookup(getattr(table, "family", None), table)
     return naming.kohya_lookup(family)
+
+
+def _fused_lookup(family: str | None, table) -> dict:
+    """{Kohya name of a fused FLUX layer: (parts, rule)} (docs/formats.md §2.14); empty for other families."""
+    if table is None and family == "flux":
+        table = family_table("flux")
+    return naming.kohya_fused_lookup(table) if table is not None else {}
+
+
+def _read_fused(lora_name: str, parts: dict, layer: tuple, state: LoraState, file_name: str) -> None:
+    """A LoRA on a fused FLUX layer (q/k/v, linear1) -> one module per diffusers part, rows split exactly."""
+    module = _module(lora_name, parts, state, file_name)
+    if module is None:
+        return
+    keys = [f"{lora_name}.{suffix}" for suffix in parts]
+    if not fused.splittable(module):
+        for key in keys:
+            state.issues.append(KeyIssue(key, "unsupported_kind", f"a {module.kind} module on a fused FLUX layer "
+                                         "cannot be split into its q/k/v parts yet"))  # fmt: skip
+        return
+    for canonical, part in fused.split(module, *layer, where=f"{file_name}: {lora_name}").items():
+        state.modules[canonical] = part
+        state.source_keys[canonical] = keys
 
 
 def _unknown(state: LoraState, lora_name: str, parts: dict, lookup: dict[str, str], where: str,
@@ -198,8 +227,7 @@ def write(lora: LoraState, dtype=None) -> tuple[dict, dict[str, str]]:
     import torch
 
     tensors, alphas = {}, {}
-    for canonical, module in lora.modules.items():
-        lora_name = naming.kohya_name(canonical, lora.family)
+    for canonical, lora_name, module in _named_modules(lora):
         for tensor_name, tensor in module.tensors.items():
             tensors[f"{lora_name}.{_write_suffix(module, tensor_name, canonical)}"] = _cast(
                 _dora_keepdim(module, tensor_name, tensor), dtype
@@ -211,6 +239,37 @@ def write(lora: LoraState, dtype=None) -> tuple[dict, dict[str, str]]:
         key = f"bundle_emb.{token}" if ".clip_" in token else f"bundle_emb.{token}.string_to_param.*"
         tensors[key] = _cast(tensor, dtype)
     return tensors, kohya_metadata(lora, alphas, _network_args(lora))
+
+
+def _named_modules(lora: LoraState) -> list[tuple[str, str, LoraModule]]:
+    """[(canonical name, Kohya name, module)] to write; FLUX parts of a fused layer joined into it (§2.14)."""
+    if lora.family != "flux":
+        return [(c, naming.kohya_name(c, lora.family), m) for c, m in lora.modules.items()]
+    table = family_table("flux")
+    layers = naming.kohya_fused_lookup(table)
+    owner = {part: name for name, (parts, _) in layers.items() for part in parts}
+    named, done = [], set()
+    for canonical, module in lora.modules.items():
+        lora_name = owner.get(canonical)
+        if lora_name is None:
+            named.append((canonical, naming.kohya_name(canonical, "flux"), module))
+        elif lora_name not in done:
+            done.add(lora_name)
+            parts, rule = layers[lora_name]
+            sizes = {p: _part_rows(lora, table, p) for p in parts}
+            sizes = {p: n for p, n in sizes.items() if n is not None}
+            named.append((canonical, lora_name, fused.join(lora.modules, parts, rule, sizes, lora_name)))
+    return named
+
+
+def _part_rows(lora: LoraState, table, part: str) -> int | None:
+    """Output rows of a FLUX part: from the LoRA's own module (a reduced model's too), else the shipped table
+    (`fused.join` derives q/k/v sizes from the rule first, so only a missing MLP part reads the table)."""
+    module = lora.modules.get(part)
+    if module is not None:
+        return int(module.tensors["up"].shape[0])
+    info = table.get(part)
+    return int(info.shape[0]) if info is not None else None
 
 
 def _write_suffix(module: LoraModule, tensor_name: str, canonical: str) -> str:

@@ -37,6 +37,7 @@ _COMPONENT_RULES = (
         re.compile(r"^(lora_te1?_|text_encoder[.:]|base_model\.model\.text_model\.|text_model\.)"),
         "text_encoder",
     ),
+    (re.compile(r"^(transformer[.:]|lora_transformer_|diffusion_model\.)"), "transformer"),
     (
         re.compile(r"^(lora_unet_|lycoris_|unet[.:]|base_model\.model\.|down_blocks|up_blocks|mid_block)"),
         "unet",
@@ -62,7 +63,7 @@ def summarise(path: str | os.PathLike, with_hash: bool = True) -> dict:
         "file": str(path),
         "format": dialect,
         "family": family,
-        "components": sorted({_component(m, config) for m in modules} - {None}),
+        "components": _components(modules, config, family),
         "modules": len(modules),
         "kinds": dict(Counter(_kind(parts) for parts in modules.values())),
         "ranks": _counts(_rank(parts, header) for parts in modules.values()),
@@ -122,6 +123,14 @@ def _kind(parts: dict[str, str]) -> str:
     return "lora+dora" if ("dora_scale" in parts or any("magnitude" in s for s in parts)) else "lora"
 
 
+def _components(modules: dict, config: dict | None, family: str | None) -> list[str]:
+    """Sorted component names; a FLUX LoRA's `lora_unet_`/`lycoris_` modules are its transformer's."""
+    found = {_component(m, config) for m in modules} - {None}
+    if family == "flux" and "unet" in found:
+        found = (found - {"unet"}) | {"transformer"}
+    return sorted(found)
+
+
 def _component(module: str, config: dict | None) -> str | None:
     if module.startswith("base_model.model.") and config is not None:
         base_class = (config.get("auto_mapping") or {}).get("base_model_class", "")
@@ -159,7 +168,7 @@ def _adapter_metadata(metadata: dict[str, str]) -> dict[str, dict]:
     configs: dict[str, dict] = {}
     for key, value in packed.items() if isinstance(packed, dict) else ():
         head, _, rest = key.partition(".")
-        component, field = (head, rest) if rest and head.startswith(("unet", "text_encoder")) else ("", key)
+        component, field = (head, rest) if rest and head.startswith(("unet", "transformer", "text_encoder")) else ("", key)
         configs.setdefault(component, {})[field] = value
     return configs
 

@@ -109,9 +109,6 @@ def test_metadata_decides_only_without_width_evidence():
 @pytest.mark.parametrize(
     ("keys", "name"),
     [
-        (["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"], "FLUX"),
-        (["transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight"], "FLUX"),
-        (["lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight"], "FLUX"),
         (["lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight"], "SD3"),
         (["transformer.joint_transformer_blocks.0.attn.to_q.lora_A.weight"], "AuraFlow"),
         (["transformer.adaln_single.linear.lora_A.weight"], "PixArt"),
@@ -121,11 +118,28 @@ def test_metadata_decides_only_without_width_evidence():
 )
 def test_foreign_architectures_are_refused_by_name(keys, name):
     shapes = {key: (4, 64) for key in keys}
-    with pytest.raises(FormatError, match=f"this LoRA is for {name}.*SD1, SD2 and SDXL"):
+    with pytest.raises(FormatError, match=f"this LoRA is for {name}.*SD1, SD2, SDXL and FLUX.1"):
         detect_family(shapes)
 
 
-@pytest.mark.parametrize(("width", "name"), [(1536, "SD3"), (3072, "FLUX"), (1152, "PixArt")])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+        "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight",
+        "lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight",
+        "diffusion_model.single_blocks.0.linear1.lora_A.weight",
+    ],
+)
+def test_flux_is_detected_by_its_layer_names(key):
+    assert detect_family({key: (4, 64)}) == "flux"
+
+
+def test_flux_diffusers_keys_without_single_blocks_are_told_by_width():
+    assert detect_family({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)}) == "flux"
+
+
+@pytest.mark.parametrize(("width", "name"), [(1536, "SD3"), (1152, "PixArt")])
 def test_diffusers_dit_is_named_by_its_width(width, name):
     shapes = {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": (4, width)}
     with pytest.raises(FormatError, match=f"this LoRA is for {name} "):

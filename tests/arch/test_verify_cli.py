@@ -70,7 +70,7 @@ def test_verify_reports_bad_keys_with_exit_1(tmp_path, capsys):
 
 
 def test_verify_bad_base_exits_2(wild_loras, capsys):
-    code = main(["verify", str(wild_loras / "peft_te_only_sd15_r8.safetensors"), "--base", "flux"])
+    code = main(["verify", str(wild_loras / "peft_te_only_sd15_r8.safetensors"), "--base", "sd3"])
     assert code == 2
     assert "is not 'embedded', a family (sd1, sd2, sdxl)" in capsys.readouterr().err
 

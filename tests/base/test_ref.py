@@ -14,8 +14,11 @@ def test_check_target():
     assert check_target("SDXL") == "sdxl"
     assert check_target("sd15") == "sd1"
     assert check_target(config_dir("sd2")).family == "sd2"
+    assert check_target("flux") == check_target("FLUX-dev") == "flux"  # verify only: LoRAs are read, not loaded
     with pytest.raises(ConfigError, match="is not 'embedded', a family"):
-        check_target("flux")
+        check_target("sd3")
+    with pytest.raises(ConfigError, match="is not 'embedded', a family"):
+        parse_base("flux")  # not a base a command can load yet
 
 
 def test_check_target_reads_a_checkpoint_header(tmp_path):

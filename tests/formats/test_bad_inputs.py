@@ -117,12 +117,12 @@ def make_inf(tmp_path):
     return _good(tmp_path, "inf.safetensors", tensors)
 
 
-def make_flux(tmp_path):
+def make_sd3(tmp_path):
     tensors = {
-        "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.ones(2, 3072),
-        "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.ones(9216, 2),
+        "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": torch.ones(2, 1536),
+        "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.ones(4608, 2),
     }
-    return _good(tmp_path, "flux.safetensors", tensors)
+    return _good(tmp_path, "sd3.safetensors", tensors)
 
 
 # maker -> (message pattern, header-only: does `inspect` see it too?)
@@ -145,7 +145,7 @@ CASES = {
     ),
     make_nan: (r"nan\.safetensors: tensor '.*attn2_to_k\.lora_up\.weight' contains NaN or Inf", False),
     make_inf: (r"inf\.safetensors: tensor '.*attn2_to_k\.lora_down\.weight' contains NaN or Inf", False),
-    make_flux: (r"flux\.safetensors: this LoRA is for FLUX.*SD1, SD2 and SDXL", True),
+    make_sd3: (r"sd3\.safetensors: this LoRA is for SD3 / SD3\.5.*SD1, SD2, SDXL and FLUX\.1", True),
 }
 
 
