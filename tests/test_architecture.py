@@ -81,6 +81,19 @@ def test_import_sdlora_is_cheap():
     assert out.stdout.strip() == "[]"
 
 
+def test_train_dry_run_imports_no_torch(tmp_path):
+    """`sdlora train --dry-run` (settings, the data set scan and its check, caption token counts) loads
+    neither torch, diffusers nor transformers, so that it answers in seconds."""
+    code = (
+        "import sys; from sdlora.cli import main; "
+        f"code = main(['train', '--data', 'sample_data', '--base', 'embedded', '--output', {str(tmp_path)!r}, "
+        "'--dry-run']); "
+        "print('LOADED', code, sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "LOADED 0 []"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # import rules: the checker
 
