@@ -45,8 +45,8 @@ def run(steps: int, repeat: int) -> list[tuple[str, float]]:
     from tests_webui_models import random_lora, write_wide_base
 
     from sdlora.base.load import load_components
-    from webui.state import AppConfig, AppState
-    from webui.tabs import generate_runs, generate_tab
+    from sdlora_webui.state import AppConfig, AppState
+    from sdlora_webui.tabs import generate_runs, generate_tab
 
     tmp = Path(tempfile.mkdtemp(prefix="sdlora-grid-bench-"))
     wide = write_wide_base(tmp / "models" / "wide")

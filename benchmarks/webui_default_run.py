@@ -24,8 +24,8 @@ SAMPLE = REPO / "sample_data"
 
 
 def train_with_ui_defaults(tmp: Path, steps: int | None) -> tuple[Path, float, dict]:
-    from webui.state import AppConfig, AppState
-    from webui.tabs import train_tab
+    from sdlora_webui.state import AppConfig, AppState
+    from sdlora_webui.tabs import train_tab
 
     app = AppState(AppConfig(lora_dir=tmp / "loras", output_dir=tmp / "out", data_dirs=(SAMPLE.parent,)))
     try:

@@ -11,8 +11,12 @@ Decision 2, name clash: ``sdlora.settings.config.LoraConfig`` is sdlora's; this 
 Math (Hu et al. 2021, https://arxiv.org/abs/2106.09685 §4.1): ``y = W x + scale * up(down(dropout(x)))``,
 ``scale = alpha / rank``; ``down`` is Kaiming-uniform initialised and ``up`` zero, so a fresh LoRA changes
 nothing. DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353 §4.1, eq. 5):
-``y = m / ||W'||_c * (W' x) + b`` with ``W' = W + scale * up @ down``; ``||.||_c`` is the norm of each
-output channel, detached as in the paper's §4.3 to save memory; ``m`` starts at ``||W||_c``.
+``W_dora = m * W' / ||W'||`` with ``W' = W + scale * up @ down``, the norm detached as in the paper's §4.3 to save
+memory; ``m`` starts at ``||W||``. The norm runs along one of two axes (docs/formats.md §2.9): ``"in"``, one
+norm and magnitude per input column (the layout A1111, ComfyUI and LyCORIS all apply exactly; the default for
+Kohya files), or ``"out"``, one per output row (PEFT's layout, the only one a diffusers/PEFT file holds).
+Per output row, ``y = m / ||W'||_row * (W' x) + b`` reuses the base output; per input column ``m / ||W'||_col``
+scales the input columns, and the base layer runs again on the scaled input (one extra base matmul).
 
 >>> from torch import nn
 >>> model = nn.Sequential(nn.Linear(4, 4))
@@ -34,6 +38,7 @@ from torch import nn
 from sdlora.arch.blocks import block_of
 from sdlora.arch.components import canonical_name
 from sdlora.arch.targets import match_targets
+from sdlora.errors import ConfigError
 from sdlora.weights import LoraModule, LoraState
 
 
@@ -45,7 +50,9 @@ class LoraLayer(nn.Module):
         rank: low-rank size.
         alpha: scale = alpha / rank.
         dropout: dropout probability on the LoRA input.
-        dora: also learn a per-output-channel magnitude ``magnitude`` (out, 1[, 1, 1]).
+        dora: also learn a magnitude ``magnitude`` (DoRA).
+        dora_axis: ``"in"``: one magnitude per input column, (1, in[, 1, 1]); ``"out"``: one per output row,
+            (out, 1[, 1, 1]) (docs/formats.md §2.9).
         rank_dropout: in training, the probability of zeroing each rank channel of the ``down`` output (one draw
             per sample and channel); the kept ones are scaled by 1 / (1 - p), as sd-scripts does.
         module_dropout: in training, the probability of skipping this layer's LoRA for a whole forward pass.
@@ -55,8 +62,11 @@ class LoraLayer(nn.Module):
     """
 
     def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0,  # noqa: PLR0913
-                 dora: bool = False, *, rank_dropout: float = 0.0, module_dropout: float = 0.0):
+                 dora: bool = False, *, rank_dropout: float = 0.0, module_dropout: float = 0.0,
+                 dora_axis: str = "in"):
         super().__init__()
+        if dora_axis not in DORA_AXES:
+            raise ConfigError(f"lora.dora_axis: {dora_axis!r} is not a DoRA layout; use one of {', '.join(DORA_AXES)}")
         self.rank, self.alpha = rank, float(alpha)
         self.rank_dropout, self.module_dropout = float(rank_dropout), float(module_dropout)
         self.is_conv = isinstance(base, nn.Conv2d)
@@ -72,17 +82,20 @@ class LoraLayer(nn.Module):
         nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.up.weight)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.magnitude = nn.Parameter(self._channel_norm(base.weight.float())) if dora else None
+        self.dora_axis = dora_axis if dora else None
+        self.magnitude = nn.Parameter(self._norm(base.weight.float())) if dora else None
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    @staticmethod
-    def _channel_norm(weight: torch.Tensor) -> torch.Tensor:
-        """L2 norm of each output channel, keep-dim: (out, 1) or (out, 1, 1, 1)."""
-        norm = weight.flatten(1).norm(dim=1)  # (out,)
-        return norm.reshape(-1, *([1] * (weight.dim() - 1)))
+    def _norm(self, weight: torch.Tensor) -> torch.Tensor:
+        """L2 norm along the DoRA axis, keep-dim: per output row (out, 1[, 1, 1]) or per input column
+        (1, in[, 1, 1]), a conv's column spanning its output channels and kernel positions."""
+        ones = [1] * (weight.dim() - 2)
+        if self.dora_axis == "out":
+            return weight.flatten(1).norm(dim=1).reshape(-1, 1, *ones)
+        return weight.transpose(0, 1).flatten(1).norm(dim=1).reshape(1, -1, *ones)
 
     def delta_weight(self) -> torch.Tensor:
         """scale * up @ down, shaped like the base weight (float32)."""
@@ -139,18 +152,38 @@ class LoraLayer(nn.Module):
         if (self.magnitude is None and not self.is_conv and not self.drops_ranks
                 and x.dtype == output.dtype == self.up.weight.dtype):
             return self._linear_added(x, output)
+        if self.dora_axis == "in":
+            return self._dora_in(module, x, output)
         delta = self.lora_output(x)
         if self.magnitude is None:
             return output + delta.to(output.dtype)
         bias = module.bias
         base_out = output if bias is None else output - _bias_shape(bias, output, self.is_conv)
         merged = module.weight.float() + self.delta_weight()
-        factor = self.magnitude / self._channel_norm(merged).detach()  # (out, 1[, 1, 1])
+        factor = self.magnitude / self._norm(merged).detach()  # (out, 1[, 1, 1])
         factor = factor.reshape(-1) if not self.is_conv else factor.reshape(1, -1, 1, 1)
         result = (base_out.float() + delta.float()) * factor
         if bias is not None:
             result = result + _bias_shape(bias, output, self.is_conv).float()
         return result.to(output.dtype)
+
+    def _dora_in(self, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """Per-input-column DoRA: W_dora = W' * f with f = m / ||W'||_col scales input columns, so
+        W_dora x = W (f * x) + lora(f * x): the base layer (its own bias, stride, padding) and the LoRA path run
+        on the column-scaled input (a conv's zero padding stays zero). The base output cannot be reused."""
+        merged = module.weight.float() + self.delta_weight()
+        factor = (self.magnitude / self._norm(merged).detach()).reshape(-1)  # (in,)
+        scaled = x.float() * (factor.reshape(1, -1, 1, 1) if self.is_conv else factor)
+        bias = None if module.bias is None else module.bias.float()
+        weight = module.weight.float()
+        if self.is_conv:
+            base_out = F.conv2d(scaled, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+        else:
+            base_out = F.linear(scaled, weight, bias)
+        return (base_out + self.lora_output(scaled).float()).to(output.dtype)
+
+
+DORA_AXES = ("in", "out")
 
 
 def _bias_shape(bias: torch.Tensor, output: torch.Tensor, is_conv: bool) -> torch.Tensor:
@@ -175,10 +208,11 @@ class LoraNetwork(nn.Module):
         self._handles: list = []
 
     def add(self, name: str, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0,  # noqa: PLR0913
-            dora: bool = False, *, rank_dropout: float = 0.0, module_dropout: float = 0.0) -> None:
+            dora: bool = False, *, rank_dropout: float = 0.0, module_dropout: float = 0.0,
+            dora_axis: str = "in") -> None:
         """Create the LoRA layer for `base` under canonical `name` (not attached until `attach()`)."""
         self.layers[_key(name)] = LoraLayer(base, rank, alpha, dropout, dora, rank_dropout=rank_dropout,
-                                              module_dropout=module_dropout)
+                                              module_dropout=module_dropout, dora_axis=dora_axis)
         self._bases[name] = base
 
     @property
@@ -214,7 +248,7 @@ class LoraNetwork(nn.Module):
             if layer.magnitude is not None:
                 tensors["dora_scale"] = _export(layer.magnitude, dtype)
             modules[name] = LoraModule(kind="lora", tensors=tensors, alpha=layer.alpha,
-                                       dora_axis="out" if layer.magnitude is not None else None,
+                                       dora_axis=layer.dora_axis,
                                        shape=tuple(base.weight.shape))
         return LoraState(modules=dict(sorted(modules.items())), metadata=dict(metadata or {}), family=family)
 
@@ -240,7 +274,7 @@ def _export(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig field
         components: dict[str, nn.Module], preset: str, *, rank: int, alpha: float,
                 conv_rank: int | None = None, conv_alpha: float | None = None, dropout: float = 0.0,
-                dora: bool = False, rank_dropout: float = 0.0, module_dropout: float = 0.0,
+                dora: bool = False, dora_axis: str = "in", rank_dropout: float = 0.0, module_dropout: float = 0.0,
                 block_ranks: dict[str, tuple[int, float]] | None = None,
                 conv_block_ranks: dict[str, tuple[int, float]] | None = None,
                 rank_stabilized: bool = False) -> LoraNetwork:
@@ -251,7 +285,7 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
         preset: a `sdlora.arch.targets.PRESETS` key.
         rank, alpha: for Linear and 1x1 conv targets.
         conv_rank, conv_alpha: for larger conv kernels (default: rank, alpha).
-        dropout, dora, rank_dropout, module_dropout: see LoraLayer.
+        dropout, dora, dora_axis, rank_dropout, module_dropout: see LoraLayer.
         block_ranks, conv_block_ranks: {UNet block name (sdlora.arch.blocks): (rank, alpha)} overriding
             rank/alpha (conv_rank/conv_alpha) for the modules in that block; rank 0 leaves them without LoRA.
         rank_stabilized: scale alpha / sqrt(rank) (rsLoRA). Kept as the module's alpha x sqrt(rank), so the
@@ -279,6 +313,6 @@ def inject_lora(  # noqa: PLR0913 - keyword-only options, one per LoraConfig fie
             if rank_stabilized:
                 module_alpha *= math.sqrt(module_rank)
             network.add(name, module, rank=module_rank, alpha=module_alpha, dropout=dropout, dora=dora,
-                        rank_dropout=rank_dropout, module_dropout=module_dropout)
+                        rank_dropout=rank_dropout, module_dropout=module_dropout, dora_axis=dora_axis)
     network.attach()
     return network

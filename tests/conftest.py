@@ -121,3 +121,34 @@ def tiny_text_encoder():
 @pytest.fixture
 def tiny_vae():
     return make_tiny_vae()
+
+
+# The tiny stack / generate / tools fixtures (helpers in tests/stack_helpers.py, which imports torch: it is
+# imported inside each fixture so that collecting a test session stays free of torch).
+
+
+@pytest.fixture
+def components(tiny_unet, tiny_text_encoder):
+    """{"unet", "text_encoder"}: the tiny real models above, in eval mode."""
+    return {"unet": tiny_unet.eval(), "text_encoder": tiny_text_encoder.eval()}
+
+
+@pytest.fixture
+def pipe(components, tiny_vae, tmp_path):
+    """A tiny StableDiffusionPipeline around `components` (see stack_helpers.tiny_pipeline)."""
+    from stack_helpers import tiny_pipeline
+
+    return tiny_pipeline(components, tiny_vae, tmp_path)
+
+
+@pytest.fixture
+def lora_file(components, tmp_path):
+    """A Kohya file with a visible LoRA on every UNet attention linear and four text-encoder linears."""
+    from stack_helpers import pick, random_lora
+
+    from sdlora import save_lora
+
+    names = [n for n in pick(components, "unet", 0) if ".attentions." in n] + pick(components, "text_encoder", 4)
+    path = tmp_path / "style.safetensors"
+    save_lora(random_lora(components, names, scale=0.3), path, format="kohya")
+    return path

@@ -5,7 +5,9 @@ functions alike, with relative imports resolved:
 (a) no import cycle among sdlora's modules;
 (b) no module imports another module's private name (`from x import _name`, or `x._name`);
 (c) the layers listed in docs/ARCHITECTURE.md: a module imports only modules of its own or a lower layer;
-(d) the module map in docs/ARCHITECTURE.md lists every module.
+(d) in the web UI, an import inside a function only of a module whose import loads torch & co.;
+(e) the module map in docs/ARCHITECTURE.md lists every module of sdlora.
+(a)-(c) hold for `sdlora/` and for `sdlora_webui/` (which may import sdlora's modules, never the other way round).
 The checker functions are tested on synthetic packages too, to show that each check can fail.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY_FILES = sorted((ROOT / "sdlora").rglob("*.py"))
-FORBIDDEN_IN_LIBRARY = ("gradio", "webui", "sdlora.cli")
+FORBIDDEN_IN_LIBRARY = ("gradio", "sdlora_webui", "sdlora.cli")
 
 
 def _imported_modules(path: Path) -> list[str]:
@@ -49,9 +52,9 @@ def test_library_never_imports_ui_or_cli(path):
         if any(name == f or name.startswith(f + ".") for f in FORBIDDEN_IN_LIBRARY)
         and not name.startswith(allowed or ("\0",))
     ]
-    # the CLI may import webui lazily inside `sdlora webui`'s run(); nothing else may
+    # the CLI may import the web UI lazily inside `sdlora webui`'s run(); nothing else may
     if path.name == "webui.py" and _is_cli(path):
-        bad = [name for name in bad if not name.startswith("webui")]
+        bad = [name for name in bad if not name.startswith("sdlora_webui")]
     assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
 
 
@@ -106,6 +109,7 @@ class ImportEdge:
     target: str
     names: tuple[str, ...]
     line: int
+    in_function: bool = False
 
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
@@ -128,24 +132,31 @@ def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(parts + ([node.module] if node.module else []))
 
 
-def import_edges(root: Path, package: str) -> list[ImportEdge]:
-    """Every import of one of the package's modules by another, at any depth of the source."""
-    modules = module_names(root, package)
+def import_edges(root: Path, package: str, below: tuple[str, ...] = ()) -> list[ImportEdge]:
+    """Every import of one of the package's modules by another, at any depth of the source; with `below`,
+    imports of those packages' modules (the package builds on them) are edges too."""
+    own = module_names(root, package)
+    modules = own | {m: p for b in below for m, p in module_names(root, b).items()}
     edges = []
-    for module, path in modules.items():
+    for module, path in own.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        inner = {id(n) for f in ast.walk(tree) if isinstance(f, FUNCTIONS) for n in ast.walk(f)}
         for node in ast.walk(tree):
+            late = id(node) in inner
             if isinstance(node, ast.Import):
-                edges += [ImportEdge(module, a.name, (), node.lineno) for a in node.names if a.name in modules]
+                edges += [ImportEdge(module, a.name, (), node.lineno, late) for a in node.names if a.name in modules]
             elif isinstance(node, ast.ImportFrom):
                 base = _absolute(module, path.name == "__init__.py", node)
                 for alias in node.names:
                     submodule = f"{base}.{alias.name}"
                     if submodule in modules:  # `from pkg import submodule`
-                        edges.append(ImportEdge(module, submodule, (), node.lineno))
+                        edges.append(ImportEdge(module, submodule, (), node.lineno, late))
                     elif base in modules:
-                        edges.append(ImportEdge(module, base, (alias.name,), node.lineno))
+                        edges.append(ImportEdge(module, base, (alias.name,), node.lineno, late))
     return [e for e in edges if e.target != e.module]
+
+
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
 
 def import_graph(edges: list[ImportEdge]) -> dict[str, set[str]]:
@@ -187,13 +198,14 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
-def private_imports(root: Path, package: str) -> list[str]:
+def private_imports(root: Path, package: str, below: tuple[str, ...] = ()) -> list[str]:
     """`module:line name` for every private name one module takes from another: `from x import _name`, or
-    `x._name` where `x` is bound to another module of the package."""
-    modules = module_names(root, package)
-    found = [f"{e.module}:{e.line} {e.target}.{n}" for e in import_edges(root, package) for n in e.names
+    `x._name` where `x` is bound to another module of the package (or of the packages `below` it)."""
+    own = module_names(root, package)
+    modules = own | {m: p for b in below for m, p in module_names(root, b).items()}
+    found = [f"{e.module}:{e.line} {e.target}.{n}" for e in import_edges(root, package, below) for n in e.names
              if _is_private(n)]
-    for module, path in modules.items():
+    for module, path in own.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         bound = _module_aliases(tree, module, path.name == "__init__.py", modules)
         for node in ast.walk(tree):
@@ -230,13 +242,13 @@ def _module_aliases(tree: ast.AST, module: str, is_package: bool, modules: dict[
     return bound
 
 
-def read_layers(doc: Path) -> list[tuple[str, list[str]]]:
-    """[(layer name, [module patterns])], lowest layer first, from the table under "## Layers" in `doc`.
+def read_layers(doc: Path, heading: str = "Layers") -> list[tuple[str, list[str]]]:
+    """[(layer name, [module patterns])], lowest layer first, from the table under "## <heading>" in `doc`.
 
     Table rows look like `| 2 | arch | `sdlora.arch.*` |`; a pattern `x.*` is package x and all it holds.
     """
     text = doc.read_text(encoding="utf-8")
-    section = text.split("\n## Layers", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     layers = []
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -320,27 +332,98 @@ def module_map_gaps(entries: dict[str, str], modules: dict[str, Path], package: 
 
 
 # ----------------------------------------------------------------------------------------------------------
+# function-level imports: only of heavy modules
+
+HEAVY_LIBRARIES = ("torch", "diffusers", "transformers", "accelerate", "safetensors.torch", "peft", "deepspeed")
+
+
+def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements that run when the module is imported: at module level, also inside top-level
+    `if`/`try`/`with` blocks, but not under `if TYPE_CHECKING:` (which never runs)."""
+    found = []
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+            todo += node.body + node.orelse
+        elif isinstance(node, ast.Try):
+            todo += node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body]
+        elif isinstance(node, ast.With):
+            todo += node.body
+    return found
+
+
+def _loads_heavy_library(node: ast.Import | ast.ImportFrom) -> bool:
+    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    if isinstance(node, ast.ImportFrom) and node.level:
+        return False
+    return any(n == lib or n.startswith(lib + ".") for n in names for lib in HEAVY_LIBRARIES)
+
+
+def heavy_modules(root: Path, packages: tuple[str, ...]) -> set[str]:
+    """The modules whose import loads a heavy library (torch, diffusers, ...): one that imports it at module
+    level, or a module-level import of a heavy module of `packages`, or a heavy enclosing package."""
+    modules = {m: p for package in packages for m, p in module_names(root, package).items()}
+    needs: dict[str, set[str]] = {m: {m.rsplit(".", 1)[0]} & modules.keys() for m in modules}
+    heavy = set()
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        if any(_loads_heavy_library(node) for node in _module_level_imports(tree)):
+            heavy.add(module)
+    for package in packages:
+        needs_here = import_graph([e for e in import_edges(root, package, packages) if not e.in_function])
+        for module, targets in needs_here.items():
+            needs[module] |= targets
+    changed = True
+    while changed:  # a fixed point: heavy spreads to every module that needs a heavy one
+        light = [m for m in modules if m not in heavy and needs[m] & heavy]
+        heavy |= set(light)
+        changed = bool(light)
+    return heavy
+
+
+def light_late_imports(root: Path, package: str, below: tuple[str, ...] = (),
+                       exempt: tuple[str, ...] = ()) -> list[str]:
+    """`module:line imports target` for every import inside a function of a module that is not heavy: it
+    belongs at the top. Modules matching an `exempt` pattern may import anything late."""
+    heavy = heavy_modules(root, (package, *below))
+    return sorted(f"{e.module}:{e.line} imports {e.target}" for e in import_edges(root, package, below)
+                  if e.in_function and e.target not in heavy and not any(_matches(e.module, p) for p in exempt))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # import rules: the project
 
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
+# (package, the packages below it that it imports, the heading of its layer table in DOC)
+PACKAGES = [("sdlora", (), "Layers"), ("sdlora_webui", ("sdlora",), "Web UI layers")]
+# modules that import project modules inside functions for another reason than a heavy import: the CLI
+# command modules import their library modules inside `run`, because building the parser imports them all
+LATE_IMPORTS_ALLOWED = ("sdlora.cli.*", "sdlora.__main__")
 
 
-def test_no_import_cycles():
-    assert find_cycles(import_graph(import_edges(ROOT, "sdlora"))) == []
+@pytest.mark.parametrize("package", [p for p, _, _ in PACKAGES])
+def test_no_import_cycles(package):
+    assert find_cycles(import_graph(import_edges(ROOT, package))) == []
 
 
-def test_no_private_names_from_other_modules():
-    assert private_imports(ROOT, "sdlora") == []
+@pytest.mark.parametrize(("package", "below"), [(p, b) for p, b, _ in PACKAGES])
+def test_no_private_names_from_other_modules(package, below):
+    assert private_imports(ROOT, package, below) == []
 
 
-def test_lower_layers_never_import_higher_ones():
-    assert layer_violations(import_edges(ROOT, "sdlora"), read_layers(DOC)) == []
+@pytest.mark.parametrize(("package", "heading"), [(p, h) for p, _, h in PACKAGES])
+def test_lower_layers_never_import_higher_ones(package, heading):
+    assert layer_violations(import_edges(ROOT, package), read_layers(DOC, heading)) == []
 
 
-def test_every_module_has_exactly_one_layer_in_the_doc():
+@pytest.mark.parametrize(("package", "heading"), [(p, h) for p, _, h in PACKAGES])
+def test_every_module_has_exactly_one_layer_in_the_doc(package, heading):
     """The doc's layer table and the code agree: each module is placed, each pattern names real modules."""
-    layers = read_layers(DOC)
-    modules = module_names(ROOT, "sdlora")
+    layers = read_layers(DOC, heading)
+    modules = module_names(ROOT, package)
     find = layer_of(layers)
     assert [m for m in modules if find(m) is None] == []
     patterns = [p for _, ps in layers for p in ps]
@@ -348,6 +431,28 @@ def test_every_module_has_exactly_one_layer_in_the_doc():
     assert len(patterns) == len(set(patterns)), "a pattern is listed twice"
 
 
+def test_webui_imports_project_modules_inside_functions_only_when_heavy():
+    """docs/ARCHITECTURE.md "Import rules": an import inside a function only for a module whose import loads
+    torch & co.; every other project module is imported at the top, where the layer check sees it plainly."""
+    assert light_late_imports(ROOT, "sdlora_webui", ("sdlora",), LATE_IMPORTS_ALLOWED) == []
+
+
+def test_modules_found_light_load_no_heavy_library():
+    """The source analysis behind the late-import rule agrees with Python: importing every module it finds
+    light loads neither torch, diffusers nor transformers."""
+    packages = tuple(p for p, _, _ in PACKAGES)
+    heavy = heavy_modules(ROOT, packages)
+    light = [m for p in packages for m in module_names(ROOT, p) if m not in heavy and m != "sdlora.__main__"]
+    assert len(light) > 20
+    code = ("import importlib, sys\n"
+            f"for m in {light!r}:\n"
+            "    importlib.import_module(m)\n"
+            "    loaded = [x for x in ('torch', 'diffusers', 'transformers') if x in sys.modules]\n"
+            "    if loaded:\n"
+            "        print(m, loaded)\n"
+            "        break\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout == ""
 def test_module_map_lists_every_module():
     """docs/ARCHITECTURE.md's module map leaves no module out (a new module must be described there)."""
     assert module_map_gaps(read_module_map(DOC), module_names(ROOT, "sdlora"), "sdlora") == []
@@ -399,6 +504,31 @@ def test_checker_finds_an_import_of_a_higher_layer(tmp_path):
     assert layer_violations(import_edges(root, "pkg"), layers) == ["pkg.low:2 (bottom) imports pkg.high (top)"]
 
 
+def test_checker_finds_an_injected_webui_cycle(tmp_path):
+    """The web UI's own tree with the cycle it once had (runs_view importing train_tab inside a function)."""
+    shutil.copytree(ROOT / "sdlora_webui", tmp_path / "sdlora_webui", ignore=shutil.ignore_patterns("__pycache__"))
+    assert find_cycles(import_graph(import_edges(tmp_path, "sdlora_webui"))) == []
+    view = tmp_path / "sdlora_webui" / "tabs" / "runs_view.py"
+    injected = "\n\ndef _resume():\n    from sdlora_webui.tabs import train_tab\n"
+    view.write_text(view.read_text(encoding="utf-8") + injected, encoding="utf-8")
+    assert find_cycles(import_graph(import_edges(tmp_path, "sdlora_webui"))) == [
+        ["sdlora_webui.tabs.runs_view", "sdlora_webui.tabs.train_tab"]]
+
+
+def test_checker_finds_late_imports_of_light_modules(tmp_path):
+    root = _package(tmp_path, {
+        "__init__.py": "",
+        "heavy.py": "import torch.nn\n",
+        "carrier.py": "from . import heavy\n",  # heavy through a module-level import of a heavy module
+        "typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import torch\n",
+        "sub/__init__.py": "import diffusers\n",
+        "sub/inner.py": "X = 1\n",  # heavy: importing it runs its package's __init__
+        "user.py": ("def f():\n    from pkg import heavy, carrier, typed\n    import pkg.sub.inner\n"
+                    "    from .sub import inner\n"),
+    })
+    assert heavy_modules(root, ("pkg",)) == {"pkg.heavy", "pkg.carrier", "pkg.sub", "pkg.sub.inner"}
+    assert light_late_imports(root, "pkg") == ["pkg.user:2 imports pkg.typed"]
+    assert light_late_imports(root, "pkg", exempt=("pkg.user",)) == []
 def test_checker_finds_modules_the_map_leaves_out(tmp_path):
     root = _package(tmp_path, {"__init__.py": "", "listed.py": "", "forgotten.py": "", "sub/__init__.py": "",
                                "sub/named.py": "", "sub/unnamed.py": "", "other/__init__.py": "",

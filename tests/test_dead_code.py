@@ -1,5 +1,5 @@
-"""No dead code: every function, class and method defined in `sdlora/` and `webui/` is used by the product
-(the library, the web UI, the scripts or the benchmarks; a use by the tests alone does not count), or is
+"""No dead code: every function, class and method defined in `sdlora/` and `sdlora_webui/` is used by the
+product (the library, the web UI, the scripts or the benchmarks; a use by the tests alone does not count), or is
 public API allow-listed below with the reason.
 
 The check is read from the parsed source (`ast`), by name: a definition counts as used when its name is
@@ -16,9 +16,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKED = ("sdlora", "webui")  # where definitions are looked for
-READERS = ("sdlora", "webui", "scripts", "benchmarks")  # where uses are looked for (not tests: code only a
-# test calls is dead to a user, unless it is API a user calls, allow-listed here)
+CHECKED = ("sdlora", "sdlora_webui")  # where definitions are looked for
+# where uses are looked for (not tests: code only a test calls is dead to a user, unless it is API a user
+# calls, allow-listed here)
+READERS = ("sdlora", "sdlora_webui", "scripts", "benchmarks")
 
 # "path::name": why it stays with no caller in the product (public API a user calls). Keep it short.
 ALLOWED: dict[str, str] = {
@@ -86,7 +87,7 @@ def unused_definitions(root: Path, checked=CHECKED, readers=READERS, allowed=ALL
 
 def test_every_definition_has_a_caller():
     unused = unused_definitions(ROOT)
-    assert unused == [], ("defined but never used by sdlora, webui, scripts or benchmarks (remove it, or "
+    assert unused == [], ("defined but never used by sdlora, sdlora_webui, scripts or benchmarks (remove it, or "
                           f"allow-list public API in tests/test_dead_code.py with the reason): {unused}")
 
 

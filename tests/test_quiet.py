@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sdlora.quiet import NOISE, DropMessages, quiet_third_party
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +61,7 @@ def test_importing_the_library_installs_no_filter():
     assert out.stdout.strip() == "0"
 
 
+@pytest.mark.slow  # a model-loading subprocess, 10 s on two busy cores: outside the fast lane
 def test_model_loading_command_prints_no_torchvision_notice(tmp_path):
     """`sdlora generate` loads the embedded pipeline through diffusers, which imports transformers' image
     processors; without torchvision transformers logs a fallback notice per processor class."""

@@ -61,11 +61,21 @@ def _env() -> dict:
 
 
 def test_sdlora_is_imported_from_the_installed_wheel(installed, tmp_path):
-    out = _run([installed / "python", "-c", "import sdlora, webui; print(sdlora.__file__); print(webui.__file__)"],
-               cwd=tmp_path, env=_env())
+    code = "import sdlora, sdlora_webui; print(sdlora.__file__); print(sdlora_webui.__file__)"
+    out = _run([installed / "python", "-c", code], cwd=tmp_path, env=_env())
     assert out.returncode == 0, out.stderr
     for line in out.stdout.split():
         assert Path(line).is_relative_to(installed.parent), line
+
+
+def test_the_wheel_installs_only_packages_named_for_sdlora(installed, tmp_path):
+    """sdlora and its web UI (sdlora_webui), never a top-level package with a name other tools use
+    (A1111 ships a `webui.py`)."""
+    code = ("import importlib.metadata as m; print(' '.join(sorted({f.parts[0] for f in m.files('sdlora') "
+            "if f.parts[0] != '..' and not f.parts[0].endswith('.dist-info')})))")
+    out = _run([installed / "python", "-c", code], cwd=tmp_path, env=_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["sdlora", "sdlora_webui"]
 
 
 def test_verify_against_a_family_uses_the_packaged_configs(installed, tmp_path):
@@ -86,7 +96,7 @@ def test_train_dry_run_with_a_named_preset(installed, tmp_path):
 
 
 def test_web_ui_builds_from_the_installed_package(installed, tmp_path):
-    code = ("from webui.app import build_app, default_state; "
+    code = ("from sdlora_webui.app import build_app, default_state; "
             "state = default_state('loras', 'outputs'); build_app(state); print('built')")
     out = _run([installed / "python", "-c", code], cwd=tmp_path, env=_env())
     assert out.returncode == 0, out.stderr[-3000:]

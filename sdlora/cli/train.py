@@ -52,6 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--from-kohya", dest="from_kohya", action="append", default=[], metavar="FILE",
                         help="import a kohya_ss GUI preset (.json) or sd-scripts config / dataset config "
                         "(.toml) (repeatable); applied after --config, before --set; prints each key it ignores")
+    parser.add_argument("--force", action="store_true", help="--from-kohya: import a config that is not an "
+                        "SD/SDXL LoRA recipe (a FLUX.1 or SD3 config, a full fine-tune) instead of refusing it")
     parser.add_argument("--dry-run", action="store_true", help="print the data set summary and the resolved "
                         "config, then stop")
     parser.set_defaults(run=run)
@@ -70,13 +72,13 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
-def _kohya_overrides(files: list[str]) -> list[str]:
+def _kohya_overrides(files: list[str], force: bool = False) -> list[str]:
     """The settings imported from kohya files; prints what was mapped and one line per ignored key."""
     if not files:
         return []
     from sdlora.settings.kohya_import import read_kohya
 
-    imported = read_kohya(*files)
+    imported = read_kohya(*files, force=force)
     print(f"kohya import: {len(imported.mapped)} keys mapped, {len(imported.ignored)} ignored")
     for kohya_key, key, value in imported.mapped:
         print(f"  {kohya_key} -> {key} = {value!r}")
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     # settings first, with no torch imported: a typo in --set fails in a fraction of a second
     from sdlora.settings.config import load_config
 
-    overrides = [*_kohya_overrides(args.from_kohya), *_overrides(args)]
+    overrides = [*_kohya_overrides(args.from_kohya, args.force), *_overrides(args)]
     config, source = _config_source(args, overrides)
     cfg = load_config(config, overrides)
     if source:
@@ -210,8 +212,10 @@ def _dry_run(cfg) -> int:
     from sdlora.settings.config import dump_config
     from sdlora.settings.resolution import resolve_base_settings
     from sdlora.train.data import scan_dataset
+    from sdlora.train.preflight import check_base_settings
 
     cfg, notes, _ = resolve_base_settings(cfg)
+    check_base_settings(cfg)  # where the real run would stop before training: a rank, a bucket step, ...
     _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
     print("\n".join([*summary.lines(), *notes]))
     print(dump_config(cfg), end="")

@@ -1,4 +1,4 @@
-"""`sdlora webui`: launch the Gradio web UI (webui/ in the repository).
+"""`sdlora webui`: launch the Gradio web UI (sdlora_webui/ in the repository).
 
 Gradio is imported inside `run`, never at module level, so `sdlora --help` and the other commands
 stay fast and the library never depends on it.
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from sdlora.cli.loraargs import stage
 
     stage("webui", "starting the web UI (loading gradio and torch)")
-    from webui.app import build_app, default_state, launch
+    from sdlora_webui.app import build_app, default_state, launch
 
     data_dirs = tuple(args.data_dir) if args.data_dir else None
     # the base given on the command line is trusted (the person starting the server typed it)

@@ -111,7 +111,11 @@ class LoraConfig:
                                "output per sample, the rest scaled up (sd-scripts' rank_dropout; 0 = off)")
     module_dropout: float = _opt(0.0, "training only: probability of skipping a module's LoRA for a whole step "
                                  "(sd-scripts' module_dropout; 0 = off)")
-    dora: bool = _opt(False, "DoRA: learn a per-output-channel magnitude as well")
+    dora: bool = _opt(False, "DoRA: learn a magnitude per input column (or per output row, lora.dora_axis) as well")
+    dora_axis: str = _opt("auto", "DoRA magnitude layout: in (one per input column: A1111, ComfyUI and LyCORIS "
+                          "apply it exactly; Kohya files), out (one per output row: PEFT's, the only one a "
+                          "diffusers file holds), auto (out when output.format is diffusers, else in)",
+                          ("auto", "in", "out"))
     block_dims: list[int] | None = _opt(None, "rank per UNet block in sd-scripts' order (SD1/SD2: 25 values IN00.."  # noqa: RUF009
                                         "IN11, MID, OUT00..OUT11; SDXL: 19); 0 = no LoRA in that block")
     block_alphas: list[float] | None = _opt(None, "alpha per UNet block, like block_dims (default: lora.alpha)")  # noqa: RUF009

@@ -12,6 +12,15 @@ kohya_ss GUI presets write most numbers as strings ("0.0001", "1234") and "" for
 accepted. GUI `lr_warmup` is a percentage of the steps; sd-scripts `lr_warmup_steps` is a step count (or,
 below 1, a ratio). Epoch counts cannot become steps without the data set (kohya multiplies images x
 repeats / batch size), so `epoch` / `max_train_epochs` are reported and `optim.steps` is left to the user.
+
+The source of truth for a TOML is sd-scripts, for a GUI JSON the kohya_ss GUI (which builds sd-scripts'
+command line from it); where the two read a key differently the importer has one table per source
+(`_GUI_KEYS`, `_TOML_KEYS`): `text_encoder_lr = 0` in a TOML is a parameter group with lr 0, which sd-scripts
+leaves out (the text encoder is not trained); in a GUI preset 0 means "not set" (`learning_rate`), and a 0
+text-encoder lr beside a non-zero UNet lr selects UNet-only training (`network_train_unet_only`).
+
+A file that is not an SD/SDXL LoRA recipe (no network module: a DreamBooth or full fine-tune; a FLUX.1, SD3 or
+other model's config) is refused with a line saying what it is, unless `force=True`.
 """
 
 from __future__ import annotations
@@ -82,11 +91,56 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _positive_lr(value: Any) -> float:
+def _lr_or_zero(data: dict, key: str) -> float:
+    value = data.get(key)
+    if value in (None, ""):
+        return 0.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _gui_text_encoder_lr(value: Any, data: dict) -> Any:
+    """kohya_ss GUI: 0 is "not set" (sd-scripts then uses learning_rate), except that a 0 text-encoder lr
+    beside a non-zero UNet lr makes the GUI pass network_train_unet_only: the text encoder is not trained."""
+    lr = _float(value)
+    if lr != 0:
+        return lr
+    if _lr_or_zero(data, "unet_lr") != 0:
+        return _NOT_TRAINED
+    raise _Skip("0 with unet_lr 0: kohya_ss trains both parts at learning_rate")
+
+
+def _gui_unet_lr(value: Any, data: dict) -> float:
+    lr = _float(value)
+    if lr != 0:
+        return lr
+    if _lr_or_zero(data, "text_encoder_lr") != 0:
+        raise _Skip("0 beside a text_encoder_lr: kohya_ss trains the text encoder alone, which sdlora does not "
+                    "(the UNet trains at learning_rate)")
+    raise _Skip("0 means 'use learning_rate' in kohya_ss")
+
+
+def _toml_text_encoder_lr(value: Any, data: dict) -> Any:
+    """sd-scripts: a parameter group whose lr is 0 is left out of the optimizer: the text encoder is not
+    trained (networks/lora.py prepare_optimizer_params)."""
+    lr = _float(value[0] if isinstance(value, list) and value else value)
+    return _NOT_TRAINED if lr == 0 else lr
+
+
+def _toml_unet_lr(value: Any, data: dict) -> float:
     lr = _float(value)
     if lr == 0:
-        raise _Skip("0 means 'use learning_rate' in kohya_ss")
+        raise _Skip("0: sd-scripts trains no UNet LoRA then (the text encoder alone), which sdlora does not")
     return lr
+
+
+class _NotTrained:
+    """A text-encoder lr that means "do not train the text encoder": maps onto lora.train_text_encoder."""
+
+
+_NOT_TRAINED = _NotTrained()
 
 
 def _resolution(value: Any) -> int:
@@ -116,8 +170,10 @@ def _optimizer(value: Any) -> str:
 
 
 def _optimizer_args(value: Any) -> list[str]:
-    """GUI: one string "weight_decay=0.01 decouple=True"; sd-scripts: a list of "key=value" strings."""
-    items = value if isinstance(value, list) else str(value).split()
+    """GUI: one string "weight_decay=0.01 decouple=True", which kohya_ss strips of double quotes and splits
+    on spaces before handing it to sd-scripts (so `"d0=1e-5" "d_coef=1.0"` is d0=1e-5, d_coef=1.0); sd-scripts:
+    a list of "key=value" strings, used as they are."""
+    items = value if isinstance(value, list) else str(value).replace('"', "").split()
     return [str(item) for item in items]
 
 
@@ -163,18 +219,36 @@ def _prompts(value: Any) -> list[str]:
                             "copy them there")
             text = path.read_text(encoding="utf-8")
         lines = text.splitlines()
-    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")
+               and not _options_only(line)]
     if not prompts:
         raise _Skip("no prompts")
     return prompts
 
 
+def _options_only(line: str) -> bool:
+    """A line of kohya prompt options with no prompt before them (`--n lowres`): sd-scripts would render
+    the text itself as a prompt; it is reported instead (see `_prompt_lines_left_out`)."""
+    return line.strip().startswith("--")
+
+
+def _prompt_lines_left_out(key: str, value: Any) -> list[tuple[str, str]]:
+    if key != "sample_prompts" or not isinstance(value, str) or "\n" not in value:
+        return []
+    return [(f"{key} line {i}", _OPTIONS_LINE) for i, line in enumerate(value.splitlines(), 1) if _options_only(line)]
+
+
+_OPTIONS_LINE = ("options with no prompt before them (kohya would render this text as a prompt of its own): put the "
+                 "options after their prompt on one line")
+
+
 # ----------------------------------------------------------- converters needing the whole file ---------
 
 def _cache_latents(value: Any, data: dict) -> str:
-    if not _bool(data.get("cache_latents", False)):
-        return "off"
-    return "disk" if _bool(data.get("cache_latents_to_disk") or False) else "memory"
+    """sd-scripts: cache_latents_to_disk turns cache_latents on (train_util.verify_training_args)."""
+    if _bool(data.get("cache_latents_to_disk") or False):
+        return "disk"
+    return "memory" if _bool(data.get("cache_latents") or False) else "off"
 
 
 def _max_token_length(value: Any) -> int:
@@ -304,6 +378,30 @@ def _crop(value: Any, data: dict) -> str:
     return "random" if _bool(value) else "center"
 
 
+def _cache_text_outputs(value: Any, data: dict) -> bool:
+    """sd-scripts asserts network_train_unet_only when text-encoder outputs are cached (they are fixed only
+    while the text encoder is frozen), so `true` means a frozen text encoder; sdlora then caches them itself
+    (data.cache_text)."""
+    if not _bool(value):
+        raise _Skip("false: sdlora caches text-encoder outputs itself when they are fixed (data.cache_text)")
+    return False
+
+
+# sd-scripts' verify_bucket_reso_steps: SD1/SD2 (train_network.py) need multiples of 64, SDXL
+# (sdxl_train_network.py) of 32; a TOML does not say which script runs it, the GUI's `sdxl` key does
+_BUCKET_STEP = {"sdxl": 32, "sd": 64}
+
+
+def _bucket_step(value: Any, data: dict) -> int:
+    step = _int(value)
+    gui_sd = "sdxl" in data and not _bool(data.get("sdxl") or False)
+    need = _BUCKET_STEP["sd"] if gui_sd else _BUCKET_STEP["sdxl"]
+    if step <= 0 or step % need:
+        raise ConfigError(f"bucket_reso_steps = {value}: sd-scripts refuses it (it must be a multiple of 64 for "
+                          "SD1/SD2, of 32 for SDXL); fix the kohya file or set data.bucket_step after importing")
+    return step
+
+
 def _plain(convert: Callable[[Any], Any]) -> Callable[[Any, dict], Any]:
     return lambda value, data: convert(value)
 
@@ -322,7 +420,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "enable_bucket": ("data.buckets", _plain(_bool)),
     "min_bucket_reso": ("data.min_bucket", _plain(_int)),
     "max_bucket_reso": ("data.max_bucket", _plain(_int)),
-    "bucket_reso_steps": ("data.bucket_step", _plain(_int)),
+    "bucket_reso_steps": ("data.bucket_step", _bucket_step),
     "random_crop": ("data.crop", _crop),
     "flip_aug": ("data.flip", _plain(_bool)),
     "shuffle_caption": ("data.shuffle_captions", _plain(_bool)),
@@ -345,8 +443,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "network_train_unet_only": ("lora.train_text_encoder", _unet_only),
     "max_train_steps": ("optim.steps", _plain(_int)),
     "learning_rate": ("optim.lr", _plain(_float)),
-    "unet_lr": ("optim.unet_lr", _plain(_positive_lr)),
-    "text_encoder_lr": ("optim.text_encoder_lr", _plain(_positive_lr)),
+    "cache_text_encoder_outputs": ("lora.train_text_encoder", _cache_text_outputs),
     "optimizer": ("optim.optimizer", _plain(_optimizer)),
     "optimizer_type": ("optim.optimizer", _plain(_optimizer)),
     "use_8bit_adam": ("optim.optimizer", _use_8bit_adam),
@@ -400,6 +497,21 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "module_dropout": ("lora.module_dropout", _plain(_float)),
 }
 
+def _gui_cache_text(value: Any, data: dict) -> bool:
+    """kohya_ss passes cache_text_encoder_outputs to sd-scripts only for an SDXL preset."""
+    if not _bool(data.get("sdxl") or False):
+        raise _Skip("only used for SDXL; this preset is not SDXL")
+    return _cache_text_outputs(value, data)
+
+
+# where sd-scripts and the kohya_ss GUI read a key differently (see the module docstring)
+_TOML_KEYS = {**_KEYS, "text_encoder_lr": ("optim.text_encoder_lr", _toml_text_encoder_lr),
+              "unet_lr": ("optim.unet_lr", _toml_unet_lr)}
+_GUI_KEYS = {**_KEYS, "text_encoder_lr": ("optim.text_encoder_lr", _gui_text_encoder_lr),
+             "unet_lr": ("optim.unet_lr", _gui_unet_lr),
+             "sdxl_cache_text_encoder_outputs": ("lora.train_text_encoder", _gui_cache_text)}
+_SOURCES = {"toml": _TOML_KEYS, "gui": _GUI_KEYS}
+
 _LATER = "not supported by sdlora yet"
 # options sdlora does not have: kohya key -> (values that mean "off", what the option does)
 _NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
@@ -425,6 +537,7 @@ _NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
     "loraplus_text_encoder_lr_ratio": ((0, 0.0, "0"), "separate LoRA+ ratios are " + _LATER + " (optim."
                                        "loraplus_ratio applies to both parts)"),
     "dim_from_weights": ((False,), "starting from an existing LoRA file is " + _LATER),
+    "network_train_text_encoder_only": ((False,), "training the text encoder alone is " + _LATER),
 }
 
 # kohya options with no counterpart because sdlora decides them itself: kohya key -> reason
@@ -449,8 +562,7 @@ _NOT_NEEDED: dict[str, str] = {
     "max_data_loader_n_workers": "sdlora loads images in the training process",
     "persistent_data_loader_workers": "sdlora loads images in the training process",
     "vae_batch_size": "sdlora encodes latents one image at a time",
-    "sdxl_cache_text_encoder_outputs": "sdlora caches text-encoder outputs itself when they are fixed "
-                                       "(data.cache_text)",
+    "sample_every_n_epochs": "sdlora samples every N steps: output.sample_every",
     "sdxl_no_half_vae": "sdlora always runs the VAE in float32",
     "model_list": "kohya_ss GUI's model menu",
     "additional_parameters": "free-form command-line text is not parsed; set its options with --set",
@@ -464,16 +576,17 @@ _NOT_NEEDED: dict[str, str] = {
 _BLOCK_KEYS = ("block_lr_zero_threshold", "conv_alphas", "conv_dims")
 
 
-def _classify(key: str, value: Any, data: dict) -> tuple[str, Any] | str:
+def _classify(key: str, value: Any, data: dict, keys: dict) -> tuple[str, Any] | str:
     """(sdlora key, value) for a mapped key, or the reason it is ignored."""
     if value is None or (isinstance(value, str) and not value.strip()) or value == []:
         return "not set (empty)"
-    if key in _KEYS:
-        target, convert = _KEYS[key]
+    if key in keys:
+        target, convert = keys[key]
         try:
-            return target, convert(value, data)
+            converted = convert(value, data)
         except _Skip as skip:
             return str(skip)
+        return ("lora.train_text_encoder", False) if converted is _NOT_TRAINED else (target, converted)
     return _ignore_reason(key, value)
 
 
@@ -525,15 +638,46 @@ def _expand_network_args(data: dict) -> dict:
     return expanded
 
 
-def map_settings(data: dict, result: KohyaImport | None = None, prefix: str = "") -> KohyaImport:
-    """Sort the flat kohya `data` (key -> value) into `result.mapped` / `result.ignored`."""
+# the size of the network: meaningless for a network type sdlora does not train (LoKr's "do not decompose"
+# network_dim of 100000 would become a LoRA rank)
+_NETWORK_SIZE_KEYS = ("network_dim", "network_alpha", "conv_dim", "conv_alpha")
+_TRAINED_TYPES = ("Standard", "Kohya LoCon", "LoCon", "LyCORIS/LoCon")
+
+
+def _refused_network(data: dict) -> str | None:
+    """The network type the file trains when sdlora does not train it (LoHa, LoKr, DyLoRA, ...), or None."""
+    kind = str(data.get("LoRA_type") or "").strip()
+    if kind and kind not in _TRAINED_TYPES:
+        return f"LoRA type {kind}"
+    module = str(data.get("network_module") or "").strip()
+    if module and module != "networks.lora":
+        return f"network module {module}"
+    return None
+
+
+def _override(key: str, outcome: tuple[str, Any] | str, no_lr: str | None, refused: str | None):
+    """A mapped outcome that the rest of the file voids: an lr Adafactor ignores, or the size of a network
+    type sdlora does not train."""
+    if not isinstance(outcome, tuple):
+        return outcome
+    if no_lr and key in _LR_KEYS and outcome[0] != "lora.train_text_encoder":
+        return no_lr
+    if refused and (key in _NETWORK_SIZE_KEYS or key.startswith("network_args.")):
+        return f"belongs to the {refused}, which sdlora does not train (LoRA, LoCon): set lora.rank yourself"
+    return outcome
+
+
+def map_settings(data: dict, result: KohyaImport | None = None, prefix: str = "",
+                 source: str = "toml") -> KohyaImport:
+    """Sort the flat kohya `data` (key -> value) into `result.mapped` / `result.ignored`.
+
+    `source` is "toml" (sd-scripts reads the file) or "gui" (a kohya_ss GUI preset): see `_SOURCES`."""
     result = result if result is not None else KohyaImport()
     data = _expand_network_args(data)
-    no_lr = _lr_meaningless(data)
+    no_lr, refused, keys = _lr_meaningless(data), _refused_network(data), _SOURCES[source]
     for key, value in data.items():
-        outcome = _classify(key, value, data)
-        if no_lr and key in _LR_KEYS and isinstance(outcome, tuple):
-            outcome = no_lr
+        result.ignored.extend((prefix + k, reason) for k, reason in _prompt_lines_left_out(key, value))
+        outcome = _override(key, _classify(key, value, data, keys), no_lr, refused)
         if isinstance(outcome, tuple):
             error = _check_value(*outcome)
             if error is None:
@@ -610,6 +754,67 @@ def _flatten_training(doc: dict) -> dict:
     return flat
 
 
+# ------------------------------------------------------------------ what the file trains ---------
+
+# keys that only another model family's scripts read (sd-scripts' flux_train*.py, sd3_train*.py, ...) and the
+# kohya_ss GUI's model switches; a network module of another family says the same
+_FAMILY_SIGNS = (
+    ("FLUX.1", ("ae", "discrete_flow_shift", "flux1_checkbox", "t5xxl_max_token_length", "guidance_scale",
+                "apply_t5_attn_mask"), "lora_flux"),
+    ("SD3", ("sd3_checkbox", "clip_g", "weighting_scheme"), "lora_sd3"),
+    ("Lumina", ("lumina_checkbox", "gemma2"), "lora_lumina"),
+    ("HunyuanImage", ("hunyuan_image_checkbox",), "lora_hunyuan"),
+    ("Anima", ("anima_checkbox",), "lora_anima"),
+)
+_FORCE = "sdlora imports SD1/SD2/SDXL LoRA recipes only; pass --force (force=True) to import its settings anyway"
+# other model families' settings (read only with --force: see _FAMILY_SIGNS)
+_NOT_NEEDED.update({key: f"a {family} setting; sdlora trains SD1/SD2/SDXL" for family, keys, _ in _FAMILY_SIGNS
+                    for key in keys})
+_NOT_NEEDED.update({"clip_l": "a FLUX.1/SD3 model file; sdlora trains SD1/SD2/SDXL",
+                    "t5xxl": "a FLUX.1/SD3 model file; sdlora trains SD1/SD2/SDXL"})
+
+
+def _set(value: Any) -> bool:
+    """A key that is given and not off ("", false, 0, [])."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0")
+    return bool(value)
+
+
+def _other_family(data: dict) -> tuple[str, list[str]] | None:
+    module = str(data.get("network_module") or "")
+    for family, keys, module_name in _FAMILY_SIGNS:
+        found = [key for key in keys if _set(data.get(key))]
+        if module.endswith(module_name):
+            found.insert(0, f"network_module {module}")
+        if found:
+            return family, found
+    return None
+
+
+_NETWORK_KEYS = ("network_module", "LoRA_type", "network_dim", "network_alpha", "network_args")
+
+
+def _is_full_training(data: dict) -> bool:
+    """A training config that names its model but no network: sd-scripts trains a network only with
+    network_module (train_network.py) and a kohya_ss LoRA preset has LoRA_type (early ones network_dim), so this
+    is a DreamBooth or full fine-tune (train_db.py, fine_tune.py). A file of settings without a model (a partial
+    config) is not judged."""
+    return _set(data.get("pretrained_model_name_or_path")) and not any(key in data for key in _NETWORK_KEYS)
+
+
+def _recipe_problem(data: dict) -> str | None:
+    """What the file is, when it is not an SD/SDXL LoRA recipe; None when it is."""
+    other = _other_family(data)
+    kind = "full fine-tune or DreamBooth" if _is_full_training(data) else "LoRA"
+    if other is not None:
+        family, signs = other
+        return f"a {family} {kind} config ({', '.join(signs)})"
+    if kind != "LoRA":
+        return f"a {kind} config (a model but no network_module, LoRA_type or network_dim)"
+    return None
+
+
 # ------------------------------------------------------------------ files ---------
 
 def _read(path: Path) -> dict:
@@ -642,17 +847,20 @@ def _read_toml(path: Path, text: str) -> dict:
         raise ConfigError(f"{path}: not valid TOML ({err})") from err
 
 
-def read_kohya(*paths: str | Path) -> KohyaImport:
+def read_kohya(*paths: str | Path, force: bool = False) -> KohyaImport:
     """Map kohya files (later ones win) onto sdlora's config keys.
 
     Args:
         paths: kohya_ss GUI presets (.json), sd-scripts training configs and dataset configs (.toml).
+        force: import a training file that is not an SD/SDXL LoRA recipe (a FLUX.1 or SD3 config, a full
+            fine-tune) instead of refusing it.
 
     Returns:
         A KohyaImport: `mapped` and `ignored` (with reasons); `overrides()` feeds `load_config`.
 
     Raises:
-        ConfigError: a file that cannot be read or parsed.
+        ConfigError: a file that cannot be read or parsed; a file that is not an SD/SDXL LoRA recipe (unless
+            `force`); a value sd-scripts itself refuses (a bucket_reso_steps that is no multiple of 32/64).
 
     >>> result = read_kohya("tests/fixtures/kohya/lion_optimizer.json")  # doctest: +SKIP
     >>> cfg = load_config(None, result.overrides())                       # doctest: +SKIP
@@ -662,6 +870,11 @@ def read_kohya(*paths: str | Path) -> KohyaImport:
         doc = _read(Path(path))
         if "datasets" in doc or "general" in doc:
             _map_datasets(doc, result)
-        else:
-            map_settings(_flatten_training(doc), result)
+            continue
+        source = "gui" if Path(path).suffix.lower() == ".json" else "toml"
+        data = _flatten_training(doc)
+        problem = _recipe_problem(data)
+        if problem and not force:
+            raise ConfigError(f"{path}: {problem}; {_FORCE}")
+        map_settings(data, result, source=source)
     return result

@@ -204,11 +204,23 @@ def repair_loss_log(output: Path, checkpoint: Path, step: int) -> None:
         writer.writerows(kept)
 
 
+def _check_shapes(saved: dict, own: dict, path: Path) -> None:
+    """A tensor of another shape than this run's is a setting that changed since the checkpoint (a rank, or
+    the DoRA layout: checkpoints from before per-input-column DoRA became the default are per output row)."""
+    for key, tensor in saved.items():
+        if key in own and tuple(own[key].shape) != tuple(tensor.shape):
+            hint = "set lora.dora_axis as the checkpoint was trained (in or out)" if key.endswith(".magnitude") \
+                else "check lora.rank / lora.conv_rank / block dims"
+            raise TrainingError(f"{path}: checkpoint tensor {key} has shape {list(tensor.shape)}, this run's "
+                                f"{list(own[key].shape)}; {hint}")
+
+
 def load_checkpoint(state, path: Path) -> int:
     """Restore LoRA, optimizer, schedule and RNG from `path` into `state`; returns the step to continue from."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(path / "lora.safetensors"))
+    _check_shapes(tensors, state.network.state_dict(), path)
     missing, unexpected = state.network.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise TrainingError(f"{path}: checkpoint does not match this run's LoRA targets "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sdlora.errors import ConfigError
 from sdlora.formats import save_lora
 from sdlora.settings.config import dump_config
 from sdlora.train import block_options, optimizers
@@ -31,12 +32,30 @@ def _base_version(family: str | None, prediction_type: str) -> str:
     return version + "_v" if prediction_type == "v_prediction" and family != "sdxl" else version
 
 
+def dora_axis(cfg) -> str:
+    """The DoRA magnitude layout to train and write (docs/formats.md §2.9): per input column for Kohya files,
+    which A1111, ComfyUI and LyCORIS all apply exactly; per output row for diffusers/PEFT files, the only layout
+    they hold. `lora.dora_axis` other than auto chooses."""
+    if cfg.lora.dora_axis != "auto":
+        return cfg.lora.dora_axis
+    return "out" if cfg.output.format == "diffusers" else "in"
+
+
+def check(cfg) -> None:
+    """A DoRA layout the chosen output cannot hold fails before anything loads."""
+    if cfg.lora.dora and dora_axis(cfg) == "in" and cfg.output.format in ("diffusers", "both"):
+        raise ConfigError(
+            f"lora.dora_axis: per-input-column DoRA cannot be written to a diffusers file (output.format="
+            f"{cfg.output.format}); PEFT/diffusers hold per-output DoRA only, which A1111 mis-applies in a Kohya "
+            "file: choose output.format=kohya, or lora.dora_axis=out")
+
+
 def _network_args(cfg) -> dict[str, str]:
     args = {"targets": cfg.lora.targets}
     if cfg.lora.targets in ("locon", "locon-io"):
         args.update(conv_dim=str(cfg.lora.conv_rank), conv_alpha=str(cfg.lora.conv_alpha))
-    if cfg.lora.dora:
-        args["dora_wd"] = "True"
+    if cfg.lora.dora:  # LyCORIS' names: dora_wd, and wd_on_output for the layout (docs/formats.md §2.9)
+        args.update(dora_wd="True", wd_on_output=str(dora_axis(cfg) == "out"))
     if cfg.lora.dropout:
         args["dropout"] = str(cfg.lora.dropout)
     if cfg.lora.rank_stabilized:  # LyCORIS' network argument name; the per-module alphas carry the scale

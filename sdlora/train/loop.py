@@ -21,7 +21,7 @@ import torch
 
 from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
-from sdlora.train import block_options, deepspeed_run, loss_options
+from sdlora.train import block_options, deepspeed_run, export, loss_options, memory
 from sdlora.train import data as data_mod
 from sdlora.train import masks as masks_mod
 from sdlora.train.captions import chunk_count
@@ -107,11 +107,13 @@ def _inject(cfg, components):
         targets.update(components.text_encoders)
     lc = cfg.lora
     block_ranks, conv_block_ranks = block_options.rank_tables(cfg, block_options.unet_blocks(components.unet))
-    return inject_lora(targets, lc.targets, rank=lc.rank, alpha=lc.alpha, conv_rank=lc.conv_rank,
-                       conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora,
-                       rank_dropout=lc.rank_dropout, module_dropout=lc.module_dropout,
-                       block_ranks=block_ranks, conv_block_ranks=conv_block_ranks,
-                       rank_stabilized=lc.rank_stabilized)
+    with memory.allocation_errors(cfg, "adding the LoRA layers", memory.LAYERS):
+        return inject_lora(targets, lc.targets, rank=lc.rank, alpha=lc.alpha, conv_rank=lc.conv_rank,
+                           conv_alpha=lc.conv_alpha, dropout=lc.dropout, dora=lc.dora,
+                           dora_axis=export.dora_axis(cfg),
+                           rank_dropout=lc.rank_dropout, module_dropout=lc.module_dropout,
+                           block_ranks=block_ranks, conv_block_ranks=conv_block_ranks,
+                           rank_stabilized=lc.rank_stabilized)
 
 
 def _caches(cfg, components, output: Path, train_text: bool):

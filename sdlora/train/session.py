@@ -20,7 +20,7 @@ from sdlora.errors import ConfigError, TrainingError
 from sdlora.progress import ProgressCallback
 from sdlora.settings.resolution import resolve_base_settings
 from sdlora.threads import apply_threads
-from sdlora.train import ema, loss_options, optimizers, runs, tracking, validation
+from sdlora.train import ema, export, loss_options, memory, optimizers, preflight, runs, tracking, validation
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -82,10 +82,12 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
             return _cancelled_result(resolved, stages, None, notes)
         resolved, notes, _ = resolve_base_settings(cfg, components)
     cfg = resolved
+    preflight.check_base_settings(cfg, components)  # from the config files: before the base loads
     prepare_output(Path(cfg.output.dir), clean=False)  # a folder that cannot be written fails before anything
     runs.start_run(cfg)  # run.yaml + run.json: the run can be listed, and resumed, whatever happens next
     try:
-        result = _run(cfg, components, stages, notes, on_step, resume)
+        with memory.allocation_errors(cfg, lambda: stages.reached[-1] if stages.reached else "setting up"):
+            result = _run(cfg, components, stages, notes, on_step, resume)
     except StageCancelled as err:
         log.info("cancelled during %s", stages.reached[-1] if stages.reached else "setup")
         result = _cancelled_result(cfg, stages, getattr(err, "summary", None), notes)
@@ -98,12 +100,14 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
 
 def _check_settings(cfg) -> None:
     """What can fail without data or a model fails first: a missing optimizer package, bad optimizer_args,
-    a bad --w/--s/... in a sample prompt, a tracker whose package is missing, loss and EMA options."""
+    a bad --w/--s/... in a sample prompt, a tracker whose package is missing, loss and EMA options, a DoRA
+    layout the output format cannot hold."""
     optimizers.check(cfg)
     check_sample_prompts(cfg.output.sample_prompts)
     tracking.resolve(cfg)
     loss_options.check(cfg)
     ema.check(cfg)
+    export.check(cfg)
 
 
 def _cancelled(cancel) -> bool:
@@ -315,7 +319,8 @@ def _fit(state, on_step, resume, started: float) -> TrainResult:
     park(state)
     log_file = LossLog(state.output, state.step) if accelerator.is_main_process else None
     try:
-        cancelled, last_ckpt, samples = _step_loop(state, run, log_file, on_step, now())
+        with memory.allocation_errors(state.cfg, "training"):
+            cancelled, last_ckpt, samples = _step_loop(state, run, log_file, on_step, now())
         if not cancelled:
             state.stages.start("saving", check=False)
         files = [] if cancelled else _export(state, run)

@@ -35,8 +35,8 @@ def test_fetch_info_and_download_by_version_id(fake, tmp_path, monkeypatch, lora
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
     from playwright.sync_api import sync_playwright
 
-    from webui.app import build_app, launch
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.app import build_app, launch
+    from sdlora_webui.state import AppConfig, AppState
 
     fake.add_version(71, 7, lora_bytes, words=("fancystyle", "glossy"))
     other = (WILD / "lycoris_lokr_sd1_d16_f16.safetensors").read_bytes()

@@ -8,14 +8,14 @@ import time
 import pytest
 
 from sdlora.errors import SdloraError
-from webui.downloads import DownloadQueue
-from webui.tabs import civitai_panel
-from webui.tabs.civitai_panel import card, fetch_all, fetch_one, queue_rows, run_download, set_consent
+from sdlora_webui.downloads import DownloadQueue
+from sdlora_webui.tabs import civitai_panel
+from sdlora_webui.tabs.civitai_panel import card, fetch_all, fetch_one, queue_rows, run_download, set_consent
 
 
 @pytest.fixture
 def app(tmp_path, fake, monkeypatch, lora_bytes):
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.state import AppConfig, AppState
 
     monkeypatch.setenv("SDLORA_CIVITAI_URL", fake.url)
     state = AppState(AppConfig(lora_dir=tmp_path / "loras", output_dir=tmp_path / "out"))
@@ -74,7 +74,7 @@ def test_a_recipes_missing_loras_are_queued_by_their_hash(app, fake, lora_bytes,
     "Download missing by hash" asks Civitai for its version and queues it (after the consent, like any lookup)."""
     from sdlora.header import tensor_data_sha256
     from sdlora.recipes import parse_parameters
-    from webui.tabs import recipe_panel
+    from sdlora_webui.tabs import recipe_panel
 
     short = tensor_data_sha256(tmp_path / "loras" / "style.safetensors")[:12]
     (tmp_path / "loras" / "style.safetensors").unlink()

@@ -691,6 +691,7 @@ def _check(counts: Counter, failures: list[str], minimum: int) -> None:
     assert counts[("structure", "accepted_exact")] + counts[("offsets", "accepted_exact")] > 0
 
 
+@pytest.mark.slow  # 13 s on two busy cores: outside the fast lane (scripts/test.sh)
 def test_fuzz_load_lora(tmp_path):
     counts, failures = run_campaign(tmp_path, rng_seed=15, per_seed=63, wild_modules=3, clone_cases=8)
     _check(counts, failures, minimum=1000)

@@ -264,3 +264,152 @@ def test_block_options_map_from_network_args_and_gui_keys(tmp_path):
                              "optim.up_lr_weight": [1.0, 0.5]}
     (key, reason), = result.ignored
     assert key == "network_args.down_lr_weight" and "named lr-weight presets" in reason
+
+
+# ---------------------------------------------------------------- faults found with real configs (issue 23) ---------
+
+def _one_image(tmp_path) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (64, 64), (200, 40, 90)).save(data / "img0.png")
+    return data
+
+
+def _file(tmp_path, name: str, content) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(content) if name.endswith(".json") else content, encoding="utf-8")
+    return path
+
+
+def test_gui_optimizer_args_lose_their_quotes_as_kohya_ss_strips_them(tmp_path):
+    # kohya_ss: str(optimizer_args).replace('"', "").split() before the shell sees it
+    gui = _file(tmp_path, "p.json", {"LoRA_type": "Standard", "optimizer": "Prodigy",
+                                     "optimizer_args": '"d0=1e-5" "d_coef=1.0"'})
+    result = read_kohya(gui)
+    assert result.values["optim.optimizer_args"] == ["d0=1e-5", "d_coef=1.0"]
+    cfg = load_config(None, result.overrides())
+    optimizers.check(cfg)
+    assert optimizers.optimizer_kwargs(cfg)["d0"] == 1e-5
+    toml = _file(tmp_path, "t.toml", 'optimizer_args = ["d0=1e-5", "betas=0.9,0.99"]\n')  # a list: as it is
+    assert read_kohya(toml).values["optim.optimizer_args"] == ["d0=1e-5", "betas=0.9,0.99"]
+
+
+def test_a_refused_network_type_imports_no_network_size(tmp_path):
+    gui = _file(tmp_path, "lokr.json", {"LoRA_type": "LyCORIS/LoKr", "network_dim": 100000, "network_alpha": 1,
+                                        "conv_dim": 100000, "conv_alpha": 1, "learning_rate": "1e-4"})
+    result = read_kohya(gui)
+    assert result.values == {"optim.lr": 1e-4}
+    reasons = dict(result.ignored)
+    assert "LoRA type LyCORIS/LoKr" in reasons["network_dim"] and "LoRA type LyCORIS/LoKr" in reasons["conv_dim"]
+    toml = _file(tmp_path, "lokr.toml", 'network_module = "lycoris.kohya"\nnetwork_dim = 100000\n'
+                                        'network_args = ["algo=lokr", "conv_dim=100000"]\n')
+    result = read_kohya(toml)
+    assert result.values == {}
+    assert "network module lycoris.kohya" in dict(result.ignored)["network_args.conv_dim"]
+
+
+def test_cache_latents_to_disk_alone_caches_on_disk(tmp_path):
+    # sd-scripts' verify_training_args: cache_latents_to_disk turns cache_latents on
+    assert read_kohya(_file(tmp_path, "t.toml", "cache_latents_to_disk = true\n")).values == {
+        "data.cache_latents": "disk"}
+    assert read_kohya(_file(tmp_path, "t.toml", "cache_latents = true\ncache_latents_to_disk = false\n")
+                      ).values == {"data.cache_latents": "memory"}
+
+
+def test_text_encoder_lr_zero_is_read_by_each_tool_s_rule(tmp_path):
+    # sd-scripts (TOML): a group with lr 0 is left out, so the text encoder is not trained
+    toml = read_kohya(_file(tmp_path, "t.toml", "learning_rate = 1e-4\ntext_encoder_lr = 0\n"))
+    assert toml.values == {"optim.lr": 1e-4, "lora.train_text_encoder": False}
+    # kohya_ss GUI: 0 beside a UNet lr is UNet-only training; 0 with unet_lr 0 is "use learning_rate"
+    unet_only = read_kohya(_file(tmp_path, "a.json", {"LoRA_type": "Standard", "text_encoder_lr": "0",
+                                                      "unet_lr": "0.0001"}))
+    assert unet_only.values == {"lora.targets": "sd-scripts", "optim.unet_lr": 1e-4,
+                                "lora.train_text_encoder": False}
+    both = read_kohya(_file(tmp_path, "b.json", {"text_encoder_lr": 0, "unet_lr": 0, "learning_rate": 1e-4}))
+    assert both.values == {"optim.lr": 1e-4}
+    assert "trains both parts at learning_rate" in dict(both.ignored)["text_encoder_lr"]
+    te_only = read_kohya(_file(tmp_path, "c.json", {"text_encoder_lr": 5e-5, "unet_lr": 0}))
+    assert "text encoder alone" in dict(te_only.ignored)["unet_lr"]
+
+
+_FLUX_FINETUNE = ('[model]\npretrained_model_name_or_path = "flux1-dev.safetensors"\nclip_l = "clip_l.safetensors"\n'
+                  't5xxl = "t5xxl_fp16.safetensors"\nae = "ae.safetensors"\n[training]\nlearning_rate = 3e-6\n'
+                  'discrete_flow_shift = 3.1582\nmax_train_steps = 1000\n')
+
+
+@pytest.mark.parametrize(("name", "content", "what"), [
+    ("flux.toml", _FLUX_FINETUNE, "a FLUX.1 full fine-tune or DreamBooth config (ae, discrete_flow_shift)"),
+    ("sd3.toml", ('pretrained_model_name_or_path = "sd3.safetensors"\nnetwork_module = "networks.lora_sd3"\n'
+                 'network_dim = 16\n'), "a SD3 LoRA config (network_module networks.lora_sd3)"),
+    ("db.toml", 'pretrained_model_name_or_path = "v1-5.safetensors"\nlearning_rate = 1e-6\n',
+     "a full fine-tune or DreamBooth config (a model but no network_module, LoRA_type or network_dim)"),
+    ("flux.json", {"LoRA_type": "Flux1", "flux1_checkbox": True, "network_dim": 16, "learning_rate": 1e-4},
+     "a FLUX.1 LoRA config (flux1_checkbox)"),
+])
+def test_configs_that_are_not_sd_lora_recipes_are_refused_unless_forced(tmp_path, name, content, what):
+    path = _file(tmp_path, name, content)
+    with pytest.raises(ConfigError) as err:
+        read_kohya(path)
+    assert what in str(err.value) and "--force" in str(err.value) and "\n" not in str(err.value)
+    assert read_kohya(path, force=True).mapped  # forced: its settings are imported as usual
+
+
+def test_cli_refuses_a_flux_finetune_in_one_line_and_force_imports_it(capsys, tmp_path):
+    from sdlora.cli import main
+
+    path, data = _file(tmp_path, "flux.toml", _FLUX_FINETUNE), _one_image(tmp_path)
+    assert main(["train", "--from-kohya", str(path), "--data", str(data), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "FLUX.1 full fine-tune" in err
+    assert main(["train", "--from-kohya", str(path), "--data", str(data), "--base", "embedded", "--dry-run",
+                 "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "learning_rate -> optim.lr = 3e-06" in out and "ignored t5xxl: a FLUX.1/SD3 model file" in out
+
+
+@pytest.mark.parametrize(("content", "ok"), [
+    ("bucket_reso_steps = 1\n", False), ("bucket_reso_steps = 48\n", False), ("bucket_reso_steps = 32\n", True),
+    ({"sdxl": False, "bucket_reso_steps": 32}, False), ({"sdxl": True, "bucket_reso_steps": 32}, True),
+    ({"sdxl": False, "bucket_reso_steps": 128}, True),
+])
+def test_bucket_steps_sd_scripts_refuses_are_refused(tmp_path, content, ok):
+    # sd-scripts: verify_bucket_reso_steps(64) in train_network.py, (32) in sdxl_train_network.py; a TOML
+    # does not say which script reads it (a 32 is then left to the base check before training)
+    path = _file(tmp_path, "t.toml" if isinstance(content, str) else "g.json", content)
+    if ok:
+        assert read_kohya(path).values["data.bucket_step"] in (32, 128)
+    else:
+        with pytest.raises(ConfigError, match="bucket_reso_steps .* sd-scripts refuses it"):
+            read_kohya(path)
+
+
+def test_cli_dry_run_fails_in_one_line_on_a_bucket_step_sd_scripts_refuses(capsys, tmp_path):
+    from sdlora.cli import main
+
+    path, data = _file(tmp_path, "t.toml", "bucket_reso_steps = 1\n"), _one_image(tmp_path)
+    assert main(["train", "--from-kohya", str(path), "--data", str(data), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bucket_reso_steps = 1" in err
+
+
+def test_cached_text_encoder_outputs_mean_a_frozen_text_encoder(tmp_path):
+    # sd-scripts asserts network_train_unet_only when cache_text_encoder_outputs is set
+    toml = read_kohya(_file(tmp_path, "t.toml", "cache_text_encoder_outputs = true\n"))
+    assert toml.values == {"lora.train_text_encoder": False}
+    gui = read_kohya(_file(tmp_path, "g.json", {"sdxl": True, "sdxl_cache_text_encoder_outputs": True}))
+    assert gui.values == {"model.family": "sdxl", "lora.train_text_encoder": False}
+    off = read_kohya(_file(tmp_path, "o.toml", "cache_text_encoder_outputs = false\n"))
+    assert "sdlora caches text-encoder outputs itself" in dict(off.ignored)["cache_text_encoder_outputs"]
+
+
+def test_sibling_keys_have_reasons_and_option_lines_are_not_prompts(tmp_path):
+    path = _file(tmp_path, "g.json", {"sample_every_n_epochs": 1, "network_train_text_encoder_only": True,
+                                      "sample_prompts": "a cat --w 512\n--n blurry, lowres\na dog"})
+    result = read_kohya(path)
+    reasons = dict(result.ignored)
+    assert reasons["sample_every_n_epochs"] == "sdlora samples every N steps: output.sample_every"
+    assert reasons["network_train_text_encoder_only"] == "training the text encoder alone is not supported by " \
+                                                         "sdlora yet"
+    assert result.values["output.sample_prompts"] == ["a cat --w 512", "a dog"]
+    assert "options with no prompt before them" in reasons["sample_prompts line 2"]
+    assert not any("unknown" in reason for reason in reasons.values())

@@ -73,7 +73,7 @@ def test_dora_and_locon_export(tmp_path):
     assert '"conv_dim": "2"' in meta["ss_network_args"] and '"dora_wd": "True"' in meta["ss_network_args"]
     lora = sdlora.load_lora(result.files[0])
     module = lora.modules["unet.down_blocks.0.resnets.0.conv1"]
-    assert module.rank == 2 and module.alpha == 1.0 and module.dora_axis == "out"
+    assert module.rank == 2 and module.alpha == 1.0 and module.dora_axis == "in"
 
 
 def test_bf16_autocast_keeps_lora_float32(tmp_path):

@@ -52,7 +52,7 @@ def test_hook_matches_merged_weight_linear_and_conv():
 def test_dora_starts_at_base_and_matches_formula():
     torch.manual_seed(2)
     base, x = nn.Linear(6, 5), torch.randn(3, 6)
-    layer = LoraLayer(base, rank=2, alpha=2.0, dora=True)
+    layer = LoraLayer(base, rank=2, alpha=2.0, dora=True, dora_axis="out")
     torch.testing.assert_close(layer.hook(base, (x,), base(x)), base(x), atol=1e-6, rtol=1e-6)
     nn.init.normal_(layer.up.weight)
     with torch.no_grad():

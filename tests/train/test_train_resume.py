@@ -41,7 +41,8 @@ def _cfg(data, out, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("lora.rank_dropout=0.3", "lora.module_dropout=0.3")])
+@pytest.mark.parametrize("extra", [(), ("lora.rank_dropout=0.3", "lora.module_dropout=0.3"),
+                                   ("lora.dora=true", "lora.targets=locon", "lora.conv_rank=2")])
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, data, extra):
     full = train(_cfg(data, tmp_path / "a", *extra), make_tiny_components(tmp_path / "ca"))
     cfg = _cfg(data, tmp_path / "b", *extra)

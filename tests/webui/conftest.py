@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from webui.state import AppConfig, AppState
-from webui.uploads import UploadLimits
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.uploads import UploadLimits
 
 
 def make_dataset(folder: Path, n: int = 3, captions: bool = True) -> Path:

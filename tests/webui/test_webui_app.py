@@ -9,8 +9,8 @@ import gradio as gr
 import pytest
 
 from sdlora.errors import SdloraError
-from webui import app as webapp
-from webui.tabs import generate_tab
+from sdlora_webui import app as webapp
+from sdlora_webui.tabs import generate_tab
 
 
 def test_build_app_names_every_listener(app):

@@ -8,10 +8,10 @@ import shutil
 import pytest
 
 from sdlora.errors import SdloraError
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.tabs.caption_panel import propose
+from sdlora_webui.tabs.train_tab import load_dataset, save_captions
 from tests.caption.tiny_captioners import build_tagger
-from webui.state import AppConfig, AppState
-from webui.tabs.caption_panel import propose
-from webui.tabs.train_tab import load_dataset, save_captions
 
 OPTIONS = {"trigger": "zqx", "prefix": "", "suffix": "", "general": 0.35, "character": 0.85, "overwrite": False}
 

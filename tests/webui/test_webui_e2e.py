@@ -45,8 +45,8 @@ def served(tmp_path_factory):
     """The app over tmp folders, launched on loopback; yields (url, state, base)."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from webui.app import build_app, launch
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.app import build_app, launch
+    from sdlora_webui.state import AppConfig, AppState
 
     tmp = tmp_path_factory.mktemp("webui-e2e")
     base = None if embedded_available() else write_untrained_embedded(tmp / "models" / "untrained")

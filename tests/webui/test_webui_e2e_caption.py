@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def served(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from webui.app import build_app, launch
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.app import build_app, launch
+    from sdlora_webui.state import AppConfig, AppState
 
     tmp = tmp_path_factory.mktemp("webui-caption")
     models = tmp / "models"

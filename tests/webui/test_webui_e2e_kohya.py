@@ -29,7 +29,7 @@ def free_port() -> int:
 def served(app):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from webui.app import build_app, launch
+    from sdlora_webui.app import build_app, launch
 
     demo = build_app(app)
     _, url, _ = launch(demo, app, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)

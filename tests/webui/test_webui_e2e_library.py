@@ -27,8 +27,8 @@ def served(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
     from sdlora.base.load import load_components
-    from webui.app import build_app, launch
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.app import build_app, launch
+    from sdlora_webui.state import AppConfig, AppState
 
     tmp = tmp_path_factory.mktemp("webui-e2e-library")
     loras = tmp / "loras"

@@ -34,7 +34,7 @@ def page(app):
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
     from playwright.sync_api import sync_playwright
 
-    from webui.app import build_app, launch
+    from sdlora_webui.app import build_app, launch
 
     Path(app.config.lora_dir).mkdir(parents=True, exist_ok=True)
     for stem in (LOKR, CLONE):

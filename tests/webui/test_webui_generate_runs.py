@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from sdlora.errors import CompatibilityError
-from webui.state import AppConfig, AppState
-from webui.tabs import generate_runs, generate_tab
-from webui.tabs.generate_tab import Slot
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.tabs import generate_runs, generate_tab
+from sdlora_webui.tabs.generate_tab import Slot
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def test_slot_value_is_the_strength_type():
 def test_training_result_for_another_base_goes_to_the_library_only(app, two_bases, tmp_path):
     import shutil
 
-    from webui import app as webapp
+    from sdlora_webui import app as webapp
 
     _, wide = two_bases
     trained = tmp_path / "trained.safetensors"

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sdlora.errors import ConfigError, SdloraError
-from webui.tabs import generate_tab
-from webui.tabs.generate_tab import Slot
+from sdlora_webui.tabs import generate_tab
+from sdlora_webui.tabs.generate_tab import Slot
 
 TO_Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from sdlora.errors import SdloraError, TrainingError
-from webui.jobs import CANCELLED, DONE, FAILED, QUEUED, JobQueue
+from sdlora_webui.jobs import CANCELLED, DONE, FAILED, QUEUED, JobQueue
 
 
 @pytest.fixture

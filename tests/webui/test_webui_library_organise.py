@@ -8,8 +8,8 @@ import pytest
 
 from sdlora.errors import SdloraError
 from sdlora.library import read_notes
-from webui.state import AppConfig, AppState
-from webui.tabs import library_tab
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.tabs import library_tab
 
 
 def test_bulk_tag_favourite_move_and_filters(gen_app, tmp_path):

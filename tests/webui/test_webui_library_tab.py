@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from sdlora.errors import ConfigError, SdloraError
-from webui.tabs import library_tab
-from webui.uploads import UploadError, UploadLimits
+from sdlora_webui.tabs import library_tab
+from sdlora_webui.uploads import UploadError, UploadLimits
 
 
 def test_refresh_lists_loras_and_reports_damaged_files(gen_app):
@@ -66,7 +66,7 @@ def test_details_belong_to_the_selected_lora_after_a_report(gen_app):
 
 
 def test_pick_change_replaces_the_whole_panel_and_cancels_a_running_report(gen_app):
-    from webui.app import build_app
+    from sdlora_webui.app import build_app
 
     demo = build_app(gen_app)
     fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from webui.paths import AccessError, resolve_within, safe_filename, unique_path
+from sdlora_webui.paths import AccessError, resolve_within, safe_filename, unique_path
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def _form(name, **settings):
 
 
 def test_library_name_whose_file_links_outside_is_refused_in_tools_and_generate(gen_app, tmp_path):
-    from webui.tabs import generate_tab, tools_tab
+    from sdlora_webui.tabs import generate_tab, tools_tab
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -130,8 +130,8 @@ def test_library_name_whose_file_links_outside_is_refused_in_tools_and_generate(
 
 
 def test_names_over_255_bytes_are_refused_with_a_message(app, roots):
-    from webui.tabs import tools_tab
-    from webui.tabs.common import bound
+    from sdlora_webui.tabs import tools_tab
+    from sdlora_webui.tabs.common import bound
 
     allowed, _ = roots
     long = "x" * 300
@@ -149,8 +149,8 @@ def test_names_over_255_bytes_are_refused_with_a_message(app, roots):
 def test_generation_work_limit_is_configurable_and_refuses_with_the_numbers(gen_app, tmp_path):
     from sdlora.cli import build_parser
     from sdlora.errors import ConfigError
-    from webui.state import AppConfig, AppState
-    from webui.tabs import generate_tab
+    from sdlora_webui.state import AppConfig, AppState
+    from sdlora_webui.tabs import generate_tab
 
     with pytest.raises(ConfigError, match=r"2048x2048 x 100 steps x 1 image\(s\) = 419,430,400 pixel-steps"):
         gen_app.check_work(2048, 2048, 100)
@@ -166,7 +166,7 @@ def test_generation_work_limit_is_configurable_and_refuses_with_the_numbers(gen_
 
 
 def test_refused_uploads_are_deleted_from_gradios_folder(tmp_path, monkeypatch):
-    from webui.uploads import UploadError, UploadLimits, check_image_upload, check_lora_upload
+    from sdlora_webui.uploads import UploadError, UploadLimits, check_image_upload, check_lora_upload
 
     gradio_tmp = tmp_path / "gradio"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_tmp))

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from sdlora.errors import SdloraError
-from webui.tabs import generate_tab, recipe_panel
+from sdlora_webui.tabs import generate_tab, recipe_panel
 
 FIELDS = recipe_panel.RECIPE_FIELDS
 

@@ -17,8 +17,8 @@ from sdlora.errors import SdloraError
 from sdlora.settings.config import load_config
 from sdlora.train import runs as runs_mod
 from sdlora.train import train
-from webui.state import AppConfig, AppState
-from webui.tabs import runs_view
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.tabs import runs_view
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ import torch
 
 from sdlora.errors import ConfigError
 from sdlora.header import read_header, tensor_data_sha256
-from webui.paths import AccessError
-from webui.tabs import tools_tab
+from sdlora_webui.paths import AccessError
+from sdlora_webui.tabs import tools_tab
 
 TO_Q = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 TE_Q = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
@@ -94,7 +94,7 @@ def test_metadata_edit_without_strip_keeps_other_keys(app, lora_file):
 def test_tool_results_appear_in_the_library_under_unique_names(app, lora_file):
     """Every LoRA tool writes into the library folder; a name already used by a library LoRA (also in a
     subfolder: library names are file stems) gets -2, -3, ..., and the Library lists the results."""
-    from webui.tabs import library_tab
+    from sdlora_webui.tabs import library_tab
 
     sub = Path(app.config.lora_dir) / "sub"
     sub.mkdir()
@@ -118,7 +118,7 @@ def test_tool_results_appear_in_the_library_under_unique_names(app, lora_file):
 def test_every_lora_field_is_a_library_menu_that_takes_typed_names(app, lora_file):
     import gradio as gr
 
-    from webui.app import build_app
+    from sdlora_webui.app import build_app
 
     with gr.Blocks():
         c = tools_tab.create_ui(app)
@@ -179,7 +179,7 @@ def test_extract_recovers_a_planted_change(tmp_path):
     from tests_webui_models import write_untrained_embedded
 
     import sdlora
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.state import AppConfig, AppState
 
     models = tmp_path / "models"
     base = write_untrained_embedded(models / "base")
@@ -208,7 +208,7 @@ def test_bake_writes_a_new_base_model_into_the_bake_folder(tmp_path):
     from tests_webui_models import random_lora, write_untrained_embedded
 
     from sdlora.base.load import load_components
-    from webui.state import AppConfig, AppState
+    from sdlora_webui.state import AppConfig, AppState
 
     models = tmp_path / "models"
     base = write_untrained_embedded(models / "base")

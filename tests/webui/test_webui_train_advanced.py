@@ -11,9 +11,9 @@ import pytest
 from sdlora.errors import ConfigError
 from sdlora.settings import field_spec
 from sdlora.settings.kohya_import import read_kohya
-from webui.paths import AccessError
-from webui.tabs import train_tab
-from webui.uploads import UploadError
+from sdlora_webui.paths import AccessError
+from sdlora_webui.tabs import train_tab
+from sdlora_webui.uploads import UploadError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kohya"
 # the keys issue 18 added that a user sets per run; each must have a widget in the accordion
@@ -161,7 +161,7 @@ def test_a_bad_kohya_file_is_a_one_line_error_and_a_refused_upload_is_deleted(ap
 
 
 def test_the_kohya_loader_is_wired(app):
-    from webui import app as webapp
+    from sdlora_webui import app as webapp
 
     demo = webapp.build_app(app)
     fn = next(fn for fn in demo.fns.values() if fn.api_name == "train_load_kohya")

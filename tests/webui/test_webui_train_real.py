@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from webui.state import AppConfig, AppState
-from webui.tabs import train_tab
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.tabs import train_tab
 
 
 @pytest.fixture(scope="module")

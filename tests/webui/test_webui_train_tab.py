@@ -9,11 +9,11 @@ import gradio as gr
 import pytest
 
 from sdlora.errors import ConfigError, DatasetError, SdloraError
-from webui import training_job
-from webui.paths import AccessError
-from webui.tabs import train_tab
-from webui.tabs.common import guarded
-from webui.uploads import UploadError
+from sdlora_webui import training_job
+from sdlora_webui.paths import AccessError
+from sdlora_webui.tabs import train_tab
+from sdlora_webui.tabs.common import guarded
+from sdlora_webui.uploads import UploadError
 
 
 def test_load_dataset_lists_images_and_captions(app):

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from webui.uploads import (
+from sdlora_webui.uploads import (
     UploadError,
     UploadLimits,
     check_image_upload,

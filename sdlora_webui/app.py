@@ -1,12 +1,12 @@
 """The sdlora web UI: `build_app(state) -> gr.Blocks` and `launch(...)`.
 
->>> from webui.app import build_app, launch
->>> from webui.state import AppConfig, AppState
+>>> from sdlora_webui.app import build_app, launch
+>>> from sdlora_webui.state import AppConfig, AppState
 >>> state = AppState(AppConfig(lora_dir=Path("loras"), output_dir=Path("outputs")))
 >>> demo = build_app(state)          # builds, does not launch; tests call the handlers directly
 >>> launch(demo, state)              # binds 127.0.0.1 unless told otherwise
 
-Running `python -m webui.app` is the same as `sdlora webui`.
+Running `python -m sdlora_webui.app` is the same as `sdlora webui`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from typing import Any
 import gradio as gr
 
 from sdlora.quiet import quiet_third_party
-from webui.state import AppConfig, AppState
-from webui.tabs import civitai_panel, generate_tab, library_tab, tools_tab, train_tab
-from webui.tabs.common import bound
+from sdlora_webui.state import AppConfig, AppState
+from sdlora_webui.tabs import civitai_panel, generate_tab, library_tab, recipe_panel, tools_tab, train_tab
+from sdlora_webui.tabs.common import bound
+from sdlora_webui.tabs.generate_runs import refusal
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ def build_app(state: AppState) -> gr.Blocks:
                 library = library_tab.create_ui(state)
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 generate = generate_tab.create_ui(state)
+                with generate["recipe_box"]:  # a part of the Generate tab that builds on the tab's own code
+                    recipe_panel.create_ui(generate)
+                recipe_panel.wire(state, generate)
             with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
                 tools = tools_tab.create_ui(state)
         _wire_cross_tabs(state, train, library, generate)
@@ -68,8 +72,6 @@ def add_training_result(state: AppState, job_id: int | None, slots: list) -> tup
     name, message = train_tab.add_result_to_library(state, job_id)
     fit = state.fit(name)
     if not fit.fits and fit.needs is not None:  # made for another base than the Generate tab's: library only
-        from webui.tabs.generate_runs import refusal
-
         return f"{message}; not added to the stack: {refusal(state, name, fit)}", name, slots
     slots = generate_tab.add_slot(slots, name)
     return f"{message} and to the stack (Generate tab)", name, slots

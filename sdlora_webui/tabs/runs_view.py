@@ -15,8 +15,10 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import SdloraError
-from webui.paths import safe_filename, unique_path
-from webui.tabs.common import bound
+from sdlora.train.runs import list_runs, loss_plot, read_run, resume_config
+from sdlora_webui.paths import safe_filename, unique_path
+from sdlora_webui.tabs.common import bound
+from sdlora_webui.training_job import training_job
 
 COLUMNS = ["run", "status", "steps", "started", "newest file"]
 
@@ -28,16 +30,12 @@ def runs_root(app) -> Path:
 
 def run_rows(app) -> list[list]:
     """One row per run, newest first: [name, status, steps done/planned, start date, newest LoRA file]."""
-    from sdlora.train.runs import list_runs
-
     return [[r.name, r.status, f"{r.steps}/{r.total}", r.date, r.last_file.name if r.last_file else ""]
             for r in list_runs(runs_root(app))]
 
 
 def find_run(app, name: str | None):
     """The RunInfo of run `name` (a folder directly under the runs folder; nothing else is reachable)."""
-    from sdlora.train.runs import read_run
-
     name = str(name or "").strip()
     root = runs_root(app).resolve()
     folder = (root / name).resolve()
@@ -51,8 +49,6 @@ def find_run(app, name: str | None):
 
 def open_run(app, name: str) -> tuple[str | None, str, list[str], list[str], str]:
     """(loss plot, resolved config text, sample images, LoRA files, summary line) of run `name`."""
-    from sdlora.train.runs import loss_plot
-
     run = find_run(app, name)
     plot = loss_plot(run)
     config = run.config.read_text(encoding="utf-8") if run.config else "(no run.yaml)"
@@ -67,9 +63,6 @@ def open_run(app, name: str) -> tuple[str | None, str, list[str], list[str], str
 
 def resume_run(app, name: str) -> tuple[int, str]:
     """Queue the run's continuation: `sdlora train --config <run>/run.yaml --resume`. Returns (job id, status)."""
-    from sdlora.train.runs import resume_config
-    from webui.training_job import training_job
-
     run = find_run(app, name)
     if not run.resumable:
         raise SdloraError(f"{run.name} is {run.status}" + ("" if run.checkpoints else " with no checkpoint")

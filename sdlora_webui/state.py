@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdlora.base.fit import Fit, check_fit, fit_shape, read_lora_shape
+from sdlora.base.listing import describe_base, list_bases
+from sdlora.base.load import load_base
 from sdlora.errors import ConfigError, SdloraError
-from sdlora.library import TRASH
-from webui.jobs import JobQueue
-from webui.paths import AccessError, check_name_lengths, resolve_within
-from webui.uploads import UploadLimits
+from sdlora.library import TRASH, library_files
+from sdlora_webui.jobs import JobQueue
+from sdlora_webui.paths import AccessError, check_name_lengths, resolve_within
+from sdlora_webui.uploads import UploadLimits
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_WORK = 1024 * 1024 * 100  # a 1024x1024 image at 100 steps (or 512x512 at 400)
@@ -113,8 +116,6 @@ class AppState:
     def library(self) -> dict[str, Path]:
         """{name (file stem): resolved path} of the library's LoRAs; names whose file resolves outside the
         allowed folders (a symlink pointing elsewhere) are left out, with a log line."""
-        from sdlora.library import library_files
-
         found = {}
         for path in [p for root in self.config.lora_dirs for p in library_files(root)]:
             if path.stem in found:
@@ -166,14 +167,10 @@ class AppState:
     def bases(self) -> list[Any]:
         """The Base menu: the configured default first, "embedded", then every model in the model folders and
         the bake folder (`sdlora.base.listing.BaseModel`s, read from configs and headers only)."""
-        from sdlora.base.listing import list_bases
-
         return list_bases(self.config.model_search_dirs, default=self.base_model(self.config.base))
 
     def base_info(self, base: str | None = None) -> Any:
         """The `BaseModel` of `base` (default: the current one), described once per path."""
-        from sdlora.base.listing import describe_base
-
         value = self.base_model(base)
         if value not in self._base_info:
             self._base_info[value] = describe_base(value)
@@ -182,15 +179,11 @@ class AppState:
     def fit(self, name: str, base: str | None = None) -> Any:
         """Whether library LoRA `name` fits `base` (default: the current one): a `sdlora.base.fit.Fit`, from
         headers only (for a Library column and the stack's add check)."""
-        from sdlora.base.fit import check_fit
-
         return check_fit(self.library_path(name), self.base_info(base))
 
     def library_fits(self, base: str | None = None) -> dict[str, Any]:
         """{library name: `sdlora.base.fit.Fit`} against `base` (default: the current one), headers only: for a
         Library "fits" column (`fit.short` is the cell, `fit.reason` the tooltip/detail)."""
-        from sdlora.base.fit import Fit, fit_shape, read_lora_shape
-
         info = self.base_info(base)
         fits = {}
         for name, path in self.library().items():
@@ -249,6 +242,4 @@ class AppState:
 
 
 def _default_pipeline(base: str, allow_pickle: bool) -> Any:
-    from sdlora.base.load import load_base
-
     return load_base(base, allow_pickle=allow_pickle)[0]

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import ConfigError
-from webui.tabs.common import guarded
+from sdlora_webui.tabs.common import guarded
 
 
 def _captioner_source(app, text: str) -> str:

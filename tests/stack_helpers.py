@@ -1,4 +1,4 @@
-"""Helpers for the stack tests: tiny components and LoRAs built directly as LoraState objects."""
+"""Helpers for the stack, generate and tools tests: tiny components and LoRAs built as LoraState objects."""
 
 from __future__ import annotations
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sdlora.errors import CompatibilityError, ConfigError, SdloraError
+from sdlora.errors import CompatibilityError, ConfigError, Interrupted, SdloraError
+from sdlora.generate import GenerateSettings, generate, random_seed, save_png
+from sdlora.grid import SEED, Axis, parse_values, strength_grid
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 16
@@ -44,8 +46,6 @@ class Drawn:
 
 def settings_from(form: dict[str, Any]):
     """GenerateSettings from the form; seed -1 stays -1 here (`first_seed` turns it into a random one)."""
-    from sdlora.generate import GenerateSettings
-
     try:
         seed = int(form.get("seed") if form.get("seed") not in (None, "") else 0)
         settings = GenerateSettings(
@@ -62,8 +62,6 @@ def settings_from(form: dict[str, Any]):
 
 def first_seed(seed: int) -> int:
     """A1111's seed -1: a new random seed (shown and written into the parameters like a typed one)."""
-    from sdlora.generate import random_seed
-
     return random_seed() if seed == -1 else seed
 
 
@@ -80,8 +78,6 @@ def batch_count(form: dict[str, Any]) -> int:
 def save_image(app, image, parameters: str, seed: int) -> Path:
     """Write the image as a PNG with its A1111 parameters under <output>/images/ (what the UI shows and
     downloads, so the parameters travel with the file)."""
-    from sdlora.generate import save_png
-
     folder = Path(app.config.output_dir) / "images"
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}"
     path, n = folder / f"{stem}.png", 1
@@ -96,8 +92,6 @@ def save_image(app, image, parameters: str, seed: int) -> Path:
 def draw_images(app, form: dict[str, Any], sync, on_status: StatusFn | None = None,
                 on_preview: PreviewFn | None = None) -> Drawn:
     """Sync the stack (`sync(stack) -> status text`), then draw `batch_count` images at seed, seed+1, ..."""
-    from sdlora.generate import generate
-
     settings, count = settings_from(form), batch_count(form)
     app.check_work(settings.width, settings.height, settings.steps, count)  # before waiting for the lock
     library = {k: str(v) for k, v in app.library().items()}
@@ -134,9 +128,6 @@ def _step_text(on_status: StatusFn | None, index: int, count: int):
 def draw_grid(app, form: dict[str, Any], sync, on_status: StatusFn | None = None) -> Drawn:
     """A strength grid (sdlora.grid) over the session's stack: columns = one LoRA's strengths, rows = seeds
     or a second LoRA's strengths. Cells change strengths in place only."""
-    from sdlora.generate import generate
-    from sdlora.grid import SEED, Axis, parse_values, strength_grid
-
     settings = settings_from(form)
     columns = Axis(_grid_name(form.get("grid_x")), parse_values(form.get("grid_x_values"), "grid column values"))
     row_name = _grid_name(form.get("grid_y")) or SEED
@@ -326,8 +317,6 @@ def _fill(waiting: list, status_at: int, status, preview_at, preview) -> list:
 
 def error_text(err: BaseException) -> str:
     """The status line for a failed job: the user error's message, or one line naming a bug."""
-    from sdlora.errors import Interrupted
-
     if isinstance(err, Interrupted):
         return f"Interrupted: {err}"
     if isinstance(err, SdloraError):

@@ -20,11 +20,21 @@ from typing import Any
 
 import gradio as gr
 
+import sdlora
+from sdlora.arch.tables import table_for_model
+from sdlora.atomic import atomic_path
 from sdlora.errors import SdloraError
+from sdlora.header import read_header
+from sdlora.library import file_hash, preview_path, search, set_preview, write_notes
+from sdlora.library import scan as scan_library
+from sdlora.library.dupes import find_duplicates, keep_one
+from sdlora.library.organise import facets, filter_entries, move_loras, parse_tags, set_favourite, tag_files
+from sdlora.report import check_lora
 from sdlora.suffixes import IMAGE_SUFFIXES
-from webui.tabs import civitai_panel
-from webui.tabs.common import bound, guarded
-from webui.uploads import check_lora_upload, store_upload, upload_name
+from sdlora_webui.paths import display_path
+from sdlora_webui.tabs import civitai_panel
+from sdlora_webui.tabs.common import bound, guarded
+from sdlora_webui.uploads import check_lora_upload, store_upload, upload_name
 
 COLUMNS = ["name", "fits base", "family", "rank", "size", "date", "hash", "trigger words", "top tags", "notes",
            "folder", "base model", "tags", "favourite"]
@@ -41,8 +51,6 @@ def cache_path(app) -> Path:
 
 def scan(app):
     """The library scan (sdlora.library), with its header cache kept in the output folder."""
-    from sdlora.library import scan as scan_library
-
     return scan_library(app.config.lora_dirs, cache_path=cache_path(app))
 
 
@@ -66,8 +74,6 @@ class Filters:
         return any(_any(v) for v in (self.folder, self.tag, self.base_model)) or bool(self.favourites)
 
     def apply(self, entries) -> list:
-        from sdlora.library.organise import filter_entries
-
         return filter_entries(entries, _any(self.folder), _any(self.tag), _any(self.base_model), bool(self.favourites))
 
 
@@ -75,8 +81,6 @@ def refresh(app, query: str = "", sort: str = "name",
             filters: Filters = Filters()) -> tuple[list[list], list, list[str], str]:
     """(table rows, card gallery items, names, message) of the library entries matching `query` and `filters`,
     sorted by `sort` (name, date, size); the message counts them and names damaged files."""
-    from sdlora.library import search
-
     result = scan(app)
     entries = filters.apply(search(result.entries, query, sort))
     fits = {name: fit.short for name, fit in app.library_fits().items()}  # headers only, against the current base
@@ -97,8 +101,6 @@ def _any(value) -> str:
 
 def filter_choices(app) -> tuple[list[str], list[str], list[str]]:
     """The folder, tag and base-model menus' choices (ALL first)."""
-    from sdlora.library.organise import facets
-
     found = facets(scan(app).entries)
     return ([ALL, *[f for f in found["folders"] if f]], [ALL, *found["tags"]], [ALL, *found["base_models"]])
 
@@ -139,7 +141,6 @@ def no_preview_image(app) -> Path:
         from PIL import Image
 
         target.parent.mkdir(parents=True, exist_ok=True)
-        from sdlora.atomic import atomic_path
 
         with atomic_path(target, fsync=False) as tmp:
             Image.new("RGB", (64, 64), (72, 72, 80)).save(tmp, format="PNG")
@@ -166,8 +167,6 @@ def details(app, name: str) -> tuple[str, dict, str, str, float, str, str | None
     if not name:
         raise SdloraError("pick a LoRA in the list first")
     entry = find_entry(app, name)
-    from sdlora.header import read_header
-    from sdlora.library import file_hash
 
     app.library_path(entry.name)  # confined like any path: a link leading outside the folders is refused
     header = read_header(entry.path)
@@ -208,8 +207,6 @@ def set_preview_from_image(app, name: str, image) -> tuple[str, str]:
     Written as `<stem>.preview.png` beside the LoRA's file (A1111 naming), downscaled. Returns
     (preview path, message). The Generate tab may call this too.
     """
-    from sdlora.library import preview_path, set_preview
-
     if not name:
         raise SdloraError("pick a LoRA in the list first")
     if image is None:
@@ -231,10 +228,6 @@ def set_preview_from_path(app, name: str, text: str) -> tuple[str, str]:
 def load_report(app, name: str) -> tuple[str, list[list]]:
     """The load report of LoRA `name` against the current base: (summary line naming the LoRA, rows
     problems first)."""
-    import sdlora
-    from sdlora.arch.tables import table_for_model
-    from sdlora.report import check_lora
-
     entry = find_entry(app, name)
     lora = sdlora.load_lora(entry.path)
     with app.generate_lock:
@@ -255,8 +248,6 @@ def report_view(report, limit: int = 500) -> tuple[str, list[list]]:
 
 
 def save_notes(app, name: str, activation: str, weight: float, notes: str) -> str:
-    from sdlora.library import write_notes
-
     entry = find_entry(app, name)
     write_notes(entry.path, {"activation text": activation or "", "preferred weight": weight,
                              "notes": notes or ""})
@@ -269,7 +260,6 @@ def upload_lora(app, file) -> str:
         raise SdloraError("choose a .safetensors file to upload")
     path, name = upload_name(file)
     check_lora_upload(path, app.config.limits)
-    import sdlora
 
     sdlora.load_lora(path)  # refuse files that are safetensors but not a LoRA sdlora can read
     target = store_upload(path, Path(app.config.lora_dir), name)
@@ -300,8 +290,6 @@ def selected_paths(app, names: list[str]) -> list[Path]:
 def move_selected(app, names: list[str], folder: str) -> str:
     """Move the selected LoRAs, with their side files, into `folder` (relative to the first library folder, or
     a path inside any library folder)."""
-    from sdlora.library.organise import move_loras
-
     if not (folder or "").strip():
         raise SdloraError("type the folder to move them to (inside a library folder, e.g. styles/ink)")
     target = app.write_path(folder, default_root=Path(app.config.lora_dir))
@@ -309,15 +297,11 @@ def move_selected(app, names: list[str], folder: str) -> str:
 
 
 def tag_selected(app, names: list[str], add: str, remove: str) -> str:
-    from sdlora.library.organise import parse_tags, tag_files
-
     changed = tag_files(selected_paths(app, names), parse_tags(add), parse_tags(remove))
     return f"tags changed on {changed} of {len(names)} LoRA(s)"
 
 
 def favourite_selected(app, names: list[str], favourite: bool) -> str:
-    from sdlora.library.organise import set_favourite
-
     for path in selected_paths(app, names):
         set_favourite(path, favourite)
     return f"{'marked' if favourite else 'unmarked'} {len(names)} LoRA(s) as favourite"
@@ -325,8 +309,6 @@ def favourite_selected(app, names: list[str], favourite: bool) -> str:
 
 def find_dupes(app) -> tuple[list[list], list, str]:
     """(rows [group, hash, file], the group menu's choices, message) of the library's duplicates."""
-    from sdlora.library.dupes import find_duplicates
-
     groups = find_duplicates(scan(app).entries, cache_path=cache_path(app))
     rows = [[n, g.short_hash, _shown_path(app, e.path)] for n, g in enumerate(groups, 1) for e in g.entries]
     choices = [(_shown_path(app, e.path), e.path) for g in groups for e in g.entries]
@@ -338,8 +320,6 @@ def find_dupes(app) -> tuple[list[list], list, str]:
 def keep_duplicate(app, keep: str) -> str:
     """Keep the file `keep`; the others of its group go, with their side files, to `.trash/` in their library
     folder (nothing is deleted)."""
-    from sdlora.library.dupes import find_duplicates, keep_one
-
     if not keep:
         raise SdloraError("pick the file to keep first (Find duplicates, then a file of a group)")
     app.read_path(keep)  # confined like any path
@@ -350,8 +330,6 @@ def keep_duplicate(app, keep: str) -> str:
 
 
 def _shown_path(app, path: str) -> str:
-    from webui.paths import display_path
-
     return display_path(Path(path), app.config.lora_dirs)
 
 

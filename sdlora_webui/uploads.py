@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdlora.suffixes import IMAGE_SUFFIXES
-from webui.paths import AccessError, safe_filename, unique_path
+from sdlora_webui.paths import AccessError, safe_filename, unique_path
 
 LORA_SUFFIXES = frozenset({".safetensors"})
 CAPTION_SUFFIXES = frozenset({".txt"})

@@ -4,7 +4,7 @@ Handlers are plain functions: `app` (the AppState) first, then UI values; they r
 The settings form is gathered into one dict keyed by config keys ("lora.rank", ...) and turned into a
 `TrainConfig` once, by `config_from_form` with `sdlora.settings.apply_values` (no 289-parameter handlers);
 each widget comes from its setting's `field_spec`. Training runs in the app's job queue as
-`webui.training_job.training_job`; the page polls the job with a timer, so generation stays usable meanwhile.
+`sdlora_webui.training_job.training_job`; the page polls the job with a timer, so generation stays usable meanwhile.
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import ConfigError, DatasetError, SdloraError
-from sdlora.settings.config import TrainConfig, load_config
+from sdlora.settings.config import DataConfig, TrainConfig, load_config
 from sdlora.settings.fields import apply_values, field_spec
 from sdlora.settings.kohya_import import read_kohya
 from sdlora.settings.presets import base_preset, preset_names, preset_path
 from sdlora.settings.resolution import resolve_base_settings
-from webui.jobs import DONE
-from webui.paths import safe_filename, unique_path
-from webui.tabs import caption_panel
-from webui.tabs.common import bound, gather
-from webui.training_job import training_job
-from webui.uploads import (
+from sdlora_webui.jobs import DONE
+from sdlora_webui.paths import safe_filename, unique_path
+from sdlora_webui.tabs import caption_panel, runs_view
+from sdlora_webui.tabs.common import bound, gather
+from sdlora_webui.tabs.generate_runs import base_choices
+from sdlora_webui.training_job import training_job
+from sdlora_webui.uploads import (
     IMAGE_SUFFIXES,
     KOHYA_SUFFIXES,
     check_config_upload,
@@ -305,7 +306,6 @@ def dataset_report(folder: Path) -> list[str]:
 
     Buckets depend on the resolution chosen later, so that line is left out here.
     """
-    from sdlora.settings.config import DataConfig
     from sdlora.train.data import scan_dataset
 
     _, report = scan_dataset(DataConfig(path=str(folder)))
@@ -485,10 +485,6 @@ def add_result_to_library(app, job_id: int | None) -> tuple[str, str]:
 
 def create_ui(app) -> dict[str, Any]:
     """Build the Train tab inside the current gr.Blocks; returns its components for cross-tab wiring."""
-    from webui.tabs.generate_runs import (
-        base_choices,  # the Base menu list (sdlora.base.listing), shared with Generate
-    )
-
     c: dict[str, Any] = {"job_id": gr.State(None), "dataset": gr.State("")}
     with gr.Row():
         c["base"] = gr.Dropdown(base_choices(app), value=app.base_model(app.config.base), label="Base model",
@@ -518,7 +514,6 @@ def create_ui(app) -> dict[str, Any]:
     with gr.Row():
         c["result"] = gr.File(label="Trained LoRA (.safetensors)", interactive=False, elem_id="train-result")
         c["add_to_stack"] = gr.Button("Add to library and stack", elem_id="train-add-to-stack")
-    from webui.tabs import runs_view
 
     runs_view.create_ui(app, c)
     c["timer"] = gr.Timer(0.5, active=False)  # this session's job: progress, loss, samples
@@ -651,7 +646,5 @@ def _wire(app, c: dict[str, Any]) -> None:
                     show_progress="hidden")
     c["queue_timer"].tick(bound(queue_rows, app), None, c["queue"], api_name="train_queue",
                           show_progress="hidden")
-    from webui.tabs import runs_view
-
     runs_view.wire(app, c)
     caption_panel.wire(app, c)

@@ -10,13 +10,13 @@ import math
 from pathlib import Path
 
 from sdlora.train.monitor import format_seconds
-from webui.jobs import JobContext
+from sdlora_webui.jobs import JobContext
 
 
 def training_job(cfg, ctx: JobContext, resume: bool = False) -> str | None:
     """The job body: call the trainer with progress and cancel wired to the job; return the LoRA path.
     `resume=True` continues from the newest checkpoint in cfg.output.dir (the CLI's `--resume`)."""
-    from sdlora.train import train
+    from sdlora.train.session import train  # imports torch: loaded when a job runs, not with the app
 
     ctx.progress(0, cfg.optim.steps, "starting")
     result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps),

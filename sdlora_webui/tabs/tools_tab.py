@@ -16,17 +16,21 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+import sdlora
+from sdlora.arch.blocks import check_strength
 from sdlora.errors import ConfigError, Interrupted
-from webui.paths import display_path, safe_filename
-from webui.state import NotInLibrary
-from webui.tabs.common import bound, guarded
+from sdlora.formats.metaedit import DESCRIPTION, TITLE, TRIGGER, Edits, read_metadata
+from sdlora.formats.metaedit import edit_metadata as write_edited
+from sdlora.formats.summary import summarise
+from sdlora_webui.paths import display_path, safe_filename
+from sdlora_webui.state import NotInLibrary
+from sdlora_webui.tabs.common import bound, guarded
 
 
 def resolve_lora(app, text: str) -> Path:
@@ -87,31 +91,23 @@ def library_names(app) -> list[str]:
 # ---------------------------------------------------------------- handlers ------------------
 
 def inspect_lora(app, text: str) -> tuple[str, dict]:
-    """(summary markdown, metadata) of one LoRA file."""
-    import sdlora
-    from sdlora.header import read_header, tensor_data_sha256
-
-    path = resolve_lora(app, text)
-    header = read_header(path)
-    lora = sdlora.load_lora(path)
-    kinds = Counter(m.kind for m in lora.modules.values())
-    ranks = sorted({m.rank for m in lora.modules.values() if m.rank is not None})
-    alphas = sorted({m.alpha for m in lora.modules.values() if m.alpha is not None})
-    components = Counter(name.split(".", 1)[0] for name in lora.modules)
+    """(summary markdown, metadata) of one LoRA file: `sdlora inspect`'s summary (sdlora.formats.summary,
+    from the header alone)."""
+    info = summarise(resolve_lora(app, text))
     lines = [
-        f"**{path.name}** · format `{lora.format}` · family `{lora.family or 'unknown'}`",
-        (f"- modules: {len(lora.modules)} ({_counts(components)}); kinds: {_counts(kinds)}"),
-        (f"- ranks: {_short_list(ranks)} · alphas: {_short_list(alphas)} · dtypes: {_counts(header.dtypes())}"),
-        f"- tensor hash (sshs_model_hash): `{tensor_data_sha256(path, header.data_offset)}`",
-        f"- keys that could not be read: {len(lora.issues)}",
+        f"**{Path(info['file']).name}** · format `{info['format']}` · family `{info['family'] or 'unknown'}`",
+        f"- modules: {info['modules']} ({', '.join(info['components']) or '-'}); kinds: {_join(info['kinds'])}",
+        f"- ranks: {_join(info['ranks'])} · alphas: {_join(info['alphas'])} · dtypes: {_join(info['dtypes'])}",
+        f"- trigger words: {', '.join(info['trigger_words']) or '-'}",
+        f"- tensor hash (sshs_model_hash): `{info['hashes']['tensor_sha256']}`",
+        f"- keys not recognised: {len(info['unrecognised_keys'])}",
     ]
-    return "\n".join(lines), dict(header.metadata)
+    lines += [f"- warning: {text}" for text in info["warnings"]]
+    return "\n".join(lines), dict(info["metadata"])
 
 
 def convert_lora(app, text: str, to_format: str, dtype: str, out_name: str) -> tuple[str, str]:
     """Write the LoRA in another dialect; returns (output path, message)."""
-    import sdlora
-
     if to_format not in ("kohya", "diffusers"):
         raise ConfigError(f"format {to_format!r}: choose kohya or diffusers")
     source = resolve_lora(app, text)
@@ -124,7 +120,6 @@ def resize_lora(app, text: str, rank: float, energy: float, out_name: str,  # no
                 dtype: str = "keep", *, on_progress=None, should_stop=None) -> tuple[str, str]:
     """SVD to a fixed rank (rank > 0) or to a retained-energy threshold (0 < energy < 1), written in the
     input's dtype unless `dtype` says otherwise. `on_progress` / `should_stop` go to the library call."""
-    import sdlora
     from sdlora import tools
 
     source = resolve_lora(app, text)
@@ -143,7 +138,6 @@ def merge_loras(app, rows: list[list], rank: float, out_name: str, dtype: str = 
                 on_progress=None, should_stop=None) -> tuple[str, str]:
     """Merge [[name, weight], ...] into one LoRA: exact concatenation (rank 0) or SVD to `rank`; in the
     inputs' dtype unless `dtype` says otherwise. Rows with an empty name (an unused slot) are skipped."""
-    import sdlora
     from sdlora import tools
 
     pairs = [(resolve_lora(app, str(r[0])), _weight(r[1])) for r in _table(rows) if _filled(r[0])]
@@ -164,7 +158,6 @@ def merge_loras(app, rows: list[list], rank: float, out_name: str, dtype: str = 
 def extract_lora(app, base: str, tuned: str, rank: float, out_name: str, *,  # noqa: PLR0913
                  on_progress=None, should_stop=None) -> tuple[str, str]:
     """A LoRA from the difference between a fine-tuned model and its base (SVD to `rank`)."""
-    import sdlora
     from sdlora.extract import extract
 
     base_path = app.base_model(base)  # 'embedded' by name, any other base inside the configured folders
@@ -195,16 +188,11 @@ def bake_model(app, base: str, rows: list[list], kind: str, dtype: str,
 
 
 def _strength(value) -> float:
-    from sdlora.arch.blocks import check_strength
-
     return check_strength(1.0 if value is None or value == "" else value, "strength")
 
 
 def edit_metadata(app, text: str, form: dict[str, Any]) -> tuple[str, str, dict]:
     """Write a copy with edited metadata; the tensor hash stays the same. Returns (path, message, metadata)."""
-    from sdlora.formats.metaedit import Edits
-    from sdlora.formats.metaedit import edit_metadata as write_edited
-
     source = resolve_lora(app, text)
     target = output_path(app, form.get("out_name") or "", f"{source.stem}-edited")  # a copy: into the library
     edits = Edits(strip=bool(form.get("strip")), title=form.get("title"), trigger_words=form.get("trigger"),
@@ -216,8 +204,6 @@ def edit_metadata(app, text: str, form: dict[str, Any]) -> tuple[str, str, dict]
 
 
 def load_metadata_fields(app, text: str) -> tuple[str, str, str]:
-    from sdlora.formats.metaedit import DESCRIPTION, TITLE, TRIGGER, read_metadata
-
     meta = read_metadata(resolve_lora(app, text))
     return meta.get(TITLE, ""), meta.get(TRIGGER, ""), meta.get(DESCRIPTION, "")
 
@@ -324,15 +310,9 @@ def cancel_run(runs: ToolRuns, key: str | None) -> str:
     return "cancelling: the tool stops before its next module and writes nothing"
 
 
-def _counts(counter) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
-
-
-def _short_list(values: list, limit: int = 6) -> str:
-    if not values:
-        return "-"
-    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:limit])
-    return shown + (" …" if len(values) > limit else "")
+def _join(counts: dict) -> str:
+    """A summary's {value: how many modules} as "4 (12), 8 (3)"."""
+    return ", ".join(f"{value} ({n})" for value, n in counts.items()) or "-"
 
 
 def _table(rows) -> list[list]:

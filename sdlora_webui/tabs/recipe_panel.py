@@ -4,7 +4,7 @@ reading and matching; this module turns a recipe into the tab's values.
 
 LoRAs are matched against the library by hash, then by name; a LoRA the library lacks is left out of the stack
 and named with its hash in the status line; "Download missing by hash" queues them in the Library tab's
-Civitai panel (wired by the app, which holds both tabs: webui/app.py).
+Civitai panel (wired by the app, which holds both tabs: sdlora_webui/app.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,19 @@ from typing import Any
 import gradio as gr
 
 from sdlora.errors import SdloraError
+from sdlora.recipes import (
+    list_recipes,
+    load_recipe,
+    match_loras,
+    missing,
+    missing_text,
+    read_recipe,
+    save_recipe,
+)
 from sdlora.samplers import SAMPLERS
-from webui.tabs.common import bound
+from sdlora_webui.tabs.common import bound
+from sdlora_webui.tabs.generate_tab import MODEL_SAMPLER, Slot, slot_updates
+from sdlora_webui.tabs.library_tab import cache_path, scan
 
 RECIPE_FIELDS = ("prompt", "negative", "seed", "steps", "cfg", "sampler", "width", "height")
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp"]
@@ -29,10 +40,6 @@ def recipes_dir(app) -> Path:
 
 def slots_for(app, recipe) -> tuple[list, str, list[str]]:
     """(stack slots, note, hashes of the missing LoRAs) for a recipe's LoRAs; the note names the missing ones."""
-    from sdlora.recipes import match_loras, missing, missing_text
-    from webui.tabs.generate_tab import Slot
-    from webui.tabs.library_tab import cache_path, scan
-
     matches = match_loras(recipe, scan(app).entries, cache_path=cache_path(app))
     library = app.library()
     slots, notes = [], []
@@ -59,8 +66,6 @@ def slots_for(app, recipe) -> tuple[list, str, list[str]]:
 def apply_recipe(app, recipe, source: str) -> list[Any]:
     """The tab's new values (RECIPE_FIELDS, stack, stack version, missing hashes, status) for `recipe`; a value
     the recipe lacks is left as it is."""
-    from webui.tabs.generate_tab import MODEL_SAMPLER, slot_updates
-
     slots, note, hashes = slots_for(app, recipe)
     sampler = recipe.sampler if recipe.sampler in SAMPLERS else (MODEL_SAMPLER if recipe.sampler else None)
     values = [recipe.prompt, recipe.negative_prompt, recipe.seed, recipe.steps, recipe.cfg, sampler,
@@ -73,8 +78,6 @@ def apply_recipe(app, recipe, source: str) -> list[Any]:
 
 
 def rebuild_from_image(app, file) -> list[Any]:
-    from sdlora.recipes import read_recipe
-
     if file is None:
         raise SdloraError("upload an image (PNG, JPEG or WebP) that carries its generation parameters")
     path = Path(file if isinstance(file, str) else file.name)
@@ -82,8 +85,6 @@ def rebuild_from_image(app, file) -> list[Any]:
 
 
 def load_saved(app, name: str) -> list[Any]:
-    from sdlora.recipes import load_recipe
-
     if not name:
         raise SdloraError("pick a saved recipe first")
     return apply_recipe(app, load_recipe(recipes_dir(app), name), f"recipe {name!r}")
@@ -91,8 +92,6 @@ def load_saved(app, name: str) -> list[Any]:
 
 def save_current(app, name: str, parameters: str, image) -> tuple[Any, str]:
     """Save the shown image's parameters as recipe `name` (the image becomes its thumbnail)."""
-    from sdlora.recipes import list_recipes, save_recipe
-
     if not (parameters or "").strip():
         raise SdloraError("generate an image first: a recipe is saved from the shown image's parameters")
     save_recipe(recipes_dir(app), name, parameters, image)
@@ -100,8 +99,6 @@ def save_current(app, name: str, parameters: str, image) -> tuple[Any, str]:
 
 
 def saved_names(app) -> list[str]:
-    from sdlora.recipes import list_recipes
-
     return list_recipes(recipes_dir(app))
 
 

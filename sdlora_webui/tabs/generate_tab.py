@@ -6,7 +6,7 @@ enable box, separate text-encoder/UNet strengths under "advanced"), drawn as one
 writes its slot back into the state. Each row shows the LoRA's trigger words: a click on one adds it to the
 prompt, "insert trigger words" adds them all. A LoRA starts at its preferred weight (A1111 `<stem>.json`).
 The prompt and the image stay at the top of the tab (as in A1111); settings and the stack sit in the left
-column. "Rebuild from image" (webui/tabs/recipe_panel.py) fills prompt, settings and stack from an image's
+column. "Rebuild from image" (sdlora_webui/tabs/recipe_panel.py) fills prompt, settings and stack from an image's
 parameters. The pipeline and its `LoraStack` are shared
 by the app; on Generate, `sync_stack` brings the shared stack to this session's slots with the
 fewest changes (a moved slider is one `set_strength`, which re-patches only that LoRA's layers;
@@ -15,7 +15,7 @@ lock, never the training queue, so it works while a training job runs.
 
 Above the stack, the Base menu switches the shared pipeline (LoRAs that do not fit the new base leave the
 stack); adding a LoRA checks it against the base from its header first. Drawing (images, strength grids)
-streams its progress into the one status line and stops on Interrupt; webui/tabs/generate_runs.py does
+streams its progress into the one status line and stops on Interrupt; sdlora_webui/tabs/generate_runs.py does
 the work, this module builds and wires the widgets.
 """
 
@@ -29,12 +29,17 @@ from typing import Any
 
 import gradio as gr
 
+from sdlora.base.native import native_resolution
 from sdlora.errors import ConfigError, SdloraError
+from sdlora.generate import GenerateSettings
+from sdlora.header import read_header
+from sdlora.library import read_notes
+from sdlora.library import trigger_words as header_words
 from sdlora.samplers import SAMPLERS
 from sdlora.strength import Strength
-from webui.state import NotInLibrary
-from webui.tabs.common import bound, gather
-from webui.tabs.generate_runs import (
+from sdlora_webui.state import NotInLibrary
+from sdlora_webui.tabs.common import bound, gather
+from sdlora_webui.tabs.generate_runs import (
     MAX_BATCH,
     base_choices,
     check_addable,
@@ -182,9 +187,6 @@ def default_size(app) -> int:
     """The image side the base model was trained at (embedded 32, SD1 512, SD2-v 768, SDXL 1024), read from
     its configs before it is loaded (the size `sdlora generate` uses); GenerateSettings' default when only
     loading the model would tell."""
-    from sdlora.base.native import native_resolution
-    from sdlora.generate import GenerateSettings
-
     try:
         size = native_resolution(app.config.base)
     except SdloraError:  # a base that cannot load: Generate reports why; the slider needs a value now
@@ -194,8 +196,6 @@ def default_size(app) -> int:
 
 def preferred_weight(app, name: str) -> float:
     """The "preferred weight" from the LoRA's notes (A1111 <stem>.json), else 1."""
-    from sdlora.library import read_notes
-
     path = app.library().get(name)
     try:
         weight = float(read_notes(path).get("preferred weight", 1.0)) if path else 1.0
@@ -212,8 +212,6 @@ def library_choices(app) -> list[str]:
 
 def create_ui(app) -> dict[str, Any]:
     """Build the Generate tab; returns its components (the stack is c["stack"], its rows drawn by gr.render)."""
-    from webui.tabs import recipe_panel
-
     c: dict[str, Any] = {"stack": gr.State([]), "stack_version": gr.State(0)}
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
@@ -228,7 +226,7 @@ def create_ui(app) -> dict[str, Any]:
         with gr.Column(scale=3):
             _create_settings(app, c)
             _create_stack(app, c)
-            recipe_panel.create_ui(c)
+            c["recipe_box"] = gr.Column()  # the recipe panel goes here (the app adds it: it uses this tab)
         with gr.Column(scale=2):
             c["image"] = gr.Image(label="Image", type="pil", format="png", interactive=False, elem_id="gen-image",
                                   height=384)
@@ -238,7 +236,6 @@ def create_ui(app) -> dict[str, Any]:
     c["gallery"] = gr.Gallery(label="Batch", visible=False, elem_id="gen-gallery", columns=4, height=256)
     _create_grid(c)
     _wire(app, c)
-    recipe_panel.wire(app, c)
     return c
 
 
@@ -336,10 +333,6 @@ MAX_WORD_BUTTONS = 12  # trigger words shown as buttons per LoRA ("insert trigge
 def trigger_words(app, name: str) -> list[str]:
     """A LoRA's trigger words: its notes' "activation text" (A1111, or Civitai's trainedWords merged there),
     else the header's; [] when the file cannot be read."""
-    from sdlora.header import read_header
-    from sdlora.library import read_notes
-    from sdlora.library import trigger_words as header_words
-
     path = app.library().get(name)
     if path is None:
         return []
@@ -458,8 +451,6 @@ def _is_current_base(app, value: str) -> bool:
 
 
 def _base_size(value: str) -> int | None:
-    from sdlora.base.native import native_resolution
-
     try:
         return native_resolution(value)
     except SdloraError:

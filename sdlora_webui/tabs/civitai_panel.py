@@ -14,9 +14,19 @@ from typing import Any
 
 import gradio as gr
 
+from sdlora.civitai.client import CivitaiClient
+from sdlora.civitai.download import download
+from sdlora.civitai.errors import CivitaiError
+from sdlora.civitai.info import read_info, summary
+from sdlora.civitai.lookup import lookup_file, scan
+from sdlora.civitai.misses import MissMemory
+from sdlora.civitai.names import DEFAULT_TEMPLATE
+from sdlora.civitai.settings import hash_consent, load_settings, set_hash_consent
 from sdlora.errors import SdloraError
-from webui.downloads import DownloadJob, DownloadQueue
-from webui.tabs.common import bound, guarded
+from sdlora.filehash import FileHashCache
+from sdlora.library import find_preview
+from sdlora_webui.downloads import DownloadJob, DownloadQueue
+from sdlora_webui.tabs.common import bound, guarded
 
 QUEUE_COLUMNS = ["#", "what", "status", "bytes", "speed", "time left", "message"]
 PRIVACY = """\
@@ -27,21 +37,14 @@ PRIVACY = """\
 
 
 def _settings():
-    from sdlora.civitai.settings import load_settings
-
     return load_settings()
 
 
 def _client():
-    from sdlora.civitai.client import CivitaiClient
-
     return CivitaiClient(_settings())
 
 
 def _stores(app):
-    from sdlora.civitai.misses import MissMemory
-    from sdlora.filehash import FileHashCache
-
     cache = Path(app.config.output_dir) / ".cache"
     return FileHashCache(cache / "file-hashes.json"), MissMemory(cache / "civitai-misses.json")
 
@@ -53,16 +56,12 @@ def privacy_text() -> str:
 
 
 def set_consent(allowed: bool) -> str:
-    from sdlora.civitai.settings import set_hash_consent
-
     set_hash_consent(bool(allowed))
     return ("hash lookups allowed: file hashes may be sent to Civitai" if allowed
             else "hash lookups off: no file hash is sent to Civitai")
 
 
 def _check_consent() -> None:
-    from sdlora.civitai.settings import hash_consent
-
     if not hash_consent():
         raise SdloraError(f"hash lookups send each file's SHA-256 to Civitai ({_settings().base_url}); tick "
                           "\"Allow sending file hashes to Civitai\" first (asked once)")
@@ -70,9 +69,6 @@ def _check_consent() -> None:
 
 def card(app, name: str) -> tuple[str, str | None]:
     """(markdown, preview path) of what Civitai said about library LoRA `name` ("" when nothing yet)."""
-    from sdlora.civitai.info import read_info, summary
-    from sdlora.library import find_preview
-
     if not (name or "").strip():
         return "", None
     path = app.library_path(name)
@@ -92,8 +88,6 @@ def card(app, name: str) -> tuple[str, str | None]:
 
 def fetch_one(app, name: str) -> tuple[str, str | None, str]:
     """Look the shown LoRA up on Civitai: (card, preview, message)."""
-    from sdlora.civitai.lookup import lookup_file
-
     if not (name or "").strip():
         raise SdloraError("pick a LoRA in the list first")
     _check_consent()
@@ -109,8 +103,6 @@ def fetch_one(app, name: str) -> tuple[str, str | None, str]:
 
 def fetch_all(app) -> str:
     """Look every library LoRA without Civitai info up (4 requests at a time); a count per outcome."""
-    from sdlora.civitai.lookup import scan
-
     _check_consent()
     hashes, misses = _stores(app)
     with _client() as client:
@@ -123,12 +115,9 @@ def fetch_all(app) -> str:
 
 def run_download(app, job: DownloadJob) -> str:
     """One queued download into the library folder, reporting into `job`."""
-    from sdlora.civitai.download import download
-
     def progress(p) -> None:
         job.done, job.total, job.speed, job.eta = p.done, p.total, p.speed, p.eta
 
-    from sdlora.civitai.settings import hash_consent
 
     hashes, _ = _stores(app)
     with _client() as client:  # a plain URL's file is looked up by hash only with the user's consent
@@ -143,9 +132,6 @@ def queue_by_hash(app, queue: DownloadQueue, hashes: list[str]) -> str:
     """Queue the Civitai versions of `hashes` (a recipe's missing LoRAs: A1111's short tensor hashes, which
     Civitai knows as AutoV3) for download into the library, by base-model folder. Asks Civitai about each hash,
     so it needs the user's consent like any hash lookup."""
-    from sdlora.civitai.errors import CivitaiError
-    from sdlora.civitai.names import DEFAULT_TEMPLATE
-
     if not hashes:
         raise SdloraError("no missing LoRA with a hash: rebuild from an image first")
     _check_consent()
@@ -181,9 +167,6 @@ def _mb(count: float) -> str:
 def create_ui(app, library: dict[str, Any]) -> dict[str, Any]:
     """The panel, under the Library tab's details; `library` is that tab's components (its shown LoRA, its
     pick, its list refresh), which the panel's results update."""
-    from sdlora.civitai.names import DEFAULT_TEMPLATE
-    from sdlora.civitai.settings import hash_consent
-
     c: dict[str, Any] = {"queue_state": DownloadQueue(lambda job: run_download(app, job))}
     with gr.Accordion("Civitai: info by hash, downloads", open=True, elem_id="civ-panel"):
         c["privacy"] = gr.Markdown(privacy_text(), elem_id="civ-privacy")
