@@ -3,7 +3,8 @@
     python scripts/before_after.py --lora outputs/quickstart/zqx_style.safetensors \
         --out outputs/quickstart/before_after.png
 
-Draws every prompt of --prompts with the same seeds at each --strengths value (rows) and writes one PNG;
+Draws every prompt of --prompts (columns, labelled with the prompt) with the same seeds at each --strengths
+value (rows) and writes one PNG;
 prints how far each row is from the style images (--style) on sdlora.embedded.showcase.style_distance,
 both from the raw images and from their round trip through the base's VAE (the closest a LoRA can get).
 """
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
         d, r = showcase.style_distance(images, style), showcase.style_distance(images, roundtrip)
         print(f"strength {strength:g}: raw {d['total']:.3f} (colour {d['colour']:.3f}, texture "
               f"{d['texture']:.3f}); round trip {r['total']:.3f}")  # fmt: skip
-    showcase.save_grid({f"strength {s:g}": images for s, images in rows.items()}, args.out)
+    showcase.save_grid({f"strength {s:g}": images for s, images in rows.items()}, args.out, column_labels=prompts)
     print(f"wrote {args.out} (rows: strength {', '.join(f'{s:g}' for s in rows)}; columns: {args.prompts})")
     return 0
 

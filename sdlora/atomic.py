@@ -39,18 +39,34 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", fsync: bool = Tru
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on a clean exit it is renamed to `path` (which must not
-    exist, or be an empty folder)."""
+    exist, or be an empty folder; with `replace`, an existing folder is moved aside first and deleted only
+    once the new one is in place, so a failure leaves it as it was)."""
     path = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
         usual_permissions(tmp, folder=True)
-        os.replace(tmp, path)
+        if replace and path.is_dir():
+            _swap_folder(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_folder(new: Path, path: Path) -> None:
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    os.replace(path, old / path.name)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old / path.name, path)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike, blob: bytes) -> None:

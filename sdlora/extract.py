@@ -187,7 +187,7 @@ def _extract_one(name, models, ranks, min_diff, result) -> None:
 
 
 def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: str | None = None,  # noqa: PLR0913
-         dtype: str | None = None, *, allow_pickle: bool = False) -> Path:
+         dtype: str | None = None, *, allow_pickle: bool = False, force: bool = False) -> Path:
     """Merge LoRAs into a base model and write it as a diffusers folder or one single-file checkpoint.
 
     Args:
@@ -203,12 +203,14 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
             and get a `<name>.config/` folder beside the file, which `load_components` uses to read it back).
         dtype: "fp16", "bf16" or "fp32" for a single file's weights (default: the model's own dtype).
         allow_pickle: let a .ckpt/.pt/.pth/.bin base be read (see `sdlora.base.load.load_components`).
+        force: overwrite an existing `out` (and its `.config/` folder), once the new one is written.
     """
     out = Path(out)
     single = out.suffix.lower() == ".safetensors"
-    if out.exists():
+    if out.exists() and (not force or single != out.is_file()):
         kind = "file name" if single else "folder name"
-        raise ConfigError(f"{out}: already exists; give a new {kind} for the baked model")
+        hint = "" if force else " (or pass --force to overwrite it)"
+        raise ConfigError(f"{out}: already exists; give a new {kind} for the baked model{hint}")
     if single and family not in (None, "sd1", "sd2", "sdxl"):
         raise ConfigError(f"family {family!r}: a single-file checkpoint is written as sd1, sd2 or sdxl")
     if dtype is not None and (not single or dtype not in SAVE_DTYPES):
@@ -221,9 +223,9 @@ def bake(base, loras, out, on_progress: ProgressCallback | None = None, family: 
             for lora, strength in loras:
                 stack.add(lora, strength)
         if single:
-            _save_single_file(components, out, _bake_record(stack), family, dtype)
+            _save_single_file(components, out, _bake_record(stack), family, dtype, force)
         else:
-            _save_pipeline(components, out, _bake_record(stack))
+            _save_pipeline(components, out, _bake_record(stack), force)
     finally:
         stack.clear()
     return out
@@ -236,10 +238,10 @@ def _bake_record(stack) -> dict:
         for e in stack.entries]}
 
 
-def _save_pipeline(components, out: Path, record: dict) -> None:
+def _save_pipeline(components, out: Path, record: dict, replace: bool = False) -> None:
     pipe = pipeline_from(components)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, replace=replace) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "sdlora_bake.json").write_text(json.dumps(record, indent=1))
 
@@ -288,7 +290,8 @@ def _shapes(model) -> dict[str, tuple[int, ...]]:
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def _save_single_file(components, out: Path, record: dict, family: str | None, dtype: str | None) -> None:
+def _save_single_file(components, out: Path, record: dict, family: str | None, dtype: str | None,
+                      replace: bool = False) -> None:
     """One original-layout checkpoint (plus `<stem>.config/` for models of no standard size), atomically."""
     missing = [k for k in ("unet", "vae", "text_encoder") if _part(components, k) is None]
     if missing:
@@ -302,6 +305,10 @@ def _save_single_file(components, out: Path, record: dict, family: str | None, d
     metadata = {"format": "pt", "sdlora_bake": json.dumps(record), "modelspec.title": out.stem}
     out.parent.mkdir(parents=True, exist_ok=True)
     configs = None if standard else out.with_suffix(".config")
+    if configs is not None and replace:
+        _write_safetensors(state, metadata, out)  # the file first: a failure leaves the old file and configs
+        _save_configs(components, configs, replace=True)
+        return
     if configs is not None:
         _save_configs(components, configs)
     try:
@@ -320,12 +327,12 @@ def _write_safetensors(state: dict, metadata: dict[str, str], out: Path) -> None
         save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
 
 
-def _save_configs(components, folder: Path) -> None:
+def _save_configs(components, folder: Path, replace: bool = False) -> None:
     """The pipeline's configs and tokenizers without weights (what `from_single_file(config=...)` needs)."""
-    if folder.exists():
+    if folder.exists() and not replace:
         raise ConfigError(f"{folder}: already exists; remove it or choose another name for the baked file")
     pipe = pipeline_from(components)
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, replace=replace) as tmp:
         pipe.save_config(tmp)  # model_index.json
         for name, part in pipe.components.items():
             if part is None:

@@ -255,3 +255,8 @@ def save_png(image, path, parameters: str) -> Path:
     with atomic_path(path, suffix=".png", fsync=False) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return path
+
+
+def dtype_name(pipeline) -> str:
+    """The dtype the pipeline's UNet computes in, as a user reads it ("float32", "float16")."""
+    return str(pipeline.unet.dtype).removeprefix("torch.")

@@ -17,6 +17,7 @@ from functools import partial
 from math import prod
 
 from sdlora.errors import FormatError
+from sdlora.filekind import describe_kind, png_parameters
 from sdlora.suffixes import PICKLE_SUFFIXES
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -95,6 +96,21 @@ def refuse_pickle(path: str, first_bytes: bytes = b"", file_size: int = 0) -> No
         )
 
 
+def _refuse_other_kind(path: str, head: bytes, file_size: int) -> None:
+    """Raise FormatError naming what the file is (an image, a YAML config, ...) when it is plainly no
+    safetensors file: its length field cannot fit the file and its first bytes are those of another kind."""
+    if not head or (len(head) >= 8 and 8 + struct.unpack("<Q", head[:8])[0] <= file_size):
+        return
+    name = os.path.basename(path)
+    kind = describe_kind(name, head)
+    if kind is None:
+        return
+    message = f"{name}: this is {kind}, not a LoRA (a LoRA is a .safetensors file)"
+    if kind == "a PNG image" and png_parameters(path) is not None:
+        message += f"; it holds generation parameters (A1111's): sdlora inspect --parameters {name} shows them"
+    raise FormatError(message)
+
+
 def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     """Read and validate the header of a .safetensors file (checks sizes, JSON and every offset)."""
     path = os.fspath(path)
@@ -105,8 +121,9 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
         raise FormatError(f"{path}: file not found")
     file_size = os.path.getsize(path)
     with open(path, "rb") as fh:
-        head = fh.read(9)
+        head = fh.read(64)
         refuse_pickle(path, head, file_size)
+        _refuse_other_kind(path, head, file_size)
         header_size = _check_length(name, head[:8], file_size)
         fh.seek(8)
         raw = fh.read(header_size)

@@ -12,8 +12,12 @@ import logging
 # (logger name, message fragment) of log records to drop.
 # transformers 5 logs, once per image-processor class, that it falls back to a PIL backend without
 # torchvision whenever diffusers imports its pipelines; sdlora uses no image processor at all.
+# DeepSpeed (imported by accelerate when installed) warns on every CPU-only run that it found no GPU; httpx logs
+# a line per request gradio makes to its own server at start.
 NOISE = (
     ("transformers.utils.import_utils", "requires torchvision (not installed)"),
+    ("DeepSpeed", "Setting accelerator to CPU"),
+    ("httpx", "HTTP Request: "),
 )
 
 

@@ -16,15 +16,23 @@ mismatched or unsupported.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from math import prod
 
-from sdlora.arch.family import FAMILY_NAMES, detect_family
+from sdlora.arch.family import EMBEDDED, FAMILY_NAMES, describe_family
 from sdlora.arch.naming import nearest_name
 from sdlora.arch.tables import ModuleInfo, ModuleTable, family_table
 from sdlora.errors import SdloraError
 
+# a raw key's component by its prefix, in any dialect (Kohya lora_te1_/lora_te2_, diffusers, PEFT, LDM), the
+# second text encoder first
+_KEY_COMPONENTS = (
+    (re.compile(r"^lora_te2_|text_encoder_2|conditioner\.embedders\.1"), "text_encoder_2"),
+    (re.compile(r"^lora_te1?_|text_encoder|text_model|cond_stage_model|conditioner"), "text_encoder"),
+    (re.compile(r"^lora_unet_|unet|diffusion_model"), "unet"),
+)
 VERDICTS = ("applied", "unknown_module", "shape_mismatch", "unsupported_kind", "ignored", "extra")
 FAILURES = frozenset({"unknown_module", "shape_mismatch", "unsupported_kind"})
 SUPPORTED_KINDS = ("lora", "loha", "lokr", "full")
@@ -54,10 +62,13 @@ class KeyVerdict:
 
     @property
     def component(self) -> str:
-        """ "unet", "text_encoder", "text_encoder_2", or "other" (extras, unnamed keys)."""
+        """ "unet", "text_encoder", "text_encoder_2", or "other" (extras, keys of no component); a key the
+        reader could not name a module for counts under the component its prefix names."""
         if self.module and "." in self.module:
             return self.module.split(".", 1)[0]
-        return "other"
+        if self.verdict == "extra":
+            return "other"
+        return next((component for pattern, component in _KEY_COMPONENTS if pattern.search(self.key)), "other")
 
 
 @dataclass
@@ -81,8 +92,8 @@ class LoadReport:
         """A sentence when the LoRA's family differs from the target's, else None."""
         if self.lora_family and self.target_family and self.lora_family != self.target_family:
             return (
-                f"family mismatch: this LoRA is for {FAMILY_NAMES[self.lora_family]}, "
-                f"the target is {FAMILY_NAMES[self.target_family]}"
+                f"family mismatch: this LoRA is for {family_label(self.lora_family)}, "
+                f"the target is {family_label(self.target_family)}"
             )
         return None
 
@@ -133,8 +144,13 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def family_label(family: str) -> str:
+    """SD1.x / SD2.x / SDXL, or "the embedded model"."""
+    return "the embedded model" if family == EMBEDDED else FAMILY_NAMES[family]
+
+
 def _family_text(family: str | None) -> str:
-    return FAMILY_NAMES[family] if family else "unknown (custom model)"
+    return family_label(family) if family else "unknown (custom model)"
 
 
 def _verdict_dict(v: KeyVerdict) -> dict:
@@ -231,23 +247,27 @@ def _family_from_modules(lora) -> str | None:
         if len(shape) == 2:  # pseudo full-diff keys: detect_family reads their input width
             shapes[f"{name}.diff"] = shape
     try:
-        return detect_family(shapes) or lora.family
+        return describe_family(shapes) or lora.family
     except SdloraError:
         return lora.family
 
 
-def check_lora(lora, target) -> LoadReport:
+def check_lora(lora, target, target_family: str | None = None) -> LoadReport:
     """Give every key of `lora` (a LoraState) a verdict against `target`.
 
     Args:
         lora: the LoRA as read by `sdlora.load_lora` (uses modules, source_keys, issues, extras, family).
         target: a family name ("sd1", "sd2", "sdxl") or a module table (`tables.table_for_model(...)`,
             `tables.build_table_from_config_dir(...)`).
+        target_family: the target's family when its table cannot tell: "embedded" for the embedded model.
 
     Returns:
         The report; nothing is left out: keys the reader could not read keep the reader's verdict.
     """
-    table, description, target_family = _resolve_target(target)
+    table, description, table_family = _resolve_target(target)
+    target_family = target_family or table_family
+    if target_family == EMBEDDED:
+        description = description.replace("model with", "the embedded model with", 1)
     verdicts = []
     for name, module in lora.modules.items():
         verdict = module_verdict(name, module, table)

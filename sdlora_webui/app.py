@@ -26,6 +26,9 @@ from sdlora_webui.tabs.generate_runs import refusal
 
 log = logging.getLogger(__name__)
 
+# gradio copies every image it serves into its temp folder and never deletes the copies unless asked: this app's
+# copies older than 2 hours go every 30 minutes, and all of them when the server stops (gradio's delete_cache)
+DELETE_CACHE = (1800, 7200)
 CSS = """
 .sdlora-progress progress { width: 60%; height: 1.2em; vertical-align: middle; }
 #gen-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
@@ -35,7 +38,7 @@ CSS = """
 def build_app(state: AppState) -> gr.Blocks:
     """Build the four tabs over `state` (nothing is launched or loaded yet)."""
     quiet_third_party()
-    with gr.Blocks(title="sdlora") as demo:
+    with gr.Blocks(title="sdlora", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# sdlora\nTrain a LoRA, manage a library, stack LoRAs with sliders and generate.")
         with gr.Tabs():
             with gr.Tab("Train", id="train", elem_id="tab-train"):
@@ -109,16 +112,21 @@ def launch(demo: gr.Blocks, state: AppState, *, host: str = "127.0.0.1", port: i
         log.warning("the web UI is bound to %s: anyone who can reach this address can read and write the "
                     "configured folders and run training. Use 127.0.0.1 unless you mean it.", host)
     demo.queue(default_concurrency_limit=1)
-    return demo.launch(
+    result = demo.launch(
         server_name=host,
         server_port=port,
-        prevent_thread_lock=prevent_thread_lock,
-        quiet=quiet,
+        prevent_thread_lock=True,
+        quiet=True,  # gradio's lines end with a hint to set share=True, which this app never does
         show_error=True,
         allowed_paths=[str(p) for p in state.config.read_roots],
         max_file_size=state.config.limits.largest,
         css=CSS,
     )
+    if not quiet:
+        print(f"sdlora web UI running on {result[1]} (Ctrl+C stops it)", flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return result
 
 
 def is_loopback(host: str) -> bool:

@@ -199,8 +199,8 @@ class JobQueue:
             status, error = (CANCELLED if job.cancel_event.is_set() else DONE), ""
         with self._lock:
             job.status, job.error, job.result = status, error, result
-            if status == CANCELLED:
-                job.message = "cancelled; the last checkpoint was kept"
+            if status == CANCELLED and not job.message.startswith("cancelled"):
+                job.message = "cancelled"  # the job's own line, when it wrote one, says what was kept
 
 
 def _visible(job: Job) -> dict:

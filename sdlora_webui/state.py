@@ -21,6 +21,7 @@ from sdlora.base.listing import describe_base, list_bases
 from sdlora.base.load import load_base
 from sdlora.errors import ConfigError, SdloraError
 from sdlora.library import TRASH, library_files
+from sdlora.library import scan as scan_library
 from sdlora_webui.jobs import JobQueue
 from sdlora_webui.paths import AccessError, check_name_lengths, resolve_within
 from sdlora_webui.uploads import UploadLimits
@@ -126,6 +127,25 @@ class AppState:
                 log.warning("library: %s left out: %s", path.name, err)
         return found
 
+    @property
+    def library_cache(self) -> Path:
+        """The library's header cache, kept in the output folder (one per app)."""
+        return Path(self.config.output_dir) / ".cache" / "library-cache.json"
+
+    def library_scan(self) -> Any:
+        """The `sdlora.library` scan of the library roots (headers, cached), less the files `library()` leaves
+        out: a file linking outside the allowed folders is never read, listed or offered."""
+        return scan_library(self.config.lora_dirs, cache_path=self.library_cache, keep=self._inside)
+
+    def _inside(self, path: Path) -> bool:
+        """Whether a library file resolves inside the allowed folders (a symlink may point elsewhere)."""
+        try:
+            self.read_path(str(path))
+        except AccessError as err:
+            log.warning("library: %s left out: %s", path.name, err)
+            return False
+        return True
+
     def library_path(self, name: str) -> Path:
         """The file of the library LoRA `name`, resolved and confined like a typed path; raises AccessError."""
         name = (name or "").strip()
@@ -166,7 +186,8 @@ class AppState:
     # -- base models ----------------------------------------------------------------------
     def bases(self) -> list[Any]:
         """The Base menu: the configured default first, "embedded", then every model in the model folders and
-        the bake folder (`sdlora.base.listing.BaseModel`s, read from configs and headers only)."""
+        the bake folder (`model_search_dirs`; `sdlora.base.listing.BaseModel`s, read from configs and headers
+        only)."""
         return list_bases(self.config.model_search_dirs, default=self.base_model(self.config.base))
 
     def base_info(self, base: str | None = None) -> Any:

@@ -16,17 +16,31 @@ from sdlora_webui.jobs import JobContext
 def training_job(cfg, ctx: JobContext, resume: bool = False) -> str | None:
     """The job body: call the trainer with progress and cancel wired to the job; return the LoRA path.
     `resume=True` continues from the newest checkpoint in cfg.output.dir (the CLI's `--resume`)."""
+    import time
+
     from sdlora.train.session import train  # imports torch: loaded when a job runs, not with the app
 
+    started = time.monotonic()
     ctx.progress(0, cfg.optim.steps, "starting")
     result = train(cfg, on_step=lambda info: record_step(ctx, info, cfg.optim.steps),
                    on_progress=lambda info: ctx.message(info.line(), info.message), cancel=ctx.cancel_event,
                    resume=resume)
+    path = _result_path(result, cfg)
     if getattr(result, "cancelled", False):
-        stage = f" during {result.stages[-1]}" if result.stages and not result.history else ""
-        ctx.progress(result.steps, cfg.optim.steps, f"cancelled at step {result.steps}{stage}; checkpoint "
-                     f"{getattr(result, 'checkpoint', None) or 'none'} kept")
-    return _result_path(result, cfg)
+        ctx.progress(result.steps, cfg.optim.steps, cancel_line(result))
+    else:
+        ctx.progress(result.steps, cfg.optim.steps,
+                     f"finished in {format_seconds(time.monotonic() - started)}; saved {path}")
+    return path
+
+
+def cancel_line(result) -> str:
+    """What a cancelled run kept: the checkpoint Resume continues from, or nothing before the first step."""
+    stage = f" during {result.stages[-1]}" if result.stages and not result.history else ""
+    checkpoint = getattr(result, "checkpoint", None)
+    if checkpoint is None:
+        return f"cancelled{stage} before any checkpoint was saved; nothing was kept"
+    return f"cancelled at step {result.steps}{stage}; checkpoint {Path(checkpoint).name} kept (Resume continues from it)"
 
 
 def record_step(ctx: JobContext, info, total: int) -> None:

@@ -26,6 +26,10 @@ FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 TEXT_WIDTHS = {768: "sd1", 1024: "sd2", 1280: "sdxl"}
+# sdlora's shipped small model (docs/embedded-model.md): its text width, which is also its UNet's context width
+# (sdlora.embedded.configs.TEXT_WIDTH; this layer may not import it, a test keeps the two equal)
+EMBEDDED = "embedded"
+EMBEDDED_TEXT_WIDTH = 128
 
 # (pattern on a raw key, architecture). First match wins, so the more specific patterns come first.
 # Searched once over all keys joined by newlines (MULTILINE, so ^ is a key start; no pattern spans a newline).
@@ -178,6 +182,25 @@ def detect_family(
     if widths:  # measurable, but no SD family's widths: a custom (e.g. tiny) model; metadata cannot override
         return None
     return metadata_hint(metadata)
+
+
+def describe_family(
+    shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str] | None = None
+) -> str | None:
+    """`detect_family`, or "embedded" for a LoRA of sdlora's embedded model's widths (what the Library and
+    `inspect` show), else None. Raises FormatError as `detect_family` does."""
+    return detect_family(shapes, metadata) or (EMBEDDED if embedded_shaped(shapes) else None)
+
+
+def embedded_shaped(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether a LoRA of no SD family has the embedded model's widths: its cross-attention context width, or
+    with no cross-attention layers, text-encoder layers of its hidden width and MLP width (4x) only."""
+    widths = _input_widths(shapes)
+    attn2 = {w for k, w in widths.items() if not _TEXT_KEY.search(k) and _ATTN2_KV.search(k)}
+    if attn2:
+        return attn2 == {EMBEDDED_TEXT_WIDTH}
+    text = {w for k, w in widths.items() if _TEXT_KEY.search(k)}
+    return bool(text) and text <= {EMBEDDED_TEXT_WIDTH, 4 * EMBEDDED_TEXT_WIDTH}
 
 
 def _refuse_foreign(shapes: Mapping[str, tuple[int, ...]]) -> None:

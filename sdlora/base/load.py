@@ -256,7 +256,8 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
         family: "sd1"/"sd2"/"sdxl" when a single file's family cannot be detected (pickles).
         allow_pickle: allow .ckpt/.pt/.pth/.bin files and diffusers folders of them (read with
             torch.load(weights_only=True)).
-        dtype: torch dtype for the weights (default float32).
+        dtype: torch dtype for the weights (default float32: most downloaded models are stored in fp16, which a
+            CPU cannot compute with, and training and the LoRA stack work in float32 anyway).
         config: for a single file of no standard SD size: a diffusers config folder (model_index.json and
             per-component configs, no weights needed). Without it a `<stem>.config/` folder beside the file
             is used when present, else the shipped sdlora/configs/models/ of the detected family.
@@ -271,8 +272,14 @@ def load_components(base: str, *, family: str | None = None, allow_pickle: bool 
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:  # said before "does not exist"
         raise ConfigError(_pickle_message(f"{path}: pickle checkpoints"))
     ref = parse_base(base)  # one meaning of a base for every command (sdlora.base.ref)
+    if dtype is None:
+        import torch
+
+        dtype = torch.float32
     if ref.kind == "embedded":
-        return _load_folder(ref.path, dtype)
+        components = _load_folder(ref.path, dtype)
+        components.name = "embedded"  # the folder is named "weights", which tells no reader which model it was
+        return components
     if ref.kind == "folder":
         return _load_folder(ref.path, dtype, allow_pickle)
     if ref.kind == "file":

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from sdlora.generate import (
         GenerateSettings,
         check_prompt_loras,
+        dtype_name,
         generate,
         random_seed,
         save_png,
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     stage("generate", f"loading the base model {args.base or 'embedded'}")
     pipeline, model_name = load_base(args.base, allow_pickle=args.allow_pickle)
+    print(f"base: {model_name} ({dtype_name(pipeline)})")
     size = native_resolution_of(pipeline)
     seed = random_seed() if args.seed == -1 else args.seed
     settings = GenerateSettings(args.prompt, args.negative_prompt, seed, args.steps, args.cfg,

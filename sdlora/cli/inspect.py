@@ -17,6 +17,9 @@ hashes (stored sshs_* values, the tensor-data SHA-256 computed now and A1111's 1
 and all metadata. Reads only the file header (and the few bytes
 of the alpha values and the tensor data for the hash); nothing is loaded into memory.
 
+Another kind of file is named ("a PNG image, not a LoRA"); --parameters shows the generation
+parameters a PNG holds.
+
 exit codes: 0 ok, 2 the file is not a readable LoRA (the message says why)."""
 
 _LONG = 160  # metadata values longer than this are shortened in the text view (use --json for all)
@@ -34,6 +37,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-hash", action="store_true", help="skip hashing the tensor data (faster on huge files)"
     )
+    parser.add_argument(
+        "--parameters", action="store_true",
+        help="FILE is a PNG image: show the generation parameters (A1111's, as sdlora generate writes them) "
+        "it holds",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -41,8 +49,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from sdlora.formats.summary import summarise
 
+    if args.parameters:
+        return _show_parameters(args.file)
     info = summarise(args.file, with_hash=not args.no_hash)
     print(json.dumps(info, indent=2) if args.json else format_text(info))
+    return 0
+
+
+def _show_parameters(path: Path) -> int:
+    from sdlora.errors import FormatError
+    from sdlora.filekind import png_parameters
+
+    try:
+        text = png_parameters(path)
+    except OSError as err:
+        raise FormatError(f"{path}: cannot read it ({err.strerror or err})") from err
+    if text is None:
+        raise FormatError(f"{path.name}: no generation parameters: not a PNG, or a PNG without a "
+                          "'parameters' text chunk")
+    print(text)
     return 0
 
 
@@ -55,7 +80,7 @@ def format_text(info: dict) -> str:
     lines = [
         f"file:        {info['file']}",
         f"format:      {info['format']}",
-        f"family:      {info['family'] or 'unknown (not SD1/SD2/SDXL shaped)'}",
+        f"family:      {info['family'] or 'unknown (not SD1/SD2/SDXL or embedded shaped)'}",
         f"components:  {', '.join(info['components']) or '-'}",
         f"modules:     {info['modules']} ({_join(info['kinds'])})",
         f"ranks:       {_join(info['ranks'])}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from sdlora.cli.loraargs import refuse_existing
@@ -92,11 +93,16 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def format_text(metadata: dict[str, str]) -> str:
-    """One `KEY: VALUE` line per key, in file order; line breaks shown as \\n, long values shortened."""
+    """One `KEY: VALUE` line per key, sorted with numbers in keys by value (cloneofsimo's `text_encoder:2:rank`
+    before `text_encoder:10:rank`); line breaks shown as \\n, long values shortened."""
     if not metadata:
         return "(no metadata)"
     width = min(max(len(key) for key in metadata), 40) + 1
-    return "\n".join(f"{key + ':':<{width}} {_short(value)}" for key, value in metadata.items())
+    return "\n".join(f"{key + ':':<{width}} {_short(metadata[key])}" for key in sorted(metadata, key=_natural))
+
+
+def _natural(key: str) -> list:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", key)]
 
 
 def _short(value: str) -> str:

@@ -27,6 +27,7 @@ examples:
   sdlora train --config style --set optim.steps=800 --set data.trigger=zkw --data imgs
   sdlora train --config out/lora.yaml --resume          # continue from the newest checkpoint
   sdlora train --from-kohya preset.json --data imgs --steps 1000 --dry-run   # check a kohya preset
+  sdlora train --base sdxl --estimate --vram 8GB      # peak memory, and what fits an 8 GB card
   accelerate launch --num_processes 2 -m sdlora train --config cfg.yaml   # several GPUs
 
 exit codes: 0 done (or cancelled with Ctrl-C after saving a checkpoint), 2 bad input or settings."""
@@ -54,8 +55,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(.toml) (repeatable); applied after --config, before --set; prints each key it ignores")
     parser.add_argument("--force", action="store_true", help="--from-kohya: import a config that is not an "
                         "SD/SDXL LoRA recipe (a FLUX.1 or SD3 config, a full fine-tune) instead of refusing it")
-    parser.add_argument("--dry-run", action="store_true", help="print the data set summary and the resolved "
-                        "config, then stop")
+    parser.add_argument("--dry-run", action="store_true", help="print the data set summary, the memory estimate "
+                        "and the resolved config, then stop")
+    parser.add_argument("--estimate", action="store_true", help="print the expected peak accelerator memory "
+                        "(frozen weights, LoRA, gradients, optimizer states, activations), then stop; no images "
+                        "or weights are read")
+    parser.add_argument("--vram", metavar="SIZE", help="with --estimate: a memory budget such as 8GB; prints the "
+                        "settings and presets that fit it")
     parser.set_defaults(run=run)
     return parser
 
@@ -179,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(config, overrides)
     if source:
         print(source)
+    if args.estimate or args.vram:
+        return _estimate(cfg, args.vram)
     if args.dry_run:
         stage("train", "dry run: scanning the data set (no weights loaded)")
         return _dry_run(cfg)
@@ -211,12 +219,47 @@ def _dry_run(cfg) -> int:
     """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
     from sdlora.settings.config import dump_config
     from sdlora.settings.resolution import resolve_base_settings
+    from sdlora.train import fp8, fused
+    from sdlora.train.auto_settings import fill_from_captions
     from sdlora.train.data import scan_dataset
     from sdlora.train.preflight import check_base_settings
 
+    fused.check(cfg)
+    fp8.check(cfg)
     cfg, notes, _ = resolve_base_settings(cfg)
     check_base_settings(cfg)  # where the real run would stop before training: a rank, a bucket step, ...
-    _, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
-    print("\n".join([*summary.lines(), *notes]))
+    items, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
+    cfg, filled = fill_from_captions(cfg, [item.caption for item in items if not item.is_reg])
+    print("\n".join([*summary.lines(), *notes, *filled]))
+    print(_estimate_line(cfg))
     print(dump_config(cfg), end="")
+    return 0
+
+
+def _estimate_line(cfg) -> str:
+    """One line for --dry-run; a base whose shapes are unknown before loading says so instead."""
+    from sdlora.errors import ConfigError
+    from sdlora.train.estimate import estimate
+
+    try:
+        return estimate(cfg).line()
+    except ConfigError as err:
+        return f"memory estimate: not available ({err})"
+
+
+def _estimate(cfg, vram: str | None) -> int:
+    """--estimate [--vram SIZE]: the peak-memory split, and what fits the budget."""
+    from sdlora.settings.resolution import resolve_base_settings
+    from sdlora.train import fused
+    from sdlora.train.estimate import estimate, fit, parse_size
+
+    fused.check(cfg)  # settings that cannot run at all; a missing optimizer package does not stop an estimate
+    cfg, _, _ = resolve_base_settings(cfg)
+    print(f"{cfg.model.base}, {cfg.data.resolution} px, batch {cfg.data.batch_size}, {cfg.optim.mixed_precision} "
+          "precision (no images or weights read)")
+    if vram is None:
+        print("\n".join(estimate(cfg).lines()))
+        return 0
+    result = fit(cfg, parse_size(vram))
+    print("\n".join([*result.current.lines(), *result.lines()]))
     return 0

@@ -1,4 +1,4 @@
-"""`sdlora verify FILE --base sd1|sd2|sdxl|MODEL_PATH`: the load report, a verdict for every key of a LoRA.
+"""`sdlora verify FILE [--base embedded|sd1|sd2|sdxl|MODEL_PATH]`: the load report, a verdict for every key of a LoRA.
 
 Standard library only at module level; the library is imported inside `run`.
 """
@@ -31,9 +31,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("file", type=Path, help="the LoRA (.safetensors file or PEFT adapter folder)")
     parser.add_argument(
         "--base",
-        required=True,
+        default="embedded",
         metavar="embedded|sd1|sd2|sdxl|MODEL_PATH",
-        help="'embedded', a family name, a diffusers model folder or a .safetensors checkpoint to check against",
+        help="'embedded' (the default, as for every command), a family name, a diffusers model folder or a "
+        ".safetensors checkpoint to check against",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
@@ -44,6 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdlora.arch.family import EMBEDDED
     from sdlora.cli.loraargs import stage
 
     stage("verify", f"checking {args.file} against {args.base}")
@@ -53,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
 
     target = check_target(args.base)
     lora = load_lora(args.file, table=None if isinstance(target, str) else target)
-    report = check_lora(lora, target)
+    report = check_lora(lora, target, EMBEDDED if str(args.base).strip() == EMBEDDED else None)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table(all_keys=args.all))
     return 0 if report.ok else 1

@@ -110,24 +110,22 @@ def strength_sweep(
         stack.clear()
 
 
-def save_grid(rows: dict[str, np.ndarray], path: Path, zoom: int = 4) -> Path:
-    """Write rows of images (label -> (N, H, W, 3)) as one PNG, each row labelled on its left."""
-    from PIL import Image, ImageDraw
+def save_grid(rows: dict[str, np.ndarray], path: Path, zoom: int = 4, column_labels: list[str] | None = None) -> Path:
+    """Write rows of images (label -> (N, H, W, 3)) as one PNG, each row labelled on its left and each column
+    on top by `column_labels` (the prompts), as A1111's X/Y plot (`sdlora.grid.assemble`)."""
+    from PIL import Image
 
-    label_width, gap = 64, 2
-    n, h, w, _ = next(iter(rows.values())).shape
-    cell_h, cell_w = h * zoom, w * zoom
-    canvas = Image.new("RGB", (label_width + n * (cell_w + gap), len(rows) * (cell_h + gap)), "white")
-    pen = ImageDraw.Draw(canvas)
-    for r, (label, images) in enumerate(rows.items()):
-        top = r * (cell_h + gap)
-        pen.text((4, top + cell_h // 2 - 6), label, fill="black")
-        for c, image in enumerate(images):
-            tile = Image.fromarray(image).resize((cell_w, cell_h), Image.Resampling.NEAREST)
-            canvas.paste(tile, (label_width + c * (cell_w + gap), top))
+    from sdlora.atomic import atomic_path
+    from sdlora.grid import assemble
+
+    cells = [[Image.fromarray(image).resize((image.shape[1] * zoom, image.shape[0] * zoom), Image.Resampling.NEAREST)
+              for image in images] for images in rows.values()]
+    labels = list(column_labels) if column_labels is not None else [""] * len(cells[0])
+    if len(labels) != len(cells[0]):
+        raise ValueError(f"{len(labels)} column labels for {len(cells[0])} columns")
+    sheet, _ = assemble(cells, labels, list(rows))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.png")
-    canvas.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".png", fsync=False) as tmp:
+        sheet.save(tmp, format="PNG")
     return path

@@ -76,8 +76,10 @@ def read(tensors: dict, metadata: dict[str, str], family: str | None, *, table=N
             state.modules[canonical] = module
             state.source_keys[canonical] = [f"{lora_name}.{suffix}" for suffix in parts]
     # a file with no module is refused by the loader, so nearest names (difflib, slow) would be wasted there
+    # against a model's table, the model lacks the module (the LoRA's family may well have it)
+    where = "the model checked against" if table is not None else (family or "the known families")
     for index, (lora_name, parts) in enumerate(unknown):
-        _unknown(state, lora_name, parts, lookup, suggest=bool(state.modules) and index < NEAREST_LIMIT)
+        _unknown(state, lora_name, parts, lookup, where, suggest=bool(state.modules) and index < NEAREST_LIMIT)
     return state
 
 
@@ -110,11 +112,12 @@ def _lookup(family: str | None, table) -> dict[str, str]:
     return naming.kohya_lookup(family)
 
 
-def _unknown(state: LoraState, lora_name: str, parts: dict, lookup: dict[str, str], suggest: bool) -> None:
+def _unknown(state: LoraState, lora_name: str, parts: dict, lookup: dict[str, str], where: str,
+             suggest: bool) -> None:
     # difflib over thousands of names costs seconds: the caller asks for the nearest name for the first
     # few unknown modules only (counted by the caller: counting issues here made loading quadratic)
     nearest = naming.nearest_name(lora_name, list(lookup)) if lookup and suggest else None
-    detail = f"no module named {lora_name!r} in {state.family or 'the known families'}"
+    detail = f"no module named {lora_name!r} in {where}"
     if nearest:
         detail += f"; nearest: {nearest!r}"
     for suffix in parts:

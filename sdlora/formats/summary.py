@@ -15,7 +15,7 @@ import struct
 from collections import Counter
 from pathlib import Path
 
-from sdlora.arch.family import detect_family
+from sdlora.arch.family import describe_family
 from sdlora.errors import FormatError
 from sdlora.formats import PEFT_NO_CONFIG, detect_format, read_adapter_config, resolve_paths
 from sdlora.header import SafetensorsHeader, check_is_lora, legacy_hash, read_header, tensor_data_sha256
@@ -53,7 +53,7 @@ def summarise(path: str | os.PathLike, with_hash: bool = True) -> dict:
     check_metadata(header.metadata, config, file_path.name)
     modules, stray = _group(header)
     try:
-        family = detect_family({k: v.shape for k, v in header.tensors.items()}, header.metadata)
+        family = describe_family({k: v.shape for k, v in header.tensors.items()}, header.metadata)
     except FormatError as err:
         raise FormatError(f"{file_path.name}: {err}") from None
     alphas = _alphas(header, modules, config)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdlora.arch.blocks import check_strength
-from sdlora.arch.family import detect_family
+from sdlora.arch.family import describe_family
 from sdlora.atomic import atomic_path
 from sdlora.civitai.info import info_path, read_info
 from sdlora.errors import ConfigError, SdloraError
@@ -40,7 +40,8 @@ from sdlora.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 3: keyed by absolute path, links not followed; 2: header info per file, the hash optional
+CACHE_VERSION = 4  # 4: the embedded family named; 3: keyed by absolute path, links not followed; 2: header info
+# per file, the hash optional
 # A1111 looks for `<stem>.preview.<ext>` first, then `<stem>.<ext>`
 PREVIEW_SUFFIXES = tuple(f".preview{s}" for s in sorted(IMAGE_SUFFIXES)) + tuple(sorted(IMAGE_SUFFIXES))
 PREVIEW_NAME = ".preview.png"  # what set_preview writes (A1111 looks for it first)
@@ -109,7 +110,8 @@ def default_cache_path() -> Path:
     return Path(root) / "sdlora" / "library-cache.json"
 
 
-def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanResult:
+def scan(folder, cache_path=None, on_progress: Callable | None = None,
+         keep: Callable[[Path], bool] | None = None) -> ScanResult:
     """Scan `folder` (recursively) for `.safetensors` LoRAs.
 
     Args:
@@ -117,6 +119,8 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
         cache_path: the JSON header cache (default: ~/.cache/sdlora/library-cache.json); it is
             updated atomically after the scan. Pass False to use no cache.
         on_progress: called with `Progress(done, total, path)` per file.
+        keep: which files to scan at all (default: every `.safetensors` file); the web UI leaves out files
+            that link outside its allowed folders, whose header it must not read.
 
     Raises:
         ConfigError: `folder` is not a folder. Damaged files do not raise; they are in `.errors`.
@@ -127,7 +131,7 @@ def scan(folder, cache_path=None, on_progress: Callable | None = None) -> ScanRe
             raise ConfigError(f"{root}: not a folder; give the folder that holds your LoRA files")
     cache_file = None if cache_path is False else Path(cache_path or default_cache_path())
     cache = _read_cache(cache_file)
-    files = [(root, path, names) for root in roots for path, names in _walk(root)]
+    files = [(root, path, names) for root in roots for path, names in _walk(root) if keep is None or keep(path)]
     result = ScanResult()
     for done, (root, path, names) in enumerate(files, 1):
         try:
@@ -238,7 +242,7 @@ def read_file_info(path) -> dict:
     check_is_lora(header)
     shapes = {key: tuple(info.shape) for key, info in header.tensors.items()}
     try:
-        family = detect_family(shapes, header.metadata)
+        family = describe_family(shapes, header.metadata)
     except SdloraError as err:  # another architecture (FLUX, SD3, ...): listed, flagged
         family = f"unsupported: {err}"
     ranks = Counter(shape[0] for key, shape in shapes.items() if key.endswith(_RANK_SUFFIXES) and shape)

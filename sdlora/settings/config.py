@@ -190,6 +190,12 @@ class OptimConfig:
     ema_every: int = _opt(1, "update the EMA every N optimizer steps")
     loraplus_ratio: float = _opt(0.0, "LoRA+: the LoRA up matrices train at lr x this ratio (0 = off; the paper "
                                  "suggests 16; written to ss_network_args as loraplus_lr_ratio)")
+    # fitting a small GPU (docs/training.md, "Fitting your GPU")
+    fused_backward: bool = _opt(False, "fused backward pass: each LoRA parameter is updated as soon as its "
+                                "gradient is ready and the gradient freed (adamw or adafactor; grad_accum 1; "
+                                "max_grad_norm clips each tensor on its own, as sd-scripts does)")
+    fp8_base: bool = _opt(False, "store the frozen UNet (and text encoders when not trained) in float8_e4m3fn, "
+                          "upcast layer by layer in forward; LoRA stays in the training precision")
     threads: int | None = _opt(None, "CPU threads for torch (unset or 0: chosen from the CPUs this process may "
                                "use, its affinity and cgroup quota, leaving one free on small machines so "
                                "that a competing process does not stall every step)")
@@ -205,8 +211,11 @@ class OutputConfig:
     keep_last: int = _opt(3, "checkpoints kept (older ones are deleted)")
     validate_every: int = _opt(0, "measure the validation loss (data.validation_path or data.validation_split) "
                                "every N steps into val_loss.csv, loss.png and the trackers (0 = off)")
-    sample_every: int = _opt(0, "render sample_prompts every N steps into a grid (0 = off)")
-    sample_prompts: list[str] = _opt([], "prompts for sample images")  # noqa: RUF009 - _opt returns a field
+    sample_every: int = _opt(0, "render sample_prompts every N steps into a grid (0 = off, or see sample_points)")
+    sample_points: int = _opt(0, "when sample_every is 0: render samples at this many evenly spaced points of the "
+                              "run, the last one at its end (0 = off; the embedded base's recipe sets 4)")
+    sample_prompts: list[str] = _opt([], "prompts for sample images; empty while sampling is on: two of the data "  # noqa: RUF009 - _opt returns a field
+                                     "set's captions, with the trigger")
     sample_steps: int = _opt(20, "denoising steps per sample image")
     sample_size: int | None = _opt(None, "sample image side (default: data.resolution)")
     comment: str = _opt("", "free text stored as ss_training_comment")

@@ -457,6 +457,8 @@ _KEYS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
     "max_grad_norm": ("optim.max_grad_norm", _plain(_float)),
     "mixed_precision": ("optim.mixed_precision", _plain(_precision)),
     "gradient_checkpointing": ("optim.gradient_checkpointing", _plain(_bool)),
+    "fp8_base": ("optim.fp8_base", _plain(_bool)),
+    "fused_backward_pass": ("optim.fused_backward", _plain(_bool)),
     "noise_offset": ("optim.noise_offset", _plain(_float)),
     "min_snr_gamma": ("optim.min_snr_gamma", _plain(_float)),
     "min_timestep": ("optim.min_timestep", _plain(_int)),

@@ -21,7 +21,7 @@ import torch
 
 from sdlora.errors import TrainingError
 from sdlora.lora import inject_lora
-from sdlora.train import block_options, deepspeed_run, export, loss_options, memory
+from sdlora.train import block_options, deepspeed_run, export, fp8, fused, loss_options, memory
 from sdlora.train import data as data_mod
 from sdlora.train import masks as masks_mod
 from sdlora.train.captions import chunk_count
@@ -73,6 +73,8 @@ class TrainState:
     ema: Any = None  # sdlora.train.ema.LoraEma when optim.ema_decay is set
     stages: Any = None  # sdlora.train.monitor.Stages: stage reports and cancel between cached items
     validation: list = field(default_factory=list)  # sdlora.train.validation.ValidationInput per held-out image
+    fused: Any = None  # sdlora.train.fused.FusedSteps when optim.fused_backward is on
+    fp8_layers: list = field(default_factory=list)  # layers whose weights are float8 (optim.fp8_base)
     noise: Any = None  # the forward-process schedule (loss_options.forward_process), DDPM whatever samples use
     masks: dict = field(default_factory=dict)  # (image, bucket, crop, flip) -> latent-grid loss mask or None
     _epochs: dict = field(default_factory=dict)
@@ -101,7 +103,8 @@ def _freeze_and_place(components, accelerator, weight_dtype) -> None:
         components.vae.to(dtype=torch.float32)  # fp16 VAE encodes overflow (diffusers keeps it fp32 too)
 
 
-def _inject(cfg, components):
+def inject_network(cfg, components):
+    """The LoRA network `cfg.lora` describes, hooked into the UNet (and the text encoders when trained)."""
     targets = {"unet": components.unet}
     if cfg.lora.train_text_encoder:
         targets.update(components.text_encoders)
@@ -132,9 +135,12 @@ def _caches(cfg, components, output: Path, train_text: bool):
 def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
     """Freeze the base, inject LoRA, build optimizer, schedule, caches and the noise generator."""
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.optim.mixed_precision, torch.float32)
+    if cfg.optim.fused_backward:  # before anything changes the caller's models
+        fused.check_launch(accelerator, deepspeed_run.uses_deepspeed(accelerator))
     _freeze_and_place(components, accelerator, weight_dtype)
+    fp8_layers = fp8.apply(cfg, components, weight_dtype, accelerator.device)  # before inject: DoRA reads W
     torch.manual_seed(cfg.optim.seed)  # LoRA init (down) is the same on every process
-    network = _inject(cfg, components)
+    network = inject_network(cfg, components)
     if cfg.optim.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         if cfg.lora.train_text_encoder:
@@ -159,7 +165,9 @@ def setup_training(cfg, components, accelerator, items, summary) -> TrainState:
                        generator, output, prediction, train_text, weight_dtype, latent_cache, text_cache)
     state.params = list(network.parameters())
     state.noise = loss_options.forward_process(components.scheduler)
-    state.engine = engine
+    state.engine, state.fp8_layers = engine, fp8_layers
+    if cfg.optim.fused_backward:  # hooks on the optimizer accelerate wraps: its state is what checkpoints hold
+        state.fused = fused.FusedSteps(getattr(optimizer, "optimizer", optimizer), cfg.optim.max_grad_norm)
     state.unet = components.unet
     if cfg.optim.compile:  # after inject_lora: the hooks are traced into the graph
         state.unet = compile_unet(components.unet, accelerator.device)
@@ -285,6 +293,8 @@ def sync_gradients(state: TrainState) -> None:
 
 def optimizer_step(state: TrainState) -> float:
     """One optimizer step over grad_accum micro-batches; returns the mean loss (over processes)."""
+    if state.fused is not None:
+        return _fused_step(state)
     cfg, acc = state.cfg, state.accelerator
     accum, total = cfg.optim.grad_accum, torch.zeros((), device=state.device)
     for k in range(accum):
@@ -295,15 +305,31 @@ def optimizer_step(state: TrainState) -> float:
     if state.engine is None:
         sync_gradients(state)
     mean_loss = float(acc.reduce(total, reduction="mean")) if acc.num_processes > 1 else float(total)
-    if not torch.isfinite(torch.tensor(mean_loss)):
-        state.optimizer.zero_grad(set_to_none=True)
-        raise TrainingError(f"loss became {mean_loss} at step {state.step + 1}; training stopped and nothing "
-                            "from this step was saved. Lower optim.lr, or use bf16 instead of fp16")
+    _check_finite(state, mean_loss)
     if state.engine is not None:
         state.engine.step()  # DeepSpeed's accumulation boundary: reduce, clip, AdamW, zero the gradients
         state.lr_scheduler.step()
     else:
         _apply_update(state)
+    state.step += 1
+    return mean_loss
+
+
+def _check_finite(state: TrainState, mean_loss: float) -> None:
+    if not torch.isfinite(torch.tensor(mean_loss)):
+        state.optimizer.zero_grad(set_to_none=True)
+        raise TrainingError(f"loss became {mean_loss} at step {state.step + 1}; training stopped and nothing "
+                            "from this step was saved. Lower optim.lr, or use bf16 instead of fp16")
+
+
+def _fused_step(state: TrainState) -> float:
+    """optim.fused_backward (one process, grad_accum 1): the loss is checked first, then backward runs the
+    hooks that update each LoRA tensor (sdlora.train.fused); the schedule steps after all of them."""
+    loss = training_step(state, state.step)
+    mean_loss = float(loss.detach())
+    _check_finite(state, mean_loss)
+    state.accelerator.backward(loss)
+    state.lr_scheduler.step()
     state.step += 1
     return mean_loss
 

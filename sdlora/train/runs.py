@@ -81,7 +81,9 @@ def start_run(cfg) -> None:
     folder = Path(cfg.output.dir)
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, folder / CONFIG_FILE)
-    write_status(folder, RUNNING, total=cfg.optim.steps, started=time.time(), pid=os.getpid(), error="")
+    # a resumed run keeps the date it began on (the runs list sorts and shows it)
+    started = _read_json(folder / STATUS_FILE).get("started") or time.time()
+    write_status(folder, RUNNING, total=cfg.optim.steps, started=started, pid=os.getpid(), error="")
 
 
 def _read_json(path: Path) -> dict:

@@ -20,7 +20,20 @@ from sdlora.errors import ConfigError, TrainingError
 from sdlora.progress import ProgressCallback
 from sdlora.settings.resolution import resolve_base_settings
 from sdlora.threads import apply_threads
-from sdlora.train import ema, export, loss_options, memory, optimizers, preflight, runs, tracking, validation
+from sdlora.train import (
+    ema,
+    export,
+    fp8,
+    fused,
+    loss_options,
+    memory,
+    optimizers,
+    preflight,
+    runs,
+    tracking,
+    validation,
+)
+from sdlora.train.auto_settings import fill_from_captions, samples_due
 from sdlora.train.checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -101,13 +114,15 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
 def _check_settings(cfg) -> None:
     """What can fail without data or a model fails first: a missing optimizer package, bad optimizer_args,
     a bad --w/--s/... in a sample prompt, a tracker whose package is missing, loss and EMA options, a DoRA
-    layout the output format cannot hold."""
+    layout the output format cannot hold, fused backward and fp8 combinations that cannot run."""
     optimizers.check(cfg)
     check_sample_prompts(cfg.output.sample_prompts)
     tracking.resolve(cfg)
     loss_options.check(cfg)
     ema.check(cfg)
     export.check(cfg)
+    fused.check(cfg)
+    fp8.check(cfg)
 
 
 def _cancelled(cancel) -> bool:
@@ -134,7 +149,9 @@ def _run(cfg, components, stages: Stages, notes: list[str], on_step, resume) -> 
         stages.start("scanning images")
         items, summary = scan_dataset(cfg.data, on_progress=lambda p: stages.advance(p.done, p.total),
                                       seed=cfg.optim.seed, base=str(cfg.model.base))
-        for line in summary.lines():
+        cfg, filled = fill_from_captions(cfg, [item.caption for item in items if not item.is_reg])
+        notes = [*notes, *filled]
+        for line in [*summary.lines(), *filled]:
             log.info("%s", line)
         accelerator = make_accelerator(cfg)
         # before the model loads (minutes for a big base): a wrong output folder fails at once
@@ -150,6 +167,9 @@ def _run(cfg, components, stages: Stages, notes: list[str], on_step, resume) -> 
                 result = _fit(state, tracking.wrap(on_step, accelerator), resume, started)
             finally:
                 unpark(state)
+                if state.fused is not None:
+                    state.fused.remove()
+                fp8.restore(state.fp8_layers)
                 state.network.remove()
         finally:
             tracking.end(accelerator)
@@ -249,7 +269,7 @@ def _checkpoint(state, run: TrainRun) -> Path:
 
 def _samples(state, step: int) -> list[Path]:
     out = state.cfg.output
-    if not (out.sample_prompts and out.sample_every and step % out.sample_every == 0):
+    if not (out.sample_prompts and samples_due(out, step, state.cfg.optim.steps)):
         return []
     if not state.accelerator.is_main_process:
         return []

@@ -1,4 +1,4 @@
-"""Small helpers shared by the tabs: error mapping and form gathering."""
+"""Small helpers shared by the tabs: error mapping (every tab shows errors the same way) and form gathering."""
 
 from __future__ import annotations
 
@@ -27,14 +27,21 @@ def guarded(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except SdloraError as err:
-            raise gr.Error(str(err), print_exception=False) from None
-        except Exception as err:
-            log.exception("handler %s failed", fn.__name__)
-            raise gr.Error(f"internal error ({type(err).__name__}: {err}); see the server log",
-                           print_exception=False) from None
+        except Exception as err:  # noqa: BLE001 -- user_error logs anything that is not a user error
+            raise user_error(err, fn.__name__) from None
 
     return wrapper
+
+
+def user_error(err: BaseException, where: str = "handler") -> gr.Error:
+    """The one way every tab shows an error: a gradio error message (a toast) of one line. A `SdloraError`'s
+    own message (it says what to do), else one line naming a bug, whose traceback goes to the server log."""
+    if isinstance(err, gr.Error):
+        return err
+    if isinstance(err, SdloraError):
+        return gr.Error(str(err), print_exception=False)
+    log.error("%s failed", where, exc_info=err)
+    return gr.Error(f"internal error ({type(err).__name__}: {err}); see the server log", print_exception=False)
 
 
 def gather(values: Mapping, keys: Mapping[Any, str]) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.errors import CompatibilityError, ConfigError, Interrupted, SdloraError
-from sdlora.generate import GenerateSettings, generate, random_seed, save_png
+from sdlora.generate import GenerateSettings, dtype_name, generate, random_seed, save_png
 from sdlora.grid import SEED, Axis, parse_values, strength_grid
+from sdlora_webui.tabs.common import user_error
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 16
@@ -209,41 +210,50 @@ def check_addable(app, name: str) -> None:
         raise CompatibilityError(refusal(app, name, fit))
 
 
-def switch_base(app, value: str, slots: list, sync) -> tuple[str, list]:
-    """Load base `value` (freeing the old pipeline), keep the slots that fit it and re-apply them.
+def switch_base(app, value: str, slots: list, sync, left: list | tuple = ()) -> tuple[str, list, list]:
+    """Load base `value` (freeing the old pipeline), keep the slots that fit it and re-apply them; the slots
+    an earlier switch took off (`left`) go back on when they fit this base.
 
-    `sync(stack, slots)` applies slots to the new stack. Returns (message, kept slots). On a load error the
-    previous base stays selected."""
+    `sync(stack, slots)` applies slots to the new stack. Returns (message, kept slots, slots taken off now or
+    still left). On a load error the previous base stays selected."""
     previous = app.current_base
     started = time.perf_counter()
+    on_stack = {slot.name for slot in slots}
+    returning = [slot for slot in left if slot.name not in on_stack]
     with app.generate_lock:
         value = app.select_base(value)
         kept, dropped = _split_by_fit(app, slots)
+        back, still_left = _split_by_fit(app, returning)
         try:
-            _, stack = app.pipeline_and_stack()
+            pipeline, stack = app.pipeline_and_stack()
         except Exception:
             app.current_base = previous
             raise
-        sync(stack, kept)
+        sync(stack, kept + back)
     label = app.base_info(value).label
-    message = f"base: {label}, loaded in {time.perf_counter() - started:.1f} s; {len(kept)} LoRA(s) re-applied"
+    message = f"base: {label} ({dtype_name(pipeline)}), loaded in {time.perf_counter() - started:.1f} s; {len(kept)} LoRA(s) re-applied"
+    if back:
+        message += ("; put back on the stack (taken off at an earlier switch, they fit this base): "
+                    + ", ".join(slot.name for slot in back))
     if dropped:
-        message += "; taken off the stack (they do not fit): " + "; ".join(dropped)
-    return message, kept
+        message += "; taken off the stack (they do not fit; switching back puts them back): " + "; ".join(
+            reason for _, reason in dropped)
+    return message, kept + back, [slot for slot, _ in dropped + still_left]
 
 
-def _split_by_fit(app, slots: list) -> tuple[list, list[str]]:
+def _split_by_fit(app, slots: list) -> tuple[list, list[tuple]]:
+    """(slots that fit the current base, [(slot, why not)] for the rest)."""
     kept, dropped = [], []
     for slot in slots:
         try:
             fit = app.fit(slot.name)
         except SdloraError as err:
-            dropped.append(f"{slot.name} ({err})")
+            dropped.append((slot, f"{slot.name} ({err})"))
             continue
         if fit.fits:
             kept.append(slot)
         else:
-            dropped.append(f"{slot.name} ({fit.short}: {fit.reason})")
+            dropped.append((slot, f"{slot.name} ({fit.short}: {fit.reason})"))
     return kept, dropped
 
 
@@ -272,7 +282,7 @@ def stream(app, work: Callable[[StatusFn, PreviewFn], list], waiting: list, stat
         try:
             box["result"] = work(lambda text: events.put(("status", text)),
                                  lambda image: events.put(("preview", image)))
-        except Exception as err:  # noqa: BLE001 -- shown in the status area (error_text logs bugs), never raised into gradio
+        except Exception as err:  # noqa: BLE001 -- raised to the page after the stream (user_error logs bugs)
             box["error"] = err
         finally:
             events.put(("done", None))
@@ -280,6 +290,7 @@ def stream(app, work: Callable[[StatusFn, PreviewFn], list], waiting: list, stat
     threading.Thread(target=run, name="sdlora-generate", daemon=True).start()
     finished = False
     try:
+        yield list(waiting)  # at once: the status says this request waits, not what the last one said
         while not finished:
             latest = _drain(events)
             finished = "done" in latest
@@ -288,8 +299,11 @@ def stream(app, work: Callable[[StatusFn, PreviewFn], list], waiting: list, stat
     finally:
         if not finished:
             app.stop_requested.set()
-    if "error" in box:
-        yield _fill(waiting, status_at, error_text(box["error"]), None, None)
+    if isinstance(box.get("error"), Interrupted):  # asked for: a status, not an error
+        yield _fill(waiting, status_at, f"Interrupted: {box['error']}", None, None)
+    elif "error" in box:
+        yield _fill(waiting, status_at, "stopped by an error (see the message)", None, None)
+        raise user_error(box["error"], "generation")  # shown as every tab shows errors
     else:
         yield box["result"]
 
@@ -314,12 +328,3 @@ def _fill(waiting: list, status_at: int, status, preview_at, preview) -> list:
         out[preview_at] = preview
     return out
 
-
-def error_text(err: BaseException) -> str:
-    """The status line for a failed job: the user error's message, or one line naming a bug."""
-    if isinstance(err, Interrupted):
-        return f"Interrupted: {err}"
-    if isinstance(err, SdloraError):
-        return f"Error: {err}"
-    log.error("generation failed", exc_info=err)
-    return f"Error: internal error ({type(err).__name__}: {err}); see the server log"

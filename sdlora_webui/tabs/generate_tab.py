@@ -22,7 +22,6 @@ the work, this module builds and wires the widgets.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,6 @@ from sdlora_webui.tabs.generate_runs import (
     check_addable,
     draw_grid,
     draw_images,
-    error_text,
     stream,
     switch_base,
 )
@@ -205,7 +203,8 @@ def preferred_weight(app, name: str) -> float:
 
 
 def library_choices(app) -> list[str]:
-    return list(app.library())
+    """The LoRA menu: the library's readable files (a damaged one is named in the Library tab, not offered)."""
+    return [entry.name for entry in app.library_scan().entries]
 
 
 # ---------------------------------------------------------------- layout and wiring ----------
@@ -221,7 +220,7 @@ def create_ui(app) -> dict[str, Any]:
         with gr.Column(scale=1, min_width=160):
             c["generate"] = gr.Button("Generate", variant="primary", elem_id="gen-generate")
             c["interrupt"] = gr.Button("Interrupt", variant="stop", elem_id="gen-interrupt")
-    c["status"] = gr.Markdown(elem_id="gen-status")  # the tab's one message area (progress, results, errors)
+    c["status"] = gr.Markdown(elem_id="gen-status")  # progress and results; errors are toasts, as in every tab
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             _create_settings(app, c)
@@ -365,17 +364,6 @@ def _form_keys(c: dict[str, Any]) -> dict[Any, str]:
                               "grid_y_values")}
 
 
-def _status_only(fn: Callable, outputs: int) -> Callable:
-    """A handler whose user errors go to the status area (the last output) instead of gradio's error labels."""
-
-    def call(*args):
-        try:
-            return fn(*args)
-        except Exception as err:  # noqa: BLE001 -- error_text logs anything that is not a user error
-            return [*[gr.skip()] * (outputs - 1), error_text(err)]
-
-    call.__name__ = fn.__name__
-    return call
 
 
 def add_checked(app, slots: list[Slot], name: str) -> list[Slot]:
@@ -387,14 +375,15 @@ def add_checked(app, slots: list[Slot], name: str) -> list[Slot]:
     return add_slot(slots, name, preferred_weight(app, name))
 
 
-def switch_base_slots(app, value: str, slots: list[Slot]) -> tuple[str, list[Slot]]:
-    """Switch the app's base to `value`, re-apply the fitting slots; (message, kept slots)."""
+def switch_base_slots(app, value: str, slots: list[Slot], left: list[Slot] = ()) -> tuple[str, list[Slot], list[Slot]]:
+    """Switch the app's base to `value`, re-apply the fitting slots and put back the `left` ones (taken off at
+    an earlier switch) that fit; (message, slots now on the stack, slots left off)."""
     library = app.library()
 
     def sync(stack, kept) -> None:
         sync_stack(stack, kept, lambda name: _resolve(app, library, name))
 
-    return switch_base(app, value, slots, sync)
+    return switch_base(app, value, slots, sync, left)
 
 
 STACK_OUTPUTS = ("stack", "stack_version")
@@ -417,13 +406,14 @@ def _wire(app, c: dict[str, Any]) -> None:
         slots = add_checked(app, current_slots(values, c), values[c["pick"]])
         return [*slot_updates(slots), f"added {values[c['pick']]} (it fits the base {app.base_info().label})"]
 
-    c["add"].click(_status_only(add, len(slot_outputs)), {c["stack"], c["pick"]}, slot_outputs, api_name="gen_add")
+    c["add"].click(bound(add), {c["stack"], c["pick"]}, slot_outputs, api_name="gen_add")
     _wire_base(app, c)
     _wire_drawing(app, c, keys)
 
 
 def _wire_base(app, c: dict[str, Any]) -> None:
-    outputs = [*stack_outputs(c), c["width"], c["height"], c["status"]]
+    c["left"] = gr.State([])  # this session's slots a base switch took off (they return when they fit again)
+    outputs = [*stack_outputs(c), c["width"], c["height"], c["left"], c["status"]]
     waiting = [gr.skip()] * len(outputs)
 
     def switch(values: dict):
@@ -433,14 +423,14 @@ def _wire_base(app, c: dict[str, Any]) -> None:
             return
 
         def work(on_status, on_preview) -> list[Any]:
-            message, kept = switch_base_slots(app, value, current_slots(values, c))
+            message, kept, left = switch_base_slots(app, value, current_slots(values, c), values[c["left"]])
             size = _base_size(value)
-            return [*slot_updates(kept), *([size, size] if size else [gr.skip(), gr.skip()]), message]
+            return [*slot_updates(kept), *([size, size] if size else [gr.skip(), gr.skip()]), left, message]
 
         waiting[-1] = "loading the base model..."
         yield from stream(app, work, waiting, len(outputs) - 1)
 
-    c["base"].input(switch, {c["base"], c["stack"]}, outputs, api_name="gen_switch_base", show_progress="hidden")
+    c["base"].input(switch, {c["base"], c["left"], c["stack"]}, outputs, api_name="gen_switch_base", show_progress="hidden")
 
 
 def _is_current_base(app, value: str) -> bool:

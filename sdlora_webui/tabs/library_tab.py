@@ -26,7 +26,6 @@ from sdlora.atomic import atomic_path
 from sdlora.errors import SdloraError
 from sdlora.header import read_header
 from sdlora.library import file_hash, preview_path, search, set_preview, write_notes
-from sdlora.library import scan as scan_library
 from sdlora.library.dupes import find_duplicates, keep_one
 from sdlora.library.organise import facets, filter_entries, move_loras, parse_tags, set_favourite, tag_files
 from sdlora.report import check_lora
@@ -45,13 +44,13 @@ SORTS = {"name": "name (A-Z)", "date": "date (newest first)", "size": "size (lar
 
 
 def cache_path(app) -> Path:
-    """The library's header cache, kept in the output folder (one per app)."""
-    return Path(app.config.output_dir) / ".cache" / "library-cache.json"
+    """The library's header cache (`AppState.library_cache`)."""
+    return app.library_cache
 
 
 def scan(app):
-    """The library scan (sdlora.library), with its header cache kept in the output folder."""
-    return scan_library(app.config.lora_dirs, cache_path=cache_path(app))
+    """The library scan (`AppState.library_scan`)."""
+    return app.library_scan()
 
 
 def list_entries(app) -> list:

@@ -10,6 +10,7 @@ each widget comes from its setting's `field_spec`. Training runs in the app's jo
 from __future__ import annotations
 
 import html
+import re
 import shutil
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Any
 
 import gradio as gr
 
+from sdlora.atomic import write_bytes_atomic
 from sdlora.errors import ConfigError, DatasetError, SdloraError
-from sdlora.settings.config import DataConfig, TrainConfig, load_config
+from sdlora.settings.config import DataConfig, TrainConfig, config_to_dict, load_config
 from sdlora.settings.fields import apply_values, field_spec
 from sdlora.settings.kohya_import import read_kohya
 from sdlora.settings.presets import base_preset, preset_names, preset_path
@@ -77,19 +79,27 @@ PATH_KEYS = frozenset({"data.reg_path", "data.validation_path", "data.mask_path"
 KOHYA_SKIPPED = frozenset({"model.base", "data.path", "output.dir"})
 DEFAULT_PRESET = "(defaults)"  # the base's own recipe when it has one (embedded: the 'embedded' preset)
 MAX_CAPTION_ROWS = 500
+_KOHYA_NAME = re.compile(r"^\d+_")  # a Kohya image folder (N_name), as sdlora.train.data reads them
 
 
 # ---------------------------------------------------------------- presets and config ---------
 
-def list_presets() -> list[str]:
-    return [DEFAULT_PRESET, *preset_names()]
+def user_presets_dir(app) -> Path:
+    """The presets a user saved from the form (`<output>/presets/`), listed after the shipped ones."""
+    return Path(app.config.output_dir) / "presets"
 
 
-def preset_values(preset: str, base: str | None = None) -> dict[str, Any]:
+def list_presets(user: Path | None = None) -> list[str]:
+    """The Preset menu: the defaults, the shipped presets, then the ones saved in `user`."""
+    saved = sorted(p.stem for p in user.glob("*.yaml")) if user is not None and user.is_dir() else []
+    return [DEFAULT_PRESET, *preset_names(), *(name for name in saved if name not in preset_names())]
+
+
+def preset_values(preset: str, base: str | None = None, user: Path | None = None) -> dict[str, Any]:
     """The shown settings' values under `preset` for `base` (what the form is filled with): the default
     preset is the base's own recipe when it has one, and an unset resolution shows the size the trainer
     takes for the base (sdlora.settings.resolve_base_settings), when it is known before the base loads."""
-    cfg = load_config(_preset_file(preset, base))
+    cfg = load_config(_preset_file(preset, base, user))
     if base:
         cfg = _for_base(cfg, base)[0] or cfg
     return {key: _form_value(key, _get(cfg, key)) for key in form_keys()}
@@ -139,7 +149,7 @@ def base_changed(app, base: str, preset: str) -> list[Any]:
         resolved = app.base_model(base)
     except SdloraError:
         return [gr.update() for _ in form_keys()]
-    return list(preset_values(preset or DEFAULT_PRESET, base=resolved).values())
+    return list(preset_values(preset or DEFAULT_PRESET, base=resolved, user=user_presets_dir(app)).values())
 
 
 def resolution_note(app, base: str, resolution) -> str:
@@ -168,7 +178,7 @@ def config_from_form(app, form: dict[str, Any]):
     values.update(_fieldless(form.get("kohya") or {}))
     values.update({key: _typed(key, _confined(app, key, form[key])) for key in form_keys()
                    if form.get(key) is not None})
-    cfg = apply_values(load_config(_preset_file(form.get("preset"), base)), values)
+    cfg = apply_values(load_config(_preset_file(form.get("preset"), base, user_presets_dir(app))), values)
     name = safe_filename(cfg.output.name, default="lora")
     cfg.output.name = name
     cfg.output.dir = str(unique_path(Path(app.config.output_dir) / "runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -182,12 +192,45 @@ def _confined(app, key: str, value):
     return str(app.read_path(str(value).strip(), default_root=data_root(app)))
 
 
-def _preset_file(preset: str | None, base: str | None) -> Path | None:
-    """The YAML file of `preset`; for DEFAULT_PRESET the base's own recipe (None: the defaults)."""
+def _preset_file(preset: str | None, base: str | None, user: Path | None = None) -> Path | None:
+    """The YAML file of `preset` (shipped, else saved in `user`); for DEFAULT_PRESET the base's own recipe
+    (None: the defaults)."""
     if not preset or preset == DEFAULT_PRESET:
         own = base_preset(base)
         return preset_path(own) if own else None
+    saved = user / f"{safe_filename(preset)}.yaml" if user is not None else None
+    if preset not in preset_names() and saved is not None and saved.is_file():
+        return saved
     return preset_path(preset)
+
+
+# what a saved preset leaves out: where things are on this machine, which the form chooses each time
+PRESET_SKIPPED = frozenset({"model.base", "model.allow_pickle", "data.path", "output.dir"})
+
+
+def save_preset(app, name: str, form: dict[str, Any]) -> tuple[str, Any]:
+    """Save the form's settings (over the chosen preset, with a loaded kohya config's extra values) as preset
+    `name` in `user_presets_dir`; returns (message, the preset menu's new choices and value)."""
+    import yaml
+
+    stem = safe_filename((name or "").strip(), default="")
+    if not stem or stem == DEFAULT_PRESET:
+        raise ConfigError("type a name for the preset")
+    if stem in preset_names():
+        raise ConfigError(f"{stem!r} is a shipped preset; choose another name")
+    user = user_presets_dir(app)
+    base = app.base_model(form.get("model.base"))
+    values = _fieldless(form.get("kohya") or {})
+    values.update({key: _typed(key, form[key]) for key in form_keys()
+                   if form.get(key) is not None and key not in PATH_KEYS})
+    cfg = apply_values(load_config(_preset_file(form.get("preset"), base, user)), values)
+    data = {section: {key: value for key, value in fields.items() if f"{section}.{key}" not in PRESET_SKIPPED}
+            for section, fields in config_to_dict(cfg).items()}
+    user.mkdir(parents=True, exist_ok=True)
+    path = user / f"{stem}.yaml"
+    text = f"# saved from the web UI's Train tab on {time.strftime('%Y-%m-%d %H:%M')}\n"
+    write_bytes_atomic(path, (text + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)).encode("utf-8"))
+    return f"saved the settings as preset '{stem}' ({path})", gr.Dropdown(choices=list_presets(user), value=stem)
 
 
 def _get(cfg, key: str):
@@ -311,6 +354,44 @@ def dataset_report(folder: Path) -> list[str]:
     return [line for line in report.lines() if not line.startswith("buckets:")]
 
 
+DATASET_DEPTH = 2  # how deep under a data folder the data set menu looks
+
+
+def find_datasets(app) -> list[tuple[str, str]]:
+    """(label, path) of the data sets under the data folders and the uploaded ones (output/datasets/): the
+    folders holding images, or Kohya `N_name` subfolders of images, `DATASET_DEPTH` levels deep. The data set
+    box offers them, so a first Start needs no typed path."""
+    roots = [*map(Path, app.config.data_dirs), Path(app.config.output_dir) / "datasets"]
+    found: list[tuple[str, str]] = []
+    for root in roots:
+        for folder in _dataset_folders(root, DATASET_DEPTH):
+            label = folder.name if folder == root else f"{root.name}/{folder.relative_to(root)}"
+            found.append((label, str(folder)))
+    return found
+
+
+def _dataset_folders(folder: Path, depth: int) -> list[Path]:
+    if not folder.is_dir() or folder.name.startswith("."):
+        return []
+    children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if _holds_images(folder) or any(_KOHYA_NAME.match(c.name) and _holds_images(c) for c in children):
+        return [folder]
+    if depth == 0:
+        return []
+    return [found for child in children for found in _dataset_folders(child, depth - 1)]
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+
+
+def drop_vanished(uploads: list | None) -> list | None:
+    """The upload box's files that still exist: a refused upload is deleted at once (webui.uploads), and a box
+    still naming it would fail every later load, even of a typed folder."""
+    kept = [file for file in uploads or [] if upload_name(file)[0].is_file()]
+    return kept or None
+
+
 def data_root(app) -> Path:
     """Where relative data set paths start: the first data folder, else the output folder."""
     return Path(app.config.data_dirs[0]) if app.config.data_dirs else Path(app.config.output_dir)
@@ -379,7 +460,7 @@ def start_training(app, form: dict[str, Any]) -> tuple[int, str]:
     ahead = sum(1 for j in app.jobs.snapshot() if j["status"] in ("queued", "running") and j["id"] != job.id)
     where = f"queued behind {ahead} job(s)" if ahead else "starting"
     warnings = "".join(f"\n\n⚠️ {n.removeprefix('warning: ')}" for n in notes if n.startswith("warning"))
-    own = _preset_file(form.get("preset"), cfg.model.base)
+    own = _preset_file(form.get("preset"), cfg.model.base, user_presets_dir(app))
     recipe = f"; settings: the '{own.stem}' preset (this base's recipe) and the form" if (
         own is not None and (form.get("preset") or DEFAULT_PRESET) == DEFAULT_PRESET) else ""
     return job.id, f"job {job.id} ({cfg.output.name}): {where}{recipe}{warnings}"
@@ -390,7 +471,7 @@ def cancel_training(app, job_id: int | None) -> str:
         raise SdloraError("no training job in this session to cancel")
     job = app.jobs.cancel(job_id)
     return (f"job {job.id} ({job.name}): cancelling; it stops within a step (or an image, while caching) and "
-            "keeps the last checkpoint")
+            "saves a checkpoint (none before the first step)")
 
 
 def poll(app, job_id: int | None) -> dict[str, Any]:
@@ -485,9 +566,10 @@ def create_ui(app) -> dict[str, Any]:
         c["base"] = gr.Dropdown(base_choices(app), value=app.base_model(app.config.base), label="Base model",
                                 allow_custom_value=True,  # a typed path inside the configured folders still works
                                 info="the Generate tab's Base menu list, or a model path inside the folders")
-        c["preset"] = gr.Dropdown(list_presets(), value=DEFAULT_PRESET, label="Preset",
-                                  info=f"a shipped preset; the fields below show its values. {DEFAULT_PRESET}: "
-                                       "the base's own recipe when it has one (embedded: the quickstart's)")
+        c["preset"] = gr.Dropdown(list_presets(user_presets_dir(app)), value=DEFAULT_PRESET, label="Preset",
+                                  info=f"a shipped preset, or one you saved; the fields below show its values. "
+                                       f"{DEFAULT_PRESET}: the base's own recipe when it has one (embedded: the "
+                                       "quickstart's)")
     _create_dataset_ui(app, c)
     with gr.Group():
         values = _initial_values(app)
@@ -495,6 +577,11 @@ def create_ui(app) -> dict[str, Any]:
         c["resolution_note"] = gr.Markdown(elem_id="train-resolution-note")
     c["settings"].update(_create_advanced_ui(values))
     _create_kohya_ui(c)
+    with gr.Row():
+        c["preset_name"] = gr.Textbox(label="Save these settings as a preset named", scale=3,
+                                      elem_id="train-preset-name",
+                                      info="listed in the Preset menu from then on (kept in the output folder)")
+        c["save_preset"] = gr.Button("Save preset", scale=1, elem_id="train-save-preset")
     with gr.Row():
         c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
         c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -518,11 +605,13 @@ def create_ui(app) -> dict[str, Any]:
 
 
 def _create_dataset_ui(app, c: dict[str, Any]) -> None:
-    default_data = str(app.config.data_dirs[0]) if app.config.data_dirs else ""
+    datasets = find_datasets(app)
+    default_data = datasets[0][1] if datasets else (str(app.config.data_dirs[0]) if app.config.data_dirs else "")
     with gr.Row():
-        c["data_path"] = gr.Textbox(default_data, label="Data set folder", elem_id="train-data-path",
-                                    info="a folder of images with same-stem .txt captions, or Kohya N_name "
-                                         "subfolders, inside the configured folders")
+        c["data_path"] = gr.Dropdown(datasets, value=default_data, label="Data set folder", elem_id="train-data-path",
+                                     allow_custom_value=True,  # a typed folder inside the configured folders
+                                     info="the data sets found in the data folders, or a typed folder of images "
+                                          "with same-stem .txt captions, or of Kohya N_name subfolders")
         c["upload"] = gr.File(label="...or upload images and captions", file_count="multiple",
                               file_types=sorted(IMAGE_SUFFIXES | {".txt"}), elem_id="train-upload")
     c["load"] = gr.Button("Load data set", elem_id="train-load-data")
@@ -617,14 +706,16 @@ def _poll_outputs(app, job_id):
 def _wire(app, c: dict[str, Any]) -> None:
     settings = list(c["settings"])
     # a preset starts the form over: a kohya config loaded before no longer adds its field-less values
-    c["preset"].change(bound(lambda preset, base: [*preset_values(preset, base=app.base_model(base)).values(), {}]),
+    c["preset"].change(bound(lambda preset, base: [*preset_values(preset, base=app.base_model(base),
+                                                                  user=user_presets_dir(app)).values(), {}]),
                        [c["preset"], c["base"]], [*settings, c["kohya_extra"]], api_name="train_preset")
     c["base"].change(bound(base_changed, app), [c["base"], c["preset"]], settings, api_name="train_base")
     resolution = next(w for w, key in c["settings"].items() if key == "data.resolution")
     resolution.change(bound(resolution_note, app), [c["base"], resolution], c["resolution_note"],
                       api_name="train_resolution_note", show_progress="hidden")
     c["load"].click(bound(load_dataset, app), [c["data_path"], c["upload"]],
-                    [c["dataset"], c["thumbs"], c["captions"], c["data_summary"]], api_name="train_load_data")
+                    [c["dataset"], c["thumbs"], c["captions"], c["data_summary"]], api_name="train_load_data"
+                    ).failure(drop_vanished, c["upload"], c["upload"])
     c["add_trigger"].click(bound(add_trigger), [c["captions"], c["bulk_trigger"]], c["captions"],
                            api_name="train_add_trigger")
     c["save_captions"].click(bound(save_captions, app), [c["dataset"], c["captions"]],
@@ -634,6 +725,9 @@ def _wire(app, c: dict[str, Any]) -> None:
     c["start"].click(start, form_inputs, [c["job_id"], c["status"]], api_name="train_start").success(
         lambda: gr.Timer(active=True), None, c["timer"])
     c["cancel"].click(bound(cancel_training, app), c["job_id"], c["status"], api_name="train_cancel")
+    save = bound(lambda values: save_preset(app, values[c["preset_name"]], _form(values, c)))
+    c["save_preset"].click(save, {*form_inputs, c["preset_name"]}, [c["status"], c["preset"]],
+                           api_name="train_save_preset")
     c["kohya_load"].click(bound(load_kohya, app), [c["kohya_path"], c["kohya_upload"]],
                           [*settings, c["kohya_status"], c["kohya_extra"]], api_name="train_load_kohya")
     poll_outputs = [c["progress"], c["loss_plot"], c["samples"], c["queue"], c["result"], c["status"], c["timer"]]

@@ -46,6 +46,10 @@ def test_exposed_host_warns(app, monkeypatch, caplog):
 
         def launch(self, **kwargs):
             calls["launch"] = kwargs
+            return None, "http://127.0.0.1:7860/", None
+
+        def block_thread(self):
+            calls["blocked"] = True
 
     with caplog.at_level(logging.WARNING):
         webapp.launch(FakeDemo(), app, host="0.0.0.0")

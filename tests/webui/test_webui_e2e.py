@@ -82,8 +82,10 @@ def page(served):
 
 
 def fill(page, elem_id: str, value) -> None:
-    """Type into a gradio Textbox/Number/Slider by its elem_id and commit the value."""
-    box = page.locator(f"#{elem_id} textarea, #{elem_id} input[type=number], #{elem_id} input[type=text]").first
+    """Type into a gradio Textbox/Number/Slider, or a Dropdown that takes typed values, by its elem_id and
+    commit the value."""
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input[type=number], #{elem_id} input[type=text], "
+                       f"#{elem_id} input[role=combobox]").first
     box.fill(str(value))
     box.press("Enter")
     box.blur()

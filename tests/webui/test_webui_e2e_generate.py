@@ -173,8 +173,10 @@ def switch_base_and_see_the_refusal(page) -> None:
     assert "taken off the stack" in text and "random-shapes" in text, text
     page.wait_for_function("!document.querySelector('#gen-slot-0-name')?.checkVisibility()")
     add_lora(page, "random-shapes")
-    text = wait_status(page, "does not fit the base wide")
-    assert "Switch the Base menu to embedded" in text, text
+    toast = page.locator(".toast-body", has_text="does not fit the base wide").first  # errors: as in every tab
+    toast.wait_for()
+    assert "Switch the Base menu to embedded" in toast.inner_text()
+    page.locator(".toast-close").first.click()
     assert page.locator("#gen-generate").is_visible() and page.locator("#gen-base").is_visible()
     shot(page, "7-refused")
     see_it_marked_in_the_library(page)

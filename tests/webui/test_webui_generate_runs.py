@@ -57,8 +57,9 @@ def test_base_menu_switch_refuses_and_reapplies(app, two_bases):
     old = weakref.ref(app.pipeline_and_stack()[0])
     slots = generate_tab.add_checked(app, [], "a")  # fits the embedded model
     assert app.library_fits()["a"].short == "fits" and app.library_fits(str(wide))["a"].short == "needs its own base"
-    message, kept = generate_tab.switch_base_slots(app, str(wide), slots)
+    message, kept, left = generate_tab.switch_base_slots(app, str(wide), slots)
     assert kept == [] and "taken off the stack" in message and "a (needs its own base" in message
+    assert [s.name for s in left] == ["a"]
     pipe, stack = app.pipeline_and_stack()
     assert app.model_name == "wide" and stack.entries == [] and pipe.unet.config.block_out_channels[0] == 48
     gc.collect()
@@ -67,8 +68,8 @@ def test_base_menu_switch_refuses_and_reapplies(app, two_bases):
         generate_tab.add_checked(app, [], "a")
     line = str(refused.value)
     assert "\n" not in line and "does not fit the base wide" in line and "Switch the Base menu to embedded" in line
-    message, kept = generate_tab.switch_base_slots(app, "embedded", slots)
-    assert [s.name for s in kept] == ["a"] and "1 LoRA(s) re-applied" in message
+    message, kept, left = generate_tab.switch_base_slots(app, "embedded", slots)
+    assert [s.name for s in kept] == ["a"] and "1 LoRA(s) re-applied" in message and left == []
     assert [e.name for e in app.pipeline_and_stack()[1].entries] == ["a"]  # re-applied at the switch
 
 
@@ -115,11 +116,21 @@ def test_interrupt_stops_the_stream_and_says_so(app):
     assert int(seen[-1].split("after step ")[1].split()[0]) < 400
 
 
-def test_errors_go_to_the_status_not_a_popup(app):
-    outputs = generate_tab._status_only(lambda: generate_tab.add_checked(app, [], ""), 3)()
-    assert outputs[-1].startswith("Error: pick a LoRA") and len(outputs) == 3
-    updates = list(generate_runs.stream(app, lambda s, p: generate_runs.settings_from({"seed": -5}), [1, 2], 1))
-    assert updates[-1][1].startswith("Error: seed must be -1")
+def test_errors_are_shown_as_in_every_tab(app):
+    """Issue 22 item 15: one way of showing errors in all tabs (a gradio error message, as Train, Library and
+    Tools show them); the status line says the request stopped."""
+    import gradio as gr
+
+    from sdlora_webui.tabs.common import bound
+
+    with pytest.raises(gr.Error, match="pick a LoRA"):
+        bound(generate_tab.add_checked, app)([], "")
+    updates = generate_runs.stream(app, lambda s, p: generate_runs.settings_from({"seed": -5}), [1, 2], 1)
+    seen = []
+    with pytest.raises(gr.Error, match="seed must be -1"):
+        for update in updates:
+            seen.append(update[1])
+    assert seen[-1] == "stopped by an error (see the message)"
 
 
 def test_slot_value_is_the_strength_type():
@@ -155,3 +166,25 @@ def test_strength_sliders_redraw_on_release(app):
         ids = {block._id: getattr(block, "elem_id", None) for block in blocks.blocks.values()}
         released = [ids[target[0]] for dep in blocks.fns.values() for target in dep.targets if target[1] == "release"]
     assert sorted(released) == ["gen-slot-0-strength", "gen-slot-0-te", "gen-slot-0-unet"]
+
+
+def test_lora_taken_off_by_a_switch_goes_back_when_switching_back(app, two_bases):
+    """Issue 22 item 15: embedded -> wide takes "a" off; wide -> embedded puts it back (the session keeps it)."""
+    _, wide = two_bases
+    slots = generate_tab.add_checked(app, [], "a")
+    _, kept, left = generate_tab.switch_base_slots(app, str(wide), slots)
+    assert kept == [] and [s.name for s in left] == ["a"]
+    message, kept, left = generate_tab.switch_base_slots(app, "embedded", kept, left)
+    assert [s.name for s in kept] == ["a"] and left == []
+    assert "put back on the stack (taken off at an earlier switch, they fit this base): a" in message
+    assert [e.name for e in app.pipeline_and_stack()[1].entries] == ["a"]
+
+
+def test_a_waiting_request_says_so_at_once(app):
+    """Issue 22 item 15: while another request holds the model, the status says this one waits (an old error
+    stayed on screen until the new request got the model)."""
+    with app.generate_lock:
+        updates = generate_runs.stream(app, lambda s, p: app.generate_lock.acquire() and app.generate_lock.release(),
+                                       [None, "waiting for the model..."], 1)
+        assert next(updates) == [None, "waiting for the model..."]
+    list(updates)
