@@ -1,5 +1,6 @@
-"""Regenerate sdlora/data/modules_<family>.json (sd1, sd2, sdxl, flux) and tests/golden/kohya_keys_<name>.txt from sdlora/configs/models/
-(and tests/golden/kohya_keys_tiny.txt from the tests' tiny live models).
+"""Regenerate sdlora/data/modules_<family>.json (sd1, sd2, sdxl, flux) and tests/golden/kohya_keys_<name>.txt
+from sdlora/configs/models/, sdlora/data/modules_embedded.json from the embedded model's folder
+(sdlora/embedded/weights/, its configs only) and tests/golden/kohya_keys_tiny.txt from the tests' tiny live models.
 
 Usage: .venv/bin/python scripts/gen_module_tables.py [--check]
 
@@ -19,19 +20,20 @@ from sdlora.arch.family import ALL_FAMILIES
 from sdlora.arch.naming import kohya_name
 from sdlora.arch.tables import build_table_from_config_dir, config_dir, family_table
 from sdlora.configs import CONFIG_DIRS
+from sdlora.embedded import weights_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "sdlora" / "data"
 GOLDEN = ROOT / "tests" / "golden"
 
 
-def table_json(table, family: str) -> str:
+def table_json(table, family: str | None) -> str:
     """One module per line, so that a diff of the shipped table is readable."""
     lines = [
         f"  {json.dumps(name)}: {json.dumps([info.layer, list(info.shape)])}" for name, info in table.items()
     ]
     body = ",\n".join(lines)
-    return f'{{"family": "{family}",\n "modules": {{\n{body}\n}}}}\n'
+    return f'{{"family": {json.dumps(family)},\n "modules": {{\n{body}\n}}}}\n'
 
 
 def golden_text(table, family: str) -> str:
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = {family: build_table_from_config_dir(config_dir(family)) for family in ALL_FAMILIES}
     for family, table in tables.items():
         _update(DATA / f"modules_{family}.json", table_json(table, family), args.check, stale)
+    embedded = build_table_from_config_dir(weights_dir())
+    _update(DATA / "modules_embedded.json", table_json(embedded, embedded.family), args.check, stale)
     family_table.cache_clear()  # kohya_name reads the (new) shipped tables
     for family, table in tables.items():
         _update(

@@ -84,6 +84,21 @@ def test_import_sdlora_is_cheap():
     assert out.stdout.strip() == "[]"
 
 
+def test_train_dry_run_imports_no_torch_before_its_memory_estimate(tmp_path):
+    """`sdlora train --dry-run`'s settings, data set scan and check (caption token counts included) and the
+    settings preflight load neither torch, diffusers nor transformers. Its last line, the memory estimate
+    (sdlora.train.estimate), builds the model on the meta device and so needs them; it is left out here."""
+    code = (
+        "import sys; import sdlora.cli.train as cli_train; from sdlora.cli import main; "
+        "cli_train._estimate_line = lambda cfg: 'no estimate'; "
+        f"code = main(['train', '--data', 'sample_data', '--base', 'embedded', '--output', {str(tmp_path)!r}, "
+        "'--dry-run']); "
+        "print('LOADED', code, sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "LOADED 0 []"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # import rules: the checker
 

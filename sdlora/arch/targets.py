@@ -1,4 +1,5 @@
-"""Target presets (which modules get LoRA) and matching on a live model. Depends on torch only.
+"""Target presets (which modules get LoRA) and matching on a live model. Depends on torch only, and only
+for the matching: the presets (`rules_for`) are read by the settings check of `train --dry-run` without it.
 
 Matching semantics, documented once: a target rule is a regular expression searched (``re.search``) in
 the module's *live* path inside one component (the diffusers UNet path, or the transformers text-encoder
@@ -28,10 +29,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from sdlora.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ PRESETS: dict[str, dict[str, tuple[TargetRule, ...]]] = {
 
 def layer_kind(module: nn.Module) -> str | None:
     """'linear', 'conv1x1', 'conv' or None for layers LoRA cannot attach to."""
+    from torch import nn
+
     if isinstance(module, nn.Linear):
         return "linear"
     if isinstance(module, nn.Conv2d) and module.groups == 1:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdlora.arch.family import detect_checkpoint_family
-from sdlora.arch.tables import ModuleTable, build_table_from_config_dir
+from sdlora.arch.tables import ModuleTable, build_table_from_config_dir, embedded_table
 from sdlora.configs import CONFIG_DIRS, models_root
 from sdlora.embedded import weights_dir
 from sdlora.errors import ConfigError, SdloraError
@@ -115,8 +115,9 @@ def checkpoint_family(path: Path) -> str | None:
 
 def check_target(base: str | Path) -> str | ModuleTable:
     """What `sdlora verify` checks a LoRA against: a family name stays a string ("sd1", "sd2", "sdxl", "flux";
-    also "sd15", "sd21", "flux1", "flux-dev", "flux-schnell"), a diffusers folder (and `embedded`) becomes its
-    module table built on the meta device, and a single-file .safetensors checkpoint becomes the family its header's shapes show (no weights read).
+    also "sd15", "sd21", "flux1", "flux-dev", "flux-schnell"), a diffusers folder becomes its module table built
+    on the meta device (`embedded`: its shipped table, the same, read from sdlora/data/), and a single-file
+    .safetensors checkpoint becomes the family its header's shapes show (no weights read).
 
     Raises:
         ConfigError: not a base (`parse_base`), a hub id, or a checkpoint of no SD family.
@@ -127,7 +128,9 @@ def check_target(base: str | Path) -> str | ModuleTable:
     ref = parse_base(base)
     if ref.kind == "family":
         return ref.value
-    if ref.kind in ("embedded", "folder"):
+    if ref.kind == "embedded":
+        return embedded_table()
+    if ref.kind == "folder":
         return build_table_from_config_dir(ref.path)
     if ref.kind == "file":
         family = checkpoint_family(ref.path)

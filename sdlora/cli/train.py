@@ -219,13 +219,11 @@ def _dry_run(cfg) -> int:
     """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
     from sdlora.settings.config import dump_config
     from sdlora.settings.resolution import resolve_base_settings
-    from sdlora.train import fp8, fused
     from sdlora.train.auto_settings import fill_from_captions
     from sdlora.train.data import scan_dataset
     from sdlora.train.preflight import check_base_settings
 
-    fused.check(cfg)
-    fp8.check(cfg)
+    _check_torch_options(cfg)
     cfg, notes, _ = resolve_base_settings(cfg)
     check_base_settings(cfg)  # where the real run would stop before training: a rank, a bucket step, ...
     items, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
@@ -234,6 +232,19 @@ def _dry_run(cfg) -> int:
     print(_estimate_line(cfg))
     print(dump_config(cfg), end="")
     return 0
+
+
+def _check_torch_options(cfg) -> None:
+    """fused backward's and fp8's settings checks; their modules import torch, so only when the option is on
+    (the rest of the dry run loads no torch)."""
+    if cfg.optim.fused_backward:
+        from sdlora.train import fused
+
+        fused.check(cfg)
+    if cfg.optim.fp8_base:
+        from sdlora.train import fp8
+
+        fp8.check(cfg)
 
 
 def _estimate_line(cfg) -> str:

@@ -113,3 +113,13 @@ def tag_frequency(captions: list[str]) -> dict[str, int]:
     """{tag (lower-cased): count}, as sd-scripts' `ss_tag_frequency` counts them."""
     counts = Counter(tag.lower() for caption in captions for tag in split_tags(caption))
     return dict(counts.most_common())
+
+
+def chunk_count(max_token_length: int) -> int:
+    """Text-encoder windows per caption for `data.max_token_length` (75 -> 1, 150 -> 2, 225 -> 3)."""
+    return max(1, max_token_length // 75)
+
+
+def token_limit(tokenizer, chunks: int) -> int:
+    """Caption tokens that fit in `chunks` windows (each window keeps two places for its BOS and EOS)."""
+    return chunks * (tokenizer.model_max_length - 2)

@@ -29,16 +29,6 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def chunk_count(max_token_length: int) -> int:
-    """Text-encoder windows per caption for `data.max_token_length` (75 -> 1, 150 -> 2, 225 -> 3)."""
-    return max(1, max_token_length // 75)
-
-
-def token_limit(tokenizer, chunks: int) -> int:
-    """Caption tokens that fit in `chunks` windows (each window keeps two places for its BOS and EOS)."""
-    return chunks * (tokenizer.model_max_length - 2)
-
-
 def tokenize_chunks(tokenizer, captions: list[str], chunks: int) -> torch.Tensor:
     """Token ids (B, chunks, window) for long captions, as sd-scripts' max_token_length builds them
     (docs/training.md, "Long captions"): the caption is tokenized to chunks x (window - 2) tokens, cut into

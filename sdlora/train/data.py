@@ -11,6 +11,7 @@ training starts, never halfway through. Odd entries (symlink loops, dangling lin
 would block the scan. Images and folders are counted once by their resolved path, so a ``1_x -> .`` link
 or an image linked twice does not double the data set. The batch order is a pure function of (seed,
 epoch), so a resumed run sees exactly the batches an uninterrupted run would (no data-loader state to save).
+The scan imports no torch (`train --dry-run` answers in seconds); only `load_pixels` makes tensors.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from sdlora.errors import DatasetError
 from sdlora.progress import ProgressCallback, report
@@ -39,14 +40,18 @@ from sdlora.train.captions import (
     backup_caption,
     caption_path,
     check_caption,
+    chunk_count,
     process_caption,
     read_caption,
     tag_frequency,
+    token_limit,
     with_trigger,
     write_caption,
 )
-from sdlora.train.conditioning import chunk_count, token_limit
 from sdlora.train.images import ImageSkipped, open_image
+
+if TYPE_CHECKING:  # torch only in load_pixels: the scan (train --dry-run) runs without it
+    import torch
 
 log = logging.getLogger(__name__)
 _KOHYA_DIR = re.compile(r"^(\d+)_(.*)$")
@@ -461,6 +466,8 @@ def sample_crop(item: ImageItem, cfg, rng: random.Random | None) -> tuple[int, i
 
 def load_pixels(item: ImageItem, cfg, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
     """The image resized to cover its bucket, cropped to `box`, as a (3, H, W) float tensor in [-1, 1]."""
+    import torch
+
     img, _ = open_image(item.path, cfg.background, cfg.max_image_pixels)
     scale, _ = crop_box(img.size, item.bucket, "center")
     scaled = (max(item.bucket[0], round(img.size[0] * scale)), max(item.bucket[1], round(img.size[1] * scale)))

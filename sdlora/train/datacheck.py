@@ -13,6 +13,7 @@ summary all show it (docs/training.md, "The data set check"):
 from __future__ import annotations
 
 import functools
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -63,28 +64,68 @@ def upscale_factor(size: tuple[int, int], bucket: tuple[int, int]) -> float:
     return max(bucket[0] / size[0], bucket[1] / size[1])
 
 
+class CaptionTokens:
+    """Counts a caption's tokens as the base's CLIPTokenizer does, with the `tokenizers` library alone:
+    transformers (seconds of imports) stays off the dry-run path. The same pipeline as transformers'
+    CLIPTokenizer: NFC, whitespace runs to one space, lower case; CLIP's word pattern; byte-level BPE
+    with "</w>" ending each word; the special tokens matched whole. tests/train/test_train_datacheck.py
+    compares the counts with CLIPTokenizer's on many captions."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        self.model_max_length = int(config["model_max_length"])
+        if (folder / "tokenizer.json").is_file():
+            self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            self._tokenizer.no_truncation()  # a saved tokenizer.json may keep the padding and cut of its model
+            self._tokenizer.no_padding()
+        else:
+            self._tokenizer = _clip_bpe(folder, config)
+
+    def count(self, caption: str) -> int:
+        """Tokens of `caption`, BOS and EOS not counted."""
+        return len(self._tokenizer.encode(caption, add_special_tokens=False).ids)
+
+
+def _clip_bpe(folder: Path, config: dict):
+    """CLIP's BPE tokenizer from a folder's vocab.json and merges.txt."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    unknown = config.get("unk_token", "<|endoftext|>")
+    model = BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=unknown,
+                          continuing_subword_prefix="", end_of_word_suffix="</w>", fuse_unk=False)
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    words = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(words), behavior="removed", invert=True),
+         pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    specials = [config.get(key) for key in ("bos_token", "eos_token", "unk_token", "pad_token")]
+    tokenizer.add_special_tokens(list(dict.fromkeys(token for token in specials if token)))
+    return tokenizer
+
+
 @functools.lru_cache(maxsize=4)
-def caption_tokenizer(base: str):
+def caption_tokenizer(base: str) -> CaptionTokens:
     """The tokenizer that counts caption tokens for `base`: the embedded model's own, else CLIP's BPE
     (SD1, SD2 and SDXL all tokenize with it), read from the files shipped in the package."""
-    from transformers import CLIPTokenizer
-
     if base == "embedded":
         from sdlora.embedded import weights_dir
 
-        folder = weights_dir() / "tokenizer"
-    else:
-        from sdlora.configs import tokenizers_root
+        return CaptionTokens(weights_dir() / "tokenizer")
+    from sdlora.configs import tokenizers_root
 
-        folder = tokenizers_root() / "clip-vit-large-patch14"
-    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    return CaptionTokens(tokenizers_root() / "clip-vit-large-patch14")
 
 
-def long_captions(captions: list[str], tokenizer, limit: int) -> Counter:
+def long_captions(captions: list[str], tokenizer: CaptionTokens, limit: int) -> Counter:
     """{caption: its token count} for the captions over `limit` tokens (BOS/EOS not counted)."""
     counts = Counter()
     for caption in dict.fromkeys(captions):
-        length = len(tokenizer(caption, add_special_tokens=False, verbose=False).input_ids)
+        length = tokenizer.count(caption)
         if length > limit:
             counts[caption] = length
     return counts

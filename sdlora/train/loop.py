@@ -24,11 +24,11 @@ from sdlora.lora import inject_lora
 from sdlora.train import block_options, deepspeed_run, export, fp8, fused, loss_options, memory
 from sdlora.train import data as data_mod
 from sdlora.train import masks as masks_mod
+from sdlora.train.captions import chunk_count
 from sdlora.train.compiling import compile_unet
 from sdlora.train.conditioning import (
     LatentCache,
     TextCache,
-    chunk_count,
     encode_text,
     posterior,
     unet_kwargs,

@@ -10,14 +10,17 @@ white everywhere, trains as it would unmasked.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from sdlora.errors import DatasetError
 from sdlora.suffixes import IMAGE_SUFFIXES
 from sdlora.train.buckets import crop_box
+
+if TYPE_CHECKING:  # torch only in load_mask: the data set scan checks mask folders without it
+    import torch
 
 
 def masking(cfg) -> bool:
@@ -68,6 +71,8 @@ def _raw_mask(path: Path, cfg) -> Image.Image | None:
 
 def load_mask(item, cfg, box: tuple[int, int, int, int], flip: bool, latent_size: tuple[int, int]) -> torch.Tensor | None:
     """(1, h, w) mask in [0, 1] on the latent grid for this sample, or None where it trains everywhere."""
+    import torch
+
     mask = _raw_mask(item.path, cfg)
     if mask is None:
         return None

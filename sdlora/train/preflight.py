@@ -19,10 +19,17 @@ from math import prod
 from pathlib import Path
 
 from sdlora.arch.blocks import block_names, block_of
-from sdlora.arch.tables import ModuleTable, build_table_from_config_dir, family_table, scan_module
+from sdlora.arch.tables import (
+    ModuleTable,
+    build_table_from_config_dir,
+    embedded_table,
+    family_table,
+    scan_module,
+)
 from sdlora.arch.targets import rules_for
 from sdlora.base.ref import config_folder, parse_base
 from sdlora.configs import CONFIG_DIRS, models_root
+from sdlora.embedded import weights_dir
 from sdlora.errors import ConfigError
 from sdlora.train import block_options
 
@@ -77,7 +84,12 @@ def _folder_shape(folder: str) -> BaseShape:
     unet = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
     vae = json.loads((path / "vae" / "config.json").read_text(encoding="utf-8"))
     shipped = {str(models_root() / name): family for family, name in CONFIG_DIRS.items()}
-    table = family_table(shipped[folder]) if folder in shipped else build_table_from_config_dir(path)
+    if folder in shipped:
+        table = family_table(shipped[folder])
+    elif path.resolve() == weights_dir().resolve():
+        table = embedded_table()  # shipped too: the dry run needs no diffusers
+    else:
+        table = build_table_from_config_dir(path)
     return _shape(table, unet, vae)
 
 

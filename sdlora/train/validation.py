@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from sdlora.train import data as data_mod
-from sdlora.train.conditioning import chunk_count, encode_text, posterior, unet_kwargs
+from sdlora.train.captions import chunk_count
+from sdlora.train.conditioning import encode_text, posterior, unet_kwargs
 from sdlora.train.loss import diffusion_loss, noise_target
 from sdlora.train.optimizers import eval_weights
 

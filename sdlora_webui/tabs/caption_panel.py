@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from sdlora.caption import CaptionOptions, TaggerOptions, load_captioner, propose_captions
 from sdlora.errors import ConfigError
 from sdlora_webui.tabs.common import guarded
 
@@ -38,8 +39,6 @@ def _merge(rows, proposals) -> list[list[str]]:
 
 def propose(app, dataset: str, model: str, options: dict[str, Any], rows, on_progress=None) -> tuple[list, str]:
     """Caption the loaded data set's images that need it (all with `overwrite`) into the editor's rows."""
-    from sdlora.caption import CaptionOptions, TaggerOptions, load_captioner, propose_captions
-
     if not dataset:
         raise ConfigError("load a data set first (Load data set), then caption it")
     folder = app.read_path(dataset)

@@ -25,6 +25,7 @@ from sdlora.settings.fields import apply_values, field_spec
 from sdlora.settings.kohya_import import read_kohya
 from sdlora.settings.presets import base_preset, preset_names, preset_path
 from sdlora.settings.resolution import resolve_base_settings
+from sdlora.train.data import caption_pairs, scan_dataset, write_captions
 from sdlora_webui.jobs import DONE
 from sdlora_webui.paths import safe_filename, unique_path
 from sdlora_webui.tabs import caption_panel, runs_view
@@ -349,8 +350,6 @@ def dataset_report(folder: Path) -> list[str]:
 
     Buckets depend on the resolution chosen later, so that line is left out here.
     """
-    from sdlora.train.data import scan_dataset
-
     _, report = scan_dataset(DataConfig(path=str(folder)))
     return [line for line in report.lines() if not line.startswith("buckets:")]
 
@@ -409,8 +408,6 @@ def _store_dataset_upload(app, uploads: list) -> Path:
 
 def scan_captions(folder: Path) -> list[tuple[str, str]]:
     """[(image path relative to folder, caption)] for the images the trainer reads (sdlora.train.data)."""
-    from sdlora.train.data import caption_pairs
-
     pairs = caption_pairs(folder)[:MAX_CAPTION_ROWS]
     return [(str(p.image.relative_to(folder)), p.caption or "") for p in pairs]
 
@@ -441,8 +438,6 @@ def save_captions(app, dataset: str, rows: list[list[str]] | None) -> tuple[str,
         target = unique_path(Path(app.config.output_dir) / "datasets", f"{folder.name}-edited")
         shutil.copytree(folder, target)
         folder, copied = target, f" (copied to {target.name}/ first: the original folder is read-only)"
-    from sdlora.train.data import write_captions
-
     written = write_captions(folder, dict(_rows(rows)), backup=True)
     return str(folder), f"saved {len(written)} captions{copied}"
 

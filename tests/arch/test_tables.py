@@ -12,10 +12,12 @@ from sdlora.arch.tables import (
     ModuleTable,
     build_table_from_config_dir,
     config_dir,
+    embedded_table,
     family_table,
     match_family,
     table_for_model,
 )
+from sdlora.embedded import weights_dir
 from sdlora.errors import ConfigError
 
 
@@ -25,6 +27,16 @@ def test_shipped_table_equals_fresh_meta_build(family):
     shipped = family_table(family)
     assert dict(built.items()) == dict(shipped.items())
     assert built.family == shipped.family == family
+
+
+def test_shipped_embedded_table_equals_fresh_meta_build():
+    """`verify --base embedded` reads sdlora/data/modules_embedded.json; it must stay what the embedded
+    model's configs build (regenerate with scripts/gen_module_tables.py)."""
+    built = build_table_from_config_dir(weights_dir())
+    shipped = embedded_table()
+    assert len(shipped) > 100
+    assert dict(built.items()) == dict(shipped.items())
+    assert built.family == shipped.family
 
 
 @pytest.mark.parametrize(

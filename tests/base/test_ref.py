@@ -43,3 +43,17 @@ def test_check_target_of_embedded_is_its_table_and_a_hub_id_is_refused():
     assert parse_base("org/name").kind == "hub"
     with pytest.raises(ConfigError, match="a hub id"):
         check_target("org/name")
+
+
+def test_check_target_of_embedded_imports_no_diffusers():
+    """`verify --base embedded` reads the shipped table; building models on the meta device (diffusers,
+    transformers: seconds of imports) is for other folders only."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from sdlora.base.ref import check_target; table = check_target('embedded'); "
+            "print(len(table) > 100, sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "True []"

@@ -59,3 +59,38 @@ def test_clean_data_set_has_no_findings_and_long_captions_fit_at_225(tmp_path):
     assert scan_dataset(cfg, base="sd1")[1].cut_captions == 1
     cfg = load_config(None, [f"data.path={data}", "data.resolution=32", "data.max_token_length=225"]).data
     assert scan_dataset(cfg, base="sd1")[1].cut_captions == 0
+
+
+def _captions(count: int) -> list[str]:
+    """Captions of the kinds data sets hold: tags, prose, weights, punctuation runs, digits, apostrophes,
+    accents, CJK, emoji, odd whitespace, upper case and the special tokens' text."""
+    import random
+
+    pieces = ["1girl", "solo", "Long hair", "(masterpiece:1.2)", "best_quality", "a photo of sks dog", "it's",
+              "we'll", "they're", "don't", "I'M", "café", "naïve", "Ünïcödé", "東京タワー", "猫", "🙂", "🐈‍⬛",
+              "3.14159", "2024-01-02", "...", "!!!", "#tag", "@user", "e-mail", "state-of-the-art", "x\ty",
+              "a\u00a0b", "line\nbreak", "  spaced  ", "<|endoftext|>", "<|startoftext|>", "<lora:foo:0.8>",
+              "[BREAK]", "ﬁne", "Ⅻ", "①②", "x²", "e\u0301", "ß", "İstanbul", "ΑΒΓ", "привет", "مرحبا", "\\n",
+              "'", "''quoted''", "a,b,c", "very, very, very long"]
+    rng = random.Random(0)
+    return ["".join(rng.choice((" ", ", ", "", "  ")) + rng.choice(pieces) for _ in range(rng.randint(1, 40)))
+            for _ in range(count)] + pieces + ["", " ", "\n"]
+
+
+def test_caption_token_counts_equal_cliptokenizer():
+    """The dry-run counts tokens with the `tokenizers` library alone; the counts must be CLIPTokenizer's."""
+    from transformers import CLIPTokenizer
+
+    from sdlora.configs import tokenizers_root
+    from sdlora.embedded import weights_dir
+    from sdlora.train.datacheck import caption_tokenizer
+
+    captions = _captions(600)
+    for base, folder in (("embedded", weights_dir() / "tokenizer"),
+                         ("sd1", tokenizers_root() / "clip-vit-large-patch14")):
+        reference = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        light = caption_tokenizer(base)
+        assert light.model_max_length == reference.model_max_length
+        expected = [len(reference(c, add_special_tokens=False, verbose=False).input_ids) for c in captions]
+        assert [light.count(c) for c in captions] == expected
+        assert max(expected) > 77  # long captions are among them

@@ -11,7 +11,8 @@ from transformers import CLIPTokenizer
 from sdlora.configs import tokenizers_root
 from sdlora.settings.kohya_import import map_settings
 from sdlora.train import train
-from sdlora.train.conditioning import encode_text, join_chunks, token_limit, tokenize, tokenize_chunks
+from sdlora.train.captions import token_limit
+from sdlora.train.conditioning import encode_text, join_chunks, tokenize, tokenize_chunks
 
 WORDS = ["red", "blue", "green", "circle", "square", "triangle", "big", "small", "left", "right", "top", "bottom"]
 
