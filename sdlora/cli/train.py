@@ -217,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _dry_run(cfg) -> int:
     """The data set summary, notes on base-dependent settings and the resolved config; no weights loaded."""
+    from sdlora.cli.loraargs import stage
     from sdlora.settings.config import dump_config
     from sdlora.settings.resolution import resolve_base_settings
     from sdlora.train.auto_settings import fill_from_captions
@@ -228,7 +229,8 @@ def _dry_run(cfg) -> int:
     check_base_settings(cfg)  # where the real run would stop before training: a rank, a bucket step, ...
     items, summary = scan_dataset(cfg.data, seed=cfg.optim.seed, base=str(cfg.model.base))
     cfg, filled = fill_from_captions(cfg, [item.caption for item in items if not item.is_reg])
-    print("\n".join([*summary.lines(), *notes, *filled]))
+    print("\n".join([*summary.lines(), *notes, *filled]), flush=True)
+    stage("train", "estimating memory (building the model's shapes, no weights)")
     print(_estimate_line(cfg))
     print(dump_config(cfg), end="")
     return 0
