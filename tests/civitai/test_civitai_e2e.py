@@ -4,38 +4,19 @@ by id into the library. A screenshot goes to test-artifacts/webui/ (git-ignored)
 
 from __future__ import annotations
 
-import shutil
-import socket
-from pathlib import Path
-
 import pytest
 
 from tests.civitai.conftest import WILD
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "webui"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
+from tests.webui.e2e_browser import ARTIFACTS, browser_page, serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def text_of(elem_id: str, words: str) -> str:
     return f"document.querySelector('#{elem_id}')?.innerText.includes({words!r})"
 
 
-def test_fetch_info_and_download_by_version_id(fake, tmp_path, monkeypatch, lora_bytes):  # noqa: PLR0915
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from playwright.sync_api import sync_playwright
-
-    from sdlora_webui.app import build_app, launch
+def test_fetch_info_and_download_by_version_id(fake, tmp_path, monkeypatch, lora_bytes):
     from sdlora_webui.state import AppConfig, AppState
 
     fake.add_version(71, 7, lora_bytes, words=("fancystyle", "glossy"))
@@ -46,15 +27,8 @@ def test_fetch_info_and_download_by_version_id(fake, tmp_path, monkeypatch, lora
     lora_dir.mkdir()
     (lora_dir / "style.safetensors").write_bytes(lora_bytes)
     state = AppState(AppConfig(lora_dir=lora_dir, output_dir=tmp_path / "out"))
-    demo = build_app(state)
-    _, url, _ = launch(demo, state, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.set_default_timeout(60_000)
-            page.goto(url)
+        with serve(state) as url, browser_page(url, height=1400) as page:
             page.get_by_role("tab", name="Library").click()
             page.wait_for_function(text_of("civ-privacy", "SHA-256"))
             menu = page.locator("#lib-pick input").first
@@ -82,7 +56,5 @@ def test_fetch_info_and_download_by_version_id(fake, tmp_path, monkeypatch, lora
             assert (lora_dir / "SDXL 1.0" / "ink.civitai.info").is_file()
             page.wait_for_function(text_of("lib-message", "2 LoRA(s)"))  # the list took the download in
             page.screenshot(path=str(ARTIFACTS / "civitai-panel.png"), full_page=True)
-            browser.close()
     finally:
-        demo.close()
         state.close()

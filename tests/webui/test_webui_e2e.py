@@ -11,41 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
+from e2e_browser import ARTIFACTS, browser_page, serve
 from tests_webui_models import (
-    REPO_ROOT,
     embedded_available,
     random_lora,
     sample_dataset,
     write_untrained_embedded,
 )
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "webui"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
 TRAIN_STEPS = 16
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The app over tmp folders, launched on loopback; yields (url, state, base)."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from sdlora_webui.app import build_app, launch
     from sdlora_webui.state import AppConfig, AppState
 
     tmp = tmp_path_factory.mktemp("webui-e2e")
@@ -58,27 +43,16 @@ def served(tmp_path_factory):
     random_lora(lora_dir / "random-shapes.safetensors", load_components(str(base or "embedded")).unet)
     state = AppState(AppConfig(lora_dir=lora_dir, output_dir=tmp / "out", base=str(base) if base else "embedded",
                                data_dirs=(data.parent,), model_dirs=(base,) if base else ()))
-    demo = build_app(state)
-    _, url, _ = launch(demo, state, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    assert url.startswith("http://127.0.0.1:")
-    yield url, state, data
-    demo.close()
+    with serve(state) as url:
+        yield url, state, data
     state.close()
 
 
 @pytest.fixture(scope="module")
 def page(served):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        page.goto(served[0])
+    with browser_page(served[0]) as page:
         page.wait_for_selector("#train-start")
         yield page
-        browser.close()
 
 
 def fill(page, elem_id: str, value) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 import pytest
-from test_webui_e2e import BROWSER_ARGS, CHROMIUM, fill, free_port, shot
+from e2e_browser import browser_page, serve
+from test_webui_e2e import fill, shot
 from tests_webui_models import REPO_ROOT, embedded_available, write_untrained_embedded
 
 from tests.caption.tiny_captioners import build_tagger
@@ -18,9 +18,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from sdlora_webui.app import build_app, launch
     from sdlora_webui.state import AppConfig, AppState
 
     tmp = tmp_path_factory.mktemp("webui-caption")
@@ -33,22 +30,14 @@ def served(tmp_path_factory):
         shutil.copy(image, data / image.name)
     state = AppState(AppConfig(lora_dir=tmp / "loras", output_dir=tmp / "out", base=str(base or "embedded"),
                                model_dirs=(models,)))
-    demo = build_app(state)
-    _, url, _ = launch(demo, state, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield url, data, tagger
-    demo.close()
+    with serve(state) as url:
+        yield url, data, tagger
     state.close()
 
 
 def test_caption_in_the_train_tab_then_train(served):
-    from playwright.sync_api import sync_playwright
-
     url, data, tagger = served
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        page.goto(url)
+    with browser_page(url) as page:
         page.wait_for_selector("#train-start")
         fill(page, "train-data-path", str(data))
         page.click("#train-load-data")
@@ -73,4 +62,3 @@ def test_caption_in_the_train_tab_then_train(served):
             status = page.locator("#train-status").inner_text()
             time.sleep(0.3)
         assert "done" in status, status
-        browser.close()

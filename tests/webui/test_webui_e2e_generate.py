@@ -7,11 +7,11 @@ Screenshots go to test-artifacts/webui/ (git-ignored).
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
-from test_webui_e2e import ARTIFACTS, BROWSER_ARGS, CHROMIUM, fill, free_port, shot
+from e2e_browser import browser_page, serve
+from test_webui_e2e import fill, shot
 from tests_webui_models import random_lora, write_wide_base
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -20,10 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The app on the embedded base with a second tiny base in a model folder; yields (url, state, wide)."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
     from sdlora.base.load import load_components
-    from sdlora_webui.app import build_app, launch
     from sdlora_webui.state import AppConfig, AppState
 
     tmp = tmp_path_factory.mktemp("webui-e2e-generate")
@@ -31,27 +28,17 @@ def served(tmp_path_factory):
     (tmp / "loras").mkdir()
     random_lora(tmp / "loras" / "random-shapes.safetensors", load_components("embedded").unet)
     state = AppState(AppConfig(lora_dir=tmp / "loras", output_dir=tmp / "out", model_dirs=(tmp / "models",)))
-    demo = build_app(state)
-    _, url, _ = launch(demo, state, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield url, state, wide
-    demo.close()
+    with serve(state) as url:
+        yield url, state, wide
     state.close()
 
 
 @pytest.fixture(scope="module")
 def page(served):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        page.set_default_timeout(120_000)
-        page.goto(served[0])
+    with browser_page(served[0], height=1200, timeout_ms=120_000) as page:
         page.get_by_role("tab", name="Generate").click()
         page.wait_for_selector("#gen-generate")
         yield page
-        browser.close()
 
 
 def test_grid_interrupt_base_switch(page):

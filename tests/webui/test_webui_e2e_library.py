@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_webui_e2e import ARTIFACTS, BROWSER_ARGS, CHROMIUM, fill, free_port, shot
+from e2e_browser import browser_page, serve
+from test_webui_e2e import fill, shot
 from test_webui_e2e_generate import fetch_image, image_src, wait_new_image, wait_status
 from tests_webui_models import random_lora
 
@@ -24,10 +25,7 @@ NAMES = [f"l{i}" for i in range(1, 7)]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The app on the embedded base with six LoRAs (l1 with notes) and a copy of l1 in copies/."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
     from sdlora.base.load import load_components
-    from sdlora_webui.app import build_app, launch
     from sdlora_webui.state import AppConfig, AppState
 
     tmp = tmp_path_factory.mktemp("webui-e2e-library")
@@ -39,27 +37,17 @@ def served(tmp_path_factory):
     (loras / "l1.json").write_text(json.dumps({"activation text": "zqx, ink wash", "preferred weight": 0.6}))
     shutil.copy(loras / "l1.safetensors", loras / "copies" / "l1-copy.safetensors")
     state = AppState(AppConfig(lora_dir=loras, output_dir=tmp / "out"))
-    demo = build_app(state)
-    _, url, _ = launch(demo, state, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield url, state
-    demo.close()
+    with serve(state) as url:
+        yield url, state
     state.close()
 
 
 @pytest.fixture(scope="module")
 def page(served):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        page.goto(served[0])
+    with browser_page(served[0], height=1000, timeout_ms=120_000) as page:
         page.get_by_role("tab", name="Generate").click()
         page.wait_for_selector("#gen-generate")
         yield page
-        browser.close()
 
 
 def add_lora(page, name: str) -> None:

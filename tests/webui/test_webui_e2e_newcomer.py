@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_webui_e2e import ARTIFACTS, BROWSER_ARGS, CHROMIUM, fill, free_port, generate, shot
+from e2e_browser import browser_page, serve
+from test_webui_e2e import fill, generate, shot
 from tests_webui_models import embedded_pipeline, random_lora, sample_dataset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -33,10 +34,7 @@ def write_fp16_base(folder: Path) -> Path:
 def served(tmp_path_factory):
     """The app with a data folder holding one data set, an fp16 base in a model folder and a library holding
     a LoRA and a symlink to a LoRA outside every folder; yields (url, state)."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
     from sdlora.base.load import load_components
-    from sdlora_webui.app import build_app, launch
     from sdlora_webui.state import AppConfig, AppState
 
     tmp = tmp_path_factory.mktemp("webui-e2e-newcomer")
@@ -53,26 +51,16 @@ def served(tmp_path_factory):
     os.symlink(tmp / "elsewhere" / "secret.safetensors", lora_dir / "outside-link.safetensors")
     state = AppState(AppConfig(lora_dir=lora_dir, output_dir=tmp / "out", data_dirs=(data,),
                                model_dirs=(tmp / "models",)))
-    demo = build_app(state)
-    _, url, _ = launch(demo, state, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield url, state, tmp
-    demo.close()
+    with serve(state) as url:
+        yield url, state, tmp
     state.close()
 
 
 @pytest.fixture(scope="module")
 def page(served):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(120_000)
-        page.goto(served[0])
+    with browser_page(served[0], height=1100, timeout_ms=120_000) as page:
         page.wait_for_selector("#train-start")
         yield page
-        browser.close()
 
 
 def test_a_newcomers_journey(page, served):

@@ -8,48 +8,25 @@ fixtures, copied into the library folder.
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+from e2e_browser import browser_page, serve
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
 WILD = Path(__file__).resolve().parents[1] / "fixtures" / "wild_loras"
 LOKR, CLONE = "lycoris_lokr_sd1_d4_f16", "cloneofsimo_sd15_r4_f16"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def page(app):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium (see .ci/run)")
-    from playwright.sync_api import sync_playwright
-
-    from sdlora_webui.app import build_app, launch
-
     Path(app.config.lora_dir).mkdir(parents=True, exist_ok=True)
     for stem in (LOKR, CLONE):
         shutil.copy(WILD / f"{stem}.safetensors", Path(app.config.lora_dir) / f"{stem}.safetensors")
-    demo = build_app(app)
-    _, url, _ = launch(demo, app, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(240_000)
-        page.goto(url)
+    with serve(app) as url, browser_page(url, timeout_ms=240_000) as page:
         page.get_by_role("tab", name="Tools").click()
         yield page
-        browser.close()
-    demo.close()
 
 
 def pick(page, elem_id: str, name: str) -> None:
