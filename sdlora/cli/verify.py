@@ -24,7 +24,7 @@ exit codes: 0 every key applies, 1 some keys do not (see the report), 2 error (b
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "verify",
-        help="check a LoRA against sd1/sd2/sdxl or a model folder: a verdict for every key",
+        help="check a LoRA against embedded (default), sd1/sd2/sdxl/flux or a model folder: a verdict per key",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
