@@ -90,7 +90,9 @@ def a_refused_upload_does_not_stop_a_typed_load(page, tmp: Path) -> None:
     page.wait_for_function("!document.querySelector('#train-upload')?.innerText.includes('photo.png')")
     page.click("#train-load-data")  # the offered data set, the upload box now empty
     page.wait_for_function("document.querySelector('#train-data-summary')?.innerText.includes('images in style/')")
-    assert page.locator(".toast-body").count() == 0
+    # no new message (the old fault was an internal FileNotFoundError); the closed refusal may still be fading out
+    others = [text for text in page.locator(".toast-body").all_inner_texts() if "not a readable image" not in text]
+    assert not others, others
 
 
 def a_default_run_shows_samples(page) -> None:
