@@ -5,6 +5,7 @@ Standard library only, so that torch-free modules (library scan) can report prog
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,15 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+# how a caller stops long work: an Event it sets, or a callable that answers True once it wants to stop
+Cancel = threading.Event | Callable[[], bool] | None
+
+
+def cancelled(cancel: Cancel) -> bool:
+    """Whether `cancel` (see `Cancel`) asks to stop now."""
+    if cancel is None:
+        return False
+    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
 
 
 def report(on_progress: ProgressCallback | None, done: int, total: int, message: str = "") -> None:

@@ -9,19 +9,15 @@ error, power) keeps what it did and a second run goes on where it stopped.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdlora.caption.models import Captioner
 from sdlora.errors import ConfigError
-from sdlora.progress import ProgressCallback, report
+from sdlora.progress import Cancel, ProgressCallback, cancelled, report
 from sdlora.train.captions import BACKUP_SUFFIX, backup_caption, check_caption, with_trigger, write_caption
 from sdlora.train.data import CaptionedImage, caption_pairs
 from sdlora.train.images import ImageSkipped, open_image
-
-Cancel = threading.Event | Callable[[], bool] | None
 
 
 @dataclass
@@ -114,7 +110,7 @@ def _caption(root, captioner: Captioner, options: CaptionOptions, on_progress, c
     base = Path(root)
     report(on_progress, 0, len(todo), "captioning")
     for start in range(0, len(todo), options.batch_size):
-        if _is_set(cancel):
+        if cancelled(cancel):
             result.cancelled = True
             break
         batch = _proposals(todo[start:start + options.batch_size], base, captioner, options, result)
@@ -138,10 +134,4 @@ def _proposals(pairs: list[CaptionedImage], root: Path, captioner: Captioner, op
     texts = captioner.caption(images) if images else []
     return [Proposal(pair.image, pair.image.relative_to(root).as_posix(), pair.caption, compose(text, options))
             for pair, text in zip(kept, texts, strict=True)]
-
-
-def _is_set(cancel: Cancel) -> bool:
-    if cancel is None:
-        return False
-    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
 

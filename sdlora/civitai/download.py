@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from sdlora.civitai.lookup import save_version
 from sdlora.civitai.names import DEFAULT_TEMPLATE, clean_name, disposition_name, folder_for, unique_path
 from sdlora.errors import ConfigError, FormatError, Interrupted
 from sdlora.filehash import FileHashCache
-from sdlora.progress import Progress
+from sdlora.progress import Cancel, Progress, cancelled
 from sdlora.suffixes import PICKLE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -147,7 +146,7 @@ def source_of_version(version: dict) -> Source:
 
 
 def download(text: str, library: str | os.PathLike, client: CivitaiClient, *, template: str = DEFAULT_TEMPLATE,  # noqa: PLR0913 - keyword-only options
-             hashes: FileHashCache | None = None, cancel: threading.Event | Callable[[], bool] | None = None,
+             hashes: FileHashCache | None = None, cancel: Cancel = None,
              on_progress: Callable[[DownloadProgress], None] | None = None, fetch_info: bool = True,
              lookup_by_hash: bool = True) -> Downloaded:
     """Download what `text` names into the library folder `library` (see the module text for the steps).
@@ -200,7 +199,7 @@ def fetch(source: Source, part: Path, client: CivitaiClient, cancel, on_progress
                 meter.start(offset, offset + length if length else 0)
                 with open(part, "ab" if offset else "wb") as handle:
                     for chunk in response.iter_bytes():  # as they arrive: a cut loses nothing received
-                        if _cancelled(cancel):
+                        if cancelled(cancel):
                             raise Interrupted(f"download of {source.name} cancelled; {part.name} is kept, download "
                                               "again to resume")
                         handle.write(chunk)
@@ -222,12 +221,6 @@ def _digest_of(part: Path):
             while chunk := handle.read(1024 * 1024):
                 digest.update(chunk)
     return digest
-
-
-def _cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
 
 
 def check_bytes(part: Path, digest: str, source: Source) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import sdlora
 from sdlora.base.load import load_components
 from sdlora.errors import ConfigError, TrainingError
-from sdlora.progress import ProgressCallback
+from sdlora.progress import Cancel, ProgressCallback, cancelled
 from sdlora.settings.resolution import resolve_base_settings
 from sdlora.threads import apply_threads
 from sdlora.train import (
@@ -60,7 +60,7 @@ LOAD_POLL_S = 0.2  # how often a base load in progress reports and checks for ca
 
 def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = None,
           on_progress: ProgressCallback | None = None,
-          cancel: threading.Event | Callable[[], bool] | None = None, resume: bool | str | Path = False
+          cancel: Cancel = None, resume: bool | str | Path = False
           ) -> TrainResult:
     """Train a LoRA as `cfg` says and export it.
 
@@ -85,7 +85,7 @@ def train(cfg, components=None, *, on_step: Callable[[StepInfo], None] | None = 
         TrainingError: a non-finite loss (the last good checkpoint is kept) or a bad checkpoint.
     """
     _check_settings(cfg)  # before the data and the model load
-    stages = Stages(on_progress, lambda: _cancelled(cancel))
+    stages = Stages(on_progress, lambda: cancelled(cancel))
     apply_threads(cfg.optim.threads)
     resolved, notes, native = resolve_base_settings(cfg, components)
     if native is None and components is None:  # a hub id: its size is known once it is loaded
@@ -123,12 +123,6 @@ def _check_settings(cfg) -> None:
     export.check(cfg)
     fused.check(cfg)
     fp8.check(cfg)
-
-
-def _cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
 
 
 def _cancelled_result(cfg, stages: Stages, summary, notes: list[str]) -> TrainResult:
